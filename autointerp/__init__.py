@@ -1,0 +1,3 @@
+"""autointerp: automated interpretability for sparse autoencoders."""
+
+__version__ = "0.1.0"
