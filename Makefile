@@ -1,0 +1,25 @@
+# Fresh machine: `make demo` runs the embedded default end to end; `make test` runs the tests.
+# Each target builds its own virtual environment first. torch is pinned and installed
+# before anything that depends on it, so pip takes the CPU wheel instead of a CUDA build.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check $(TORCH)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+.PHONY: install demo test bench
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/autointerp run
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed
+	$(PY) bench/gather_overhead.py
+	$(PY) bench/gather_memory.py

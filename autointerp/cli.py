@@ -1,0 +1,142 @@
+"""Command line: a thin layer over autointerp.pipeline. `autointerp --help` lists the stages."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+
+from .errors import AutointerpError
+
+EPILOG = """\
+stages: corpus → model → SAE → gather → store → explain → score → saturate → report
+examples:
+  autointerp run                                   # embedded default, fully offline
+  autointerp gather --model gpt2 --hookpoint blocks.8.hook_resid_pre --sae ./my_sae --corpus data.jsonl
+  autointerp hookpoints --model EleutherAI/pythia-70m
+  autointerp runs --project project
+"""
+
+
+def _add_gather_args(p: argparse.ArgumentParser) -> None:
+    from .corpus import CorpusConfig
+    from .gather import GatherConfig
+    from .model import ModelConfig
+    from .train import TrainConfig
+
+    m, c, g, t = ModelConfig(), CorpusConfig(), GatherConfig(), TrainConfig()
+    p.add_argument("--project", default="project", help="directory holding the DuckDB file (default: %(default)s)")
+    p.add_argument("--run-id", help="name of this run (default: derived from model, hookpoint and SAE)")
+    src = p.add_argument_group("model and SAE")
+    src.add_argument("--model", default=m.name, help="hub id or local directory (default: the embedded all-MiniLM-L6-v2)")
+    src.add_argument("--hookpoint", default=m.hookpoint, help="module path or TransformerLens name (default: %(default)s)")
+    src.add_argument("--device", default=m.device, help="cpu, cuda, cuda:1 ... (default: auto)")
+    src.add_argument("--dtype", default=m.dtype, help="model dtype (default: %(default)s)")
+    src.add_argument("--sae", help="SAE directory/file or hf://owner/repo[/folder]; omitted: train a TopK SAE on the spot")
+    src.add_argument("--sae-hookpoint", help="which SAE inside a folder holding several (sparsify)")
+    cor = p.add_argument_group("corpus")
+    cor.add_argument("--corpus", default=c.source, help="file/dir of .txt/.jsonl/.parquet, 'pydoc', or hf:<dataset>[:<config>]")
+    cor.add_argument("--text-field", default=c.text_field, help="JSONL/Parquet/HF field with the text (default: %(default)s)")
+    cor.add_argument("--encoding", default=c.encoding, help="text file encoding (default: %(default)s)")
+    cor.add_argument("--context-length", type=int, default=c.context_length, help="tokens per context (default: %(default)s)")
+    cor.add_argument("--max-tokens", type=int, default=c.max_tokens, help="stop after this many corpus tokens (default: %(default)s)")
+    gat = p.add_argument_group("gather")
+    gat.add_argument("--n-top", type=int, default=g.n_top, help="max-activating windows per feature per split (default: %(default)s)")
+    gat.add_argument("--n-bins", type=int, default=g.n_bins, help="activation-quantile bins (default: %(default)s)")
+    gat.add_argument("--per-bin", type=int, default=g.per_bin, help="quantile samples per bin per split (default: %(default)s)")
+    gat.add_argument("--n-negative", type=int, default=g.n_negative, help="verified non-activating windows per feature per split (default: %(default)s)")
+    gat.add_argument("--window", type=int, default=g.window, help="tokens per example window (default: %(default)s)")
+    gat.add_argument("--batch-size", type=int, help="contexts per batch (default: sized to memory)")
+    gat.add_argument("--seed", type=int, default=g.seed)
+    tr = p.add_argument_group("SAE training (when --sae is omitted)")
+    tr.add_argument("--n-features", type=int, default=t.n_features, help="latents (default: %(default)s)")
+    tr.add_argument("--k", type=int, default=t.k, help="active latents per token (default: %(default)s)")
+    tr.add_argument("--epochs", type=int, default=t.epochs, help="passes over the training tokens (default: %(default)s)")
+    tr.add_argument("--train-tokens", type=int, default=t.train_tokens, help="(default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _run_config(a: argparse.Namespace):
+    from .corpus import CorpusConfig
+    from .gather import GatherConfig
+    from .model import ModelConfig
+    from .pipeline import RunConfig
+    from .train import TrainConfig
+
+    return RunConfig(
+        project=a.project,
+        run_id=a.run_id,
+        model=ModelConfig(name=a.model, hookpoint=a.hookpoint, device=a.device, dtype=a.dtype),
+        corpus=CorpusConfig(source=a.corpus, text_field=a.text_field, context_length=a.context_length, max_tokens=a.max_tokens, encoding=a.encoding),
+        sae=a.sae,
+        sae_hookpoint=a.sae_hookpoint,
+        train=replace(TrainConfig(), n_features=a.n_features, k=a.k, epochs=a.epochs, train_tokens=a.train_tokens, seed=a.seed),
+        gather=GatherConfig(n_top=a.n_top, n_bins=a.n_bins, per_bin=a.per_bin, n_negative=a.n_negative, window=a.window, batch_size=a.batch_size, seed=a.seed),
+        progress=not a.quiet,
+    )
+
+
+def cmd_gather(a: argparse.Namespace) -> None:
+    from .pipeline import gather
+
+    summary = gather(_run_config(a))
+    print("\n".join(summary.lines()))
+
+
+def cmd_hookpoints(a: argparse.Namespace) -> None:
+    from .model import ModelConfig, SubjectModel, list_hookpoints
+
+    model = SubjectModel(ModelConfig(name=a.model, device="cpu"))
+    print("\n".join(list_hookpoints(model.model, model.model.config)))
+
+
+def cmd_runs(a: argparse.Namespace) -> None:
+    from .store import Store
+
+    with Store(a.project, read_only=True) as store:
+        runs = store.runs()
+        if runs.empty:
+            print(f"no runs in {store.path}")
+            return
+        cols = ["run_id", "model", "hookpoint", "sae_format", "d_sae", "n_tokens", "updated_at"]
+        print(runs[cols].to_string(index=False))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autointerp",
+        description="Label every feature of a sparse autoencoder, score the labels, and report.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    p = sub.add_parser("run", help="the whole pipeline (gather on the embedded default when given no options)")
+    _add_gather_args(p)
+    p.set_defaults(func=cmd_gather)
+    p = sub.add_parser("gather", help="stream a corpus through model and SAE; store examples and statistics")
+    _add_gather_args(p)
+    p.set_defaults(func=cmd_gather)
+    p = sub.add_parser("hookpoints", help="list the hookpoints a model offers")
+    p.add_argument("--model", required=True, help="hub id or local directory")
+    p.set_defaults(func=cmd_hookpoints)
+    p = sub.add_parser("runs", help="list the runs stored in a project")
+    p.add_argument("--project", default="project")
+    p.set_defaults(func=cmd_runs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except AutointerpError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing partial was written to the database", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,398 @@
+"""Gather stage: one streaming pass from contexts to per-feature examples and statistics.
+
+Memory is bounded by features × examples kept, never by corpus size. Per
+feature and per split the pass keeps three fixed-size banks:
+
+- top: the `n_top` contexts with the highest peak activation (one window per
+  context, centred on its peak, so windows never overlap);
+- quantile: a uniform random sample of `n_bins × per_bin` activating contexts
+  (bottom-k sampling: every candidate draws a random key, the largest keys
+  stay), later cut into equal-count activation-quantile bins;
+- negative: a uniform random sample of windows whose every token's activation
+  is exactly 0 for that feature.
+
+Statistics (firing count, sum, max, a log-spaced histogram) are running sums.
+Every context is assigned to the explain or the score split by a seeded hash of
+its index, so the two splits can never share a token.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .corpus import ContextBatch
+from .errors import AutointerpError
+
+SPLITS = ("explain", "score")
+HIST_EDGES = np.logspace(-4, 4, 65)  # 8 decades, 8 bins each; below/above fall into the end bins
+
+
+@dataclass
+class GatherConfig:
+    n_top: int = 50  # max-activating windows per feature per split
+    n_bins: int = 10  # activation-quantile bins
+    per_bin: int = 5  # quantile samples per bin per split
+    n_negative: int = 50  # verified non-activating windows per feature per split
+    window: int = 32  # tokens per example window
+    tokens_before_peak: int | None = None  # None: W/2 for bidirectional models, 3W/4 for causal ones
+    explain_fraction: float = 0.5  # share of contexts in the explain split
+    dense_threshold: float = 0.1  # firing density above which a feature is flagged ultra-dense
+    batch_size: int | None = None  # contexts per batch; None sizes it to memory
+    seed: int = 0
+
+
+@dataclass
+class GatherResult:
+    features: pd.DataFrame  # one row per feature: statistics and flags
+    examples: pd.DataFrame  # one row per kept window
+    contexts: pd.DataFrame  # context_id → split
+    n_tokens: int  # valid (non-special) tokens seen
+    n_contexts: int
+    seconds: float
+    config: dict = field(default_factory=dict)
+
+
+def split_of(context_ids: np.ndarray, explain_fraction: float, seed: int) -> np.ndarray:
+    """0 (explain) or 1 (score) per context: a splitmix64 hash of (seed, index), so it is stable and stateless."""
+    z = (context_ids.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)) & np.uint64(2**64 - 1)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return ((z >> np.uint64(11)).astype(np.float64) / 2.0**53 >= explain_fraction).astype(np.int64)
+
+
+class ExampleBank:
+    """Per feature, the `k` candidates with the largest keys, with their windows.
+
+    Slots are updated in place: each batch only writes the windows of candidates
+    that enter, into the slots of the ones they evict.
+    """
+
+    def __init__(self, n_features: int, k: int, window: int, device: torch.device, with_acts: bool):
+        self.k = k
+        self.keys = torch.full((n_features, k), -torch.inf, device=device)
+        self.peak_value = torch.zeros(n_features, k, device=device)
+        self.context = torch.full((n_features, k), -1, dtype=torch.long, device=device)
+        self.doc = torch.full((n_features, k), -1, dtype=torch.long, device=device)
+        self.doc_offset = torch.full((n_features, k), -1, dtype=torch.long, device=device)
+        self.peak = torch.full((n_features, k), -1, dtype=torch.long, device=device)
+        self.tokens = torch.full((n_features, k, window), -1, dtype=torch.int32, device=device)
+        self.acts = torch.zeros(n_features, k, window, device=device) if with_acts else None
+
+    def offer(self, keys: torch.Tensor, fill: Callable[[torch.Tensor, torch.Tensor], dict]) -> None:
+        """keys: [F, C], -inf where a candidate is not eligible. fill(features, candidates) → window fields."""
+        floor = self.keys.min(dim=1, keepdim=True).values
+        if not bool((keys > floor).any()):
+            return
+        k = self.k
+        top = torch.cat([self.keys, keys], dim=1).topk(k, dim=1)
+        finite = torch.isfinite(top.values)
+        entering = (top.indices >= k) & finite
+        if not bool(entering.any()):
+            return
+        # Old slots that stay: selected and holding a real entry. Column k swallows the rest.
+        stay = torch.where((top.indices < k) & finite, top.indices, k)
+        kept = torch.zeros(self.keys.shape[0], k + 1, dtype=torch.bool, device=self.keys.device)
+        kept.scatter_(1, stay, True)
+        free = ~kept[:, :k]
+        # The r-th entering candidate of a row takes that row's r-th free slot.
+        slot_of_rank = torch.full_like(self.context, -1)
+        free_f, free_slot = free.nonzero(as_tuple=True)
+        slot_of_rank[free_f, (free.cumsum(1) - 1)[free_f, free_slot]] = free_slot
+        new_f, new_i = entering.nonzero(as_tuple=True)
+        slot = slot_of_rank[new_f, (entering.cumsum(1) - 1)[new_f, new_i]]
+        candidate = top.indices[new_f, new_i] - k
+        self.keys[new_f, slot] = top.values[new_f, new_i]
+        for name, value in fill(new_f, candidate).items():
+            getattr(self, name)[new_f, slot] = value
+
+    def finish(self) -> dict[str, np.ndarray]:
+        """Entries sorted by key, best first; unfilled slots have context −1."""
+        order = self.keys.argsort(dim=1, descending=True)
+        out = {}
+        for name in ("keys", "peak_value", "context", "doc", "doc_offset", "peak", "tokens", "acts"):
+            t = getattr(self, name)
+            if t is not None:
+                idx = order if t.dim() == 2 else order[..., None].expand_as(t)
+                out[name] = t.gather(1, idx).cpu().numpy()
+        return out
+
+
+class Gatherer:
+    """Streaming state for one gather pass over a fixed SAE."""
+
+    def __init__(self, n_features: int, cfg: GatherConfig, device: torch.device, causal: bool):
+        self.cfg = cfg
+        self.device = device
+        self.n_features = n_features
+        self.before = cfg.tokens_before_peak if cfg.tokens_before_peak is not None else (cfg.window * 3 // 4 if causal else cfg.window // 2)
+        self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        n_quant = cfg.n_bins * cfg.per_bin
+        self.banks = {
+            (s, kind): ExampleBank(n_features, k, cfg.window, device, with_acts=kind != "negative")
+            for s in range(2)
+            for kind, k in (("top", cfg.n_top), ("quantile", n_quant), ("negative", cfg.n_negative))
+        }
+        self.count = torch.zeros(n_features, dtype=torch.long, device=device)
+        self.total = torch.zeros(n_features, dtype=torch.float64, device=device)
+        self.max = torch.zeros(n_features, device=device)
+        self.hist = torch.zeros(n_features * (len(HIST_EDGES) + 1), dtype=torch.long, device=device)
+        self.edges = torch.tensor(HIST_EDGES, dtype=torch.float32, device=device)
+        self.n_tokens = 0
+        self.splits: list[np.ndarray] = []
+        self.context_ids: list[np.ndarray] = []
+
+    def update(self, batch: ContextBatch, acts: torch.Tensor) -> None:
+        """acts: [B, T, F] SAE activations for the batch (modified in place)."""
+        B, T, F = acts.shape
+        W = self.cfg.window
+        dev = self.device
+        valid = torch.from_numpy(batch.valid).to(dev)
+        flat = acts.view(B * T, F)
+        flat[~valid.view(-1)] = 0  # special and padding tokens never count
+        rows, cols = flat.nonzero(as_tuple=True)
+        vals = flat[rows, cols]
+        if not bool(torch.isfinite(vals.sum())):
+            bad = batch.context_ids[(~torch.isfinite(flat).all(1)).view(B, T).any(1).cpu().numpy()]
+            raise AutointerpError(
+                f"NaN or inf SAE activations in contexts {bad[:5].tolist()}",
+                "run the model in float32 (--dtype float32) and check the SAE weights for NaN/inf; "
+                "a d_in that matches but a wrong hookpoint or normalisation can also blow up",
+            )
+        self.n_tokens += int(batch.valid.sum())
+        self.count += torch.bincount(cols, minlength=F)
+        self.total += torch.bincount(cols, weights=vals.double(), minlength=F)
+        bins = torch.bucketize(vals, self.edges)
+        self.hist += torch.bincount(cols * (len(HIST_EDGES) + 1) + bins, minlength=self.hist.numel())
+
+        n_win = T // W
+        win_max = acts[:, : n_win * W].reshape(B, n_win, W, F).amax(2)  # [B, nW, F]
+        ctx_max = win_max.amax(1)
+        if n_win * W < T:
+            ctx_max = torch.maximum(ctx_max, acts[:, n_win * W :].amax(1))
+        self.max = torch.maximum(self.max, ctx_max.amax(0))
+
+        seg_lo, seg_hi = _segments(batch.doc_ids)
+        ctx = _BatchView(batch, acts, torch.from_numpy(seg_lo).to(dev), torch.from_numpy(seg_hi).to(dev), W, self.before)
+        split = split_of(batch.context_ids, self.cfg.explain_fraction, self.cfg.seed)
+        self.splits.append(split)
+        self.context_ids.append(batch.context_ids)
+        # Negative candidates: grid windows, trimmed to the document of their first real token.
+        neg_start, neg_len = _negative_windows(batch.doc_ids, seg_hi, W)
+        neg_start_t = torch.from_numpy(neg_start).to(dev)
+        neg_len_t = torch.from_numpy(neg_len).to(dev)
+        for s in range(2):
+            rows_s = torch.from_numpy(np.flatnonzero(split == s)).to(dev)
+            if rows_s.numel() == 0:
+                continue
+            peaks = ctx_max[rows_s].T  # [F, C]
+            firing = peaks > 0
+            self.banks[s, "top"].offer(torch.where(firing, peaks, -torch.inf), lambda f, c: ctx.peak_window(f, rows_s[c]))
+            rand = torch.rand(peaks.shape, generator=self.generator, device=dev)
+            self.banks[s, "quantile"].offer(torch.where(firing, rand, -torch.inf), lambda f, c: ctx.peak_window(f, rows_s[c]))
+            quiet = (win_max[rows_s] == 0) & (neg_len_t[rows_s] >= W // 2)[..., None]  # [C, nW, F]
+            quiet = quiet.reshape(-1, F).T
+            rand = torch.rand(quiet.shape, generator=self.generator, device=dev)
+            self.banks[s, "negative"].offer(
+                torch.where(quiet, rand, -torch.inf),
+                lambda f, c: ctx.fixed_window(rows_s[c // n_win], neg_start_t[rows_s[c // n_win], c % n_win], neg_len_t[rows_s[c // n_win], c % n_win]),
+            )
+
+    def finish(self, tokenizer_decode=None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        cfg = self.cfg
+        count = self.count.cpu().numpy()
+        density = count / max(self.n_tokens, 1)
+        hist = self.hist.view(self.n_features, -1).cpu().numpy()
+        features = pd.DataFrame(
+            {
+                "feature": np.arange(self.n_features),
+                "n_firing": count,
+                "density": density,
+                "max_activation": self.max.cpu().numpy().astype(np.float64),
+                "mean_activation": np.where(count > 0, self.total.cpu().numpy() / np.maximum(count, 1), 0.0),
+                "dead": count == 0,
+                "dense": density > cfg.dense_threshold,
+                "histogram": list(hist.astype(np.int64)),
+            }
+        )
+        frames = []
+        for (s, kind), bank in self.banks.items():
+            frames.append(_bank_frame(bank.finish(), SPLITS[s], kind, cfg))
+        examples = pd.concat(frames, ignore_index=True)
+        examples = _drop_quantile_duplicates(examples)
+        contexts = pd.DataFrame(
+            {"context_id": np.concatenate(self.context_ids), "split": np.array(SPLITS)[np.concatenate(self.splits)]}
+        )
+        return features, examples, contexts
+
+
+@dataclass
+class _BatchView:
+    """The current batch, for cutting windows out of it on the device."""
+
+    batch: ContextBatch
+    acts: torch.Tensor  # [B, T, F]
+    seg_lo: torch.Tensor  # [B, T] first position of each token's document in the context
+    seg_hi: torch.Tensor  # [B, T] one past its last position
+    window: int
+    before: int
+
+    def __post_init__(self):
+        dev = self.acts.device
+        self.input_ids = torch.from_numpy(self.batch.input_ids).to(dev)
+        self.doc_ids = torch.from_numpy(self.batch.doc_ids).to(dev)
+        self.doc_offsets = torch.from_numpy(self.batch.doc_offsets).to(dev)
+        self.context_ids = torch.from_numpy(self.batch.context_ids).to(dev)
+
+    def peak_window(self, f: torch.Tensor, c: torch.Tensor) -> dict:
+        T = self.acts.shape[1]
+        t = torch.arange(T, device=self.acts.device)
+        series = self.acts[c[:, None], t[None, :], f[:, None]]  # [n, T]
+        peak_value, p = series.max(dim=1)
+        lo, hi = self.seg_lo[c, p], self.seg_hi[c, p]
+        start = torch.minimum(torch.clamp(p - self.before, min=0), torch.clamp(hi - self.window, min=0))
+        start = torch.maximum(start, lo)
+        length = torch.minimum(hi - start, torch.full_like(start, self.window))
+        out = self.fixed_window(c, start, length)
+        out["acts"] = self._cut(series, start, length, 0.0)
+        out["peak"] = p - start
+        out["peak_value"] = peak_value
+        return out
+
+    def fixed_window(self, c: torch.Tensor, start: torch.Tensor, length: torch.Tensor) -> dict:
+        return {
+            "context": self.context_ids[c],
+            "doc": self.doc_ids[c, start],
+            "doc_offset": self.doc_offsets[c, start],
+            "tokens": self._cut(self.input_ids[c], start, length, -1).int(),
+        }
+
+    def _cut(self, rows: torch.Tensor, start: torch.Tensor, length: torch.Tensor, pad) -> torch.Tensor:
+        k = torch.arange(self.window, device=rows.device)
+        pos = (start[:, None] + k[None, :]).clamp(max=rows.shape[1] - 1)
+        cut = rows.gather(1, pos)
+        return torch.where(k[None, :] < length[:, None], cut, torch.as_tensor(pad, dtype=cut.dtype, device=cut.device))
+
+
+def _segments(doc_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every position, the [lo, hi) span of the run of equal doc ids it sits in."""
+    B, T = doc_ids.shape
+    change = np.ones((B, T), dtype=bool)
+    change[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    idx = np.where(change, np.arange(T)[None, :], 0)
+    lo = np.maximum.accumulate(idx, axis=1)
+    end = np.ones((B, T), dtype=bool)
+    end[:, :-1] = change[:, 1:]
+    idx_hi = np.where(end, np.arange(T)[None, :] + 1, T)
+    hi = np.minimum.accumulate(idx_hi[:, ::-1], axis=1)[:, ::-1]
+    return lo.astype(np.int64), hi.astype(np.int64).copy()
+
+
+def _negative_windows(doc_ids: np.ndarray, seg_hi: np.ndarray, W: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per grid window [w·W, (w+1)·W): start at its first real token, end at that document's end or the grid edge."""
+    B, T = doc_ids.shape
+    n_win = T // W
+    grid = doc_ids[:, : n_win * W].reshape(B, n_win, W) >= 0
+    has = grid.any(2)
+    first = grid.argmax(2) + np.arange(n_win)[None, :] * W
+    grid_end = (np.arange(n_win)[None, :] + 1) * W
+    end = np.minimum(np.take_along_axis(seg_hi, first, axis=1), grid_end)
+    length = np.where(has, end - first, 0)
+    return first.astype(np.int64), length.astype(np.int64)
+
+
+def _bank_frame(bank: dict[str, np.ndarray], split: str, kind: str, cfg: GatherConfig) -> pd.DataFrame:
+    f_idx, rank = np.nonzero(bank["context"] >= 0)
+    tokens = bank["tokens"][f_idx, rank]
+    lengths = (tokens >= 0).sum(1)
+    frame = pd.DataFrame(
+        {
+            "feature": f_idx.astype(np.int64),
+            "split": split,
+            "kind": kind,
+            "rank": rank.astype(np.int64),
+            "quantile": pd.array([None] * len(f_idx), dtype="Int64"),
+            "context_id": bank["context"][f_idx, rank],
+            "doc_id": bank["doc"][f_idx, rank],
+            "doc_offset": bank["doc_offset"][f_idx, rank],
+            "peak": bank["peak"][f_idx, rank] if kind != "negative" else np.full(len(f_idx), -1),
+            "max_activation": bank["peak_value"][f_idx, rank].astype(np.float64) if kind != "negative" else 0.0,
+            "token_ids": [t[:n] for t, n in zip(tokens, lengths)],
+            "activations": [a[:n] for a, n in zip(bank["acts"][f_idx, rank], lengths)] if "acts" in bank else None,
+        }
+    )
+    if kind == "quantile" and len(frame):
+        # Equal-count bins over each feature's uniform sample, by activation; rank restarts per feature.
+        frame = frame.sort_values(["feature", "max_activation"], kind="stable")
+        pos = frame.groupby("feature").cumcount().to_numpy()
+        size = frame.groupby("feature")["feature"].transform("size").to_numpy()
+        frame["quantile"] = pd.array(pos * cfg.n_bins // size, dtype="Int64")
+        frame["rank"] = pos
+    return frame
+
+
+def _drop_quantile_duplicates(examples: pd.DataFrame) -> pd.DataFrame:
+    """A quantile sample whose context is already a top example of the same feature and split adds nothing."""
+    key = ["feature", "split", "context_id"]
+    top = pd.MultiIndex.from_frame(examples.loc[examples.kind == "top", key])
+    dup = (examples.kind == "quantile").to_numpy() & pd.MultiIndex.from_frame(examples[key]).isin(top)
+    return examples[~dup].reset_index(drop=True)
+
+
+def auto_batch_size(context_length: int, n_features: int, device: torch.device) -> int:
+    """Contexts per batch so the [B, T, F] activation tensor stays near 128 MiB (a quarter of free memory on a GPU)."""
+    budget = 128 << 20
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = free // 4
+    return int(np.clip(budget // (context_length * n_features * 4), 1, 1024))
+
+
+def check_sae_fits(model, sae) -> None:
+    """The SAE must read vectors as wide as the hookpoint gives."""
+    if sae.d_in != model.width:
+        raise AutointerpError(
+            f"the SAE reads vectors of width {sae.d_in}, but hookpoint '{model.hook.name}' has width {model.width}",
+            "choose the hookpoint the SAE was trained on (its config says "
+            f"'{sae.hook_name or 'unknown'}'), or the SAE trained for this model and layer",
+        )
+
+
+def run_gather(model, sae, batches: Iterable[ContextBatch], cfg: GatherConfig, progress: bool = True) -> GatherResult:
+    """Stream batches through model → SAE → Gatherer. `model` is a SubjectModel, `sae` an SAE on the same device."""
+    from tqdm.auto import tqdm
+
+    check_sae_fits(model, sae)
+    gatherer = Gatherer(sae.d_sae, cfg, model.device, model.is_causal)
+    start = time.perf_counter()
+    bar = tqdm(desc="gather", unit="tok", unit_scale=True, disable=not progress)
+    n_contexts = 0
+    with torch.inference_mode():
+        for batch in batches:
+            x = model.activations(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask))
+            acts = sae.encode(x.to(sae_dtype(sae)))
+            gatherer.update(batch, acts)
+            n_contexts += len(batch.context_ids)
+            bar.update(int(batch.valid.sum()))
+    bar.close()
+    features, examples, contexts = gatherer.finish()
+    return GatherResult(
+        features=features,
+        examples=examples,
+        contexts=contexts,
+        n_tokens=gatherer.n_tokens,
+        n_contexts=n_contexts,
+        seconds=time.perf_counter() - start,
+        config=asdict(cfg),
+    )
+
+
+def sae_dtype(sae) -> torch.dtype:
+    return next(iter(sae.parameters()), torch.zeros(())).dtype

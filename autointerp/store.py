@@ -1,0 +1,244 @@
+"""Store: the one DuckDB file of a project directory. This module alone owns its schema and SQL.
+
+Writes are bulk (Arrow tables, never row by row) and each stage's write for a
+run replaces that run's earlier rows inside one transaction: re-running a run id
+is idempotent, and a failure leaves what was stored before untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from .errors import AutointerpError
+
+DB_NAME = "autointerp.duckdb"
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY,
+    created_at TIMESTAMP, updated_at TIMESTAMP,
+    model VARCHAR, hookpoint VARCHAR, hook_module VARCHAR, d_model INTEGER,
+    sae_source VARCHAR, sae_format VARCHAR, sae_architecture VARCHAR, d_sae INTEGER,
+    corpus VARCHAR, n_tokens BIGINT, n_contexts BIGINT, gather_seconds DOUBLE,
+    config JSON, versions JSON, sae_metrics JSON
+);
+CREATE TABLE IF NOT EXISTS features (
+    run_id VARCHAR, feature INTEGER, n_firing BIGINT, density DOUBLE,
+    max_activation DOUBLE, mean_activation DOUBLE, dead BOOLEAN, dense BOOLEAN,
+    histogram BIGINT[],
+    PRIMARY KEY (run_id, feature)
+);
+CREATE TABLE IF NOT EXISTS examples (
+    run_id VARCHAR, feature INTEGER, split VARCHAR, kind VARCHAR, rank INTEGER, quantile INTEGER,
+    context_id BIGINT, doc_id BIGINT, doc_offset BIGINT, peak INTEGER, max_activation DOUBLE,
+    token_ids INTEGER[], activations FLOAT[]
+);
+CREATE TABLE IF NOT EXISTS contexts (run_id VARCHAR, context_id BIGINT, split VARCHAR);
+CREATE TABLE IF NOT EXISTS documents (run_id VARCHAR, doc_id BIGINT, name VARCHAR);
+CREATE TABLE IF NOT EXISTS vocab (run_id VARCHAR, token_id INTEGER, token VARCHAR);
+"""
+
+# Tables holding one run's gather output, replaced together.
+GATHER_TABLES = ("features", "examples", "contexts", "documents", "vocab")
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    model: str
+    hookpoint: str
+    hook_module: str
+    d_model: int
+    sae_source: str
+    sae_format: str
+    sae_architecture: str
+    d_sae: int
+    corpus: str
+    config: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+    sae_metrics: dict = field(default_factory=dict)
+    n_tokens: int = 0
+    n_contexts: int = 0
+    gather_seconds: float = 0.0
+
+
+def db_path(project: str | Path) -> Path:
+    return Path(project) / DB_NAME
+
+
+class Store:
+    def __init__(self, project: str | Path, read_only: bool = False):
+        self.path = db_path(project)
+        if read_only and not self.path.exists():
+            raise AutointerpError(f"no database at {self.path}", "run `autointerp gather` (or `autointerp run`) for this project first")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as e:
+            if "lock" in str(e).lower():
+                holder = re.search(r"PID (\d+)", str(e))
+                raise AutointerpError(
+                    f"{self.path} is locked by another process" + (f" (PID {holder.group(1)})" if holder else ""),
+                    "wait for that process to finish or stop it, or use a different --project directory",
+                ) from None
+            raise AutointerpError(f"cannot open {self.path}: {e}", "check the file is a DuckDB database and readable") from None
+        except duckdb.Error as e:
+            raise AutointerpError(f"{self.path} is not a usable DuckDB file: {e}", "move it aside; autointerp will create a new one") from None
+        if not read_only:
+            self.con.execute(SCHEMA)
+            self.con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ writes
+
+    def write_gather(
+        self,
+        run: RunRecord,
+        features: pd.DataFrame,
+        examples: pd.DataFrame,
+        contexts: pd.DataFrame,
+        documents: pd.DataFrame,
+        vocab: list[str],
+    ) -> None:
+        """Replace everything the gather stage stored for `run.run_id`, atomically."""
+        tables = {
+            "features": _features_arrow(run.run_id, features),
+            "examples": _examples_arrow(run.run_id, examples),
+            "contexts": pa.table({"run_id": [run.run_id] * len(contexts), "context_id": contexts.context_id.to_numpy(), "split": contexts.split.to_numpy()}),
+            "documents": pa.table({"run_id": [run.run_id] * len(documents), "doc_id": documents.doc_id.to_numpy(), "name": documents.name.to_numpy()}),
+            "vocab": pa.table({"run_id": [run.run_id] * len(vocab), "token_id": np.arange(len(vocab), dtype=np.int32), "token": vocab}),
+        }
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            created = self.con.execute("SELECT created_at FROM runs WHERE run_id = ?", [run.run_id]).fetchone()
+            self.con.execute("DELETE FROM runs WHERE run_id = ?", [run.run_id])
+            row = asdict(run)
+            for key in ("config", "versions", "sae_metrics"):
+                row[key] = json.dumps(row[key], default=str)
+            row["created_at"] = created[0] if created else now
+            row["updated_at"] = now
+            cols = list(row)
+            self.con.execute(f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", list(row.values()))
+            for name, table in tables.items():
+                self.con.execute(f"DELETE FROM {name} WHERE run_id = ?", [run.run_id])
+                self.con.register("incoming", table)
+                self.con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM incoming")
+                self.con.unregister("incoming")
+            self.con.execute("COMMIT")
+        except Exception:
+            self.con.execute("ROLLBACK")
+            raise
+
+    # ------------------------------------------------------------ reads
+
+    def runs(self) -> pd.DataFrame:
+        return self.con.execute("SELECT * FROM runs ORDER BY created_at").df()
+
+    def run(self, run_id: str | None = None) -> dict:
+        """One run as a dict (JSON columns decoded); the latest run when run_id is None."""
+        if run_id is None:
+            row = self.con.execute("SELECT * FROM runs ORDER BY updated_at DESC LIMIT 1").df()
+        else:
+            row = self.con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id]).df()
+        if row.empty:
+            known = self.con.execute("SELECT run_id FROM runs").fetchall()
+            raise AutointerpError(
+                f"no run '{run_id}' in {self.path}" if run_id else f"no run in {self.path}",
+                f"pass one of: {', '.join(r[0] for r in known)}" if known else "run `autointerp gather` first",
+            )
+        out = row.iloc[0].to_dict()
+        for key in ("config", "versions", "sae_metrics"):
+            out[key] = json.loads(out[key]) if out[key] else {}
+        return out
+
+    def features(self, run_id: str) -> pd.DataFrame:
+        return self.con.execute("SELECT * FROM features WHERE run_id = ? ORDER BY feature", [run_id]).df()
+
+    def examples(self, run_id: str, feature: int | None = None, split: str | None = None, kind: str | None = None) -> pd.DataFrame:
+        where, args = ["run_id = ?"], [run_id]
+        for col, value in (("feature", feature), ("split", split), ("kind", kind)):
+            if value is not None:
+                where.append(f"{col} = ?")
+                args.append(value)
+        sql = f"SELECT * FROM examples WHERE {' AND '.join(where)} ORDER BY feature, split, kind, rank"
+        return self.con.execute(sql, args).df()
+
+    def contexts(self, run_id: str) -> pd.DataFrame:
+        return self.con.execute("SELECT context_id, split FROM contexts WHERE run_id = ? ORDER BY context_id", [run_id]).df()
+
+    def vocab(self, run_id: str) -> list[str]:
+        rows = self.con.execute("SELECT token FROM vocab WHERE run_id = ? ORDER BY token_id", [run_id]).fetchall()
+        return [r[0] for r in rows]
+
+    def documents(self, run_id: str) -> pd.DataFrame:
+        return self.con.execute("SELECT doc_id, name FROM documents WHERE run_id = ? ORDER BY doc_id", [run_id]).df()
+
+    def table_counts(self, run_id: str) -> dict[str, int]:
+        return {t: self.con.execute(f"SELECT count(*) FROM {t} WHERE run_id = ?", [run_id]).fetchone()[0] for t in GATHER_TABLES}
+
+
+def _features_arrow(run_id: str, df: pd.DataFrame) -> pa.Table:
+    return pa.table(
+        {
+            "run_id": pa.array([run_id] * len(df)),
+            "feature": pa.array(df.feature.to_numpy(), pa.int32()),
+            "n_firing": pa.array(df.n_firing.to_numpy(), pa.int64()),
+            "density": pa.array(df.density.to_numpy(), pa.float64()),
+            "max_activation": pa.array(df.max_activation.to_numpy(), pa.float64()),
+            "mean_activation": pa.array(df.mean_activation.to_numpy(), pa.float64()),
+            "dead": pa.array(df.dead.to_numpy(), pa.bool_()),
+            "dense": pa.array(df.dense.to_numpy(), pa.bool_()),
+            "histogram": _list_array(df.histogram, pa.int64()),
+        }
+    )
+
+
+def _examples_arrow(run_id: str, df: pd.DataFrame) -> pa.Table:
+    return pa.table(
+        {
+            "run_id": pa.array([run_id] * len(df)),
+            "feature": pa.array(df.feature.to_numpy(), pa.int32()),
+            "split": pa.array(df.split.to_numpy(), pa.string()),
+            "kind": pa.array(df.kind.to_numpy(), pa.string()),
+            "rank": pa.array(df["rank"].to_numpy(), pa.int32()),
+            "quantile": pa.Array.from_pandas(df["quantile"], type=pa.int32()),
+            "context_id": pa.array(df.context_id.to_numpy(), pa.int64()),
+            "doc_id": pa.array(df.doc_id.to_numpy(), pa.int64()),
+            "doc_offset": pa.array(df.doc_offset.to_numpy(), pa.int64()),
+            "peak": pa.array(df.peak.to_numpy(), pa.int32()),
+            "max_activation": pa.array(df.max_activation.to_numpy(), pa.float64()),
+            "token_ids": _list_array(df.token_ids, pa.int32()),
+            "activations": _list_array(df.activations, pa.float32()),
+        }
+    )
+
+
+def _list_array(column: pd.Series, value_type: pa.DataType) -> pa.Array:
+    """A list column from a Series of 1-D arrays (None allowed), built from one flat buffer."""
+    items = list(column)
+    lengths = np.array([0 if v is None else len(v) for v in items], dtype=np.int32)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    present = [np.asarray(v) for v in items if v is not None]
+    flat = np.concatenate(present) if present else np.array([])
+    mask = pa.array([v is None for v in items])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, value_type), mask=mask if any(v is None for v in items) else None)
