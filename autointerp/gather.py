@@ -24,12 +24,14 @@ from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 
 from .corpus import ContextBatch
 from .errors import AutointerpError
 
 SPLITS = ("explain", "score")
+KINDS = ("top", "quantile", "negative")
 HIST_EDGES = np.logspace(-4, 4, 65)  # 8 decades, 8 bins each; below/above fall into the end bins
 
 
@@ -50,7 +52,7 @@ class GatherConfig:
 @dataclass
 class GatherResult:
     features: pd.DataFrame  # one row per feature: statistics and flags
-    examples: pd.DataFrame  # one row per kept window
+    examples: pa.Table  # one row per kept window (schema: store.examples minus run_id)
     contexts: pd.DataFrame  # context_id → split
     n_tokens: int  # valid (non-special) tokens seen
     n_contexts: int
@@ -60,8 +62,8 @@ class GatherResult:
 
 def split_of(context_ids: np.ndarray, explain_fraction: float, seed: int) -> np.ndarray:
     """0 (explain) or 1 (score) per context: a splitmix64 hash of (seed, index), so it is stable and stateless."""
-    z = (context_ids.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)) & np.uint64(2**64 - 1)
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps by design
+        z = context_ids.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
@@ -88,29 +90,28 @@ class ExampleBank:
 
     def offer(self, keys: torch.Tensor, fill: Callable[[torch.Tensor, torch.Tensor], dict]) -> None:
         """keys: [F, C], -inf where a candidate is not eligible. fill(features, candidates) → window fields."""
-        floor = self.keys.min(dim=1, keepdim=True).values
-        if not bool((keys > floor).any()):
-            return
         k = self.k
-        top = torch.cat([self.keys, keys], dim=1).topk(k, dim=1)
-        finite = torch.isfinite(top.values)
-        entering = (top.indices >= k) & finite
-        if not bool(entering.any()):
+        floor = self.keys.min(dim=1, keepdim=True).values
+        m = int((keys > floor).sum(1).max())  # at most this many candidates can enter any row
+        if m == 0:
             return
-        # Old slots that stay: selected and holding a real entry. Column k swallows the rest.
-        stay = torch.where((top.indices < k) & finite, top.indices, k)
-        kept = torch.zeros(self.keys.shape[0], k + 1, dtype=torch.bool, device=self.keys.device)
-        kept.scatter_(1, stay, True)
-        free = ~kept[:, :k]
+        cand_keys, cand_idx = keys.topk(m, dim=1)
+        # Dropping the m smallest of bank + candidates frees exactly as many slots per row as enter.
+        merged = torch.cat([self.keys, cand_keys], dim=1)
+        dropped = torch.zeros_like(merged, dtype=torch.bool)
+        dropped.scatter_(1, merged.topk(m, dim=1, largest=False).indices, True)
+        free = dropped[:, :k]
+        entering = ~dropped[:, k:] & torch.isfinite(cand_keys)
         # The r-th entering candidate of a row takes that row's r-th free slot.
         slot_of_rank = torch.full_like(self.context, -1)
         free_f, free_slot = free.nonzero(as_tuple=True)
         slot_of_rank[free_f, (free.cumsum(1) - 1)[free_f, free_slot]] = free_slot
-        new_f, new_i = entering.nonzero(as_tuple=True)
-        slot = slot_of_rank[new_f, (entering.cumsum(1) - 1)[new_f, new_i]]
-        candidate = top.indices[new_f, new_i] - k
-        self.keys[new_f, slot] = top.values[new_f, new_i]
-        for name, value in fill(new_f, candidate).items():
+        new_f, new_j = entering.nonzero(as_tuple=True)
+        if new_f.numel() == 0:
+            return
+        slot = slot_of_rank[new_f, (entering.cumsum(1) - 1)[new_f, new_j]]
+        self.keys[new_f, slot] = cand_keys[new_f, new_j]
+        for name, value in fill(new_f, cand_idx[new_f, new_j]).items():
             getattr(self, name)[new_f, slot] = value
 
     def finish(self) -> dict[str, np.ndarray]:
@@ -149,16 +150,22 @@ class Gatherer:
         self.splits: list[np.ndarray] = []
         self.context_ids: list[np.ndarray] = []
 
-    def update(self, batch: ContextBatch, acts: torch.Tensor) -> None:
-        """acts: [B, T, F] SAE activations for the batch (modified in place)."""
+    def update(self, batch: ContextBatch, acts: torch.Tensor, support: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """acts: [B, T, F] SAE activations for the batch (modified in place); support: for TopK
+        SAEs, the (values, indices) [B, T, k] holding every nonzero, which saves a scan of acts."""
         B, T, F = acts.shape
         W = self.cfg.window
         dev = self.device
-        valid = torch.from_numpy(batch.valid).to(dev)
+        valid = torch.from_numpy(batch.valid).to(dev).view(-1)
         flat = acts.view(B * T, F)
-        flat[~valid.view(-1)] = 0  # special and padding tokens never count
-        rows, cols = flat.nonzero(as_tuple=True)
-        vals = flat[rows, cols]
+        flat.index_fill_(0, (~valid).nonzero().squeeze(1), 0)  # special and padding tokens never count
+        if support is None:
+            rows, cols = flat.nonzero(as_tuple=True)
+            vals = flat[rows, cols]
+        else:
+            values, indices = (t.reshape(B * T, -1) for t in support)
+            keep = (values != 0) & valid[:, None]
+            cols, vals = indices[keep], values[keep]
         if not bool(torch.isfinite(vals.sum())):
             bad = batch.context_ids[(~torch.isfinite(flat).all(1)).view(B, T).any(1).cpu().numpy()]
             raise AutointerpError(
@@ -172,15 +179,17 @@ class Gatherer:
         bins = torch.bucketize(vals, self.edges)
         self.hist += torch.bincount(cols * (len(HIST_EDGES) + 1) + bins, minlength=self.hist.numel())
 
+        # Maxima over W-token windows are cheap (a contiguous reduction); the context peak is the best
+        # window's, and its exact position is searched only for candidates that enter a bank.
         n_win = T // W
         win_max = acts[:, : n_win * W].reshape(B, n_win, W, F).amax(2)  # [B, nW, F]
-        ctx_max = win_max.amax(1)
         if n_win * W < T:
-            ctx_max = torch.maximum(ctx_max, acts[:, n_win * W :].amax(1))
+            win_max = torch.cat([win_max, acts[:, n_win * W :].amax(1, keepdim=True)], dim=1)
+        ctx_max, ctx_win = win_max.max(dim=1)  # [B, F]
         self.max = torch.maximum(self.max, ctx_max.amax(0))
 
         seg_lo, seg_hi = _segments(batch.doc_ids)
-        ctx = _BatchView(batch, acts, torch.from_numpy(seg_lo).to(dev), torch.from_numpy(seg_hi).to(dev), W, self.before)
+        ctx = _BatchView(batch, acts, ctx_max, ctx_win, torch.from_numpy(seg_lo).to(dev), torch.from_numpy(seg_hi).to(dev), W, self.before)
         split = split_of(batch.context_ids, self.cfg.explain_fraction, self.cfg.seed)
         self.splits.append(split)
         self.context_ids.append(batch.context_ids)
@@ -197,15 +206,17 @@ class Gatherer:
             self.banks[s, "top"].offer(torch.where(firing, peaks, -torch.inf), lambda f, c: ctx.peak_window(f, rows_s[c]))
             rand = torch.rand(peaks.shape, generator=self.generator, device=dev)
             self.banks[s, "quantile"].offer(torch.where(firing, rand, -torch.inf), lambda f, c: ctx.peak_window(f, rows_s[c]))
-            quiet = (win_max[rows_s] == 0) & (neg_len_t[rows_s] >= W // 2)[..., None]  # [C, nW, F]
-            quiet = quiet.reshape(-1, F).T
-            rand = torch.rand(quiet.shape, generator=self.generator, device=dev)
+            # One grid window per context is a candidate, chosen without looking at activations, so each
+            # feature's bank stays a uniform sample of its quiet windows at a quarter of the work.
+            w = torch.randint(n_win, (rows_s.numel(),), generator=self.generator, device=dev)
+            quiet = (win_max[rows_s, w] == 0) & (neg_len_t[rows_s, w] >= W // 2)[:, None]  # [C, F]
+            rand = torch.rand(quiet.T.shape, generator=self.generator, device=dev)
             self.banks[s, "negative"].offer(
-                torch.where(quiet, rand, -torch.inf),
-                lambda f, c: ctx.fixed_window(rows_s[c // n_win], neg_start_t[rows_s[c // n_win], c % n_win], neg_len_t[rows_s[c // n_win], c % n_win]),
+                torch.where(quiet.T, rand, -torch.inf),
+                lambda f, c: ctx.fixed_window(rows_s[c], neg_start_t[rows_s[c], w[c]], neg_len_t[rows_s[c], w[c]]),
             )
 
-    def finish(self, tokenizer_decode=None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    def finish(self) -> tuple[pd.DataFrame, pa.Table, pd.DataFrame]:
         cfg = self.cfg
         count = self.count.cpu().numpy()
         density = count / max(self.n_tokens, 1)
@@ -222,11 +233,7 @@ class Gatherer:
                 "histogram": list(hist.astype(np.int64)),
             }
         )
-        frames = []
-        for (s, kind), bank in self.banks.items():
-            frames.append(_bank_frame(bank.finish(), SPLITS[s], kind, cfg))
-        examples = pd.concat(frames, ignore_index=True)
-        examples = _drop_quantile_duplicates(examples)
+        examples = _examples_table([_bank_columns(bank.finish(), SPLITS[s], kind, cfg, count > 0) for (s, kind), bank in self.banks.items()])
         contexts = pd.DataFrame(
             {"context_id": np.concatenate(self.context_ids), "split": np.array(SPLITS)[np.concatenate(self.splits)]}
         )
@@ -239,6 +246,8 @@ class _BatchView:
 
     batch: ContextBatch
     acts: torch.Tensor  # [B, T, F]
+    ctx_max: torch.Tensor  # [B, F] peak activation per context
+    ctx_win: torch.Tensor  # [B, F] index of the W-token window holding it
     seg_lo: torch.Tensor  # [B, T] first position of each token's document in the context
     seg_hi: torch.Tensor  # [B, T] one past its last position
     window: int
@@ -250,35 +259,35 @@ class _BatchView:
         self.doc_ids = torch.from_numpy(self.batch.doc_ids).to(dev)
         self.doc_offsets = torch.from_numpy(self.batch.doc_offsets).to(dev)
         self.context_ids = torch.from_numpy(self.batch.context_ids).to(dev)
+        self.steps = torch.arange(self.window, device=dev)
 
     def peak_window(self, f: torch.Tensor, c: torch.Tensor) -> dict:
         T = self.acts.shape[1]
-        t = torch.arange(T, device=self.acts.device)
-        series = self.acts[c[:, None], t[None, :], f[:, None]]  # [n, T]
-        peak_value, p = series.max(dim=1)
+        in_win = (self.ctx_win[c, f][:, None] * self.window + self.steps).clamp(max=T - 1)
+        p = in_win.gather(1, self.acts[c[:, None], in_win, f[:, None]].argmax(1, keepdim=True)).squeeze(1)
         lo, hi = self.seg_lo[c, p], self.seg_hi[c, p]
         start = torch.minimum(torch.clamp(p - self.before, min=0), torch.clamp(hi - self.window, min=0))
         start = torch.maximum(start, lo)
         length = torch.minimum(hi - start, torch.full_like(start, self.window))
         out = self.fixed_window(c, start, length)
-        out["acts"] = self._cut(series, start, length, 0.0)
+        pos, inside = self._positions(start, length)
+        out["acts"] = torch.where(inside, self.acts[c[:, None], pos, f[:, None]], 0.0)
         out["peak"] = p - start
-        out["peak_value"] = peak_value
+        out["peak_value"] = self.ctx_max[c, f]
         return out
 
     def fixed_window(self, c: torch.Tensor, start: torch.Tensor, length: torch.Tensor) -> dict:
+        pos, inside = self._positions(start, length)
         return {
             "context": self.context_ids[c],
             "doc": self.doc_ids[c, start],
             "doc_offset": self.doc_offsets[c, start],
-            "tokens": self._cut(self.input_ids[c], start, length, -1).int(),
+            "tokens": torch.where(inside, self.input_ids[c[:, None], pos], -1).int(),
         }
 
-    def _cut(self, rows: torch.Tensor, start: torch.Tensor, length: torch.Tensor, pad) -> torch.Tensor:
-        k = torch.arange(self.window, device=rows.device)
-        pos = (start[:, None] + k[None, :]).clamp(max=rows.shape[1] - 1)
-        cut = rows.gather(1, pos)
-        return torch.where(k[None, :] < length[:, None], cut, torch.as_tensor(pad, dtype=cut.dtype, device=cut.device))
+    def _positions(self, start: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pos = (start[:, None] + self.steps).clamp(max=self.acts.shape[1] - 1)
+        return pos, self.steps < length[:, None]
 
 
 def _segments(doc_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -308,42 +317,79 @@ def _negative_windows(doc_ids: np.ndarray, seg_hi: np.ndarray, W: int) -> tuple[
     return first.astype(np.int64), length.astype(np.int64)
 
 
-def _bank_frame(bank: dict[str, np.ndarray], split: str, kind: str, cfg: GatherConfig) -> pd.DataFrame:
-    f_idx, rank = np.nonzero(bank["context"] >= 0)
-    tokens = bank["tokens"][f_idx, rank]
-    lengths = (tokens >= 0).sum(1)
-    frame = pd.DataFrame(
+def _bank_columns(bank: dict[str, np.ndarray], split: str, kind: str, cfg: GatherConfig, alive: np.ndarray) -> dict[str, np.ndarray]:
+    """Flat columns for the filled slots of one bank; token windows stay padded [n, W] here.
+    Dead features keep nothing: their negatives would say nothing."""
+    filled = (bank["context"] >= 0) & alive[:, None]  # [F, K], filled slots first (banks come sorted by key)
+    rank = np.cumsum(filled, axis=1) - 1
+    quantile = np.full(filled.shape, -1)
+    if kind == "quantile":
+        # Equal-count bins over each feature's uniform sample, ordered by activation; rank follows that order.
+        value = np.where(filled, bank["peak_value"], np.inf)
+        order = np.argsort(value, axis=1, kind="stable")
+        rank = np.empty_like(order)
+        np.put_along_axis(rank, order, np.arange(order.shape[1])[None, :].repeat(len(order), 0), axis=1)
+        quantile = rank * cfg.n_bins // np.maximum(filled.sum(1, keepdims=True), 1)
+    f_idx, slot = np.nonzero(filled)
+    n = len(f_idx)
+    return {
+        "feature": f_idx,
+        "split": np.full(n, SPLITS.index(split), dtype=np.int8),
+        "kind": np.full(n, KINDS.index(kind), dtype=np.int8),
+        "rank": rank[f_idx, slot],
+        "quantile": quantile[f_idx, slot],
+        "context_id": bank["context"][f_idx, slot],
+        "doc_id": bank["doc"][f_idx, slot],
+        "doc_offset": bank["doc_offset"][f_idx, slot],
+        "peak": bank["peak"][f_idx, slot],
+        "max_activation": bank["peak_value"][f_idx, slot] if kind != "negative" else np.zeros(n, np.float32),
+        "tokens": bank["tokens"][f_idx, slot],
+        "acts": bank["acts"][f_idx, slot] if "acts" in bank else None,
+    }
+
+
+def _examples_table(parts: list[dict[str, np.ndarray]]) -> pa.Table:
+    """One Arrow table of examples. A quantile sample that is already among the same feature's
+    top examples of the same split is dropped: it would only repeat that window."""
+
+    def key(p: dict) -> np.ndarray:  # (feature, context, split) packed into one integer
+        return (p["feature"].astype(np.int64) << 40) + p["context_id"] * 2 + p["split"]
+
+    top = np.concatenate([key(p) for p in parts if p["kind"].size and p["kind"][0] == KINDS.index("top")])
+    for p in parts:
+        if p["kind"].size and p["kind"][0] == KINDS.index("quantile"):
+            keep = ~np.isin(key(p), top)
+            for name, value in p.items():
+                if value is not None:
+                    p[name] = value[keep]
+    col = {name: np.concatenate([p[name] for p in parts]) for name in parts[0] if name not in ("tokens", "acts")}
+    token_lists, act_lists = zip(*(_window_lists(p["tokens"], p["acts"]) for p in parts))
+    return pa.table(
         {
-            "feature": f_idx.astype(np.int64),
-            "split": split,
-            "kind": kind,
-            "rank": rank.astype(np.int64),
-            "quantile": pd.array([None] * len(f_idx), dtype="Int64"),
-            "context_id": bank["context"][f_idx, rank],
-            "doc_id": bank["doc"][f_idx, rank],
-            "doc_offset": bank["doc_offset"][f_idx, rank],
-            "peak": bank["peak"][f_idx, rank] if kind != "negative" else np.full(len(f_idx), -1),
-            "max_activation": bank["peak_value"][f_idx, rank].astype(np.float64) if kind != "negative" else 0.0,
-            "token_ids": [t[:n] for t, n in zip(tokens, lengths)],
-            "activations": [a[:n] for a, n in zip(bank["acts"][f_idx, rank], lengths)] if "acts" in bank else None,
+            "feature": pa.array(col["feature"], pa.int32()),
+            "split": pa.DictionaryArray.from_arrays(col["split"], SPLITS).cast(pa.string()),
+            "kind": pa.DictionaryArray.from_arrays(col["kind"], KINDS).cast(pa.string()),
+            "rank": pa.array(col["rank"], pa.int32()),
+            "quantile": pa.array(col["quantile"], pa.int32(), mask=col["quantile"] < 0),
+            "context_id": pa.array(col["context_id"], pa.int64()),
+            "doc_id": pa.array(col["doc_id"], pa.int64()),
+            "doc_offset": pa.array(col["doc_offset"], pa.int64()),
+            "peak": pa.array(col["peak"], pa.int32()),
+            "max_activation": pa.array(col["max_activation"], pa.float64()),
+            "token_ids": pa.chunked_array(token_lists),
+            "activations": pa.chunked_array(act_lists),
         }
     )
-    if kind == "quantile" and len(frame):
-        # Equal-count bins over each feature's uniform sample, by activation; rank restarts per feature.
-        frame = frame.sort_values(["feature", "max_activation"], kind="stable")
-        pos = frame.groupby("feature").cumcount().to_numpy()
-        size = frame.groupby("feature")["feature"].transform("size").to_numpy()
-        frame["quantile"] = pd.array(pos * cfg.n_bins // size, dtype="Int64")
-        frame["rank"] = pos
-    return frame
 
 
-def _drop_quantile_duplicates(examples: pd.DataFrame) -> pd.DataFrame:
-    """A quantile sample whose context is already a top example of the same feature and split adds nothing."""
-    key = ["feature", "split", "context_id"]
-    top = pd.MultiIndex.from_frame(examples.loc[examples.kind == "top", key])
-    dup = (examples.kind == "quantile").to_numpy() & pd.MultiIndex.from_frame(examples[key]).isin(top)
-    return examples[~dup].reset_index(drop=True)
+def _window_lists(tokens: np.ndarray, acts: np.ndarray | None) -> tuple[pa.Array, pa.Array]:
+    """Padded [n, W] windows → list arrays; real tokens form a prefix of each window."""
+    real = tokens >= 0
+    offsets = pa.array(np.concatenate([[0], np.cumsum(real.sum(1))]).astype(np.int32))
+    token_list = pa.ListArray.from_arrays(offsets, pa.array(tokens[real], pa.int32()))
+    if acts is None:  # negatives: every activation is 0 by construction, so none are stored
+        return token_list, pa.nulls(len(tokens), pa.list_(pa.float32()))
+    return token_list, pa.ListArray.from_arrays(offsets, pa.array(acts[real], pa.float32()))
 
 
 def auto_batch_size(context_length: int, n_features: int, device: torch.device) -> int:
@@ -377,8 +423,7 @@ def run_gather(model, sae, batches: Iterable[ContextBatch], cfg: GatherConfig, p
     with torch.inference_mode():
         for batch in batches:
             x = model.activations(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask))
-            acts = sae.encode(x.to(sae_dtype(sae)))
-            gatherer.update(batch, acts)
+            gatherer.update(batch, *sae.encode_with_support(x))
             n_contexts += len(batch.context_ids)
             bar.update(int(batch.valid.sum()))
     bar.close()
@@ -393,6 +438,3 @@ def run_gather(model, sae, batches: Iterable[ContextBatch], cfg: GatherConfig, p
         config=asdict(cfg),
     )
 
-
-def sae_dtype(sae) -> torch.dtype:
-    return next(iter(sae.parameters()), torch.zeros(())).dtype

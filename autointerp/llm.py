@@ -420,6 +420,9 @@ class _SDKClient(LLMClient):
         self._rpm = _TokenBucket(config.requests_per_minute) if config.requests_per_minute else None
         self._tpm = _TokenBucket(config.tokens_per_minute) if config.tokens_per_minute else None
         self._params_json = _canonical_json(config.params)
+        self._backoff = wait_exponential_jitter(
+            multiplier=config.backoff_initial_s, max=config.backoff_max_s, jitter=config.backoff_initial_s
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(provider={self.config.provider!r}, model={self.config.model!r})"
@@ -448,7 +451,7 @@ class _SDKClient(LLMClient):
         # The slot is held through backoff too: a rate-limited run should slow down, not
         # let waiting calls' slots go to fresh ones that would hit the same limit.
         async with self._slots:
-            started = time.monotonic()
+            started = time.monotonic()  # latency counts from here: queueing for a slot is not the API's
             retrying = AsyncRetrying(
                 stop=stop_after_attempt(cfg.max_retries + 1),
                 wait=self._wait,
@@ -473,8 +476,8 @@ class _SDKClient(LLMClient):
             if error is not None and retries:
                 error = f"{error} after {retries} retries"
             completion = self._finish(key, purpose, feature, system, user, reply, error, started, retries)
-        if error is not None:
-            log.warning("%s call failed (purpose=%s, feature=%s): %s", cfg.provider, purpose, feature, error)
+        if completion.error is not None:
+            log.warning("%s call failed (purpose=%s, feature=%s): %s", cfg.provider, purpose, feature, completion.error)
         return completion
 
     def _finish(
@@ -535,11 +538,7 @@ class _SDKClient(LLMClient):
 
     def _wait(self, state: RetryCallState) -> float:
         """Exponential backoff with jitter, but never shorter than the server's Retry-After."""
-        backoff = wait_exponential_jitter(
-            multiplier=self.config.backoff_initial_s,
-            max=self.config.backoff_max_s,
-            jitter=self.config.backoff_initial_s,
-        )(state)
+        backoff = self._backoff(state)
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, _CallFailed) and exc.retry_after is not None:
             return max(backoff, min(exc.retry_after, RETRY_AFTER_CAP_S))

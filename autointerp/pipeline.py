@@ -12,6 +12,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute
 
 from . import __version__
 from .corpus import CorpusConfig, iter_contexts, iter_documents
@@ -122,7 +124,7 @@ def gather(cfg: RunConfig) -> GatherSummary:
         timings["sae"] = time.perf_counter() - t
         result = run_gather(model, sae, _batches(cfg, model, sae.d_sae), cfg.gather, progress=cfg.progress)
         timings["gather"] = result.seconds
-        referenced = set(result.examples.doc_id.unique().tolist())
+        referenced = set(pa.compute.unique(result.examples["doc_id"]).to_pylist())
         documents = pd.DataFrame(
             [(d.doc_id, d.name) for d in iter_documents(cfg.corpus) if d.doc_id in referenced], columns=["doc_id", "name"]
         )
@@ -158,7 +160,7 @@ def gather(cfg: RunConfig) -> GatherSummary:
             n_features=len(f),
             n_dead=int(f.dead.sum()),
             n_dense=int(f.dense.sum()),
-            n_examples=len(result.examples),
+            n_examples=result.examples.num_rows,
             sae_metrics=metrics,
             seconds=timings,
         )

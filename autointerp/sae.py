@@ -179,25 +179,31 @@ class SAE(nn.Module):
 
     def encode(self, x: Tensor) -> Tensor:
         """Dense feature activations [..., d_sae] for activations x [..., d_in]."""
+        return self.encode_with_support(x)[0]
+
+    def encode_with_support(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """Dense activations and, for TopK SAEs, the (values, indices) [..., k] they were scattered
+        from, so a caller can find the nonzeros without scanning the dense tensor."""
         x = self._normalize(x.to(self.W_enc.dtype))
         if self.apply_b_dec_to_input:
             x = x - self.b_dec
         if self.architecture == "gated":
             pre = x @ self.W_enc
             magnitude = F.relu(pre * torch.exp(self.r_mag) + self.b_mag)
-            return magnitude * (pre + self.b_enc > 0)
+            return magnitude * (pre + self.b_enc > 0), None
         pre = F.linear(x, self.W_enc.T, self.b_enc)
         if self.architecture == "standard":
-            return torch.tanh(F.relu(pre)) if self.activation == "tanh-relu" else F.relu(pre)
+            return (torch.tanh(F.relu(pre)) if self.activation == "tanh-relu" else F.relu(pre)), None
         if self.architecture in ("jumprelu", "batchtopk"):
-            return F.relu(pre) * (pre > self.threshold)
+            return F.relu(pre) * (pre > self.threshold), None
         if self.architecture == "topk":
             values, indices = torch.topk(pre, self.k, dim=-1, sorted=False)
-            return torch.zeros_like(pre).scatter_(-1, indices, F.relu(values))
+            values = F.relu(values)
+            return torch.zeros_like(pre).scatter_(-1, indices, values), (values, indices)
         # groupmax: the maximum of each of k contiguous groups of latents survives.
         groups = F.relu(pre).unflatten(-1, (self.k, -1))
         values, indices = groups.max(dim=-1, keepdim=True)
-        return torch.zeros_like(groups).scatter_(-1, indices, values).flatten(-2)
+        return torch.zeros_like(groups).scatter_(-1, indices, values).flatten(-2), None
 
     def decode(self, f: Tensor, x: Tensor | None = None) -> Tensor:
         """Reconstruction from features f [..., d_sae]; x is needed to undo input normalisation

@@ -114,7 +114,7 @@ class Store:
         self,
         run: RunRecord,
         features: pd.DataFrame,
-        examples: pd.DataFrame,
+        examples: pa.Table,
         contexts: pd.DataFrame,
         documents: pd.DataFrame,
         vocab: list[str],
@@ -213,24 +213,8 @@ def _features_arrow(run_id: str, df: pd.DataFrame) -> pa.Table:
     )
 
 
-def _examples_arrow(run_id: str, df: pd.DataFrame) -> pa.Table:
-    return pa.table(
-        {
-            "run_id": pa.array([run_id] * len(df)),
-            "feature": pa.array(df.feature.to_numpy(), pa.int32()),
-            "split": pa.array(df.split.to_numpy(), pa.string()),
-            "kind": pa.array(df.kind.to_numpy(), pa.string()),
-            "rank": pa.array(df["rank"].to_numpy(), pa.int32()),
-            "quantile": pa.Array.from_pandas(df["quantile"], type=pa.int32()),
-            "context_id": pa.array(df.context_id.to_numpy(), pa.int64()),
-            "doc_id": pa.array(df.doc_id.to_numpy(), pa.int64()),
-            "doc_offset": pa.array(df.doc_offset.to_numpy(), pa.int64()),
-            "peak": pa.array(df.peak.to_numpy(), pa.int32()),
-            "max_activation": pa.array(df.max_activation.to_numpy(), pa.float64()),
-            "token_ids": _list_array(df.token_ids, pa.int32()),
-            "activations": _list_array(df.activations, pa.float32()),
-        }
-    )
+def _examples_arrow(run_id: str, table: pa.Table) -> pa.Table:
+    return table.add_column(0, "run_id", pa.array([run_id] * len(table), pa.string()))
 
 
 def _list_array(column: pd.Series, value_type: pa.DataType) -> pa.Array:

@@ -4,7 +4,7 @@ It speaks enough of both wire formats for the official SDK clients, so tests exe
 the real client code (auth headers, retries off, error mapping) without the network.
 
     with StandinServer(api_key="sk-test") as server:
-        server.inject(Fault.rate_limit(retry_after="0.2"), Fault.status(500))
+        server.inject(Fault.rate_limit(retry_after="0.2"), Fault.server_error(500))
         ...  # point a client at server.openai_base_url / server.anthropic_base_url
         server.requests  # every request received, raw headers and body included
 
@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
@@ -256,30 +256,27 @@ def _make_handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
 
         def _serve(self, req: Recorded) -> None:
             if req.path not in (OPENAI_PATH, ANTHROPIC_PATH):
-                return self._send_json(404, _error_body(req.path, 404, f"no route {req.path}"))
+                self._send_json(404, _error_body(req.path, 404, f"no route {req.path}"))
+                return
             if server.latency_s:
                 time.sleep(server.latency_s)
             if self._reject_auth(req):
                 return
             fault = server._next_fault()
-            if fault is not None and fault.kind == "status":
-                message = "rate limited" if fault.status == 429 else "stand-in fault"
-                if fault.status == 529:
-                    message = "Overloaded"
-                return self._send_json(fault.status, _error_body(req.path, fault.status, message), fault.headers)
-            if fault is not None and fault.kind == "drop":
-                self.close_connection = True
-                return
-            if fault is not None and fault.kind == "body":
-                return self._send_raw(200, fault.body)
-            if fault is not None and fault.kind == "slow":
-                time.sleep(fault.delay_s)
-
-            payload = self._answer(req)
-            if fault is not None and fault.kind == "truncated":
-                data = json.dumps(payload).encode()
-                return self._send_raw(200, data[: len(data) // 2], content_length=len(data))
-            self._send_json(200, payload)
+            if fault is None or fault.kind == "slow":
+                if fault:
+                    time.sleep(fault.delay_s)
+                self._send_json(200, self._answer(req))
+            elif fault.kind == "status":
+                message = {429: "rate limited", 529: "Overloaded"}.get(fault.status, "stand-in fault")
+                self._send_json(fault.status, _error_body(req.path, fault.status, message), fault.headers)
+            elif fault.kind == "drop":
+                self.close_connection = True  # return without a word; the socket closes
+            elif fault.kind == "body":
+                self._send_raw(200, fault.body)
+            elif fault.kind == "truncated":
+                data = json.dumps(self._answer(req)).encode()
+                self._send_raw(200, data[: len(data) // 2], content_length=len(data))
 
         def _reject_auth(self, req: Recorded) -> bool:
             """Answer 400/401 like the provider would; False when auth is fine."""
