@@ -61,13 +61,14 @@ class GatherSummary:
 
     def lines(self) -> list[str]:
         m = self.sae_metrics
+        health = f"SAE on held-out tokens: FVU {m['fvu']:.3f}, L0 {m['l0']:.1f}, dead {m['dead_fraction']:.1%}" if m else "SAE health: not evaluated"
         return [
             f"database: {self.db_path}",
             f"run: {self.run_id}",
             f"corpus: {self.n_tokens:,} tokens in {self.n_contexts:,} contexts",
             f"features: {self.n_features:,} ({self.n_features - self.n_dead:,} alive, {self.n_dead:,} dead, {self.n_dense:,} ultra-dense)",
             f"examples stored: {self.n_examples:,}",
-            f"SAE on held-out tokens: FVU {m['fvu']:.3f}, L0 {m['l0']:.1f}, dead {m['dead_fraction']:.1%}",
+            health,
             "time: " + ", ".join(f"{k} {v:.0f}s" for k, v in self.seconds.items()),
         ]
 
@@ -94,6 +95,8 @@ def prepare_sae(cfg: RunConfig, model: SubjectModel, run_id: str) -> tuple[SAE, 
         check_sae_fits(model, sae)
         if sae.hook_name and sae.hook_name not in (model.hook.name, model.hook.module_path):
             warnings.warn(f"the SAE names hookpoint '{sae.hook_name}' but you read '{model.hook.name}'; make sure they are the same place")
+        if cfg.eval_tokens <= 0:
+            return sae, cfg.sae, {}
         _, held = collect_activations(model, _batches(cfg, model, sae.d_sae), 0, cfg.eval_tokens)
         return sae, cfg.sae, evaluate_sae(sae, held).as_dict()
     x_train, x_held = collect_activations(model, _batches(cfg, model, cfg.train.n_features), cfg.train.train_tokens, cfg.train.holdout_tokens)

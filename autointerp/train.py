@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .corpus import ContextBatch
+from .errors import AutointerpError
 from .sae import SAE
 
 
@@ -66,7 +67,13 @@ def collect_activations(model, batches: Iterable[ContextBatch], train_tokens: in
                     n_held += len(rows)
         if n_train >= train_tokens and n_held >= holdout_tokens:
             break
-    return torch.cat(train), torch.cat(held)
+    if holdout_tokens > 0 and not held:
+        raise AutointerpError(
+            "the corpus has fewer than 10 contexts, so no tokens can be held out to evaluate the SAE",
+            "use a larger corpus (every 10th context is held out)",
+        )
+    width = model.width
+    return (torch.cat(train) if train else torch.empty(0, width)), (torch.cat(held) if held else torch.empty(0, width))
 
 
 class _TopKTrainer(torch.nn.Module):

@@ -1,0 +1,131 @@
+"""Typed records that stages pass through the store: snippets in, labels and judgements out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Snippet:
+    """One stored window of one feature, ready to show a judge.
+
+    `tokens` are display pieces: joining them gives readable text (leading spaces kept,
+    BERT '##' continuations glued). `activations` is None for verified negatives,
+    whose every activation is 0.
+    """
+
+    feature: int
+    split: str  # "explain" | "score"
+    kind: str  # "top" | "quantile" | "negative"
+    context_id: int
+    tokens: tuple[str, ...]
+    activations: tuple[float, ...] | None
+    max_activation: float
+    quantile: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.kind != "negative"
+
+    @property
+    def text(self) -> str:
+        return "".join(self.tokens)
+
+    def values(self) -> tuple[float, ...]:
+        return self.activations if self.activations is not None else (0.0,) * len(self.tokens)
+
+
+@dataclass
+class FeatureSnippets:
+    """Everything stored about one feature that the explain and score stages use."""
+
+    feature: int
+    max_activation: float  # over the whole corpus: normalises activations to 0–10
+    density: float
+    explain: list[Snippet] = field(default_factory=list)  # activating, explain split
+    explain_negatives: list[Snippet] = field(default_factory=list)
+    score: list[Snippet] = field(default_factory=list)  # activating, score split
+    score_negatives: list[Snippet] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MarkedSnippet:
+    """A snippet shown with some tokens marked <<like this>>, for fuzzing."""
+
+    snippet: Snippet
+    marked: tuple[bool, ...]
+    correct: bool  # True when the marks are the real activating tokens
+
+
+@dataclass
+class ExplainTask:
+    feature: int
+    snippets: list[Snippet]  # activating explain-split snippets
+    negatives: list[Snippet]  # explain-split negatives (contrast for judges that use it)
+    max_activation: float
+
+
+@dataclass
+class DetectionTask:
+    feature: int
+    label: str
+    snippets: list[Snippet]  # activating and negative, shuffled; the judge sees no activations
+
+
+@dataclass
+class FuzzTask:
+    feature: int
+    label: str
+    snippets: list[MarkedSnippet]
+
+
+@dataclass
+class SimulationTask:
+    feature: int
+    label: str
+    snippets: list[Snippet]  # the judge predicts 0–10 per token
+
+
+@dataclass
+class JudgeAnswer(Generic[T]):
+    """A judge's answer: a parsed value, or an error, never both.
+
+    error is set when the call failed or the response could not be parsed; the raw
+    response is kept either way. A failed answer is never counted as a prediction.
+    """
+
+    value: T | None
+    raw: str
+    error: str | None = None
+    prompt_hash: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+    cached: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.value is not None
+
+
+def vocab_style(vocab: list[str]) -> str:
+    """'wordpiece' (BERT '##'), 'bytelevel' (GPT-2 'Ġ') or 'sentencepiece' ('▁'), read off the vocabulary."""
+    sample = vocab[: 50_000]
+    counts = {
+        "wordpiece": sum(t.startswith("##") for t in sample),
+        "bytelevel": sum("Ġ" in t for t in sample),
+        "sentencepiece": sum("▁" in t for t in sample),
+    }
+    return max(counts, key=counts.get)
+
+
+def display_pieces(vocab_tokens: list[str], style: str) -> tuple[str, ...]:
+    """Tokenizer vocabulary strings → readable pieces that concatenate into text."""
+    if style == "wordpiece":
+        return tuple(t[2:] if t.startswith("##") else (" " + t if i else t) for i, t in enumerate(vocab_tokens))
+    if style == "bytelevel":
+        return tuple(t.replace("Ġ", " ").replace("Ċ", "\n").replace("ĉ", "\t") for t in vocab_tokens)
+    return tuple(t.replace("▁", " ") for t in vocab_tokens)

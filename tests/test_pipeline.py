@@ -1,0 +1,171 @@
+"""The gather pipeline into DuckDB: idempotent runs, failures that lose nothing, bad input, the trainer, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from autointerp.cli import main as cli_main
+from autointerp.corpus import CorpusConfig
+from autointerp.errors import AutointerpError
+from autointerp.gather import GatherConfig
+from autointerp.model import ModelConfig
+from autointerp.pipeline import RunConfig, gather
+from autointerp.sae import SAE, load_sae, save_saelens
+from autointerp.store import Store
+from autointerp.train import TrainConfig, evaluate_sae, train_topk_sae
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_model_dir):
+    from pydoc_data.topics import topics
+
+    root = tmp_path_factory.mktemp("pipe")
+    corpus = root / "docs.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": topics[k][:800]}) for k in sorted(topics)[:30]))
+    torch.manual_seed(0)
+    sae = SAE(torch.randn(32, 16) * 10, torch.full((16,), -1.0), torch.randn(16, 32), torch.zeros(32), architecture="standard")
+    save_saelens(sae, root / "sae", hook_name="blocks.1.hook_resid_post", model_name="tiny-gpt2")
+    return root, str(corpus), tiny_model_dir("gpt2")
+
+
+def _config(setup, project, **kw):
+    root, corpus, model = setup
+    base = dict(
+        project=str(project),
+        run_id="r1",
+        model=ModelConfig(name=model, hookpoint="blocks.1.hook_resid_post", device="cpu"),
+        corpus=CorpusConfig(source=corpus, context_length=32),
+        sae=str(root / "sae"),
+        gather=GatherConfig(n_top=3, n_bins=2, per_bin=2, n_negative=3, window=8, batch_size=4),
+        eval_tokens=500,
+        progress=False,
+    )
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def test_gather_writes_every_table_and_rerun_is_idempotent(setup, tmp_path):
+    summary = gather(_config(setup, tmp_path))
+    assert summary.db_path == tmp_path / "autointerp.duckdb"
+    with Store(tmp_path, read_only=True) as store:
+        first = store.table_counts("r1")
+        run = store.run("r1")
+        assert first["features"] == 16 and first["examples"] == summary.n_examples > 0
+        assert run["sae_format"] == "saelens" and run["d_sae"] == 16 and run["versions"]["torch"]
+        assert 0 <= run["sae_metrics"]["fvu"] and run["sae_metrics"]["l0"] > 0
+        vocab = store.vocab("r1")
+        ex = store.examples("r1", kind="top").iloc[0]
+        assert len(vocab) > max(ex.token_ids)
+        assert set(store.documents("r1").doc_id) >= set(store.examples("r1").doc_id)
+    gather(_config(setup, tmp_path))
+    with Store(tmp_path, read_only=True) as store:
+        assert store.table_counts("r1") == first
+        assert len(store.runs()) == 1
+        assert store.run("r1")["created_at"] == run["created_at"]
+
+
+def test_failed_rerun_keeps_what_was_stored(setup, tmp_path):
+    root, *_ = setup
+    gather(_config(setup, tmp_path))
+    with Store(tmp_path, read_only=True) as store:
+        before = store.table_counts("r1")
+    bad = SAE(torch.full((32, 16), float("nan")), torch.zeros(16), torch.zeros(16, 32), torch.zeros(32))
+    save_saelens(bad, root / "nan_sae", hook_name="x", model_name="tiny")
+    with pytest.raises(AutointerpError, match="NaN or inf"):
+        gather(_config(setup, tmp_path, sae=str(root / "nan_sae"), eval_tokens=0))
+    with Store(tmp_path, read_only=True) as store:
+        assert store.table_counts("r1") == before
+
+
+def test_sae_width_mismatch_names_the_hookpoint_and_stores_nothing(setup, tmp_path):
+    root, *_ = setup
+    wide = SAE(torch.randn(48, 8), torch.zeros(8), torch.randn(8, 48), torch.zeros(48))
+    save_saelens(wide, root / "wide", hook_name="blocks.0.hook_resid_post", model_name="other")
+    with pytest.raises(AutointerpError, match="width 48.*width 32[\\s\\S]*blocks.0.hook_resid_post"):
+        gather(_config(setup, tmp_path, sae=str(root / "wide")))
+    with Store(tmp_path, read_only=True) as store:
+        assert store.runs().empty
+
+
+def test_locked_database_is_reported_and_left_intact(setup, tmp_path):
+    gather(_config(setup, tmp_path))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import duckdb, sys, time
+            con = duckdb.connect({str(tmp_path / 'autointerp.duckdb')!r})
+            print('locked', flush=True)
+            time.sleep(60)
+        """)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(AutointerpError, match="locked by another process[\\s\\S]*fix: .*--project"):
+            gather(_config(setup, tmp_path, run_id="r2"))
+    finally:
+        holder.kill()
+        holder.wait()
+    with Store(tmp_path, read_only=True) as store:
+        assert list(store.runs().run_id) == ["r1"] and store.table_counts("r1")["examples"] > 0
+
+
+def test_trainer_recovers_a_planted_dictionary():
+    """Data made of k=3 of 48 unit atoms, shifted and scaled: a TopK SAE should explain it, and
+    the normalisation folded into its weights must hold on the raw data."""
+    rng = np.random.default_rng(0)
+    atoms = rng.normal(size=(48, 24))
+    atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
+    n = 30_000
+    idx = np.stack([rng.choice(48, 3, replace=False) for _ in range(n)])
+    coef = rng.uniform(1, 3, (n, 3))
+    x = np.einsum("nk,nkd->nd", coef, atoms[idx]) * 4.0 + 7.0  # raw data far from zero mean, unit scale
+    x = torch.tensor(x, dtype=torch.float32)
+    sae, metrics, _ = train_topk_sae(x[:27_000], x[27_000:], TrainConfig(n_features=96, k=3, epochs=12, lr=3e-3, batch_tokens=1024), progress=False)
+    assert metrics.fvu < 0.1 and metrics.l0 <= 3
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(96))
+    # Independent check of the folded weights: NumPy evaluation of the saved formula on raw data.
+    W_enc, b_enc, W_dec, b_dec = (getattr(sae, k).numpy().astype(np.float64) for k in ("W_enc", "b_enc", "W_dec", "b_dec"))
+    xr = x[27_000:].numpy().astype(np.float64)
+    pre = (xr - b_dec) @ W_enc + b_enc
+    f = np.zeros_like(pre)
+    top = np.argsort(-pre, axis=1)[:, :3]
+    np.put_along_axis(f, top, np.maximum(np.take_along_axis(pre, top, 1), 0), 1)
+    fvu = ((xr - (f @ W_dec + b_dec)) ** 2).sum() / ((xr - xr.mean(0)) ** 2).sum()
+    assert fvu == pytest.approx(metrics.fvu, rel=1e-3)
+    # Saved in SAELens v6 format and loaded back bit-exactly.
+    assert evaluate_sae(sae, x[27_000:]).fvu == pytest.approx(metrics.fvu)
+
+
+def test_trained_sae_is_saved_in_saelens_v6(setup, tmp_path):
+    cfg = _config(setup, tmp_path, sae=None, run_id="trained", train=TrainConfig(n_features=64, k=4, epochs=1, train_tokens=3000, holdout_tokens=500, batch_tokens=512))
+    summary = gather(cfg)
+    saved = tmp_path / "saes" / "trained"
+    meta = json.loads((saved / "cfg.json").read_text())
+    assert meta["architecture"] == "topk" and meta["k"] == 4 and meta["normalize_activations"] == "none"
+    assert meta["metadata"]["sae_lens_version"].startswith("6") and meta["metadata"]["hook_name"] == "blocks.1.hook_resid_post"
+    loaded = load_sae(saved)
+    assert loaded.d_sae == 64 and summary.sae_metrics["fvu"] < 1.5
+
+
+def test_cli_reports_bad_input_with_the_fix(setup, tmp_path, capsys):
+    _, corpus, model = setup
+    code = cli_main(["gather", "--project", str(tmp_path), "--model", model, "--hookpoint", "transformer.h.1.mpl", "--corpus", corpus, "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown hookpoint" in err and "transformer.h.1.mlp" in err and "fix:" in err
+    assert "Traceback" not in err
+
+
+def test_cli_help_lists_the_stages(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli_main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("gather", "hookpoints", "runs", "stages:"):
+        assert word in out
