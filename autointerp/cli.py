@@ -56,6 +56,49 @@ def _add_gather_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_judge_args(p: argparse.ArgumentParser) -> None:
+    from .score import SCORERS
+
+    j = p.add_argument_group("judge (explain and score)")
+    j.add_argument("--judge", default="offline", choices=["offline", "openai", "anthropic", "openai_compatible"],
+                   help="who labels and scores (default: offline, needs no LLM)")
+    j.add_argument("--judge-model", default=None, help="e.g. gpt-4o-mini, claude-haiku-4-5, llama3.1 (required for LLM judges)")
+    j.add_argument("--base-url", help="server root for openai_compatible (vLLM, Ollama, llama.cpp, OpenRouter), e.g. http://localhost:8000/v1")
+    j.add_argument("--api-key-env", help="environment variable holding the key (default: per provider)")
+    j.add_argument("--keys-file", help='TOML file with lines like openai = "sk-..." (environment variables win)')
+    j.add_argument("--concurrency", type=int, default=8, help="requests in flight (default: %(default)s)")
+    j.add_argument("--rpm", type=float, help="requests-per-minute limit")
+    j.add_argument("--tpm", type=float, help="tokens-per-minute limit")
+    j.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default: %(default)s)")
+    j.add_argument("--max-retries", type=int, default=5, help="(default: %(default)s)")
+    j.add_argument("--prompt-dir", help="directory with your own prompt files (default: prompts/)")
+    j.add_argument("--scorers", default=",".join(SCORERS), help="comma-separated subset of %(default)s")
+    j.add_argument("--max-features", type=int, help="label only the first N alive features")
+
+
+def _judge_config(a: argparse.Namespace):
+    from .llm import LLMConfig
+
+    if a.judge == "offline":
+        return None
+    if not a.judge_model:
+        raise AutointerpError(f"--judge {a.judge} needs a model name", "pass --judge-model, e.g. gpt-4o-mini or claude-haiku-4-5")
+    return LLMConfig(provider=a.judge, model=a.judge_model, base_url=a.base_url, api_key_env=a.api_key_env,
+                     concurrency=a.concurrency, requests_per_minute=a.rpm, tokens_per_minute=a.tpm,
+                     timeout_s=a.timeout, max_retries=a.max_retries)
+
+
+def _judged(cfg, a: argparse.Namespace):
+    from dataclasses import replace as dc_replace
+
+    cfg.judge = _judge_config(a)
+    cfg.keys_file = a.keys_file
+    cfg.prompt_dir = a.prompt_dir
+    cfg.explain = dc_replace(cfg.explain, max_features=a.max_features)
+    cfg.score = dc_replace(cfg.score, scorers=tuple(x.strip() for x in a.scorers.split(",") if x.strip()))
+    return cfg
+
+
 def _run_config(a: argparse.Namespace):
     from .corpus import CorpusConfig
     from .gather import GatherConfig
@@ -81,6 +124,24 @@ def cmd_gather(a: argparse.Namespace) -> None:
 
     summary = gather(_run_config(a))
     print("\n".join(summary.lines()))
+
+
+def cmd_run(a: argparse.Namespace) -> None:
+    from .pipeline import gather, label_and_score
+
+    cfg = _judged(_run_config(a), a)  # a bad judge setting fails here, before minutes of gathering
+    gathered = gather(cfg)
+    print("\n".join(gathered.lines()))
+    explained, scored = label_and_score(cfg, gathered.run_id)
+    print("\n".join(explained.lines() + scored.lines()))
+
+
+def cmd_label(a: argparse.Namespace) -> None:
+    from .pipeline import RunConfig, label_and_score
+
+    cfg = _judged(RunConfig(project=a.project, run_id=a.run_id, progress=not a.quiet), a)
+    explained, scored = label_and_score(cfg, a.run_id, explain_stage=a.command == "explain", score_stage=a.command == "score")
+    print("\n".join((explained.lines() if explained else []) + (scored.lines() if scored else [])))
 
 
 def cmd_hookpoints(a: argparse.Namespace) -> None:
@@ -110,12 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    p = sub.add_parser("run", help="the whole pipeline (gather on the embedded default when given no options)")
+    p = sub.add_parser("run", help="the whole pipeline: gather, explain, score (the embedded default when given no options)")
     _add_gather_args(p)
-    p.set_defaults(func=cmd_gather)
+    _add_judge_args(p)
+    p.set_defaults(func=cmd_run)
     p = sub.add_parser("gather", help="stream a corpus through model and SAE; store examples and statistics")
     _add_gather_args(p)
     p.set_defaults(func=cmd_gather)
+    for name, text in (("explain", "label every alive feature of a gathered run"), ("score", "score the stored labels on held-out snippets, with a shuffled-label control")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--project", default="project")
+        p.add_argument("--run-id", help="(default: the latest run)")
+        p.add_argument("--quiet", action="store_true")
+        _add_judge_args(p)
+        p.set_defaults(func=cmd_label)
     p = sub.add_parser("hookpoints", help="list the hookpoints a model offers")
     p.add_argument("--model", required=True, help="hub id or local directory")
     p.set_defaults(func=cmd_hookpoints)

@@ -23,6 +23,9 @@ from .model import EMBEDDED_MODEL, ModelConfig, SubjectModel
 from .sae import SAE, load_sae, save_saelens
 from .store import RunRecord, Store
 from .train import TrainConfig, collect_activations, evaluate_sae, train_topk_sae
+from .explain import ExplainConfig, ExplainSummary, explain, explainer_id
+from .llm import LLMConfig
+from .score import ScoreConfig, ScoreSummary, score
 
 
 @dataclass
@@ -36,6 +39,11 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     gather: GatherConfig = field(default_factory=GatherConfig)
     eval_tokens: int = 40_000  # held-out tokens for FVU / L0 / dead fraction of a given SAE
+    judge: LLMConfig | None = None  # None: the offline judge
+    keys_file: str | None = None  # TOML file of provider = "key" (environment variables win)
+    prompt_dir: str | None = None  # your own prompt files instead of prompts/
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
     progress: bool = True
 
     def resolved_run_id(self) -> str:
@@ -167,5 +175,40 @@ def gather(cfg: RunConfig) -> GatherSummary:
             sae_metrics=metrics,
             seconds=timings,
         )
+    finally:
+        store.close()
+
+
+def label_and_score(cfg: RunConfig, run_id: str | None = None, *, explain_stage: bool = True, score_stage: bool = True) -> tuple[ExplainSummary | None, ScoreSummary | None]:
+    """Explain then score a gathered run, under one event loop (the LLM clients are bound to it).
+    Scoring alone scores the labels this judge stored earlier."""
+    import asyncio
+
+    from .judges import make_judge
+    from .llm import load_keys
+    from .store import CallLog
+
+    store = Store(cfg.project)
+    try:
+        run_id = run_id or store.run(cfg.run_id)["run_id"]
+        log = CallLog(store)
+        keys = load_keys(cfg.keys_file) if cfg.keys_file else None
+        judge = make_judge(cfg.judge, log, keys=keys, prompt_dir=cfg.prompt_dir)
+
+        async def stages():
+            try:
+                explained = await explain(store, run_id, judge, cfg.explain, call_log=log, progress=cfg.progress) if explain_stage else None
+                scored = None
+                if score_stage:
+                    explainer = explained.explainer if explained else explainer_id(judge)
+                    if not explained and explainer not in store.explainers(run_id):
+                        raise AutointerpError(f"run '{run_id}' has no labels by {explainer}", "run `autointerp explain` with the same judge first")
+                    scored = await score(store, run_id, explainer, judge, cfg.score, call_log=log, progress=cfg.progress)
+                return explained, scored
+            finally:
+                await judge.aclose()
+                log.flush()
+
+        return asyncio.run(stages())
     finally:
         store.close()

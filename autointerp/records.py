@@ -122,10 +122,20 @@ def vocab_style(vocab: list[str]) -> str:
     return max(counts, key=counts.get)
 
 
-def display_pieces(vocab_tokens: list[str], style: str) -> tuple[str, ...]:
-    """Tokenizer vocabulary strings → readable pieces that concatenate into text."""
+def piece_tables(vocab: list[str], style: str) -> tuple[list[str], list[str]]:
+    """Per token id, its readable piece at the start of a snippet and anywhere else
+    (they differ for WordPiece, where a word after the first gets a leading space)."""
     if style == "wordpiece":
-        return tuple(t[2:] if t.startswith("##") else (" " + t if i else t) for i, t in enumerate(vocab_tokens))
+        first = [t[2:] if t.startswith("##") else t for t in vocab]
+        return first, [t[2:] if t.startswith("##") else " " + t for t in vocab]
     if style == "bytelevel":
-        return tuple(t.replace("Ġ", " ").replace("Ċ", "\n").replace("ĉ", "\t") for t in vocab_tokens)
-    return tuple(t.replace("▁", " ") for t in vocab_tokens)
+        pieces = [t.replace("Ġ", " ").replace("Ċ", "\n").replace("ĉ", "\t") for t in vocab]
+    else:
+        pieces = [t.replace("▁", " ") for t in vocab]
+    return pieces, pieces
+
+
+def display_pieces(tokens: list[str], style: str) -> tuple[str, ...]:
+    """Vocabulary strings of one snippet → readable pieces that concatenate into its text."""
+    first, rest = piece_tables(tokens, style)
+    return tuple(first[:1] + rest[1:])

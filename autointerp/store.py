@@ -47,6 +47,23 @@ CREATE TABLE IF NOT EXISTS examples (
 CREATE TABLE IF NOT EXISTS contexts (run_id VARCHAR, context_id BIGINT, split VARCHAR);
 CREATE TABLE IF NOT EXISTS documents (run_id VARCHAR, doc_id BIGINT, name VARCHAR);
 CREATE TABLE IF NOT EXISTS vocab (run_id VARCHAR, token_id INTEGER, token VARCHAR);
+CREATE TABLE IF NOT EXISTS explanations (
+    run_id VARCHAR, feature INTEGER, explainer VARCHAR, label VARCHAR, status VARCHAR, error VARCHAR,
+    raw VARCHAR, prompt_hash VARCHAR, n_snippets INTEGER, created_at TIMESTAMP,
+    PRIMARY KEY (run_id, feature, explainer)
+);
+CREATE TABLE IF NOT EXISTS scores (
+    run_id VARCHAR, feature INTEGER, explainer VARCHAR, scorer VARCHAR, judge VARCHAR,
+    label_source VARCHAR, label_feature INTEGER, metric VARCHAR,
+    value DOUBLE, ci_low DOUBLE, ci_high DOUBLE, n INTEGER, method VARCHAR,
+    status VARCHAR, n_failed INTEGER, error VARCHAR, prompt_hash VARCHAR, created_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS llm_calls (
+    cache_key VARCHAR, provider VARCHAR, model VARCHAR, purpose VARCHAR, feature INTEGER,
+    system VARCHAR, "user" VARCHAR, params JSON, response VARCHAR, raw VARCHAR,
+    prompt_tokens INTEGER, completion_tokens INTEGER, latency_s DOUBLE, retries INTEGER,
+    cost_usd DOUBLE, error VARCHAR, created_at TIMESTAMP
+);
 """
 
 # Tables holding one run's gather output, replaced together.
@@ -127,7 +144,7 @@ class Store:
             "documents": pa.table({"run_id": [run.run_id] * len(documents), "doc_id": documents.doc_id.to_numpy(), "name": documents.name.to_numpy()}),
             "vocab": pa.table({"run_id": [run.run_id] * len(vocab), "token_id": np.arange(len(vocab), dtype=np.int32), "token": vocab}),
         }
-        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        now = _now()
         self.con.execute("BEGIN TRANSACTION")
         try:
             created = self.con.execute("SELECT created_at FROM runs WHERE run_id = ?", [run.run_id]).fetchone()
@@ -193,8 +210,147 @@ class Store:
     def documents(self, run_id: str) -> pd.DataFrame:
         return self.con.execute("SELECT doc_id, name FROM documents WHERE run_id = ? ORDER BY doc_id", [run_id]).df()
 
+    def feature_snippets(self, run_id: str, features: list[int], *, split: str | None = None, max_per_kind: dict[str, int] | None = None) -> list["FeatureSnippets"]:
+        """Stored windows of these features as typed records, tokens as display pieces.
+
+        split limits to one split; max_per_kind caps rows per (feature, split, kind) by rank,
+        so a stage loads only what it shows.
+        """
+        from .records import FeatureSnippets, Snippet, piece_tables, vocab_style
+
+        vocab = self.vocab(run_id)
+        first, rest = piece_tables(vocab, vocab_style(vocab))
+        caps = max_per_kind or {}
+        cap_sql = " OR ".join(f"(kind = '{k}' AND rank < {int(n)})" for k, n in caps.items())
+        uncapped = [k for k in ("top", "quantile", "negative") if k not in caps]
+        if uncapped:
+            cap_sql = " OR ".join(filter(None, [cap_sql, f"kind IN ({', '.join(repr(k) for k in uncapped)})"]))
+        where = f"run_id = ? AND feature IN (SELECT feature FROM wanted) AND ({cap_sql})" + (" AND split = ?" if split else "")
+        args = [run_id] + ([split] if split else [])
+        self.con.register("wanted", pa.table({"feature": pa.array(features, pa.int32())}))
+        try:
+            stats = self.con.execute("SELECT feature, max_activation, density FROM features WHERE run_id = ? AND feature IN (SELECT feature FROM wanted) ORDER BY feature", [run_id]).fetchall()
+            ex = self.con.execute(
+                f"SELECT feature, split, kind, context_id, token_ids, activations, max_activation, quantile FROM examples WHERE {where} ORDER BY feature, split, kind, rank",
+                args,
+            ).fetchall()
+        finally:
+            self.con.unregister("wanted")
+        out = {f: FeatureSnippets(feature=f, max_activation=m, density=d) for f, m, d in stats}
+        buckets = {("explain", False): "explain", ("explain", True): "explain_negatives", ("score", False): "score", ("score", True): "score_negatives"}
+        for feature, split_, kind, ctx, ids, acts, peak, quantile in ex:
+            pieces = (first[ids[0]], *[rest[i] for i in ids[1:]]) if ids else ()
+            snip = Snippet(feature, split_, kind, ctx, pieces, tuple(acts) if acts is not None else None, peak, quantile)
+            getattr(out[feature], buckets[split_, kind == "negative"]).append(snip)
+        return [out[f] for f in features if f in out]
+
+    def alive_features(self, run_id: str, include_dense: bool = False) -> list[int]:
+        sql = "SELECT feature FROM features WHERE run_id = ? AND NOT dead" + ("" if include_dense else " AND NOT dense")
+        return [r[0] for r in self.con.execute(sql + " ORDER BY feature", [run_id]).fetchall()]
+
+    # ------------------------------------------------------------ explain and score
+
+    def write_explanations(self, run_id: str, explainer: str, rows: pd.DataFrame) -> None:
+        """Replace the labels of these features by this explainer. rows: feature, label, status, error, raw, prompt_hash, n_snippets."""
+        table = pa.Table.from_pandas(rows.assign(run_id=run_id, explainer=explainer, created_at=_now()), preserve_index=False)
+        self._replace("explanations", table, "run_id = ? AND explainer = ? AND feature IN (SELECT feature FROM incoming)", [run_id, explainer])
+
+    def explanations(self, run_id: str, explainer: str | None = None) -> pd.DataFrame:
+        sql, args = "SELECT * FROM explanations WHERE run_id = ?", [run_id]
+        if explainer is not None:
+            sql, args = sql + " AND explainer = ?", args + [explainer]
+        return self.con.execute(sql + " ORDER BY feature", args).df()
+
+    def explainers(self, run_id: str) -> list[str]:
+        return [r[0] for r in self.con.execute("SELECT DISTINCT explainer FROM explanations WHERE run_id = ? ORDER BY 1", [run_id]).fetchall()]
+
+    def write_scores(self, run_id: str, explainer: str, scorer: str, rows: pd.DataFrame) -> None:
+        """Replace this scorer's rows for these features (true and shuffled labels alike)."""
+        table = pa.Table.from_pandas(rows.assign(run_id=run_id, explainer=explainer, scorer=scorer, created_at=_now()), preserve_index=False)
+        self._replace("scores", table, "run_id = ? AND explainer = ? AND scorer = ? AND feature IN (SELECT feature FROM incoming)", [run_id, explainer, scorer])
+
+    def scores(self, run_id: str, explainer: str | None = None) -> pd.DataFrame:
+        sql, args = "SELECT * FROM scores WHERE run_id = ?", [run_id]
+        if explainer is not None:
+            sql, args = sql + " AND explainer = ?", args + [explainer]
+        return self.con.execute(sql + " ORDER BY scorer, feature, label_source, metric", args).df()
+
+    def llm_totals(self, purpose_prefix: str = "") -> dict:
+        row = self.con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE error IS NOT NULL), coalesce(sum(prompt_tokens), 0), "
+            "coalesce(sum(completion_tokens), 0), sum(cost_usd) FROM llm_calls WHERE purpose LIKE ?",
+            [purpose_prefix + "%"],
+        ).fetchone()
+        return {"calls": row[0], "failed": row[1], "prompt_tokens": row[2], "completion_tokens": row[3], "cost_usd": row[4]}
+
+    def _replace(self, name: str, table: pa.Table, where: str, args: list) -> None:
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            self.con.register("incoming", table)
+            self.con.execute(f"DELETE FROM {name} WHERE {where}", args)
+            self.con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM incoming")
+            self.con.execute("COMMIT")
+        except Exception:
+            self.con.execute("ROLLBACK")
+            raise
+        finally:
+            self.con.unregister("incoming")
+
     def table_counts(self, run_id: str) -> dict[str, int]:
         return {t: self.con.execute(f"SELECT count(*) FROM {t} WHERE run_id = ?", [run_id]).fetchone()[0] for t in GATHER_TABLES}
+
+
+class CallLog:
+    """The LLM response cache and call log in the project's database (llm.CallStore).
+
+    Calls are buffered and written in batches; lookups see the buffer too, so a
+    repeated prompt inside one run is served from the cache as well. Only calls
+    without an error are ever served.
+    """
+
+    def __init__(self, store: Store, flush_every: int = 64):
+        self.store = store
+        self.flush_every = flush_every
+        self.pending: list = []
+
+    def lookup(self, cache_key: str):
+        for call in reversed(self.pending):
+            if call.cache_key == cache_key and call.error is None:
+                return call.as_completion(cached=True)
+        row = self.store.con.execute(
+            "SELECT response, provider, model, prompt_tokens, completion_tokens, latency_s, retries, cost_usd, raw "
+            "FROM llm_calls WHERE cache_key = ? AND error IS NULL ORDER BY created_at DESC LIMIT 1",
+            [cache_key],
+        ).fetchone()
+        if row is None:
+            return None
+        from .llm import Completion
+
+        return Completion(text=row[0], provider=row[1], model=row[2], prompt_tokens=row[3], completion_tokens=row[4],
+                          latency_s=row[5], retries=row[6], cost_usd=row[7], cached=True, raw=row[8])
+
+    def record(self, call) -> None:
+        self.pending.append(call)
+        if len(self.pending) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        cols = ["cache_key", "provider", "model", "purpose", "feature", "system", "user", "params", "response", "raw",
+                "prompt_tokens", "completion_tokens", "latency_s", "retries", "cost_usd", "error"]
+        frame = pd.DataFrame([{c: getattr(call, c) for c in cols} | {"created_at": call.timestamp} for call in self.pending])
+        table = pa.Table.from_pandas(frame.astype({"feature": "Int64", "prompt_tokens": "Int64", "completion_tokens": "Int64", "cost_usd": "float64"}), preserve_index=False)
+        self.store.con.register("incoming_calls", table)
+        try:
+            self.store.con.execute("INSERT INTO llm_calls BY NAME SELECT * FROM incoming_calls")
+        finally:
+            self.store.con.unregister("incoming_calls")
+        self.pending.clear()
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def _features_arrow(run_id: str, df: pd.DataFrame) -> pa.Table:

@@ -1,0 +1,314 @@
+"""Prompt templates, the text that goes into them, and the parsers for what comes back.
+
+Templates are files, one per task, in `prompts/` at the repository root or in a folder
+of your own (`directory=`). A file is UTF-8 text:
+
+    version: 1
+    # comment lines may follow the version line
+    === system ===
+    the system message
+    === user ===
+    the user message, with {placeholders}
+
+`{name}` is filled by `Prompt.render` when `name` is one of the task's FIELDS; any other
+brace is literal. `Prompt.hash` is the SHA-256 of the file's bytes, stored with every
+answer so results from edited prompts never mix silently with the originals.
+
+Text shown to a judge: tokens are joined into text with newlines written as `\\n`, and
+marked tokens are wrapped `<<like this>>` (adjacent ones share one span; a span's leading
+whitespace stays outside it). Explain marks every token whose activation is at least
+MARK_FRACTION of its snippet's max and lists those tokens with activations scaled to
+integers 0–10 by the feature's max.
+
+Answer formats (parsers raise ParseError, never return a default):
+- explain: the last line starting `Label:` (markdown and enclosing quotes stripped);
+  empty or longer than LABEL_MAX_CHARS is an error.
+- detection, fuzzing: a JSON list of 0/1 (or true/false), one per snippet.
+- simulation: a JSON list of lists of integers 0–10, one list per snippet, one number
+  per token.
+JSON may sit in code fences or prose: the last list of the right shape wins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence, TypeVar
+
+from .errors import AutointerpError
+from .records import DetectionTask, ExplainTask, FuzzTask, SimulationTask, Snippet
+
+T = TypeVar("T")
+
+DEFAULT_DIR = Path(__file__).resolve().parent.parent / "prompts"
+PROMPT_NAMES = ("explain", "detection", "fuzzing", "simulation")
+FIELDS = {
+    "explain": {"examples"},
+    "detection": {"label", "snippets", "n"},
+    "fuzzing": {"label", "snippets", "n"},
+    "simulation": {"label", "snippets", "n"},
+}
+REQUIRED = {"explain": {"examples"}, "detection": {"label", "snippets"}, "fuzzing": {"label", "snippets"}, "simulation": {"label", "snippets"}}
+
+MARK_FRACTION = 0.3  # a token is marked when its activation is ≥ this × its snippet's max
+LABEL_MAX_CHARS = 200
+
+_SYSTEM_MARKER = "=== system ==="
+_USER_MARKER = "=== user ==="
+_VERSION = re.compile(r"version:\s*(\S+)\s*$")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    name: str
+    version: str
+    system: str
+    user: str  # template with {placeholders}
+    hash: str  # SHA-256 of the file's bytes
+    path: Path
+
+    def placeholders(self) -> set[str]:
+        return set(_PLACEHOLDER.findall(self.system)) | set(_PLACEHOLDER.findall(self.user))
+
+    def render(self, **fields: object) -> tuple[str, str]:
+        """(system, user) with every {placeholder} replaced by its field."""
+
+        def fill(match: re.Match) -> str:
+            if match.group(1) not in fields:
+                raise AutointerpError(
+                    f"prompt {self.path} uses {{{match.group(1)}}}, which is not a field of '{self.name}'",
+                    f"use only {', '.join(sorted(fields))} in that file",
+                )
+            return str(fields[match.group(1)])
+
+        return _PLACEHOLDER.sub(fill, self.system), _PLACEHOLDER.sub(fill, self.user)
+
+
+def load_prompt(name: str, directory: str | Path | None = None) -> Prompt:
+    """Read and check `<directory>/<name>.txt` (directory defaults to the shipped prompts/)."""
+    path = Path(directory or DEFAULT_DIR) / f"{name}.txt"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise AutointerpError(
+            f"cannot read prompt file {path}: {exc.strerror}",
+            f"copy {DEFAULT_DIR / (name + '.txt')} there, or leave prompt_dir unset to use the shipped prompts",
+        ) from None
+
+    def invalid(problem: str) -> AutointerpError:
+        return AutointerpError(
+            f"prompt file {path} is invalid: {problem}",
+            f"follow the layout in {DEFAULT_DIR / 'README.md'}: a 'version: N' line, then '{_SYSTEM_MARKER}' and "
+            f"'{_USER_MARKER}' lines, each followed by its text",
+        )
+
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise invalid("not UTF-8 text") from None
+    version = _VERSION.match(lines[0].strip()) if lines else None
+    if version is None:
+        raise invalid("the first line is not 'version: N'")
+    if lines.count(_SYSTEM_MARKER) != 1 or lines.count(_USER_MARKER) != 1:
+        raise invalid(f"it needs exactly one '{_SYSTEM_MARKER}' line and one '{_USER_MARKER}' line")
+    s, u = lines.index(_SYSTEM_MARKER), lines.index(_USER_MARKER)
+    if u < s:
+        raise invalid("the user part comes before the system part")
+    if not all(line.startswith("#") or not line.strip() for line in lines[1:s]):
+        raise invalid("between the version line and the system part only '#' comment lines may stand")
+    system, user = "\n".join(lines[s + 1 : u]).strip("\n"), "\n".join(lines[u + 1 :]).strip("\n")
+    if not system.strip() or not user.strip():
+        raise invalid("the system or the user part is empty")
+    prompt = Prompt(name, version.group(1), system, user, hashlib.sha256(data).hexdigest(), path)
+    if name in FIELDS:
+        used = prompt.placeholders()
+        if unknown := used - FIELDS[name]:
+            raise invalid(f"unknown placeholders {sorted(unknown)}; '{name}' has {sorted(FIELDS[name])}")
+        if missing := REQUIRED[name] - used:
+            raise invalid(f"it never uses {sorted(missing)}, so the judge would not see them")
+    return prompt
+
+
+# --- what goes in ----------------------------------------------------------------------
+
+
+def activation_marks(snippet: Snippet) -> tuple[bool, ...]:
+    """Which tokens reach MARK_FRACTION of the snippet's max (none when it never fires)."""
+    values = snippet.values()
+    top = max(values, default=0.0)
+    # The relative slack keeps a token exactly at the threshold marked despite rounding.
+    return tuple(top > 0 and a >= MARK_FRACTION * top * (1 - 1e-9) for a in values)
+
+
+def normalise(activation: float, feature_max: float) -> int:
+    """min(10, floor(10·a/max)), clamped at 0: OpenAI's and delphi's 0–10 scale."""
+    if feature_max <= 0:
+        return 0
+    return max(0, min(10, math.floor(10 * activation / feature_max + 1e-9)))
+
+
+def _escape(token: str) -> str:
+    return token.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def mark_text(tokens: Sequence[str], marked: Sequence[bool]) -> str:
+    """The snippet as one line, marked runs of tokens wrapped in one <<...>> each."""
+    out: list[str] = []
+    span: list[str] = []
+
+    def close() -> None:
+        text = "".join(span)
+        body = text.lstrip()
+        out.append(f"{text[: len(text) - len(body)]}<<{body}>>" if body else f"<<{text}>>")
+        span.clear()
+
+    for token, mark in zip(tokens, marked):
+        if mark:
+            span.append(_escape(token))
+            continue
+        if span:
+            close()
+        out.append(_escape(token))
+    if span:
+        close()
+    return "".join(out)
+
+
+def _quoted(token: str) -> str:
+    return json.dumps(token, ensure_ascii=False)
+
+
+def explain_fields(task: ExplainTask) -> dict[str, object]:
+    blocks = []
+    for k, snippet in enumerate(task.snippets, 1):
+        marks = activation_marks(snippet)
+        listed = [
+            f"{_quoted(tok)} {normalise(a, task.max_activation)}"
+            for tok, a, m in zip(snippet.tokens, snippet.values(), marks)
+            if m
+        ]
+        blocks.append(f"Example {k}: {mark_text(snippet.tokens, marks)}\nActivations: {', '.join(listed) or 'none'}")
+    return {"examples": "\n\n".join(blocks)}
+
+
+def detection_fields(task: DetectionTask) -> dict[str, object]:
+    lines = [f"{k}. {mark_text(s.tokens, [False] * len(s.tokens))}" for k, s in enumerate(task.snippets, 1)]
+    return {"label": task.label, "snippets": "\n".join(lines), "n": len(task.snippets)}
+
+
+def fuzzing_fields(task: FuzzTask) -> dict[str, object]:
+    lines = [f"{k}. {mark_text(m.snippet.tokens, m.marked)}" for k, m in enumerate(task.snippets, 1)]
+    return {"label": task.label, "snippets": "\n".join(lines), "n": len(task.snippets)}
+
+
+def simulation_fields(task: SimulationTask) -> dict[str, object]:
+    lines = [
+        f"Snippet {k} ({len(s.tokens)} tokens): " + " ".join(f"{i}:{_quoted(t)}" for i, t in enumerate(s.tokens, 1))
+        for k, s in enumerate(task.snippets, 1)
+    ]
+    return {"label": task.label, "snippets": "\n".join(lines), "n": len(task.snippets)}
+
+
+# --- what comes back -------------------------------------------------------------------
+
+
+class ParseError(ValueError):
+    """The judge's answer does not have the asked-for format."""
+
+
+def _unwrap(text: str) -> str:
+    """Strip markdown emphasis and code marks around the label, and one pair of enclosing
+    quotes (only when no inner quote of that kind would be left unpaired)."""
+    text = text.strip().strip("*").strip()  # bold/italic asterisks, balanced or not
+    changed = True
+    while changed:
+        changed = False
+        for w in ("__", "`", "_"):
+            if len(text) > 2 * len(w) and text.startswith(w) and text.endswith(w):
+                text, changed = text[len(w) : -len(w)].strip(), True
+    for q_open, q_close in ('""', "''", "“”", "‘’"):
+        if len(text) >= 2 and text[0] == q_open and text[-1] == q_close and q_open not in text[1:-1]:
+            text = text[1:-1].strip()
+    return text
+
+
+def parse_label(text: str) -> str:
+    lines = text.splitlines()
+    for i in reversed(range(len(lines))):
+        line = lines[i].strip().lstrip("#>-*_ ")
+        if not line.lower().startswith("label:"):
+            continue
+        label = _unwrap(line[len("label:") :])
+        if not label:  # "Label:" alone on its line: the label may follow on the next one
+            label = _unwrap(next((rest for rest in lines[i + 1 :] if rest.strip()), ""))
+        if not label:
+            raise ParseError("the 'Label:' line is empty")
+        if len(label) > LABEL_MAX_CHARS:
+            raise ParseError(f"the label has {len(label)} characters, more than {LABEL_MAX_CHARS}")
+        return label
+    raise ParseError("no line starts with 'Label:'")
+
+
+def _json_lists(text: str) -> list[list]:
+    """Every top-level JSON list in the text, in order (code fences and prose around them ignored)."""
+    decoder = json.JSONDecoder()
+    found = []
+    i = text.find("[")
+    while i != -1:
+        try:
+            value, end = decoder.raw_decode(text, i)
+        except ValueError:
+            i = text.find("[", i + 1)
+            continue
+        if isinstance(value, list):
+            found.append(value)
+        i = text.find("[", end)
+    return found
+
+
+def _last_valid(text: str, check: Callable[[list], T]) -> T:
+    """The last JSON list that passes `check`; else the reason the last list fails."""
+    lists = _json_lists(text)
+    if not lists:
+        raise ParseError("no JSON list in the answer")
+    error = None
+    for value in reversed(lists):
+        try:
+            return check(value)
+        except ParseError as exc:
+            error = error or exc
+    raise error
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_binary_list(text: str, n: int) -> list[bool]:
+    def check(value: list) -> list[bool]:
+        if len(value) != n:
+            raise ParseError(f"expected a list of {n} 0/1 values, got {len(value)} values")
+        if not all((_is_int(v) or isinstance(v, bool)) and v in (0, 1) for v in value):
+            raise ParseError("the list holds values other than 0 and 1")
+        return [bool(v) for v in value]
+
+    return _last_valid(text, check)
+
+
+def parse_simulation(text: str, lengths: Sequence[int]) -> list[list[int]]:
+    def check(value: list) -> list[list[int]]:
+        if len(value) != len(lengths):
+            raise ParseError(f"expected {len(lengths)} lists (one per snippet), got {len(value)}")
+        for k, (row, n) in enumerate(zip(value, lengths), 1):
+            if not isinstance(row, list) or len(row) != n:
+                raise ParseError(f"snippet {k} has {n} tokens but its answer is not a list of {n} numbers")
+            if not all(_is_int(v) and 0 <= v <= 10 for v in row):
+                raise ParseError(f"snippet {k}'s answer holds values that are not integers 0–10")
+        return [list(row) for row in value]
+
+    return _last_valid(text, check)

@@ -1,0 +1,98 @@
+"""A responder for the stand-in server that answers autointerp's judge prompts.
+
+It recognises the task by the system message of the shipped prompt files, reads the
+rendered user message back, and answers as a careful judge would, in the asked-for
+format (with some prose and code fences around it, as real models add):
+
+- explain: the tokens listed under "Activations:", weighted by their 0–10 values, in the
+  offline label format;
+- detection, fuzzing, simulation: the offline judge's token matching, run on the text
+  split into words and punctuation (exact for snippets made of such tokens).
+
+`mode` makes it answer badly on purpose: "wrong_length" (one item short, or an
+over-long label) or "garbage" (no answer at all). It can be changed between requests.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+from autointerp.judges import Term, format_label, label_terms, marks_correct, match_positions, norm
+from autointerp.prompts import LABEL_MAX_CHARS, PROMPT_NAMES, load_prompt
+
+MODES = ("correct", "wrong_length", "garbage")
+GARBAGE = "I'm sorry, I can't tell from these snippets."
+
+_JSON_STRING = r'"(?:[^"\\]|\\.)*"'
+_WORDS = re.compile(r"\w+|[^\w\s]")
+
+
+def _words(text: str) -> list[str]:
+    return _WORDS.findall(text)
+
+
+def _field(user: str, name: str) -> str:
+    return re.search(rf"^{name}: (.*)$", user, re.M).group(1)
+
+
+def _numbered(user: str) -> list[str]:
+    return re.findall(r"^\d+\. (.*)$", user, re.M)
+
+
+class TaskResponder:
+    def __init__(self, mode: str = "correct"):
+        assert mode in MODES
+        self.mode = mode
+        self.tasks = {load_prompt(name).system: name for name in PROMPT_NAMES}
+        self.answered: list[str] = []  # task names, in the order asked
+
+    def __call__(self, system: str, user: str) -> str:
+        task = self.tasks.get(system)
+        if task is None:
+            return "That is not a judge prompt I know."
+        self.answered.append(task)
+        if self.mode == "garbage":
+            return GARBAGE
+        return getattr(self, f"_{task}")(user)
+
+    def _explain(self, user: str) -> str:
+        weights: Counter = Counter()
+        for line in re.findall(r"^Activations: (.*)$", user, re.M):
+            for token, value in re.findall(rf"({_JSON_STRING}) (\d+)", line):
+                weights[norm(json.loads(token))] += int(value) + 1  # +1: a weak token still counts
+        ranked = [token for token, w in weights.most_common(4) if w >= 0.3 * weights.most_common(1)[0][1]]
+        label = format_label([Term(token) for token in ranked])
+        if self.mode == "wrong_length":
+            label = label + " and" * LABEL_MAX_CHARS
+        return f"The marked tokens are nearly always the same.\n\n**Label:** {label}"
+
+    def _list(self, values: list) -> str:
+        if self.mode == "wrong_length":
+            values = values[:-1]
+        return f"Here is my answer:\n```json\n{json.dumps(values)}\n```"
+
+    def _detection(self, user: str) -> str:
+        terms = label_terms(_field(user, "Feature label"))
+        return self._list([int(any(match_positions(_words(text), terms))) for text in _numbered(user)])
+
+    def _fuzzing(self, user: str) -> str:
+        terms = label_terms(_field(user, "Feature label"))
+        answers = []
+        for text in _numbered(user):
+            tokens, marked = [], []
+            for k, part in enumerate(re.split(r"<<(.*?)>>", text)):  # odd parts were inside marks
+                words = _words(part)
+                tokens += words
+                marked += [k % 2 == 1] * len(words)
+            answers.append(int(marks_correct(tokens, marked, terms)))
+        return self._list(answers)
+
+    def _simulation(self, user: str) -> str:
+        terms = label_terms(_field(user, "Feature label"))
+        rows = []
+        for line in re.findall(r"^Snippet \d+ \(\d+ tokens\): (.*)$", user, re.M):
+            tokens = [json.loads(t) for t in re.findall(rf"\d+:({_JSON_STRING})", line)]
+            rows.append([10 if hit else 0 for hit in match_positions(tokens, terms)])
+        return self._list(rows)
