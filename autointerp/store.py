@@ -66,6 +66,9 @@ CREATE TABLE IF NOT EXISTS llm_calls (
 );
 """
 
+SATURATION_SCHEMA = """
+"""
+
 # Tables holding one run's gather output, replaced together.
 GATHER_TABLES = ("features", "examples", "contexts", "documents", "vocab")
 
@@ -113,7 +116,7 @@ class Store:
         except duckdb.Error as e:
             raise AutointerpError(f"{self.path} is not a usable DuckDB file: {e}", "move it aside; autointerp will create a new one") from None
         if not read_only:
-            self.con.execute(SCHEMA)
+            self.con.execute(SCHEMA + SATURATION_SCHEMA)
             self.con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
 
     def close(self) -> None:
@@ -295,6 +298,10 @@ class Store:
             raise
         finally:
             self.con.unregister("incoming")
+
+    # ---- saturation (tables in SATURATION_SCHEMA; this section belongs to the saturation stage)
+
+    # ---- reads for reports and exports (this section belongs to the report and export modules)
 
     def table_counts(self, run_id: str) -> dict[str, int]:
         return {t: self.con.execute(f"SELECT count(*) FROM {t} WHERE run_id = ?", [run_id]).fetchone()[0] for t in GATHER_TABLES}
