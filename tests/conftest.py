@@ -50,3 +50,43 @@ def tiny_model_dir(tmp_path_factory, byte_bpe_tokenizer):
         return made[family]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def pipeline_setup(tmp_path_factory, tiny_model_dir):
+    """(root, corpus path, tiny GPT-2 dir): a JSONL corpus of pydoc topics and a 16-latent SAE saved in SAELens format."""
+    import json
+
+    from pydoc_data.topics import topics
+
+    from autointerp.sae import SAE, save_saelens
+
+    root = tmp_path_factory.mktemp("pipe")
+    corpus = root / "docs.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": topics[k][:800]}) for k in sorted(topics)[:30]))
+    torch.manual_seed(0)
+    sae = SAE(torch.randn(32, 16) * 10, torch.full((16,), -1.0), torch.randn(16, 32), torch.zeros(32), architecture="standard")
+    save_saelens(sae, root / "sae", hook_name="blocks.1.hook_resid_post", model_name="tiny-gpt2")
+    return root, str(corpus), tiny_model_dir("gpt2")
+
+
+def pipeline_config(setup, project, **overrides):
+    """A RunConfig gathering the pipeline_setup corpus with small banks into `project`."""
+    from autointerp.corpus import CorpusConfig
+    from autointerp.gather import GatherConfig
+    from autointerp.model import ModelConfig
+    from autointerp.pipeline import RunConfig
+
+    root, corpus, model = setup
+    base = dict(
+        project=str(project),
+        run_id="r1",
+        model=ModelConfig(name=model, hookpoint="blocks.1.hook_resid_post", device="cpu"),
+        corpus=CorpusConfig(source=corpus, context_length=32),
+        sae=str(root / "sae"),
+        gather=GatherConfig(n_top=3, n_bins=2, per_bin=2, n_negative=3, window=8, batch_size=4),
+        eval_tokens=500,
+        progress=False,
+    )
+    base.update(overrides)
+    return RunConfig(**base)

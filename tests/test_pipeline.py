@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from autointerp.cli import main as cli_main
+from conftest import pipeline_config
 from autointerp.corpus import CorpusConfig
 from autointerp.errors import AutointerpError
 from autointerp.gather import GatherConfig
@@ -23,32 +24,12 @@ from autointerp.train import TrainConfig, evaluate_sae, train_topk_sae
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, tiny_model_dir):
-    from pydoc_data.topics import topics
-
-    root = tmp_path_factory.mktemp("pipe")
-    corpus = root / "docs.jsonl"
-    corpus.write_text("\n".join(json.dumps({"text": topics[k][:800]}) for k in sorted(topics)[:30]))
-    torch.manual_seed(0)
-    sae = SAE(torch.randn(32, 16) * 10, torch.full((16,), -1.0), torch.randn(16, 32), torch.zeros(32), architecture="standard")
-    save_saelens(sae, root / "sae", hook_name="blocks.1.hook_resid_post", model_name="tiny-gpt2")
-    return root, str(corpus), tiny_model_dir("gpt2")
+def setup(pipeline_setup):
+    return pipeline_setup
 
 
 def _config(setup, project, **kw):
-    root, corpus, model = setup
-    base = dict(
-        project=str(project),
-        run_id="r1",
-        model=ModelConfig(name=model, hookpoint="blocks.1.hook_resid_post", device="cpu"),
-        corpus=CorpusConfig(source=corpus, context_length=32),
-        sae=str(root / "sae"),
-        gather=GatherConfig(n_top=3, n_bins=2, per_bin=2, n_negative=3, window=8, batch_size=4),
-        eval_tokens=500,
-        progress=False,
-    )
-    base.update(kw)
-    return RunConfig(**base)
+    return pipeline_config(setup, project, **kw)
 
 
 def test_gather_writes_every_table_and_rerun_is_idempotent(setup, tmp_path):

@@ -1,0 +1,195 @@
+"""Explain and score stages over a gathered project: split discipline, shuffle control,
+failures recorded and never counted, and the whole path through the real API clients."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import pytest
+
+from autointerp.explain import ExplainConfig, explain
+from autointerp.judges import OfflineJudge
+from autointerp.llm import LLMConfig
+from autointerp.pipeline import gather, label_and_score
+from autointerp.records import JudgeAnswer
+from autointerp.score import ScoreConfig, score
+from autointerp.store import Store
+from conftest import pipeline_config
+from standin_responder import TaskResponder
+from standin_server import Fault, StandinServer
+
+KEY = "sk-stages-secret-0123456789"
+
+
+@pytest.fixture(scope="module")
+def project(pipeline_setup, tmp_path_factory):
+    path = tmp_path_factory.mktemp("stages")
+    gather(pipeline_config(pipeline_setup, path))
+    return path
+
+
+@pytest.fixture
+def fresh_project(project, tmp_path):
+    """A copy of the gathered project, so each test writes its own labels and scores."""
+    import shutil
+
+    shutil.copy(project / "autointerp.duckdb", tmp_path / "autointerp.duckdb")
+    return tmp_path
+
+
+class SpyJudge(OfflineJudge):
+    """The offline judge, recording every task it is shown."""
+
+    def __init__(self):
+        self.seen: list[tuple[str, object]] = []
+
+    async def explain(self, task):
+        self.seen.append(("explain", task))
+        return await super().explain(task)
+
+    async def detect(self, task):
+        self.seen.append(("detect", task))
+        return await super().detect(task)
+
+    async def fuzz(self, task):
+        self.seen.append(("fuzz", task))
+        return await super().fuzz(task)
+
+    async def simulate(self, task):
+        self.seen.append(("simulate", task))
+        return await super().simulate(task)
+
+
+def _contexts(task) -> set[int]:
+    snippets = getattr(task, "snippets", [])
+    out = {s.context_id for s in snippets if hasattr(s, "context_id")}
+    out |= {m.snippet.context_id for m in snippets if hasattr(m, "snippet")}
+    out |= {s.context_id for s in getattr(task, "negatives", [])}
+    return out
+
+
+def _run(store, judge, scorers=("detection", "fuzzing", "simulation")):
+    async def go():
+        e = await explain(store, "r1", judge, ExplainConfig(), progress=False)
+        s = await score(store, "r1", e.explainer, judge, ScoreConfig(scorers=scorers, n_boot=50), progress=False)
+        return e, s
+
+    return asyncio.run(go())
+
+
+def test_scorers_only_see_the_score_split(fresh_project):
+    judge = SpyJudge()
+    with Store(fresh_project) as store:
+        _run(store, judge)
+        split = store.contexts("r1").set_index("context_id").split
+    explain_ctx = set(split[split == "explain"].index)
+    score_ctx = set(split[split == "score"].index)
+    shown = {"explain": set(), "score": set()}
+    for kind, task in judge.seen:
+        shown["explain" if kind == "explain" else "score"] |= _contexts(task)
+    assert shown["explain"] and shown["score"]
+    assert shown["explain"] <= explain_ctx
+    assert shown["score"] <= score_ctx and not shown["score"] & explain_ctx
+
+
+def test_shuffle_control_scores_each_feature_with_another_features_label(fresh_project):
+    judge = SpyJudge()
+    with Store(fresh_project) as store:
+        _run(store, judge, scorers=("detection",))
+        labels = store.explanations("r1").set_index("feature").label
+        rows = store.scores("r1")
+    shuffled = rows[(rows.label_source == "shuffled") & (rows.metric == "balanced_accuracy")]
+    assert len(shuffled) == len(labels) >= 2
+    assert (shuffled.label_feature != shuffled.feature).all()
+    # The shuffled rows were scored with the other feature's stored label.
+    asked = {(t.feature, t.label) for kind, t in judge.seen if kind == "detect"}
+    for r in shuffled.itertuples():
+        assert (r.feature, labels[r.label_feature]) in asked
+
+
+class FlakyJudge(OfflineJudge):
+    """Fails to explain even features, and fails every other detection prompt."""
+
+    def __init__(self):
+        self.calls = 0
+
+    async def explain(self, task):
+        if task.feature % 2 == 0:
+            return JudgeAnswer(None, raw="I cannot say.", error="parse: no 'Label:' line")
+        return await super().explain(task)
+
+    async def detect(self, task):
+        self.calls += 1
+        if self.calls % 2 == 0:
+            return JudgeAnswer(None, raw="", error="api: 503 after 5 retries")
+        return await super().detect(task)
+
+
+def test_failures_are_stored_with_their_reason_and_never_counted(fresh_project):
+    with Store(fresh_project) as store:
+        explained, _ = _run(store, FlakyJudge(), scorers=("detection",))
+        ex = store.explanations("r1")
+        rows = store.scores("r1")
+    failed = ex[ex.feature % 2 == 0]
+    assert (failed.status == "failed").all() and failed.label.isna().all()
+    assert (failed.raw == "I cannot say.").all() and failed.error.str.startswith("parse:").all()
+    assert explained.n_failed == len(failed) > 0
+    assert set(rows.feature) == set(ex[ex.status == "ok"].feature)  # nothing scores a missing label
+    ba = rows[(rows.metric == "balanced_accuracy") & (rows.label_source == "true")]
+    partial = ba[ba.n_failed > 0]
+    assert len(partial) > 0 and partial.error.str.contains("503").all()
+    # n counts only snippets whose prompt was answered: fewer than all the snippets shown.
+    full = ba[ba.n_failed == 0]
+    if len(full):
+        assert partial.n.max() <= full.n.max()
+
+
+@pytest.fixture
+def keys(monkeypatch):
+    monkeypatch.setenv("OPENAI_COMPATIBLE_API_KEY", KEY)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+
+
+def _judge_config(server, provider):
+    anthropic = provider == "anthropic"
+    return LLMConfig(
+        provider=provider,
+        model="claude-haiku-4-5" if anthropic else "llama3.1",
+        base_url=server.anthropic_base_url if anthropic else server.openai_base_url,
+        timeout_s=5.0, max_retries=2, backoff_initial_s=0.01, backoff_max_s=0.02, concurrency=4,
+    )
+
+
+@pytest.mark.parametrize("provider", ["openai_compatible", "anthropic"])
+def test_whole_pipeline_through_the_real_clients(pipeline_setup, fresh_project, keys, provider, capsys):
+    with StandinServer(api_key=KEY, responder=TaskResponder()) as server:
+        cfg = pipeline_config(pipeline_setup, fresh_project, judge=_judge_config(server, provider),
+                              score=ScoreConfig(scorers=("detection", "fuzzing", "simulation"), n_boot=50))
+        explained, scored = label_and_score(cfg, "r1")
+        first = len(server.requests)
+        assert explained.n_ok == explained.n_features > 0 and first > 0
+        with Store(fresh_project, read_only=True) as store:
+            calls = store.con.execute("SELECT count(*), count(*) FILTER (WHERE error IS NULL) FROM llm_calls").fetchone()
+            totals = store.llm_totals()
+        assert calls == (first, first) and totals["prompt_tokens"] > 0
+        assert all(s["n_features"] > 0 for s in scored.per_scorer.values())
+        # A re-run is served from the cache in the database: no request reaches the server.
+        label_and_score(cfg, "r1")
+        assert len(server.requests) == first
+    out = capsys.readouterr()
+    assert KEY not in out.out + out.err
+    assert KEY.encode() not in (fresh_project / "autointerp.duckdb").read_bytes()
+
+
+def test_exhausted_retries_mark_the_feature_failed_and_the_run_completes(pipeline_setup, fresh_project, keys):
+    with StandinServer(api_key=KEY, responder=TaskResponder()) as server:
+        judge = replace(_judge_config(server, "openai_compatible"), concurrency=1)
+        server.inject(*[Fault.server_error(500)] * 3)  # 1 try + 2 retries of the first feature
+        cfg = pipeline_config(pipeline_setup, fresh_project, judge=judge, score=ScoreConfig(scorers=()))
+        explained, _ = label_and_score(cfg, "r1", score_stage=False)
+    with Store(fresh_project, read_only=True) as store:
+        ex = store.explanations("r1")
+    failed = ex[ex.status == "failed"]
+    assert len(failed) == 1 and failed.error.iloc[0].startswith("api: 500 after 2 retries")
+    assert (ex[ex.status == "ok"].label.notna()).all() and explained.n_ok == len(ex) - 1
