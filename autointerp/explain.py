@@ -7,13 +7,12 @@ one chunk, and a re-run is served from the response cache.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .judges import Judge
-from .records import ExplainTask, FeatureSnippets, Snippet
+from .judges import Judge, map_bounded
+from .records import ExplainTask, FeatureSnippets, JudgeAnswer, Snippet
 from .store import Store
 
 
@@ -68,13 +67,10 @@ def select_features(store: Store, run_id: str, features: list[int] | None, max_f
     return chosen[:max_features] if max_features is not None else chosen
 
 
-async def _explain_chunk(judge: Judge, tasks: list[ExplainTask], on_done) -> list:
-    async def one(task: ExplainTask):
-        answer = await judge.explain(task)
-        on_done(answer)
-        return answer
-
-    return await asyncio.gather(*(one(t) for t in tasks))
+async def _explain_one(judge: Judge, task: ExplainTask, on_done) -> JudgeAnswer:
+    answer = await judge.explain(task)
+    on_done(answer)
+    return answer
 
 
 async def explain(store: Store, run_id: str, judge: Judge, cfg: ExplainConfig, call_log=None, progress: bool = True) -> ExplainSummary:
@@ -100,7 +96,7 @@ async def explain(store: Store, run_id: str, judge: Judge, cfg: ExplainConfig, c
     for start in range(0, len(features), cfg.chunk):
         chunk = store.feature_snippets(run_id, features[start : start + cfg.chunk], split="explain", max_per_kind={"top": cfg.n_top, "negative": cfg.n_negative})
         tasks = [explain_task(fs, cfg) for fs in chunk if fs.explain]
-        answers = await _explain_chunk(judge, tasks, on_done)
+        answers = await map_bounded(lambda t: _explain_one(judge, t, on_done), tasks, judge.concurrency)
         rows = pd.DataFrame(
             {
                 "feature": [t.feature for t in tasks],

@@ -22,13 +22,14 @@ the quoted strings in it, else its content words.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Protocol, Sequence, TypeVar
+from typing import Awaitable, Callable, Iterable, Mapping, Protocol, Sequence, TypeVar
 
 from .llm import CallStore, LLMClient, LLMConfig, Secret, make_client
 from .prompts import (
@@ -47,11 +48,14 @@ from .prompts import (
 from .records import DetectionTask, ExplainTask, FuzzTask, JudgeAnswer, SimulationTask, Snippet
 
 T = TypeVar("T")
+A = TypeVar("A")
+R = TypeVar("R")
 
 
 class Judge(Protocol):
     provider: str
     model: str
+    concurrency: int  # how many tasks are worth keeping in flight
 
     async def explain(self, task: ExplainTask) -> JudgeAnswer[str]: ...
 
@@ -71,6 +75,7 @@ class LLMJudge:
         self.client = client
         self.provider = client.config.provider
         self.model = client.config.model
+        self.concurrency = client.config.concurrency
         # Loaded up front so a broken prompt file fails before any call is paid for.
         self.prompts = {name: load_prompt(name, prompt_dir) for name in PROMPT_NAMES}
 
@@ -267,6 +272,7 @@ class OfflineJudge:
 
     provider = "offline"
     model = "token-stats-v1"
+    concurrency = 1  # pure computation: nothing to overlap
 
     async def explain(self, task: ExplainTask) -> JudgeAnswer[str]:
         terms = explain_terms(task.snippets, task.negatives)
@@ -298,6 +304,24 @@ class OfflineJudge:
 
     async def aclose(self) -> None:
         """Nothing to release."""
+
+
+async def map_bounded(fn: Callable[[A], Awaitable[R]], items: Sequence[A], limit: int) -> list[R]:
+    """fn over items with at most `limit` in progress, results in order.
+
+    A pool of workers rather than one coroutine per item: a judge renders a prompt when a
+    worker picks its task up, right before the request, instead of rendering thousands of
+    prompts before the first request leaves.
+    """
+    results: list = [None] * len(items)
+    queue = iter(enumerate(items))  # shared by the workers; safe, as they run in one thread
+
+    async def worker() -> None:
+        for i, item in queue:
+            results[i] = await fn(item)
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(limit, len(items))))))
+    return results
 
 
 def make_judge(

@@ -636,13 +636,16 @@ class OpenAIChatClient(_SDKClient):
         )
 
     async def _request(self, system: str, user: str) -> str:
-        response = await self._sdk.chat.completions.with_raw_response.create(
-            model=self.config.model,
-            messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
-            temperature=self.config.temperature,
-            max_tokens=self.config.max_tokens,
-        )
-        return response.http_response.text
+        # The SDK's generic post (same auth, base URL and transport as chat.completions.create)
+        # skips create()'s typed-parameter transform, ~1 ms of CPU per call: at 32 calls in
+        # flight that is the difference between keeping up with the server and not.
+        body = {
+            "model": self.config.model,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            "max_tokens": self.config.max_tokens,
+            "temperature": self.config.temperature,
+        }
+        return await self._sdk.post("/chat/completions", body=body, cast_to=str)  # str: the raw body
 
     def _parse(self, body: dict) -> tuple[str, int | None, int | None]:
         text = body["choices"][0]["message"]["content"]

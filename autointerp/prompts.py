@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from itertools import groupby
 import math
 import re
 from dataclasses import dataclass
@@ -159,23 +160,16 @@ def _escape(token: str) -> str:
 def mark_text(tokens: Sequence[str], marked: Sequence[bool]) -> str:
     """The snippet as one line, marked runs of tokens wrapped in one <<...>> each."""
     out: list[str] = []
-    span: list[str] = []
-
-    def close() -> None:
-        text = "".join(span)
-        body = text.lstrip()
-        out.append(f"{text[: len(text) - len(body)]}<<{body}>>" if body else f"<<{text}>>")
-        span.clear()
-
-    for token, mark in zip(tokens, marked):
-        if mark:
-            span.append(_escape(token))
+    i = 0
+    for mark, run in groupby(marked):
+        n = len(list(run))
+        text = _escape("".join(tokens[i : i + n]))  # one escape per run, not per token: prompts are hot
+        i += n
+        if not mark:
+            out.append(text)
             continue
-        if span:
-            close()
-        out.append(_escape(token))
-    if span:
-        close()
+        body = text.lstrip()  # a run's leading space stays outside the marks
+        out.append(f"{text[: len(text) - len(body)]}<<{body}>>" if body else f"<<{text}>>")
     return "".join(out)
 
 
@@ -310,5 +304,22 @@ def parse_simulation(text: str, lengths: Sequence[int]) -> list[list[int]]:
             if not all(_is_int(v) and 0 <= v <= 10 for v in row):
                 raise ParseError(f"snippet {k}'s answer holds values that are not integers 0–10")
         return [list(row) for row in value]
+
+    return _last_valid(text, check)
+
+
+def parse_codebook(text: str, n: int) -> list[str]:
+    """The codebook answer: a JSON list of n non-empty strings, the code of each new label in order
+    (surrounding whitespace stripped). Codes longer than LABEL_MAX_CHARS are an error: a judge that
+    pastes whole paragraphs is not merging."""
+
+    def check(value: list) -> list[str]:
+        if len(value) != n:
+            raise ParseError(f"expected a list of {n} codes, got {len(value)} values")
+        if not all(isinstance(v, str) and v.strip() for v in value):
+            raise ParseError("the list holds values that are not non-empty strings")
+        if any(len(v.strip()) > LABEL_MAX_CHARS for v in value):
+            raise ParseError(f"a code is longer than {LABEL_MAX_CHARS} characters")
+        return [v.strip() for v in value]
 
     return _last_valid(text, check)

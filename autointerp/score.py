@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
-from .judges import Judge
+from .judges import Judge, map_bounded
 from .prompts import activation_marks
 from .records import DetectionTask, FeatureSnippets, FuzzTask, JudgeAnswer, MarkedSnippet, SimulationTask, Snippet
 from .store import Store
@@ -209,7 +209,7 @@ async def score(store: Store, run_id: str, explainer: str, judge: Judge, cfg: Sc
                             bar.update(1)
                         return (f, src), out
 
-                    return dict(await asyncio.gather(*(one(*r) for r in runs)))
+                    return dict(await map_bounded(lambda r: one(*r), runs, judge.concurrency))
 
                 results = await run_all()
                 name = judge_name

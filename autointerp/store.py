@@ -67,6 +67,25 @@ CREATE TABLE IF NOT EXISTS llm_calls (
 """
 
 SATURATION_SCHEMA = """
+CREATE TABLE IF NOT EXISTS categories (
+    run_id VARCHAR, explainer VARCHAR, method VARCHAR, position INTEGER, feature INTEGER, label VARCHAR,
+    category INTEGER, code VARCHAR, status VARCHAR, error VARCHAR, raw VARCHAR, merge_rule VARCHAR,
+    created_at TIMESTAMP,
+    PRIMARY KEY (run_id, explainer, method, position)
+);
+CREATE TABLE IF NOT EXISTS saturation_steps (
+    run_id VARCHAR, explainer VARCHAR, method VARCHAR, step INTEGER, feature INTEGER, category INTEGER,
+    total INTEGER, n_categories INTEGER, its_ratio DOUBLE, its_rolling DOUBLE,
+    guest_ratio DOUBLE, guest_saturated BOOLEAN, coverage DOUBLE, p_new DOUBLE,
+    chao1 DOUBLE, chao1_low DOUBLE, chao1_high DOUBLE, expected_new_next_n DOUBLE, merge_rule VARCHAR,
+    PRIMARY KEY (run_id, explainer, method, step)
+);
+CREATE TABLE IF NOT EXISTS saturation_summary (
+    run_id VARCHAR, explainer VARCHAR, method VARCHAR, merge_rule VARCHAR, params JSON,
+    n_labels INTEGER, n_mapped INTEGER, n_failed INTEGER, n_categories INTEGER, saturated BOOLEAN,
+    verdict JSON, rarefaction JSON, bootstrap JSON, extrapolation JSON, created_at TIMESTAMP,
+    PRIMARY KEY (run_id, explainer, method)
+);
 """
 
 # Tables holding one run's gather output, replaced together.
@@ -301,10 +320,110 @@ class Store:
 
     # ---- saturation (tables in SATURATION_SCHEMA; this section belongs to the saturation stage)
 
+    _SATURATION_JSON = ("params", "verdict", "rarefaction", "bootstrap", "extrapolation")  # JSON columns of saturation_summary
+
+    def saturation_labels(self, run_id: str, explainer: str) -> pd.DataFrame:
+        """The labels this explainer produced for the run (failures left out), in labelling order:
+        explain writes one chunk at a time in feature order, so (created_at, feature) is that order."""
+        return self.con.execute(
+            "SELECT feature, label FROM explanations WHERE run_id = ? AND explainer = ? AND status = 'ok' "
+            "ORDER BY created_at, feature",
+            [run_id, explainer],
+        ).df()
+
+    def write_saturation(self, run_id: str, explainer: str, method: str, categories: pd.DataFrame, steps: pd.DataFrame, summary: dict) -> None:
+        """Replace this run+explainer+method's categories, per-step figures and summary together, in one
+        transaction, so the three never describe different mappings.
+
+        categories: position, feature, label, category, code, status, error, raw, merge_rule.
+        steps: the saturation_steps columns after method. summary: the saturation_summary columns after
+        method, JSON columns given as Python objects.
+        """
+        keys = {"run_id": run_id, "explainer": explainer, "method": method}
+        now = _now()
+        row = {**keys, **{k: json.dumps(v) if k in self._SATURATION_JSON else v for k, v in summary.items()}, "created_at": now}
+        tables = {
+            "categories": pa.Table.from_pandas(categories.assign(**keys, created_at=now).astype({"category": "Int32"}), preserve_index=False),
+            "saturation_steps": pa.Table.from_pandas(steps.assign(**keys), preserve_index=False),
+            "saturation_summary": pa.Table.from_pylist([row]),
+        }
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            for name, table in tables.items():
+                self.con.execute(f"DELETE FROM {name} WHERE run_id = ? AND explainer = ? AND method = ?", list(keys.values()))
+                self.con.register("incoming", table)
+                self.con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM incoming")
+                self.con.unregister("incoming")
+            self.con.execute("COMMIT")
+        except Exception:
+            self.con.execute("ROLLBACK")
+            raise
+
+    def categories(self, run_id: str, explainer: str, method: str) -> pd.DataFrame:
+        sql = "SELECT * FROM categories WHERE run_id = ? AND explainer = ? AND method = ? ORDER BY position"
+        return self.con.execute(sql, [run_id, explainer, method]).df()
+
+    def saturation_steps(self, run_id: str, explainer: str, method: str) -> pd.DataFrame:
+        sql = "SELECT * FROM saturation_steps WHERE run_id = ? AND explainer = ? AND method = ? ORDER BY step"
+        return self.con.execute(sql, [run_id, explainer, method]).df()
+
+    def saturation_summaries(self, run_id: str) -> list[dict]:
+        """Every stored saturation summary of the run, JSON columns decoded."""
+        frame = self.con.execute("SELECT * FROM saturation_summary WHERE run_id = ? ORDER BY explainer, method", [run_id]).df()
+        rows = frame.to_dict("records")
+        for row in rows:
+            for key in self._SATURATION_JSON:
+                row[key] = json.loads(row[key]) if row[key] is not None else None
+        return rows
+
     # ---- reads for reports and exports (this section belongs to the report and export modules)
 
     def table_counts(self, run_id: str) -> dict[str, int]:
         return {t: self.con.execute(f"SELECT count(*) FROM {t} WHERE run_id = ?", [run_id]).fetchone()[0] for t in GATHER_TABLES}
+
+    def table_names(self) -> list[str]:
+        """Every table in the file, so later stages' tables (saturation) are exported without a list to keep."""
+        rows = self.con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' AND table_type = 'BASE TABLE' ORDER BY 1"
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def table_reader(self, name: str, run_id: str, batch_rows: int = 65_536) -> pa.RecordBatchReader:
+        """A table's rows of one run, streamed in Arrow batches so memory stays flat for big tables.
+
+        Tables without a run_id column (meta, llm_calls: the response cache is shared by runs) come whole.
+        Read the reader to the end before the next query on this store.
+        """
+        if name not in self.table_names():
+            raise AutointerpError(f"no table '{name}' in {self.path}", f"choose from: {', '.join(self.table_names())}")
+        columns = self.con.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ?", [name]).fetchall()
+        if ("run_id",) in columns:
+            return self.con.sql(f'SELECT * FROM "{name}" WHERE run_id = ?', params=[run_id]).to_arrow_reader(batch_rows)
+        return self.con.sql(f'SELECT * FROM "{name}"').to_arrow_reader(batch_rows)
+
+    def latest_explainer(self, run_id: str) -> str | None:
+        row = self.con.execute("SELECT explainer FROM explanations WHERE run_id = ? ORDER BY created_at DESC, explainer LIMIT 1", [run_id]).fetchone()
+        return row[0] if row else None
+
+    def prompt_hashes(self, run_id: str) -> pd.DataFrame:
+        """Which prompt files produced this run's labels and scores: stage, explainer, judge, prompt_hash, rows."""
+        return self.con.execute(
+            "SELECT 'explain' AS stage, explainer, explainer AS judge, prompt_hash, count(*) AS n FROM explanations WHERE run_id = ? GROUP BY ALL "
+            "UNION ALL SELECT scorer, explainer, judge, prompt_hash, count(DISTINCT feature) FROM scores WHERE run_id = ? GROUP BY ALL "
+            "ORDER BY stage, explainer, judge, prompt_hash",
+            [run_id, run_id],
+        ).df()
+
+    def llm_usage(self) -> pd.DataFrame:
+        """Logged LLM calls per provider, model and purpose. Project-wide: calls carry no run id.
+
+        cost_usd is the sum over calls with a known price; priced counts them.
+        """
+        return self.con.execute(
+            "SELECT provider, model, purpose, count(*) AS calls, count(*) FILTER (WHERE error IS NOT NULL) AS failed, "
+            "coalesce(sum(prompt_tokens), 0) AS prompt_tokens, coalesce(sum(completion_tokens), 0) AS completion_tokens, "
+            "sum(cost_usd) AS cost_usd, count(cost_usd) AS priced FROM llm_calls GROUP BY ALL ORDER BY ALL"
+        ).df()
 
 
 class CallLog:

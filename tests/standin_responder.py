@@ -96,3 +96,21 @@ class TaskResponder:
             tokens = [json.loads(t) for t in re.findall(rf"\d+:({_JSON_STRING})", line)]
             rows.append([10 if hit else 0 for hit in match_positions(tokens, terms)])
         return self._list(rows)
+
+
+class CodebookResponder(TaskResponder):
+    """Also answers the codebook prompt (prompts/codebook.txt): a label's code is its main term
+    (the first of `label_terms`), so labels naming the same token share a code, and a code
+    already in the shown codebook is reused as it is written there."""
+
+    def __init__(self, mode: str = "correct"):
+        super().__init__(mode)
+        self.tasks[load_prompt("codebook").system] = "codebook"
+
+    def _codebook(self, user: str) -> str:
+        shown = {norm(code): code for code in re.findall(r"^- (.*)$", user, re.M)}
+        codes = []
+        for label in _numbered(user):
+            term = label_terms(label)[0].token
+            codes.append(shown.get(norm(term), term))
+        return self._list(codes)

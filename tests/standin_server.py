@@ -238,6 +238,9 @@ def find_leaks(secret: str, *things: object) -> list[str]:
 def _make_handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as the SDKs' connection pools expect
+        # Headers and body go out in separate writes; with Nagle's algorithm on, the body waits
+        # for the client's delayed ACK (~40 ms), which would dwarf the latency being simulated.
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: object) -> None:
             pass  # keep test output clean
