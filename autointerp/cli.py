@@ -14,6 +14,7 @@ examples:
   autointerp run                                   # embedded default, fully offline
   autointerp gather --model gpt2 --hookpoint blocks.8.hook_resid_pre --sae ./my_sae --corpus data.jsonl
   autointerp hookpoints --model EleutherAI/pythia-70m
+  autointerp saturate --project project             # categories and the saturation verdict
   autointerp runs --project project
 """
 
@@ -74,6 +75,7 @@ def _add_judge_args(p: argparse.ArgumentParser) -> None:
     j.add_argument("--prompt-dir", help="directory with your own prompt files (default: prompts/)")
     j.add_argument("--scorers", default=",".join(SCORERS), help="comma-separated subset of %(default)s")
     j.add_argument("--max-features", type=int, help="label only the first N alive features")
+    j.add_argument("--stop-coverage", type=float, help="stop labelling once category coverage reaches this (e.g. 0.95)")
 
 
 def _judge_config(a: argparse.Namespace):
@@ -94,7 +96,7 @@ def _judged(cfg, a: argparse.Namespace):
     cfg.judge = _judge_config(a)
     cfg.keys_file = a.keys_file
     cfg.prompt_dir = a.prompt_dir
-    cfg.explain = dc_replace(cfg.explain, max_features=a.max_features)
+    cfg.explain = dc_replace(cfg.explain, max_features=a.max_features, stop_coverage=a.stop_coverage)
     cfg.score = dc_replace(cfg.score, scorers=tuple(x.strip() for x in a.scorers.split(",") if x.strip()))
     return cfg
 
@@ -127,13 +129,14 @@ def cmd_gather(a: argparse.Namespace) -> None:
 
 
 def cmd_run(a: argparse.Namespace) -> None:
-    from .pipeline import gather, label_and_score
+    from .pipeline import gather, label_and_score, saturate_labels
 
     cfg = _judged(_run_config(a), a)  # a bad judge setting fails here, before minutes of gathering
     gathered = gather(cfg)
     print("\n".join(gathered.lines()))
     explained, scored = label_and_score(cfg, gathered.run_id)
     print("\n".join(explained.lines() + scored.lines()))
+    print("\n".join(saturate_labels(cfg, gathered.run_id).lines()))
 
 
 def cmd_label(a: argparse.Namespace) -> None:
@@ -142,6 +145,17 @@ def cmd_label(a: argparse.Namespace) -> None:
     cfg = _judged(RunConfig(project=a.project, run_id=a.run_id, progress=not a.quiet), a)
     explained, scored = label_and_score(cfg, a.run_id, explain_stage=a.command == "explain", score_stage=a.command == "score")
     print("\n".join((explained.lines() if explained else []) + (scored.lines() if scored else [])))
+
+
+def cmd_saturate(a: argparse.Namespace) -> None:
+    from .pipeline import RunConfig, saturate_labels
+    from .saturate import SaturationConfig
+
+    cfg = _judged(RunConfig(project=a.project, run_id=a.run_id, progress=not a.quiet), a)
+    cfg.saturation = SaturationConfig(method=a.method, threshold=a.threshold, target_coverage=a.target_coverage,
+                                      guest_base=a.guest_base, guest_run=a.guest_run, guest_threshold=a.guest_threshold,
+                                      its_window=a.its_window, n_boot=a.n_boot, seed=a.seed)
+    print("\n".join(saturate_labels(cfg, a.run_id).lines()))
 
 
 def cmd_hookpoints(a: argparse.Namespace) -> None:
@@ -185,6 +199,25 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true")
         _add_judge_args(p)
         p.set_defaults(func=cmd_label)
+    from .saturate import SaturationConfig
+
+    sc = SaturationConfig()
+    p = sub.add_parser("saturate", help="map labels to categories and report when new categories stop appearing")
+    p.add_argument("--project", default="project")
+    p.add_argument("--run-id", help="(default: the latest run)")
+    p.add_argument("--quiet", action="store_true")
+    _add_judge_args(p)
+    s_ = p.add_argument_group("saturation")
+    s_.add_argument("--method", default=sc.method, choices=["embedding", "codebook"], help="embedding clustering (offline) or LLM codebook reduction")
+    s_.add_argument("--threshold", type=float, default=sc.threshold, help="label similarity that merges into one category (default: %(default)s)")
+    s_.add_argument("--target-coverage", type=float, default=sc.target_coverage, help="(default: %(default)s)")
+    s_.add_argument("--guest-base", type=int, default=sc.guest_base, help="(default: %(default)s)")
+    s_.add_argument("--guest-run", type=int, default=sc.guest_run, help="(default: %(default)s)")
+    s_.add_argument("--guest-threshold", type=float, default=sc.guest_threshold, help="(default: %(default)s)")
+    s_.add_argument("--its-window", type=int, default=sc.its_window, help="(default: %(default)s)")
+    s_.add_argument("--n-boot", type=int, default=sc.n_boot, help="shuffled orders (default: %(default)s)")
+    s_.add_argument("--seed", type=int, default=sc.seed)
+    p.set_defaults(func=cmd_saturate)
     p = sub.add_parser("hookpoints", help="list the hookpoints a model offers")
     p.add_argument("--model", required=True, help="hub id or local directory")
     p.set_defaults(func=cmd_hookpoints)

@@ -135,15 +135,17 @@ def cluster_labels(labels: list[str], threshold: float, *, embedder: Embedder | 
     if not labels:
         return []
     vectors = (embedder or Embedder()).encode(list(labels))
-    codes: list[int] = []  # index into labels of each cluster's first member
+    codes = np.empty_like(vectors)  # row c: the vector of cluster c's first member, filled as clusters open
+    n_codes = 0
     ids: list[int] = []
-    for i, vec in enumerate(vectors):
-        if codes:
-            sims = vectors[codes] @ vec
+    for vec in vectors:
+        if n_codes:
+            sims = codes[:n_codes] @ vec
             best = int(np.argmax(sims))  # argmax returns the first maximum: the earlier cluster
             if sims[best] >= threshold:
                 ids.append(best)
                 continue
-        codes.append(i)
-        ids.append(len(codes) - 1)
+        codes[n_codes] = vec
+        ids.append(n_codes)
+        n_codes += 1
     return ids

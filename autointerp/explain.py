@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from .judges import Judge, map_bounded
+from .saturate import CoverageStop
 from .records import ExplainTask, FeatureSnippets, JudgeAnswer, Snippet
 from .store import Store
 
@@ -23,7 +24,11 @@ class ExplainConfig:
     n_negative: int = 10  # negatives (used by judges that contrast, e.g. the offline one)
     features: list[int] | None = None  # None: every alive feature
     max_features: int | None = None
-    chunk: int = 512  # features per store write
+    chunk: int = 512  # features per store write (and per stop-rule check)
+    # Stop labelling once saturation coverage reaches this target (None: label every feature).
+    stop_coverage: float | None = None
+    stop_min_labels: int = 100
+    stop_threshold: float = 0.8  # label-embedding similarity that merges two labels into one category
 
 
 @dataclass
@@ -33,10 +38,13 @@ class ExplainSummary:
     n_ok: int
     n_failed: int
     failures: dict[str, int] = field(default_factory=dict)
+    saved_calls: int = 0  # judge calls the stop rule saved
+
 
     def lines(self) -> list[str]:
         kinds = ", ".join(f"{k} {v}" for k, v in self.failures.items())
-        return [f"explained {self.n_ok:,} of {self.n_features:,} features with {self.explainer}" + (f"; failed {self.n_failed:,} ({kinds})" if self.n_failed else "")]
+        line = f"explained {self.n_ok:,} of {self.n_features:,} features with {self.explainer}" + (f"; failed {self.n_failed:,} ({kinds})" if self.n_failed else "")
+        return [line] + ([f"stop rule: coverage target reached; {self.saved_calls:,} judge calls saved"] if self.saved_calls else [])
 
 
 def explainer_id(judge: Judge) -> str:
@@ -83,6 +91,7 @@ async def explain(store: Store, run_id: str, judge: Judge, cfg: ExplainConfig, c
     failures: dict[str, int] = {}
     totals = {"tokens": 0, "cost": 0.0}
     n_ok = n_done = 0
+    stop = CoverageStop(cfg.stop_coverage, cfg.stop_min_labels, cfg.stop_threshold) if cfg.stop_coverage else None
 
     def on_done(answer) -> None:
         totals["tokens"] += answer.prompt_tokens + answer.completion_tokens
@@ -113,5 +122,7 @@ async def explain(store: Store, run_id: str, judge: Judge, cfg: ExplainConfig, c
             call_log.flush()
         n_ok += int((rows.status == "ok").sum())
         n_done += len(rows)
+        if stop is not None and stop.add([a.value if a.ok else None for a in answers]):
+            break
     bar.close()
-    return ExplainSummary(explainer, n_done, n_ok, n_done - n_ok, failures)
+    return ExplainSummary(explainer, n_done, n_ok, n_done - n_ok, failures, stop.saved_calls(len(features)) if stop else 0)

@@ -25,6 +25,7 @@ from .store import RunRecord, Store
 from .train import TrainConfig, collect_activations, evaluate_sae, train_topk_sae
 from .explain import ExplainConfig, ExplainSummary, explain, explainer_id
 from .llm import LLMConfig
+from .saturate import SaturationConfig, SaturationSummary, saturate
 from .score import ScoreConfig, ScoreSummary, score
 
 
@@ -44,6 +45,7 @@ class RunConfig:
     prompt_dir: str | None = None  # your own prompt files instead of prompts/
     explain: ExplainConfig = field(default_factory=ExplainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    saturation: SaturationConfig = field(default_factory=SaturationConfig)
     progress: bool = True
 
     def resolved_run_id(self) -> str:
@@ -179,9 +181,9 @@ def gather(cfg: RunConfig) -> GatherSummary:
         store.close()
 
 
-def label_and_score(cfg: RunConfig, run_id: str | None = None, *, explain_stage: bool = True, score_stage: bool = True) -> tuple[ExplainSummary | None, ScoreSummary | None]:
-    """Explain then score a gathered run, under one event loop (the LLM clients are bound to it).
-    Scoring alone scores the labels this judge stored earlier."""
+def _with_judge(cfg: RunConfig, run_id: str | None, stages):
+    """Open the store, the call log and the judge, and run `stages(store, run_id, judge, log)` under
+    one event loop (the LLM clients are bound to it); the judge is closed and the log flushed after."""
     import asyncio
 
     from .judges import make_judge
@@ -192,23 +194,39 @@ def label_and_score(cfg: RunConfig, run_id: str | None = None, *, explain_stage:
     try:
         run_id = run_id or store.run(cfg.run_id)["run_id"]
         log = CallLog(store)
-        keys = load_keys(cfg.keys_file) if cfg.keys_file else None
-        judge = make_judge(cfg.judge, log, keys=keys, prompt_dir=cfg.prompt_dir)
+        judge = make_judge(cfg.judge, log, keys=load_keys(cfg.keys_file) if cfg.keys_file else None, prompt_dir=cfg.prompt_dir)
 
-        async def stages():
+        async def main():
             try:
-                explained = await explain(store, run_id, judge, cfg.explain, call_log=log, progress=cfg.progress) if explain_stage else None
-                scored = None
-                if score_stage:
-                    explainer = explained.explainer if explained else explainer_id(judge)
-                    if not explained and explainer not in store.explainers(run_id):
-                        raise AutointerpError(f"run '{run_id}' has no labels by {explainer}", "run `autointerp explain` with the same judge first")
-                    scored = await score(store, run_id, explainer, judge, cfg.score, call_log=log, progress=cfg.progress)
-                return explained, scored
+                return await stages(store, run_id, judge, log)
             finally:
                 await judge.aclose()
                 log.flush()
 
-        return asyncio.run(stages())
+        return asyncio.run(main())
     finally:
         store.close()
+
+
+def label_and_score(cfg: RunConfig, run_id: str | None = None, *, explain_stage: bool = True, score_stage: bool = True) -> tuple[ExplainSummary | None, ScoreSummary | None]:
+    """Explain then score a gathered run. Scoring alone scores the labels this judge stored earlier."""
+
+    async def stages(store, run_id, judge, log):
+        explained = await explain(store, run_id, judge, cfg.explain, call_log=log, progress=cfg.progress) if explain_stage else None
+        if not score_stage:
+            return explained, None
+        explainer = explained.explainer if explained else explainer_id(judge)
+        if not explained and explainer not in store.explainers(run_id):
+            raise AutointerpError(f"run '{run_id}' has no labels by {explainer}", "run `autointerp explain` with the same judge first")
+        return explained, await score(store, run_id, explainer, judge, cfg.score, call_log=log, progress=cfg.progress)
+
+    return _with_judge(cfg, run_id, stages)
+
+
+def saturate_labels(cfg: RunConfig, run_id: str | None = None) -> SaturationSummary:
+    """Map a run's stored labels to categories and measure saturation (the judge is used only by method 'codebook')."""
+
+    async def stages(store, run_id, judge, log):
+        return await saturate(store, run_id, explainer_id(judge), cfg.saturation, judge=judge, call_log=log)
+
+    return _with_judge(cfg, run_id, stages)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib import rc_context
+from matplotlib.figure import Figure
 
 from . import __version__
 from .records import Snippet
@@ -40,6 +42,10 @@ DEFAULT_WATCH: dict[str, tuple[str, ...]] = {
 }
 
 NOT_SATURATED_YET = "not computed yet — run autointerp saturate"
+
+# Figures are built on bare matplotlib Figures (no pyplot, no backend switch) under these settings only:
+# text stays text in the SVG (smaller, in the page's font) and a fixed hash salt makes ids, so the file, reproducible.
+MPL_STYLE = {"svg.fonttype": "none", "svg.hashsalt": "autointerp-report", "font.size": 9}
 
 
 @dataclass
@@ -161,8 +167,8 @@ def collect(store: Store, run_id: str | None, cfg: ReportConfig) -> ReportData:
     run_id = run["run_id"]
     explainer = cfg.explainer or store.latest_explainer(run_id)
     features = store.features(run_id)
-    labels = store.explanations(run_id, explainer).set_index("feature") if explainer else pd.DataFrame()
-    scores = store.scores(run_id, explainer) if explainer else pd.DataFrame(columns=["scorer", "metric", "feature", "label_source"])
+    labels = store.explanations(run_id, explainer).set_index("feature")  # explainer None: the run has no labels at all
+    scores = store.scores(run_id, explainer)
     headline = scores[scores.metric == scores.scorer.map(HEADLINE)]
     scorers = [s for s in HEADLINE if s in set(headline.scorer)]
     judges = {s: str(headline[headline.scorer == s].judge.iloc[0]) for s in scorers}
@@ -201,33 +207,19 @@ def _num(x, digits: int = 3) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def _svg(fig) -> str:
-    import matplotlib.pyplot as plt
-
+def _svg(fig: Figure) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
-    plt.close(fig)
     text = buf.getvalue()
     return text[text.index("<svg"):]  # inline: drop the XML prolog and doctype
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    # Text stays text (smaller SVG, the page's font); a fixed salt makes element ids, and so the file, reproducible.
-    plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "autointerp-report", "font.size": 9})
-    return plt
 
 
 def density_figure(cards: list[FeatureCard], dense_threshold: float | None) -> str | None:
     alive = np.array([c.density for c in cards if not c.dead and c.density > 0])
     if not len(alive):
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 2.4))
+    fig = Figure(figsize=(6.5, 2.4))
+    ax = fig.subplots()
     ax.hist(np.log10(alive), bins=50, color="#4a6fa5")
     if dense_threshold:
         ax.axvline(math.log10(dense_threshold), color="#b03030", ls="--", lw=1, label=f"dense above {dense_threshold:g}")
@@ -241,8 +233,8 @@ def scores_figure(headline: pd.DataFrame, scorers: list[str]) -> str | None:
     """Per scorer: true vs shuffled-label distribution, and every feature's score with its 95% interval."""
     if not scorers:
         return None
-    plt = _plt()
-    fig, axes = plt.subplots(len(scorers), 2, figsize=(9, 2.2 * len(scorers)), squeeze=False)
+    fig = Figure(figsize=(9, 2.2 * len(scorers)), layout="tight")
+    axes = fig.subplots(len(scorers), 2, squeeze=False)
     for (left, right), scorer in zip(axes, scorers):
         sub = headline[headline.scorer == scorer]
         metric = sub.metric.iloc[0]
@@ -261,15 +253,14 @@ def scores_figure(headline: pd.DataFrame, scorers: list[str]) -> str | None:
         right.axhline(CHANCE[metric], color="grey", ls=":", lw=1)
         right.set(title=f"{scorer}: features sorted by score", xlabel="feature rank", ylabel=metric)
         right.legend(frameon=False, fontsize=7, loc="upper left")
-    fig.tight_layout()
     return _svg(fig)
 
 
 def saturation_figure(result: SaturationResult) -> str:
     """Categories against labels in labelling order, with the Chao1 band, the order-free rarefaction curve and coverage."""
-    plt = _plt()
     steps = result.steps
-    fig, ax = plt.subplots(figsize=(7, 2.8))
+    fig = Figure(figsize=(7, 2.8), layout="tight")
+    ax = fig.subplots()
     ax.fill_between(steps.step, steps.chao1_low, steps.chao1_high, color="#d08c2a", alpha=0.25, lw=0, label="Chao1 95% CI")
     ax.plot(steps.step, steps.chao1, color="#d08c2a", lw=1, ls="--", label="Chao1 estimate")
     ax.plot(steps.step, steps.n_categories, color="#4a6fa5", lw=1.5, label="categories (labelling order)")
@@ -282,7 +273,6 @@ def saturation_figure(result: SaturationResult) -> str:
     cov.set(ylim=(0, 1), ylabel="coverage")
     handles = ax.get_legend_handles_labels()[0] + cov.get_legend_handles_labels()[0]
     ax.legend(handles, [h.get_label() for h in handles], frameon=False, fontsize=7, loc="upper left")
-    fig.tight_layout()
     return _svg(fig)
 
 
@@ -294,14 +284,11 @@ class HistogramPNG:
     """
 
     def __init__(self, edges: np.ndarray):
-        plt = _plt()
-        self.plt = plt
         self.edges = edges
-        self.fig = plt.figure(figsize=(1.6, 0.4), dpi=100)
-        ax = self.fig.add_axes([0, 0, 1, 1])
-        ax.set_axis_off()
-        self.ax = ax
-        self.steps = ax.stairs([1.0], [0.0, 1.0], fill=True, color="#d07020")
+        self.fig = Figure(figsize=(1.6, 0.4), dpi=100)
+        self.ax = self.fig.add_axes((0, 0, 1, 1))
+        self.ax.set_axis_off()
+        self.steps = self.ax.stairs([1.0], [0.0, 1.0], fill=True, color="#d07020")
 
     def render(self, counts: np.ndarray) -> tuple[str, str] | None:
         """(data URI, activation range of the shown bins), or None for a feature that never fired."""
@@ -319,9 +306,6 @@ class HistogramPNG:
         low = self.edges[lo - 1] if lo > 0 else 0.0
         high = self.edges[hi - 1] if hi - 1 < len(self.edges) else math.inf
         return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(), f"{low:.3g}–{high:.3g} (log bins)"
-
-    def close(self) -> None:
-        self.plt.close(self.fig)
 
 
 # ----------------------------------------------------------------------------- HTML
@@ -518,7 +502,7 @@ def _snippet_html(s: Snippet, max_activation: float) -> str:
             parts.append(f'<mark class="a{strength}" title="{a:.3g}">{text}</mark>')
         else:
             parts.append(text)
-    return f'<p class="snip" title="{s.split} split, context {s.context_id}, peak {s.max_activation:.3g}">{"".join(parts)}</p>'
+    return f'<p class="snip" title="{e(s.split)} split, context {s.context_id}, peak {s.max_activation:.3g}">{"".join(parts)}</p>'
 
 
 def _card_html(c: FeatureCard, hist: tuple[str, str] | None, scorers: list[str]) -> str:
@@ -546,7 +530,12 @@ def _card_html(c: FeatureCard, hist: tuple[str, str] | None, scorers: list[str])
 
 
 def render_html(d: ReportData, cfg: ReportConfig) -> str:
-    from .gather import HIST_EDGES
+    with rc_context(MPL_STYLE):
+        return _page(d, cfg)
+
+
+def _page(d: ReportData, cfg: ReportConfig) -> str:
+    from .gather import HIST_EDGES  # the per-feature histogram's bin edges
 
     run = d.run
     scorers = list(d.summary)
@@ -562,10 +551,7 @@ def render_html(d: ReportData, cfg: ReportConfig) -> str:
     sort_options = [("f", "feature index"), ("label", "label A–Z")] + [(f"s-{s}", f"{s} score ↓") for s in scorers] + [("density", "density ↓"), ("max", "max activation ↓")]
 
     painter = HistogramPNG(HIST_EDGES)
-    try:
-        cards = "".join(_card_html(c, None if c.dead else painter.render(c.histogram), scorers) for c in d.cards)
-    finally:
-        painter.close()
+    cards = "".join(_card_html(c, None if c.dead else painter.render(c.histogram), scorers) for c in d.cards)
 
     dense_threshold = run["config"].get("gather", {}).get("dense_threshold")
     density_svg = density_figure(d.cards, dense_threshold) or '<p class="muted">no feature fired</p>'
@@ -626,10 +612,10 @@ def render_markdown(d: ReportData, cfg: ReportConfig, html_name: str) -> str:
     def table(header: list[str], rows: list[list[str]]) -> list[str]:
         return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
-    out = [f"# autointerp report — {_md(d.run['run_id'])}", "", f"Generated {d.generated_at} from `{d.db_path}`; full report with feature cards: `{html_name}`.", "",
+    out = [f"# autointerp report — {_md(d.run['run_id'])}", "", f"Generated {d.generated_at} from {_md(d.db_path)}; full report with feature cards: {_md(html_name)}.", "",
            "## Audit trail", ""]
     out += table(["", ""], [[_md(k), _md(v)] for k, v in _audit_pairs(d)])
-    out += ["", "Prompt hashes: " + (", ".join(f"{_md(p.stage)} `{p.prompt_hash}`" for p in d.prompts.itertuples() if p.prompt_hash) or "none recorded"),
+    out += ["", "Prompt hashes: " + (", ".join(f"{_md(p.stage)} {_md(p.prompt_hash)}" for p in d.prompts.itertuples() if p.prompt_hash) or "none recorded"),
             "", "LLM usage (whole project): " + _md(_usage_rows(d.usage)[1]), "",
             "Versions: " + ", ".join(f"{_md(k)} {_md(v)}" for k, v in d.run["versions"].items()), "", "## SAE health", ""]
     out += table(["", ""], [[k, v] for k, v in _health(d)])
@@ -679,8 +665,8 @@ def write_report(project: str | Path, run_id: str | None = None, out: str | Path
     t0 = time.perf_counter()
     with Store(project, read_only=True) as store:
         data = collect(store, run_id, cfg)
-    page, summary = report_paths(project, data.run["run_id"], out)
+    page, markdown = report_paths(project, data.run["run_id"], out)
     page.parent.mkdir(parents=True, exist_ok=True)
     page.write_text(render_html(data, cfg), encoding="utf-8")
-    summary.write_text(render_markdown(data, cfg, page.name), encoding="utf-8")
-    return ReportFiles(page, summary, time.perf_counter() - t0, len(data.cards))
+    markdown.write_text(render_markdown(data, cfg, page.name), encoding="utf-8")
+    return ReportFiles(page, markdown, time.perf_counter() - t0, len(data.cards))

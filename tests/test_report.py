@@ -53,7 +53,7 @@ def _examples() -> pa.Table:
     return pa.Table.from_pylist(rows)
 
 
-def build_project(root: Path) -> Path:
+def build_project(root: Path, with_labels: bool = True) -> Path:
     """A small run written through the Store API, with hostile text in tokens, labels and errors."""
     hist = np.zeros(66, np.int64)
     hist[30:36] = [1, 4, 9, 6, 3, 1]
@@ -70,6 +70,8 @@ def build_project(root: Path) -> Path:
                     sae_metrics={"fvu": 0.25, "l0": 3.0, "dead_fraction": 0.1, "eval_tokens": 500}, n_tokens=1000, n_contexts=120)
     with Store(root) as store:
         store.write_gather(run, features, _examples(), contexts, documents, VOCAB)
+        if not with_labels:
+            return root
         labelled = sorted(LABELS)
         store.write_explanations(RUN, EXPLAINER, pd.DataFrame({
             "feature": labelled,
@@ -147,6 +149,14 @@ def test_hostile_snippets_and_labels_render_as_inert_text(report):
     assert all(v.startswith(("data:", "#")) for v in re.findall(r'\s(?:src|href)=["\']([^"\']*)', page))
     assert "default-src 'none'" in page
     assert "<script" not in md and "<img" not in md and "&lt;img src=x" in md
+
+
+def test_report_of_a_run_not_labelled_yet(tmp_path):
+    files = write_report(build_project(tmp_path / "p", with_labels=False), out=tmp_path / "out")
+    page = files.html.read_text(encoding="utf-8")
+    assert files.html == tmp_path / "out" / f"{RUN}.html" and files.markdown.exists()
+    assert "no scores stored — run autointerp score" in page and "no labels stored" in page and NOT_SATURATED_YET in page
+    assert _card_flags(page)[0] == {"low", "flagged"} and _card_flags(page)[5] == {"dead", "clear"}
 
 
 def test_watch_list_matches_whole_words_and_forms():
