@@ -21,5 +21,6 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed
-	$(PY) bench/gather_overhead.py
-	$(PY) bench/gather_memory.py
+	cd bench && ../$(PY) gather_overhead.py --tokens 1000000
+	cd bench && ../$(PY) gather_memory.py
+	cd bench && ../$(PY) judge_throughput.py   # needs ./project from `make demo`

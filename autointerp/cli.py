@@ -15,6 +15,8 @@ examples:
   autointerp gather --model gpt2 --hookpoint blocks.8.hook_resid_pre --sae ./my_sae --corpus data.jsonl
   autointerp hookpoints --model EleutherAI/pythia-70m
   autointerp saturate --project project             # categories and the saturation verdict
+  autointerp report --project project               # self-contained HTML + Markdown audit report
+  autointerp export --project project               # Parquet, Neuronpedia, OpenAI-style JSONL
   autointerp runs --project project
 """
 
@@ -137,6 +139,10 @@ def cmd_run(a: argparse.Namespace) -> None:
     explained, scored = label_and_score(cfg, gathered.run_id)
     print("\n".join(explained.lines() + scored.lines()))
     print("\n".join(saturate_labels(cfg, gathered.run_id).lines()))
+    from .report import write_report
+
+    files = write_report(cfg.project, gathered.run_id)
+    print(f"report: {files.html}\nsummary: {files.markdown}")
 
 
 def cmd_label(a: argparse.Namespace) -> None:
@@ -156,6 +162,21 @@ def cmd_saturate(a: argparse.Namespace) -> None:
                                       guest_base=a.guest_base, guest_run=a.guest_run, guest_threshold=a.guest_threshold,
                                       its_window=a.its_window, n_boot=a.n_boot, seed=a.seed)
     print("\n".join(saturate_labels(cfg, a.run_id).lines()))
+
+
+def cmd_report(a: argparse.Namespace) -> None:
+    from .report import write_report
+
+    files = write_report(a.project, a.run_id, a.out)
+    print(f"report: {files.html}\nsummary: {files.markdown}\n({files.n_features:,} features in {files.seconds:.1f}s)")
+
+
+def cmd_export(a: argparse.Namespace) -> None:
+    from .export import export
+
+    formats = tuple(x.strip() for x in a.format.split(",") if x.strip())
+    for fmt, paths in export(a.project, a.run_id, a.out, formats).items():
+        print(f"{fmt}: " + ", ".join(str(p) for p in paths))
 
 
 def cmd_hookpoints(a: argparse.Namespace) -> None:
@@ -218,6 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
     s_.add_argument("--n-boot", type=int, default=sc.n_boot, help="shuffled orders (default: %(default)s)")
     s_.add_argument("--seed", type=int, default=sc.seed)
     p.set_defaults(func=cmd_saturate)
+    p = sub.add_parser("report", help="write a run's audit report: one self-contained HTML file and a Markdown summary")
+    p.add_argument("--project", default="project")
+    p.add_argument("--run-id", help="(default: the latest run)")
+    p.add_argument("--out", help="an .html file or a directory (default: <project>/reports/)")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("export", help="export a run: Parquet of every table, Neuronpedia and OpenAI explanation JSONL")
+    p.add_argument("--project", default="project")
+    p.add_argument("--run-id", help="(default: the latest run)")
+    p.add_argument("--out", help="directory (default: <project>/exports/<run id>/)")
+    p.add_argument("--format", default="parquet,neuronpedia,openai", help="comma-separated subset of %(default)s")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("hookpoints", help="list the hookpoints a model offers")
     p.add_argument("--model", required=True, help="hub id or local directory")
     p.set_defaults(func=cmd_hookpoints)

@@ -203,7 +203,7 @@ def collect(store: Store, run_id: str | None, cfg: ReportConfig) -> ReportData:
 # ----------------------------------------------------------------------------- plots
 
 
-def _num(x, digits: int = 3) -> str:
+def _num(x: float | None, digits: int = 3) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
@@ -321,7 +321,7 @@ section{background:#fff;border:1px solid #e3e3e3;border-radius:6px;padding:.6em 
 table{border-collapse:collapse;margin:.4em 0}td,th{border-bottom:1px solid #eee;padding:.15em .6em;text-align:left;vertical-align:top}
 th{font-weight:600}.num{text-align:right;font-variant-numeric:tabular-nums}
 .muted{color:#777}.bad{color:#a02020;font-weight:600}.good{color:#1d6b3a;font-weight:600}
-svg{max-width:100%;height:auto}
+svg{max-width:100%;height:auto}.scroll{max-height:30em;overflow:auto}
 #controls{display:flex;gap:.8em;flex-wrap:wrap;align-items:center;margin:.5em 0}
 #controls input{flex:1;min-width:14em;padding:.3em}
 #cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:.7em}
@@ -415,17 +415,26 @@ def _cost(cost: float, priced: int, calls: int) -> str:
     return f"${cost:.4f}" + (f" ({calls - priced:,} calls unpriced)" if priced < calls else "")
 
 
+def loss_recovered_text(run: dict) -> str:
+    """Loss recovered needs a causal LM's next-token loss. The run stores no architecture, so the reason
+    is given only where it is known: the embedded default is a sentence encoder."""
+    from .model import EMBEDDED_MODEL
+
+    if "loss_recovered" in run["sae_metrics"]:
+        return _num(run["sae_metrics"]["loss_recovered"])
+    return "not measured (not a causal LM)" if run["model"] == EMBEDDED_MODEL else "not measured"
+
+
 def _health(d: ReportData) -> list[tuple[str, str]]:
     m = d.run["sae_metrics"]
     cards = d.cards
     n = len(cards)
-    loss = _num(m["loss_recovered"]) if "loss_recovered" in m else "not measured (not a causal LM)"
     return [
         ("L0 (held-out)", _num(m.get("l0"), 1)), ("FVU (held-out)", _num(m.get("fvu"))),
         ("dead on held-out tokens", f"{m['dead_fraction']:.1%}" if "dead_fraction" in m else "—"),
         ("dead over the corpus", f"{sum(c.dead for c in cards) / max(n, 1):.1%} ({sum(c.dead for c in cards):,} of {n:,})"),
         ("ultra-dense", f"{sum(c.dense for c in cards) / max(n, 1):.1%} ({sum(c.dense for c in cards):,})"),
-        ("loss recovered", loss), ("held-out tokens", f"{m['eval_tokens']:,}" if "eval_tokens" in m else "—"),
+        ("loss recovered", loss_recovered_text(d.run)), ("held-out tokens", f"{m['eval_tokens']:,}" if "eval_tokens" in m else "—"),
     ]
 
 
@@ -489,7 +498,7 @@ def _categories_html(d: ReportData, limit: int) -> str:
     parts = []
     for r in d.saturation:
         rows, note = _category_rows(r, limit)
-        parts.append(f"<h3>{e(r.summary['method'])} merge</h3>" + _table(header, rows, (1, 2)) + f'<p class="muted">{note}</p>')
+        parts.append(f"<h3>{e(r.summary['method'])} merge</h3><div class=\"scroll\">" + _table(header, rows, (1, 2)) + f'</div><p class="muted">{note}</p>')
     return "".join(parts)
 
 

@@ -19,6 +19,7 @@ from . import metrics
 from .judges import Judge, map_bounded
 from .prompts import activation_marks
 from .records import DetectionTask, FeatureSnippets, FuzzTask, JudgeAnswer, MarkedSnippet, SimulationTask, Snippet
+from .errors import AutointerpError
 from .store import Store
 
 SCORERS = ("detection", "fuzzing", "simulation", "embedding")
@@ -31,10 +32,16 @@ class ScoreConfig:
     n_negative: int = 10  # held-out verified negatives per feature
     per_prompt: int = 10  # snippets per detection / fuzzing prompt
     n_simulation: int = 4  # activating snippets simulated (plus as many negatives)
+    n_embedding: int = 6  # activating snippets (plus as many negatives) per embedding AUROC: MiniLM costs most here
     shuffle_control: bool = True
     n_boot: int = 500
     seed: int = 0
     chunk: int = 512
+
+    def __post_init__(self) -> None:
+        unknown = set(self.scorers) - set(SCORERS)
+        if unknown:
+            raise AutointerpError(f"unknown scorer(s) {sorted(unknown)}", f"choose from {', '.join(SCORERS)}")
 
 
 @dataclass
@@ -113,6 +120,25 @@ def _failure_text(answers: list[JudgeAnswer]) -> str | None:
     return "; ".join(dict.fromkeys(e or "no value" for e in errors)) or None
 
 
+@dataclass
+class Outcome:
+    """One feature scored with one label by one scorer."""
+
+    rows: list[dict]  # one per metric
+    failed: int  # judge answers that failed
+    asked: int  # judge answers asked for
+    error: str | None = None
+    prompt_hash: str | None = None
+
+    @property
+    def status(self) -> str:
+        # failed: no judge answer could be used; undefined: answers came, but the metric has no
+        # value (e.g. constant predictions give no correlation).
+        if not np.isnan(self.rows[0]["value"]):
+            return "ok"
+        return "failed" if self.failed == self.asked else "undefined"
+
+
 def _classification_rows(y_true: list[bool], y_pred: list[bool], cfg: ScoreConfig, seed: int) -> list[dict]:
     if not y_true:
         return [{"metric": "balanced_accuracy", "value": np.nan, "ci_low": np.nan, "ci_high": np.nan, "n": 0, "method": "none"}]
@@ -120,8 +146,8 @@ def _classification_rows(y_true: list[bool], y_pred: list[bool], cfg: ScoreConfi
     return [{"metric": m, "value": e.value, "ci_low": e.ci_low, "ci_high": e.ci_high, "n": e.n, "method": e.method} for m, e in est.items()]
 
 
-async def _score_feature(scorer: str, judge: Judge, feature: int, label: str, active: list[Snippet], negatives: list[Snippet], cfg: ScoreConfig) -> tuple[list[dict], int, int, str | None, str | None]:
-    """(metric rows, failed answers, answers asked for, error text, prompt hash) for one feature and one label."""
+async def _score_feature(scorer: str, judge: Judge, feature: int, label: str, active: list[Snippet], negatives: list[Snippet], cfg: ScoreConfig) -> Outcome:
+    """One feature scored with one label."""
     rng = np.random.default_rng([cfg.seed, feature])
     if scorer in ("detection", "fuzzing"):
         if scorer == "detection":
@@ -155,19 +181,40 @@ async def _score_feature(scorer: str, judge: Judge, feature: int, label: str, ac
             rows = [{"metric": "pearson", "value": np.nan, "ci_low": np.nan, "ci_high": np.nan, "n": 0, "method": "none"}]
     failed = sum(not a.ok for a in answers)
     hashes = [a.prompt_hash for a in answers if a.prompt_hash]
-    return rows, failed, len(answers), _failure_text(answers), hashes[0] if hashes else None
+    return Outcome(rows, failed, len(answers), _failure_text(answers), hashes[0] if hashes else None)
 
 
 def _embedding_rows(embedder, labels: dict[int, str], snippets: dict[int, tuple[list[Snippet], list[Snippet]]], cfg: ScoreConfig) -> dict[int, list[dict]]:
     """AUROC of label–snippet cosine similarity, activating vs negative, per (feature, label)."""
-    texts = sorted({s.text for act, neg in snippets.values() for s in act + neg} | set(labels.values()))
+    texts = sorted({s.text for act, neg in snippets.values() for s in act[: cfg.n_embedding] + neg[: cfg.n_embedding]} | set(labels.values()))
     vectors = dict(zip(texts, embedder.encode(texts)))
     out = {}
     for feature, (act, neg) in snippets.items():
+        act, neg = act[: cfg.n_embedding], neg[: cfg.n_embedding]
         label_vec = vectors[labels[feature]]
         sims = [float(vectors[s.text] @ label_vec) for s in act + neg]
         e = metrics.auroc(sims, [True] * len(act) + [False] * len(neg), n_boot=cfg.n_boot, seed=feature)
         out[feature] = [{"metric": "auroc", "value": e.value, "ci_low": e.ci_low, "ci_high": e.ci_high, "n": e.n, "method": e.method}]
+    return out
+
+
+async def _judge_outcomes(scorer: str, judge: Judge, runs, labels, held, cfg: ScoreConfig, bar) -> dict:
+    async def one(run) -> tuple:
+        feature, source, label_feature = run
+        outcome = await _score_feature(scorer, judge, feature, labels[label_feature], *held[feature], cfg)
+        if source == "true":
+            bar.update(1)
+        return (feature, source), outcome
+
+    return dict(await map_bounded(one, runs, judge.concurrency))
+
+
+def _embedding_outcomes(embedder, runs, labels, held, cfg: ScoreConfig) -> dict:
+    out = {}
+    for source in ("true", "shuffled"):
+        pairs = {f: labels[other] for f, src, other in runs if src == source}
+        rows = _embedding_rows(embedder, pairs, {f: held[f] for f in pairs}, cfg)
+        out.update({(f, source): Outcome(r, failed=0, asked=1) for f, r in rows.items()})
     return out
 
 
@@ -180,50 +227,29 @@ async def score(store: Store, run_id: str, explainer: str, judge: Judge, cfg: Sc
     features = sorted(labels)
     shuffled = derangement(features, cfg.seed) if cfg.shuffle_control else {}
     judge_name = f"{judge.provider}:{judge.model}"
-    unknown = set(cfg.scorers) - set(SCORERS)
-    if unknown:
-        from .errors import AutointerpError
+    if "embedding" in cfg.scorers and embedder is None:
+        from .embed import Embedder
 
-        raise AutointerpError(f"unknown scorer(s) {sorted(unknown)}", f"choose from {', '.join(SCORERS)}")
+        embedder = Embedder(precision="auto")
     bar = tqdm(total=len(features) * len(cfg.scorers), desc="score", unit="feat", disable=not progress)
     for start in range(0, len(features), cfg.chunk):
         chunk = store.feature_snippets(run_id, features[start : start + cfg.chunk], split="score", max_per_kind={"top": cfg.n_activating, "negative": cfg.n_negative})
         held = {fs.feature: held_out(fs, cfg) for fs in chunk}
+        runs = [(f, "true", f) for f in held] + [(f, "shuffled", shuffled[f]) for f in held if f in shuffled]
         for scorer in cfg.scorers:
-            runs = [(f, "true", f) for f in held] + [(f, "shuffled", shuffled[f]) for f in held if f in shuffled]
             if scorer == "embedding":
-                from .embed import Embedder
-
-                embedder = embedder or Embedder(precision="auto")
-                results = {}
-                for source in ("true", "shuffled"):
-                    pairs = {f: labels[other] for f, src, other in runs if src == source}
-                    rows = _embedding_rows(embedder, pairs, {f: held[f] for f in pairs}, cfg)
-                    results.update({(f, source): (r, 0, 1, None, None) for f, r in rows.items()})
+                outcomes = _embedding_outcomes(embedder, runs, labels, held, cfg)
                 name = f"embedding:{embedder.name}:{embedder.precision}"
-            else:
-                async def run_all():
-                    async def one(f, src, other):
-                        out = await _score_feature(scorer, judge, f, labels[other], *held[f], cfg)
-                        if src == "true":
-                            bar.update(1)
-                        return (f, src), out
-
-                    return dict(await map_bounded(lambda r: one(*r), runs, judge.concurrency))
-
-                results = await run_all()
-                name = judge_name
-            if scorer == "embedding":
                 bar.update(len(held))
-            frame = []
-            for f, src, other in runs:
-                rows, failed, asked, error, phash = results[f, src]
-                # failed: no judge answer could be used; undefined: answers came, but the metric has no
-                # value (e.g. constant predictions give no correlation).
-                status = "ok" if not np.isnan(rows[0]["value"]) else ("failed" if failed == asked else "undefined")
-                for row in rows:
-                    frame.append({"feature": f, "judge": name, "label_source": src, "label_feature": other, **row,
-                                  "status": status, "n_failed": failed, "error": error, "prompt_hash": phash})
+            else:
+                outcomes = await _judge_outcomes(scorer, judge, runs, labels, held, cfg, bar)
+                name = judge_name
+            frame = [
+                {"feature": f, "judge": name, "label_source": src, "label_feature": other, **row, "status": o.status,
+                 "n_failed": o.failed, "error": o.error, "prompt_hash": o.prompt_hash}
+                for (f, src, other), o in ((r, outcomes[r[0], r[1]]) for r in runs)
+                for row in o.rows
+            ]
             store.write_scores(run_id, explainer, scorer, pd.DataFrame(frame))
             if call_log is not None:
                 call_log.flush()

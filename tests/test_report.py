@@ -16,7 +16,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from autointerp.report import NOT_SATURATED_YET, FeatureCard, ReportConfig, ScoreCell, low_confidence, watch_patterns, write_report
+from autointerp.report import (NOT_SATURATED_YET, FeatureCard, ReportConfig, ScoreCell, loss_recovered_text, low_confidence, watch_patterns,
+                               write_report)
 from autointerp.store import CallLog, RunRecord, Store
 from conftest import pipeline_config
 
@@ -117,10 +118,10 @@ def test_report_is_written_beside_the_database_with_every_section(report):
     for section in ("audit", "health", "scores", "saturation", "categories", "flags", "features"):
         assert f'<section id="{section}">' in page
     assert page.count(NOT_SATURATED_YET) == 2 and NOT_SATURATED_YET in md  # no saturation tables yet
-    assert "not measured (not a causal LM)" in page and "not measured (not a causal LM)" in md
+    assert "<th>loss recovered</th><td>not measured</td>" in page and "| loss recovered | not measured |" in md
     assert "abc123" in page and "def456" in page and "abc123" in md  # prompt hashes
     assert "judge-1" in page and "$0.0010" in page and "1 calls, 120 tokens" in md  # usage from llm_calls
-    assert page.count("<svg") >= 2  # density and score plots, matplotlib SVG inline
+    assert page.count("<svg") == 2  # density and score plots, matplotlib SVG inline
     assert page.count('src="data:image/png;base64,') == N_FEATURES - 1  # a histogram per alive feature
 
 
@@ -157,6 +158,14 @@ def test_report_of_a_run_not_labelled_yet(tmp_path):
     assert files.html == tmp_path / "out" / f"{RUN}.html" and files.markdown.exists()
     assert "no scores stored — run autointerp score" in page and "no labels stored" in page and NOT_SATURATED_YET in page
     assert _card_flags(page)[0] == {"low", "flagged"} and _card_flags(page)[5] == {"dead", "clear"}
+
+
+def test_loss_recovered_says_why_it_is_missing_where_known():
+    from autointerp.model import EMBEDDED_MODEL
+
+    assert loss_recovered_text({"model": EMBEDDED_MODEL, "sae_metrics": {}}) == "not measured (not a causal LM)"
+    assert loss_recovered_text({"model": "gpt2", "sae_metrics": {}}) == "not measured"
+    assert loss_recovered_text({"model": "gpt2", "sae_metrics": {"loss_recovered": 0.91234}}) == "0.912"
 
 
 def test_watch_list_matches_whole_words_and_forms():
