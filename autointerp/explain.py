@@ -39,12 +39,13 @@ class ExplainSummary:
     n_failed: int
     failures: dict[str, int] = field(default_factory=dict)
     saved_calls: int = 0  # judge calls the stop rule saved
-
+    usage: str = ""  # LLM calls, tokens and cost, when an LLM judge ran
 
     def lines(self) -> list[str]:
         kinds = ", ".join(f"{k} {v}" for k, v in self.failures.items())
         line = f"explained {self.n_ok:,} of {self.n_features:,} features with {self.explainer}" + (f"; failed {self.n_failed:,} ({kinds})" if self.n_failed else "")
-        return [line] + ([f"stop rule: coverage target reached; {self.saved_calls:,} judge calls saved"] if self.saved_calls else [])
+        stop = [f"stop rule: coverage target reached; {self.saved_calls:,} judge calls saved"] if self.saved_calls else []
+        return [line] + stop + ([self.usage] if self.usage else [])
 
 
 def explainer_id(judge: Judge) -> str:

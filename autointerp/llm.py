@@ -290,6 +290,11 @@ class RunTotals:
     cost_usd: float = 0.0
     unpriced_calls: int = 0  # fresh successful calls whose cost is unknown
 
+    def line(self) -> str:
+        cost = f"${self.cost_usd:,.4f}" + (f" (+{self.unpriced_calls:,} calls of unknown price)" if self.unpriced_calls else "")
+        return (f"LLM calls: {self.calls:,} ({self.cache_hits:,} from cache, {self.failures:,} failed, {self.retries:,} retries); "
+                f"tokens billed: {self.prompt_tokens:,} prompt + {self.completion_tokens:,} completion; cost {cost}")
+
     def add(self, completion: Completion) -> None:
         self.calls += 1
         if completion.cached:

@@ -165,6 +165,36 @@ class SubjectModel:
             "choose a module that the model's forward pass calls",
         )
 
+    @torch.inference_mode()
+    def lm_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, replace=None) -> float:
+        """Mean next-token cross-entropy over real tokens, with the hookpoint's value passed
+        through `replace` (a function of the activations) when given. Causal LMs only."""
+        input_ids = input_ids.to(self.device)
+        attention_mask = attention_mask.to(self.device)
+        handle = None
+        if replace is not None:
+            if self.hook.read == "in":
+                def pre_hook(module, args, kwargs):
+                    if args:
+                        return (replace(args[0]), *args[1:]), kwargs
+                    return args, {**kwargs, "hidden_states": replace(kwargs["hidden_states"])}
+
+                handle = self._module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+            else:
+                def hook(module, args, output):
+                    if isinstance(output, tuple):
+                        return (replace(output[0]), *output[1:])
+                    return replace(output)
+
+                handle = self._module.register_forward_hook(hook)
+        try:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()
+        finally:
+            if handle is not None:
+                handle.remove()
+        targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
+        return float(torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100))
+
     def _probe_width(self) -> int:
         ids = torch.tensor([[self.tokenizer.pad_token_id or 0] * 4])
         return int(self.activations(ids, torch.ones_like(ids)).shape[-1])

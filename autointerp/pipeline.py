@@ -22,7 +22,7 @@ from .gather import GatherConfig, auto_batch_size, check_sae_fits, run_gather
 from .model import EMBEDDED_MODEL, ModelConfig, SubjectModel
 from .sae import SAE, load_sae, save_saelens
 from .store import RunRecord, Store
-from .train import TrainConfig, collect_activations, evaluate_sae, train_topk_sae
+from .train import TrainConfig, collect_activations, evaluate_sae, loss_recovered, train_topk_sae
 from .explain import ExplainConfig, ExplainSummary, explain, explainer_id
 from .llm import LLMConfig
 from .saturate import SaturationConfig, SaturationSummary, saturate
@@ -134,6 +134,8 @@ def gather(cfg: RunConfig) -> GatherSummary:
         timings["load"] = time.perf_counter() - t0
         t = time.perf_counter()
         sae, sae_source, metrics = prepare_sae(cfg, model, run_id)
+        if model.is_causal:
+            metrics |= loss_recovered(model, sae, _batches(cfg, model, sae.d_sae))
         timings["sae"] = time.perf_counter() - t
         result = run_gather(model, sae, _batches(cfg, model, sae.d_sae), cfg.gather, progress=cfg.progress)
         timings["gather"] = result.seconds
@@ -213,12 +215,16 @@ def label_and_score(cfg: RunConfig, run_id: str | None = None, *, explain_stage:
 
     async def stages(store, run_id, judge, log):
         explained = await explain(store, run_id, judge, cfg.explain, call_log=log, progress=cfg.progress) if explain_stage else None
-        if not score_stage:
-            return explained, None
-        explainer = explained.explainer if explained else explainer_id(judge)
-        if not explained and explainer not in store.explainers(run_id):
-            raise AutointerpError(f"run '{run_id}' has no labels by {explainer}", "run `autointerp explain` with the same judge first")
-        return explained, await score(store, run_id, explainer, judge, cfg.score, call_log=log, progress=cfg.progress)
+        scored = None
+        if score_stage:
+            explainer = explained.explainer if explained else explainer_id(judge)
+            if not explained and explainer not in store.explainers(run_id):
+                raise AutointerpError(f"run '{run_id}' has no labels by {explainer}", "run `autointerp explain` with the same judge first")
+            scored = await score(store, run_id, explainer, judge, cfg.score, call_log=log, progress=cfg.progress)
+        client = getattr(judge, "client", None)  # LLM judges: what this run was billed, both stages together
+        if client is not None:
+            (scored or explained).usage = client.totals.line()
+        return explained, scored
 
     return _with_judge(cfg, run_id, stages)
 

@@ -49,6 +49,7 @@ class ScoreSummary:
     explainer: str
     judge: str
     per_scorer: dict[str, dict] = field(default_factory=dict)
+    usage: str = ""  # LLM calls, tokens and cost, when an LLM judge ran
 
     def lines(self) -> list[str]:
         out = [f"scores of {self.explainer} labels (judge {self.judge}):"]
@@ -59,7 +60,7 @@ class ScoreSummary:
                 + (f"; {s['n_failed']} failed" if s["n_failed"] else "")
                 + (f"; {s['n_undefined']} undefined" if s["n_undefined"] else "")
             )
-        return out
+        return out + ([self.usage] if self.usage else [])
 
 
 HEADLINE = {"detection": "balanced_accuracy", "fuzzing": "balanced_accuracy", "simulation": "pearson", "embedding": "auroc"}

@@ -174,6 +174,30 @@ def train_topk_sae(x_train: torch.Tensor, x_held: torch.Tensor, cfg: TrainConfig
     return sae, metrics, {"seconds": time.perf_counter() - start, "steps": steps, "train_tokens": n, "log": log}
 
 
+def loss_recovered(model, sae: SAE, batches: Iterable[ContextBatch], max_contexts: int = 64) -> dict:
+    """For causal LMs: LM loss clean, with the SAE's reconstruction spliced in at the hookpoint,
+    and with the hookpoint zero-ablated; recovered = (zero − spliced) / (zero − clean)."""
+    ids, masks = [], []
+    for batch in batches:
+        held = batch.context_ids % 10 == 9  # the contexts held out from training
+        ids.append(torch.from_numpy(batch.input_ids[held]))
+        masks.append(torch.from_numpy(batch.attention_mask[held]))
+        if sum(len(i) for i in ids) >= max_contexts:
+            break
+    input_ids, mask = torch.cat(ids)[:max_contexts], torch.cat(masks)[:max_contexts]
+    if len(input_ids) == 0:
+        return {}  # fewer than 10 contexts: nothing held out to measure on
+    clean = spliced = zero = 0.0
+    for i in range(0, len(input_ids), 8):
+        x, m = input_ids[i : i + 8], mask[i : i + 8]
+        w = len(x) / len(input_ids)
+        clean += w * model.lm_loss(x, m)
+        spliced += w * model.lm_loss(x, m, replace=lambda a: sae(a.to(sae.W_dec.dtype)).to(a.dtype))
+        zero += w * model.lm_loss(x, m, replace=torch.zeros_like)
+    return {"loss_clean": clean, "loss_spliced": spliced, "loss_zero_ablated": zero,
+            "loss_recovered": (zero - spliced) / (zero - clean) if zero != clean else float("nan"), "loss_contexts": len(input_ids)}
+
+
 @torch.no_grad()
 def evaluate_sae(sae: SAE, x: torch.Tensor, chunk: int = 8192) -> SAEMetrics:
     """FVU, L0 and dead fraction of any SAE on activations x [N, d_in]."""

@@ -150,3 +150,26 @@ def test_cli_help_lists_the_stages(capsys):
     out = capsys.readouterr().out
     for word in ("gather", "hookpoints", "runs", "stages:"):
         assert word in out
+
+
+def test_loss_recovered_is_one_for_an_exact_sae_and_zero_for_an_empty_one(setup):
+    """relu(x) − relu(−x) = x: an SAE with encoder [I, −I] and decoder [I; −I] reconstructs exactly,
+    so splicing it in changes no loss; an all-zero SAE is the zero ablation itself."""
+    from autointerp.corpus import iter_contexts, iter_documents
+    from autointerp.model import SubjectModel
+    from autointerp.train import loss_recovered
+
+    cfg = _config(setup, "unused")
+    model = SubjectModel(cfg.model)
+    eye = torch.eye(32)
+    exact = SAE(torch.cat([eye, -eye], 1), torch.zeros(64), torch.cat([eye, -eye], 0), torch.zeros(32), apply_b_dec_to_input=False)
+    empty = SAE(torch.zeros(32, 8), torch.zeros(8), torch.zeros(8, 32), torch.zeros(32))
+
+    def batches():
+        return iter_contexts(iter_documents(cfg.corpus), model.tokenizer, cfg.corpus, 8)
+
+    m = loss_recovered(model, exact, batches())
+    assert m["loss_spliced"] == pytest.approx(m["loss_clean"], abs=1e-5)
+    assert m["loss_zero_ablated"] != m["loss_clean"]  # an untrained model barely depends on its input, but does
+    assert m["loss_recovered"] == pytest.approx(1.0, abs=1e-4)
+    assert loss_recovered(model, empty, batches())["loss_recovered"] == pytest.approx(0.0, abs=1e-6)

@@ -193,3 +193,22 @@ def test_exhausted_retries_mark_the_feature_failed_and_the_run_completes(pipelin
     failed = ex[ex.status == "failed"]
     assert len(failed) == 1 and failed.error.iloc[0].startswith("api: 500 after 2 retries")
     assert (ex[ex.status == "ok"].label.notna()).all() and explained.n_ok == len(ex) - 1
+
+
+class SameLabelJudge(OfflineJudge):
+    """Gives every feature the same label: one category, so coverage is 1 from the second label on."""
+
+    async def explain(self, task):
+        return JudgeAnswer('token "the"', raw='Label: token "the"')
+
+
+def test_stop_rule_stops_labelling_and_counts_saved_calls(fresh_project):
+    with Store(fresh_project) as store:
+        n_alive = len(store.alive_features("r1", include_dense=True))
+        cfg = ExplainConfig(chunk=4, stop_coverage=0.9, stop_min_labels=4)
+        summary = asyncio.run(explain(store, "r1", SameLabelJudge(), cfg, progress=False))
+        stored = len(store.explanations("r1"))
+    assert n_alive > 8
+    assert summary.n_features == stored == 4  # stopped after the first chunk reached min_labels
+    assert summary.saved_calls == n_alive - 4
+    assert "judge calls saved" in "\n".join(summary.lines())
