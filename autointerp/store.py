@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -167,8 +168,7 @@ class Store:
             "vocab": pa.table({"run_id": [run.run_id] * len(vocab), "token_id": np.arange(len(vocab), dtype=np.int32), "token": vocab}),
         }
         now = _now()
-        self.con.execute("BEGIN TRANSACTION")
-        try:
+        with self._transaction():
             created = self.con.execute("SELECT created_at FROM runs WHERE run_id = ?", [run.run_id]).fetchone()
             self.con.execute("DELETE FROM runs WHERE run_id = ?", [run.run_id])
             row = asdict(run)
@@ -180,13 +180,7 @@ class Store:
             self.con.execute(f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", list(row.values()))
             for name, table in tables.items():
                 self.con.execute(f"DELETE FROM {name} WHERE run_id = ?", [run.run_id])
-                self.con.register("incoming", table)
-                self.con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM incoming")
-                self.con.unregister("incoming")
-            self.con.execute("COMMIT")
-        except Exception:
-            self.con.execute("ROLLBACK")
-            raise
+                self._insert(name, table)
 
     # ------------------------------------------------------------ reads
 
@@ -305,18 +299,34 @@ class Store:
         ).fetchone()
         return {"calls": row[0], "failed": row[1], "prompt_tokens": row[2], "completion_tokens": row[3], "cost_usd": row[4]}
 
-    def _replace(self, name: str, table: pa.Table, where: str, args: list) -> None:
+    @contextmanager
+    def _transaction(self):
+        """All or nothing: a failure rolls back, so what was stored before stays."""
         self.con.execute("BEGIN TRANSACTION")
         try:
-            self.con.register("incoming", table)
-            self.con.execute(f"DELETE FROM {name} WHERE {where}", args)
-            self.con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM incoming")
+            yield
             self.con.execute("COMMIT")
         except Exception:
             self.con.execute("ROLLBACK")
             raise
+
+    def _insert(self, name: str, table: pa.Table) -> None:
+        """Bulk-insert an Arrow table by column name."""
+        self.con.register("incoming", table)
+        try:
+            self.con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM incoming")
         finally:
             self.con.unregister("incoming")
+
+    def _replace(self, name: str, table: pa.Table, where: str, args: list) -> None:
+        """Delete the rows `where` selects (it may refer to the incoming table) and insert the new ones."""
+        with self._transaction():
+            self.con.register("incoming", table)
+            try:
+                self.con.execute(f"DELETE FROM {name} WHERE {where}", args)
+                self.con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM incoming")
+            finally:
+                self.con.unregister("incoming")
 
     # ---- saturation (tables in SATURATION_SCHEMA; this section belongs to the saturation stage)
 
@@ -347,17 +357,10 @@ class Store:
             "saturation_steps": pa.Table.from_pandas(steps.assign(**keys), preserve_index=False),
             "saturation_summary": pa.Table.from_pylist([row]),
         }
-        self.con.execute("BEGIN TRANSACTION")
-        try:
+        with self._transaction():
             for name, table in tables.items():
                 self.con.execute(f"DELETE FROM {name} WHERE run_id = ? AND explainer = ? AND method = ?", list(keys.values()))
-                self.con.register("incoming", table)
-                self.con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM incoming")
-                self.con.unregister("incoming")
-            self.con.execute("COMMIT")
-        except Exception:
-            self.con.execute("ROLLBACK")
-            raise
+                self._insert(name, table)
 
     def categories(self, run_id: str, explainer: str, method: str) -> pd.DataFrame:
         sql = "SELECT * FROM categories WHERE run_id = ? AND explainer = ? AND method = ? ORDER BY position"
@@ -467,11 +470,7 @@ class CallLog:
                 "prompt_tokens", "completion_tokens", "latency_s", "retries", "cost_usd", "error"]
         frame = pd.DataFrame([{c: getattr(call, c) for c in cols} | {"created_at": call.timestamp} for call in self.pending])
         table = pa.Table.from_pandas(frame.astype({"feature": "Int64", "prompt_tokens": "Int64", "completion_tokens": "Int64", "cost_usd": "float64"}), preserve_index=False)
-        self.store.con.register("incoming_calls", table)
-        try:
-            self.store.con.execute("INSERT INTO llm_calls BY NAME SELECT * FROM incoming_calls")
-        finally:
-            self.store.con.unregister("incoming_calls")
+        self.store._insert("llm_calls", table)
         self.pending.clear()
 
 
