@@ -20,7 +20,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -484,16 +484,7 @@ def _load_dictionary_learning(d: Path, dtype: torch.dtype) -> SAE:
             **common,
         )
     if dict_class == "JumpReluAutoEncoder":
-        return SAE(
-            need("W_enc"),
-            need("b_enc"),
-            need("W_dec"),
-            need("b_dec"),
-            architecture="jumprelu",
-            threshold=need("threshold"),
-            apply_b_dec_to_input=False,
-            **common,
-        )
+        return _jumprelu_reading_raw_input(need, **common)
     # AutoEncoderTopK and BatchTopKSAE keep k (and threshold) as buffers in the state dict.
     k = int(raw["k"]) if "k" in raw else int(_need(trainer, "k", cfg_file, "trainer.k"))
     threshold = float(raw["threshold"]) if "threshold" in raw else -1.0
@@ -505,6 +496,15 @@ def _load_dictionary_learning(d: Path, dtype: torch.dtype) -> SAE:
         # so per-example top-k with the same k is the deterministic stand-in.
         metadata["batchtopk_threshold_unset"] = True
     return SAE(*weights, architecture="topk", k=k, **common)
+
+
+def _jumprelu_reading_raw_input(need: Callable[[str], Tensor], **kwargs: Any) -> SAE:
+    """JumpReLU stored as W_enc, b_enc, W_dec, b_dec, threshold, encoding x itself (no b_dec
+    subtraction): dictionary_learning's JumpReluAutoEncoder and Gemma Scope alike."""
+    return SAE(
+        need("W_enc"), need("b_enc"), need("W_dec"), need("b_dec"),
+        architecture="jumprelu", threshold=need("threshold"), apply_b_dec_to_input=False, **kwargs,
+    )
 
 
 def _load_gemma_scope(d: Path, dtype: torch.dtype) -> SAE:
@@ -520,14 +520,8 @@ def _load_gemma_scope(d: Path, dtype: torch.dtype) -> SAE:
     def need(key: str) -> Tensor:
         return _need(t, key.lower(), weights_file, key)
 
-    return SAE(
-        need("W_enc"),
-        need("b_enc"),
-        need("W_dec"),
-        need("b_dec"),
-        architecture="jumprelu",
-        threshold=need("threshold"),
-        apply_b_dec_to_input=False,
+    return _jumprelu_reading_raw_input(
+        need,
         format="gemma_scope",
         hook_name=_gemma_scope_hook_name(d),
         metadata={"source": str(d), "config": config, "source_dtype": _source_dtype(raw)},
