@@ -115,10 +115,10 @@ class ExampleBank:
             getattr(self, name)[new_f, slot] = value
 
     def finish(self) -> dict[str, np.ndarray]:
-        """Entries sorted by key, best first; unfilled slots have context −1."""
+        """Entries sorted by key, best first (keys themselves are not kept); unfilled slots have context −1."""
         order = self.keys.argsort(dim=1, descending=True)
         out = {}
-        for name in ("keys", "peak_value", "context", "doc", "doc_offset", "peak", "tokens", "acts"):
+        for name in ("peak_value", "context", "doc", "doc_offset", "peak", "tokens", "acts"):
             t = getattr(self, name)
             if t is not None:
                 idx = order if t.dim() == 2 else order[..., None].expand_as(t)

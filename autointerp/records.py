@@ -134,8 +134,3 @@ def piece_tables(vocab: list[str], style: str) -> tuple[list[str], list[str]]:
         pieces = [t.replace("▁", " ") for t in vocab]
     return pieces, pieces
 
-
-def display_pieces(tokens: list[str], style: str) -> tuple[str, ...]:
-    """Vocabulary strings of one snippet → readable pieces that concatenate into its text."""
-    first, rest = piece_tables(tokens, style)
-    return tuple(first[:1] + rest[1:])

@@ -13,11 +13,8 @@ import torch
 
 from autointerp.cli import main as cli_main
 from conftest import pipeline_config
-from autointerp.corpus import CorpusConfig
 from autointerp.errors import AutointerpError
-from autointerp.gather import GatherConfig
-from autointerp.model import ModelConfig
-from autointerp.pipeline import RunConfig, gather
+from autointerp.pipeline import gather
 from autointerp.sae import SAE, load_sae, save_saelens
 from autointerp.store import Store
 from autointerp.train import TrainConfig, evaluate_sae, train_topk_sae
