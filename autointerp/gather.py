@@ -73,8 +73,8 @@ def split_of(context_ids: np.ndarray, explain_fraction: float, seed: int) -> np.
 class ExampleBank:
     """Per feature, the `k` candidates with the largest keys, with their windows.
 
-    Slots are updated in place: each batch only writes the windows of candidates
-    that enter, into the slots of the ones they evict.
+    Slots are updated in place: each batch only touches the features with a candidate that beats
+    their current floor, and only writes the windows of candidates that enter.
     """
 
     def __init__(self, n_features: int, k: int, window: int, device: torch.device, with_acts: bool):
@@ -91,39 +91,52 @@ class ExampleBank:
     def offer(self, keys: torch.Tensor, fill: Callable[[torch.Tensor, torch.Tensor], dict]) -> None:
         """keys: [F, C], -inf where a candidate is not eligible. fill(features, candidates) → window fields."""
         k = self.k
-        floor = self.keys.min(dim=1, keepdim=True).values
-        m = int((keys > floor).sum(1).max())  # at most this many candidates can enter any row
-        if m == 0:
+        beats = keys > self.keys.min(dim=1, keepdim=True).values
+        rows = beats.any(1).nonzero().squeeze(1)
+        if rows.numel() == 0:
             return
-        cand_keys, cand_idx = keys.topk(m, dim=1)
+        m = int(beats[rows].sum(1).max())  # at most this many candidates can enter any row
+        cand_keys, cand_idx = keys[rows].topk(m, dim=1)
         # Dropping the m smallest of bank + candidates frees exactly as many slots per row as enter.
-        merged = torch.cat([self.keys, cand_keys], dim=1)
+        merged = torch.cat([self.keys[rows], cand_keys], dim=1)
         dropped = torch.zeros_like(merged, dtype=torch.bool)
         dropped.scatter_(1, merged.topk(m, dim=1, largest=False).indices, True)
         free = dropped[:, :k]
         entering = ~dropped[:, k:] & torch.isfinite(cand_keys)
         # The r-th entering candidate of a row takes that row's r-th free slot.
-        slot_of_rank = torch.full_like(self.context, -1)
-        free_f, free_slot = free.nonzero(as_tuple=True)
-        slot_of_rank[free_f, (free.cumsum(1) - 1)[free_f, free_slot]] = free_slot
-        new_f, new_j = entering.nonzero(as_tuple=True)
-        if new_f.numel() == 0:
+        slot_of_rank = torch.full(free.shape, -1, dtype=torch.long, device=keys.device)
+        free_r, free_slot = free.nonzero(as_tuple=True)
+        slot_of_rank[free_r, (free.cumsum(1) - 1)[free_r, free_slot]] = free_slot
+        new_r, new_j = entering.nonzero(as_tuple=True)
+        if new_r.numel() == 0:
             return
-        slot = slot_of_rank[new_f, (entering.cumsum(1) - 1)[new_f, new_j]]
-        self.keys[new_f, slot] = cand_keys[new_f, new_j]
-        for name, value in fill(new_f, cand_idx[new_f, new_j]).items():
+        slot = slot_of_rank[new_r, (entering.cumsum(1) - 1)[new_r, new_j]]
+        new_f = rows[new_r]
+        self.keys[new_f, slot] = cand_keys[new_r, new_j]
+        for name, value in fill(new_f, cand_idx[new_r, new_j]).items():
             getattr(self, name)[new_f, slot] = value
 
-    def finish(self) -> dict[str, np.ndarray]:
-        """Entries sorted by key, best first (keys themselves are not kept); unfilled slots have context −1."""
-        order = self.keys.argsort(dim=1, descending=True)
-        out = {}
-        for name in ("peak_value", "context", "doc", "doc_offset", "peak", "tokens", "acts"):
-            t = getattr(self, name)
-            if t is not None:
-                idx = order if t.dim() == 2 else order[..., None].expand_as(t)
-                out[name] = t.gather(1, idx).cpu().numpy()
-        return out
+    def columns(self, alive: torch.Tensor, n_bins: int | None = None, exclude: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+        """Flat columns of the filled slots of alive features, copied out slot by slot (never the
+        whole bank). rank orders a feature's slots by key, best first; with n_bins it orders them by
+        activation, lowest first, and cuts them into that many equal-count bins. `exclude` [F, k]
+        drops slots after ranks and bins are set, so the bins still cut the whole sample."""
+        filled = (self.context >= 0) & alive[:, None]
+        if n_bins is None:
+            order = self.keys.argsort(dim=1, descending=True)  # unfilled slots (key −inf) sort last
+        else:
+            order = torch.where(filled, self.peak_value, torch.inf).argsort(dim=1, stable=True)
+        keep = filled if exclude is None else filled & ~exclude
+        f, rank = keep.gather(1, order).nonzero(as_tuple=True)
+        slot = order[f, rank]
+        out = {"feature": f, "rank": rank}
+        if n_bins is not None:
+            out["quantile"] = rank * n_bins // filled.sum(1)[f]
+        for name, column in (("context_id", "context"), ("doc_id", "doc"), ("doc_offset", "doc_offset"), ("peak", "peak"),
+                             ("max_activation", "peak_value"), ("tokens", "tokens"), ("acts", "acts")):
+            t = getattr(self, column)
+            out[name] = None if t is None else t[f, slot]
+        return {name: None if t is None else t.cpu().numpy() for name, t in out.items()}
 
 
 class Gatherer:
@@ -150,46 +163,38 @@ class Gatherer:
         self.splits: list[np.ndarray] = []
         self.context_ids: list[np.ndarray] = []
 
-    def update(self, batch: ContextBatch, acts: torch.Tensor, support: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-        """acts: [B, T, F] SAE activations for the batch (modified in place); support: for TopK
-        SAEs, the (values, indices) [B, T, k] holding every nonzero, which saves a scan of acts."""
-        B, T, F = acts.shape
-        W = self.cfg.window
+    def update(self, batch: ContextBatch, sparse: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+        """sparse: the batch's nonzero SAE activations as (row, feature, value), row = b·T + t over
+        its [B, T] tokens, as SAE.encode_sparse gives them. Only nonzeros are ever touched, so the
+        cost follows L0, not the dictionary size."""
+        B, T = batch.input_ids.shape
+        F, W = self.n_features, self.cfg.window
         dev = self.device
         valid = torch.from_numpy(batch.valid).to(dev).view(-1)
-        flat = acts.view(B * T, F)
-        flat.index_fill_(0, (~valid).nonzero().squeeze(1), 0)  # special and padding tokens never count
-        if support is None:
-            rows, cols = flat.nonzero(as_tuple=True)
-            vals = flat[rows, cols]
-        else:
-            values, indices = (t.reshape(B * T, -1) for t in support)
-            keep = (values != 0) & valid[:, None]
-            cols, vals = indices[keep], values[keep]
-        if not bool(torch.isfinite(vals.sum())):
-            bad = batch.context_ids[(~torch.isfinite(flat).all(1)).view(B, T).any(1).cpu().numpy()]
+        row, col, val = sparse
+        keep = valid[row]  # special and padding tokens never count
+        row, col, val = row[keep], col[keep], val[keep].float()
+        if not bool(torch.isfinite(val.sum())):
+            bad = torch.unique(row[~torch.isfinite(val)] // T).cpu().numpy()
             raise AutointerpError(
-                f"NaN or inf SAE activations in contexts {bad[:5].tolist()}",
+                f"NaN or inf SAE activations in contexts {batch.context_ids[bad][:5].tolist()}",
                 "run the model in float32 (--dtype float32) and check the SAE weights for NaN/inf; "
                 "a d_in that matches but a wrong hookpoint or normalisation can also blow up",
             )
         self.n_tokens += int(batch.valid.sum())
-        self.count += torch.bincount(cols, minlength=F)
-        self.total += torch.bincount(cols, weights=vals.double(), minlength=F)
-        bins = torch.bucketize(vals, self.edges)
-        self.hist += torch.bincount(cols * (len(HIST_EDGES) + 1) + bins, minlength=self.hist.numel())
+        self.count += torch.bincount(col, minlength=F)
+        self.total += torch.bincount(col, weights=val.double(), minlength=F)
+        bins = torch.bucketize(val, self.edges)
+        self.hist += torch.bincount(col * (len(HIST_EDGES) + 1) + bins, minlength=self.hist.numel())
 
-        # Maxima over W-token windows are cheap (a contiguous reduction); the context peak is the best
-        # window's, and its exact position is searched only for candidates that enter a bank.
-        n_win = T // W
-        win_max = acts[:, : n_win * W].reshape(B, n_win, W, F).amax(2)  # [B, nW, F]
-        if n_win * W < T:
-            win_max = torch.cat([win_max, acts[:, n_win * W :].amax(1, keepdim=True)], dim=1)
-        ctx_max, ctx_win = win_max.max(dim=1)  # [B, F]
-        self.max = torch.maximum(self.max, ctx_max.amax(0))
+        nz = _Nonzeros(row // T, row % T, col, val, B, T, F)
+        ctx_max, peak_pos = nz.context_peaks()
+        self.max = torch.maximum(self.max, ctx_max.amax(1))
+        n_grid = T // W  # negative candidates are whole grid windows
+        fires = nz.fires_in_window(W)[:, :, :n_grid]  # [F, B, n_grid]
 
         seg_lo, seg_hi = _segments(batch.doc_ids)
-        ctx = _BatchView(batch, acts, ctx_max, ctx_win, torch.from_numpy(seg_lo).to(dev), torch.from_numpy(seg_hi).to(dev), W, self.before)
+        ctx = _BatchView(batch, nz, ctx_max, peak_pos, torch.from_numpy(seg_lo).to(dev), torch.from_numpy(seg_hi).to(dev), W, self.before)
         split = split_of(batch.context_ids, self.cfg.explain_fraction, self.cfg.seed)
         self.splits.append(split)
         self.context_ids.append(batch.context_ids)
@@ -201,18 +206,20 @@ class Gatherer:
             rows_s = torch.from_numpy(np.flatnonzero(split == s)).to(dev)
             if rows_s.numel() == 0:
                 continue
-            peaks = ctx_max[rows_s].T  # [F, C]
+            peaks = ctx_max[:, rows_s]  # [F, C]
             firing = peaks > 0
             self.banks[s, "top"].offer(torch.where(firing, peaks, -torch.inf), lambda f, c: ctx.peak_window(f, rows_s[c]))
             rand = torch.rand(peaks.shape, generator=self.generator, device=dev)
             self.banks[s, "quantile"].offer(torch.where(firing, rand, -torch.inf), lambda f, c: ctx.peak_window(f, rows_s[c]))
+            if n_grid == 0:
+                continue
             # One grid window per context is a candidate, chosen without looking at activations, so each
-            # feature's bank stays a uniform sample of its quiet windows at a quarter of the work.
-            w = torch.randint(n_win, (rows_s.numel(),), generator=self.generator, device=dev)
-            quiet = (win_max[rows_s, w] == 0) & (neg_len_t[rows_s, w] >= W // 2)[:, None]  # [C, F]
-            rand = torch.rand(quiet.T.shape, generator=self.generator, device=dev)
+            # feature's bank stays a uniform sample of its quiet windows at a fraction of the work.
+            w = torch.randint(n_grid, (rows_s.numel(),), generator=self.generator, device=dev)
+            quiet = ~fires[:, rows_s, w] & (neg_len_t[rows_s, w] >= W // 2)  # [F, C]
+            rand = torch.rand(quiet.shape, generator=self.generator, device=dev)
             self.banks[s, "negative"].offer(
-                torch.where(quiet.T, rand, -torch.inf),
+                torch.where(quiet, rand, -torch.inf),
                 lambda f, c: ctx.fixed_window(rows_s[c], neg_start_t[rows_s[c], w[c]], neg_len_t[rows_s[c], w[c]]),
             )
 
@@ -233,7 +240,20 @@ class Gatherer:
                 "histogram": list(hist.astype(np.int64)),
             }
         )
-        examples = _examples_table([_bank_columns(bank.finish(), SPLITS[s], kind, cfg, count > 0) for (s, kind), bank in self.banks.items()])
+        alive = self.count > 0  # dead features keep nothing: their negatives would say nothing
+        parts = []
+        for (s, kind), bank in self.banks.items():
+            if kind == "quantile":  # a sample that is also a top example of its split would only repeat that window
+                top = self.banks[s, "top"].context
+                repeats = (bank.context[:, :, None] == top[:, None, :]).any(2)
+                part = bank.columns(alive, n_bins=cfg.n_bins, exclude=repeats)
+            else:
+                part = bank.columns(alive)
+            n = len(part["feature"])
+            part.update(split=np.full(n, s, dtype=np.int8), kind=np.full(n, KINDS.index(kind), dtype=np.int8))
+            part.setdefault("quantile", np.full(n, -1))
+            parts.append(part)
+        examples = _examples_table(parts)
         contexts = pd.DataFrame(
             {"context_id": np.concatenate(self.context_ids), "split": np.array(SPLITS)[np.concatenate(self.splits)]}
         )
@@ -241,53 +261,93 @@ class Gatherer:
 
 
 @dataclass
+class _Nonzeros:
+    """One batch's nonzero activations, flat: context b, position t, feature, value; [B, T] tokens, F features."""
+
+    b: torch.Tensor
+    t: torch.Tensor
+    feature: torch.Tensor
+    value: torch.Tensor
+    B: int
+    T: int
+    F: int
+
+    def context_peaks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """[F, B] peak activation per context and its first position, in one reduction: the bits of
+        a positive float32 order like the float, so (bits << 32 | T−1−t) has its max at the peak."""
+        key = (self.value.view(torch.int32).long() << 32) | (self.T - 1 - self.t)
+        best = torch.zeros(self.F * self.B, dtype=torch.long, device=key.device)
+        best.scatter_reduce_(0, self.feature * self.B + self.b, key, "amax")
+        peak = (best >> 32).int().view(torch.float32).view(self.F, self.B)
+        return peak, (self.T - 1 - (best & 0xFFFFFFFF)).view(self.F, self.B)
+
+    def fires_in_window(self, W: int) -> torch.Tensor:
+        """[F, B, ⌈T/W⌉] whether the feature fires anywhere in each W-token window of each context."""
+        n_win = -(-self.T // W)
+        fires = torch.zeros(self.F * self.B * n_win, dtype=torch.bool, device=self.value.device)
+        fires[(self.feature * self.B + self.b) * n_win + self.t // W] = True
+        return fires.view(self.F, self.B, n_win)
+
+    def windows(self, f: torch.Tensor, c: torch.Tensor, start: torch.Tensor, length: torch.Tensor, W: int) -> torch.Tensor:
+        """[n, W] activations of feature f[i] in context c[i] from start[i], zero past length[i];
+        the (f, c) pairs are distinct. One pass over the nonzeros, whatever n is."""
+        owner = torch.full((self.F * self.B,), -1, dtype=torch.long, device=f.device)
+        owner[f * self.B + c] = torch.arange(len(f), device=f.device)
+        i = owner[self.feature * self.B + self.b]
+        hit = i >= 0
+        i, t, v = i[hit], self.t[hit], self.value[hit]
+        off = t - start[i]
+        inside = (off >= 0) & (off < length[i])
+        out = torch.zeros(len(f), W, device=f.device)
+        out[i[inside], off[inside]] = v[inside]
+        return out
+
+
+@dataclass
 class _BatchView:
     """The current batch, for cutting windows out of it on the device."""
 
     batch: ContextBatch
-    acts: torch.Tensor  # [B, T, F]
-    ctx_max: torch.Tensor  # [B, F] peak activation per context
-    ctx_win: torch.Tensor  # [B, F] index of the W-token window holding it
+    nz: _Nonzeros
+    ctx_max: torch.Tensor  # [F, B] peak activation per context
+    peak_pos: torch.Tensor  # [F, B] its first position
     seg_lo: torch.Tensor  # [B, T] first position of each token's document in the context
     seg_hi: torch.Tensor  # [B, T] one past its last position
     window: int
     before: int
 
     def __post_init__(self):
-        dev = self.acts.device
+        dev = self.ctx_max.device
         self.input_ids = torch.from_numpy(self.batch.input_ids).to(dev)
         self.doc_ids = torch.from_numpy(self.batch.doc_ids).to(dev)
         self.doc_offsets = torch.from_numpy(self.batch.doc_offsets).to(dev)
         self.context_ids = torch.from_numpy(self.batch.context_ids).to(dev)
         self.steps = torch.arange(self.window, device=dev)
+        # Every W-token window of every context, as a view: cutting one copies a row, not W lookups.
+        B, T = self.input_ids.shape
+        padded = torch.full((B, T + self.window), -1, dtype=torch.int32, device=dev)
+        padded[:, :T] = self.input_ids
+        self.windows = padded.unfold(1, self.window, 1)  # [B, T + 1, W]
 
     def peak_window(self, f: torch.Tensor, c: torch.Tensor) -> dict:
-        T = self.acts.shape[1]
-        in_win = (self.ctx_win[c, f][:, None] * self.window + self.steps).clamp(max=T - 1)
-        p = in_win.gather(1, self.acts[c[:, None], in_win, f[:, None]].argmax(1, keepdim=True)).squeeze(1)
+        p = self.peak_pos[f, c]
         lo, hi = self.seg_lo[c, p], self.seg_hi[c, p]
         start = torch.minimum(torch.clamp(p - self.before, min=0), torch.clamp(hi - self.window, min=0))
         start = torch.maximum(start, lo)
         length = torch.minimum(hi - start, torch.full_like(start, self.window))
         out = self.fixed_window(c, start, length)
-        pos, inside = self._positions(start, length)
-        out["acts"] = torch.where(inside, self.acts[c[:, None], pos, f[:, None]], 0.0)
+        out["acts"] = self.nz.windows(f, c, start, length, self.window)
         out["peak"] = p - start
-        out["peak_value"] = self.ctx_max[c, f]
+        out["peak_value"] = self.ctx_max[f, c]
         return out
 
     def fixed_window(self, c: torch.Tensor, start: torch.Tensor, length: torch.Tensor) -> dict:
-        pos, inside = self._positions(start, length)
         return {
             "context": self.context_ids[c],
             "doc": self.doc_ids[c, start],
             "doc_offset": self.doc_offsets[c, start],
-            "tokens": torch.where(inside, self.input_ids[c[:, None], pos], -1).int(),
+            "tokens": torch.where(self.steps < length[:, None], self.windows[c, start], -1),
         }
-
-    def _positions(self, start: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pos = (start[:, None] + self.steps).clamp(max=self.acts.shape[1] - 1)
-        return pos, self.steps < length[:, None]
 
 
 def _segments(doc_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -317,51 +377,8 @@ def _negative_windows(doc_ids: np.ndarray, seg_hi: np.ndarray, W: int) -> tuple[
     return first.astype(np.int64), length.astype(np.int64)
 
 
-def _bank_columns(bank: dict[str, np.ndarray], split: str, kind: str, cfg: GatherConfig, alive: np.ndarray) -> dict[str, np.ndarray]:
-    """Flat columns for the filled slots of one bank; token windows stay padded [n, W] here.
-    Dead features keep nothing: their negatives would say nothing."""
-    filled = (bank["context"] >= 0) & alive[:, None]  # [F, K], filled slots first (banks come sorted by key)
-    rank = np.cumsum(filled, axis=1) - 1
-    quantile = np.full(filled.shape, -1)
-    if kind == "quantile":
-        # Equal-count bins over each feature's uniform sample, ordered by activation; rank follows that order.
-        value = np.where(filled, bank["peak_value"], np.inf)
-        order = np.argsort(value, axis=1, kind="stable")
-        rank = np.empty_like(order)
-        np.put_along_axis(rank, order, np.arange(order.shape[1])[None, :].repeat(len(order), 0), axis=1)
-        quantile = rank * cfg.n_bins // np.maximum(filled.sum(1, keepdims=True), 1)
-    f_idx, slot = np.nonzero(filled)
-    n = len(f_idx)
-    return {
-        "feature": f_idx,
-        "split": np.full(n, SPLITS.index(split), dtype=np.int8),
-        "kind": np.full(n, KINDS.index(kind), dtype=np.int8),
-        "rank": rank[f_idx, slot],
-        "quantile": quantile[f_idx, slot],
-        "context_id": bank["context"][f_idx, slot],
-        "doc_id": bank["doc"][f_idx, slot],
-        "doc_offset": bank["doc_offset"][f_idx, slot],
-        "peak": bank["peak"][f_idx, slot],
-        "max_activation": bank["peak_value"][f_idx, slot] if kind != "negative" else np.zeros(n, np.float32),
-        "tokens": bank["tokens"][f_idx, slot],
-        "acts": bank["acts"][f_idx, slot] if "acts" in bank else None,
-    }
-
-
 def _examples_table(parts: list[dict[str, np.ndarray]]) -> pa.Table:
-    """One Arrow table of examples. A quantile sample that is already among the same feature's
-    top examples of the same split is dropped: it would only repeat that window."""
-
-    def key(p: dict) -> np.ndarray:  # (feature, context, split) packed into one integer
-        return (p["feature"].astype(np.int64) << 40) + p["context_id"] * 2 + p["split"]
-
-    top = np.concatenate([key(p) for p in parts if p["kind"].size and p["kind"][0] == KINDS.index("top")])
-    for p in parts:
-        if p["kind"].size and p["kind"][0] == KINDS.index("quantile"):
-            keep = ~np.isin(key(p), top)
-            for name, value in p.items():
-                if value is not None:
-                    p[name] = value[keep]
+    """One Arrow table of examples."""
     col = {name: np.concatenate([p[name] for p in parts]) for name in parts[0] if name not in ("tokens", "acts")}
     token_lists, act_lists = zip(*(_window_lists(p["tokens"], p["acts"]) for p in parts))
     return pa.table(
@@ -385,7 +402,7 @@ def _examples_table(parts: list[dict[str, np.ndarray]]) -> pa.Table:
 def _window_lists(tokens: np.ndarray, acts: np.ndarray | None) -> tuple[pa.Array, pa.Array]:
     """Padded [n, W] windows → list arrays; real tokens form a prefix of each window."""
     real = tokens >= 0
-    offsets = pa.array(np.concatenate([[0], np.cumsum(real.sum(1))]).astype(np.int32))
+    offsets = pa.array(np.concatenate([[0], np.cumsum(np.count_nonzero(real, axis=1))]).astype(np.int32))
     token_list = pa.ListArray.from_arrays(offsets, pa.array(tokens[real], pa.int32()))
     if acts is None:  # negatives: every activation is 0 by construction, so none are stored
         return token_list, pa.nulls(len(tokens), pa.list_(pa.float32()))
@@ -423,7 +440,7 @@ def run_gather(model, sae, batches: Iterable[ContextBatch], cfg: GatherConfig, p
     with torch.inference_mode():
         for batch in batches:
             x = model.activations(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask))
-            gatherer.update(batch, *sae.encode_with_support(x))
+            gatherer.update(batch, sae.encode_sparse(x))
             n_contexts += len(batch.context_ids)
             bar.update(int(batch.valid.sum()))
     bar.close()

@@ -179,31 +179,43 @@ class SAE(nn.Module):
 
     def encode(self, x: Tensor) -> Tensor:
         """Dense feature activations [..., d_sae] for activations x [..., d_in]."""
-        return self.encode_with_support(x)[0]
-
-    def encode_with_support(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
-        """Dense activations and, for TopK SAEs, the (values, indices) [..., k] they were scattered
-        from, so a caller can find the nonzeros without scanning the dense tensor."""
-        x = self._normalize(x.to(self.W_enc.dtype))
-        if self.apply_b_dec_to_input:
-            x = x - self.b_dec
+        x = self._encoder_input(x)
         if self.architecture == "gated":
             pre = x @ self.W_enc
             magnitude = F.relu(pre * torch.exp(self.r_mag) + self.b_mag)
-            return magnitude * (pre + self.b_enc > 0), None
+            return magnitude * (pre + self.b_enc > 0)
         pre = F.linear(x, self.W_enc.T, self.b_enc)
         if self.architecture == "standard":
-            return (torch.tanh(F.relu(pre)) if self.activation == "tanh-relu" else F.relu(pre)), None
+            return torch.tanh(F.relu(pre)) if self.activation == "tanh-relu" else F.relu(pre)
         if self.architecture in ("jumprelu", "batchtopk"):
-            return F.relu(pre) * (pre > self.threshold), None
+            return F.relu(pre) * (pre > self.threshold)
         if self.architecture == "topk":
-            values, indices = torch.topk(pre, self.k, dim=-1, sorted=False)
-            values = F.relu(values)
-            return torch.zeros_like(pre).scatter_(-1, indices, values), (values, indices)
+            values, indices = self._topk(pre)
+            return torch.zeros_like(pre).scatter_(-1, indices, values)
         # groupmax: the maximum of each of k contiguous groups of latents survives.
         groups = F.relu(pre).unflatten(-1, (self.k, -1))
         values, indices = groups.max(dim=-1, keepdim=True)
-        return torch.zeros_like(groups).scatter_(-1, indices, values).flatten(-2), None
+        return torch.zeros_like(groups).scatter_(-1, indices, values).flatten(-2)
+
+    def encode_sparse(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The nonzero activations as (row, feature, value), rows counting over x's flattened leading
+        dims in order. A TopK SAE never builds the dense [..., d_sae] tensor on this path."""
+        if self.architecture == "topk":
+            values, indices = self._topk(F.linear(self._encoder_input(x), self.W_enc.T, self.b_enc))
+            values = values.reshape(-1)
+            hit = (values != 0).nonzero().squeeze(1)  # != keeps NaN, so callers can see it
+            return hit // self.k, indices.reshape(-1)[hit], values[hit]
+        dense = self.encode(x).reshape(-1, self.d_sae)
+        row, feature = dense.nonzero(as_tuple=True)
+        return row, feature, dense[row, feature]
+
+    def _encoder_input(self, x: Tensor) -> Tensor:
+        x = self._normalize(x.to(self.W_enc.dtype))
+        return x - self.b_dec if self.apply_b_dec_to_input else x
+
+    def _topk(self, pre: Tensor) -> tuple[Tensor, Tensor]:
+        values, indices = torch.topk(pre, self.k, dim=-1, sorted=False)
+        return F.relu(values), indices
 
     def decode(self, f: Tensor, x: Tensor | None = None) -> Tensor:
         """Reconstruction from features f [..., d_sae]; x is needed to undo input normalisation

@@ -198,21 +198,28 @@ def test_state_does_not_grow_with_the_corpus(gpt2, corpus_file):
     before = state_bytes()
     for batch in iter_contexts(iter_documents(corpus), gpt2.tokenizer, corpus, 2):
         x = gpt2.activations(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask))
-        g.update(batch, sae.encode(x))
+        g.update(batch, sae.encode_sparse(x))
     assert state_bytes() == before
 
 
-def test_topk_support_gives_the_same_result_as_a_dense_scan(gpt2, corpus_file):
+def test_result_does_not_depend_on_the_order_of_the_nonzeros(gpt2, corpus_file):
+    """A TopK SAE lists each token's nonzeros in top-k order; a dense scan lists them by feature.
+    Any order of the (row, feature, value) triplets must give the same statistics and examples."""
     corpus = CorpusConfig(source=str(corpus_file), context_length=CONTEXT)
     torch.manual_seed(0)
     sae = SAE(torch.randn(gpt2.width, 40), torch.randn(40), torch.randn(40, gpt2.width), torch.zeros(gpt2.width), architecture="topk", k=4)
     outs = []
-    for use_support in (True, False):
-        g = Gatherer(sae.d_sae, GatherConfig(), gpt2.device, causal=True)
+    for shuffle in (False, True):
+        g = Gatherer(sae.d_sae, GatherConfig(window=8), gpt2.device, causal=True)
         for batch in iter_contexts(iter_documents(corpus), gpt2.tokenizer, corpus, 4):
-            acts, support = sae.encode_with_support(gpt2.activations(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)))
-            g.update(batch, acts, support if use_support else None)
-        outs.append(g.finish()[0])
+            nonzeros = sae.encode_sparse(gpt2.activations(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)))
+            if shuffle:
+                order = torch.randperm(len(nonzeros[0]))
+                nonzeros = tuple(t[order] for t in nonzeros)
+            g.update(batch, nonzeros)
+        outs.append(g.finish())
+    (feats_a, ex_a, _), (feats_b, ex_b, _) = outs
     for col in ("n_firing", "max_activation", "mean_activation"):
-        np.testing.assert_allclose(outs[0][col], outs[1][col])
-    assert all((a == b).all() for a, b in zip(outs[0].histogram, outs[1].histogram))
+        np.testing.assert_allclose(feats_a[col], feats_b[col], rtol=1e-12)
+    assert all((a == b).all() for a, b in zip(feats_a.histogram, feats_b.histogram))
+    assert len(ex_a) > 100 and ex_a.equals(ex_b)

@@ -181,13 +181,17 @@ def ref_openai(x, sd):
 
 
 def check(sae: SAE, x: np.ndarray, f_ref: np.ndarray, y_ref: np.ndarray) -> None:
-    """encode and reconstruction match the reference; a fair share of features fire."""
+    """encode (dense and sparse) and reconstruction match the reference; a fair share of features fire."""
     xt = torch.from_numpy(x)
     with torch.no_grad():
         f, y = sae.encode(xt), sae(xt)
         y_from_f = sae.decode(f, xt)
+        row, feature, value = sae.encode_sparse(xt)
     assert f.dtype == torch.float32 and f.shape == f_ref.shape
     assert np.abs(f.numpy() - f_ref).max() < TOL
+    from_sparse = np.zeros(f_ref.shape)
+    from_sparse[row.numpy(), feature.numpy()] = value.numpy()
+    assert np.abs(from_sparse - f_ref).max() < TOL and (value != 0).all()
     assert np.abs(y.numpy() - y_ref).max() < TOL
     assert torch.equal(y, y_from_f)
     assert 0.05 < (f_ref > 0).mean() < 0.95
