@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
@@ -20,6 +21,9 @@ import pandas as pd
 import pyarrow as pa
 
 from .errors import AutointerpError
+
+if TYPE_CHECKING:
+    from .records import FeatureSnippets
 
 DB_NAME = "autointerp.duckdb"
 SCHEMA_VERSION = 1
@@ -226,7 +230,7 @@ class Store:
     def documents(self, run_id: str) -> pd.DataFrame:
         return self.con.execute("SELECT doc_id, name FROM documents WHERE run_id = ? ORDER BY doc_id", [run_id]).df()
 
-    def feature_snippets(self, run_id: str, features: list[int], *, split: str | None = None, max_per_kind: dict[str, int] | None = None) -> list["FeatureSnippets"]:
+    def feature_snippets(self, run_id: str, features: list[int], *, split: str | None = None, max_per_kind: dict[str, int] | None = None) -> list[FeatureSnippets]:
         """Stored windows of these features as typed records, tokens as display pieces.
 
         split limits to one split; max_per_kind caps rows per (feature, split, kind) by rank,
@@ -434,15 +438,33 @@ class CallLog:
 
     Calls are buffered and written in batches; lookups see the buffer too, so a
     repeated prompt inside one run is served from the cache as well. Only calls
-    without an error are ever served.
+    without an error are ever served. A query costs ~1 ms of the event loop's time,
+    so misses (nearly every lookup of a fresh run) are answered from an in-memory
+    index of 64-bit key fingerprints, 8 bytes per stored answer, and only hits query.
     """
+
+    _MERGE_EVERY = 1 << 16  # fold this session's keys into the sorted array this often
 
     def __init__(self, store: Store, flush_every: int = 64):
         self.store = store
         self.flush_every = flush_every
         self.pending: list = []
+        self._stored: np.ndarray | None = None  # sorted fingerprints of keys with an answer, loaded on first lookup
+        self._recent: set[int] = set()
+
+    def _known(self, cache_key: str) -> bool:
+        if self._stored is None:
+            keys = self.store.con.execute("SELECT DISTINCT cache_key FROM llm_calls WHERE error IS NULL").fetchall()
+            self._stored = np.unique(np.array([_fingerprint(k) for (k,) in keys], dtype=np.uint64))
+        fp = _fingerprint(cache_key)
+        if fp in self._recent:
+            return True
+        i = np.searchsorted(self._stored, np.uint64(fp))
+        return bool(i < len(self._stored) and self._stored[i] == fp)
 
     def lookup(self, cache_key: str):
+        if not self._known(cache_key):
+            return None
         for call in reversed(self.pending):
             if call.cache_key == cache_key and call.error is None:
                 return call.as_completion(cached=True)
@@ -451,7 +473,7 @@ class CallLog:
             "FROM llm_calls WHERE cache_key = ? AND error IS NULL ORDER BY created_at DESC LIMIT 1",
             [cache_key],
         ).fetchone()
-        if row is None:
+        if row is None:  # two keys sharing a fingerprint
             return None
         from .llm import Completion
 
@@ -460,6 +482,11 @@ class CallLog:
 
     def record(self, call) -> None:
         self.pending.append(call)
+        if call.error is None:
+            self._recent.add(_fingerprint(call.cache_key))
+            if self._stored is not None and len(self._recent) >= self._MERGE_EVERY:
+                self._stored = np.union1d(self._stored, np.fromiter(self._recent, np.uint64, len(self._recent)))
+                self._recent.clear()
         if len(self.pending) >= self.flush_every:
             self.flush()
 
@@ -472,6 +499,11 @@ class CallLog:
         table = pa.Table.from_pandas(frame.astype({"feature": "Int64", "prompt_tokens": "Int64", "completion_tokens": "Int64", "cost_usd": "float64"}), preserve_index=False)
         self.store._insert("llm_calls", table)
         self.pending.clear()
+
+
+def _fingerprint(cache_key: str) -> int:
+    """A 64-bit fingerprint of a cache key, stable within this process (the index lives no longer)."""
+    return hash(cache_key) & 0xFFFFFFFFFFFFFFFF
 
 
 def _now() -> datetime:

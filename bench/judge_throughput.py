@@ -30,8 +30,8 @@ from standin_server import StandinServer  # noqa: E402
 
 from autointerp.explain import ExplainConfig, explain_task, select_features  # noqa: E402
 from autointerp.judges import make_judge, map_bounded  # noqa: E402
-from autointerp.llm import LLMConfig, MemoryCallStore  # noqa: E402
-from autointerp.store import Store  # noqa: E402
+from autointerp.llm import LLMConfig  # noqa: E402
+from autointerp.store import CallLog, Store  # noqa: E402
 
 from common import machine, write_report  # noqa: E402
 
@@ -45,13 +45,24 @@ def config(server: StandinServer, concurrency: int) -> LLMConfig:
                      api_key_env="BENCH_KEY", concurrency=concurrency, timeout_s=30)
 
 
-async def explain_many(cfg: LLMConfig, tasks) -> float:
-    judge = make_judge(cfg, MemoryCallStore())
-    start = time.perf_counter()
-    answers = await map_bounded(judge.explain, tasks, judge.concurrency)  # as the explain stage does
-    elapsed = time.perf_counter() - start
-    await judge.aclose()
-    assert all(a.ok for a in answers), [a.error for a in answers if not a.ok][:3]
+def explain_many(cfg: LLMConfig, tasks) -> float:
+    """Seconds to explain every task as the explain stage does: bounded workers, and every call
+    checked against and logged to the response cache in a (fresh) project database."""
+    import tempfile
+
+    async def go(log: CallLog) -> float:
+        judge = make_judge(cfg, log)
+        start = time.perf_counter()
+        answers = await map_bounded(judge.explain, tasks, judge.concurrency)
+        elapsed = time.perf_counter() - start
+        await judge.aclose()
+        assert all(a.ok for a in answers), [a.error for a in answers if not a.ok][:3]
+        return elapsed
+
+    with tempfile.TemporaryDirectory() as tmp, Store(tmp) as store:
+        log = CallLog(store)
+        elapsed = asyncio.run(go(log))
+        log.flush()
     return elapsed
 
 
@@ -110,14 +121,15 @@ def main() -> None:
     for c in (1, 8, 32):
         n = min(len(tasks), max(c, int(round(a.seconds * c / a.latency))))
         with ChildServer(a.latency) as server:
-            elapsed = asyncio.run(explain_many(config(server, c), tasks[:n]))
+            elapsed = explain_many(config(server, c), tasks[:n])
         ideal = c / a.latency * 60
         rows.append({"concurrency": c, "features": n, "seconds": elapsed, "per_min": n / elapsed * 60, "ideal_per_min": ideal,
                      "fraction_of_ideal": n / elapsed * 60 / ideal, "max_in_flight": server.max_in_flight})
 
     cost = measure_cost(a.project, run_id, a.cost_features)
     md = ["# Judge throughput and cost (stand-in server)\n",
-          f"Real OpenAI client against the local stand-in (its own process) with {a.latency * 1000:.0f} ms per request; explain prompts "
+          f"Real OpenAI client against the local stand-in (its own process) with {a.latency * 1000:.0f} ms per request, every call "
+          "checked against and logged to the DuckDB response cache as in the explain stage; explain prompts "
           f"built from `{a.project}` ({len(tasks)} features available).\n",
           "| concurrency | features | seconds | features/min | ideal/min | fraction of ideal | max in flight |",
           "|---|---|---|---|---|---|---|"]

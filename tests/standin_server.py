@@ -150,6 +150,12 @@ def _token_count(text: str) -> int:
     return max(1, len(text) // 4)
 
 
+class _Listener(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: a client opening 32 connections at once would
+    # have SYNs dropped and wait out the 1 s retransmit. Real API front ends queue hundreds.
+    request_queue_size = 512
+
+
 class StandinServer:
     """Serves both APIs on 127.0.0.1 at a free port from a background thread."""
 
@@ -167,7 +173,7 @@ class StandinServer:
         self._in_flight = 0
         self._faults: deque[Fault] = deque()
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._httpd = _Listener(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True
         # A short poll interval keeps shutdown (and so each test) fast.
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)

@@ -313,6 +313,42 @@ def test_cache_hit_makes_no_request(server):
     assert len(server.requests) == 3
 
 
+def test_database_cache_serves_earlier_sessions_and_answers_misses_without_a_query(server, tmp_path):
+    from autointerp.store import CallLog, Store
+
+    cfg = config(server)
+    with Store(tmp_path) as store:
+        log = CallLog(store, flush_every=1)
+        first = one(cfg, log)
+        server.inject(Fault.server_error(500), Fault.server_error(500), Fault.server_error(500), Fault.server_error(500))
+        failed = one(cfg, log, user="fails")  # an error is logged but never served
+        assert first.error is None and failed.error is not None
+    with Store(tmp_path) as store:
+        log = CallLog(store)
+        queries = []
+
+        class Spy:  # the connection, noting every statement
+            def __init__(self, con):
+                self.con = con
+
+            def execute(self, sql, *args):
+                queries.append(sql)
+                return self.con.execute(sql, *args)
+
+            def __getattr__(self, name):
+                return getattr(self.con, name)
+
+        store.con = Spy(store.con)
+        misses = run(cfg, log, [("sys", f"new {i}") for i in range(20)])
+        assert len(queries) == 1  # the index, loaded once; twenty misses, no lookup query
+        again = run(cfg, log, [("sys", "hi"), ("sys", "fails"), ("sys", "new 3")])
+        assert len(queries) == 2  # one query, for the answer stored by the earlier session
+    assert again[0].cached and again[0].text == first.text
+    assert not again[1].cached and again[1].error is None  # the failed call was asked again
+    assert again[2].cached and all(not m.cached for m in misses)  # served from this session's buffer
+    assert len(server.requests) == 1 + 4 + 20 + 1
+
+
 def test_cache_key_follows_the_documented_recipe():
     params = {"max_tokens": 64, "temperature": 0.0}
     payload = {"model": "m", "params": params, "provider": "openai", "system": "s", "user": "ü"}
