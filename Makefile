@@ -21,6 +21,6 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed
-	cd bench && ../$(PY) gather_overhead.py --tokens 1000000
+	cd bench && ../$(PY) gather_overhead.py
 	cd bench && ../$(PY) gather_memory.py
 	cd bench && ../$(PY) judge_throughput.py   # needs ./project from `make demo`

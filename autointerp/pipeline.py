@@ -19,7 +19,7 @@ from . import __version__
 from .corpus import CorpusConfig, iter_contexts, iter_documents
 from .errors import AutointerpError
 from .gather import GatherConfig, auto_batch_size, check_sae_fits, run_gather
-from .model import EMBEDDED_MODEL, ModelConfig, SubjectModel
+from .model import EMBEDDED_MODEL, ModelConfig, SubjectModel, keep_freed_memory
 from .sae import SAE, load_sae, save_saelens
 from .store import RunRecord, Store
 from .train import TrainConfig, collect_activations, evaluate_sae, loss_recovered, train_topk_sae
@@ -130,6 +130,7 @@ def gather(cfg: RunConfig) -> GatherSummary:
     t0 = time.perf_counter()
     store = Store(cfg.project)  # opened first: a locked database fails before minutes of work
     try:
+        keep_freed_memory()
         model = SubjectModel(cfg.model)
         timings["load"] = time.perf_counter() - t0
         t = time.perf_counter()

@@ -57,7 +57,9 @@ def main() -> None:
         + "".join(f"| {r['tokens']:,} | {r['peak_rss_bytes'] / 2**20:,.0f} | {r['gather_s']:.0f} | {r['examples']:,} |\n" for r in rows)
         + f"\n**peak RSS ratio {ratio:.3f}** for {large['tokens'] / small['tokens']:.1f}× the tokens (target: within 10%). Machine: {machine()}\n\n"
         "Why it is bounded: per feature and split the gather keeps fixed-size banks (top, quantile reservoir, "
-        "negative reservoir) of windows, plus running sums; the corpus is tokenised and packed a chunk at a time.\n"
+        "negative reservoir) of windows, plus running sums; each batch is read through its nonzero activations only; "
+        "the corpus is tokenised and packed a chunk at a time. Freed batch buffers stay in the process for reuse "
+        "(`keep_freed_memory`), which adds a constant: at most one batch's working set.\n"
     )
     write_report("gather_memory", {"runs": rows, "ratio": ratio, "machine": machine()}, md)
 

@@ -18,6 +18,7 @@ import torch
 
 from autointerp.corpus import CorpusConfig, iter_contexts, iter_documents
 from autointerp.gather import GatherConfig, Gatherer, auto_batch_size
+from autointerp.model import keep_freed_memory
 
 from common import embedded_model, machine, sae_for, write_report
 
@@ -36,6 +37,7 @@ def main() -> None:
     ap.add_argument("--name", default=None, help="report name (default: gather_overhead_<device>)")
     a = ap.parse_args()
 
+    keep_freed_memory()  # as `autointerp gather` does; it speeds floor and gather passes alike
     model = embedded_model(a.device)
     sae = sae_for(model, a.sae)
     cfg = CorpusConfig(max_tokens=a.tokens)
