@@ -126,6 +126,11 @@ def prepare_sae(cfg: RunConfig, model: SubjectModel, run_id: str) -> tuple[SAE, 
 def gather(cfg: RunConfig) -> GatherSummary:
     """Model → SAE (loaded or trained) → one streaming gather pass → the store."""
     run_id = cfg.resolved_run_id()
+    if not 0 < cfg.gather.window <= cfg.corpus.context_length:
+        raise AutointerpError(
+            f"example windows of {cfg.gather.window} tokens do not fit in contexts of {cfg.corpus.context_length}",
+            f"use --window between 1 and {cfg.corpus.context_length}, or a longer --context-length",
+        )
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     store = Store(cfg.project)  # opened first: a locked database fails before minutes of work

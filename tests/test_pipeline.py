@@ -14,6 +14,7 @@ import torch
 from autointerp.cli import main as cli_main
 from conftest import pipeline_config
 from autointerp.errors import AutointerpError
+from autointerp.gather import GatherConfig
 from autointerp.pipeline import gather
 from autointerp.sae import SAE, load_sae, save_saelens
 from autointerp.store import Store
@@ -70,6 +71,17 @@ def test_sae_width_mismatch_names_the_hookpoint_and_stores_nothing(setup, tmp_pa
         gather(_config(setup, tmp_path, sae=str(root / "wide")))
     with Store(tmp_path, read_only=True) as store:
         assert store.runs().empty
+
+
+def test_window_longer_than_a_context_is_refused_before_any_work(setup, tmp_path):
+    gather(_config(setup, tmp_path))
+    with Store(tmp_path, read_only=True) as store:
+        before = store.table_counts("r1")
+    cfg = _config(setup, tmp_path, gather=GatherConfig(window=33))  # the contexts hold 32 tokens
+    with pytest.raises(AutointerpError, match="windows of 33 tokens do not fit in contexts of 32[\\s\\S]*--window between 1 and 32"):
+        gather(cfg)
+    with Store(tmp_path, read_only=True) as store:
+        assert store.table_counts("r1") == before
 
 
 def test_locked_database_is_reported_and_left_intact(setup, tmp_path):
