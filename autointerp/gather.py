@@ -129,9 +129,8 @@ class ExampleBank:
         keep = filled if exclude is None else filled & ~exclude
         f, rank = keep.gather(1, order).nonzero(as_tuple=True)
         slot = order[f, rank]
-        out = {"feature": f, "rank": rank}
-        if n_bins is not None:
-            out["quantile"] = rank * n_bins // filled.sum(1)[f]
+        quantile = torch.full_like(rank, -1) if n_bins is None else rank * n_bins // filled.sum(1)[f]
+        out = {"feature": f, "rank": rank, "quantile": quantile}
         for name, column in (("context_id", "context"), ("doc_id", "doc"), ("doc_offset", "doc_offset"), ("peak", "peak"),
                              ("max_activation", "peak_value"), ("tokens", "tokens"), ("acts", "acts")):
             t = getattr(self, column)
@@ -251,7 +250,6 @@ class Gatherer:
                 part = bank.columns(alive)
             n = len(part["feature"])
             part.update(split=np.full(n, s, dtype=np.int8), kind=np.full(n, KINDS.index(kind), dtype=np.int8))
-            part.setdefault("quantile", np.full(n, -1))
             parts.append(part)
         examples = _examples_table(parts)
         contexts = pd.DataFrame(

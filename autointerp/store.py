@@ -449,13 +449,11 @@ class CallLog:
         self.store = store
         self.flush_every = flush_every
         self.pending: list = []
-        self._stored: np.ndarray | None = None  # sorted fingerprints of keys with an answer, loaded on first lookup
-        self._recent: set[int] = set()
+        keys = store.con.execute("SELECT DISTINCT cache_key FROM llm_calls WHERE error IS NULL").fetchall()
+        self._stored = np.unique(np.array([_fingerprint(k) for (k,) in keys], dtype=np.uint64))  # keys with an answer
+        self._recent: set[int] = set()  # this session's, until merged into _stored
 
     def _known(self, cache_key: str) -> bool:
-        if self._stored is None:
-            keys = self.store.con.execute("SELECT DISTINCT cache_key FROM llm_calls WHERE error IS NULL").fetchall()
-            self._stored = np.unique(np.array([_fingerprint(k) for (k,) in keys], dtype=np.uint64))
         fp = _fingerprint(cache_key)
         if fp in self._recent:
             return True
@@ -484,7 +482,7 @@ class CallLog:
         self.pending.append(call)
         if call.error is None:
             self._recent.add(_fingerprint(call.cache_key))
-            if self._stored is not None and len(self._recent) >= self._MERGE_EVERY:
+            if len(self._recent) >= self._MERGE_EVERY:
                 self._stored = np.union1d(self._stored, np.fromiter(self._recent, np.uint64, len(self._recent)))
                 self._recent.clear()
         if len(self.pending) >= self.flush_every:

@@ -324,7 +324,6 @@ def test_database_cache_serves_earlier_sessions_and_answers_misses_without_a_que
         failed = one(cfg, log, user="fails")  # an error is logged but never served
         assert first.error is None and failed.error is not None
     with Store(tmp_path) as store:
-        log = CallLog(store)
         queries = []
 
         class Spy:  # the connection, noting every statement
@@ -339,6 +338,7 @@ def test_database_cache_serves_earlier_sessions_and_answers_misses_without_a_que
                 return getattr(self.con, name)
 
         store.con = Spy(store.con)
+        log = CallLog(store)
         misses = run(cfg, log, [("sys", f"new {i}") for i in range(20)])
         assert len(queries) == 1  # the index, loaded once; twenty misses, no lookup query
         again = run(cfg, log, [("sys", "hi"), ("sys", "fails"), ("sys", "new 3")])
