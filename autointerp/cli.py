@@ -60,23 +60,30 @@ def _add_gather_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_judge_args(p: argparse.ArgumentParser) -> None:
-    from .score import SCORERS
+    from .providers import PROVIDERS, STRUCTURED_OUTPUT
 
     j = p.add_argument_group("judge (explain and score)")
-    j.add_argument("--judge", default="offline", choices=["offline", "openai", "anthropic", "openai_compatible"],
-                   help="who labels and scores (default: offline, needs no LLM)")
-    j.add_argument("--judge-model", default=None, help="e.g. gpt-4o-mini, claude-haiku-4-5, llama3.1 (required for LLM judges)")
+    j.add_argument("--judge", default="offline", choices=["offline", *PROVIDERS],
+                   help="who labels and scores (default: offline, needs no LLM); "
+                        + "; ".join(f"{name}: {spec.help}" for name, spec in PROVIDERS.items()))
+    j.add_argument("--judge-model", default=None, help="e.g. gpt-4o-mini, claude-haiku-4-5, llama3.1 (required for LLM judges but local)")
     j.add_argument("--base-url", help="server root for openai_compatible (vLLM, Ollama, llama.cpp, OpenRouter), e.g. http://localhost:8000/v1")
     j.add_argument("--api-key-env", help="environment variable holding the key (default: per provider)")
     j.add_argument("--keys-file", help='TOML file with lines like openai = "sk-..." (environment variables win)')
-    j.add_argument("--concurrency", type=int, default=8, help="requests in flight (default: %(default)s)")
+    j.add_argument("--concurrency", type=int, help="requests in flight (default: 8; 1 for local)")
     j.add_argument("--rpm", type=float, help="requests-per-minute limit")
     j.add_argument("--tpm", type=float, help="tokens-per-minute limit")
-    j.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default: %(default)s)")
+    j.add_argument("--timeout", type=float, help="seconds per request (default: 60; 600 for local)")
     j.add_argument("--max-retries", type=int, default=5, help="(default: %(default)s)")
-    j.add_argument("--prompt-dir", help="directory with your own prompt files (default: prompts/)")
-    j.add_argument("--scorers", default=",".join(SCORERS), help="comma-separated subset of %(default)s")
+    j.add_argument("--structured-output", choices=STRUCTURED_OUTPUT,
+                   help="constrain answers to each task's JSON schema: json_schema (OpenAI, vLLM, llama-server), json_object (llama-cpp-python); default: json_object for local, else off")
+    j.add_argument("--local-threads", type=int, help="CPU threads of the local judge's server (default: one per core)")
+    j.add_argument("--prompt-dir", help="directory with your own prompt files (default: the shipped prompts)")
+    j.add_argument("--scorers", default=None, help="comma-separated subset of detection,fuzzing,simulation,embedding (default: all)")
     j.add_argument("--max-features", type=int, help="label only the first N alive features")
+    j.add_argument("--sample", type=int, help="label a seeded random sample of N features")
+    j.add_argument("--sample-seed", type=int, default=0, help="(default: %(default)s)")
+    j.add_argument("--redo", action="store_true", help="label again features this judge labelled before (default: keep them and label the rest)")
     j.add_argument("--stop-coverage", type=float, help="stop labelling once category coverage reaches this (e.g. 0.95)")
 
 
@@ -85,21 +92,24 @@ def _judge_config(a: argparse.Namespace):
 
     if a.judge == "offline":
         return None
-    if not a.judge_model:
-        raise AutointerpError(f"--judge {a.judge} needs a model name", "pass --judge-model, e.g. gpt-4o-mini or claude-haiku-4-5")
-    return LLMConfig(provider=a.judge, model=a.judge_model, base_url=a.base_url, api_key_env=a.api_key_env,
-                     concurrency=a.concurrency, requests_per_minute=a.rpm, tokens_per_minute=a.tpm,
-                     timeout_s=a.timeout, max_retries=a.max_retries)
+    local = a.judge == "local"
+    return LLMConfig(provider=a.judge, model=a.judge_model or "", base_url=a.base_url, api_key_env=a.api_key_env,
+                     concurrency=a.concurrency or (1 if local else 8), requests_per_minute=a.rpm, tokens_per_minute=a.tpm,
+                     timeout_s=a.timeout or (600.0 if local else 60.0), max_retries=a.max_retries,
+                     structured_output=a.structured_output, local_threads=a.local_threads)
 
 
 def _judged(cfg, a: argparse.Namespace):
     from dataclasses import replace as dc_replace
 
+    from .score import SCORERS
+
     cfg.judge = _judge_config(a)
     cfg.keys_file = a.keys_file
     cfg.prompt_dir = a.prompt_dir
-    cfg.explain = dc_replace(cfg.explain, max_features=a.max_features, stop_coverage=a.stop_coverage)
-    cfg.score = dc_replace(cfg.score, scorers=tuple(x.strip() for x in a.scorers.split(",") if x.strip()))
+    cfg.explain = dc_replace(cfg.explain, max_features=a.max_features, sample=a.sample, seed=a.sample_seed, redo=a.redo, stop_coverage=a.stop_coverage)
+    scorers = SCORERS if a.scorers is None else tuple(x.strip() for x in a.scorers.split(",") if x.strip())
+    cfg.score = dc_replace(cfg.score, scorers=scorers)
     return cfg
 
 
@@ -131,10 +141,11 @@ def cmd_gather(a: argparse.Namespace) -> None:
 
 
 def cmd_run(a: argparse.Namespace) -> None:
-    from .pipeline import gather, label_and_score, saturate_labels
+    from .pipeline import check_judge, gather, label_and_score, saturate_labels
 
     cfg = _judged(_run_config(a), a)  # a bad judge setting fails here, before minutes of gathering
-    gathered = gather(cfg)
+    check_judge(cfg)  # and so does a wrong key, base URL or missing local model
+    gathered = gather(cfg, reuse=not a.regather)
     print("\n".join(gathered.lines()))
     explained, scored = label_and_score(cfg, gathered.run_id)
     print("\n".join(explained.lines() + scored.lines()))
@@ -209,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the whole pipeline: gather, explain, score (the embedded default when given no options)")
     _add_gather_args(p)
     _add_judge_args(p)
+    p.add_argument("--regather", action="store_true", help="gather again even when this run was gathered with the same settings (its labels and scores are dropped)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("gather", help="stream a corpus through model and SAE; store examples and statistics")
     _add_gather_args(p)
@@ -259,6 +271,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stored_state(argv: list[str] | None) -> str:
+    """What the project's database holds now, for the message after an interruption."""
+    from .store import Store, db_path
+
+    args = argv if argv is not None else sys.argv[1:]
+    project = next((args[i + 1] for i, x in enumerate(args[:-1]) if x == "--project"), None)
+    project = project or next((x.split("=", 1)[1] for x in args if x.startswith("--project=")), "project")
+    if not db_path(project).exists():
+        return "nothing was stored"
+    try:
+        with Store(project, read_only=True) as store:
+            counts = store.stored_counts()
+    except AutointerpError as e:
+        return f"could not read what was stored ({e.problem})"
+    kept = ", ".join(f"{n:,} {what}" for what, n in counts.items() if n) or "nothing"
+    return f"{db_path(project)} holds {kept}; every stage writes whole chunks, so re-running the command resumes where it stopped"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -267,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; nothing partial was written to the database", file=sys.stderr)
+        print(f"interrupted; {_stored_state(argv)}", file=sys.stderr)
         return 130
     return 0
 

@@ -1,11 +1,13 @@
-"""Judges: write a label for a feature, then test the label by detection, fuzzing and simulation.
+"""Judges: write a label for a feature, test a label by detection, fuzzing and simulation, and
+merge labels into a codebook (saturation).
 
-One interface (`Judge`), two implementations:
+One interface (`Judge`), two implementations, chosen by `make_judge`:
 
 - `LLMJudge` renders a prompt file (see prompts.py), sends it through an `LLMClient` and
   parses the answer. A failed call gives error "api: ...", an unreadable answer
   "parse: ..."; either way value is None and the raw text is kept. There is no
-  placeholder label and no default prediction.
+  placeholder label and no default prediction. Provider "local" also owns the server
+  it talks to (local.py) and stops it on close.
 - `OfflineJudge` needs no LLM. It labels a feature by the tokens that most distinguish
   its activating positions, and scores a label by matching the tokens it names.
 
@@ -31,16 +33,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable, Iterable, Mapping, Protocol, Sequence, TypeVar
 
+from .errors import AutointerpError
 from .llm import CallStore, LLMClient, LLMConfig, Secret, make_client
 from .prompts import (
-    PROMPT_NAMES,
     ParseError,
+    Prompt,
     activation_marks,
+    answer_budget,
+    answer_schema,
+    codebook_fields,
     detection_fields,
     explain_fields,
     fuzzing_fields,
-    load_prompt,
+    load_prompts,
     parse_binary_list,
+    parse_codebook,
     parse_label,
     parse_simulation,
     simulation_fields,
@@ -53,9 +60,14 @@ R = TypeVar("R")
 
 
 class Judge(Protocol):
-    provider: str
-    model: str
+    """Everything a stage asks of a judge; no stage looks behind it."""
+
+    name: str  # "provider:model": how labels and scores name who made them
     concurrency: int  # how many tasks are worth keeping in flight
+    settings: dict  # what decides its answers besides the prompts (model, temperature, ...), stored with results
+
+    async def check(self) -> None:
+        """Raise AutointerpError now if the judge cannot work (bad key, unreachable server)."""
 
     async def explain(self, task: ExplainTask) -> JudgeAnswer[str]: ...
 
@@ -65,60 +77,97 @@ class Judge(Protocol):
 
     async def simulate(self, task: SimulationTask) -> JudgeAnswer[list[list[int]]]: ...
 
+    async def codebook(self, labels: Sequence[str], codes: Sequence[str]) -> JudgeAnswer[list[str]]:
+        """The code of each new label: one of `codes` (the codebook so far) or a new one."""
+
+    def usage(self) -> str | None:
+        """What this judge's calls cost so far, as a line for the summary (None: it makes none)."""
+
     async def aclose(self) -> None: ...
 
 
 class LLMJudge:
     """A judge that asks an LLM. Concurrency, rate limits, retries and caching are the client's."""
 
-    def __init__(self, client: LLMClient, prompt_dir: str | Path | None = None):
+    def __init__(self, client: LLMClient, config: LLMConfig, prompts: Mapping[str, Prompt], on_close: Callable[[], None] | None = None):
         self.client = client
-        self.provider = client.config.provider
-        self.model = client.config.model
-        self.concurrency = client.config.concurrency
-        # Loaded up front so a broken prompt file fails before any call is paid for.
-        self.prompts = {name: load_prompt(name, prompt_dir) for name in PROMPT_NAMES}
+        self.config = config
+        self.name = config.name
+        self.concurrency = config.concurrency
+        self.settings = {"provider": config.provider, "model": config.model, "temperature": config.temperature,
+                         "max_tokens": config.max_tokens, "structured_output": config.structured_output}
+        self._on_close = on_close
+        self.prompts = dict(prompts)
+        self.settings["prompts"] = {name: prompt.hash for name, prompt in self.prompts.items()}
+        self.outcomes: dict[str, Counter] = {}  # task → Counter of "ok" / "parse" / "api" answers
+
+    def failure_rates(self) -> str:
+        """Per task: answers that could not be parsed and calls that failed, of all answers."""
+        return "; ".join(f"{task} {c['parse']}/{sum(c.values())} unparsable" + (f", {c['api']} failed calls" if c["api"] else "")
+                         for task, c in self.outcomes.items())
+
+    async def check(self) -> None:
+        await self.client.check()
 
     async def explain(self, task: ExplainTask) -> JudgeAnswer[str]:
-        return await self._ask("explain", task.feature, explain_fields(task), parse_label)
+        return await self._ask("explain", task.feature, explain_fields(task), parse_label, answer_schema("explain"), answer_budget("explain"))
 
     async def detect(self, task: DetectionTask) -> JudgeAnswer[list[bool]]:
         n = len(task.snippets)
-        return await self._ask("detection", task.feature, detection_fields(task), lambda text: parse_binary_list(text, n))
+        return await self._ask("detection", task.feature, detection_fields(task), lambda text: parse_binary_list(text, n),
+                               answer_schema("detection", n=n), answer_budget("detection", n=n))
 
     async def fuzz(self, task: FuzzTask) -> JudgeAnswer[list[bool]]:
         n = len(task.snippets)
-        return await self._ask("fuzzing", task.feature, fuzzing_fields(task), lambda text: parse_binary_list(text, n))
+        return await self._ask("fuzzing", task.feature, fuzzing_fields(task), lambda text: parse_binary_list(text, n),
+                               answer_schema("fuzzing", n=n), answer_budget("fuzzing", n=n))
 
     async def simulate(self, task: SimulationTask) -> JudgeAnswer[list[list[int]]]:
         lengths = [len(s.tokens) for s in task.snippets]
-        return await self._ask(
-            "simulation", task.feature, simulation_fields(task), lambda text: parse_simulation(text, lengths)
-        )
+        return await self._ask("simulation", task.feature, simulation_fields(task), lambda text: parse_simulation(text, lengths),
+                               answer_schema("simulation", lengths=lengths), answer_budget("simulation", lengths=lengths))
+
+    async def codebook(self, labels: Sequence[str], codes: Sequence[str]) -> JudgeAnswer[list[str]]:
+        n = len(labels)
+        return await self._ask("codebook", None, codebook_fields(labels, codes), lambda text: parse_codebook(text, n),
+                               answer_schema("codebook", n=n), answer_budget("codebook", n=n))
+
+    def usage(self) -> str | None:
+        rates = self.failure_rates()
+        return self.client.totals.line() + (f"\nanswers by task: {rates}" if rates else "")
 
     async def _ask(
-        self, name: str, feature: int, fields: Mapping[str, object], parse: Callable[[str], T]
+        self, name: str, feature: int | None, fields: Mapping[str, object], parse: Callable[[str], T], schema: dict, budget: int
     ) -> JudgeAnswer[T]:
         prompt = self.prompts[name]
         system, user = prompt.render(**fields)
-        c = await self.client.complete(system, user, purpose=name, feature=feature)
+        c = await self.client.complete(system, user, purpose=name, feature=feature, max_tokens=budget, schema=schema)
         meta = dict(
             prompt_hash=prompt.hash,
             prompt_tokens=c.prompt_tokens or 0,
             completion_tokens=c.completion_tokens or 0,
             cost_usd=c.cost_usd,
             cached=c.cached,
+            call_id=c.call_id,
         )
+        outcomes = self.outcomes.setdefault(name, Counter())
         if c.error is not None:
+            outcomes["api"] += 1
             return JudgeAnswer(None, raw=c.raw, error=f"api: {c.error}", **meta)
         try:
             value = parse(c.text)
         except ParseError as exc:
+            outcomes["parse"] += 1
             return JudgeAnswer(None, raw=c.text, error=f"parse: {exc}", **meta)
+        outcomes["ok"] += 1
         return JudgeAnswer(value, raw=c.text, **meta)
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        try:
+            await self.client.aclose()
+        finally:
+            if self._on_close is not None:
+                self._on_close()
 
 
 # --- offline labels: terms, matching, reading a label back --------------------------------
@@ -270,9 +319,21 @@ def explain_terms(snippets: Sequence[Snippet], negatives: Sequence[Snippet]) -> 
 class OfflineJudge:
     """Deterministic token-statistics judge; see the module docstring for its label format."""
 
-    provider = "offline"
-    model = "token-stats-v1"
+    name = "offline:token-stats-v1"
     concurrency = 1  # pure computation: nothing to overlap
+    settings = {"provider": "offline", "model": "token-stats-v1"}
+
+    async def check(self) -> None:
+        """Nothing can be missing."""
+
+    async def codebook(self, labels: Sequence[str], codes: Sequence[str]) -> JudgeAnswer[list[str]]:
+        raise AutointerpError(
+            "saturation method 'codebook' needs an LLM judge",
+            "pass --judge local|openai|anthropic|openai_compatible, or use --method embedding, which runs offline",
+        )
+
+    def usage(self) -> str | None:
+        return None
 
     async def explain(self, task: ExplainTask) -> JudgeAnswer[str]:
         terms = explain_terms(task.snippets, task.negatives)
@@ -330,8 +391,26 @@ def make_judge(
     *,
     prompt_dir: str | Path | None = None,
     keys: Mapping[str, Secret] | None = None,
+    server_log: Path | None = None,
 ) -> Judge:
-    """The offline judge when no LLM is configured, else an LLMJudge over make_client(config, store, keys)."""
+    """The offline judge when no LLM is configured, else an LLMJudge over make_client(config, store, keys).
+    Provider "local" first assembles and checks its model and starts its server (log in server_log)."""
     if config is None:
         return OfflineJudge()
-    return LLMJudge(make_client(config, store, keys), prompt_dir)
+    prompts = load_prompts(prompt_dir)  # a broken prompt file fails before any call is paid for
+    if config.provider != "local":
+        return LLMJudge(make_client(config, store, keys), config, prompts)
+    from dataclasses import replace
+
+    from .local import LocalServer, model_path
+
+    server = LocalServer(model_path(), alias=config.model, log_path=server_log or Path("local-judge.log"),
+                         threads=config.local_threads, context=config.local_context).start()
+    try:
+        served = replace(config, base_url=None)
+        served.base_url = server.base_url  # set after validation: "local" refuses a user-given base URL
+        client = make_client(served, store, keys, fatal=server.died)
+        return LLMJudge(client, config, prompts, on_close=server.stop)
+    except BaseException:
+        server.stop()
+        raise

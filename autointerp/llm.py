@@ -3,7 +3,9 @@
 One call goes: response cache → concurrency slot → rate limiters → official SDK request
 (SDK retries off) → our tenacity retry loop → call log. Transient failures that outlive
 the retries come back as a `Completion` with `error` set, so one bad feature never kills
-a batch; configuration problems (400/401/403/404) raise `AutointerpError` at once.
+a batch (a 400 too: it is about that request); problems every call would have (401/403/404)
+raise `AutointerpError` at once, and so does a run of `max_consecutive_failures` failed calls.
+`check()` reaches the endpoint before any work, so a wrong URL or key fails in seconds.
 
 API keys live only inside `Secret` and the SDK client. Every string that leaves this
 module (errors, logs, raw bodies, texts) is scrubbed of the key first.
@@ -19,7 +21,7 @@ An environment variable named by `LLMConfig.api_key_env` wins over the file.
 Cache key (`cache_key`): hex SHA-256 of the UTF-8 bytes of
 
     json.dumps({"provider": ..., "model": ..., "system": ..., "user": ...,
-                "params": {"max_tokens": ..., "temperature": ...}},
+                "params": {"max_tokens": ..., "temperature": ..., ["response_format": ...]}},
                sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 with temperature null where it is not sent (Anthropic). base_url is not part of it.
@@ -40,25 +42,19 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Mapping, Protocol
+from typing import Callable, Mapping, Protocol
 
 import anthropic
 import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from autointerp.errors import AutointerpError
+from autointerp.providers import PROVIDERS, STRUCTURED_OUTPUT
 
 log = logging.getLogger(__name__)
 
-PROVIDERS = ("openai", "anthropic", "openai_compatible")
 
-# openai_compatible gets its own variable: falling back to OPENAI_API_KEY would send a real
-# OpenAI key to whatever third-party base_url is configured.
-DEFAULT_KEY_ENV = {
-    "openai": "OPENAI_API_KEY",
-    "anthropic": "ANTHROPIC_API_KEY",
-    "openai_compatible": "OPENAI_COMPATIBLE_API_KEY",
-}
+
 # Local servers (vLLM, Ollama) ignore the key, but the OpenAI SDK insists on one.
 PLACEHOLDER_KEY = "no-key"
 
@@ -80,7 +76,7 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
 _SNAPSHOT_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
-CONFIG_STATUSES = frozenset({400, 401, 403, 404})  # the same for every call: stop the run
+CONFIG_STATUSES = frozenset({401, 403, 404})  # the same for every call: stop the run
 RETRY_AFTER_CAP_S = 120.0  # a server asking for longer than this is not worth waiting on
 
 
@@ -121,10 +117,10 @@ def load_keys(path: str | Path) -> dict[str, Secret]:
         ) from None
     keys = {}
     for provider, value in data.items():
-        if provider not in PROVIDERS or not isinstance(value, str):
+        if provider not in PROVIDERS or PROVIDERS[provider].key_env is None or not isinstance(value, str):
             raise AutointerpError(
                 f"keys file {path} has an unexpected entry {provider!r}",
-                f'use only string entries named {", ".join(PROVIDERS)}, e.g. openai = "sk-..."',
+                f'use only string entries named {", ".join(n for n, p in PROVIDERS.items() if p.key_env)}, e.g. openai = "sk-..."',
             )
         keys[provider] = Secret(value, f"{path} [{provider}]")
     return keys
@@ -133,13 +129,16 @@ def load_keys(path: str | Path) -> dict[str, Secret]:
 @dataclass
 class LLMConfig:
     provider: str
-    model: str
+    model: str = ""  # required, except for provider "local" (the embedded model)
     base_url: str | None = None  # as the SDK expects it: ".../v1" for OpenAI, host root for Anthropic
-    api_key_env: str | None = None  # None → DEFAULT_KEY_ENV[provider]
+    api_key_env: str | None = None  # None → the provider's variable (PROVIDERS)
     # None → 0 for OpenAI-style providers, omitted for Anthropic, whose API (version
     # 2026-10-21, sent by anthropic SDK 2.x) rejects sampling parameters with a 400.
     temperature: float | None = None
-    max_tokens: int = 1024
+    max_tokens: int = 1024  # upper bound; each task asks for no more than its answer needs
+    # Constrain answers to each task's JSON schema: "json_schema" (OpenAI, vLLM, llama.cpp's
+    # llama-server), "json_object" (llama-cpp-python's server), "off"; None: the provider's default.
+    structured_output: str | None = None
     timeout_s: float = 60.0
     max_retries: int = 5
     backoff_initial_s: float = 1.0
@@ -147,26 +146,50 @@ class LLMConfig:
     concurrency: int = 8
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
+    # This many failed calls in a row, with no success between, stop the stage (a dead server, a
+    # revoked key): failing every remaining feature slowly helps nobody.
+    max_consecutive_failures: int = 10
     prices: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_PRICES))
+    local_threads: int | None = None  # provider "local": CPU threads of the server (None: one per core)
+    local_context: int = 4096  # provider "local": the server's context window in tokens
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
             raise AutointerpError(f"unknown LLM provider {self.provider!r}", f"use one of {', '.join(PROVIDERS)}")
-        if self.provider == "openai_compatible" and not self.base_url:
+        spec = PROVIDERS[self.provider]
+        if spec.base_url == "managed":
+            from .local import LOCAL_MODEL
+
+            self.model = self.model or LOCAL_MODEL.name
+            if self.model != LOCAL_MODEL.name:
+                raise AutointerpError(f"provider 'local' serves only {LOCAL_MODEL.name}, not {self.model!r}",
+                                      "leave --judge-model unset, or serve your model yourself and use --judge openai_compatible --base-url ...")
+            if self.base_url is not None:
+                raise AutointerpError("provider 'local' starts its own server", "leave --base-url unset, or use --judge openai_compatible for a server of yours")
+        elif not self.model:
+            raise AutointerpError(f"provider {self.provider!r} needs a model name", "pass --judge-model, e.g. gpt-4o-mini or claude-haiku-4-5")
+        if spec.base_url == "required" and not self.base_url:
             raise AutointerpError(
-                "provider 'openai_compatible' needs a base_url",
-                "set base_url to the server's OpenAI-style root, e.g. http://localhost:8000/v1",
+                f"provider {self.provider!r} needs a base_url",
+                "set --base-url to the server's OpenAI-style root, e.g. http://localhost:8000/v1",
             )
+        if self.base_url is not None:
+            check_base_url(self.base_url)
         if self.provider == "anthropic" and self.temperature is not None:
             raise AutointerpError(
                 "the Anthropic API (version 2026-10-21) rejects the temperature parameter",
                 "leave temperature unset for provider 'anthropic'",
             )
-        if self.provider != "anthropic" and self.temperature is None:
+        if spec.protocol != "anthropic" and self.temperature is None:
             self.temperature = 0.0
         if self.api_key_env is None:
-            self.api_key_env = DEFAULT_KEY_ENV[self.provider]
-        for name in ("max_tokens", "timeout_s", "concurrency", "requests_per_minute", "tokens_per_minute"):
+            self.api_key_env = spec.key_env
+        self.structured_output = self.structured_output or spec.structured_output
+        if self.structured_output not in STRUCTURED_OUTPUT:
+            raise AutointerpError(f"unknown structured output mode {self.structured_output!r}", f"use one of {', '.join(STRUCTURED_OUTPUT)}")
+        if spec.protocol == "anthropic" and self.structured_output != "off":
+            raise AutointerpError("the Anthropic Messages API takes no response_format", "leave structured output off for provider 'anthropic'")
+        for name in ("max_tokens", "timeout_s", "concurrency", "requests_per_minute", "tokens_per_minute", "max_consecutive_failures", "local_threads", "local_context"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise AutointerpError(f"LLMConfig.{name} must be positive, got {value}", f"set {name} above 0")
@@ -174,14 +197,45 @@ class LLMConfig:
             raise AutointerpError(f"LLMConfig.max_retries must be >= 0, got {self.max_retries}", "set max_retries >= 0")
 
     @property
+    def name(self) -> str:
+        """provider:model, how results name their judge."""
+        return f"{self.provider}:{self.model}"
+
+    def request_params(self, max_tokens: int | None = None, schema: Mapping | None = None) -> dict[str, object]:
+        """The parameters of one request besides its messages; all of them go into the cache key.
+        max_tokens: the task's own bound (capped by the configured one); schema: the answer's JSON schema,
+        sent as response_format when structured output is on."""
+        params: dict[str, object] = {"max_tokens": min(max_tokens or self.max_tokens, self.max_tokens), "temperature": self.temperature}
+        if schema is not None and self.structured_output == "json_schema":
+            params["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": dict(schema)}}
+        elif schema is not None and self.structured_output == "json_object":
+            params["response_format"] = {"type": "json_object", "schema": dict(schema)}
+        return params
+
+    @property
     def params(self) -> dict[str, object]:
-        """The sampling parameters that go into the cache key."""
-        return {"max_tokens": self.max_tokens, "temperature": self.temperature}
+        """The parameters of a request with no task bound and no schema."""
+        return self.request_params()
 
     def price(self) -> tuple[float, float] | None:
         if self.model in self.prices:
             return self.prices[self.model]
         return self.prices.get(_SNAPSHOT_SUFFIX.sub("", self.model))
+
+
+def check_base_url(url: str) -> None:
+    """An http(s) URL with a host, else an error naming the fix (before any request is made)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises on a port that is not a number
+    except ValueError:
+        parts, port = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise AutointerpError(f"base URL {url!r} is not an http:// or https:// URL with a host",
+                              "pass the server's root, e.g. --base-url http://localhost:8000/v1")
+    del port
 
 
 def _canonical_json(value: object) -> str:
@@ -206,6 +260,7 @@ class Completion:
     cached: bool
     raw: str  # the raw response body; for a failure, the last one received ("" if none)
     error: str | None = None
+    call_id: int | None = None  # the logged call that produced this answer (for a cache hit, the original)
 
     @property
     def ok(self) -> bool:
@@ -233,6 +288,8 @@ class LLMCall:
     cost_usd: float | None
     error: str | None
     timestamp: datetime
+    call_id: int | None = None  # given by the CallStore when recorded
+    run_id: str | None = None
 
     def as_completion(self, cached: bool = True) -> Completion:
         return Completion(
@@ -246,17 +303,18 @@ class LLMCall:
             cost_usd=self.cost_usd,
             cached=cached,
             raw=self.raw,
+            call_id=self.call_id,
         )
 
 
 class CallStore(Protocol):
     """Response cache + call log. `record` receives every call that reached the network,
-    failed ones included; an implementation must serve only error-free calls from
-    `lookup`. Cache hits are not recorded again."""
+    failed ones included, and returns the id it gave the call; an implementation must serve
+    only error-free calls from `lookup`. Cache hits are not recorded again."""
 
     def lookup(self, cache_key: str) -> Completion | None: ...
 
-    def record(self, call: LLMCall) -> None: ...
+    def record(self, call: LLMCall) -> int: ...
 
 
 class MemoryCallStore:
@@ -270,10 +328,12 @@ class MemoryCallStore:
         call = self._cache.get(cache_key)
         return call.as_completion(cached=True) if call else None
 
-    def record(self, call: LLMCall) -> None:
+    def record(self, call: LLMCall) -> int:
         self.calls.append(call)
+        call.call_id = len(self.calls)
         if call.error is None:
             self._cache[call.cache_key] = call
+        return call.call_id
 
 
 @dataclass
@@ -353,7 +413,12 @@ class LLMClient(abc.ABC):
     totals: RunTotals
 
     @abc.abstractmethod
-    async def complete(self, system: str, user: str, *, purpose: str, feature: int | None) -> Completion: ...
+    async def complete(
+        self, system: str, user: str, *, purpose: str, feature: int | None, max_tokens: int | None = None, schema: Mapping | None = None
+    ) -> Completion: ...
+
+    async def check(self) -> None:
+        """Raise AutointerpError when the endpoint cannot be used (before any work)."""
 
     async def aclose(self) -> None:
         """Release network resources."""
@@ -416,15 +481,17 @@ def _server_message(response_text: str) -> str:
 class _SDKClient(LLMClient):
     """Cache, concurrency, rate limits, retries and the call log around one SDK request."""
 
-    def __init__(self, config: LLMConfig, store: CallStore, key: Secret | None):
+    def __init__(self, config: LLMConfig, store: CallStore, key: Secret | None, fatal: Callable[[], str | None] | None = None):
         self.config = config
         self.store = store
         self.totals = RunTotals()
         self._key = key
+        # Asked after a connection error: a reason to stop at once (the local server died), or None.
+        self._fatal = fatal or (lambda: None)
         self._slots = asyncio.Semaphore(config.concurrency)
         self._rpm = _TokenBucket(config.requests_per_minute) if config.requests_per_minute else None
         self._tpm = _TokenBucket(config.tokens_per_minute) if config.tokens_per_minute else None
-        self._params_json = _canonical_json(config.params)
+        self._failed_in_a_row = 0
         self._backoff = wait_exponential_jitter(
             multiplier=config.backoff_initial_s, max=config.backoff_max_s, jitter=config.backoff_initial_s
         )
@@ -433,19 +500,50 @@ class _SDKClient(LLMClient):
         return f"{type(self).__name__}(provider={self.config.provider!r}, model={self.config.model!r})"
 
     @abc.abstractmethod
-    async def _request(self, system: str, user: str) -> str:
+    async def _request(self, system: str, user: str, params: Mapping[str, object]) -> str:
         """Send one request through the SDK; return the raw response body."""
 
     @abc.abstractmethod
     def _parse(self, body: dict) -> tuple[str, int | None, int | None]:
         """(text, prompt tokens, completion tokens) from a decoded response body."""
 
+    @abc.abstractmethod
+    async def _list_models(self) -> list[str]:
+        """The model ids the endpoint lists (raises the SDK's errors)."""
+
     def _scrub(self, text: str) -> str:
         return self._key.scrub(text) if self._key else text
 
-    async def complete(self, system: str, user: str, *, purpose: str, feature: int | None) -> Completion:
+    async def check(self) -> None:
+        """Reach the endpoint with this key before any work: a wrong base URL, a dead server or a
+        rejected key raises AutointerpError naming the fix. Costs one model-list request, no tokens."""
         cfg = self.config
-        key = cache_key(cfg.provider, cfg.model, system, user, cfg.params)
+        where = cfg.base_url or f"the {cfg.provider} API"
+        try:
+            async with asyncio.timeout(cfg.timeout_s):
+                models = await self._list_models()
+        except _TRANSPORT_ERRORS as exc:
+            if isinstance(exc, _STATUS_ERRORS) and exc.status_code in (404, 405):
+                return  # a server without a model list; the first call will tell
+            failure = self._classify(exc)
+            if isinstance(failure, AutointerpError):
+                raise failure from None
+            raise AutointerpError(
+                f"cannot reach {where}: {failure.reason}",
+                "check --base-url and that the server is running and reachable" if cfg.base_url else "check your network connection",
+            ) from None
+        if cfg.base_url is None and models and cfg.model not in models and _SNAPSHOT_SUFFIX.sub("", cfg.model) not in models:
+            close = [m for m in models if cfg.model.split("-")[0] in m][:8]
+            raise AutointerpError(f"{cfg.provider} lists no model {cfg.model!r}", "pass --judge-model " + (f"one of: {', '.join(close)}" if close else "a model your key can use"))
+
+    async def complete(
+        self, system: str, user: str, *, purpose: str, feature: int | None, max_tokens: int | None = None, schema: Mapping | None = None
+    ) -> Completion:
+        """One call. max_tokens bounds this task's answer (never above the configured bound); schema is
+        the answer's JSON schema, sent when structured output is on. Both are part of the cache key."""
+        cfg = self.config
+        params = cfg.request_params(max_tokens, schema)
+        key = cache_key(cfg.provider, cfg.model, system, user, params)
         started = time.monotonic()
         if (hit := self.store.lookup(key)) is not None:
             # Describe this call, not the original one; tokens and cost stay as what the answer cost.
@@ -466,23 +564,31 @@ class _SDKClient(LLMClient):
             )
             reply: _Reply | None = None
             error: str | None = None
+            call = (key, purpose, feature, system, user, params)
             try:
                 async for attempt in retrying:
                     with attempt:
-                        reply = await self._attempt(system, user)
+                        reply = await self._attempt(system, user, params)
             except _CallFailed as exc:
                 error = exc.reason
                 reply = _Reply("", None, None, exc.raw)
             except AutointerpError as exc:
-                retries = retrying.statistics["attempt_number"] - 1
-                self._finish(key, purpose, feature, system, user, None, exc.problem, started, retries)
+                self._finish(*call, None, exc.problem, started, retrying.statistics["attempt_number"] - 1)
                 raise
             retries = retrying.statistics["attempt_number"] - 1
             if error is not None and retries:
                 error = f"{error} after {retries} retries"
-            completion = self._finish(key, purpose, feature, system, user, reply, error, started, retries)
-        if completion.error is not None:
-            log.warning("%s call failed (purpose=%s, feature=%s): %s", cfg.provider, purpose, feature, completion.error)
+            completion = self._finish(*call, reply, error, started, retries)
+        if completion.error is None:
+            self._failed_in_a_row = 0
+            return completion
+        log.warning("%s call failed (purpose=%s, feature=%s): %s", cfg.provider, purpose, feature, completion.error)
+        self._failed_in_a_row += 1
+        if self._failed_in_a_row >= cfg.max_consecutive_failures:
+            raise AutointerpError(
+                f"{self._failed_in_a_row} {cfg.provider} calls failed in a row, none answered between them (last: {completion.error})",
+                "check the server, base URL and key; answers so far are stored, so re-running the command resumes",
+            )
         return completion
 
     def _finish(
@@ -492,6 +598,7 @@ class _SDKClient(LLMClient):
         feature: int | None,
         system: str,
         user: str,
+        params: Mapping[str, object],
         reply: _Reply | None,
         error: str | None,
         started: float,
@@ -517,7 +624,7 @@ class _SDKClient(LLMClient):
             raw=self._scrub(reply.raw),
             error=self._scrub(error) if error is not None else None,
         )
-        self.store.record(
+        completion.call_id = self.store.record(
             LLMCall(
                 cache_key=key,
                 provider=cfg.provider,
@@ -526,7 +633,7 @@ class _SDKClient(LLMClient):
                 feature=feature,
                 system=system,
                 user=user,
-                params=self._params_json,
+                params=_canonical_json(params),
                 response=completion.text,
                 raw=completion.raw,
                 prompt_tokens=completion.prompt_tokens,
@@ -563,7 +670,7 @@ class _SDKClient(LLMClient):
             feature,
         )
 
-    async def _attempt(self, system: str, user: str) -> _Reply:
+    async def _attempt(self, system: str, user: str, params: Mapping[str, object]) -> _Reply:
         estimate = _estimate_tokens(system) + _estimate_tokens(user)
         if self._rpm:
             await self._rpm.acquire(1)
@@ -572,9 +679,12 @@ class _SDKClient(LLMClient):
         try:
             # The SDK's timeout is per network phase; this bounds the whole attempt.
             async with asyncio.timeout(self.config.timeout_s):
-                body = await self._request(system, user)
+                body = await self._request(system, user, params)
         except _TRANSPORT_ERRORS as exc:
-            raise self._classify(exc) from None
+            failure = self._classify(exc)
+            if isinstance(failure, _CallFailed) and isinstance(exc, _CONNECTION_ERRORS) and (reason := self._fatal()):
+                failure = AutointerpError(reason, "answers so far are stored; fix the cause and re-run the command to resume")
+            raise failure from None
         # Garbled bytes are likely transient (a proxy, a cut stream): retry. Well-formed JSON
         # of the wrong shape will come back the same: do not.
         try:
@@ -590,7 +700,7 @@ class _SDKClient(LLMClient):
         return _Reply(text, prompt_tokens, completion_tokens, body)
 
     def _classify(self, exc: Exception) -> Exception:
-        """Map an SDK/transport exception to _CallFailed, or AutointerpError for config errors."""
+        """Map an SDK/transport exception to _CallFailed, or AutointerpError for errors every call would get."""
         if isinstance(exc, _TIMEOUT_ERRORS):
             return _CallFailed("timeout", retryable=True)
         if isinstance(exc, _CONNECTION_ERRORS):
@@ -604,7 +714,9 @@ class _SDKClient(LLMClient):
         message = self._scrub(_server_message(body))
         if status in CONFIG_STATUSES:
             return self._config_error(status, message)
-        return _CallFailed(f"{status}: {message}", retryable=False, raw=body)
+        # A 400 is about this request (too long a prompt, content the server will not take): fail
+        # this call only. If every call gets it, the consecutive-failure bound stops the stage.
+        return _CallFailed(f"{status}: {message}", retryable=False, raw=self._scrub(body))
 
     def _config_error(self, status: int, message: str) -> AutointerpError:
         cfg = self.config
@@ -617,22 +729,17 @@ class _SDKClient(LLMClient):
                 f"{cfg.provider} denied access to model {cfg.model!r} (403): {message}",
                 f"use a key with access to {cfg.model!r} (key from {source}) or another model",
             )
-        if status == 404:
-            return AutointerpError(
-                f"{cfg.provider} found no model {cfg.model!r} or endpoint (404): {message}",
-                "check LLMConfig.model and base_url",
-            )
         return AutointerpError(
-            f"{cfg.provider} rejected the request (400): {message}",
-            "check LLMConfig (model, max_tokens, temperature) against the provider's API",
+            f"{cfg.provider} found no model {cfg.model!r} or endpoint (404): {message}",
+            "check --judge-model and --base-url",
         )
 
 
 class OpenAIChatClient(_SDKClient):
-    """OpenAI Chat Completions; also any OpenAI-compatible server (vLLM, Ollama) via base_url."""
+    """OpenAI Chat Completions; also any OpenAI-compatible server (vLLM, Ollama, llama.cpp) via base_url."""
 
-    def __init__(self, config: LLMConfig, store: CallStore, key: Secret | None):
-        super().__init__(config, store, key)
+    def __init__(self, config: LLMConfig, store: CallStore, key: Secret | None, fatal: Callable[[], str | None] | None = None):
+        super().__init__(config, store, key, fatal)
         self._sdk = openai.AsyncOpenAI(
             api_key=key.reveal() if key else PLACEHOLDER_KEY,
             base_url=config.base_url,
@@ -640,15 +747,14 @@ class OpenAIChatClient(_SDKClient):
             max_retries=0,  # tenacity owns retrying
         )
 
-    async def _request(self, system: str, user: str) -> str:
+    async def _request(self, system: str, user: str, params: Mapping[str, object]) -> str:
         # The SDK's generic post (same auth, base URL and transport as chat.completions.create)
         # skips create()'s typed-parameter transform, ~1 ms of CPU per call: at 32 calls in
         # flight that is the difference between keeping up with the server and not.
         body = {
             "model": self.config.model,
             "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
-            "max_tokens": self.config.max_tokens,
-            "temperature": self.config.temperature,
+            **params,
         }
         return await self._sdk.post("/chat/completions", body=body, cast_to=str)  # str: the raw body
 
@@ -659,6 +765,9 @@ class OpenAIChatClient(_SDKClient):
         usage = body.get("usage") or {}
         return text, usage.get("prompt_tokens"), usage.get("completion_tokens")
 
+    async def _list_models(self) -> list[str]:
+        return [m["id"] for m in json.loads(await self._sdk.get("/models", cast_to=str)).get("data", [])]
+
     async def aclose(self) -> None:
         await self._sdk.close()
 
@@ -666,8 +775,8 @@ class OpenAIChatClient(_SDKClient):
 class AnthropicClient(_SDKClient):
     """Anthropic Messages API, system prompt as the top-level `system` field."""
 
-    def __init__(self, config: LLMConfig, store: CallStore, key: Secret | None):
-        super().__init__(config, store, key)
+    def __init__(self, config: LLMConfig, store: CallStore, key: Secret | None, fatal: Callable[[], str | None] | None = None):
+        super().__init__(config, store, key, fatal)
         self._sdk = anthropic.AsyncAnthropic(
             api_key=key.reveal() if key else PLACEHOLDER_KEY,  # never let the SDK go hunting for one
             base_url=config.base_url,
@@ -675,12 +784,12 @@ class AnthropicClient(_SDKClient):
             max_retries=0,  # tenacity owns retrying
         )
 
-    async def _request(self, system: str, user: str) -> str:
+    async def _request(self, system: str, user: str, params: Mapping[str, object]) -> str:
         response = await self._sdk.messages.with_raw_response.create(
             model=self.config.model,
             system=system,
             messages=[{"role": "user", "content": user}],
-            max_tokens=self.config.max_tokens,
+            max_tokens=params["max_tokens"],
         )
         return response.http_response.text
 
@@ -691,26 +800,31 @@ class AnthropicClient(_SDKClient):
         usage = body.get("usage") or {}
         return "".join(blocks), usage.get("input_tokens"), usage.get("output_tokens")
 
+    async def _list_models(self) -> list[str]:
+        return [m["id"] for m in json.loads(await self._sdk.get("/v1/models", cast_to=str)).get("data", [])]
+
     async def aclose(self) -> None:
         await self._sdk.close()
 
 
 def resolve_key(config: LLMConfig, keys: Mapping[str, Secret] | None = None) -> Secret | None:
     """The key from $config.api_key_env, else from `keys` (see load_keys), else None."""
-    env = config.api_key_env or DEFAULT_KEY_ENV[config.provider]
-    if value := os.environ.get(env):
-        return Secret(value, f"${env}")
+    if config.api_key_env and (value := os.environ.get(config.api_key_env)):
+        return Secret(value, f"${config.api_key_env}")
     return (keys or {}).get(config.provider)
 
 
-def make_client(config: LLMConfig, store: CallStore, keys: Mapping[str, Secret] | None = None) -> LLMClient:
-    """The client for config.provider. Use it within one event loop; `await client.aclose()` after."""
+def make_client(
+    config: LLMConfig, store: CallStore, keys: Mapping[str, Secret] | None = None, fatal: Callable[[], str | None] | None = None
+) -> LLMClient:
+    """The client for config.provider. Use it within one event loop; `await client.aclose()` after.
+    A missing key that the provider requires is refused here, before any request."""
+    spec = PROVIDERS[config.provider]
     key = resolve_key(config, keys)
-    if key is None and config.provider != "openai_compatible":
+    if key is None and spec.key_required:
         raise AutointerpError(
             f"no API key for provider {config.provider!r}",
-            f'export {config.api_key_env}=<key>, or add {config.provider} = "<key>" to a keys file passed to load_keys()',
+            f'export {config.api_key_env}=<key>, or add {config.provider} = "<key>" to a keys file (--keys-file)',
         )
-    if config.provider == "anthropic":
-        return AnthropicClient(config, store, key)
-    return OpenAIChatClient(config, store, key)
+    cls = AnthropicClient if spec.protocol == "anthropic" else OpenAIChatClient
+    return cls(config, store, key, fatal)

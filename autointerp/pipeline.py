@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import re
 import sys
@@ -23,7 +24,7 @@ from .model import EMBEDDED_MODEL, ModelConfig, SubjectModel, keep_freed_memory
 from .sae import SAE, load_sae, save_saelens
 from .store import RunRecord, Store
 from .train import TrainConfig, collect_activations, evaluate_sae, loss_recovered, train_topk_sae
-from .explain import ExplainConfig, ExplainSummary, explain, explainer_id
+from .explain import ExplainConfig, ExplainSummary, explain
 from .llm import LLMConfig
 from .saturate import SaturationConfig, SaturationSummary, saturate
 from .score import ScoreConfig, ScoreSummary, score
@@ -68,10 +69,14 @@ class GatherSummary:
     n_examples: int
     sae_metrics: dict
     seconds: dict
+    reused: bool = False  # the stored gather of the same settings was kept
 
     def lines(self) -> list[str]:
         m = self.sae_metrics
         health = f"SAE on held-out tokens: FVU {m['fvu']:.3f}, L0 {m['l0']:.1f}, dead {m['dead_fraction']:.1%}" if m else "SAE health: not evaluated"
+        if "loss_recovered" in m:
+            health += f", loss recovered {m['loss_recovered']:.3f}"
+        timing = "gather: kept the stored one (same settings; --regather gathers again)" if self.reused else "time: " + ", ".join(f"{k} {v:.0f}s" for k, v in self.seconds.items())
         return [
             f"database: {self.db_path}",
             f"run: {self.run_id}",
@@ -79,7 +84,7 @@ class GatherSummary:
             f"features: {self.n_features:,} ({self.n_features - self.n_dead:,} alive, {self.n_dead:,} dead, {self.n_dense:,} ultra-dense)",
             f"examples stored: {self.n_examples:,}",
             health,
-            "time: " + ", ".join(f"{k} {v:.0f}s" for k, v in self.seconds.items()),
+            timing,
         ]
 
 
@@ -123,8 +128,39 @@ def prepare_sae(cfg: RunConfig, model: SubjectModel, run_id: str) -> tuple[SAE, 
     return sae, str(out), {**metrics.as_dict(), "train_seconds": log["seconds"], "train_tokens": log["train_tokens"]}
 
 
-def gather(cfg: RunConfig) -> GatherSummary:
-    """Model → SAE (loaded or trained) → one streaming gather pass → the store."""
+# The RunConfig fields that decide what a gather stores; a stored run gathered with the same ones is current.
+GATHER_FIELDS = ("model", "corpus", "sae", "sae_hookpoint", "train", "gather", "eval_tokens")
+
+
+def gather_settings(config: dict) -> dict:
+    return json.loads(json.dumps({k: config.get(k) for k in GATHER_FIELDS}, default=str))
+
+
+def stored_gather(cfg: RunConfig) -> GatherSummary | None:
+    """The summary of this run's stored gather if it was made with the same settings, else None."""
+    from .store import db_path
+
+    if not db_path(cfg.project).exists():
+        return None
+    with Store(cfg.project) as store:
+        runs = store.runs()
+        run_id = cfg.resolved_run_id()
+        if run_id not in set(runs.run_id):
+            return None
+        run = store.run(run_id)
+        if gather_settings(run["config"]) != gather_settings(asdict(cfg)):
+            return None
+        f = store.features(run_id)
+        return GatherSummary(run_id=run_id, db_path=store.path, n_tokens=int(run["n_tokens"]), n_contexts=int(run["n_contexts"]),
+                             n_features=len(f), n_dead=int(f.dead.sum()), n_dense=int(f.dense.sum()),
+                             n_examples=store.table_counts(run_id)["examples"], sae_metrics=run["sae_metrics"], seconds={}, reused=True)
+
+
+def gather(cfg: RunConfig, reuse: bool = False) -> GatherSummary:
+    """Model → SAE (loaded or trained) → one streaming gather pass → the store. With reuse, a run
+    already gathered with the same settings is kept as it is (and its labels and scores with it)."""
+    if reuse and (summary := stored_gather(cfg)) is not None:
+        return summary
     run_id = cfg.resolved_run_id()
     if not 0 < cfg.gather.window <= cfg.corpus.context_length:
         raise AutointerpError(
@@ -189,11 +225,53 @@ def gather(cfg: RunConfig) -> GatherSummary:
         store.close()
 
 
-def _with_judge(cfg: RunConfig, run_id: str | None, stages):
-    """Open the store, the call log and the judge, and run `stages(store, run_id, judge, log)` under
-    one event loop (the LLM clients are bound to it); the judge is closed and the log flushed after."""
+def run_sync(coro):
+    """Run a coroutine to the end from sync code, also where an event loop already runs (Jupyter):
+    there it runs on a fresh loop in a worker thread, since asyncio.run refuses to nest."""
     import asyncio
 
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def server_log(cfg: RunConfig) -> Path:
+    return Path(cfg.project) / "logs" / "local-judge.log"
+
+
+async def acheck_judge(cfg: RunConfig) -> None:
+    """Find a judge that cannot work now, before any gathering: a missing key, a malformed or
+    unreachable base URL, a rejected key, a missing local model or server. Makes no paid call."""
+    if cfg.judge is None:
+        return
+    from .llm import MemoryCallStore, load_keys, make_client
+    from .prompts import load_prompts
+
+    load_prompts(cfg.prompt_dir)
+    if cfg.judge.provider == "local":
+        from .local import preflight
+
+        preflight()
+        return
+    client = make_client(cfg.judge, MemoryCallStore(), load_keys(cfg.keys_file) if cfg.keys_file else None)
+    try:
+        await client.check()
+    finally:
+        await client.aclose()
+
+
+def check_judge(cfg: RunConfig) -> None:
+    run_sync(acheck_judge(cfg))
+
+
+async def _with_judge(cfg: RunConfig, run_id: str | None, stages):
+    """Open the store, the call log and the judge, check the judge can work, and run
+    `stages(store, run_id, judge, log)`; the judge is closed and the log written after."""
     from .judges import make_judge
     from .llm import load_keys
     from .store import CallLog
@@ -201,44 +279,53 @@ def _with_judge(cfg: RunConfig, run_id: str | None, stages):
     store = Store(cfg.project)
     try:
         run_id = run_id or store.run(cfg.run_id)["run_id"]
-        log = CallLog(store)
-        judge = make_judge(cfg.judge, log, keys=load_keys(cfg.keys_file) if cfg.keys_file else None, prompt_dir=cfg.prompt_dir)
-
-        async def main():
+        log = CallLog(store, run_id)
+        try:
+            judge = make_judge(cfg.judge, log, keys=load_keys(cfg.keys_file) if cfg.keys_file else None,
+                               prompt_dir=cfg.prompt_dir, server_log=server_log(cfg))
             try:
+                await judge.check()
                 return await stages(store, run_id, judge, log)
             finally:
                 await judge.aclose()
-                log.flush()
-
-        return asyncio.run(main())
+        finally:
+            log.close()
     finally:
         store.close()
 
 
-def label_and_score(cfg: RunConfig, run_id: str | None = None, *, explain_stage: bool = True, score_stage: bool = True) -> tuple[ExplainSummary | None, ScoreSummary | None]:
+async def alabel_and_score(cfg: RunConfig, run_id: str | None = None, *, explain_stage: bool = True, score_stage: bool = True) -> tuple[ExplainSummary | None, ScoreSummary | None]:
     """Explain then score a gathered run. Scoring alone scores the labels this judge stored earlier."""
 
     async def stages(store, run_id, judge, log):
         explained = await explain(store, run_id, judge, cfg.explain, call_log=log, progress=cfg.progress) if explain_stage else None
         scored = None
         if score_stage:
-            explainer = explained.explainer if explained else explainer_id(judge)
+            explainer = explained.explainer if explained else judge.name
             if not explained and explainer not in store.explainers(run_id):
                 raise AutointerpError(f"run '{run_id}' has no labels by {explainer}", "run `autointerp explain` with the same judge first")
             scored = await score(store, run_id, explainer, judge, cfg.score, call_log=log, progress=cfg.progress)
-        client = getattr(judge, "client", None)  # LLM judges: what this run was billed, both stages together
-        if client is not None:
-            (scored or explained).usage = client.totals.line()
+        if usage := judge.usage():  # what this run was billed, both stages together
+            (scored or explained).usage = usage
         return explained, scored
 
-    return _with_judge(cfg, run_id, stages)
+    return await _with_judge(cfg, run_id, stages)
 
 
-def saturate_labels(cfg: RunConfig, run_id: str | None = None) -> SaturationSummary:
+def label_and_score(cfg: RunConfig, run_id: str | None = None, *, explain_stage: bool = True, score_stage: bool = True) -> tuple[ExplainSummary | None, ScoreSummary | None]:
+    """alabel_and_score from sync code (notebooks included)."""
+    return run_sync(alabel_and_score(cfg, run_id, explain_stage=explain_stage, score_stage=score_stage))
+
+
+async def asaturate_labels(cfg: RunConfig, run_id: str | None = None) -> SaturationSummary:
     """Map a run's stored labels to categories and measure saturation (the judge is used only by method 'codebook')."""
 
     async def stages(store, run_id, judge, log):
-        return await saturate(store, run_id, explainer_id(judge), cfg.saturation, judge=judge, call_log=log)
+        return await saturate(store, run_id, judge.name, cfg.saturation, judge=judge, call_log=log)
 
-    return _with_judge(cfg, run_id, stages)
+    return await _with_judge(cfg, run_id, stages)
+
+
+def saturate_labels(cfg: RunConfig, run_id: str | None = None) -> SaturationSummary:
+    """asaturate_labels from sync code (notebooks included)."""
+    return run_sync(asaturate_labels(cfg, run_id))

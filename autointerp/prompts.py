@@ -1,7 +1,7 @@
 """Prompt templates, the text that goes into them, and the parsers for what comes back.
 
-Templates are files, one per task, in `prompts/` at the repository root or in a folder
-of your own (`directory=`). A file is UTF-8 text:
+Templates are files, one per task, shipped inside the package (`autointerp.prompt_files`, the
+repository's `prompts/` folder) or in a folder of your own (`directory=`). A file is UTF-8 text:
 
     version: 1
     # comment lines may follow the version line
@@ -17,22 +17,24 @@ answer so results from edited prompts never mix silently with the originals.
 Text shown to a judge: tokens are joined into text with newlines written as `\\n`, and
 marked tokens are wrapped `<<like this>>` (adjacent ones share one span; a span's leading
 whitespace stays outside it). Explain marks every token whose activation is at least
-MARK_FRACTION of its snippet's max and lists those tokens with activations scaled to
-integers 0–10 by the feature's max.
+MARK_FRACTION of its snippet's max.
 
-Answer formats (parsers raise ParseError, never return a default):
-- explain: the last line starting `Label:` (markdown and enclosing quotes stripped);
-  empty or longer than LABEL_MAX_CHARS is an error.
-- detection, fuzzing: a JSON list of 0/1 (or true/false), one per snippet.
-- simulation: a JSON list of lists of integers 0–10, one list per snippet, one number
-  per token.
-JSON may sit in code fences or prose: the last list of the right shape wins.
+Answer formats: JSON, one schema per task (`answer_schema`), which judges with structured output
+send as the response format so the answer cannot take another shape. Parsers raise ParseError,
+never return a default:
+- explain: {"label": "..."}; a last line `Label: ...` is read too (markdown and enclosing quotes
+  stripped). Empty or longer than LABEL_MAX_CHARS is an error.
+- detection, fuzzing: {"answers": [0/1 (or true/false), one per snippet]}.
+- simulation: {"activations": [one list per snippet of integers 0–10, one per token]}.
+- codebook: {"codes": [one string per new label]}.
+The last JSON list of the right shape wins, so code fences, prose or a bare list around it are fine.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from importlib.resources import files
 from itertools import groupby
 import math
 import re
@@ -45,15 +47,17 @@ from .records import DetectionTask, ExplainTask, FuzzTask, SimulationTask, Snipp
 
 T = TypeVar("T")
 
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "prompts"
-PROMPT_NAMES = ("explain", "detection", "fuzzing", "simulation")
+DEFAULT_DIR = Path(str(files("autointerp.prompt_files")))
+PROMPT_NAMES = ("explain", "detection", "fuzzing", "simulation", "codebook")
 FIELDS = {
     "explain": {"examples"},
     "detection": {"label", "snippets", "n"},
     "fuzzing": {"label", "snippets", "n"},
     "simulation": {"label", "snippets", "n"},
+    "codebook": {"codebook", "labels", "n"},
 }
-REQUIRED = {"explain": {"examples"}, "detection": {"label", "snippets"}, "fuzzing": {"label", "snippets"}, "simulation": {"label", "snippets"}}
+REQUIRED = {"explain": {"examples"}, "detection": {"label", "snippets"}, "fuzzing": {"label", "snippets"},
+            "simulation": {"label", "snippets"}, "codebook": {"codebook", "labels"}}
 
 MARK_FRACTION = 0.3  # a token is marked when its activation is ≥ this × its snippet's max
 LABEL_MAX_CHARS = 200
@@ -91,7 +95,7 @@ class Prompt:
 
 
 def load_prompt(name: str, directory: str | Path | None = None) -> Prompt:
-    """Read and check `<directory>/<name>.txt` (directory defaults to the shipped prompts/)."""
+    """Read and check `<directory>/<name>.txt` (directory defaults to the shipped prompts)."""
     path = Path(directory or DEFAULT_DIR) / f"{name}.txt"
     try:
         data = path.read_bytes()
@@ -133,6 +137,44 @@ def load_prompt(name: str, directory: str | Path | None = None) -> Prompt:
         if missing := REQUIRED[name] - used:
             raise invalid(f"it never uses {sorted(missing)}, so the judge would not see them")
     return prompt
+
+
+def load_prompts(directory: str | Path | None = None) -> dict[str, Prompt]:
+    """Every task's prompt, checked (so a broken file fails before any call is paid for)."""
+    return {name: load_prompt(name, directory) for name in PROMPT_NAMES}
+
+
+# --- the shape of each answer ------------------------------------------------------------
+
+_BIT = {"enum": [0, 1]}
+_LEVEL = {"enum": list(range(11))}  # llama.cpp's grammars honour enums, not integer bounds
+
+
+def _exactly(items: dict, n: int) -> dict:
+    return {"type": "array", "items": items, "minItems": n, "maxItems": n}
+
+
+def answer_schema(name: str, *, n: int = 0, lengths: Sequence[int] = ()) -> dict:
+    """The JSON schema of a task's answer (n: snippets or labels; lengths: tokens per simulated snippet)."""
+    if name == "explain":
+        prop, value = "label", {"type": "string", "minLength": 1, "maxLength": LABEL_MAX_CHARS}
+    elif name in ("detection", "fuzzing"):
+        prop, value = "answers", _exactly(_BIT, n)
+    elif name == "simulation":
+        rows = [_exactly(_LEVEL, k) for k in lengths]
+        prop, value = "activations", {"type": "array", "prefixItems": rows, "items": False, "minItems": len(rows), "maxItems": len(rows)}
+    elif name == "codebook":
+        prop, value = "codes", _exactly({"type": "string", "minLength": 1, "maxLength": LABEL_MAX_CHARS}, n)
+    else:
+        raise ValueError(name)
+    return {"type": "object", "properties": {prop: value}, "required": [prop], "additionalProperties": False}
+
+
+def answer_budget(name: str, *, n: int = 0, lengths: Sequence[int] = ()) -> int:
+    """Completion tokens a task's answer may take: twice its size, for models that wrap it in a
+    code fence or a sentence. A model that loops stops here instead of at the configured bound."""
+    size = {"explain": 60, "detection": 8 + 3 * n, "fuzzing": 8 + 3 * n, "simulation": 8 + 3 * sum(lengths) + 2 * len(lengths), "codebook": 8 + 30 * n}[name]
+    return 2 * size + 32
 
 
 # --- what goes in ----------------------------------------------------------------------
@@ -178,16 +220,17 @@ def _quoted(token: str) -> str:
 
 
 def explain_fields(task: ExplainTask) -> dict[str, object]:
+    """Numbered examples with their marks; with task.show_activations, each followed by its marked
+    tokens and their activations 0-10 (scaled by the feature's max)."""
     blocks = []
     for k, snippet in enumerate(task.snippets, 1):
         marks = activation_marks(snippet)
-        listed = [
-            f"{_quoted(tok)} {normalise(a, task.max_activation)}"
-            for tok, a, m in zip(snippet.tokens, snippet.values(), marks)
-            if m
-        ]
-        blocks.append(f"Example {k}: {mark_text(snippet.tokens, marks)}\nActivations: {', '.join(listed) or 'none'}")
-    return {"examples": "\n\n".join(blocks)}
+        block = f"Example {k}: {mark_text(snippet.tokens, marks)}"
+        if task.show_activations:
+            listed = [f"{_quoted(tok)} {normalise(a, task.max_activation)}" for tok, a, m in zip(snippet.tokens, snippet.values(), marks) if m]
+            block += f"\nActivations: {', '.join(listed) or 'none'}"
+        blocks.append(block)
+    return {"examples": ("\n\n" if task.show_activations else "\n").join(blocks)}
 
 
 def detection_fields(task: DetectionTask) -> dict[str, object]:
@@ -198,6 +241,14 @@ def detection_fields(task: DetectionTask) -> dict[str, object]:
 def fuzzing_fields(task: FuzzTask) -> dict[str, object]:
     lines = [f"{k}. {mark_text(m.snippet.tokens, m.marked)}" for k, m in enumerate(task.snippets, 1)]
     return {"label": task.label, "snippets": "\n".join(lines), "n": len(task.snippets)}
+
+
+def codebook_fields(labels: Sequence[str], codes: Sequence[str]) -> dict[str, object]:
+    return {
+        "codebook": "\n".join(f"- {code}" for code in codes) or "(empty)",
+        "labels": "\n".join(f"{k}. {label}" for k, label in enumerate(labels, 1)),
+        "n": len(labels),
+    }
 
 
 def simulation_fields(task: SimulationTask) -> dict[str, object]:
@@ -231,7 +282,19 @@ def _unwrap(text: str) -> str:
     return text
 
 
+def _check_label(label: str) -> str:
+    if not label:
+        raise ParseError("the label is empty")
+    if len(label) > LABEL_MAX_CHARS:
+        raise ParseError(f"the label has {len(label)} characters, more than {LABEL_MAX_CHARS}")
+    return label
+
+
 def parse_label(text: str) -> str:
+    """The label of a {"label": ...} object (the last one), else of the last line starting 'Label:'."""
+    labels = [v["label"] for v in _json_values(text, "{") if isinstance(v, dict) and isinstance(v.get("label"), str)]
+    if labels:
+        return _check_label(_unwrap(labels[-1]))
     lines = text.splitlines()
     for i in reversed(range(len(lines))):
         line = lines[i].strip().lstrip("#>-*_ ")
@@ -240,29 +303,30 @@ def parse_label(text: str) -> str:
         label = _unwrap(line[len("label:") :])
         if not label:  # "Label:" alone on its line: the label may follow on the next one
             label = _unwrap(next((rest for rest in lines[i + 1 :] if rest.strip()), ""))
-        if not label:
-            raise ParseError("the 'Label:' line is empty")
-        if len(label) > LABEL_MAX_CHARS:
-            raise ParseError(f"the label has {len(label)} characters, more than {LABEL_MAX_CHARS}")
-        return label
-    raise ParseError("no line starts with 'Label:'")
+        return _check_label(label)
+    raise ParseError('no {"label": ...} object and no line starting with "Label:"')
 
 
-def _json_lists(text: str) -> list[list]:
-    """Every top-level JSON list in the text, in order (code fences and prose around them ignored)."""
+def _json_values(text: str, opener: str) -> list:
+    """Every top-level JSON value starting with `opener` ('[' or '{') in the text, in order
+    (code fences and prose around them ignored)."""
     decoder = json.JSONDecoder()
     found = []
-    i = text.find("[")
+    i = text.find(opener)
     while i != -1:
         try:
             value, end = decoder.raw_decode(text, i)
         except ValueError:
-            i = text.find("[", i + 1)
+            i = text.find(opener, i + 1)
             continue
-        if isinstance(value, list):
-            found.append(value)
-        i = text.find("[", end)
+        found.append(value)
+        i = text.find(opener, end)
     return found
+
+
+def _json_lists(text: str) -> list[list]:
+    """Every top-level JSON list in the text: a bare one, or one inside an answer object."""
+    return [v for v in _json_values(text, "[") if isinstance(v, list)]
 
 
 def _last_valid(text: str, check: Callable[[list], T]) -> T:
@@ -309,7 +373,7 @@ def parse_simulation(text: str, lengths: Sequence[int]) -> list[list[int]]:
 
 
 def parse_codebook(text: str, n: int) -> list[str]:
-    """The codebook answer: a JSON list of n non-empty strings, the code of each new label in order
+    """The codebook answer: a JSON list of n non-empty strings (in {"codes": [...]}), the code of each new label in order
     (surrounding whitespace stripped). Codes longer than LABEL_MAX_CHARS are an error: a judge that
     pastes whole paragraphs is not merging."""
 

@@ -66,6 +66,7 @@ class ExplainTask:
     snippets: list[Snippet]  # activating explain-split snippets
     negatives: list[Snippet]  # explain-split negatives (contrast for judges that use it)
     max_activation: float
+    show_activations: bool = False  # prompts list each marked token's activation 0-10
 
 
 @dataclass
@@ -105,6 +106,7 @@ class JudgeAnswer(Generic[T]):
     completion_tokens: int = 0
     cost_usd: float | None = None
     cached: bool = False
+    call_id: int | None = None  # the logged LLM call behind the answer
 
     @property
     def ok(self) -> bool:

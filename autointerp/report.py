@@ -94,6 +94,7 @@ class FeatureCard:
     snippets: list[Snippet] = field(default_factory=list)
     low_confidence: list[tuple[str, str]] = field(default_factory=list)  # (kind, detail)
     watch: list[str] = field(default_factory=list)
+    other_labels: dict[str, str] = field(default_factory=dict)  # explainer → label, for the other explainers of the run
 
 
 @dataclass
@@ -110,6 +111,8 @@ class ReportData:
     usage: pd.DataFrame
     saturation: list[SaturationResult]  # one per merge method; empty until `autointerp saturate` ran
     generated_at: str
+    explainers: list[dict] = field(default_factory=list)  # every explainer of the run: name, labelled, failed, per-scorer summary
+    agreements: list = field(default_factory=list)  # compare.Agreement of the shown explainer with each other one
 
 
 # ----------------------------------------------------------------------------- reading
@@ -160,8 +163,23 @@ def saturation_results(store: Store, run_id: str, explainer: str | None) -> list
     ]
 
 
-def collect(store: Store, run_id: str | None, cfg: ReportConfig) -> ReportData:
+def _explainer_rows(store: Store, run_id: str, names: list[str]) -> list[dict]:
+    """Per explainer: how many labels it wrote and failed, and each scorer's summary of them."""
     from .score import HEADLINE, ScoreConfig, summarise
+
+    rows = []
+    for name in names:
+        labels = store.explanations(run_id, name)
+        scores = store.scores(run_id, name)
+        scorers = tuple(x for x in HEADLINE if x in set(scores.scorer))
+        rows.append({"explainer": name, "labelled": int((labels.status == "ok").sum()), "failed": int((labels.status != "ok").sum()),
+                     "scores": summarise(store, run_id, name, name, ScoreConfig(scorers=scorers)).per_scorer if scorers else {}})
+    return rows
+
+
+def collect(store: Store, run_id: str | None, cfg: ReportConfig) -> ReportData:
+    from .compare import label_agreement
+    from .score import HEADLINE
 
     run = store.run(run_id)
     run_id = run["run_id"]
@@ -172,7 +190,12 @@ def collect(store: Store, run_id: str | None, cfg: ReportConfig) -> ReportData:
     headline = scores[scores.metric == scores.scorer.map(HEADLINE)]
     scorers = [s for s in HEADLINE if s in set(headline.scorer)]
     judges = {s: str(headline[headline.scorer == s].judge.iloc[0]) for s in scorers}
-    summary = summarise(store, run_id, explainer, explainer, ScoreConfig(scorers=tuple(scorers))).per_scorer if scorers else {}
+    explainers = _explainer_rows(store, run_id, store.explainers(run_id))
+    summary = next((x["scores"] for x in explainers if x["explainer"] == explainer), {})
+    others = {x["explainer"]: store.explanations(run_id, x["explainer"]) for x in explainers if x["explainer"] != explainer}
+    other_ok = {name: {int(r.feature): str(r.label) for r in df[df.status == "ok"].itertuples()} for name, df in others.items()}
+    own_ok = {int(f): str(r.label) for f, r in labels[labels.status == "ok"].iterrows()}
+    agreements = [label_agreement(explainer, own_ok, name, ok) for name, ok in other_ok.items()] if explainer else []
 
     own = headline[headline.label_source == "true"]
     cells: dict[int, dict[str, ScoreCell]] = {}
@@ -186,7 +209,8 @@ def collect(store: Store, run_id: str | None, cfg: ReportConfig) -> ReportData:
     for r in features.itertuples():
         f = int(r.feature)
         card = FeatureCard(f, int(r.n_firing), float(r.density), float(r.max_activation), bool(r.dead), bool(r.dense),
-                           np.asarray(r.histogram), scores=cells.get(f, {}), snippets=top.get(f, []))
+                           np.asarray(r.histogram), scores=cells.get(f, {}), snippets=top.get(f, []),
+                           other_labels={name: ok[f] for name, ok in other_ok.items() if f in ok})
         if f in labels.index:
             row = labels.loc[f]
             card.label, card.label_status, card.label_error = (None if pd.isna(v) else str(v) for v in (row.label, row.status, row.error))
@@ -195,12 +219,18 @@ def collect(store: Store, run_id: str | None, cfg: ReportConfig) -> ReportData:
         cards.append(card)
     return ReportData(
         run=run, db_path=store.path, explainer=explainer, counts=store.table_counts(run_id), cards=cards,
-        headline=headline, summary=summary, judges=judges, prompts=store.prompt_hashes(run_id), usage=store.llm_usage(),
+        headline=headline, summary=summary, judges=judges, prompts=store.prompt_hashes(run_id), usage=store.llm_usage(run_id),
         saturation=saturation_results(store, run_id, explainer), generated_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        explainers=explainers, agreements=agreements,
     )
 
 
 # ----------------------------------------------------------------------------- plots
+
+
+def _text(x: object) -> str | None:
+    """A string read from the database, or None for SQL NULL (which pandas may hand over as NaN)."""
+    return None if x is None or (not isinstance(x, str) and pd.isna(x)) else str(x)
 
 
 def _num(x: float | None, digits: int = 3) -> str:
@@ -438,6 +468,28 @@ def _health(d: ReportData) -> list[tuple[str, str]]:
     ]
 
 
+def _explainer_table(d: ReportData) -> tuple[list[str], list[list[str]]]:
+    """Explainers side by side: labels, failures, and each scorer's median with its shuffle gap (raw text cells)."""
+    scorers = sorted({s for x in d.explainers for s in x["scores"]})
+    header = ["explainer", "labelled", "failed"] + [f"{s} median (gap)" for s in scorers]
+    rows = []
+    for x in d.explainers:
+        cells = [x["explainer"], f"{x['labelled']:,}", f"{x['failed']:,}"]
+        for s in scorers:
+            v = x["scores"].get(s)
+            cells.append(f"{_num(v['median'])} ({_num(v['gap'])}, n={v['n_features']})" if v else "—")
+        rows.append(cells)
+    return header, rows
+
+
+def _explainers_html(d: ReportData) -> str:
+    if len(d.explainers) < 2:
+        return f'<p class="muted">one explainer ({e(d.explainer or "none")}); label with another judge to compare</p>'
+    header, rows = _explainer_table(d)
+    agree = "".join(f"<li>{e(a.line())}</li>" for a in d.agreements)
+    return _table(header, [[e(c) for c in r] for r in rows]) + f"<ul>{agree}</ul>"
+
+
 def _verdict_class(verdict: str) -> str:
     return "good" if verdict.startswith("measures something") else "bad"
 
@@ -517,7 +569,7 @@ def _snippet_html(s: Snippet, max_activation: float) -> str:
 def _card_html(c: FeatureCard, hist: tuple[str, str] | None, scorers: list[str]) -> str:
     flags = (["low"] if c.low_confidence else []) + (["watch"] if c.watch else []) + (["dead"] if c.dead else []) + (["dense"] if c.dense else [])
     flags.append("flagged" if c.low_confidence or c.watch else "clear")
-    search = f"#{c.feature} {c.label or ''} {' '.join(c.watch)}".lower()
+    search = f"#{c.feature} {c.label or ''} {' '.join(c.other_labels.values())} {' '.join(c.watch)}".lower()
     attrs = f'id="f{c.feature}" class="card" data-f="{c.feature}" data-flags="{" ".join(flags)}" data-search="{e(search)}" data-density="{c.density:.6g}" data-max="{c.max_activation:.6g}"'
     attrs += "".join(f' data-s-{s}="{c.scores[s].value:.4f}"' for s in scorers if s in c.scores and not math.isnan(c.scores[s].value))
     label = e(c.label) if c.label else f'<span class="muted">{"dead: never fired" if c.dead else e(c.label_status or "not labelled")}</span>'
@@ -533,9 +585,10 @@ def _card_html(c: FeatureCard, hist: tuple[str, str] | None, scorers: list[str])
     )
     figure = f'<figure><img alt="activation histogram" width="160" height="40" src="{hist[0]}"><figcaption>activations {e(hist[1])}</figcaption></figure>' if hist else ""
     snippets = "".join(_snippet_html(s, c.max_activation) for s in c.snippets)
+    others = "".join(f"<div class='muted'>{e(name)}: {e(label)}</div>" for name, label in c.other_labels.items())
     stats = f"density {c.density:.3%} · {c.n_firing:,} firing · max {c.max_activation:.3g}"
     return (f"<article {attrs}><h3><a href='#f{c.feature}'>#{c.feature}</a>{label}</h3>{badges}"
-            f"<div class='muted'>{stats}</div><table>{rows}</table>{figure}{snippets}</article>")
+            f"{others}<div class='muted'>{stats}</div><table>{rows}</table>{figure}{snippets}</article>")
 
 
 def render_html(d: ReportData, cfg: ReportConfig) -> str:
@@ -549,7 +602,7 @@ def _page(d: ReportData, cfg: ReportConfig) -> str:
     run = d.run
     scorers = list(d.summary)
     usage_rows, usage_total = _usage_rows(d.usage)
-    prompt_rows = [[e(str(p.stage)), e(str(p.judge)), e(p.prompt_hash) if p.prompt_hash else '<span class="muted">none recorded</span>', f"{p.n:,}"]
+    prompt_rows = [[e(str(p.stage)), e(str(p.judge)), e(_text(p.prompt_hash)) if _text(p.prompt_hash) else '<span class="muted">none recorded</span>', f"{p.n:,}"]
                    for p in d.prompts.itertuples()]
     versions = "".join(f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in run["versions"].items())
     n_low = sum(bool(c.low_confidence) for c in d.cards)
@@ -568,12 +621,13 @@ def _page(d: ReportData, cfg: ReportConfig) -> str:
     sections = [
         ("audit", "Audit trail", _kv(_audit_pairs(d))
          + "<h3>Prompts</h3>" + (_table(["stage", "judge", "prompt hash", "features"], prompt_rows, (3,)) if prompt_rows else '<p class="muted">no labels or scores stored</p>')
-         + f"<h3>LLM usage</h3><p>{e(usage_total)} <span class='muted'>(whole project: logged calls carry no run id)</span></p>"
+         + f"<h3>LLM usage</h3><p>{e(usage_total)} <span class='muted'>(calls logged for this run)</span></p>"
          + (_table(["provider", "model", "purpose", "calls", "failed", "prompt tokens", "completion tokens", "cost"], usage_rows, (3, 4, 5, 6, 7)) if usage_rows else "")
          + f"<h3>Package versions at gather time</h3><table>{versions}</table>"
          + "<h3>Rows stored</h3>" + _kv([(k, f"{v:,}") for k, v in d.counts.items()])
          + f"<details><summary>run configuration</summary><pre>{e(json.dumps(run['config'], indent=1, default=str))}</pre></details>"),
         ("health", "SAE health", _kv(_health(d)) + density_svg),
+        ("explainers", "Explainers", _explainers_html(d)),
         ("scores", "Scores", (_table(["scorer", "metric", "median", "IQR", "n", "shuffled median", "gap [95% CI]", "failed", "undefined", "verdict"],
                                      _score_rows(d.summary), (2, 4, 5, 7, 8)) + scores_svg) if scorers else '<p class="muted">no scores stored — run autointerp score</p>'),
         ("saturation", "Saturation", _saturation_html(d)),
@@ -624,8 +678,8 @@ def render_markdown(d: ReportData, cfg: ReportConfig, html_name: str) -> str:
     out = [f"# autointerp report — {_md(d.run['run_id'])}", "", f"Generated {d.generated_at} from {_md(d.db_path)}; full report with feature cards: {_md(html_name)}.", "",
            "## Audit trail", ""]
     out += table(["", ""], [[_md(k), _md(v)] for k, v in _audit_pairs(d)])
-    out += ["", "Prompt hashes: " + (", ".join(f"{_md(p.stage)} {_md(p.prompt_hash)}" for p in d.prompts.itertuples() if p.prompt_hash) or "none recorded"),
-            "", "LLM usage (whole project): " + _md(_usage_rows(d.usage)[1]), "",
+    out += ["", "Prompt hashes: " + (", ".join(f"{_md(p.stage)} {_md(p.prompt_hash)}" for p in d.prompts.itertuples() if _text(p.prompt_hash)) or "none recorded"),
+            "", "LLM usage (this run): " + _md(_usage_rows(d.usage)[1]), "",
             "Versions: " + ", ".join(f"{_md(k)} {_md(v)}" for k, v in d.run["versions"].items()), "", "## SAE health", ""]
     out += table(["", ""], [[k, v] for k, v in _health(d)])
     out += ["", "## Scores", ""]
@@ -636,6 +690,9 @@ def render_markdown(d: ReportData, cfg: ReportConfig, html_name: str) -> str:
                       for s, v in d.summary.items()])
     else:
         out.append("no scores stored — run autointerp score")
+    if len(d.explainers) > 1:
+        header, rows = _explainer_table(d)
+        out += ["", "## Explainers", ""] + table(header, [[_md(c) for c in r] for r in rows]) + [""] + [f"- {_md(a.line())}" for a in d.agreements]
     out += ["", "## Saturation", ""]
     if not d.saturation:
         out.append(NOT_SATURATED_YET)
@@ -668,6 +725,13 @@ def report_paths(project: str | Path, run_id: str, out: str | Path | None) -> tu
     return page, page.with_suffix(".md")
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    """Write beside the target, then rename over it: a kill mid-write leaves the previous file whole."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)
+
+
 def write_report(project: str | Path, run_id: str | None = None, out: str | Path | None = None, cfg: ReportConfig | None = None) -> ReportFiles:
     """Read a run from the project's database and write its HTML report and Markdown summary."""
     cfg = cfg or ReportConfig()
@@ -676,6 +740,6 @@ def write_report(project: str | Path, run_id: str | None = None, out: str | Path
         data = collect(store, run_id, cfg)
     page, markdown = report_paths(project, data.run["run_id"], out)
     page.parent.mkdir(parents=True, exist_ok=True)
-    page.write_text(render_html(data, cfg), encoding="utf-8")
-    markdown.write_text(render_markdown(data, cfg, page.name), encoding="utf-8")
+    _write_atomic(page, render_html(data, cfg))
+    _write_atomic(markdown, render_markdown(data, cfg, page.name))
     return ReportFiles(page, markdown, time.perf_counter() - t0, len(data.cards))

@@ -29,8 +29,7 @@ import pandas as pd
 
 from .embed import Embedder, cluster_labels
 from .errors import AutointerpError
-from .judges import Judge, LLMJudge
-from .prompts import ParseError, load_prompt, parse_codebook
+from .judges import Judge
 from .saturation import (
     BootstrapSummary,
     SaturationVerdict,
@@ -61,7 +60,6 @@ class SaturationConfig:
     method: str = "embedding"  # "embedding" (offline) or "codebook" (needs an LLM judge)
     threshold: float = DEFAULT_THRESHOLD  # cosine similarity, method "embedding"
     codebook_batch: int = 25  # labels per judge call, method "codebook"
-    prompt_dir: str | None = None  # read codebook.txt from here instead of prompts/
     its_window: int = 100  # labels in the rolling ITS window
     guest_base: int = 100  # Guest: the first `base` labels are the base
     guest_run: int = 50  # Guest: run length R
@@ -170,57 +168,35 @@ def _code_key(code: str) -> str:
     return " ".join(code.split()).casefold()
 
 
-async def _codebook_mapping(labels: list[str], judge: Judge | None, cfg: SaturationConfig) -> _Mapping:
-    if not isinstance(judge, LLMJudge):
-        raise AutointerpError(
-            "saturation method 'codebook' needs an LLM judge",
-            "configure an LLM judge (--judge openai|anthropic|openai_compatible), or use method 'embedding', which runs offline",
-        )
-    prompt = load_prompt("codebook", cfg.prompt_dir)
-    if missing := {"codebook", "labels"} - prompt.placeholders():
-        raise AutointerpError(
-            f"prompt file {prompt.path} never uses {sorted(missing)}, so the judge would not see them",
-            f"start from {load_prompt('codebook').path}",
-        )
-    config = judge.client.config
-    temperature = "provider's default temperature" if config.temperature is None else f"temperature {config.temperature:g}"
+async def _codebook_mapping(labels: list[str], judge: Judge, cfg: SaturationConfig) -> _Mapping:
+    settings = judge.settings
+    temperature = settings.get("temperature")
+    temperature = "provider's default temperature" if temperature is None else f"temperature {temperature:g}"
+    prompt_hash = settings.get("prompts", {}).get("codebook", "")
     out = _Mapping(
         [], [], [], [], [],
         merge_rule=(
-            f"codebook: {config.provider}:{config.model} at {temperature}, prompt {prompt.path.name} "
-            f"sha256 {prompt.hash[:12]}, {cfg.codebook_batch} labels per call in labelling order"
+            f"codebook: {judge.name} at {temperature}, prompt codebook.txt "
+            f"sha256 {prompt_hash[:12]}, {cfg.codebook_batch} labels per call in labelling order"
         ),
-        rule={"judge": f"{config.provider}:{config.model}", "temperature": config.temperature, "prompt_hash": prompt.hash},
+        rule={"judge": judge.name, "temperature": settings.get("temperature"), "prompt_hash": prompt_hash},
     )
     category_of: dict[str, int] = {}  # code key → category
     codes: list[str] = []  # category → its code as first written
     for start in range(0, len(labels), cfg.codebook_batch):
         batch = labels[start : start + cfg.codebook_batch]
-        system, user = prompt.render(
-            codebook="\n".join(f"- {code}" for code in codes) or "(empty)",
-            labels="\n".join(f"{k}. {label}" for k, label in enumerate(batch, 1)),
-            n=len(batch),
-        )
-        c = await judge.client.complete(system, user, purpose="codebook", feature=None)
-        answer, error, raw = None, None, c.text
-        if c.error is not None:
-            error, raw = f"api: {c.error}", c.raw
-        else:
-            try:
-                answer = parse_codebook(c.text, len(batch))
-            except ParseError as exc:
-                error = f"parse: {exc}"
+        answer = await judge.codebook(batch, codes)
         for k in range(len(batch)):
             category = None
-            if answer is not None:
-                category = category_of.setdefault(_code_key(answer[k]), len(codes))
+            if answer.ok:
+                category = category_of.setdefault(_code_key(answer.value[k]), len(codes))
                 if category == len(codes):
-                    codes.append(answer[k])
+                    codes.append(answer.value[k])
             out.category.append(category)
             out.code.append(None if category is None else codes[category])
-            out.status.append("failed" if error else "ok")
-            out.error.append(error)
-            out.raw.append(raw)
+            out.status.append("ok" if answer.ok else "failed")
+            out.error.append(answer.error)
+            out.raw.append(answer.raw)
     return out
 
 

@@ -130,14 +130,15 @@ class Outcome:
     asked: int  # judge answers asked for
     error: str | None = None
     prompt_hash: str | None = None
+    call_ids: list[int] = field(default_factory=list)  # the logged LLM calls behind it
 
     @property
     def status(self) -> str:
-        # failed: no judge answer could be used; undefined: answers came, but the metric has no
-        # value (e.g. constant predictions give no correlation).
-        if not np.isnan(self.rows[0]["value"]):
-            return "ok"
-        return "failed" if self.failed == self.asked else "undefined"
+        # failed: an answer it needed failed; undefined: every answer came, but the metric has
+        # no value (e.g. constant predictions give no correlation).
+        if self.failed:
+            return "failed"
+        return "ok" if not np.isnan(self.rows[0]["value"]) else "undefined"
 
 
 def _classification_rows(y_true: list[bool], y_pred: list[bool], cfg: ScoreConfig, seed: int) -> list[dict]:
@@ -163,8 +164,8 @@ async def _score_feature(scorer: str, judge: Judge, feature: int, label: str, ac
             calls = [judge.fuzz(FuzzTask(feature, label, [m for m, _ in g])) for g in groups]
         answers = await asyncio.gather(*calls)
         y_true, y_pred = [], []
-        for g, a in zip(groups, answers):
-            if a.ok:
+        if all(a.ok for a in answers):  # a score on the prompts that happened to be answered is not this scorer's score
+            for g, a in zip(groups, answers):
                 y_true += [t for _, t in g]
                 y_pred += list(a.value)
         rows = _classification_rows(y_true, y_pred, cfg, feature)
@@ -182,7 +183,8 @@ async def _score_feature(scorer: str, judge: Judge, feature: int, label: str, ac
             rows = [{"metric": "pearson", "value": np.nan, "ci_low": np.nan, "ci_high": np.nan, "n": 0, "method": "none"}]
     failed = sum(not a.ok for a in answers)
     hashes = [a.prompt_hash for a in answers if a.prompt_hash]
-    return Outcome(rows, failed, len(answers), _failure_text(answers), hashes[0] if hashes else None)
+    calls = [a.call_id for a in answers if a.call_id is not None]
+    return Outcome(rows, failed, len(answers), _failure_text(answers), hashes[0] if hashes else None, calls)
 
 
 def _embedding_rows(embedder, labels: dict[int, str], snippets: dict[int, tuple[list[Snippet], list[Snippet]]], cfg: ScoreConfig) -> dict[int, list[dict]]:
@@ -227,7 +229,7 @@ async def score(store: Store, run_id: str, explainer: str, judge: Judge, cfg: Sc
     labels = {int(r.feature): r.label for r in labels_df.itertuples() if r.status == "ok"}
     features = sorted(labels)
     shuffled = derangement(features, cfg.seed) if cfg.shuffle_control else {}
-    judge_name = f"{judge.provider}:{judge.model}"
+    judge_name = judge.name
     if "embedding" in cfg.scorers and embedder is None:
         from .embed import Embedder
 
@@ -247,13 +249,13 @@ async def score(store: Store, run_id: str, explainer: str, judge: Judge, cfg: Sc
                 name = judge_name
             frame = [
                 {"feature": f, "judge": name, "label_source": src, "label_feature": other, **row, "status": o.status,
-                 "n_failed": o.failed, "error": o.error, "prompt_hash": o.prompt_hash}
+                 "n_failed": o.failed, "error": o.error, "prompt_hash": o.prompt_hash, "call_ids": o.call_ids}
                 for (f, src, other), o in ((r, outcomes[r[0], r[1]]) for r in runs)
                 for row in o.rows
             ]
-            store.write_scores(run_id, explainer, scorer, pd.DataFrame(frame))
             if call_log is not None:
-                call_log.flush()
+                call_log.flush()  # the calls first: a score never points at a call the log lacks
+            store.write_scores(run_id, explainer, scorer, pd.DataFrame(frame))
     bar.close()
     return summarise(store, run_id, explainer, judge_name, cfg)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,9 +26,13 @@ if TYPE_CHECKING:
     from .records import FeatureSnippets
 
 DB_NAME = "autointerp.duckdb"
-SCHEMA_VERSION = 1
+JOURNAL_NAME = "autointerp.calls.journal"  # LLM calls answered but not yet in the database (CallLog)
 
-SCHEMA = """
+# The schema as migrations: named, applied in order, each in its own transaction and recorded in
+# schema_migrations. Never edit one that has shipped; append a new one. A database written before
+# migrations existed (meta schema_version 1, no schema_migrations table) has exactly migration 1.
+MIGRATIONS: list[tuple[str, str]] = [
+    ("initial", """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY,
@@ -69,9 +73,6 @@ CREATE TABLE IF NOT EXISTS llm_calls (
     prompt_tokens INTEGER, completion_tokens INTEGER, latency_s DOUBLE, retries INTEGER,
     cost_usd DOUBLE, error VARCHAR, created_at TIMESTAMP
 );
-"""
-
-SATURATION_SCHEMA = """
 CREATE TABLE IF NOT EXISTS categories (
     run_id VARCHAR, explainer VARCHAR, method VARCHAR, position INTEGER, feature INTEGER, label VARCHAR,
     category INTEGER, code VARCHAR, status VARCHAR, error VARCHAR, raw VARCHAR, merge_rule VARCHAR,
@@ -91,10 +92,37 @@ CREATE TABLE IF NOT EXISTS saturation_summary (
     verdict JSON, rarefaction JSON, bootstrap JSON, extrapolation JSON, created_at TIMESTAMP,
     PRIMARY KEY (run_id, explainer, method)
 );
-"""
+"""),
+    # Every LLM call gets an id and the run it was made for; labels and scores keep the ids of the
+    # calls that produced them. Calls logged before this migration are numbered in insertion order.
+    ("llm call ids and links", """
+ALTER TABLE llm_calls ADD COLUMN call_id BIGINT;
+ALTER TABLE llm_calls ADD COLUMN run_id VARCHAR;
+UPDATE llm_calls SET call_id = numbered.n
+    FROM (SELECT rowid AS r, row_number() OVER (ORDER BY created_at, rowid) AS n FROM llm_calls) AS numbered
+    WHERE llm_calls.rowid = numbered.r;
+ALTER TABLE explanations ADD COLUMN call_id BIGINT;
+ALTER TABLE scores ADD COLUMN call_ids BIGINT[];
+"""),
+    # Labelling order as its own column (it was inferred from created_at, so re-explaining one
+    # feature reordered the saturation curve). Existing labels keep the order they had.
+    ("labelling order", """
+ALTER TABLE explanations ADD COLUMN position INTEGER;
+UPDATE explanations SET position = ordered.p
+    FROM (SELECT run_id, explainer, feature,
+                 row_number() OVER (PARTITION BY run_id, explainer ORDER BY created_at, feature) AS p
+          FROM explanations) AS ordered
+    WHERE explanations.run_id = ordered.run_id AND explanations.explainer = ordered.explainer
+      AND explanations.feature = ordered.feature;
+"""),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
 
 # Tables holding one run's gather output, replaced together.
 GATHER_TABLES = ("features", "examples", "contexts", "documents", "vocab")
+# Tables derived from a run's examples: a new gather of the run deletes them (the LLM call log stays,
+# so labelling the same examples again is served from the cache).
+DERIVED_TABLES = ("explanations", "scores", "categories", "saturation_steps", "saturation_summary")
 
 
 @dataclass
@@ -126,22 +154,21 @@ class Store:
         self.path = db_path(project)
         if read_only and not self.path.exists():
             raise AutointerpError(f"no database at {self.path}", "run `autointerp gather` (or `autointerp run`) for this project first")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.con = duckdb.connect(str(self.path), read_only=read_only)
-        except duckdb.IOException as e:
-            if "lock" in str(e).lower():
-                holder = re.search(r"PID (\d+)", str(e))
-                raise AutointerpError(
-                    f"{self.path} is locked by another process" + (f" (PID {holder.group(1)})" if holder else ""),
-                    "wait for that process to finish or stop it, or use a different --project directory",
-                ) from None
-            raise AutointerpError(f"cannot open {self.path}: {e}", "check the file is a DuckDB database and readable") from None
-        except duckdb.Error as e:
-            raise AutointerpError(f"{self.path} is not a usable DuckDB file: {e}", "move it aside; autointerp will create a new one") from None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise AutointerpError(f"cannot create the project directory {self.path.parent}: {e.strerror}",
+                                  "pass a --project path inside a writable directory") from None
+        if read_only and _pending_migrations(self.path):
+            with Store(project):  # upgrade first: a read-only connection cannot
+                pass
+        self.con = _connect(self.path, read_only)
         if not read_only:
-            self.con.execute(SCHEMA + SATURATION_SCHEMA)
-            self.con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+            try:
+                migrate(self.con, self.path)
+            except BaseException:
+                self.con.close()
+                raise
 
     def close(self) -> None:
         self.con.close()
@@ -173,7 +200,7 @@ class Store:
         }
         now = _now()
         with self._transaction():
-            created = self.con.execute("SELECT created_at FROM runs WHERE run_id = ?", [run.run_id]).fetchone()
+            created = self._one("SELECT created_at FROM runs WHERE run_id = ?", [run.run_id])
             self.con.execute("DELETE FROM runs WHERE run_id = ?", [run.run_id])
             row = asdict(run)
             for key in ("config", "versions", "sae_metrics"):
@@ -185,6 +212,8 @@ class Store:
             for name, table in tables.items():
                 self.con.execute(f"DELETE FROM {name} WHERE run_id = ?", [run.run_id])
                 self._insert(name, table)
+            for name in DERIVED_TABLES:  # labels of the old examples no longer describe the new ones
+                self.con.execute(f"DELETE FROM {name} WHERE run_id = ?", [run.run_id])
 
     # ------------------------------------------------------------ reads
 
@@ -271,9 +300,24 @@ class Store:
     # ------------------------------------------------------------ explain and score
 
     def write_explanations(self, run_id: str, explainer: str, rows: pd.DataFrame) -> None:
-        """Replace the labels of these features by this explainer. rows: feature, label, status, error, raw, prompt_hash, n_snippets."""
-        table = pa.Table.from_pandas(rows.assign(run_id=run_id, explainer=explainer, created_at=_now()), preserve_index=False)
-        self._replace("explanations", table, "run_id = ? AND explainer = ? AND feature IN (SELECT feature FROM incoming)", [run_id, explainer])
+        """Replace the labels of these features by this explainer. rows, in labelling order: feature, label,
+        status, error, raw, prompt_hash, n_snippets, call_id. A feature labelled before keeps its place in
+        the labelling order; new ones are appended after the last."""
+        with self._transaction():
+            self.con.register("incoming_features", pa.table({"feature": pa.array(rows.feature.to_numpy(), pa.int32())}))
+            try:
+                kept = dict(self.con.execute(
+                    "SELECT feature, position FROM explanations WHERE run_id = ? AND explainer = ? AND feature IN (SELECT feature FROM incoming_features)",
+                    [run_id, explainer]).fetchall())
+            finally:
+                self.con.unregister("incoming_features")
+            last = self._one("SELECT coalesce(max(position), 0) FROM explanations WHERE run_id = ? AND explainer = ?", [run_id, explainer])[0]
+            new = ~rows.feature.isin(list(kept))
+            position = rows.feature.map(kept).astype("Int64")
+            position[new] = last + np.arange(1, int(new.sum()) + 1)
+            frame = rows.assign(run_id=run_id, explainer=explainer, position=position.astype("int32"), created_at=_now())
+            self._replace("explanations", pa.Table.from_pandas(frame, preserve_index=False),
+                          "run_id = ? AND explainer = ? AND feature IN (SELECT feature FROM incoming)", [run_id, explainer], transaction=False)
 
     def explanations(self, run_id: str, explainer: str | None = None) -> pd.DataFrame:
         sql, args = "SELECT * FROM explanations WHERE run_id = ?", [run_id]
@@ -286,7 +330,9 @@ class Store:
 
     def write_scores(self, run_id: str, explainer: str, scorer: str, rows: pd.DataFrame) -> None:
         """Replace this scorer's rows for these features (true and shuffled labels alike)."""
-        table = pa.Table.from_pandas(rows.assign(run_id=run_id, explainer=explainer, scorer=scorer, created_at=_now()), preserve_index=False)
+        frame = rows.assign(run_id=run_id, explainer=explainer, scorer=scorer, created_at=_now())
+        calls = frame.pop("call_ids") if "call_ids" in frame else pd.Series([[]] * len(frame))
+        table = pa.Table.from_pandas(frame, preserve_index=False).append_column("call_ids", pa.array(list(calls), pa.list_(pa.int64())))
         self._replace("scores", table, "run_id = ? AND explainer = ? AND scorer = ? AND feature IN (SELECT feature FROM incoming)", [run_id, explainer, scorer])
 
     def scores(self, run_id: str, explainer: str | None = None) -> pd.DataFrame:
@@ -296,11 +342,11 @@ class Store:
         return self.con.execute(sql + " ORDER BY scorer, feature, label_source, metric", args).df()
 
     def llm_totals(self, purpose_prefix: str = "") -> dict:
-        row = self.con.execute(
+        row = self._one(
             "SELECT count(*), count(*) FILTER (WHERE error IS NOT NULL), coalesce(sum(prompt_tokens), 0), "
             "coalesce(sum(completion_tokens), 0), sum(cost_usd) FROM llm_calls WHERE purpose LIKE ?",
             [purpose_prefix + "%"],
-        ).fetchone()
+        )
         return {"calls": row[0], "failed": row[1], "prompt_tokens": row[2], "completion_tokens": row[3], "cost_usd": row[4]}
 
     @contextmanager
@@ -322,9 +368,9 @@ class Store:
         finally:
             self.con.unregister("incoming")
 
-    def _replace(self, name: str, table: pa.Table, where: str, args: list) -> None:
+    def _replace(self, name: str, table: pa.Table, where: str, args: list, transaction: bool = True) -> None:
         """Delete the rows `where` selects (it may refer to the incoming table) and insert the new ones."""
-        with self._transaction():
+        with self._transaction() if transaction else nullcontext():
             self.con.register("incoming", table)
             try:
                 self.con.execute(f"DELETE FROM {name} WHERE {where}", args)
@@ -332,16 +378,20 @@ class Store:
             finally:
                 self.con.unregister("incoming")
 
+    def _one(self, sql: str, args: list | None = None) -> tuple | None:
+        """The first row of a query, or None. Fetches to the end: duckdb refuses other work on a
+        connection while a result is unfinished (a fetchone() leaves it so)."""
+        rows = self.con.execute(sql, args or []).fetchall()
+        return rows[0] if rows else None
+
     # ---- saturation (tables in SATURATION_SCHEMA; this section belongs to the saturation stage)
 
     _SATURATION_JSON = ("params", "verdict", "rarefaction", "bootstrap", "extrapolation")  # JSON columns of saturation_summary
 
     def saturation_labels(self, run_id: str, explainer: str) -> pd.DataFrame:
-        """The labels this explainer produced for the run (failures left out), in labelling order:
-        explain writes one chunk at a time in feature order, so (created_at, feature) is that order."""
+        """The labels this explainer produced for the run (failures left out), in labelling order."""
         return self.con.execute(
-            "SELECT feature, label FROM explanations WHERE run_id = ? AND explainer = ? AND status = 'ok' "
-            "ORDER BY created_at, feature",
+            "SELECT feature, label FROM explanations WHERE run_id = ? AND explainer = ? AND status = 'ok' ORDER BY position",
             [run_id, explainer],
         ).df()
 
@@ -385,8 +435,14 @@ class Store:
 
     # ---- reads for reports and exports (this section belongs to the report and export modules)
 
+    def stored_counts(self) -> dict[str, int]:
+        """Rows a user cares about, project-wide: runs, labels, scores, logged LLM calls."""
+        q = {"runs": "SELECT count(*) FROM runs", "labels": "SELECT count(*) FROM explanations WHERE status = 'ok'",
+             "scored features": "SELECT count(DISTINCT (run_id, explainer, scorer, feature)) FROM scores", "logged LLM calls": "SELECT count(*) FROM llm_calls"}
+        return {what: self._one(sql)[0] for what, sql in q.items()}
+
     def table_counts(self, run_id: str) -> dict[str, int]:
-        return {t: self.con.execute(f"SELECT count(*) FROM {t} WHERE run_id = ?", [run_id]).fetchone()[0] for t in GATHER_TABLES}
+        return {t: self._one(f"SELECT count(*) FROM {t} WHERE run_id = ?", [run_id])[0] for t in GATHER_TABLES}
 
     def table_names(self) -> list[str]:
         """Every table in the file, so later stages' tables (saturation) are exported without a list to keep."""
@@ -409,7 +465,7 @@ class Store:
         return self.con.sql(f'SELECT * FROM "{name}"').to_arrow_reader(batch_rows)
 
     def latest_explainer(self, run_id: str) -> str | None:
-        row = self.con.execute("SELECT explainer FROM explanations WHERE run_id = ? ORDER BY created_at DESC, explainer LIMIT 1", [run_id]).fetchone()
+        row = self._one("SELECT explainer FROM explanations WHERE run_id = ? ORDER BY created_at DESC, explainer LIMIT 1", [run_id])
         return row[0] if row else None
 
     def prompt_hashes(self, run_id: str) -> pd.DataFrame:
@@ -421,37 +477,67 @@ class Store:
             [run_id, run_id],
         ).df()
 
-    def llm_usage(self) -> pd.DataFrame:
-        """Logged LLM calls per provider, model and purpose. Project-wide: calls carry no run id.
+    def llm_usage(self, run_id: str | None = None) -> pd.DataFrame:
+        """Logged LLM calls per run, provider, model and purpose (the run's only, when given). Calls
+        logged before calls carried a run id have run_id NULL.
 
         cost_usd is the sum over calls with a known price; priced counts them.
         """
+        where, args = ("WHERE run_id = ?", [run_id]) if run_id is not None else ("", [])
         return self.con.execute(
-            "SELECT provider, model, purpose, count(*) AS calls, count(*) FILTER (WHERE error IS NOT NULL) AS failed, "
+            "SELECT run_id, provider, model, purpose, count(*) AS calls, count(*) FILTER (WHERE error IS NOT NULL) AS failed, "
             "coalesce(sum(prompt_tokens), 0) AS prompt_tokens, coalesce(sum(completion_tokens), 0) AS completion_tokens, "
-            "sum(cost_usd) AS cost_usd, count(cost_usd) AS priced FROM llm_calls GROUP BY ALL ORDER BY ALL"
+            f"sum(cost_usd) AS cost_usd, count(cost_usd) AS priced FROM llm_calls {where} GROUP BY ALL ORDER BY ALL", args
         ).df()
 
 
 class CallLog:
     """The LLM response cache and call log in the project's database (llm.CallStore).
 
-    Calls are buffered and written in batches; lookups see the buffer too, so a
-    repeated prompt inside one run is served from the cache as well. Only calls
-    without an error are ever served. A query costs ~1 ms of the event loop's time,
-    so misses (nearly every lookup of a fresh run) are answered from an in-memory
+    Every call gets an id (1, 2, ... in the order answers arrive) and the run it was made for.
+    It is appended to a journal file beside the database the moment it is recorded, and written
+    to the database in batches; the journal is emptied after each batch. A process killed
+    between two batches (kill -9) loses no answer: the next CallLog on the project moves the
+    journal into the database first, so a re-run is served from the cache.
+
+    Lookups see the unwritten batch too, so a repeated prompt inside one run is served from the
+    cache as well. Only calls without an error are ever served. A query costs ~1 ms of the event
+    loop's time, so misses (nearly every lookup of a fresh run) are answered from an in-memory
     index of 64-bit key fingerprints, 8 bytes per stored answer, and only hits query.
     """
 
     _MERGE_EVERY = 1 << 16  # fold this session's keys into the sorted array this often
+    _COLUMNS = ("call_id", "run_id", "cache_key", "provider", "model", "purpose", "feature", "system", "user", "params",
+                "response", "raw", "prompt_tokens", "completion_tokens", "latency_s", "retries", "cost_usd", "error")
 
-    def __init__(self, store: Store, flush_every: int = 64):
+    def __init__(self, store: Store, run_id: str | None = None, flush_every: int = 64):
         self.store = store
+        self.run_id = run_id
         self.flush_every = flush_every
         self.pending: list = []
+        self.journal_path = store.path.with_name(JOURNAL_NAME)
+        self._recover()
+        self._next_id = self.store._one("SELECT coalesce(max(call_id), 0) + 1 FROM llm_calls")[0]
+        self._journal = open(self.journal_path, "a", encoding="utf-8")
         keys = store.con.execute("SELECT DISTINCT cache_key FROM llm_calls WHERE error IS NULL").fetchall()
         self._stored = np.unique(np.array([_fingerprint(k) for (k,) in keys], dtype=np.uint64))  # keys with an answer
         self._recent: set[int] = set()  # this session's, until merged into _stored
+
+    def _recover(self) -> None:
+        """Move calls a killed process left in the journal into the database (each id once)."""
+        if not self.journal_path.exists():
+            return
+        rows = []
+        for line in self.journal_path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # the line being written when the process died
+                continue
+        if rows:
+            frame = pd.DataFrame(rows)
+            frame["created_at"] = pd.to_datetime(frame.created_at)
+            self.store._replace("llm_calls", self._arrow(frame), "call_id IN (SELECT call_id FROM incoming)", [])
+        self.journal_path.unlink()
 
     def _known(self, cache_key: str) -> bool:
         fp = _fingerprint(cache_key)
@@ -466,19 +552,25 @@ class CallLog:
         for call in reversed(self.pending):
             if call.cache_key == cache_key and call.error is None:
                 return call.as_completion(cached=True)
-        row = self.store.con.execute(
-            "SELECT response, provider, model, prompt_tokens, completion_tokens, latency_s, retries, cost_usd, raw "
+        row = self.store._one(
+            "SELECT response, provider, model, prompt_tokens, completion_tokens, latency_s, retries, cost_usd, raw, call_id "
             "FROM llm_calls WHERE cache_key = ? AND error IS NULL ORDER BY created_at DESC LIMIT 1",
             [cache_key],
-        ).fetchone()
+        )
         if row is None:  # two keys sharing a fingerprint
             return None
         from .llm import Completion
 
         return Completion(text=row[0], provider=row[1], model=row[2], prompt_tokens=row[3], completion_tokens=row[4],
-                          latency_s=row[5], retries=row[6], cost_usd=row[7], cached=True, raw=row[8])
+                          latency_s=row[5], retries=row[6], cost_usd=row[7], cached=True, raw=row[8], call_id=row[9])
 
-    def record(self, call) -> None:
+    def record(self, call) -> int:
+        """Log one call; returns its id."""
+        call.call_id, call.run_id = self._next_id, self.run_id
+        self._next_id += 1
+        row = {c: getattr(call, c) for c in self._COLUMNS} | {"created_at": call.timestamp.isoformat()}
+        self._journal.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._journal.flush()  # in the OS's hands now: survives the process being killed
         self.pending.append(call)
         if call.error is None:
             self._recent.add(_fingerprint(call.cache_key))
@@ -487,16 +579,104 @@ class CallLog:
                 self._recent.clear()
         if len(self.pending) >= self.flush_every:
             self.flush()
+        return call.call_id
 
     def flush(self) -> None:
         if not self.pending:
             return
-        cols = ["cache_key", "provider", "model", "purpose", "feature", "system", "user", "params", "response", "raw",
-                "prompt_tokens", "completion_tokens", "latency_s", "retries", "cost_usd", "error"]
-        frame = pd.DataFrame([{c: getattr(call, c) for c in cols} | {"created_at": call.timestamp} for call in self.pending])
-        table = pa.Table.from_pandas(frame.astype({"feature": "Int64", "prompt_tokens": "Int64", "completion_tokens": "Int64", "cost_usd": "float64"}), preserve_index=False)
-        self.store._insert("llm_calls", table)
+        frame = pd.DataFrame([{c: getattr(call, c) for c in self._COLUMNS} | {"created_at": call.timestamp} for call in self.pending])
+        self.store._insert("llm_calls", self._arrow(frame))
         self.pending.clear()
+        self._journal.truncate(0)
+
+    def close(self) -> None:
+        self.flush()
+        self._journal.close()
+        self.journal_path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _arrow(frame: pd.DataFrame) -> pa.Table:
+        types = {"call_id": "int64", "feature": "Int64", "prompt_tokens": "Int64", "completion_tokens": "Int64", "retries": "Int64", "cost_usd": "float64"}
+        return pa.Table.from_pandas(frame.astype(types), preserve_index=False)
+
+
+def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as e:
+        if "lock" in str(e).lower():
+            holder = re.search(r"PID (\d+)", str(e))
+            raise AutointerpError(
+                f"{path} is locked by another process" + (f" (PID {holder.group(1)})" if holder else ""),
+                "wait for that process to finish or stop it, or use a different --project directory",
+            ) from None
+        raise AutointerpError(f"cannot open {path}: {e}", "check the file is a DuckDB database and that you may read and write it") from None
+    except duckdb.Error as e:
+        raise AutointerpError(f"{path} is not a usable DuckDB file: {e}", "move it aside; autointerp will create a new one") from None
+
+
+def _applied(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Names of the migrations this database has, in order."""
+    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+    if "schema_migrations" in tables:
+        return [r[0] for r in con.execute("SELECT name FROM schema_migrations ORDER BY version").fetchall()]
+    if "meta" not in tables:
+        return []  # a new file
+    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
+    version = int(row[0][0]) if row else 1
+    if version != 1:
+        raise AutointerpError(f"database schema version {version} has no migration record", "open it with the autointerp version that wrote it")
+    return [MIGRATIONS[0][0]]  # written before migrations were recorded: the initial schema
+
+
+def _check_known(applied: list[str], path: Path) -> None:
+    known = [name for name, _ in MIGRATIONS]
+    if applied != known[: len(applied)]:
+        from . import __version__
+
+        unknown = [a for a in applied if a not in known]
+        raise AutointerpError(
+            f"{path} was written by a newer autointerp than this one ({__version__}): it has schema migrations "
+            + (", ".join(repr(a) for a in unknown) if unknown else "in an order") + " this version does not know",
+            "upgrade autointerp (pip install -U autointerp) to open it; nothing in the file was changed",
+        )
+
+
+def _pending_migrations(path: Path) -> bool:
+    if not path.exists():
+        return False
+    con = _connect(path, read_only=True)
+    try:
+        applied = _applied(con)
+        _check_known(applied, path)
+        return len(applied) < len(MIGRATIONS)
+    finally:
+        con.close()
+
+
+def migrate(con: duckdb.DuckDBPyConnection, path: Path) -> list[str]:
+    """Apply the migrations this database lacks, each in one transaction with its record; returns their names.
+    A database from a newer autointerp is refused and left as it is."""
+    applied = _applied(con)
+    _check_known(applied, path)
+    done = []
+    con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR, applied_at TIMESTAMP)")
+    recorded = {r[0] for r in con.execute("SELECT version FROM schema_migrations").fetchall()}
+    for version, (name, sql) in enumerate(MIGRATIONS, 1):
+        if version <= len(applied) and version in recorded:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            if version > len(applied):
+                con.execute(sql)
+                done.append(name)
+            con.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, name, _now()])
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(version)])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    return done
 
 
 def _fingerprint(cache_key: str) -> int:

@@ -4,13 +4,13 @@ It recognises the task by the system message of the shipped prompt files, reads 
 rendered user message back, and answers as a careful judge would, in the asked-for
 format (with some prose and code fences around it, as real models add):
 
-- explain: the tokens listed under "Activations:", weighted by their 0–10 values, in the
-  offline label format;
+- explain: the words inside the <<marks>>, the most frequent first, in the offline label format;
 - detection, fuzzing, simulation: the offline judge's token matching, run on the text
   split into words and punctuation (exact for snippets made of such tokens).
 
-`mode` makes it answer badly on purpose: "wrong_length" (one item short, or an
-over-long label) or "garbage" (no answer at all). It can be changed between requests.
+`mode` makes it answer differently on purpose: "label_line" (explain answers with a last line
+"Label: ..." instead of JSON), "wrong_length" (one item short, or an over-long label) or
+"garbage" (no answer at all). It can be changed between requests.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections import Counter
 from autointerp.judges import Term, format_label, label_terms, marks_correct, match_positions, norm
 from autointerp.prompts import LABEL_MAX_CHARS, PROMPT_NAMES, load_prompt
 
-MODES = ("correct", "wrong_length", "garbage")
+MODES = ("correct", "label_line", "wrong_length", "garbage")
 GARBAGE = "I'm sorry, I can't tell from these snippets."
 
 _JSON_STRING = r'"(?:[^"\\]|\\.)*"'
@@ -59,19 +59,24 @@ class TaskResponder:
 
     def _explain(self, user: str) -> str:
         weights: Counter = Counter()
-        for line in re.findall(r"^Activations: (.*)$", user, re.M):
-            for token, value in re.findall(rf"({_JSON_STRING}) (\d+)", line):
-                weights[norm(json.loads(token))] += int(value) + 1  # +1: a weak token still counts
+        for line in re.findall(r"^Example \d+: (.*)$", user, re.M):
+            for span in re.findall(r"<<(.*?)>>", line):
+                for word in _words(span):
+                    weights[norm(word)] += 1
+        if not weights:
+            return "I see no marked tokens."
         ranked = [token for token, w in weights.most_common(4) if w >= 0.3 * weights.most_common(1)[0][1]]
         label = format_label([Term(token) for token in ranked])
         if self.mode == "wrong_length":
             label = label + " and" * LABEL_MAX_CHARS
-        return f"The marked tokens are nearly always the same.\n\n**Label:** {label}"
+        if self.mode == "label_line":  # the older answer format, which the parser still reads
+            return f"The marked tokens are nearly always the same.\n\n**Label:** {label}"
+        return f"The marked tokens are nearly always the same.\n{json.dumps({'label': label})}"
 
-    def _list(self, values: list) -> str:
+    def _list(self, values: list, key: str = "answers") -> str:
         if self.mode == "wrong_length":
             values = values[:-1]
-        return f"Here is my answer:\n```json\n{json.dumps(values)}\n```"
+        return f"Here is my answer:\n```json\n{json.dumps({key: values})}\n```"
 
     def _detection(self, user: str) -> str:
         terms = label_terms(_field(user, "Feature label"))
@@ -95,7 +100,7 @@ class TaskResponder:
         for line in re.findall(r"^Snippet \d+ \(\d+ tokens\): (.*)$", user, re.M):
             tokens = [json.loads(t) for t in re.findall(rf"\d+:({_JSON_STRING})", line)]
             rows.append([10 if hit else 0 for hit in match_positions(tokens, terms)])
-        return self._list(rows)
+        return self._list(rows, "activations")
 
 
 class CodebookResponder(TaskResponder):
@@ -113,4 +118,4 @@ class CodebookResponder(TaskResponder):
         for label in _numbered(user):
             term = label_terms(label)[0].token
             codes.append(shown.get(norm(term), term))
-        return self._list(codes)
+        return self._list(codes, "codes")

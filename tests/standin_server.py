@@ -28,6 +28,7 @@ Responder = Callable[[str, str], str]
 
 OPENAI_PATH = "/v1/chat/completions"
 ANTHROPIC_PATH = "/v1/messages"
+MODELS_PATH = "/v1/models"  # GET, both APIs (the judges' pre-flight check); faults never apply to it
 
 
 def echo_responder(system: str, user: str) -> str:
@@ -164,8 +165,10 @@ class StandinServer:
         api_key: str | None = "sk-standin-key",
         responder: Responder = echo_responder,
         latency_s: float = 0.0,
+        models: tuple[str, ...] = ("standin-model",),
     ):
         self.api_key = api_key  # None: accept any key (like a local vLLM/Ollama server)
+        self.models = models  # what GET /v1/models lists
         self.responder = responder
         self.latency_s = latency_s
         self.requests: list[Recorded] = []
@@ -190,6 +193,12 @@ class StandinServer:
     @property
     def anthropic_base_url(self) -> str:
         return self.url  # the Anthropic SDK appends /v1/messages
+
+    @property
+    def calls(self) -> list[Recorded]:
+        """The completion requests received (the pre-flight GET /v1/models left out)."""
+        with self._lock:
+            return [r for r in self.requests if r.path != MODELS_PATH]
 
     def inject(self, *faults: Fault) -> None:
         with self._lock:
@@ -251,6 +260,23 @@ def _make_handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: object) -> None:
             pass  # keep test output clean
 
+        def do_GET(self) -> None:
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            recorded = Recorded(self.path, headers, b"", time.monotonic())
+            with server._lock:
+                server.requests.append(recorded)
+            if self.path != MODELS_PATH:
+                self._send_json(404, _error_body(self.path, 404, f"no route {self.path}"))
+                return
+            anthropic_style = "anthropic-version" in headers
+            if self._reject_auth(recorded, anthropic_style):
+                return
+            if anthropic_style:
+                data = {"data": [{"type": "model", "id": m, "display_name": m} for m in server.models], "has_more": False}
+            else:
+                data = {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "standin"} for m in server.models]}
+            self._send_json(200, data)
+
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
             headers = {name.lower(): value for name, value in self.headers.items()}
@@ -287,11 +313,11 @@ def _make_handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
                 data = json.dumps(self._answer(req)).encode()
                 self._send_raw(200, data[: len(data) // 2], content_length=len(data))
 
-        def _reject_auth(self, req: Recorded) -> bool:
+        def _reject_auth(self, req: Recorded, anthropic_style: bool | None = None) -> bool:
             """Answer 400/401 like the provider would; False when auth is fine."""
             headers = req.headers
             bearer = headers.get("authorization", "").removeprefix("Bearer ")
-            if req.path == ANTHROPIC_PATH:
+            if req.path == ANTHROPIC_PATH if anthropic_style is None else anthropic_style:
                 if "anthropic-version" not in headers:
                     self._send_json(400, _error_body(req.path, 400, "anthropic-version header is required"))
                     return True

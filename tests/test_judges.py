@@ -125,7 +125,7 @@ def run(coro):
 @pytest.mark.parametrize("name", PROMPT_NAMES)
 def test_shipped_prompts_load_with_version_and_file_hash(name):
     prompt = load_prompt(name)
-    assert prompt.version == "1" and prompt.system and prompt.user
+    assert prompt.version == "2" and prompt.system and prompt.user
     assert prompt.hash == hashlib.sha256((DEFAULT_DIR / f"{name}.txt").read_bytes()).hexdigest()
 
 
@@ -169,9 +169,12 @@ def test_explain_marks_tokens_at_30_percent_of_snippet_max_and_scales_by_feature
     # snippet max 2.0 → threshold 0.6: b, c (exactly 0.6) and e are marked; d (0.5) is not
     snippet = Snippet(3, "explain", "top", 0, tokens, (0.0, 0.9, 0.6, 0.5, 2.0, 0.0, 0.59), 2.0)
     assert activation_marks(snippet) == (False, True, True, False, True, False, False)
-    fields = explain_fields(ExplainTask(3, [snippet], [], max_activation=2.5))
+    fields = explain_fields(ExplainTask(3, [snippet, snippet], [], max_activation=2.5, show_activations=True))
     # scaled by the feature max 2.5: floor(10·0.9/2.5)=3, floor(10·0.6/2.5)=2, floor(10·2.0/2.5)=8
-    assert fields["examples"] == 'Example 1:  a <<b c>> d <<e>>\\n f\nActivations: " b" 3, " c" 2, " e" 8'
+    block = 'Example {k}:  a <<b c>> d <<e>>\\n f\nActivations: " b" 3, " c" 2, " e" 8'
+    assert fields["examples"] == block.format(k=1) + "\n\n" + block.format(k=2)
+    plain = explain_fields(ExplainTask(3, [snippet, snippet], [], max_activation=2.5))
+    assert plain["examples"] == "Example 1:  a <<b c>> d <<e>>\\n f\nExample 2:  a <<b c>> d <<e>>\\n f"
 
 
 def test_normalise_is_floor_of_tenths_capped_at_10():
@@ -314,7 +317,7 @@ def test_offline_judge_reports_an_error_instead_of_guessing():
 
 def test_make_judge_is_offline_without_a_config():
     judge = make_judge(None, MemoryCallStore())
-    assert isinstance(judge, OfflineJudge) and (judge.provider, judge.model) == ("offline", "token-stats-v1")
+    assert isinstance(judge, OfflineJudge) and judge.name == "offline:token-stats-v1"
 
 
 # --- LLM judge through the real clients --------------------------------------------------
@@ -367,11 +370,12 @@ def test_llm_judge_answers_all_four_tasks_through_the_real_client(provider):
     with StandinServer(api_key=KEY, responder=responder) as server:
         config = llm_config(server, provider)
         judge = make_judge(config, store)
-        assert isinstance(judge, LLMJudge) and (judge.provider, judge.model) == (provider, config.model)
+        assert isinstance(judge, LLMJudge) and judge.name == f"{provider}:{config.model}"
         explained, detected, fuzzed, simulated = all_four(judge)
 
-    assert sorted(responder.answered) == sorted(PROMPT_NAMES)
-    assert sorted(c.purpose for c in store.calls) == sorted(PROMPT_NAMES) and {c.feature for c in store.calls} == {0}
+    tasks = ["detection", "explain", "fuzzing", "simulation"]
+    assert sorted(responder.answered) == tasks
+    assert sorted(c.purpose for c in store.calls) == tasks and {c.feature for c in store.calls} == {0}
     held_out = score_set(DEF, n=8)
     marked = fuzz_set(held_out)
     assert explained.value == 'token "def"'

@@ -243,7 +243,7 @@ def test_401_raises_at_once_naming_where_the_key_came_from(server, monkeypatch, 
 
 
 def test_404_raises_without_retry(server):
-    with pytest.raises(AutointerpError, match="check LLMConfig.model and base_url"):
+    with pytest.raises(AutointerpError, match="check --judge-model and --base-url"):
         one(config(server, base_url=server.url))  # missing /v1
     assert len(server.requests) == 1
 
@@ -339,10 +339,12 @@ def test_database_cache_serves_earlier_sessions_and_answers_misses_without_a_que
 
         store.con = Spy(store.con)
         log = CallLog(store)
+        assert any("DISTINCT cache_key" in q for q in queries)  # the index, loaded once when the log is built
+        built = len(queries)
         misses = run(cfg, log, [("sys", f"new {i}") for i in range(20)])
-        assert len(queries) == 1  # the index, loaded once; twenty misses, no lookup query
+        assert len(queries) == built  # twenty misses, no lookup query
         again = run(cfg, log, [("sys", "hi"), ("sys", "fails"), ("sys", "new 3")])
-        assert len(queries) == 2  # one query, for the answer stored by the earlier session
+        assert len(queries) == built + 1  # one query, for the answer stored by the earlier session
     assert again[0].cached and again[0].text == first.text
     assert not again[1].cached and again[1].error is None  # the failed call was asked again
     assert again[2].cached and all(not m.cached for m in misses)  # served from this session's buffer

@@ -93,7 +93,7 @@ def build_project(root: Path, with_labels: bool = True) -> Path:
                 rows.append(base | dict(label_source="shuffled", label_feature=scored[(i + 1) % len(scored)], value=0.5 if scorer == "detection" else 0.0,
                                         ci_low=0.3, ci_high=0.7, status="ok"))
             store.write_scores(RUN, EXPLAINER, scorer, pd.DataFrame(rows))
-        log = CallLog(store)
+        log = CallLog(store, RUN)
         log.record(SimpleNamespace(cache_key="k", provider="standin", model="judge-1", purpose="explain", feature=0, system="s", user="u",
                                    params="{}", response="r", raw="r", prompt_tokens=100, completion_tokens=20, latency_s=0.1, retries=0,
                                    cost_usd=0.001, error=None, timestamp=datetime(2025, 1, 1)))

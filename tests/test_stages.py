@@ -167,7 +167,7 @@ def test_whole_pipeline_through_the_real_clients(pipeline_setup, fresh_project, 
         cfg = pipeline_config(pipeline_setup, fresh_project, judge=_judge_config(server, provider),
                               score=ScoreConfig(scorers=("detection", "fuzzing", "simulation"), n_boot=50))
         explained, scored = label_and_score(cfg, "r1")
-        first = len(server.requests)
+        first = len(server.calls)
         assert explained.n_ok == explained.n_features > 0 and first > 0
         with Store(fresh_project, read_only=True) as store:
             calls = store.con.execute("SELECT count(*), count(*) FILTER (WHERE error IS NULL) FROM llm_calls").fetchone()
@@ -176,7 +176,7 @@ def test_whole_pipeline_through_the_real_clients(pipeline_setup, fresh_project, 
         assert all(s["n_features"] > 0 for s in scored.per_scorer.values())
         # A re-run is served from the cache in the database: no request reaches the server.
         label_and_score(cfg, "r1")
-        assert len(server.requests) == first
+        assert len(server.calls) == first
     out = capsys.readouterr()
     assert KEY not in out.out + out.err
     assert KEY.encode() not in (fresh_project / "autointerp.duckdb").read_bytes()
