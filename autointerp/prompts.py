@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from importlib.resources import files
 from itertools import groupby
 import math
@@ -50,7 +51,7 @@ T = TypeVar("T")
 DEFAULT_DIR = Path(str(files("autointerp.prompt_files")))
 PROMPT_NAMES = ("explain", "detection", "fuzzing", "simulation", "codebook")
 FIELDS = {
-    "explain": {"examples"},
+    "explain": {"examples", "frequent"},
     "detection": {"label", "snippets", "n"},
     "fuzzing": {"label", "snippets", "n"},
     "simulation": {"label", "snippets", "n"},
@@ -219,18 +220,25 @@ def _quoted(token: str) -> str:
     return json.dumps(token, ensure_ascii=False)
 
 
+FREQUENT = 5  # the most often marked tokens listed under the examples
+
+
 def explain_fields(task: ExplainTask) -> dict[str, object]:
-    """Numbered examples with their marks; with task.show_activations, each followed by its marked
-    tokens and their activations 0-10 (scaled by the feature's max)."""
+    """examples: numbered examples with their marks; with task.show_activations, each followed by its
+    marked tokens and their activations 0-10 (scaled by the feature's max). frequent: the marked
+    tokens that recur most often (stripped, case-folded), a hint small models need."""
     blocks = []
+    counts: Counter = Counter()
     for k, snippet in enumerate(task.snippets, 1):
         marks = activation_marks(snippet)
+        counts.update(t.strip().casefold() for t, m in zip(snippet.tokens, marks) if m and t.strip())
         block = f"Example {k}: {mark_text(snippet.tokens, marks)}"
         if task.show_activations:
             listed = [f"{_quoted(tok)} {normalise(a, task.max_activation)}" for tok, a, m in zip(snippet.tokens, snippet.values(), marks) if m]
             block += f"\nActivations: {', '.join(listed) or 'none'}"
         blocks.append(block)
-    return {"examples": ("\n\n" if task.show_activations else "\n").join(blocks)}
+    frequent = ", ".join(_quoted(t) for t, _ in counts.most_common(FREQUENT)) or "none"
+    return {"examples": ("\n\n" if task.show_activations else "\n").join(blocks), "frequent": frequent}
 
 
 def detection_fields(task: DetectionTask) -> dict[str, object]:
