@@ -217,7 +217,9 @@ class LocalServer:
             text = self.log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
         except OSError:
             return ""
-        return " | ".join(line.strip() for line in text[-lines:] if line.strip())
+        starts = [i for i, line in enumerate(text) if line.startswith("=== ")]  # our header before each start
+        this_run = [line.strip() for line in text[(starts[-1] + 1 if starts else 0) :] if line.strip()]
+        return " | ".join(this_run[-lines:])
 
     def stop(self) -> None:
         if self.process is None:

@@ -48,6 +48,10 @@ class TaskResponder:
         self.tasks = {load_prompt(name).system: name for name in PROMPT_NAMES}
         self.answered: list[str] = []  # task names, in the order asked
 
+    def system_of(self, task: str) -> str:
+        """The system message of a task's shipped prompt."""
+        return next(system for system, name in self.tasks.items() if name == task)
+
     def __call__(self, system: str, user: str) -> str:
         task = self.tasks.get(system)
         if task is None:

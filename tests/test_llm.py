@@ -434,3 +434,23 @@ def test_key_never_appears_in_results_records_errors_or_logs(monkeypatch, caplog
         assert key not in caplog.text
         # Outside the auth header it was sent in, the key is nowhere in the traffic.
         assert not any(key.encode() in r.body for r in server.requests)
+
+
+def test_a_cache_hit_from_the_database_leaves_the_log_writable(server, tmp_path):
+    """0.1.0 read a hit with fetchone(), which leaves duckdb's result open: the next write of the
+    log raised 'connection has an unfinished result', so an interrupted explain could never finish."""
+    from autointerp.store import CallLog, Store
+
+    cfg = config(server)
+    with Store(tmp_path) as store:
+        log = CallLog(store)
+        one(cfg, log, user="first")
+        log.close()
+    with Store(tmp_path) as store:
+        log = CallLog(store, flush_every=1)
+        hit = one(cfg, log, user="first")  # answered from the database
+        fresh = one(cfg, log, user="second")  # recorded and flushed at once
+        log.close()
+        rows = store.con.execute('SELECT call_id, "user" FROM llm_calls ORDER BY call_id').fetchall()
+    assert hit.cached and hit.call_id == 1 and not fresh.cached and fresh.call_id == 2
+    assert rows == [(1, "first"), (2, "second")]

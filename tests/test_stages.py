@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 
+from autointerp.errors import AutointerpError
 from autointerp.explain import ExplainConfig, explain
 from autointerp.judges import OfflineJudge
 from autointerp.llm import LLMConfig
@@ -139,10 +140,9 @@ def test_failures_are_stored_with_their_reason_and_never_counted(fresh_project):
     ba = rows[(rows.metric == "balanced_accuracy") & (rows.label_source == "true")]
     partial = ba[ba.n_failed > 0]
     assert len(partial) > 0 and partial.error.str.contains("503").all()
-    # n counts only snippets whose prompt was answered: fewer than all the snippets shown.
-    full = ba[ba.n_failed == 0]
-    if len(full):
-        assert partial.n.max() <= full.n.max()
+    # A feature that lost one of its prompts is failed, not scored on the half that was answered.
+    assert (partial.status == "failed").all() and partial.value.isna().all() and (partial.n == 0).all()
+    assert (ba[ba.n_failed == 0].status != "failed").all()
 
 
 @pytest.fixture
@@ -212,3 +212,73 @@ def test_stop_rule_stops_labelling_and_counts_saved_calls(fresh_project):
     assert summary.n_features == stored == 4  # stopped after the first chunk reached min_labels
     assert summary.saved_calls == n_alive - 4
     assert "judge calls saved" in "\n".join(summary.lines())
+
+
+class OneLabelResponder(TaskResponder):
+    """Labels every feature 'token "the"': a feature's shuffled-label prompt is then the very prompt
+    of its own label, answered from the cache while the stage is writing (the duckdb crash of 0.1.0)."""
+
+    def _explain(self, user):
+        return '{"label": "token \\"the\\""}'
+
+
+def test_shuffle_control_prompt_equal_to_the_own_prompt_is_a_cache_hit(pipeline_setup, fresh_project, keys):
+    with StandinServer(api_key=KEY, responder=OneLabelResponder()) as server:
+        cfg = pipeline_config(pipeline_setup, fresh_project, judge=_judge_config(server, "openai_compatible"),
+                              score=ScoreConfig(scorers=("detection",), n_boot=50))
+        explained, scored = label_and_score(cfg, "r1")
+        detection = [r for r in server.calls if r.json()["messages"][0]["content"] == TaskResponder().system_of("detection")]
+    assert explained.n_ok == explained.n_features > 2
+    with Store(fresh_project, read_only=True) as store:
+        rows = store.scores("r1")
+    shuffled = rows[(rows.label_source == "shuffled") & (rows.metric == "balanced_accuracy")]
+    assert (shuffled.status == "ok").all() and len(shuffled) == explained.n_ok
+    assert len(detection) == len({r.body for r in detection})  # the repeated prompts were served from the cache
+
+
+def test_a_400_fails_that_feature_and_the_stage_goes_on(pipeline_setup, fresh_project, keys):
+    with StandinServer(api_key=KEY, responder=TaskResponder()) as server:
+        server.inject(Fault("status", status=400))
+        judge = replace(_judge_config(server, "openai_compatible"), concurrency=1)
+        cfg = pipeline_config(pipeline_setup, fresh_project, judge=judge, score=ScoreConfig(scorers=()))
+        explained, _ = label_and_score(cfg, "r1", score_stage=False)
+    with Store(fresh_project, read_only=True) as store:
+        ex = store.explanations("r1")
+    failed = ex[ex.status == "failed"]
+    assert len(failed) == 1 and failed.error.iloc[0].startswith("api: 400: stand-in fault")
+    assert explained.n_ok == len(ex) - 1 > 0
+
+
+def test_a_run_of_failed_calls_stops_the_stage_keeping_what_was_answered(pipeline_setup, fresh_project, keys):
+    with StandinServer(api_key=KEY, responder=TaskResponder()) as server:
+        judge = replace(_judge_config(server, "openai_compatible"), concurrency=1, max_retries=0, max_consecutive_failures=3)
+        cfg = pipeline_config(pipeline_setup, fresh_project, judge=judge, score=ScoreConfig(scorers=()),
+                              explain=ExplainConfig(chunk=2))
+        label_and_score(cfg, "r1", score_stage=False)  # every feature answered
+        with Store(fresh_project) as store:
+            store.con.execute("DELETE FROM explanations WHERE feature >= 4")
+            store.con.execute("DELETE FROM llm_calls WHERE feature >= 4")  # else the re-run is served from the cache
+        server.inject(*[Fault.server_error(503)] * 50)
+        with pytest.raises(AutointerpError, match="3 openai_compatible calls failed in a row") as info:
+            label_and_score(cfg, "r1", score_stage=False)
+        assert "re-running the command resumes" in info.value.fix
+        assert server.pending_faults == 50 - 3  # it stopped at the third failure, not at the last feature
+    with Store(fresh_project, read_only=True) as store:
+        assert len(store.explanations("r1")) >= 4  # the labels stored before are kept
+
+
+def test_regathering_a_run_drops_labels_that_describe_the_old_examples(pipeline_setup, fresh_project):
+    from autointerp.gather import GatherConfig
+
+    with Store(fresh_project) as store:
+        _run(store, OfflineJudge(), scorers=("detection",))
+        assert len(store.explanations("r1")) and len(store.scores("r1"))
+    cfg = pipeline_config(pipeline_setup, fresh_project)
+    kept = gather(cfg, reuse=True)  # same settings: the stored gather and its labels stay
+    assert kept.reused
+    with Store(fresh_project, read_only=True) as store:
+        assert len(store.explanations("r1"))
+    gather(replace(cfg, gather=GatherConfig(n_top=2, n_bins=2, per_bin=2, n_negative=3, window=8, batch_size=4)), reuse=True)
+    with Store(fresh_project, read_only=True) as store:
+        assert store.explanations("r1").empty and store.scores("r1").empty
+        assert store.table_counts("r1")["examples"] > 0

@@ -1,0 +1,89 @@
+"""Schema migrations: a database written by an earlier autointerp opens, upgrades in place and keeps
+every row; one written by a newer autointerp is refused untouched."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from autointerp.errors import AutointerpError
+from autointerp.store import DB_NAME, MIGRATIONS, SCHEMA_VERSION, Store
+
+FIXTURE = Path(__file__).parent / "fixtures" / "db_schema_v1"
+TABLES = ("runs", "features", "examples", "contexts", "documents", "vocab", "explanations", "scores", "llm_calls",
+          "categories", "saturation_steps", "saturation_summary")
+
+
+def v1_project(tmp_path: Path) -> Path:
+    """The fixture database (main at 56c3d4b, schema version 1) rebuilt from its CSV export."""
+    data = tmp_path / "export"
+    shutil.copytree(FIXTURE, data)
+    load = (data / "load.sql").read_text().replace("{DIR}", str(data))
+    project = tmp_path / "p"
+    project.mkdir()
+    con = duckdb.connect(str(project / DB_NAME))
+    con.execute((data / "schema.sql").read_text())
+    con.execute(load)
+    con.close()
+    return project
+
+
+def counts(path: Path) -> dict[str, int]:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in TABLES}
+    finally:
+        con.close()
+
+
+def test_a_schema_1_database_upgrades_in_place_and_keeps_every_row(tmp_path):
+    project = v1_project(tmp_path)
+    before = counts(project / DB_NAME)
+    assert before["llm_calls"] == 48 and before["explanations"] == 32
+    old = duckdb.connect(str(project / DB_NAME), read_only=True)
+    old_order = old.execute("SELECT explainer, feature FROM explanations ORDER BY explainer, created_at, feature").fetchall()
+    old_calls = old.execute("SELECT cache_key FROM llm_calls ORDER BY created_at, rowid").fetchall()
+    old.close()
+
+    with Store(project) as store:
+        applied = store.con.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
+        assert applied == [(i, name) for i, (name, _) in enumerate(MIGRATIONS, 1)]
+        assert store.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall() == [(str(SCHEMA_VERSION),)]
+        # Calls numbered in the order they were logged; labels keep their order, now as a column.
+        calls = store.con.execute("SELECT call_id, cache_key, run_id FROM llm_calls ORDER BY call_id").fetchall()
+        assert [c[0] for c in calls] == list(range(1, 49)) and [(c[1],) for c in calls] == old_calls
+        assert all(c[2] is None for c in calls)  # no run id was recorded then; none is invented
+        order = store.con.execute("SELECT explainer, feature FROM explanations ORDER BY explainer, position").fetchall()
+        assert order == old_order
+        labels = store.saturation_labels("r1", "offline:token-stats-v1")
+        assert len(labels) == 16
+    assert counts(project / DB_NAME) == before
+    with Store(project) as store:  # opening again applies nothing more
+        assert store.con.execute("SELECT count(*) FROM schema_migrations").fetchall() == [(SCHEMA_VERSION,)]
+
+
+def test_an_upgraded_database_takes_new_labels_reports_and_exports(tmp_path):
+    from autointerp.export import export
+    from autointerp.report import write_report
+
+    project = v1_project(tmp_path)
+    files = write_report(project, "r1")  # a read-only command upgrades first
+    assert "openai_compatible:standin" in files.html.read_text() or "offline:token-stats-v1" in files.html.read_text()
+    assert export(project, "r1", formats=("neuronpedia",))["neuronpedia"][0].stat().st_size > 0
+    with Store(project) as store:
+        assert store.con.execute("SELECT count(*) FROM schema_migrations").fetchall() == [(SCHEMA_VERSION,)]
+
+
+def test_a_database_from_a_newer_autointerp_is_refused_and_left_as_it_is(tmp_path):
+    with Store(tmp_path) as store:
+        store.con.execute("INSERT INTO schema_migrations VALUES (?, 'from the future', now())", [SCHEMA_VERSION + 1])
+        store.con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION + 1)])
+    before = (tmp_path / DB_NAME).read_bytes()
+    for read_only in (False, True):
+        with pytest.raises(AutointerpError, match="newer autointerp") as info:
+            Store(tmp_path, read_only=read_only)
+        assert "'from the future'" in info.value.problem and "pip install -U autointerp" in info.value.fix
+    assert (tmp_path / DB_NAME).read_bytes() == before
