@@ -11,11 +11,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,local]'
 	touch $@
 
-.PHONY: install demo test bench
+.PHONY: install demo demo-llm test bench
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/autointerp run
+
+demo-llm: $(VENV)/.installed   # the embedded default with a larger sample labelled by the local LLM
+	$(VENV)/bin/autointerp run --sample-size 64
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
@@ -24,3 +27,4 @@ bench: $(VENV)/.installed
 	cd bench && ../$(PY) gather_overhead.py
 	cd bench && ../$(PY) gather_memory.py
 	cd bench && ../$(PY) judge_throughput.py   # needs ./project from `make demo`
+	$(PY) bench/local_judge.py --project project

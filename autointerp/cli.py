@@ -217,6 +217,25 @@ def cmd_hookpoints(a: argparse.Namespace) -> None:
     print("\n".join(list_hookpoints(model.model, model.model.config)))
 
 
+def cmd_logs(a: argparse.Namespace) -> None:
+    from .store import Store
+
+    with Store(a.project, read_only=True) as store:
+        calls = store.llm_calls(a.run_id, a.purpose, a.feature, a.n)
+    if calls.empty:
+        print("no LLM calls logged" + (" matching these filters" if a.run_id or a.purpose or a.feature is not None else ""))
+        return
+    for c in calls.itertuples():
+        feature = "" if c.feature is None or c.feature != c.feature else f" feature {int(c.feature)}"
+        tokens = f"{int(c.prompt_tokens or 0):,}+{int(c.completion_tokens or 0):,} tokens" if c.prompt_tokens == c.prompt_tokens else "no usage"
+        print(f"#{int(c.call_id)} {c.created_at:%Y-%m-%d %H:%M:%S} run {c.run_id} {c.purpose}{feature} {c.provider}:{c.model} "
+              f"{tokens} {c.latency_s:.2f}s retries {int(c.retries)}" + (f" ERROR {c.error}" if isinstance(c.error, str) else ""))
+        if a.full:
+            print(f"  system: {c.system}\n  user: {c.user}\n  params: {c.params}")
+        text = c.response if isinstance(c.response, str) else ""
+        print("  response: " + (text if a.full or len(text) <= 200 else text[:200] + " …"))
+
+
 def cmd_runs(a: argparse.Namespace) -> None:
     from .store import Store
 
@@ -287,6 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("hookpoints", help="list the hookpoints a model offers")
     p.add_argument("--model", required=True, help="hub id or local directory")
     p.set_defaults(func=cmd_hookpoints)
+    p = sub.add_parser("logs", help="browse the logged LLM calls, newest first: prompts, answers, tokens, latency, errors")
+    p.add_argument("--project", default="project")
+    p.add_argument("--run-id", help="only this run's calls")
+    p.add_argument("--purpose", help="only calls for this task: explain, detection, fuzzing, simulation, codebook")
+    p.add_argument("--feature", type=int, help="only calls about this feature")
+    p.add_argument("-n", type=int, default=10, help="how many (default: %(default)s)")
+    p.add_argument("--full", action="store_true", help="also print the prompts and parameters, and whole answers")
+    p.set_defaults(func=cmd_logs)
     p = sub.add_parser("runs", help="list the runs stored in a project")
     p.add_argument("--project", default="project")
     p.set_defaults(func=cmd_runs)

@@ -77,8 +77,10 @@ class ExplainSummary:
 
 def trim(snippet: Snippet, context: int) -> Snippet:
     """The snippet cut to `context` tokens either side of its marked tokens (0: left whole)."""
+    if not context:
+        return snippet
     marks = activation_marks(snippet)
-    if not context or not any(marks):
+    if not any(marks):
         return snippet
     first = marks.index(True)
     last = len(marks) - 1 - marks[::-1].index(True)

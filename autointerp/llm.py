@@ -492,6 +492,7 @@ class _SDKClient(LLMClient):
         self._rpm = _TokenBucket(config.requests_per_minute) if config.requests_per_minute else None
         self._tpm = _TokenBucket(config.tokens_per_minute) if config.tokens_per_minute else None
         self._failed_in_a_row = 0
+        self._in_flight: dict[str, asyncio.Future] = {}  # cache key → the call asking it now
         self._backoff = wait_exponential_jitter(
             multiplier=config.backoff_initial_s, max=config.backoff_max_s, jitter=config.backoff_initial_s
         )
@@ -545,11 +546,32 @@ class _SDKClient(LLMClient):
         params = cfg.request_params(max_tokens, schema)
         key = cache_key(cfg.provider, cfg.model, system, user, params)
         started = time.monotonic()
-        if (hit := self.store.lookup(key)) is not None:
+        if (hit := self.store.lookup(key)) is None and key in self._in_flight:
+            # The same prompt is being asked right now (a shuffled label equal to the own one): wait for
+            # that answer instead of paying twice; a failed one is asked again below.
+            first = await asyncio.shield(self._in_flight[key])
+            hit = first if first.error is None else self.store.lookup(key)
+        if hit is not None:
             # Describe this call, not the original one; tokens and cost stay as what the answer cost.
             hit = replace(hit, cached=True, retries=0, latency_s=time.monotonic() - started)
             self.totals.add(hit)
             return hit
+        future = self._in_flight.setdefault(key, asyncio.get_running_loop().create_future())
+        try:
+            completion = await self._ask(key, system, user, params, purpose, feature)
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()  # retrieved: waiters re-raise it, nobody logs it as lost
+            raise
+        finally:
+            self._in_flight.pop(key, None)
+        if not future.done():
+            future.set_result(completion)
+        return completion
+
+    async def _ask(self, key: str, system: str, user: str, params: Mapping[str, object], purpose: str, feature: int | None) -> Completion:
+        cfg = self.config
 
         # The slot is held through backoff too: a rate-limited run should slow down, not
         # let waiting calls' slots go to fresh ones that would hit the same limit.

@@ -123,6 +123,16 @@ def preflight(model: LocalModel = LOCAL_MODEL) -> Path:
     return model_path(model)
 
 
+def _die_with_parent() -> None:
+    """In the server's process before it starts (Linux): end it when autointerp's process ends, even
+    by SIGKILL, which runs no cleanup. Elsewhere stop() and the atexit hook are all there is."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -182,7 +192,8 @@ class LocalServer:
         with log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.command())}\n".encode())
             log.flush()
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            preexec_fn=_die_with_parent)
         atexit.register(self.stop)
         self._wait_ready()
         return self

@@ -435,6 +435,16 @@ class Store:
 
     # ---- reads for reports and exports (this section belongs to the report and export modules)
 
+    def llm_calls(self, run_id: str | None = None, purpose: str | None = None, feature: int | None = None, limit: int = 20) -> pd.DataFrame:
+        """The latest logged LLM calls, newest first, optionally of one run, purpose or feature."""
+        where, args = [], []
+        for col, value in (("run_id", run_id), ("purpose", purpose), ("feature", feature)):
+            if value is not None:
+                where.append(f"{col} = ?")
+                args.append(value)
+        sql = "SELECT * FROM llm_calls" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY call_id DESC LIMIT ?"
+        return self.con.execute(sql, args + [limit]).df()
+
     def stored_counts(self) -> dict[str, int]:
         """Rows a user cares about, project-wide: runs, labels, scores, logged LLM calls."""
         q = {"runs": "SELECT count(*) FROM runs", "labels": "SELECT count(*) FROM explanations WHERE status = 'ok'",
@@ -507,8 +517,12 @@ class CallLog:
     """
 
     _MERGE_EVERY = 1 << 16  # fold this session's keys into the sorted array this often
-    _COLUMNS = ("call_id", "run_id", "cache_key", "provider", "model", "purpose", "feature", "system", "user", "params",
-                "response", "raw", "prompt_tokens", "completion_tokens", "latency_s", "retries", "cost_usd", "error")
+    _SCHEMA = pa.schema([("call_id", pa.int64()), ("run_id", pa.string()), ("cache_key", pa.string()), ("provider", pa.string()),
+                         ("model", pa.string()), ("purpose", pa.string()), ("feature", pa.int64()), ("system", pa.string()),
+                         ("user", pa.string()), ("params", pa.string()), ("response", pa.string()), ("raw", pa.string()),
+                         ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("latency_s", pa.float64()),
+                         ("retries", pa.int64()), ("cost_usd", pa.float64()), ("error", pa.string()), ("created_at", pa.timestamp("us"))])
+    _COLUMNS = tuple(_SCHEMA.names[:-1])  # the LLMCall fields, then created_at from its timestamp
 
     def __init__(self, store: Store, run_id: str | None = None, flush_every: int = 64):
         self.store = store
@@ -534,9 +548,9 @@ class CallLog:
             except ValueError:  # the line being written when the process died
                 continue
         if rows:
-            frame = pd.DataFrame(rows)
-            frame["created_at"] = pd.to_datetime(frame.created_at)
-            self.store._replace("llm_calls", self._arrow(frame), "call_id IN (SELECT call_id FROM incoming)", [])
+            for row in rows:
+                row["created_at"] = datetime.fromisoformat(row["created_at"])
+            self.store._replace("llm_calls", self._arrow(rows), "call_id IN (SELECT call_id FROM incoming)", [])
         self.journal_path.unlink()
 
     def _known(self, cache_key: str) -> bool:
@@ -584,8 +598,7 @@ class CallLog:
     def flush(self) -> None:
         if not self.pending:
             return
-        frame = pd.DataFrame([{c: getattr(call, c) for c in self._COLUMNS} | {"created_at": call.timestamp} for call in self.pending])
-        self.store._insert("llm_calls", self._arrow(frame))
+        self.store._insert("llm_calls", self._arrow([{c: getattr(call, c) for c in self._COLUMNS} | {"created_at": call.timestamp} for call in self.pending]))
         self.pending.clear()
         self._journal.truncate(0)
 
@@ -594,10 +607,10 @@ class CallLog:
         self._journal.close()
         self.journal_path.unlink(missing_ok=True)
 
-    @staticmethod
-    def _arrow(frame: pd.DataFrame) -> pa.Table:
-        types = {"call_id": "int64", "feature": "Int64", "prompt_tokens": "Int64", "completion_tokens": "Int64", "retries": "Int64", "cost_usd": "float64"}
-        return pa.Table.from_pandas(frame.astype(types), preserve_index=False)
+    @classmethod
+    def _arrow(cls, rows: list[dict]) -> pa.Table:
+        """Rows as an Arrow table, column by column (a DataFrame first costs more than the insert)."""
+        return pa.table([pa.array([r[f.name] for r in rows], f.type) for f in cls._SCHEMA], schema=cls._SCHEMA)
 
 
 def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:

@@ -113,9 +113,9 @@ def main() -> None:
 
     with Store(a.project, read_only=True) as store:
         run_id = store.run()["run_id"]
-        features = select_features(store, run_id, None, None)
+        features = select_features(store, run_id, ExplainConfig())
         snippets = store.feature_snippets(run_id, features[:1000], split="explain", max_per_kind={"top": 10, "negative": 10})
-    tasks = [explain_task(fs, ExplainConfig()) for fs in snippets if fs.explain]
+    tasks = [explain_task(fs, ExplainConfig().for_judge("openai_compatible")) for fs in snippets if fs.explain]
 
     rows = []
     for c in (1, 8, 32):

@@ -80,6 +80,8 @@ def test_kill_during_explain_then_rerun_score_saturate_report_export(pipeline_se
         assert "codebook: openai_compatible:standin-model" in saturated.stdout
         report = cli("report", "--project", str(project))
         exported = cli("export", "--project", str(project))
+        logs = cli("logs", "--project", str(project), "--purpose", "explain", "-n", "2")
+        assert logs.returncode == 0 and logs.stdout.count(" explain feature ") == 2 and "response: {" in logs.stdout
         before = len(server.calls)
         again = cli(*args)  # a third run: everything is stored, nothing is asked again
         assert again.returncode == 0, again.stderr
