@@ -253,3 +253,40 @@ def test_report_opens_in_a_real_browser_without_errors(report, tmp_path):
     # The cards' activation highlights and histograms are the only orange on the page.
     orange = (pixels[..., 0] > 0.75) & (pixels[..., 1] > 0.35) & (pixels[..., 1] < 0.75) & (pixels[..., 2] < 0.45)
     assert pixels.std() > 0.05 and orange.sum() > 500
+
+
+def test_a_second_explainer_is_shown_beside_the_first_with_their_agreement(tmp_path):
+    project = build_project(tmp_path)
+    with Store(project) as store:
+        other = [0, 1, 2, 4]
+        store.write_explanations(RUN, "local:small", pd.DataFrame({
+            "feature": other, "label": ["cats on mats", "instructions to ignore", "guns and firearms", "deceptive promises made"],
+            "status": ["ok"] * 4, "error": [None] * 4, "raw": ["r"] * 4, "prompt_hash": ["x"] * 4, "n_snippets": [4] * 4,
+        }))
+        # An embedding-scorer row stores no prompt hash (NULL): the report of an LLM-labelled run crashed on it in 0.1.0.
+        store.write_scores(RUN, "local:small", "embedding", pd.DataFrame([dict(
+            feature=f, judge="embedding:minilm:fp32", label_source="true", label_feature=f, metric="auroc", value=0.8, ci_low=0.6,
+            ci_high=0.95, n=12, method="bootstrap", status="ok", n_failed=0, error=None, prompt_hash=None) for f in other]))
+    files = write_report(project, cfg=ReportConfig(explainer=EXPLAINER))
+    page, md = files.html.read_text(), files.markdown.read_text()
+    assert '<section id="explainers">' in page and "local:small" in page and "## Explainers" in md
+    assert f"agreement {EXPLAINER} vs local:small on 4 features" in html.unescape(page)
+    assert "<div class='muted'>local:small: guns and firearms</div>" in page  # on feature 2's card
+    assert "nan" not in md.split("Prompt hashes:")[1].split("\n")[0]
+
+
+def test_an_interrupted_report_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    import autointerp.report as report
+
+    project = build_project(tmp_path)
+    first = write_report(project)
+    before = first.html.read_bytes()
+
+    def dies_half_way(self, text, encoding=None):  # a kill while the new page is being written
+        open(self, "w").write(text[: len(text) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report.Path, "write_text", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(project)
+    assert first.html.read_bytes() == before
