@@ -51,7 +51,7 @@ class RunConfig:
     # beside the main judge's labels, and compared with them (the embedded default: the local LLM).
     sample_judge: LLMConfig | None = None
     sample_size: int = 16
-    sample_score: ScoreConfig = field(default_factory=lambda: ScoreConfig(scorers=("detection", "embedding"), n_activating=5, n_negative=5))
+    sample_score: ScoreConfig = field(default_factory=lambda: ScoreConfig(scorers=("detection", "embedding"), n_top=3, n_strata=2, n_negative=5))
     progress: bool = True
 
     def resolved_run_id(self) -> str:

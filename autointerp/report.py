@@ -30,8 +30,6 @@ from . import __version__
 from .records import Snippet
 from .store import Store
 
-# Chance level of each headline metric: a label is trusted only when its interval clears this.
-CHANCE = {"balanced_accuracy": 0.5, "auroc": 0.5, "pearson": 0.0}
 
 # Concepts whose appearance in a label deserves a human look. A term matches a whole word
 # (plural -s/-es allowed); a trailing * matches any continuation; '-' and ' ' are interchangeable.
@@ -53,8 +51,7 @@ class ReportConfig:
     explainer: str | None = None  # whose labels to report; None: the one written last
     n_snippets: int = 3  # top snippets per feature card (the HTML size grows with this)
     n_categories: int = 100  # largest categories listed; the long tail of singletons is only counted
-    confidence_scorer: str = "detection"  # whose interval decides a low-confidence flag
-    confidence_margin: float = 0.05  # the interval's lower bound must clear chance by this much
+    confidence_scorer: str = "detection"  # whose per-feature null test decides a low-confidence flag
     watch: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_WATCH))
 
 
@@ -76,6 +73,7 @@ class ScoreCell:
     ci_high: float
     n: int
     status: str
+    p_value: float = float("nan")  # against the permutation null (NaN: not tested)
 
 
 @dataclass
@@ -113,6 +111,7 @@ class ReportData:
     generated_at: str
     explainers: list[dict] = field(default_factory=list)  # every explainer of the run: name, labelled, failed, per-scorer summary
     agreements: list = field(default_factory=list)  # compare.Agreement of the shown explainer with each other one
+    alpha: float = 0.01  # the significance level the score stage used for "confident"
 
 
 # ----------------------------------------------------------------------------- reading
@@ -126,8 +125,10 @@ def watch_patterns(watch: dict[str, tuple[str, ...]]) -> dict[str, re.Pattern]:
     return {concept: re.compile("|".join(term(t) for t in terms), re.IGNORECASE) for concept, terms in watch.items()}
 
 
-def low_confidence(card: FeatureCard, cfg: ReportConfig) -> list[tuple[str, str]]:
-    """Why this feature's label should not be trusted yet; empty when nothing is wrong."""
+def low_confidence(card: FeatureCard, cfg: ReportConfig, alpha: float = 0.01) -> list[tuple[str, str]]:
+    """Why this feature's label should not be trusted yet; empty when nothing is wrong. A label is
+    trusted when the confidence scorer's one-sided permutation test rejects "the label says nothing
+    about which snippets are active" at alpha, on this feature's own snippets."""
     if card.label_status is None:
         return [] if card.dead else [("not labelled", "no label stored")]
     if card.label_status != "ok":
@@ -136,10 +137,9 @@ def low_confidence(card: FeatureCard, cfg: ReportConfig) -> list[tuple[str, str]
     main = card.scores.get(cfg.confidence_scorer)
     if main is None:
         reasons.append((f"no {cfg.confidence_scorer}", f"not scored by {cfg.confidence_scorer}"))
-    elif main.status == "ok":
-        floor = CHANCE[main.metric] + cfg.confidence_margin
-        if not main.ci_low >= floor:  # a NaN bound (too few snippets for an interval) fails too
-            reasons.append((f"{cfg.confidence_scorer} CI low", f"{cfg.confidence_scorer} 95% CI lower bound {_num(main.ci_low)} < {floor:.2f}"))
+    elif main.status == "ok" and not main.p_value < alpha:  # NaN (untested) fails too
+        reasons.append((f"{cfg.confidence_scorer} not above the null",
+                        f"{cfg.confidence_scorer} p = {_num(main.p_value)} against a label unrelated to the activations (needs < {alpha:g})"))
     return reasons
 
 
@@ -164,16 +164,14 @@ def saturation_results(store: Store, run_id: str, explainer: str | None) -> list
 
 
 def _explainer_rows(store: Store, run_id: str, names: list[str]) -> list[dict]:
-    """Per explainer: how many labels it wrote and failed, and each scorer's summary of them."""
-    from .score import HEADLINE, ScoreConfig, summarise
+    """Per explainer: how many labels it wrote and failed, and each scorer's stored summary of them."""
+    from .score import summarise
 
     rows = []
     for name in names:
         labels = store.explanations(run_id, name)
-        scores = store.scores(run_id, name)
-        scorers = tuple(x for x in HEADLINE if x in set(scores.scorer))
         rows.append({"explainer": name, "labelled": int((labels.status == "ok").sum()), "failed": int((labels.status != "ok").sum()),
-                     "scores": summarise(store, run_id, name, name, ScoreConfig(scorers=scorers)).per_scorer if scorers else {}})
+                     "scores": summarise(store, run_id, name)})
     return rows
 
 
@@ -192,6 +190,7 @@ def collect(store: Store, run_id: str | None, cfg: ReportConfig) -> ReportData:
     judges = {s: str(headline[headline.scorer == s].judge.iloc[0]) for s in scorers}
     explainers = _explainer_rows(store, run_id, store.explainers(run_id))
     summary = next((x["scores"] for x in explainers if x["explainer"] == explainer), {})
+    alpha = next((v["alpha"] for v in summary.values()), 0.01)
     others = {x["explainer"]: store.explanations(run_id, x["explainer"]) for x in explainers if x["explainer"] != explainer}
     other_ok = {name: {int(r.feature): str(r.label) for r in df[df.status == "ok"].itertuples()} for name, df in others.items()}
     own_ok = {int(f): str(r.label) for f, r in labels[labels.status == "ok"].iterrows()}
@@ -200,7 +199,7 @@ def collect(store: Store, run_id: str | None, cfg: ReportConfig) -> ReportData:
     own = headline[headline.label_source == "true"]
     cells: dict[int, dict[str, ScoreCell]] = {}
     for r in own.itertuples():
-        cells.setdefault(int(r.feature), {})[r.scorer] = ScoreCell(r.metric, r.value, r.ci_low, r.ci_high, int(r.n), r.status)
+        cells.setdefault(int(r.feature), {})[r.scorer] = ScoreCell(r.metric, r.value, r.ci_low, r.ci_high, int(r.n), r.status, r.p_value)
     alive = [int(f) for f in features.feature[~features.dead]]
     snippets = store.feature_snippets(run_id, alive, max_per_kind={"top": cfg.n_snippets, "quantile": 0, "negative": 0})
     top = {fs.feature: sorted(fs.explain + fs.score, key=lambda s: -s.max_activation)[: cfg.n_snippets] for fs in snippets}
@@ -214,14 +213,14 @@ def collect(store: Store, run_id: str | None, cfg: ReportConfig) -> ReportData:
         if f in labels.index:
             row = labels.loc[f]
             card.label, card.label_status, card.label_error = (None if pd.isna(v) else str(v) for v in (row.label, row.status, row.error))
-        card.low_confidence = low_confidence(card, cfg)
+        card.low_confidence = low_confidence(card, cfg, alpha)
         card.watch = [c for c, p in patterns.items() if card.label and p.search(card.label)]
         cards.append(card)
     return ReportData(
         run=run, db_path=store.path, explainer=explainer, counts=store.table_counts(run_id), cards=cards,
         headline=headline, summary=summary, judges=judges, prompts=store.prompt_hashes(run_id), usage=store.llm_usage(run_id),
         saturation=saturation_results(store, run_id, explainer), generated_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        explainers=explainers, agreements=agreements,
+        explainers=explainers, agreements=agreements, alpha=alpha,
     )
 
 
@@ -231,6 +230,12 @@ def collect(store: Store, run_id: str | None, cfg: ReportConfig) -> ReportData:
 def _text(x: object) -> str | None:
     """A string read from the database, or None for SQL NULL (which pandas may hand over as NaN)."""
     return None if x is None or (not isinstance(x, str) and pd.isna(x)) else str(x)
+
+
+def _chance(metric: str) -> float:
+    from .score import CHANCE
+
+    return CHANCE[metric]
 
 
 def _num(x: float | None, digits: int = 3) -> str:
@@ -274,13 +279,13 @@ def scores_figure(headline: pd.DataFrame, scorers: list[str]) -> str | None:
         bins = np.linspace(both.min(), both.max(), 26) if both.max() > both.min() else 10
         left.hist(true.value, bins=bins, color="#4a6fa5", alpha=0.8, label="own label")
         left.hist(shuf, bins=bins, histtype="step", color="#b03030", lw=1.2, label="shuffled label")
-        left.axvline(CHANCE[metric], color="grey", ls=":", lw=1)
+        left.axvline(_chance(metric), color="grey", ls=":", lw=1)
         left.set(title=f"{scorer}: {metric}", ylabel="features")
         left.legend(frameon=False, fontsize=7)
         x = np.arange(len(true))
         right.fill_between(x, true.ci_low, true.ci_high, color="#4a6fa5", alpha=0.25, lw=0, label="95% CI")
         right.plot(x, true.value, color="#4a6fa5", lw=1, label="own label")
-        right.axhline(CHANCE[metric], color="grey", ls=":", lw=1)
+        right.axhline(_chance(metric), color="grey", ls=":", lw=1)
         right.set(title=f"{scorer}: features sorted by score", xlabel="feature rank", ylabel=metric)
         right.legend(frameon=False, fontsize=7, loc="upper left")
     return _svg(fig)
@@ -494,10 +499,25 @@ def _verdict_class(verdict: str) -> str:
     return "good" if verdict.startswith("measures something") else "bad"
 
 
+SCORE_HEADER = ["scorer", "metric", "what it samples", "median", "IQR", "scored", "failed", "undefined", "confident",
+                "controls", "shuffled median", "gap [95% CI]", "verdict"]
+
+
+def _score_cells(summary: dict[str, dict]) -> list[list[str]]:
+    """The scores table as text cells (escaped by the caller for its format)."""
+    return [[s, v["metric"], v["samples"], _num(v["median"]), f"{_num(v['q25'])}–{_num(v['q75'])}", f"{v['n_ok']:,} of {v['n_features']:,}",
+             f"{v['n_failed']:,}", f"{v['n_undefined']:,}", f"{v['n_confident']:,} (p < {v['alpha']:g})",
+             f"{v['n_controls']:,} ({v['control']})", _num(v["shuffled_median"]),
+             f"{_num(v['gap'])} [{_num(v['gap_low'])}, {_num(v['gap_high'])}] over {v['n_pairs']:,} pairs" + (f", {v['n_pairs_undefined']:,} undefined" if v["n_pairs_undefined"] else ""),
+             v["verdict"]] for s, v in summary.items()]
+
+
 def _score_rows(summary: dict[str, dict]) -> list[list[str]]:
-    return [[e(s), e(v["metric"]), _num(v["median"]), f"{_num(v['q25'])}–{_num(v['q75'])}", f"{v['n_features']:,}", _num(v["shuffled_median"]),
-             f"{_num(v['gap'])} [{_num(v['gap_low'])}, {_num(v['gap_high'])}]", f"{v['n_failed']:,}", f"{v['n_undefined']:,}",
-             f'<span class="{_verdict_class(v["verdict"])}">{e(v["verdict"])}</span>'] for s, v in summary.items()]
+    rows = []
+    for cells in _score_cells(summary):
+        verdict = cells[-1]
+        rows.append([e(c) for c in cells[:-1]] + [f'<span class="{_verdict_class(verdict)}">{e(verdict)}</span>'])
+    return rows
 
 
 def _category_rows(result: SaturationResult, limit: int) -> tuple[list[list[str]], str]:
@@ -628,12 +648,14 @@ def _page(d: ReportData, cfg: ReportConfig) -> str:
          + f"<details><summary>run configuration</summary><pre>{e(json.dumps(run['config'], indent=1, default=str))}</pre></details>"),
         ("health", "SAE health", _kv(_health(d)) + density_svg),
         ("explainers", "Explainers", _explainers_html(d)),
-        ("scores", "Scores", (_table(["scorer", "metric", "median", "IQR", "n", "shuffled median", "gap [95% CI]", "failed", "undefined", "verdict"],
-                                     _score_rows(d.summary), (2, 4, 5, 7, 8)) + scores_svg) if scorers else '<p class="muted">no scores stored — run autointerp score</p>'),
+        ("scores", "Scores", (_table(SCORE_HEADER, _score_rows(d.summary), (3, 5, 6, 7, 8, 9, 10))
+                              + "<p class='muted'>confident: the feature's one-sided permutation test rejects a label unrelated to the activations, "
+                              "on the feature's own snippets. The shuffle control scores a sample of features with another feature's label.</p>"
+                              + scores_svg) if scorers else '<p class="muted">no scores stored — run autointerp score</p>'),
         ("saturation", "Saturation", _saturation_html(d)),
         ("categories", "Categories", _categories_html(d, cfg.n_categories)),
         ("flags", "Flags",
-         f"<p>{n_low:,} of {len(d.cards):,} features have a low-confidence label (lower bound of the {e(cfg.confidence_scorer)} 95% interval under chance + {cfg.confidence_margin:g}, "
+         f"<p>{n_low:,} of {len(d.cards):,} features have a low-confidence label ({e(cfg.confidence_scorer)} not above its permutation null at p &lt; {d.alpha:g}, "
          "a failed or undefined score, or no label).</p>"
          + _kv([(k, f"{v:,}") for k, v in reason_counts.items()])
          + f"<h3>Watch-list hits ({len(watched):,})</h3><p class='muted'>concepts: {e(watch_terms)}</p>"
@@ -684,10 +706,7 @@ def render_markdown(d: ReportData, cfg: ReportConfig, html_name: str) -> str:
     out += table(["", ""], [[k, v] for k, v in _health(d)])
     out += ["", "## Scores", ""]
     if d.summary:
-        out += table(["scorer", "metric", "median", "IQR", "n", "shuffled", "gap [95% CI]", "failed", "undefined", "verdict"],
-                     [[s, v["metric"], _num(v["median"]), f"{_num(v['q25'])}–{_num(v['q75'])}", str(v["n_features"]), _num(v["shuffled_median"]),
-                       f"{_num(v['gap'])} [{_num(v['gap_low'])}, {_num(v['gap_high'])}]", str(v["n_failed"]), str(v["n_undefined"]), _md(v["verdict"])]
-                      for s, v in d.summary.items()])
+        out += table(SCORE_HEADER, [[_md(c) for c in cells] for cells in _score_cells(d.summary)])
     else:
         out.append("no scores stored — run autointerp score")
     if len(d.explainers) > 1:
@@ -701,7 +720,7 @@ def render_markdown(d: ReportData, cfg: ReportConfig, html_name: str) -> str:
     n_low = sum(bool(c.low_confidence) for c in d.cards)
     watched = [c for c in d.cards if c.watch]
     out += ["", "## Flags", "", f"- {n_low:,} of {len(d.cards):,} features have a low-confidence label "
-            f"({cfg.confidence_scorer} 95% CI lower bound under chance + {cfg.confidence_margin:g}, a failed or undefined score, or no label).",
+            f"({cfg.confidence_scorer} not above its permutation null at p < {d.alpha:g}, a failed or undefined score, or no label).",
             f"- {len(watched):,} labels mention a watch-list concept ({', '.join(_md(k) for k in cfg.watch)}).", ""]
     if watched:
         out += table(["feature", "concepts", "label"], [[str(c.feature), _md(", ".join(c.watch)), _md(c.label)] for c in watched])

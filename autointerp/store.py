@@ -115,6 +115,19 @@ UPDATE explanations SET position = ordered.p
     WHERE explanations.run_id = ordered.run_id AND explanations.explainer = ordered.explainer
       AND explanations.feature = ordered.feature;
 """),
+    # Scores carry their per-feature null test; each scorer's summary is stored once, by the score
+    # stage, and read by the report.
+    ("score p-values and summaries", """
+ALTER TABLE scores ADD COLUMN p_value DOUBLE;
+CREATE TABLE score_summaries (
+    run_id VARCHAR, explainer VARCHAR, scorer VARCHAR, judge VARCHAR, metric VARCHAR, chance DOUBLE, samples VARCHAR,
+    n_features INTEGER, n_ok INTEGER, n_failed INTEGER, n_undefined INTEGER, median DOUBLE, q25 DOUBLE, q75 DOUBLE,
+    n_confident INTEGER, alpha DOUBLE, control VARCHAR, n_controls INTEGER, n_pairs INTEGER, n_pairs_undefined INTEGER,
+    shuffled_median DOUBLE, gap DOUBLE, gap_low DOUBLE, gap_high DOUBLE, verdict VARCHAR, calls_saved BIGINT,
+    created_at TIMESTAMP,
+    PRIMARY KEY (run_id, explainer, scorer)
+);
+"""),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -122,7 +135,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 GATHER_TABLES = ("features", "examples", "contexts", "documents", "vocab")
 # Tables derived from a run's examples: a new gather of the run deletes them (the LLM call log stays,
 # so labelling the same examples again is served from the cache).
-DERIVED_TABLES = ("explanations", "scores", "categories", "saturation_steps", "saturation_summary")
+DERIVED_TABLES = ("explanations", "scores", "score_summaries", "categories", "saturation_steps", "saturation_summary")
 
 
 @dataclass
@@ -328,18 +341,35 @@ class Store:
     def explainers(self, run_id: str) -> list[str]:
         return [r[0] for r in self.con.execute("SELECT DISTINCT explainer FROM explanations WHERE run_id = ? ORDER BY 1", [run_id]).fetchall()]
 
-    def write_scores(self, run_id: str, explainer: str, scorer: str, rows: pd.DataFrame) -> None:
-        """Replace this scorer's rows for these features (true and shuffled labels alike)."""
+    def write_scores(self, run_id: str, explainer: str, scorer: str, rows: pd.DataFrame, label_source: str = "true") -> None:
+        """Replace this scorer's rows of one label source (own labels, "true", or the control, "shuffled") for these features."""
         frame = rows.assign(run_id=run_id, explainer=explainer, scorer=scorer, created_at=_now())
         calls = frame.pop("call_ids") if "call_ids" in frame else pd.Series([[]] * len(frame))
         table = pa.Table.from_pandas(frame, preserve_index=False).append_column("call_ids", pa.array(list(calls), pa.list_(pa.int64())))
-        self._replace("scores", table, "run_id = ? AND explainer = ? AND scorer = ? AND feature IN (SELECT feature FROM incoming)", [run_id, explainer, scorer])
+        self._replace("scores", table, "run_id = ? AND explainer = ? AND scorer = ? AND label_source = ? AND feature IN (SELECT feature FROM incoming)",
+                      [run_id, explainer, scorer, label_source])
 
-    def scores(self, run_id: str, explainer: str | None = None) -> pd.DataFrame:
+    def delete_scores(self, run_id: str, explainer: str, scorers: list[str], label_source: str) -> None:
+        for scorer in scorers:
+            self.con.execute("DELETE FROM scores WHERE run_id = ? AND explainer = ? AND scorer = ? AND label_source = ?", [run_id, explainer, scorer, label_source])
+
+    def scores(self, run_id: str, explainer: str | None = None, scorer: str | None = None) -> pd.DataFrame:
         sql, args = "SELECT * FROM scores WHERE run_id = ?", [run_id]
+        for col, value in (("explainer", explainer), ("scorer", scorer)):
+            if value is not None:
+                sql, args = sql + f" AND {col} = ?", args + [value]
+        return self.con.execute(sql + " ORDER BY scorer, feature, label_source, metric", args).df()
+
+    def write_score_summaries(self, run_id: str, explainer: str, rows: pd.DataFrame) -> None:
+        """Replace the summaries of these scorers (one row each: see the score_summaries columns)."""
+        table = pa.Table.from_pandas(rows.assign(run_id=run_id, explainer=explainer, created_at=_now()), preserve_index=False)
+        self._replace("score_summaries", table, "run_id = ? AND explainer = ? AND scorer IN (SELECT scorer FROM incoming)", [run_id, explainer])
+
+    def score_summaries(self, run_id: str, explainer: str | None = None) -> pd.DataFrame:
+        sql, args = "SELECT * FROM score_summaries WHERE run_id = ?", [run_id]
         if explainer is not None:
             sql, args = sql + " AND explainer = ?", args + [explainer]
-        return self.con.execute(sql + " ORDER BY scorer, feature, label_source, metric", args).df()
+        return self.con.execute(sql + " ORDER BY explainer, scorer", args).df()
 
     def llm_totals(self, purpose_prefix: str = "") -> dict:
         row = self._one(

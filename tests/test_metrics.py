@@ -75,10 +75,22 @@ def test_classification_hand_values():
     assert s["recall"] == wilson_interval(3, 4)  # tp / (tp + fn)
     assert s["balanced_accuracy"].value == pytest.approx((3 / 4 + 5 / 6) / 2)  # = 0.791667
     assert s["f1"].value == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))  # = 0.75
-    for key in ("balanced_accuracy", "f1"):
-        e = s[key]
-        assert e.n == 10 and e.method == "stratified bootstrap percentile"
-        assert e.ci_low <= e.value <= e.ci_high
+    f1 = s["f1"]
+    assert f1.n == 10 and f1.method == "stratified bootstrap percentile" and f1.ci_low <= f1.value <= f1.ci_high
+    # Balanced accuracy: TPR 3/4, TNR 5/6, adjusted to 4/6 and 6/8:
+    # centre (4/6 + 6/8)/2 = 0.708333; half = 1.96/2·sqrt((4/6)(2/6)/6 + (6/8)(2/8)/8) = 0.980·sqrt(0.0604745) = 0.240998
+    ba = s["balanced_accuracy"]
+    assert ba.method == "adjusted wald (+1/+1 per class)" and ba.n == 10
+    assert (ba.ci_low, ba.ci_high) == (pytest.approx(0.708333 - 0.240998, abs=1e-5), pytest.approx(0.708333 + 0.240998, abs=1e-5))
+    # Fisher's exact one-sided p: 4 predicted positives, 3 of them among the 4 positives of 10.
+    assert ba.p_value == pytest.approx(stats.fisher_exact([[3, 1], [1, 5]], alternative="greater").pvalue)
+
+
+def test_a_perfect_score_keeps_an_open_interval():
+    ba = classification_scores([1] * 10 + [0] * 10, [1] * 10 + [0] * 10)["balanced_accuracy"]
+    assert ba.value == 1.0 and ba.ci_high == 1.0 and 0.75 < ba.ci_low < 0.9
+    a = auroc(list(range(20)), [i >= 10 for i in range(20)])
+    assert a.value == 1.0 and a.ci_high == 1.0 and 0.7 < a.ci_low < 0.95
 
 
 def test_classification_undefined_cases():
@@ -161,25 +173,21 @@ def test_auroc_undefined_with_one_class():
     assert nan_estimate(auroc([0.1, 0.5, 0.9], [0, 0, 0]))
 
 
-def test_auroc_bootstrap_matches_loop_and_behaves():
+def test_auroc_score_interval_solves_newcombe_equation_and_tests_mann_whitney():
     rng = np.random.default_rng(2)
     labels = np.arange(40) < 15
     scores = rng.normal(size=40) + labels
-    e = auroc(scores, labels, n_boot=4000, seed=1)
-    assert e.ci_low < e.value < e.ci_high
-    # Independent loop: stratified resampling, AUC by explicit pair counting.
-    pos, neg = scores[labels], scores[~labels]
-    loop_rng = np.random.default_rng(9)
-    reps = []
-    for _ in range(4000):
-        p = pos[loop_rng.integers(0, len(pos), len(pos))]
-        n = neg[loop_rng.integers(0, len(neg), len(neg))]
-        diff = p[:, None] - n[None, :]
-        reps.append(((diff > 0) + 0.5 * (diff == 0)).mean())
-    low, high = np.percentile(reps, [2.5, 97.5])
-    assert (e.ci_low, e.ci_high) == (pytest.approx(low, abs=0.02), pytest.approx(high, abs=0.02))
-    assert auroc(scores, labels, seed=5) == auroc(scores, labels, seed=5)
-    big = auroc(np.tile(scores, 10), np.tile(labels, 10), seed=5)
+    e = auroc(scores, labels)
+    # Independently: every θ on a fine grid with |A − θ| <= 1.96·sqrt(V(θ)), V from Newcombe's formula.
+    n1, n0 = 15, 25
+    m = (n1 + n0) / 2 - 1
+    theta = np.linspace(0, 1, 200_001)
+    var = theta * (1 - theta) * (1 + m * (1 - theta) / (2 - theta) + m * theta / (1 + theta)) / (n1 * n0)
+    inside = theta[np.abs(e.value - theta) <= 1.96 * np.sqrt(var)]
+    assert (e.ci_low, e.ci_high) == (pytest.approx(inside.min(), abs=1e-4), pytest.approx(inside.max(), abs=1e-4))
+    assert e.value == pytest.approx(stats.mannwhitneyu(scores[labels], scores[~labels]).statistic / (n1 * n0))
+    assert e.p_value == pytest.approx(stats.mannwhitneyu(scores[labels], scores[~labels], alternative="greater").pvalue)
+    big = auroc(np.tile(scores, 10), np.tile(labels, 10))
     assert big.ci_high - big.ci_low < (e.ci_high - e.ci_low) / 2
 
 
@@ -209,7 +217,7 @@ def test_pearson_undefined():
     assert small.value == pytest.approx(0.5) and math.isnan(small.ci_low)
 
 
-def test_grouped_bootstrap_wider_than_token_level():
+def test_grouped_interval_counts_snippets_not_tokens():
     # 20 snippets, each 10 identical copies of one (x, y) point: really 20 observations, not 200.
     rng = np.random.default_rng(0)
     gx = rng.normal(size=20)
@@ -218,31 +226,30 @@ def test_grouped_bootstrap_wider_than_token_level():
     tokens = pearson(x, y)
     grouped = pearson(x, y, groups=groups, seed=1)
     assert grouped.value == pytest.approx(tokens.value) == pytest.approx(stats.pearsonr(gx, gy).statistic)
-    assert grouped.method == "group bootstrap percentile" and grouped.n == 200
+    assert grouped.method == "group jackknife fisher z, t quantile" and grouped.n == 20
     assert grouped.ci_low <= grouped.value <= grouped.ci_high
     assert grouped.ci_high - grouped.ci_low > 2 * (tokens.ci_high - tokens.ci_low)
-    # ... and about as wide as the Fisher-z interval of the 20 distinct points.
-    per_snippet = pearson(gx, gy)
+    per_snippet = pearson(gx, gy)  # ... and about as wide as the Fisher-z interval of the 20 distinct points
     assert grouped.ci_high - grouped.ci_low == pytest.approx(per_snippet.ci_high - per_snippet.ci_low, rel=0.35)
 
 
-def test_grouped_bootstrap_matches_loop():
-    # Snippets of unequal length; resample whole snippets in a loop and recompute r with scipy.
+def test_grouped_jackknife_matches_a_loop_and_the_null_shuffles_whole_snippets():
     rng = np.random.default_rng(3)
-    sizes = rng.integers(2, 12, 25)
+    sizes = np.array([4, 8] * 12 + [5])  # snippets of unequal length
     groups = np.repeat([f"s{i}" for i in range(25)], sizes)  # string ids work too
     x = rng.normal(size=len(groups)) + np.repeat(rng.normal(size=25), sizes)
     y = 0.4 * x + rng.normal(size=len(groups))
-    e = pearson(x, y, groups=groups, n_boot=3000, seed=2)
-    members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
-    loop_rng = np.random.default_rng(8)
-    reps = []
-    for _ in range(3000):
-        idx = np.concatenate([members[i] for i in loop_rng.integers(0, 25, 25)])
-        reps.append(stats.pearsonr(x[idx], y[idx]).statistic)
-    low, high = np.percentile(reps, [2.5, 97.5])
-    assert (e.ci_low, e.ci_high) == (pytest.approx(low, abs=0.025), pytest.approx(high, abs=0.025))
-    assert e == pearson(x, y, groups=list(groups), n_boot=3000, seed=2)  # seeded
+    e = pearson(x, y, groups=groups, seed=2)
+    ids = np.unique(groups)
+    zs = np.array([np.arctanh(stats.pearsonr(x[groups != g], y[groups != g]).statistic) for g in ids])
+    se = math.sqrt(24 / 25 * np.sum((zs - zs.mean()) ** 2))
+    q = stats.t.ppf(0.975, 24)
+    z = np.arctanh(stats.pearsonr(x, y).statistic)
+    assert (e.ci_low, e.ci_high) == (pytest.approx(math.tanh(z - q * se)), pytest.approx(math.tanh(z + q * se)))
+    assert e.n == 25 and e.p_value == pytest.approx(1 / 1001)  # no shuffle of whole snippets comes close
+    # With y unrelated to x the permutation p-value is spread over (0, 1]; check its level by simulation.
+    null_p = [pearson(rng.normal(size=len(groups)), y, groups=groups, seed=k, n_permutations=200).p_value for k in range(200)]
+    assert 0.01 <= np.mean(np.array(null_p) <= 0.05) <= 0.10
 
 
 def test_pearson_rejects_bad_input():
@@ -310,3 +317,37 @@ def test_one_feature_takes_milliseconds():
     pearson(scores, labels.astype(float), groups=groups)
     shuffle_gap(scores, scores[::-1])
     assert time.perf_counter() - start < 0.5  # typically ~20 ms; generous for slow CI machines
+
+
+# ---------------------------------------------------------------- coverage at the sizes features are scored on
+
+
+def test_95_percent_intervals_cover_the_truth_93_to_97_percent_of_the_time_at_n_20():
+    """Judges of known accuracy, thousands of draws, 10 activating + 10 non-activating snippets (or 20
+    snippets for the correlation): the share of intervals holding the true value."""
+    rng = np.random.default_rng(42)
+    draws = 4000
+    covered = {"balanced_accuracy": 0, "auroc": 0, "pearson": 0}
+    for _ in range(draws):
+        tpr, tnr = rng.uniform(0.5, 0.95, 2)  # a judge right on activating snippets with p = tpr, on the others tnr
+        truth = np.array([True] * 10 + [False] * 10)
+        pred = np.where(truth, rng.random(20) < tpr, rng.random(20) >= tnr)
+        ba = classification_scores(truth, pred)["balanced_accuracy"]
+        covered["balanced_accuracy"] += ba.ci_low <= (tpr + tnr) / 2 <= ba.ci_high
+
+        auc = rng.uniform(0.5, 0.95)  # binormal scores: AUC = Φ(d/√2)
+        d = math.sqrt(2) * stats.norm.ppf(auc)
+        a = auroc(np.concatenate([rng.normal(d, 1, 10), rng.normal(0, 1, 10)]), truth)
+        covered["auroc"] += a.ci_low <= auc <= a.ci_high
+
+    for _ in range(draws // 2):
+        # Predicted and true activations on 20 snippets of 8 tokens, correlated rho at the token and the
+        # snippet level (a snippet's shared context), so the pooled population correlation is rho.
+        rho = rng.uniform(0.0, 0.9)
+        cov = [[1, rho], [rho, 1]]
+        xy = rng.multivariate_normal([0, 0], cov, 160) + np.repeat(rng.multivariate_normal([0, 0], cov, 20), 8, axis=0)
+        r = pearson(xy[:, 0], xy[:, 1], groups=np.repeat(np.arange(20), 8), n_permutations=10)
+        covered["pearson"] += r.ci_low <= rho <= r.ci_high
+    rates = {"balanced_accuracy": covered["balanced_accuracy"] / draws, "auroc": covered["auroc"] / draws, "pearson": covered["pearson"] / (draws // 2)}
+    print("coverage", rates)
+    assert all(0.93 <= rate <= 0.97 for rate in rates.values()), rates

@@ -18,6 +18,7 @@ import pytest
 
 from autointerp.report import (NOT_SATURATED_YET, FeatureCard, ReportConfig, ScoreCell, loss_recovered_text, low_confidence, watch_patterns,
                                write_report)
+from autointerp.score import ScoreConfig, write_summaries
 from autointerp.store import CallLog, RunRecord, Store
 from conftest import pipeline_config
 
@@ -89,10 +90,13 @@ def build_project(root: Path, with_labels: bool = True) -> Path:
                 value, low, high = det if scorer == "detection" else (sim, sim - 0.2, min(sim + 0.2, 1.0))
                 status = "ok" if not np.isnan(value) else "undefined"
                 base = dict(feature=f, judge=EXPLAINER, metric=metric, n=20, method="bootstrap", n_failed=0, error=None, prompt_hash="def456")
-                rows.append(base | dict(label_source="true", label_feature=f, value=value, ci_low=low, ci_high=high, status=status))
+                p_value = 0.001 if low > 0.5 else 0.3  # the permutation test: only an interval clear of chance is confident here
+                rows.append(base | dict(label_source="true", label_feature=f, value=value, ci_low=low, ci_high=high, status=status, p_value=p_value))
                 rows.append(base | dict(label_source="shuffled", label_feature=scored[(i + 1) % len(scored)], value=0.5 if scorer == "detection" else 0.0,
-                                        ci_low=0.3, ci_high=0.7, status="ok"))
-            store.write_scores(RUN, EXPLAINER, scorer, pd.DataFrame(rows))
+                                        ci_low=0.3, ci_high=0.7, status="ok", p_value=0.5))
+            store.write_scores(RUN, EXPLAINER, scorer, pd.DataFrame([r for r in rows if r["label_source"] == "true"]))
+            store.write_scores(RUN, EXPLAINER, scorer, pd.DataFrame([r for r in rows if r["label_source"] == "shuffled"]), label_source="shuffled")
+        write_summaries(store, RUN, EXPLAINER, {"detection": EXPLAINER, "simulation": EXPLAINER}, ScoreConfig())
         log = CallLog(store, RUN)
         log.record(SimpleNamespace(cache_key="k", provider="standin", model="judge-1", purpose="explain", feature=0, system="s", user="u",
                                    params="{}", response="r", raw="r", prompt_tokens=100, completion_tokens=20, latency_s=0.1, retries=0,
@@ -176,14 +180,15 @@ def test_watch_list_matches_whole_words_and_forms():
 
 
 def test_low_confidence_reasons():
-    cfg = ReportConfig(confidence_margin=0.05)
+    cfg = ReportConfig()
     card = FeatureCard(0, 10, 0.1, 1.0, False, False, np.zeros(66), label="x", label_status="ok")
-    card.scores = {"detection": ScoreCell("balanced_accuracy", 0.8, 0.56, 0.9, 20, "ok")}
-    assert low_confidence(card, cfg) == []
-    card.scores["detection"] = ScoreCell("balanced_accuracy", 0.8, 0.54, 0.9, 20, "ok")
-    assert [k for k, _ in low_confidence(card, cfg)] == ["detection CI low"]
-    card.scores["detection"] = ScoreCell("balanced_accuracy", 1.0, float("nan"), float("nan"), 1, "ok")  # no interval: not trusted
-    assert [k for k, _ in low_confidence(card, cfg)] == ["detection CI low"]
+    card.scores = {"detection": ScoreCell("balanced_accuracy", 0.8, 0.56, 0.9, 20, "ok", p_value=0.004)}
+    assert low_confidence(card, cfg, alpha=0.01) == []
+    card.scores["detection"] = ScoreCell("balanced_accuracy", 0.8, 0.56, 0.9, 20, "ok", p_value=0.02)  # a high score, but not above the null
+    assert [k for k, _ in low_confidence(card, cfg, alpha=0.01)] == ["detection not above the null"]
+    assert low_confidence(card, cfg, alpha=0.05) == []
+    card.scores["detection"] = ScoreCell("balanced_accuracy", 1.0, float("nan"), float("nan"), 1, "ok")  # untested: not trusted
+    assert [k for k, _ in low_confidence(card, cfg)] == ["detection not above the null"]
     card.scores = {"simulation": ScoreCell("pearson", float("nan"), float("nan"), float("nan"), 0, "failed")}
     assert [k for k, _ in low_confidence(card, cfg)] == ["simulation failed", "no detection"]
 
@@ -247,7 +252,7 @@ def test_report_opens_in_a_real_browser_without_errors(report, tmp_path):
     assert re.findall(r'<article id="f(\d+)"', sorted_dom.stdout) == ["2", "0", "4", "1", "3", "5"]
 
     shot = tmp_path / "report.png"
-    run = _chromium(tmp_path / "profile", "--window-size=1280,4000", f"--screenshot={shot}", url)
+    run = _chromium(tmp_path / "profile", "--window-size=1280,8000", f"--screenshot={shot}", url)
     assert run.returncode == 0 and shot.exists(), run.stderr
     pixels = matplotlib.image.imread(shot)[..., :3]
     # The cards' activation highlights and histograms are the only orange on the page.
