@@ -50,6 +50,8 @@ MPL_STYLE = {"svg.fonttype": "none", "svg.hashsalt": "autointerp-report", "font.
 class ReportConfig:
     explainer: str | None = None  # whose labels to report; None: the one written last
     n_snippets: int = 3  # top snippets per feature card (the HTML size grows with this)
+    quantile_bins: tuple[int, ...] = (0, 5)  # plus one quantile sample from each of these bins (0: the weakest activations)
+    n_negatives: int = 1  # plus this many verified non-activating windows
     n_categories: int = 100  # largest categories listed; the long tail of singletons is only counted
     confidence_scorer: str = "detection"  # whose per-feature null test decides a low-confidence flag
     watch: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_WATCH))
@@ -201,8 +203,10 @@ def collect(store: Store, run_id: str | None, cfg: ReportConfig) -> ReportData:
     for r in own.itertuples():
         cells.setdefault(int(r.feature), {})[r.scorer] = ScoreCell(r.metric, r.value, r.ci_low, r.ci_high, int(r.n), r.status, r.p_value)
     alive = [int(f) for f in features.feature[~features.dead]]
-    snippets = store.feature_snippets(run_id, alive, max_per_kind={"top": cfg.n_snippets, "quantile": 0, "negative": 0})
-    top = {fs.feature: sorted(fs.explain + fs.score, key=lambda s: -s.max_activation)[: cfg.n_snippets] for fs in snippets}
+    snippets = store.feature_snippets(run_id, alive, split="explain", max_per_kind={"top": cfg.n_snippets, "negative": cfg.n_negatives},
+                                      quantile_bins=cfg.quantile_bins)
+    top = {fs.feature: [s for s in fs.explain if s.kind == "top"] + sorted((s for s in fs.explain if s.kind == "quantile"), key=lambda s: -(s.quantile or 0))
+           + fs.explain_negatives for fs in snippets}
     patterns = watch_patterns(cfg.watch)
     cards = []
     for r in features.itertuples():
@@ -325,8 +329,9 @@ class HistogramPNG:
         self.ax.set_axis_off()
         self.steps = self.ax.stairs([1.0], [0.0, 1.0], fill=True, color="#d07020")
 
-    def render(self, counts: np.ndarray) -> tuple[str, str] | None:
-        """(data URI, activation range of the shown bins), or None for a feature that never fired."""
+    def render(self, counts: np.ndarray) -> tuple[str, float, float, int] | None:
+        """(data URI, lowest and highest activation of the shown bins, the tallest bin's count), or
+        None for a feature that never fired."""
         nonzero = np.flatnonzero(counts)
         if not len(nonzero):
             return None
@@ -340,7 +345,7 @@ class HistogramPNG:
         # Bin i holds activations in (edges[i-1], edges[i]]; the first and last bins are open-ended.
         low = self.edges[lo - 1] if lo > 0 else 0.0
         high = self.edges[hi - 1] if hi - 1 < len(self.edges) else math.inf
-        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(), f"{low:.3g}–{high:.3g} (log bins)"
+        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(), float(low), float(high), int(shown.max())
 
 
 # ----------------------------------------------------------------------------- HTML
@@ -367,6 +372,9 @@ svg{max-width:100%;height:auto}.scroll{max-height:30em;overflow:auto}
 .b.low{background:#fbe3c8}.b.watch{background:#f7c6c6}.b.dead{background:#ddd}.b.dense{background:#d8e4f5}
 .card table{font-size:12px}.card img{display:block;margin:.3em 0 0}
 .card figcaption{font-size:11px;color:#777}
+.hist{display:grid;grid-template-columns:auto 160px;gap:0 .3em;margin:.3em 0;font-size:10px;color:#777}
+.hist .yaxis{text-align:right;line-height:30px}.hist .xaxis{grid-column:2;display:flex;justify-content:space-between}
+.hist figcaption{grid-column:1/3}.kind{font-size:10px;color:#777;margin-top:.3em}
 .snip{font:12px/1.5 ui-monospace,monospace;white-space:pre-wrap;word-break:break-word;background:#f6f6f6;padding:.2em .4em;margin:.3em 0}
 mark{background:none;color:inherit;border-radius:2px}
 """ + "".join(f".a{k}{{background:rgba(230,110,0,{k / 10:.1f})}}" for k in range(1, 10))
@@ -586,7 +594,19 @@ def _snippet_html(s: Snippet, max_activation: float) -> str:
     return f'<p class="snip" title="{e(s.split)} split, context {s.context_id}, peak {s.max_activation:.3g}">{"".join(parts)}</p>'
 
 
-def _card_html(c: FeatureCard, hist: tuple[str, str] | None, scorers: list[str]) -> str:
+def _histogram_html(hist: tuple[str, float, float, int]) -> str:
+    """The activation histogram with its axes: counts up to the tallest bin, activations low to high."""
+    uri, low, high, top = hist
+    return (f"<figure class='hist'><span class='yaxis'>{top:,}<br>0</span>"
+            f'<img alt="activation histogram" width="160" height="40" src="{uri}">'
+            f"<span class='xaxis'><span>{low:.3g}</span><span>{high:.3g}</span></span>"
+            f"<figcaption>tokens per activation bin (log-spaced), activation {low:.3g} to {high:.3g}</figcaption></figure>")
+
+
+SNIPPET_KINDS = {"top": "top", "quantile": "quantile bin", "negative": "no activation"}
+
+
+def _card_html(c: FeatureCard, hist: tuple[str, float, float, int] | None, scorers: list[str], alpha: float) -> str:
     flags = (["low"] if c.low_confidence else []) + (["watch"] if c.watch else []) + (["dead"] if c.dead else []) + (["dense"] if c.dense else [])
     flags.append("flagged" if c.low_confidence or c.watch else "clear")
     search = f"#{c.feature} {c.label or ''} {' '.join(c.other_labels.values())} {' '.join(c.watch)}".lower()
@@ -599,12 +619,15 @@ def _card_html(c: FeatureCard, hist: tuple[str, str] | None, scorers: list[str])
         + ['<span class="b dead">dead</span>' if c.dead else "", '<span class="b dense">dense</span>' if c.dense else ""]
     )
     rows = "".join(
-        f"<tr><th>{e(s)}</th><td>{_num(v.value)} <span class='muted'>[{_num(v.ci_low)}, {_num(v.ci_high)}] n={v.n}</span>"
-        + ("" if v.status == "ok" else f" <span class='bad'>{e(v.status)}</span>") + "</td></tr>"
+        f"<tr><th>{e(s)}</th><td>{_num(v.value)} <span class='muted'>[{_num(v.ci_low)}, {_num(v.ci_high)}] n={v.n}, p={_num(v.p_value, 4)}</span>"
+        + (f" <span class='bad'>{e(v.status)}</span>" if v.status != "ok" else
+           " <span class='good'>confident</span>" if v.p_value < alpha else " <span class='bad'>not above the null</span>") + "</td></tr>"
         for s, v in c.scores.items()
     )
-    figure = f'<figure><img alt="activation histogram" width="160" height="40" src="{hist[0]}"><figcaption>activations {e(hist[1])}</figcaption></figure>' if hist else ""
-    snippets = "".join(_snippet_html(s, c.max_activation) for s in c.snippets)
+    figure = _histogram_html(hist) if hist else ""
+    snippets = "".join(
+        f"<div class='kind'>{SNIPPET_KINDS[s.kind]}" + (f" {s.quantile}" if s.kind == "quantile" else "") + "</div>" + _snippet_html(s, c.max_activation)
+        for s in c.snippets)
     others = "".join(f"<div class='muted'>{e(name)}: {e(label)}</div>" for name, label in c.other_labels.items())
     stats = f"density {c.density:.3%} · {c.n_firing:,} firing · max {c.max_activation:.3g}"
     return (f"<article {attrs}><h3><a href='#f{c.feature}'>#{c.feature}</a>{label}</h3>{badges}"
@@ -633,7 +656,7 @@ def _page(d: ReportData, cfg: ReportConfig) -> str:
     sort_options = [("f", "feature index"), ("label", "label A–Z")] + [(f"s-{s}", f"{s} score ↓") for s in scorers] + [("density", "density ↓"), ("max", "max activation ↓")]
 
     painter = HistogramPNG(HIST_EDGES)
-    cards = "".join(_card_html(c, None if c.dead else painter.render(c.histogram), scorers) for c in d.cards)
+    cards = "".join(_card_html(c, None if c.dead else painter.render(c.histogram), scorers, d.alpha) for c in d.cards)
 
     dense_threshold = run["config"].get("gather", {}).get("dense_threshold")
     density_svg = density_figure(d.cards, dense_threshold) or '<p class="muted">no feature fired</p>'

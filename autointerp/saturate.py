@@ -99,7 +99,7 @@ class SaturationSummary:
     bootstrap: BootstrapSummary | None = None
     guest_in_order: str | None = None  # Guest "N+R" in labelling order
     its_final: float | None = None  # rolling ITS at the last label, labelling order
-    next_m: int | None = None  # cfg.next_m capped at the number of mapped labels
+    next_m: int | None = None  # cfg.next_m capped at the mapped labels and at the features left
     expected_new: float | None = None  # Good–Toulmin estimate of new categories in the next next_m labels
     labels_to_target: int | None = None  # more labels until the extrapolated coverage reaches the target
     stop_at: int | None = None  # where the stop rule would have stopped in labelling order
@@ -112,21 +112,26 @@ class SaturationSummary:
         if v is None or b is None:
             return [head, "no label was mapped to a category: see the error column of the categories table"]
         c = v.chao1
+        population = f" of {v.population:,} alive features" if v.population is not None else ""
+        if v.fully_labelled:
+            return [head, f"fully labelled: {v.n_labels:,}{population} labelled, {v.distinct:,} categories; every figure is exact, no new category can appear",
+                    f"verdict: saturated ({'; '.join(v.reasons)})"]
         reach = f"after about {self.labels_to_target:,} more labels" if self.labels_to_target is not None else "never, by extrapolation"
         guest = f"saturated at {self.guest_in_order}" if self.guest_in_order else "not saturated"
         spread = f" (N median {b.saturation_n.median:.0f}, 95% {b.saturation_n.low:.0f}–{b.saturation_n.high:.0f})" if b.saturation_n else ""
         its = b.final_its_rolling
+        window = min(b.window, v.n_labels)
         if self.stop_at is None:
             stop = f"stop rule (coverage {v.target_coverage}, at least {cfg.min_labels} labels): never reached"
         else:
             stop = f"stop rule (coverage {v.target_coverage}, at least {cfg.min_labels} labels): stops after {self.stop_at:,} labels, {v.n_labels - self.stop_at:,} fewer judge calls"
         return [
             head,
-            f"categories: {v.distinct:,} in {v.n_labels:,} labels; Chao1 {c.estimate:,.1f} (95% CI {c.ci_low:,.1f}–{c.ci_high:,.1f}), completeness {c.completeness:.0%}",
+            f"categories: {v.distinct:,} in {v.n_labels:,} labels{population}; Chao1 {c.estimate:,.1f} (95% CI {c.ci_low:,.1f}–{c.ci_high:,.1f}), completeness {c.completeness:.0%}",
             f"coverage {v.coverage:.3f}: the next feature opens a new category with probability {1 - v.coverage:.3f}; coverage {v.target_coverage} {reach}",
             f"expected new categories in the next {self.next_m:,} labels: {self.expected_new:.1f}",
             f"Guest (base {v.base}, run {v.run}, threshold {v.threshold:.0%}): {guest} in labelling order; saturated in {b.saturated_fraction:.0%} of {b.n_boot} shuffled orders{spread}",
-            f"rolling ITS over the last {b.window} labels: {self.its_final:.3f} in labelling order, {its.median:.3f} (95% {its.low:.3f}–{its.high:.3f}) over shuffled orders",
+            f"rolling ITS over the last {window} labels: {self.its_final:.3f} in labelling order, {its.median:.3f} (95% {its.low:.3f}–{its.high:.3f}) over shuffled orders",
             stop,
             f"verdict: {'saturated' if v.saturated else 'not saturated'} ({'; '.join(v.reasons)})",
         ]
@@ -200,9 +205,10 @@ async def _codebook_mapping(labels: list[str], judge: Judge, cfg: SaturationConf
     return out
 
 
-def _steps_frame(categories: list[int], features: list[int], cfg: SaturationConfig, merge_rule: str) -> pd.DataFrame:
+def _steps_frame(categories: list[int], features: list[int], cfg: SaturationConfig, merge_rule: str, population: int | None) -> pd.DataFrame:
     stats = saturation_step_table(
-        [str(c) for c in categories], window=cfg.its_window, base=cfg.guest_base, run=cfg.guest_run, threshold=cfg.guest_threshold
+        [str(c) for c in categories], window=cfg.its_window, base=cfg.guest_base, run=cfg.guest_run, threshold=cfg.guest_threshold,
+        population=population,
     )
     frame = pd.DataFrame([asdict(s) for s in stats]).rename(columns={"distinct": "n_categories"})
     return frame.assign(
@@ -231,6 +237,10 @@ async def saturate(
     if labelled.empty:
         raise AutointerpError(f"run '{run_id}' has no labels by {explainer}", "run `autointerp explain` with that judge first")
     labels = labelled.label.tolist()
+    # The dictionary is the population: its alive features, whichever of them this explainer labelled
+    # (None, an unbounded population, only for labels stored without a gather).
+    alive = set(store.alive_features(run_id, include_dense=True))
+    population = len(alive | set(labelled.feature.tolist())) if alive else None
     if cfg.method == "embedding":
         mapping = _embedding_mapping(labels, cfg.threshold)
     else:
@@ -259,8 +269,8 @@ async def saturate(
     stored: dict[str, object] = {"rarefaction": None, "extrapolation": None}
     if len(mapped):
         ids = mapped.category.astype(int).tolist()
-        steps = _steps_frame(ids, mapped.feature.tolist(), cfg, mapping.merge_rule)
-        figures, stored = _figures([str(c) for c in ids], cfg, mapping.merge_rule)
+        steps = _steps_frame(ids, mapped.feature.tolist(), cfg, mapping.merge_rule, population)
+        figures, stored = _figures([str(c) for c in ids], cfg, mapping.merge_rule, population)
         figures["its_final"] = float(steps.its_rolling.iloc[-1])
     summary = SaturationSummary(
         run_id, explainer, cfg.method, mapping.merge_rule, cfg, len(labels), len(labels) - len(mapped), **figures
@@ -288,27 +298,28 @@ async def saturate(
     return summary
 
 
-def _figures(sequence: list[str], cfg: SaturationConfig, merge_rule: str) -> tuple[dict[str, object], dict[str, object]]:
+def _figures(sequence: list[str], cfg: SaturationConfig, merge_rule: str, population: int | None) -> tuple[dict[str, object], dict[str, object]]:
     """The summary's order-free and extrapolated figures, and the rarefaction curve and
-    extrapolation as they are stored."""
+    extrapolation as they are stored. Every bound respects the population of alive features."""
     guest = dict(base=cfg.guest_base, run=cfg.guest_run, threshold=cfg.guest_threshold)
     n = len(sequence)
     counts = counts_from_labels(sequence)
-    next_m = min(cfg.next_m, n)
+    next_m = min(cfg.next_m, n, population - n if population is not None else n)
     figures: dict[str, object] = dict(
-        verdict=saturation_verdict(sequence, target_coverage=cfg.target_coverage, merge_rule=merge_rule, **guest),
+        verdict=saturation_verdict(sequence, target_coverage=cfg.target_coverage, merge_rule=merge_rule, population=population, **guest),
         bootstrap=bootstrap_orders(sequence, cfg.n_boot, cfg.seed, window=cfg.its_window, **guest),
         guest_in_order=guest_saturation(sequence, **guest).label,
         next_m=next_m,
-        expected_new=good_toulmin(counts, next_m),
-        labels_to_target=labels_to_reach_coverage(counts, cfg.target_coverage),
-        stop_at=stop_rule(sequence, cfg.target_coverage, cfg.min_labels),
+        expected_new=good_toulmin(counts, next_m, population),
+        labels_to_target=labels_to_reach_coverage(counts, cfg.target_coverage, population),
+        stop_at=stop_rule(sequence, cfg.target_coverage, cfg.min_labels, population),
     )
     m = np.unique(np.linspace(1, n, num=min(n, RAREFACTION_POINTS)).round().astype(int))
     stop_at = figures["stop_at"]
     stored = {
         "rarefaction": {"m": m.tolist(), "expected_categories": rarefaction(counts, m).tolist()},
         "extrapolation": {
+            "population": population,
             "next_m": next_m,
             "expected_new": figures["expected_new"],
             "labels_to_target": figures["labels_to_target"],

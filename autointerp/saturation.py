@@ -10,6 +10,19 @@ exactly k times. Formulas follow /work/shared/reference/saturation.md:
 * Bias-corrected Chao1 with a log-normal 95% interval.
 * Rarefaction E[S_m] and the Good–Toulmin estimate of new categories.
 
+A dictionary is a finite population: with N alive features and n labelled, at most N − n labels
+and N − n new categories remain. Every estimator takes `population=N` (None: an infinite
+population, the classical formulas) and then uses the sampling-without-replacement forms, with
+q = n/N the sampling fraction:
+
+* Chao1 (Chao & Lin 2012): f̂0 = f1(f1−1) / (2(f2+1)·n/(n−1) + f1·q/(1−q)), the
+  bias-corrected lower bound that tends to 0 as q → 1; variance × (1 − q), the finite-population
+  correction; estimate and interval truncated to [S_obs, S_obs + N − n].
+* Coverage: the unseen share f1/n·A scaled by (1 − q), so 1 at n = N; its extrapolation uses
+  the sampling fraction the extra labels would reach, and labels-to-target is at most N − n.
+* Good–Toulmin: at most min(m, N − n) new categories in the next m labels.
+* At n = N every figure is exact: S_obs categories, coverage 1, nothing unseen.
+
 Everything here is a pure function of plain Python / NumPy inputs. Sloppy
 merging of categories creates false singletons (inflating f1 and Chao1,
 lowering coverage), so `saturation_verdict` requires the merge rule to be
@@ -126,48 +139,70 @@ def _shrink(n: int, f1: int, f2: int) -> float:
     return 1.0 if denom == 0 else (n - 1) * f1 / denom
 
 
-def _coverage(n: int, f1: int, f2: int, m: int = 0) -> float:
-    return 1.0 - (f1 / n) * _shrink(n, f1, f2) ** (m + 1)
+def _check_population(population: int | None, n: int) -> int | None:
+    if population is None:
+        return None
+    if isinstance(population, bool) or not isinstance(population, (int, np.integer)) or population < n:
+        raise AutointerpError(f"population is {population!r} but {n} labels were counted",
+                              "pass the number of alive features (at least the number labelled), or None")
+    return int(population)
 
 
-def good_turing_coverage(counts: Mapping[str, int]) -> float:
-    """Estimated sample coverage Ĉ = 1 − (f1/n)·A, A = (n−1)f1/((n−1)f1 + 2f2).
+def _coverage(n: int, f1: int, f2: int, m: int = 0, population: int | None = None) -> float:
+    unseen = (f1 / n) * _shrink(n, f1, f2) ** (m + 1)
+    if population is not None:
+        unseen *= max(0.0, 1 - (n + m) / population)
+    return 1.0 - unseen
+
+
+def good_turing_coverage(counts: Mapping[str, int], population: int | None = None) -> float:
+    """Estimated sample coverage Ĉ = 1 − (f1/n)·A, A = (n−1)f1/((n−1)f1 + 2f2); in a population of
+    N features the unseen share is scaled by (1 − n/N).
 
     1 − Ĉ estimates the probability that the next label opens a new category.
     Edge cases (all follow from the formula once 0/0 is read as A = 1):
 
     * f1 = 0 (no singletons): Ĉ = 1.
     * f2 = 0, f1 > 0, n > 1: A = 1, so Ĉ = 1 − f1/n (Turing's estimator).
-    * f1 = n (all singletons, hence f2 = 0): Ĉ = 0.
+    * f1 = n (all singletons, hence f2 = 0): Ĉ = 0 (1 − n/N... → n/N in a finite population).
     * n = 1: the single label is a singleton; Ĉ = 0.
+    * n = N: Ĉ = 1, every feature is labelled.
     """
     n, _, f1, f2 = _summary(counts)
-    return _coverage(n, f1, f2)
+    return _coverage(n, f1, f2, population=_check_population(population, n))
 
 
-def coverage_extrapolated(counts: Mapping[str, int], m: int) -> float:
-    """Coverage expected after m more labels: Ĉ(n+m) = 1 − (f1/n)·A^(m+1).
+def coverage_extrapolated(counts: Mapping[str, int], m: int, population: int | None = None) -> float:
+    """Coverage expected after m more labels: Ĉ(n+m) = 1 − (f1/n)·A^(m+1)·(1 − (n+m)/N).
 
-    With f2 = 0 (and f1 > 0) A = 1, so the extrapolation stays flat at 1 − f1/n:
-    without doubletons the formula carries no information about how fast the
-    uncovered mass shrinks.
+    With f2 = 0 (and f1 > 0) A = 1, so in an infinite population the extrapolation stays flat at
+    1 − f1/n: without doubletons the formula carries no information about how fast the uncovered
+    mass shrinks. m is capped at N − n.
     """
     m = _check_int("m", m, 0)
     n, _, f1, f2 = _summary(counts)
-    return _coverage(n, f1, f2, m)
+    population = _check_population(population, n)
+    if population is not None:
+        m = min(m, population - n)
+    return _coverage(n, f1, f2, m, population)
 
 
-def labels_to_reach_coverage(counts: Mapping[str, int], target: float) -> int | None:
+def labels_to_reach_coverage(counts: Mapping[str, int], target: float, population: int | None = None) -> int | None:
     """Smallest m >= 0 with Ĉ(n+m) >= target, or None if the extrapolation never gets there.
 
-    None when A = 1 (f2 = 0 with singletons, e.g. all singletons or n = 1) and
-    the current coverage is below target, and when target = 1 with f1 > 0
-    (A^(m+1) > 0 for every m).
+    Infinite population: None when A = 1 (f2 = 0 with singletons, e.g. all singletons or n = 1)
+    and the current coverage is below target, and when target = 1 with f1 > 0. Population N: at
+    most N − n (labelling every feature reaches coverage 1).
     """
     target = _check_target(target)
     n, _, f1, f2 = _summary(counts)
-    if _coverage(n, f1, f2) >= target:
+    population = _check_population(population, n)
+    if _coverage(n, f1, f2, population=population) >= target:
         return 0
+    if population is not None:
+        remaining = population - n
+        hit = next((m for m in range(remaining + 1) if _coverage(n, f1, f2, m, population) >= target), remaining)
+        return hit
     a = _shrink(n, f1, f2)
     if a >= 1.0 or target >= 1.0:
         return None
@@ -196,24 +231,35 @@ class Chao1Result:
     ci_high: float
 
 
-def _chao1(n: int, s_obs: int, f1: int, f2: int) -> Chao1Result:
+def _chao1(n: int, s_obs: int, f1: int, f2: int, population: int | None = None) -> Chao1Result:
     k = (n - 1) / n
-    f0 = k * f1 * (f1 - 1) / (2 * (f2 + 1))
+    q = n / population if population is not None else 0.0
+    if q >= 1.0:  # fully labelled: nothing unseen, exactly
+        return Chao1Result(float(s_obs), 0.0, 1.0, 0.0, float(s_obs), float(s_obs))
+    if q > 0 and f1 > 0:  # Chao & Lin (2012), sampling without replacement, bias-corrected form
+        f0 = f1 * (f1 - 1) / (2 * (f2 + 1) / k + f1 * q / (1 - q)) if n > 1 else 0.0
+    else:
+        f0 = k * f1 * (f1 - 1) / (2 * (f2 + 1))
     estimate = s_obs + f0
     if f2 > 0:
         r = f1 / f2
         variance = f2 * (r**2 / 2 + r**3 + r**4 / 4)
     else:
-        variance = k * f1 * (f1 - 1) / 2 + k**2 * f1 * (2 * f1 - 1) ** 2 / 4 - k**2 * f1**4 / (4 * estimate)
+        variance = k * f1 * (f1 - 1) / 2 + k**2 * f1 * (2 * f1 - 1) ** 2 / 4 - k**2 * f1**4 / (4 * max(estimate, 1e-12))
+    variance = max(variance, 0.0) * (1 - q)
     if f0 > 0:
         spread = math.exp(_Z95 * math.sqrt(math.log(1 + variance / f0**2)))
         low, high = s_obs + f0 / spread, s_obs + f0 * spread
     else:  # f1 <= 1 or n = 1: nothing unseen is estimated, the interval collapses
         low = high = float(s_obs)
+    if population is not None:  # at most one new category per feature not yet labelled
+        cap = float(s_obs + population - n)
+        estimate, low, high = min(estimate, cap), min(low, cap), min(high, cap)
+        f0 = estimate - s_obs
     return Chao1Result(estimate, f0, s_obs / estimate, variance, low, high)
 
 
-def chao1(counts: Mapping[str, int]) -> Chao1Result:
+def chao1(counts: Mapping[str, int], population: int | None = None) -> Chao1Result:
     """Bias-corrected Chao1: Ŝ = S_obs + ((n−1)/n)·f1(f1−1) / (2(f2+1)).
 
     Variance, with K = (n−1)/n:
@@ -234,9 +280,11 @@ def chao1(counts: Mapping[str, int]) -> Chao1Result:
     95% interval: [S_obs + T/C, S_obs + T·C], T = Ŝ − S_obs,
     C = exp(1.96·sqrt(ln(1 + var/T²))). When T = 0 (f1 <= 1 or n = 1; in
     particular f1 = 0 gives Ŝ = S_obs) the interval is [S_obs, S_obs].
+
+    With population N: the Chao & Lin form and bounds in the module docstring.
     """
     n, s_obs, f1, f2 = _summary(counts)
-    return _chao1(n, s_obs, f1, f2)
+    return _chao1(n, s_obs, f1, f2, _check_population(population, n))
 
 
 # ----------------------------------------------------------------------------
@@ -273,20 +321,25 @@ def rarefaction(counts: Mapping[str, int], m_values: int | Sequence[int] | np.nd
     return np.sum(f * (1.0 - missed), axis=-1)
 
 
-def good_toulmin(counts: Mapping[str, int], m: int) -> float:
+def good_toulmin(counts: Mapping[str, int], m: int, population: int | None = None) -> float:
     """Expected new categories in the next m labels: U(m) = −Σ_k (−m/n)^k f_k.
 
     Reliable only for m <= n: beyond that the alternating series diverges and
-    the value swings wildly (it may even overflow to ±inf or nan).
+    the value swings wildly (it may even overflow to ±inf or nan). With population N
+    it is held to [0, min(m, N − n)]: no more new categories than labels left.
     """
     m = _check_int("m", m, 0)
     c = _check_counts(counts)
     n = sum(c.values())
+    population = _check_population(population, n)
     freq = Counter(c.values())
     k = np.array(list(freq.keys()), dtype=float)
     f = np.array(list(freq.values()), dtype=float)
     with np.errstate(over="ignore", invalid="ignore"):
-        return float(-np.sum(f * np.power(-m / n, k)))
+        value = float(-np.sum(f * np.power(-m / n, k)))
+    if population is not None:
+        value = min(max(value, 0.0), float(min(m, population - n)))
+    return value
 
 
 # ----------------------------------------------------------------------------
@@ -398,11 +451,12 @@ def _alternating_sign(k: int) -> int:
 class _Tally:
     """Counts, f_k and Good–Toulmin(m = n) maintained in O(1) per arriving label."""
 
-    def __init__(self) -> None:
+    def __init__(self, population: int | None = None) -> None:
         self.counts: dict[str, int] = {}
         self.freq: Counter[int] = Counter()
         self.n = 0
         self.good_toulmin_n = 0  # Σ_k (−1)^(k+1) f_k
+        self.population = population
 
     def add(self, category: str) -> None:
         old = self.counts.get(category, 0)
@@ -419,10 +473,16 @@ class _Tally:
         return len(self.counts)
 
     def coverage(self) -> float:
-        return _coverage(self.n, self.freq[1], self.freq[2])
+        return _coverage(self.n, self.freq[1], self.freq[2], population=self.population)
 
     def chao1(self) -> Chao1Result:
-        return _chao1(self.n, self.s_obs, self.freq[1], self.freq[2])
+        return _chao1(self.n, self.s_obs, self.freq[1], self.freq[2], self.population)
+
+    def expected_new_next_n(self) -> float:
+        """Good–Toulmin with m = n, held to [0, min(n, N − n)] in a finite population."""
+        if self.population is None:
+            return float(self.good_toulmin_n)
+        return min(max(float(self.good_toulmin_n), 0.0), float(min(self.n, self.population - self.n)))
 
 
 @dataclass(frozen=True)
@@ -445,16 +505,17 @@ class StepStats:
 
 
 def saturation_step_table(
-    categories: Sequence[str], *, window: int, base: int, run: int, threshold: float
+    categories: Sequence[str], *, window: int, base: int, run: int, threshold: float, population: int | None = None
 ) -> list[StepStats]:
     """One StepStats per label, in order, computed incrementally (O(1) work per label)."""
     labels = _check_labels(categories)
+    population = _check_population(population, len(labels))
     window = _check_int("window", window, 1)
     base = _check_int("base", base, 1)
     run = _check_int("run", run, 1)
     threshold = _check_threshold(threshold)
 
-    tally = _Tally()
+    tally = _Tally(population)
     distinct = [0]  # U_0..U_n, needed for the rolling and Guest differences
     saturated = False
     rows: list[StepStats] = []
@@ -484,13 +545,13 @@ def saturation_step_table(
                 chao1=c1.estimate,
                 chao1_low=c1.ci_low,
                 chao1_high=c1.ci_high,
-                expected_new_next_n=float(tally.good_toulmin_n),
+                expected_new_next_n=tally.expected_new_next_n(),
             )
         )
     return rows
 
 
-def stop_rule(categories: Sequence[str], target_coverage: float, min_labels: int) -> int | None:
+def stop_rule(categories: Sequence[str], target_coverage: float, min_labels: int, population: int | None = None) -> int | None:
     """First step n >= min_labels whose coverage is >= target_coverage, else None.
 
     Labelling stops there; the calls saved are len(categories) − n.
@@ -498,7 +559,7 @@ def stop_rule(categories: Sequence[str], target_coverage: float, min_labels: int
     labels = _check_labels(categories)
     target = _check_target(target_coverage)
     min_labels = _check_int("min_labels", min_labels, 1)
-    tally = _Tally()
+    tally = _Tally(_check_population(population, len(labels)))
     for label in labels:
         tally.add(label)
         if tally.n >= min_labels and tally.coverage() >= target:
@@ -610,6 +671,11 @@ class SaturationVerdict:
     run: int
     threshold: float
     merge_rule: str
+    population: int | None = None  # alive features in the dictionary; None: treated as infinite
+
+    @property
+    def fully_labelled(self) -> bool:
+        return self.population is not None and self.n_labels == self.population
 
 
 def saturation_verdict(
@@ -620,6 +686,7 @@ def saturation_verdict(
     run: int,
     threshold: float,
     merge_rule: str,
+    population: int | None = None,
 ) -> SaturationVerdict:
     """Saturated when coverage >= target and the order-free Guest ratio <= threshold.
 
@@ -638,12 +705,17 @@ def saturation_verdict(
         )
     counts = counts_from_labels(labels)
     n, s_obs, f1, f2 = _summary(counts)
-    coverage = _coverage(n, f1, f2)
+    population = _check_population(population, n)
+    coverage = _coverage(n, f1, f2, population=population)
     guest = expected_guest_ratio(counts, base, run)
 
     coverage_ok = coverage >= target
     reasons = [f"coverage {coverage:.4f} {'>=' if coverage_ok else '<'} target {target}"]
-    if guest is None:
+    if population is not None and n == population:
+        reasons = [f"fully labelled: all {n} alive features have a label, so {s_obs} categories is exact and no new one can appear"]
+        guest, coverage_ok = None, True
+        guest_ok = True
+    elif guest is None:
         guest_ok = False
         reasons.append(f"Guest ratio undefined: {n} labels < base + run = {base + run}")
     else:
@@ -659,10 +731,11 @@ def saturation_verdict(
         distinct=s_obs,
         coverage=coverage,
         guest_ratio=guest,
-        chao1=_chao1(n, s_obs, f1, f2),
+        chao1=_chao1(n, s_obs, f1, f2, population),
         target_coverage=target,
         base=base,
         run=run,
         threshold=threshold,
         merge_rule=merge_rule,
+        population=population,
     )

@@ -272,11 +272,13 @@ class Store:
     def documents(self, run_id: str) -> pd.DataFrame:
         return self.con.execute("SELECT doc_id, name FROM documents WHERE run_id = ? ORDER BY doc_id", [run_id]).df()
 
-    def feature_snippets(self, run_id: str, features: list[int], *, split: str | None = None, max_per_kind: dict[str, int] | None = None) -> list[FeatureSnippets]:
+    def feature_snippets(self, run_id: str, features: list[int], *, split: str | None = None, max_per_kind: dict[str, int] | None = None,
+                         quantile_bins: tuple[int, ...] | None = None) -> list[FeatureSnippets]:
         """Stored windows of these features as typed records, tokens as display pieces.
 
         split limits to one split; max_per_kind caps rows per (feature, split, kind) by rank,
-        so a stage loads only what it shows.
+        so a stage loads only what it shows; quantile_bins keeps, of the quantile samples, only the
+        first of each listed bin.
         """
         from .records import FeatureSnippets, Snippet, piece_tables, vocab_style
 
@@ -288,12 +290,17 @@ class Store:
         if uncapped:
             cap_sql = " OR ".join(filter(None, [cap_sql, f"kind IN ({', '.join(repr(k) for k in uncapped)})"]))
         where = f"run_id = ? AND feature IN (SELECT feature FROM wanted) AND ({cap_sql})" + (" AND split = ?" if split else "")
+        qualify = ""
+        if quantile_bins is not None:
+            bins = ", ".join(str(int(b)) for b in quantile_bins) or "NULL"
+            qualify = (f" QUALIFY kind <> 'quantile' OR (quantile IN ({bins}) AND "
+                       "row_number() OVER (PARTITION BY feature, split, kind, quantile ORDER BY rank) = 1)")
         args = [run_id] + ([split] if split else [])
         self.con.register("wanted", pa.table({"feature": pa.array(features, pa.int32())}))
         try:
             stats = self.con.execute("SELECT feature, max_activation, density FROM features WHERE run_id = ? AND feature IN (SELECT feature FROM wanted) ORDER BY feature", [run_id]).fetchall()
             ex = self.con.execute(
-                f"SELECT feature, split, kind, context_id, token_ids, activations, max_activation, quantile FROM examples WHERE {where} ORDER BY feature, split, kind, rank",
+                f"SELECT feature, split, kind, context_id, token_ids, activations, max_activation, quantile FROM examples WHERE {where}{qualify} ORDER BY feature, split, kind, rank",
                 args,
             ).fetchall()
         finally:

@@ -225,3 +225,30 @@ def test_coverage_stop_stops_where_the_stop_rule_says_and_counts_saved_calls():
     assert stop.saved_calls(len(calls)) == len(calls) - made
     with pytest.raises(AutointerpError):
         CoverageStop(target=1.5)
+
+
+def _alive(store: Store, n: int) -> None:
+    """A gathered run's features table with n alive features (the dictionary's population)."""
+    store.con.execute(
+        "INSERT INTO features SELECT ?, i, 10, 0.01, 1.0, 0.5, false, false, [] FROM range(?) t(i)", [RUN, n])
+
+
+def test_the_stage_bounds_every_figure_by_the_alive_features_and_says_when_all_are_labelled(tmp_path):
+    store = Store(tmp_path)
+    _alive(store, 20)
+    write_chunks(store, [[(i, label) for i, label in enumerate(LABELS)]])  # 15 of 20 labelled
+    cfg = SaturationConfig(**(SMALL | {"its_window": 100, "next_m": 100}))
+    summary = asyncio.run(saturate(store, RUN, EXPLAINER, cfg))
+    text = "\n".join(summary.lines())
+    assert "15 labels of 20 alive features" in text and "rolling ITS over the last 15 labels" in text
+    assert summary.next_m == 5 and summary.expected_new <= 5  # five features are left
+    assert summary.verdict.chao1.ci_high <= 8 + 5 and summary.labels_to_target <= 5
+    steps = store.saturation_steps(RUN, EXPLAINER, "embedding")
+    expected = saturation_step_table([str(c) for c in CATEGORIES], window=100, population=20, **GUEST)
+    assert steps.chao1_high.tolist() == pytest.approx([s.chao1_high for s in expected])
+
+    write_chunks(store, [[(15 + i, f"label number {i} of the rest") for i in range(5)]])  # now all 20
+    full = asyncio.run(saturate(store, RUN, EXPLAINER, cfg))
+    assert full.verdict.fully_labelled and full.verdict.saturated
+    assert "fully labelled: 20 of 20 alive features labelled" in "\n".join(full.lines())
+    assert full.verdict.chao1.ci_low == full.verdict.chao1.ci_high == full.verdict.distinct

@@ -367,3 +367,60 @@ def test_verdict_too_few_labels():
 def test_bad_input_names_the_fix(call):
     with pytest.raises(AutointerpError, match="fix:"):
         call()
+
+
+# ---------------------------------------------------------------- a dictionary is a finite population
+
+FINITE = {"a": 1, "b": 1, "c": 1, "d": 1, "e": 2, "f": 2}  # n = 8, S_obs = 6, f1 = 4, f2 = 2
+
+
+def test_chao1_without_replacement_is_chao_lin_with_the_finite_population_correction_and_the_cap():
+    from autointerp.saturation import chao1
+
+    c = chao1(FINITE, population=16)  # q = 1/2
+    # f0 = f1(f1−1) / (2(f2+1)·n/(n−1) + f1·q/(1−q)) = 12 / (6·8/7 + 4) = 12 / 10.857143 = 1.105263
+    assert c.estimate == pytest.approx(6 + 12 / (6 * 8 / 7 + 4)) == pytest.approx(7.105263, abs=1e-6)
+    # var = f2(r²/2 + r³ + r⁴/4)·(1−q) with r = 2: 2·(2 + 8 + 4)·0.5 = 14; C = exp(1.96·sqrt(ln(1 + 14/f0²)))
+    f0 = 12 / (6 * 8 / 7 + 4)
+    spread = math.exp(1.96 * math.sqrt(math.log(1 + 14 / f0**2)))
+    assert c.variance == pytest.approx(14) and c.ci_low == pytest.approx(6 + f0 / spread)
+    assert 6 + f0 * spread > 14 and c.ci_high == 14  # capped: 8 features left can open at most 8 categories
+    unbounded = chao1(FINITE)
+    assert unbounded.estimate == pytest.approx(6 + 7 / 8 * 12 / 6) and unbounded.ci_high > 14
+
+
+def test_coverage_and_labels_to_target_respect_the_features_left():
+    from autointerp.saturation import good_turing_coverage, labels_to_reach_coverage
+
+    # A = (n−1)f1 / ((n−1)f1 + 2f2) = 28/32; unseen = f1/n·A·(1 − n/N) = 0.5·0.875·0.5 = 0.21875
+    assert good_turing_coverage(FINITE, population=16) == pytest.approx(1 - 0.21875)
+    assert good_turing_coverage(FINITE) == pytest.approx(1 - 0.5 * 0.875)
+    # Ĉ(n+m) = 1 − 0.5·0.875^(m+1)·(1 − (8+m)/16): m = 4 gives 0.9359, m = 5 gives 0.9579 >= 0.95
+    assert labels_to_reach_coverage(FINITE, 0.95, population=16) == 5
+    # Without the bound: 0.5·0.875^(m+1) <= 0.05 needs m = 17, more features than are left (8).
+    assert labels_to_reach_coverage(FINITE, 0.95) == 17
+    assert labels_to_reach_coverage(FINITE, 1.0, population=16) == 8  # labelling the rest is exact
+
+
+def test_new_categories_in_the_next_m_labels_never_exceed_the_labels_left():
+    from autointerp.saturation import good_toulmin
+
+    singletons = {k: 1 for k in "abcde"}  # U(m) = −Σ(−m/n)^k f_k = m for all singletons
+    assert good_toulmin(singletons, 5) == pytest.approx(5)
+    assert good_toulmin(singletons, 5, population=7) == 2  # only two features are left
+    assert good_toulmin(FINITE, 8, population=16) == pytest.approx(-(-4 + 2))  # = 2, the bound not binding
+
+
+def test_a_fully_labelled_dictionary_is_exact_and_says_so():
+    from autointerp.saturation import chao1, good_toulmin, good_turing_coverage, labels_to_reach_coverage, saturation_step_table
+
+    labels = ["a", "b", "c", "d", "e", "e", "f", "f"]
+    c = chao1(FINITE, population=8)
+    assert (c.estimate, c.ci_low, c.ci_high, c.f0_hat) == (6, 6, 6, 0)
+    assert good_turing_coverage(FINITE, population=8) == 1.0 and good_toulmin(FINITE, 8, population=8) == 0
+    assert labels_to_reach_coverage(FINITE, 0.99, population=8) == 0
+    v = saturation_verdict(labels, target_coverage=0.95, base=100, run=50, threshold=0.05, merge_rule="exact", population=8)
+    assert v.fully_labelled and v.saturated and "fully labelled" in v.reasons[0]
+    last = saturation_step_table(labels, window=100, base=100, run=50, threshold=0.05, population=8)[-1]
+    assert (last.coverage, last.chao1, last.chao1_high, last.expected_new_next_n) == (1.0, 6, 6, 0)
+    assert last.its_rolling == pytest.approx(6 / 8)  # the window is all 8 labels, never a wider one

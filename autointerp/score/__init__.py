@@ -216,7 +216,6 @@ def _summary(rows: pd.DataFrame, scorer: Scorer, cfg: ScoreConfig, n_features: i
     both = _paired(rows)
     gap = metrics.shuffle_gap(both.t[both.ok], both.s[both.ok], n_boot=cfg.n_boot, seed=cfg.seed) if both.ok.any() else None
     n_controls = len(both)
-    calls_per_feature = float(own.call_ids.map(len).mean()) if scorer.uses_judge and len(own) else 0.0
     quantile = lambda q: float(values.quantile(q)) if len(values) else math.nan  # noqa: E731
     return {
         "metric": scorer.metric, "chance": scorer.chance, "n_features": n_features, "n_ok": int(len(ok)),
@@ -228,7 +227,8 @@ def _summary(rows: pd.DataFrame, scorer: Scorer, cfg: ScoreConfig, n_features: i
         "shuffled_median": float(both.s[both.ok].median()) if both.ok.any() else math.nan,
         "gap": gap.value if gap else math.nan, "gap_low": gap.ci_low if gap else math.nan, "gap_high": gap.ci_high if gap else math.nan,
         "verdict": metrics.gap_verdict(gap) if gap else ("no shuffle control" if cfg.shuffle_control == "none" else "undefined: no controlled feature has both scores defined"),
-        "calls_saved": int(round((n_features - n_controls) * calls_per_feature)) if cfg.shuffle_control == "sample" else 0,
+        # Judge requests a control of every feature would have made on top (offline judge's too: its "calls" cost time, not money).
+        "calls_saved": (n_features - n_controls) * scorer.prompts_per_feature(cfg) if cfg.shuffle_control == "sample" else 0,
     }
 
 

@@ -58,6 +58,9 @@ class Scorer(Protocol):
     def samples(self, cfg) -> str:
         """What it shows, in words, for the report."""
 
+    def prompts_per_feature(self, cfg) -> int:
+        """Judge requests it makes for one feature and one label (0: it asks no judge)."""
+
     async def score(self, items: Sequence[Item], judge: Judge, cfg) -> list[Outcome]: ...
 
 
@@ -83,6 +86,9 @@ class _Classifying:
     """Detection and fuzzing: the judge says 1/0 per snippet, shuffled, in prompts of cfg.per_prompt."""
 
     metric, chance, uses_judge = "balanced_accuracy", 0.5, True
+
+    def prompts_per_feature(self, cfg) -> int:
+        return math.ceil((cfg.n_top + cfg.n_strata + cfg.n_negative) / cfg.per_prompt)
 
     async def score(self, items: Sequence[Item], judge: Judge, cfg) -> list[Outcome]:
         return await map_bounded(lambda item: self._one(item, judge, cfg), list(items), judge.concurrency)
@@ -134,6 +140,9 @@ class Fuzzing(_Classifying):
 class Simulation:
     name, metric, chance, uses_judge = "simulation", "pearson", 0.0, True
 
+    def prompts_per_feature(self, cfg) -> int:
+        return 1
+
     def samples(self, cfg) -> str:
         n = cfg.n_simulation
         return (f"{n} activating windows (half top, half quantile) and {n} verified negatives in one prompt; Pearson r of "
@@ -162,6 +171,9 @@ class Embedding:
 
     def __init__(self):
         self.embedder = None
+
+    def prompts_per_feature(self, cfg) -> int:
+        return 0
 
     def samples(self, cfg) -> str:
         n = cfg.n_embedding
