@@ -80,6 +80,9 @@ def _add_judge_args(p: argparse.ArgumentParser) -> None:
     j.add_argument("--local-threads", type=int, help="CPU threads of the local judge's server (default: one per core)")
     j.add_argument("--prompt-dir", help="directory with your own prompt files (default: the shipped prompts)")
     j.add_argument("--scorers", default=None, help="comma-separated subset of detection,fuzzing,simulation,embedding (default: all)")
+    j.add_argument("--shuffle-control", choices=["sample", "all", "none"], default="sample",
+                   help="score a sample of features (until the gap is known to ±0.03), every feature, or none against another feature's label (default: %(default)s)")
+    j.add_argument("--alpha", type=float, default=0.01, help="a label is confident when its permutation test gives p below this (default: %(default)s)")
     j.add_argument("--max-features", type=int, help="label only the first N alive features")
     j.add_argument("--sample", type=int, help="label a seeded random sample of N features")
     j.add_argument("--sample-seed", type=int, default=0, help="(default: %(default)s)")
@@ -109,7 +112,7 @@ def _judged(cfg, a: argparse.Namespace):
     cfg.prompt_dir = a.prompt_dir
     cfg.explain = dc_replace(cfg.explain, max_features=a.max_features, sample=a.sample, seed=a.sample_seed, redo=a.redo, stop_coverage=a.stop_coverage)
     scorers = SCORERS if a.scorers is None else tuple(x.strip() for x in a.scorers.split(",") if x.strip())
-    cfg.score = dc_replace(cfg.score, scorers=scorers)
+    cfg.score = dc_replace(cfg.score, scorers=scorers, shuffle_control=a.shuffle_control, alpha=a.alpha)
     return cfg
 
 

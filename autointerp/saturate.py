@@ -115,7 +115,7 @@ class SaturationSummary:
         population = f" of {v.population:,} alive features" if v.population is not None else ""
         if v.fully_labelled:
             return [head, f"fully labelled: {v.n_labels:,}{population} labelled, {v.distinct:,} categories; every figure is exact, no new category can appear",
-                    f"verdict: saturated ({'; '.join(v.reasons)})"]
+                    f"verdict: {'saturated' if v.saturated else 'not saturated'} ({'; '.join(v.reasons)})"]
         reach = f"after about {self.labels_to_target:,} more labels" if self.labels_to_target is not None else "never, by extrapolation"
         guest = f"saturated at {self.guest_in_order}" if self.guest_in_order else "not saturated"
         spread = f" (N median {b.saturation_n.median:.0f}, 95% {b.saturation_n.low:.0f}–{b.saturation_n.high:.0f})" if b.saturation_n else ""

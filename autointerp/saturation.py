@@ -712,10 +712,11 @@ def saturation_verdict(
     coverage_ok = coverage >= target
     reasons = [f"coverage {coverage:.4f} {'>=' if coverage_ok else '<'} target {target}"]
     if population is not None and n == population:
+        # Nothing is unseen, so coverage is met exactly; whether new categories had stopped appearing
+        # is still the Guest criterion's to say.
         reasons = [f"fully labelled: all {n} alive features have a label, so {s_obs} categories is exact and no new one can appear"]
-        guest, coverage_ok = None, True
-        guest_ok = True
-    elif guest is None:
+        coverage_ok = True
+    if guest is None:
         guest_ok = False
         reasons.append(f"Guest ratio undefined: {n} labels < base + run = {base + run}")
     else:

@@ -249,6 +249,6 @@ def test_the_stage_bounds_every_figure_by_the_alive_features_and_says_when_all_a
 
     write_chunks(store, [[(15 + i, f"label number {i} of the rest") for i in range(5)]])  # now all 20
     full = asyncio.run(saturate(store, RUN, EXPLAINER, cfg))
-    assert full.verdict.fully_labelled and full.verdict.saturated
+    assert full.verdict.fully_labelled and full.verdict.coverage == 1.0 and full.verdict.saturated == (full.verdict.guest_ratio <= SMALL["guest_threshold"])
     assert "fully labelled: 20 of 20 alive features labelled" in "\n".join(full.lines())
     assert full.verdict.chao1.ci_low == full.verdict.chao1.ci_high == full.verdict.distinct

@@ -420,7 +420,10 @@ def test_a_fully_labelled_dictionary_is_exact_and_says_so():
     assert good_turing_coverage(FINITE, population=8) == 1.0 and good_toulmin(FINITE, 8, population=8) == 0
     assert labels_to_reach_coverage(FINITE, 0.99, population=8) == 0
     v = saturation_verdict(labels, target_coverage=0.95, base=100, run=50, threshold=0.05, merge_rule="exact", population=8)
-    assert v.fully_labelled and v.saturated and "fully labelled" in v.reasons[0]
+    assert v.fully_labelled and "fully labelled" in v.reasons[0] and v.coverage == 1.0
+    assert not v.saturated and "Guest ratio undefined" in v.reasons[1]  # exact, but it says nothing of new categories stopping
+    late = saturation_verdict(labels, target_coverage=0.95, base=4, run=2, threshold=0.5, merge_rule="exact", population=8)
+    assert late.saturated == (late.guest_ratio <= 0.5)
     last = saturation_step_table(labels, window=100, base=100, run=50, threshold=0.05, population=8)[-1]
     assert (last.coverage, last.chao1, last.chao1_high, last.expected_new_next_n) == (1.0, 6, 6, 0)
     assert last.its_rolling == pytest.approx(6 / 8)  # the window is all 8 labels, never a wider one

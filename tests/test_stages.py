@@ -282,3 +282,25 @@ def test_regathering_a_run_drops_labels_that_describe_the_old_examples(pipeline_
     with Store(fresh_project, read_only=True) as store:
         assert store.explanations("r1").empty and store.scores("r1").empty
         assert store.table_counts("r1")["examples"] > 0
+
+
+def test_the_shuffle_control_samples_features_until_the_gap_is_known_well_enough(fresh_project):
+    def run(**kw):
+        async def go():
+            await explain(store, "r1", OfflineJudge(), ExplainConfig(), progress=False)
+            return await score(store, "r1", "offline:token-stats-v1", OfflineJudge(), ScoreConfig(scorers=("detection",), **kw), progress=False)
+        return asyncio.run(go()).per_scorer["detection"]
+
+    with Store(fresh_project) as store:
+        loose = run(control_start=4, control_half_width=0.5)
+        controlled = store.scores("r1", scorer="detection")
+        n_loose = int((controlled.label_source == "shuffled").sum())
+        strict = run(control_start=4, control_half_width=0.001)
+        everyone = run(shuffle_control="all")
+        stored = store.score_summaries("r1").set_index("scorer").loc["detection"]
+    n = loose["n_features"]
+    assert n > 8 and loose["n_controls"] == n_loose == 4 < n  # the first batch already bounded the gap to ±0.5
+    assert loose["calls_saved"] == (n - 4) * 2  # 20 snippets in prompts of 10: two requests per feature spared
+    assert strict["n_controls"] == n and strict["calls_saved"] == 0  # ±0.001 needs every feature
+    assert everyone["n_controls"] == n and everyone["control"] == "all"
+    assert stored.n_controls == n and stored.verdict == everyone["verdict"]  # the summary is stored as computed
