@@ -21,11 +21,16 @@ examples:
 """
 
 
+def _defaults(cls):
+    """A config's defaults without building one (building validates, which may import the heavy stages)."""
+    from dataclasses import fields
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**{f.name: f.default for f in fields(cls)})
+
+
 def _add_gather_args(p: argparse.ArgumentParser) -> None:
-    from .corpus import CorpusConfig
-    from .gather import GatherConfig
-    from .model import ModelConfig
-    from .train import TrainConfig
+    from .config import CorpusConfig, GatherConfig, ModelConfig, TrainConfig
 
     m, c, g, t = ModelConfig(), CorpusConfig(), GatherConfig(), TrainConfig()
     p.add_argument("--project", default="project", help="directory holding the DuckDB file (default: %(default)s)")
@@ -62,7 +67,7 @@ def _add_gather_args(p: argparse.ArgumentParser) -> None:
 def _add_judge_args(p: argparse.ArgumentParser) -> None:
     from .providers import PROVIDERS, STRUCTURED_OUTPUT
 
-    j = p.add_argument_group("judge (explain and score)")
+    j = p.add_argument_group("judge")
     j.add_argument("--judge", default="offline", choices=["offline", *PROVIDERS],
                    help="who labels and scores (default: offline, needs no LLM); "
                         + "; ".join(f"{name}: {spec.help}" for name, spec in PROVIDERS.items()))
@@ -79,15 +84,53 @@ def _add_judge_args(p: argparse.ArgumentParser) -> None:
                    help="constrain answers to each task's JSON schema: json_schema (OpenAI, vLLM, llama-server), json_object (llama-cpp-python); default: json_object for local, else off")
     j.add_argument("--local-threads", type=int, help="CPU threads of the local judge's server (default: one per core)")
     j.add_argument("--prompt-dir", help="directory with your own prompt files (default: the shipped prompts)")
-    j.add_argument("--scorers", default=None, help="comma-separated subset of detection,fuzzing,simulation,embedding (default: all)")
-    j.add_argument("--shuffle-control", choices=["sample", "all", "none"], default="sample",
+
+
+def _add_selection_args(g) -> None:
+    g.add_argument("--features", type=_feature_spec, help="only these features: indices and ranges, e.g. 0-99,512")
+    g.add_argument("--sample", type=int, help="a seeded random sample of N of the chosen features")
+    g.add_argument("--sample-seed", type=int, default=0, help="(default: %(default)s)")
+
+
+def _add_explain_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("explain")
+    _add_selection_args(g)
+    g.add_argument("--max-features", type=_positive, help="label only the first N chosen features")
+    g.add_argument("--redo", action="store_true", help="label again features this judge labelled before (default: keep them and label the rest)")
+    g.add_argument("--stop-coverage", type=float, help="stop labelling once category coverage reaches this (e.g. 0.95)")
+
+
+def _add_score_args(p: argparse.ArgumentParser, selection: bool = True) -> None:
+    g = p.add_argument_group("score")
+    if selection:
+        _add_selection_args(g)
+    g.add_argument("--explainer", help="whose labels to score, e.g. local:qwen2.5-coder-1.5b-instruct-q4_k_m (default: the judge's own)")
+    g.add_argument("--scorers", default=None, help="comma-separated subset of detection,fuzzing,simulation,embedding (default: all)")
+    g.add_argument("--shuffle-control", choices=["sample", "all", "none"], default="sample",
                    help="score a sample of features (until the gap is known to ±0.03), every feature, or none against another feature's label (default: %(default)s)")
-    j.add_argument("--alpha", type=float, default=0.01, help="a label is confident when its permutation test gives p below this (default: %(default)s)")
-    j.add_argument("--max-features", type=int, help="label only the first N alive features")
-    j.add_argument("--sample", type=int, help="label a seeded random sample of N features")
-    j.add_argument("--sample-seed", type=int, default=0, help="(default: %(default)s)")
-    j.add_argument("--redo", action="store_true", help="label again features this judge labelled before (default: keep them and label the rest)")
-    j.add_argument("--stop-coverage", type=float, help="stop labelling once category coverage reaches this (e.g. 0.95)")
+    g.add_argument("--alpha", type=float, default=0.01, help="a label is confident when its permutation test gives p below this (default: %(default)s)")
+
+
+def _feature_spec(text: str) -> list[int]:
+    """'0-99,512' → [0, …, 99, 512]; argparse turns the ValueError into a usage error naming the flag."""
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        lo, sep, hi = part.partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a list of feature indices and ranges; write e.g. 0-99,512")
+        first, last = int(lo), int(hi) if sep else int(lo)
+        if last < first:
+            raise argparse.ArgumentTypeError(f"range {part!r} runs backwards; write the smaller index first")
+        out.extend(range(first, last + 1))
+    return list(dict.fromkeys(out))
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number of features")
+    return value
 
 
 def _judge_config(a: argparse.Namespace):
@@ -103,6 +146,7 @@ def _judge_config(a: argparse.Namespace):
 
 
 def _judged(cfg, a: argparse.Namespace):
+    """The judge, and each stage's own flags where the command has them."""
     from dataclasses import replace as dc_replace
 
     from .score import SCORERS
@@ -110,9 +154,15 @@ def _judged(cfg, a: argparse.Namespace):
     cfg.judge = _judge_config(a)
     cfg.keys_file = a.keys_file
     cfg.prompt_dir = a.prompt_dir
-    cfg.explain = dc_replace(cfg.explain, max_features=a.max_features, sample=a.sample, seed=a.sample_seed, redo=a.redo, stop_coverage=a.stop_coverage)
-    scorers = SCORERS if a.scorers is None else tuple(x.strip() for x in a.scorers.split(",") if x.strip())
-    cfg.score = dc_replace(cfg.score, scorers=scorers, shuffle_control=a.shuffle_control, alpha=a.alpha)
+    if hasattr(a, "redo"):
+        cfg.explain = dc_replace(cfg.explain, features=a.features, max_features=a.max_features, sample=a.sample, seed=a.sample_seed,
+                                 redo=a.redo, stop_coverage=a.stop_coverage)
+    if hasattr(a, "scorers"):
+        scorers = SCORERS if a.scorers is None else tuple(x.strip() for x in a.scorers.split(",") if x.strip())
+        cfg.score = dc_replace(cfg.score, scorers=scorers, shuffle_control=a.shuffle_control, alpha=a.alpha)
+        if not hasattr(a, "redo"):  # `score` selects its own features; `run` scores what it labelled
+            cfg.score = dc_replace(cfg.score, features=a.features, sample=a.sample, sample_seed=a.sample_seed)
+    cfg.explainer = getattr(a, "explainer", None)
     return cfg
 
 
@@ -189,7 +239,7 @@ def cmd_label(a: argparse.Namespace) -> None:
 
 def cmd_saturate(a: argparse.Namespace) -> None:
     from .pipeline import RunConfig, saturate_labels
-    from .saturate import SaturationConfig
+    from .config import SaturationConfig
 
     cfg = _judged(RunConfig(project=a.project, run_id=a.run_id, progress=not a.quiet), a)
     cfg.saturation = SaturationConfig(method=a.method, threshold=a.threshold, target_coverage=a.target_coverage,
@@ -201,7 +251,9 @@ def cmd_saturate(a: argparse.Namespace) -> None:
 def cmd_report(a: argparse.Namespace) -> None:
     from .report import write_report
 
-    files = write_report(a.project, a.run_id, a.out)
+    from .report import ReportConfig
+
+    files = write_report(a.project, a.run_id, a.out, ReportConfig(explainer=a.explainer))
     print(f"report: {files.html}\nsummary: {files.markdown}\n({files.n_features:,} features in {files.seconds:.1f}s)")
 
 
@@ -251,40 +303,74 @@ def cmd_runs(a: argparse.Namespace) -> None:
         print(runs[cols].to_string(index=False))
 
 
+def _sub(sub, name: str, help: str, description: str, examples: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=description, epilog="examples:\n" + examples,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _add_run_id(p: argparse.ArgumentParser, quiet: bool = True) -> None:
+    p.add_argument("--project", default="project", help="directory holding the DuckDB file (default: %(default)s)")
+    p.add_argument("--run-id", help="(default: the latest run)")
+    if quiet:
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .config import SaturationConfig
+
     parser = argparse.ArgumentParser(
         prog="autointerp",
         description="Label every feature of a sparse autoencoder, score the labels, and report.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"autointerp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    p = sub.add_parser("run", help="the whole pipeline: gather, explain, score (the embedded default when given no options)")
+    p = _sub(sub, "run", "the whole pipeline: gather, explain, score, saturate, report (the embedded default when given no options)",
+             "Gather (kept when this run was gathered with the same settings), explain, score, saturate and report. Re-run the same "
+             "command after an interruption: answered LLM calls come from the cache and stored labels are kept.",
+             "  autointerp run                                        # the embedded default, offline\n"
+             "  autointerp run --model gpt2 --hookpoint blocks.8.hook_resid_pre --sae ./sae --corpus data.jsonl \\\n"
+             "                 --judge openai --judge-model gpt-4o-mini\n")
     _add_gather_args(p)
     _add_judge_args(p)
+    _add_explain_args(p)
+    _add_score_args(p, selection=False)
     p.add_argument("--regather", action="store_true", help="gather again even when this run was gathered with the same settings (its labels and scores are dropped)")
     p.add_argument("--sample-judge", choices=["none", "local"], help="also label a seeded sample with this judge, beside the main one (default: local for the embedded default when installed)")
     p.add_argument("--sample-size", type=int, default=16, help="features in that sample (default: %(default)s)")
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("gather", help="stream a corpus through model and SAE; store examples and statistics")
+    p = _sub(sub, "gather", "stream a corpus through model and SAE; store examples and statistics",
+             "One streaming pass: the model stops at the hookpoint, the SAE encodes, and every feature keeps its top, "
+             "quantile-sampled and verified non-activating windows and its statistics, in memory bounded by features × examples.",
+             "  autointerp gather --model EleutherAI/pythia-70m --hookpoint gpt_neox.layers.3 --sae hf://owner/repo/layer_3\n")
     _add_gather_args(p)
     p.set_defaults(func=cmd_gather)
-    for name, text in (("explain", "label every alive feature of a gathered run"), ("score", "score the stored labels on held-out snippets, with a shuffled-label control")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("--project", default="project")
-        p.add_argument("--run-id", help="(default: the latest run)")
-        p.add_argument("--quiet", action="store_true")
-        _add_judge_args(p)
-        p.set_defaults(func=cmd_label)
-    from .saturate import SaturationConfig
-
-    sc = SaturationConfig()
-    p = sub.add_parser("saturate", help="map labels to categories and report when new categories stop appearing")
-    p.add_argument("--project", default="project")
-    p.add_argument("--run-id", help="(default: the latest run)")
-    p.add_argument("--quiet", action="store_true")
+    p = _sub(sub, "explain", "label the alive features of a gathered run",
+             "A judge labels each chosen feature from its explain-split windows. Features it labelled before are kept.",
+             "  autointerp explain --judge local --sample 32\n  autointerp explain --judge anthropic --judge-model claude-haiku-4-5 --features 0-99\n")
+    _add_run_id(p)
+    _add_judge_args(p)
+    _add_explain_args(p)
+    p.set_defaults(func=cmd_label)
+    p = _sub(sub, "score", "score stored labels on held-out snippets, with a per-feature null and a shuffle control",
+             "Each scorer predicts activity on score-split windows from the label alone; a label is confident when it beats a "
+             "label unrelated to the activations on the same windows.",
+             "  autointerp score --judge openai_compatible --base-url http://localhost:8000/v1 --judge-model llama3.1\n"
+             "  autointerp score --explainer local:qwen2.5-coder-1.5b-instruct-q4_k_m --scorers embedding   # no judge calls\n")
+    _add_run_id(p)
+    _add_judge_args(p)
+    _add_score_args(p)
+    p.set_defaults(func=cmd_label)
+    sc = _defaults(SaturationConfig)
+    p = _sub(sub, "saturate", "map labels to categories and report when new categories stop appearing",
+             "Categories by embedding clustering (offline) or an LLM codebook; coverage, Chao1, Guest and ITS, bounded by the dictionary's size.",
+             "  autointerp saturate\n  autointerp saturate --method codebook --judge openai --judge-model gpt-4o-mini --explainer offline:token-stats-v1\n")
+    _add_run_id(p)
     _add_judge_args(p)
     s_ = p.add_argument_group("saturation")
+    s_.add_argument("--explainer", help="whose labels (default: the judge's own)")
     s_.add_argument("--method", default=sc.method, choices=["embedding", "codebook"], help="embedding clustering (offline) or LLM codebook reduction")
     s_.add_argument("--threshold", type=float, default=sc.threshold, help="label similarity that merges into one category (default: %(default)s)")
     s_.add_argument("--target-coverage", type=float, default=sc.target_coverage, help="(default: %(default)s)")
@@ -295,21 +381,26 @@ def build_parser() -> argparse.ArgumentParser:
     s_.add_argument("--n-boot", type=int, default=sc.n_boot, help="shuffled orders (default: %(default)s)")
     s_.add_argument("--seed", type=int, default=sc.seed)
     p.set_defaults(func=cmd_saturate)
-    p = sub.add_parser("report", help="write a run's audit report: one self-contained HTML file and a Markdown summary")
-    p.add_argument("--project", default="project")
-    p.add_argument("--run-id", help="(default: the latest run)")
+    p = _sub(sub, "report", "write a run's audit report: one self-contained HTML file and a Markdown summary",
+             "Built from the database alone; needs no key. Every explainer of the run is compared side by side.",
+             "  autointerp report\n  autointerp report --explainer local:qwen2.5-coder-1.5b-instruct-q4_k_m --out report.html\n")
+    _add_run_id(p, quiet=False)
+    p.add_argument("--explainer", help="whose labels the cards show (default: the one written last)")
     p.add_argument("--out", help="an .html file or a directory (default: <project>/reports/)")
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("export", help="export a run: Parquet of every table, Neuronpedia and OpenAI explanation JSONL")
-    p.add_argument("--project", default="project")
-    p.add_argument("--run-id", help="(default: the latest run)")
+    p = _sub(sub, "export", "export a run: Parquet of every table, Neuronpedia and OpenAI explanation JSONL",
+             "Read from the database alone; needs no key.", "  autointerp export --format neuronpedia\n")
+    _add_run_id(p, quiet=False)
     p.add_argument("--out", help="directory (default: <project>/exports/<run id>/)")
     p.add_argument("--format", default="parquet,neuronpedia,openai", help="comma-separated subset of %(default)s")
     p.set_defaults(func=cmd_export)
-    p = sub.add_parser("hookpoints", help="list the hookpoints a model offers")
+    p = _sub(sub, "hookpoints", "list the hookpoints a model offers", "Module paths and the TransformerLens names mapped onto them.",
+             "  autointerp hookpoints --model gpt2\n")
     p.add_argument("--model", required=True, help="hub id or local directory")
     p.set_defaults(func=cmd_hookpoints)
-    p = sub.add_parser("logs", help="browse the logged LLM calls, newest first: prompts, answers, tokens, latency, errors")
+    p = _sub(sub, "logs", "browse the logged LLM calls, newest first: prompts, answers, tokens, latency, errors",
+             "Every call has an id and its run; labels and scores keep the ids of the calls behind them.",
+             "  autointerp logs --purpose explain --feature 12 --full\n")
     p.add_argument("--project", default="project")
     p.add_argument("--run-id", help="only this run's calls")
     p.add_argument("--purpose", help="only calls for this task: explain, detection, fuzzing, simulation, codebook")
@@ -317,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=10, help="how many (default: %(default)s)")
     p.add_argument("--full", action="store_true", help="also print the prompts and parameters, and whole answers")
     p.set_defaults(func=cmd_logs)
-    p = sub.add_parser("runs", help="list the runs stored in a project")
+    p = _sub(sub, "runs", "list the runs stored in a project", "One line per run: model, hookpoint, SAE, tokens.", "  autointerp runs --project p\n")
     p.add_argument("--project", default="project")
     p.set_defaults(func=cmd_runs)
     return parser
@@ -343,6 +434,11 @@ def _stored_state(argv: list[str] | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):  # the libraries' own bars too (model loading, hub downloads); set before they load
+        import os
+
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         args.func(args)
     except AutointerpError as e:

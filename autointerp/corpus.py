@@ -21,19 +21,9 @@ from typing import Iterator
 
 import numpy as np
 
+from .config import DEFAULT_CORPUS, CorpusConfig  # noqa: F401  (re-exported)
 from .errors import AutointerpError
 
-DEFAULT_CORPUS = "pydoc"
-
-
-@dataclass
-class CorpusConfig:
-    source: str = DEFAULT_CORPUS  # path, "pydoc", or "hf:<dataset>[:<config>]"
-    text_field: str = "text"  # JSONL / Parquet / HF column holding the text
-    split: str = "train"  # HF dataset split
-    context_length: int = 128  # tokens per context, special tokens included
-    max_tokens: int | None = 1_000_000  # stop after this many content tokens
-    encoding: str = "utf-8"
 
 
 @dataclass

@@ -27,26 +27,13 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
+from .config import GatherConfig  # noqa: F401  (re-exported)
 from .corpus import ContextBatch
 from .errors import AutointerpError
 
 SPLITS = ("explain", "score")
 KINDS = ("top", "quantile", "negative")
 HIST_EDGES = np.logspace(-4, 4, 65)  # 8 decades, 8 bins each; below/above fall into the end bins
-
-
-@dataclass
-class GatherConfig:
-    n_top: int = 50  # max-activating windows per feature per split
-    n_bins: int = 10  # activation-quantile bins
-    per_bin: int = 5  # quantile samples per bin per split
-    n_negative: int = 50  # verified non-activating windows per feature per split
-    window: int = 32  # tokens per example window
-    tokens_before_peak: int | None = None  # None: W/2 for bidirectional models, 3W/4 for causal ones
-    explain_fraction: float = 0.5  # share of contexts in the explain split
-    dense_threshold: float = 0.1  # firing density above which a feature is flagged ultra-dense
-    batch_size: int | None = None  # contexts per batch; None sizes it to memory
-    seed: int = 0
 
 
 @dataclass

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import EMBEDDED_HOOKPOINT, EMBEDDED_MODEL, ModelConfig  # noqa: F401  (re-exported)
 from .errors import AutointerpError
 
-EMBEDDED_MODEL = "embedded:all-MiniLM-L6-v2"
-EMBEDDED_HOOKPOINT = "encoder.layer.2"  # resid_post of block 2 of 6: the middle of the network
 
 
 def keep_freed_memory() -> None:
@@ -38,15 +37,6 @@ def keep_freed_memory() -> None:
     mallopt(m_mmap_threshold, 32 << 20)  # glibc's ceiling: blocks up to 32 MiB come from the reusable heap
     mallopt(m_trim_threshold, 1 << 30)
     mallopt(m_top_pad, 256 << 20)
-
-
-@dataclass
-class ModelConfig:
-    name: str = EMBEDDED_MODEL  # hub id, local directory, or the embedded default
-    hookpoint: str = EMBEDDED_HOOKPOINT
-    device: str = "auto"  # "auto" picks cuda when present
-    dtype: str = "float32"
-    revision: str | None = None
 
 
 def resolve_device(device: str) -> torch.device:

@@ -42,6 +42,7 @@ class RunConfig:
     gather: GatherConfig = field(default_factory=GatherConfig)
     eval_tokens: int = 40_000  # held-out tokens for FVU / L0 / dead fraction of a given SAE
     judge: LLMConfig | None = None  # None: the offline judge
+    explainer: str | None = None  # whose labels score and saturate read (None: the judge's own)
     keys_file: str | None = None  # TOML file of provider = "key" (environment variables win)
     prompt_dir: str | None = None  # your own prompt files instead of prompts/
     explain: ExplainConfig = field(default_factory=ExplainConfig)
@@ -306,9 +307,10 @@ async def alabel_and_score(cfg: RunConfig, run_id: str | None = None, *, explain
         explained = await explain(store, run_id, judge, cfg.explain, call_log=log, progress=cfg.progress) if explain_stage else None
         scored = None
         if score_stage:
-            explainer = explained.explainer if explained else judge.name
-            if not explained and explainer not in store.explainers(run_id):
-                raise AutointerpError(f"run '{run_id}' has no labels by {explainer}", "run `autointerp explain` with the same judge first")
+            explainer = explained.explainer if explained else (cfg.explainer or judge.name)
+            if not explained and explainer not in (known := store.explainers(run_id)):
+                raise AutointerpError(f"run '{run_id}' has no labels by {explainer}",
+                                      (f"pass --explainer with one of: {', '.join(known)}" if known else "run `autointerp explain` first"))
             scored = await score(store, run_id, explainer, judge, cfg.score, call_log=log, progress=cfg.progress)
         if usage := judge.usage():  # what this run was billed, both stages together
             (scored or explained).usage = usage
@@ -326,7 +328,7 @@ async def asaturate_labels(cfg: RunConfig, run_id: str | None = None) -> Saturat
     """Map a run's stored labels to categories and measure saturation (the judge is used only by method 'codebook')."""
 
     async def stages(store, run_id, judge, log):
-        return await saturate(store, run_id, judge.name, cfg.saturation, judge=judge, call_log=log)
+        return await saturate(store, run_id, cfg.explainer or judge.name, cfg.saturation, judge=judge, call_log=log)
 
     return await _with_judge(cfg, run_id, stages)
 

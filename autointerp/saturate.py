@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from .config import DEFAULT_THRESHOLD, METHODS, SaturationConfig  # noqa: F401  (re-exported)
 from .embed import Embedder, cluster_labels
 from .errors import AutointerpError
 from .judges import Judge
@@ -45,44 +46,7 @@ from .saturation import (
 )
 from .store import Store
 
-METHODS = ("embedding", "codebook")
-# Cosine threshold for the embedding rule. On a sample of hand-written labels, paraphrases of one
-# concept scored 0.59–0.87 (most >= 0.78) and distinct but related concepts up to 0.76 ("opening"
-# vs "closing parenthesis"); on 1,024 offline labels of the demo run the median nearest-neighbour
-# cosine is 0.77. 0.8 keeps related concepts apart at the price of some unmerged paraphrases. That
-# error adds false singletons, which make the stage call saturation later, never earlier.
-DEFAULT_THRESHOLD = 0.8
 RAREFACTION_POINTS = 200  # the order-free curve is stored on at most this many sample sizes
-
-
-@dataclass
-class SaturationConfig:
-    method: str = "embedding"  # "embedding" (offline) or "codebook" (needs an LLM judge)
-    threshold: float = DEFAULT_THRESHOLD  # cosine similarity, method "embedding"
-    codebook_batch: int = 25  # labels per judge call, method "codebook"
-    its_window: int = 100  # labels in the rolling ITS window
-    guest_base: int = 100  # Guest: the first `base` labels are the base
-    guest_run: int = 50  # Guest: run length R
-    guest_threshold: float = 0.05  # Guest: saturated when a run adds <= this share of the base's categories
-    target_coverage: float = 0.95  # verdict and stop rule
-    min_labels: int = 100  # the stop rule never fires before this many labels
-    next_m: int = 100  # report expected new categories in the next m labels (capped at n, where Good–Toulmin holds)
-    n_boot: int = 200  # shuffled orders
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise AutointerpError(f"unknown saturation method {self.method!r}", f"use one of {', '.join(METHODS)}")
-        if self.codebook_batch < 1:
-            raise AutointerpError(f"codebook_batch is {self.codebook_batch}", "pass codebook_batch >= 1")
-        # The estimators check their own arguments: run them on one label so that a bad setting
-        # fails here, before any judge call is paid for.
-        one = ["x"]
-        guest = dict(base=self.guest_base, run=self.guest_run, threshold=self.guest_threshold)
-        saturation_step_table(one, window=self.its_window, **guest)
-        bootstrap_orders(one, self.n_boot, self.seed, window=self.its_window, **guest)
-        stop_rule(one, self.target_coverage, self.min_labels)
-        good_toulmin({"x": 1}, self.next_m)
 
 
 @dataclass

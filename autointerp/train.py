@@ -19,24 +19,10 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 
+from .config import TrainConfig  # noqa: F401  (re-exported)
 from .corpus import ContextBatch
 from .errors import AutointerpError
 from .sae import SAE
-
-
-@dataclass
-class TrainConfig:
-    n_features: int = 4096
-    k: int = 32
-    aux_k: int | None = None  # None: d_in // 2
-    aux_coef: float = 1 / 32
-    lr: float = 5e-4
-    batch_tokens: int = 4096
-    epochs: int = 3
-    train_tokens: int = 400_000  # activations kept in memory for training
-    holdout_tokens: int = 40_000  # held out for FVU, L0 and dead fraction
-    dead_after_tokens: int = 200_000  # a latent silent this long counts as dead for AuxK
-    seed: int = 0
 
 
 @dataclass

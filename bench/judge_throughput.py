@@ -141,8 +141,8 @@ def main() -> None:
            "|---|---|---|---|---|---|"]
     md += [f"| {k} | {v['prompts']:.2f} | {v['prompt_tokens']:,.0f} | {v['completion_tokens']:,.0f} | ${v['usd_per_million']:,.0f} | "
            f"{'$' + format(DELPHI[k], ',') if k in DELPHI else '—'} |" for k, v in cost.items()]
-    md += ["", "Scoring rows include the shuffled-label control, which doubles scorer calls; halve them to compare with delphi, "
-           "which has no control. Completion tokens are the stand-in's, not a real model's.", "", f"Machine: {machine()}"]
+    md += ["", "Scoring rows include the shuffle control, run on a seeded sample of the features (all of them at this size); "
+           "delphi has no control. Completion tokens are the stand-in's, not a real model's.", "", f"Machine: {machine()}"]
     write_report("judge_throughput", {"throughput": rows, "cost": cost, "latency_s": a.latency, "machine": machine()}, "\n".join(md) + "\n")
 
 

@@ -84,13 +84,13 @@ async def parse_rates(server, chunk, n: int) -> dict:
         for fs in chunk[:n]:
             a = await judge.explain(explain_task(fs, ExplainConfig().for_judge("local")))
             labels.append(a.value or "the marked tokens")
-            active, negatives = held_out(fs, replace(cfg, n_activating=5, n_negative=5))
+            held = held_out(fs, 3, 2, 5, cfg.seed)  # as the demo scores its sample: 10 snippets, one prompt
             rng = np.random.default_rng(fs.feature)
-            await judge.detect(DetectionTask(fs.feature, labels[-1], active + negatives))
-            await judge.fuzz(FuzzTask(fs.feature, labels[-1], fuzz_snippets(active, negatives, rng)))
+            await judge.detect(DetectionTask(fs.feature, labels[-1], held.active + held.negatives))
+            await judge.fuzz(FuzzTask(fs.feature, labels[-1], fuzz_snippets(held, rng)))
         for fs, label in list(zip(chunk, labels))[: max(2, n // 4)]:  # simulation answers are long: fewer of them
-            active, negatives = held_out(fs, cfg)
-            await judge.simulate(SimulationTask(fs.feature, label, active[:2] + negatives[:2]))
+            held = held_out(fs, cfg.n_top, cfg.n_strata, cfg.n_negative, cfg.seed).take(2, 2)
+            await judge.simulate(SimulationTask(fs.feature, label, held.active + held.negatives))
         for start in range(0, len(labels), 4):
             await judge.codebook(labels[start : start + 4], labels[:start][:8])
         out[structured] = {task: {"answers": sum(c.values()), "unparsable": c["parse"], "failed_calls": c["api"]} for task, c in judge.outcomes.items()}

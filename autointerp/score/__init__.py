@@ -51,6 +51,9 @@ class ScoreConfig:
     n_permutations: int = 500
     seed: int = 0
     chunk: int = 512
+    features: list[int] | None = None  # only these of the labelled features (None: all)
+    sample: int | None = None  # a seeded random sample of this many of them
+    sample_seed: int = 0
 
     def __post_init__(self) -> None:
         unknown = set(self.scorers) - set(SCORERS)
@@ -127,7 +130,9 @@ async def score(store: Store, run_id: str, explainer: str, judge: Judge, cfg: Sc
 
     labels_df = store.explanations(run_id, explainer)
     labels = {int(r.feature): r.label for r in labels_df.itertuples() if r.status == "ok"}
-    features = sorted(labels)
+    features = sorted(labels) if cfg.features is None else sorted(set(cfg.features) & set(labels))
+    if cfg.sample is not None and cfg.sample < len(features):
+        features = sorted(int(f) for f in np.random.default_rng(cfg.sample_seed).choice(features, cfg.sample, replace=False))
     scorers: dict[str, Scorer] = {name: SCORERS[name] for name in cfg.scorers}
     names = {name: (s.judge_name() if not s.uses_judge else judge.name) for name, s in scorers.items()}
     bar = tqdm(total=len(features) * len(scorers), desc="score", unit="feat", disable=not progress)
@@ -155,7 +160,7 @@ async def score(store: Store, run_id: str, explainer: str, judge: Judge, cfg: Sc
     bar.close()
     n_controls = 0
     if cfg.shuffle_control != "none" and len(features) >= 2:
-        partner = _control_partners(features, labels, cfg.seed)
+        partner = _control_partners(features, {f: labels[f] for f in features}, cfg.seed)
         order = [features[i] for i in np.random.default_rng(cfg.seed).permutation(len(features))]
         target = len(features) if cfg.shuffle_control == "all" else min(cfg.control_start, len(features))
         while n_controls < target:
@@ -172,11 +177,12 @@ async def score(store: Store, run_id: str, explainer: str, judge: Judge, cfg: Sc
 
 def write_summaries(store: Store, run_id: str, explainer: str, judges: dict[str, str], cfg: ScoreConfig) -> dict[str, dict]:
     """Summarise the stored rows of each scorer (scorer → the judge named in its rows) and store the summaries."""
-    n_features = int((store.explanations(run_id, explainer).status == "ok").sum())
     out = {}
     for name, judge_name in judges.items():
         scorer = SCORERS[name]
-        row = _summary(store.scores(run_id, explainer, name), scorer, cfg, n_features)
+        rows = store.scores(run_id, explainer, name)
+        n_features = int(rows[rows.label_source == "true"].feature.nunique())  # every feature scored, however it came out
+        row = _summary(rows, scorer, cfg, n_features)
         out[name] = row | {"scorer": name, "judge": judge_name, "samples": scorer.samples(cfg)}
     store.write_score_summaries(run_id, explainer, pd.DataFrame(out.values()))
     return out

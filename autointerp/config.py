@@ -1,0 +1,99 @@
+"""Every stage's settings as typed dataclasses with defaults that work, importable without torch
+or an LLM SDK (the CLI builds its flags from them in well under a second). The stages re-export
+the ones they read: `autointerp.gather.GatherConfig` is this module's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import AutointerpError
+
+EMBEDDED_MODEL = "embedded:all-MiniLM-L6-v2"
+EMBEDDED_HOOKPOINT = "encoder.layer.2"  # resid_post of block 2 of 6: the middle of the network
+DEFAULT_CORPUS = "pydoc"
+METHODS = ("embedding", "codebook")
+# Cosine threshold for the embedding rule. On a sample of hand-written labels, paraphrases of one
+# concept scored 0.59–0.87 (most >= 0.78) and distinct but related concepts up to 0.76 ("opening"
+# vs "closing parenthesis"); on 1,024 offline labels of the demo run the median nearest-neighbour
+# cosine is 0.77. 0.8 keeps related concepts apart at the price of some unmerged paraphrases. That
+# error adds false singletons, which make the stage call saturation later, never earlier.
+DEFAULT_THRESHOLD = 0.8
+
+@dataclass
+class ModelConfig:
+    name: str = EMBEDDED_MODEL  # hub id, local directory, or the embedded default
+    hookpoint: str = EMBEDDED_HOOKPOINT
+    device: str = "auto"  # "auto" picks cuda when present
+    dtype: str = "float32"
+    revision: str | None = None
+
+
+@dataclass
+class CorpusConfig:
+    source: str = DEFAULT_CORPUS  # path, "pydoc", or "hf:<dataset>[:<config>]"
+    text_field: str = "text"  # JSONL / Parquet / HF column holding the text
+    split: str = "train"  # HF dataset split
+    context_length: int = 128  # tokens per context, special tokens included
+    max_tokens: int | None = 1_000_000  # stop after this many content tokens
+    encoding: str = "utf-8"
+
+
+@dataclass
+class GatherConfig:
+    n_top: int = 50  # max-activating windows per feature per split
+    n_bins: int = 10  # activation-quantile bins
+    per_bin: int = 5  # quantile samples per bin per split
+    n_negative: int = 50  # verified non-activating windows per feature per split
+    window: int = 32  # tokens per example window
+    tokens_before_peak: int | None = None  # None: W/2 for bidirectional models, 3W/4 for causal ones
+    explain_fraction: float = 0.5  # share of contexts in the explain split
+    dense_threshold: float = 0.1  # firing density above which a feature is flagged ultra-dense
+    batch_size: int | None = None  # contexts per batch; None sizes it to memory
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    n_features: int = 4096
+    k: int = 32
+    aux_k: int | None = None  # None: d_in // 2
+    aux_coef: float = 1 / 32
+    lr: float = 5e-4
+    batch_tokens: int = 4096
+    epochs: int = 3
+    train_tokens: int = 400_000  # activations kept in memory for training
+    holdout_tokens: int = 40_000  # held out for FVU, L0 and dead fraction
+    dead_after_tokens: int = 200_000  # a latent silent this long counts as dead for AuxK
+    seed: int = 0
+
+
+@dataclass
+class SaturationConfig:
+    method: str = "embedding"  # "embedding" (offline) or "codebook" (needs an LLM judge)
+    threshold: float = DEFAULT_THRESHOLD  # cosine similarity, method "embedding"
+    codebook_batch: int = 25  # labels per judge call, method "codebook"
+    its_window: int = 100  # labels in the rolling ITS window
+    guest_base: int = 100  # Guest: the first `base` labels are the base
+    guest_run: int = 50  # Guest: run length R
+    guest_threshold: float = 0.05  # Guest: saturated when a run adds <= this share of the base's categories
+    target_coverage: float = 0.95  # verdict and stop rule
+    min_labels: int = 100  # the stop rule never fires before this many labels
+    next_m: int = 100  # report expected new categories in the next m labels (capped at n, where Good–Toulmin holds)
+    n_boot: int = 200  # shuffled orders
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise AutointerpError(f"unknown saturation method {self.method!r}", f"use one of {', '.join(METHODS)}")
+        if self.codebook_batch < 1:
+            raise AutointerpError(f"codebook_batch is {self.codebook_batch}", "pass codebook_batch >= 1")
+        # The estimators check their own arguments: run them on one label so that a bad setting
+        # fails here, before any judge call is paid for.
+        from .saturation import bootstrap_orders, good_toulmin, saturation_step_table, stop_rule
+
+        one = ["x"]
+        guest = dict(base=self.guest_base, run=self.guest_run, threshold=self.guest_threshold)
+        saturation_step_table(one, window=self.its_window, **guest)
+        bootstrap_orders(one, self.n_boot, self.seed, window=self.its_window, **guest)
+        stop_rule(one, self.target_coverage, self.min_labels)
+        good_toulmin({"x": 1}, self.next_m)

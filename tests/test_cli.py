@@ -1,0 +1,103 @@
+"""The command line as users meet it: a fast help, each stage's own flags, feature selection,
+another explainer's labels, and quiet runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from autointerp import __version__
+from autointerp.cli import _feature_spec, build_parser
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "autointerp.cli", *args], capture_output=True, text=True, env=ENV, timeout=600)
+
+
+def test_building_the_parser_loads_no_torch_and_no_llm_sdk():
+    code = ("import sys, autointerp.cli as c; c.build_parser(); "
+            "print([m for m in ('torch', 'transformers', 'openai', 'anthropic', 'scipy', 'duckdb', 'pandas') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_version_and_every_subcommand_has_a_description_and_examples():
+    out = cli("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"autointerp {__version__}"
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        assert sub.description and "examples:" in sub.epilog, name
+
+
+def test_each_stage_shows_only_its_own_flags():
+    helps = {name: cli(name, "--help").stdout for name in ("explain", "score", "saturate", "gather", "report")}
+    assert "--redo" in helps["explain"] and "--scorers" not in helps["explain"] and "--method" not in helps["explain"]
+    assert "--scorers" in helps["score"] and "--redo" not in helps["score"] and "--stop-coverage" not in helps["score"]
+    assert "--method" in helps["saturate"] and "--scorers" not in helps["saturate"] and "--sample " not in helps["saturate"]
+    assert "--judge" not in helps["gather"] and "--judge" not in helps["report"]
+
+
+def test_feature_lists_and_ranges():
+    assert _feature_spec("0-3,7, 5") == [0, 1, 2, 3, 7, 5]
+    assert _feature_spec("4") == [4]
+    bad = cli("explain", "--features", "3-1")
+    assert bad.returncode == 2 and "runs backwards" in bad.stderr
+    bad = cli("explain", "--features", "a,b")
+    assert bad.returncode == 2 and "0-99,512" in bad.stderr
+    bad = cli("explain", "--max-features", "-3")
+    assert bad.returncode == 2 and "not a positive number" in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def gathered(pipeline_setup, tmp_path_factory):
+    from autointerp.pipeline import gather
+    from conftest import pipeline_config
+
+    project = tmp_path_factory.mktemp("cli")
+    gather(pipeline_config(pipeline_setup, project))
+    return project
+
+
+def test_selection_labels_and_scores_only_the_chosen_features(gathered, tmp_path):
+    import shutil
+
+    shutil.copytree(gathered, tmp_path / "p")
+    project = str(tmp_path / "p")
+    explained = cli("explain", "--project", project, "--features", "2-5,9", "--quiet")
+    assert explained.returncode == 0 and "explained 5 of 5 features" in explained.stdout, explained.stderr
+    sampled = cli("explain", "--project", project, "--sample", "3", "--sample-seed", "1", "--redo", "--quiet")
+    assert "explained 3 of 3 features" in sampled.stdout
+    scored = cli("score", "--project", project, "--features", "2,3", "--scorers", "detection", "--quiet")
+    assert scored.returncode == 0 and "over 2 of 2 features" in scored.stdout, scored.stdout + scored.stderr
+    assert "Loading" not in scored.stderr  # --quiet silences the libraries' bars too
+
+
+def test_another_explainers_labels_are_scored_saturated_and_reported_without_its_key(gathered, tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    from autointerp.store import Store
+
+    shutil.copytree(gathered, tmp_path / "p")
+    project = str(tmp_path / "p")
+    with Store(project) as store:  # labels written by an API model earlier
+        store.write_explanations("r1", "openai:gpt-4o-mini", pd.DataFrame({
+            "feature": [0, 1, 2, 3], "label": ['token "the"', 'token "of"', 'token "a"', 'token "is"'], "status": ["ok"] * 4,
+            "error": [None] * 4, "raw": ["r"] * 4, "prompt_hash": ["h"] * 4, "n_snippets": [4] * 4}))
+    missing = cli("score", "--project", project, "--scorers", "detection")
+    assert missing.returncode == 2 and "pass --explainer with one of: openai:gpt-4o-mini" in missing.stderr
+    scored = cli("score", "--project", project, "--explainer", "openai:gpt-4o-mini", "--scorers", "detection,embedding", "--quiet")
+    assert scored.returncode == 0 and "scores of openai:gpt-4o-mini labels (judge offline:token-stats-v1)" in scored.stdout, scored.stderr
+    saturated = cli("saturate", "--project", project, "--explainer", "openai:gpt-4o-mini", "--quiet")
+    assert saturated.returncode == 0 and "saturation of 4 labels by openai:gpt-4o-mini" in saturated.stdout
+    report = cli("report", "--project", project, "--explainer", "openai:gpt-4o-mini")
+    assert report.returncode == 0 and "openai:gpt-4o-mini" in (tmp_path / "p" / "reports" / "r1.html").read_text()
+    assert "OPENAI_API_KEY" not in os.environ
