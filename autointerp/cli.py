@@ -203,6 +203,9 @@ def cmd_run(a: argparse.Namespace) -> None:
         cfg.sample_judge = sample
         cfg.sample_size = a.sample_size
         cfg.explain = replace(cfg.explain, seed=a.sample_seed)
+    from pathlib import Path
+
+    write_config(Path(cfg.project) / "configs" / f"{cfg.resolved_run_id()}.toml", a)  # before the work: a killed run can be repeated too
     run(cfg, reuse_gather=not a.regather)
 
 
@@ -304,8 +307,10 @@ def cmd_runs(a: argparse.Namespace) -> None:
 
 
 def _sub(sub, name: str, help: str, description: str, examples: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help, description=description, epilog="examples:\n" + examples,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(name, help=help, description=description, epilog="examples:\n" + examples,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="a TOML file of this command's settings, keyed by flag name (e.g. n_top = 20); flags given as well win")
+    return p
 
 
 def _add_run_id(p: argparse.ArgumentParser, quiet: bool = True) -> None:
@@ -432,8 +437,62 @@ def _stored_state(argv: list[str] | None) -> str:
     return f"{db_path(project)} holds {kept}; every stage writes whole chunks, so re-running the command resumes where it stopped"
 
 
+CONFIG_SKIP = {"func", "command", "config"}
+
+
+def _config_defaults(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
+    """The settings of a --config TOML file, checked against the command's flags."""
+    import tomllib
+
+    try:
+        with open(args.config, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise AutointerpError(f"cannot read config file {args.config}: {e.strerror}", "check the path") from None
+    except tomllib.TOMLDecodeError as e:
+        raise AutointerpError(f"config file {args.config} is not valid TOML: {e}", "write one `flag_name = value` line per setting") from None
+    flat = {}
+    for key, value in data.items():  # [sections] are only for reading: their keys are flags too
+        flat.update(value if isinstance(value, dict) else {key: value})
+    sub = parser._subparsers._group_actions[0].choices[args.command]
+    known = {a.dest for a in sub._actions} - CONFIG_SKIP - {"help"}
+    unknown = sorted(k.replace("-", "_") for k in flat if k.replace("-", "_") not in known)
+    if unknown:
+        raise AutointerpError(f"config file {args.config} has settings `autointerp {args.command}` does not take: {', '.join(unknown)}",
+                              f"use the flag names of `autointerp {args.command} --help`, with _ for -")
+    values = {k.replace("-", "_"): v for k, v in flat.items()}
+    for action in sub._actions:
+        if action.dest in values and action.choices is not None and values[action.dest] not in action.choices:
+            raise AutointerpError(f"config file {args.config}: {action.dest} = {values[action.dest]!r} is not one of {', '.join(map(str, action.choices))}",
+                                  f"pick one of them for {action.dest}")
+    return values
+
+
+def write_config(path, args: argparse.Namespace) -> None:
+    """The settings a command ran with, as a TOML file `--config` takes back."""
+    import json
+    from pathlib import Path
+
+    lines = [f"# autointerp {args.command}: rerun with `autointerp {args.command} --config {path}`"]
+    for key, value in sorted(vars(args).items()):
+        if key in CONFIG_SKIP or value is None:
+            continue
+        lines.append(f"{key} = {json.dumps(value)}")  # JSON strings, numbers, booleans and lists are TOML too
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        try:
+            defaults = _config_defaults(parser, args)
+        except AutointerpError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        parser._subparsers._group_actions[0].choices[args.command].set_defaults(**defaults)
+        args = parser.parse_args(argv)
     if getattr(args, "quiet", False):  # the libraries' own bars too (model loading, hub downloads); set before they load
         import os
 

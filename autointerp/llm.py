@@ -39,6 +39,7 @@ import os
 import re
 import time
 import tomllib
+from importlib.resources import files
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -58,20 +59,9 @@ log = logging.getLogger(__name__)
 # Local servers (vLLM, Ollama) ignore the key, but the OpenAI SDK insists on one.
 PLACEHOLDER_KEY = "no-key"
 
-# USD per million (input, output) tokens, list prices when written; check before trusting
-# a cost report, and override with LLMConfig.prices. Dated snapshots ("-2024-07-18",
-# "-20241022") and "-latest" map to the base name; anything else unknown → cost None.
+# USD per million (input, output) tokens: data/prices.toml, installed with the package.
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {
-    "gpt-4o-mini": (0.15, 0.60),
-    "gpt-4o": (2.50, 10.00),
-    "gpt-4.1-nano": (0.10, 0.40),
-    "gpt-4.1-mini": (0.40, 1.60),
-    "gpt-4.1": (2.00, 8.00),
-    "claude-3-5-haiku": (0.80, 4.00),
-    "claude-3-5-sonnet": (3.00, 15.00),
-    "claude-haiku-4-5": (1.00, 5.00),
-    "claude-sonnet-4-5": (3.00, 15.00),
-    "claude-sonnet-4-6": (3.00, 15.00),
+    model: (float(p[0]), float(p[1])) for model, p in tomllib.loads(files("autointerp.data").joinpath("prices.toml").read_text()).get("models", {}).items()
 }
 _SNAPSHOT_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
 

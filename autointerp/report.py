@@ -17,6 +17,8 @@ import json
 import math
 import re
 import time
+import tomllib
+from importlib.resources import files
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,12 +33,9 @@ from .records import Snippet
 from .store import Store
 
 
-# Concepts whose appearance in a label deserves a human look. A term matches a whole word
-# (plural -s/-es allowed); a trailing * matches any continuation; '-' and ' ' are interchangeable.
+# Concepts whose appearance in a label deserves a human look: data/watch.toml, installed with the package.
 DEFAULT_WATCH: dict[str, tuple[str, ...]] = {
-    "deception": ("deception", "deceptive", "deceiv*", "lie", "lying", "liar", "manipulat*", "dishonest*"),
-    "weapons": ("weapon*", "gun", "firearm*", "rifle", "bomb*", "explosive*", "ammunition", "grenade"),
-    "self-harm": ("self-harm*", "self-injur*", "suicid*", "overdose*", "cutting oneself"),
+    concept: tuple(terms) for concept, terms in tomllib.loads(files("autointerp.data").joinpath("watch.toml").read_text()).items()
 }
 
 NOT_SATURATED_YET = "not computed yet — run autointerp saturate"

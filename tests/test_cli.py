@@ -101,3 +101,47 @@ def test_another_explainers_labels_are_scored_saturated_and_reported_without_its
     report = cli("report", "--project", project, "--explainer", "openai:gpt-4o-mini")
     assert report.returncode == 0 and "openai:gpt-4o-mini" in (tmp_path / "p" / "reports" / "r1.html").read_text()
     assert "OPENAI_API_KEY" not in os.environ
+
+
+def test_a_run_writes_its_settings_back_and_a_config_file_repeats_it(pipeline_setup, tmp_path):
+    root, corpus, model = pipeline_setup
+    config = tmp_path / "run.toml"
+    config.write_text(f"""
+# the same fields as the flags; [sections] only group them
+project = "{tmp_path / 'p'}"
+run_id = "r1"
+[model]
+model = "{model}"
+hookpoint = "blocks.1.hook_resid_post"
+sae = "{root / 'sae'}"
+[corpus]
+corpus = "{corpus}"
+context_length = 32
+[gather]
+n_top = 3
+n_bins = 2
+per_bin = 2
+n_negative = 3
+window = 8
+batch_size = 4
+[judge]
+judge = "offline"
+scorers = "detection"
+sample_judge = "none"
+""")
+    first = cli("run", "--config", str(config), "--quiet")
+    assert first.returncode == 0, first.stderr
+    written = tmp_path / "p" / "configs" / "r1.toml"
+    import tomllib
+
+    stored = tomllib.loads(written.read_text())
+    assert stored["n_top"] == 3 and stored["window"] == 8 and stored["scorers"] == "detection" and "config" not in stored
+    again = cli("run", "--config", str(written), "--quiet", "--scorers", "embedding")  # flags given as well win
+    assert again.returncode == 0 and "kept the stored one" in again.stdout and "embedding" in again.stdout and "detection  " not in again.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text('n_topp = 3\njudge = "gpt"\n')
+    out = cli("run", "--config", str(bad))
+    assert out.returncode == 2 and "n_topp" in out.stderr and "--help" in out.stderr
+    bad.write_text('judge = "gpt"\n')
+    out = cli("run", "--config", str(bad))
+    assert out.returncode == 2 and "'gpt' is not one of offline" in out.stderr
