@@ -8,10 +8,10 @@ TORCH ?= torch==2.13.0
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check $(TORCH)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,local]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,local,lm]'
 	touch $@
 
-.PHONY: install demo demo-llm test bench
+.PHONY: install demo demo-llm demo-lm test bench
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -19,6 +19,10 @@ demo: $(VENV)/.installed
 
 demo-llm: $(VENV)/.installed   # the embedded default with a larger sample labelled by the local LLM
 	$(VENV)/bin/autointerp run --sample-size 64
+
+demo-lm: $(VENV)/.installed   # a causal LM as subject: loss recovered, output effects, intervention scores
+	$(VENV)/bin/autointerp run --project project-lm --model embedded:SmolLM2-135M-Instruct --max-tokens 120000 --n-features 1024 --train-tokens 100000 \
+	    --effects-prompts 4 --intervention-prompts 8 --intervention-sample 128 --sample-judge none
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

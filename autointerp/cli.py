@@ -36,8 +36,10 @@ def _add_gather_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--project", default="project", help="directory holding the DuckDB file (default: %(default)s)")
     p.add_argument("--run-id", help="name of this run (default: derived from model, hookpoint and SAE)")
     src = p.add_argument_group("model and SAE")
-    src.add_argument("--model", default=m.name, help="hub id or local directory (default: the embedded all-MiniLM-L6-v2)")
-    src.add_argument("--hookpoint", default=m.hookpoint, help="module path or TransformerLens name (default: %(default)s)")
+    src.add_argument("--model", default=m.name, help="hub id, local directory, or embedded:SmolLM2-135M-Instruct, the embedded causal LM "
+                     "(default: the embedded all-MiniLM-L6-v2)")
+    src.add_argument("--hookpoint", help="module path or TransformerLens name (default: an embedded model's middle layer: "
+                     "encoder.layer.2, blocks.15.hook_resid_post)")
     src.add_argument("--device", default=m.device, help="cpu, cuda, cuda:1 ... (default: auto)")
     src.add_argument("--dtype", default=m.dtype, help="model dtype (default: %(default)s)")
     src.add_argument("--sae", help="SAE directory/file or hf://owner/repo[/folder]; omitted: train a TopK SAE on the spot")
@@ -56,6 +58,12 @@ def _add_gather_args(p: argparse.ArgumentParser) -> None:
     gat.add_argument("--window", type=int, default=g.window, help="tokens per example window (default: %(default)s)")
     gat.add_argument("--batch-size", type=int, help="contexts per batch (default: sized to memory)")
     gat.add_argument("--seed", type=int, default=g.seed)
+    eff = p.add_argument_group("output effects (causal LMs)")
+    eff.add_argument("--output-effects", choices=["full", "projection", "none"], default="full",
+                     help="per feature: tokens its direction promotes and suppresses (projection) and, with full, the tokens "
+                     "amplifying it makes likelier on neutral prompts (default: %(default)s)")
+    eff.add_argument("--effects-strength", type=float, default=0.5, help="amplification norm, as a multiple of the hookpoint's median norm (default: %(default)s)")
+    eff.add_argument("--effects-prompts", type=int, default=8, help="neutral prompts the amplification runs on (default: %(default)s)")
     tr = p.add_argument_group("SAE training (when --sae is omitted)")
     tr.add_argument("--n-features", type=int, default=t.n_features, help="latents (default: %(default)s)")
     tr.add_argument("--k", type=int, default=t.k, help="active latents per token (default: %(default)s)")
@@ -105,10 +113,12 @@ def _add_score_args(p: argparse.ArgumentParser, selection: bool = True) -> None:
     if selection:
         _add_selection_args(g)
     g.add_argument("--explainer", help="whose labels to score, e.g. local:qwen2.5-coder-1.5b-instruct-q4_k_m (default: the judge's own)")
-    g.add_argument("--scorers", default=None, help="comma-separated subset of detection,fuzzing,simulation,embedding (default: all)")
+    g.add_argument("--scorers", default=None, help="comma-separated subset of detection,fuzzing,simulation,embedding,intervention "
+                   "(default: all but intervention, which runs the subject model, a causal LM, per feature)")
     g.add_argument("--shuffle-control", choices=["sample", "all", "none"], default="sample",
                    help="score a sample of features (until the gap is known to ±0.03), every feature, or none against another feature's label (default: %(default)s)")
     g.add_argument("--alpha", type=float, default=0.01, help="a label is confident when its permutation test gives p below this (default: %(default)s)")
+    g.add_argument("--intervention-prompts", type=int, default=16, help="neutral prompts the intervention scorer amplifies on (default: %(default)s)")
 
 
 def _feature_spec(text: str) -> list[int]:
@@ -149,7 +159,7 @@ def _judged(cfg, a: argparse.Namespace):
     """The judge, and each stage's own flags where the command has them."""
     from dataclasses import replace as dc_replace
 
-    from .score import SCORERS
+    from .score import INPUT_SCORERS
 
     cfg.judge = _judge_config(a)
     cfg.keys_file = a.keys_file
@@ -158,8 +168,8 @@ def _judged(cfg, a: argparse.Namespace):
         cfg.explain = dc_replace(cfg.explain, features=a.features, max_features=a.max_features, sample=a.sample, seed=a.sample_seed,
                                  redo=a.redo, stop_coverage=a.stop_coverage)
     if hasattr(a, "scorers"):
-        scorers = SCORERS if a.scorers is None else tuple(x.strip() for x in a.scorers.split(",") if x.strip())
-        cfg.score = dc_replace(cfg.score, scorers=scorers, shuffle_control=a.shuffle_control, alpha=a.alpha)
+        scorers = INPUT_SCORERS if a.scorers is None else tuple(x.strip() for x in a.scorers.split(",") if x.strip())
+        cfg.score = dc_replace(cfg.score, scorers=scorers, shuffle_control=a.shuffle_control, alpha=a.alpha, n_intervention=a.intervention_prompts)
         if not hasattr(a, "redo"):  # `score` selects its own features; `run` scores what it labelled
             cfg.score = dc_replace(cfg.score, features=a.features, sample=a.sample, sample_seed=a.sample_seed)
     cfg.explainer = getattr(a, "explainer", None)
@@ -167,6 +177,7 @@ def _judged(cfg, a: argparse.Namespace):
 
 
 def _run_config(a: argparse.Namespace):
+    from .config import OutputEffectsConfig
     from .corpus import CorpusConfig
     from .gather import GatherConfig
     from .model import ModelConfig
@@ -182,6 +193,8 @@ def _run_config(a: argparse.Namespace):
         sae_hookpoint=a.sae_hookpoint,
         train=replace(TrainConfig(), n_features=a.n_features, k=a.k, epochs=a.epochs, train_tokens=a.train_tokens, seed=a.seed),
         gather=GatherConfig(n_top=a.n_top, n_bins=a.n_bins, per_bin=a.per_bin, n_negative=a.n_negative, window=a.window, batch_size=a.batch_size, seed=a.seed),
+        effects=OutputEffectsConfig(enabled=a.output_effects != "none", token_change=a.output_effects == "full", strength=a.effects_strength,
+                                    n_prompts=a.effects_prompts),
         progress=not a.quiet,
     )
 
@@ -203,6 +216,7 @@ def cmd_run(a: argparse.Namespace) -> None:
         cfg.sample_judge = sample
         cfg.sample_size = a.sample_size
         cfg.explain = replace(cfg.explain, seed=a.sample_seed)
+    cfg.intervention_sample = a.intervention_sample
     from pathlib import Path
 
     write_config(Path(cfg.project) / "configs" / f"{cfg.resolved_run_id()}.toml", a)  # before the work: a killed run can be repeated too
@@ -268,11 +282,33 @@ def cmd_export(a: argparse.Namespace) -> None:
         print(f"{fmt}: " + ", ".join(str(p) for p in paths))
 
 
-def cmd_hookpoints(a: argparse.Namespace) -> None:
-    from .model import ModelConfig, SubjectModel, list_hookpoints
+def cmd_steer(a: argparse.Namespace) -> None:
+    from .steer import SteerConfig, steer
+    from .store import Store
+    from .subject import load_subject
 
-    model = SubjectModel(ModelConfig(name=a.model, device="cpu"))
-    print("\n".join(list_hookpoints(model.model, model.model.config)))
+    cfg = SteerConfig(feature=a.feature, prompt=a.prompt, scale=a.scale, clamp=a.clamp, max_new_tokens=a.max_new_tokens,
+                      temperature=a.temperature, seed=a.seed)  # a bad setting fails before the model loads
+    with Store(a.project, read_only=True) as store:
+        subject = load_subject(store, a.run_id, device=a.device)
+    print("\n".join(steer(subject, cfg).lines()))
+
+
+def cmd_show(a: argparse.Namespace) -> None:
+    from .show import feature_lines
+    from .store import Store
+
+    with Store(a.project, read_only=True) as store:
+        print("\n".join(feature_lines(store, a.run_id, a.feature, explainer=a.explainer, n=a.n, colour=sys.stdout.isatty())))
+
+
+def cmd_hookpoints(a: argparse.Namespace) -> None:
+    import torch
+
+    from .model import list_hookpoints, load_transformers
+
+    model, _, hf_config, _ = load_transformers(a.model, torch.device("cpu"))
+    print("\n".join(list_hookpoints(model, hf_config)))
 
 
 def cmd_logs(a: argparse.Namespace) -> None:
@@ -345,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regather", action="store_true", help="gather again even when this run was gathered with the same settings (its labels and scores are dropped)")
     p.add_argument("--sample-judge", choices=["none", "local"], help="also label a seeded sample with this judge, beside the main one (default: local for the embedded default when installed)")
     p.add_argument("--sample-size", type=int, default=16, help="features in that sample (default: %(default)s)")
+    p.add_argument("--intervention-sample", type=int, default=256,
+                   help="causal LMs: score this many of the labels by intervention, a seeded sample (0: none; default: %(default)s)")
     p.set_defaults(func=cmd_run)
     p = _sub(sub, "gather", "stream a corpus through model and SAE; store examples and statistics",
              "One streaming pass: the model stops at the hookpoint, the SAE encodes, and every feature keeps its top, "
@@ -399,6 +437,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="directory (default: <project>/exports/<run id>/)")
     p.add_argument("--format", default="parquet,neuronpedia,openai", help="comma-separated subset of %(default)s")
     p.set_defaults(func=cmd_export)
+    p = _sub(sub, "steer", "generate with a feature's decoder direction added (or the feature clamped) at the SAE's hookpoint",
+             "Causal LMs. Strength is in multiples of the feature's max activation in the gather; the unsteered continuation "
+             "is generated with the same seed beside it, and the added vector's norm is given against the hookpoint's.",
+             "  autointerp steer --feature 123 --prompt 'I think that' --scale 8\n"
+             "  autointerp steer --feature 123 --prompt 'My favourite topic is' --clamp 2 --temperature 0.7 --seed 3\n")
+    _add_run_id(p, quiet=False)
+    st = p.add_argument_group("steering")
+    st.add_argument("--feature", type=int, required=True, help="the feature to steer with")
+    st.add_argument("--prompt", default="I think that", help="text to continue (default: %(default)r)")
+    how = st.add_mutually_exclusive_group(required=True)
+    how.add_argument("--scale", type=float, help="add the decoder direction × this many max activations")
+    how.add_argument("--clamp", type=float, help="hold the feature at this many max activations")
+    st.add_argument("--max-new-tokens", type=int, default=40, help="(default: %(default)s)")
+    st.add_argument("--temperature", type=float, default=0.0, help="0 for greedy (default: %(default)s)")
+    st.add_argument("--seed", type=int, default=0, help="sampling seed, the same for both continuations (default: %(default)s)")
+    st.add_argument("--device", help="cpu, cuda ... (default: as gathered)")
+    p.set_defaults(func=cmd_steer)
+    p = _sub(sub, "show", "print one feature: labels, scores, statistics, output effects and top windows, active tokens highlighted",
+             "Read from the database alone; needs no key and loads no model.", "  autointerp show 123\n  autointerp show 123 --explainer offline:token-stats-v1 -n 10\n")
+    _add_run_id(p, quiet=False)
+    p.add_argument("feature", type=int, help="the feature index")
+    p.add_argument("--explainer", help="only this explainer's label (default: every explainer's)")
+    p.add_argument("-n", type=int, default=5, help="top windows to print (default: %(default)s)")
+    p.set_defaults(func=cmd_show)
     p = _sub(sub, "hookpoints", "list the hookpoints a model offers", "Module paths and the TransformerLens names mapped onto them.",
              "  autointerp hookpoints --model gpt2\n")
     p.add_argument("--model", required=True, help="hub id or local directory")

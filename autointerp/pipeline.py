@@ -20,10 +20,11 @@ from . import __version__
 from .corpus import CorpusConfig, iter_contexts, iter_documents
 from .errors import AutointerpError
 from .gather import GatherConfig, auto_batch_size, check_sae_fits, run_gather
-from .model import EMBEDDED_MODEL, ModelConfig, SubjectModel, keep_freed_memory
+from .model import EMBEDDED_LM, EMBEDDED_MODEL, ModelConfig, SubjectModel, keep_freed_memory
 from .sae import SAE, load_sae, save_saelens
 from .store import RunRecord, Store
 from .train import TrainConfig, collect_activations, evaluate_sae, loss_recovered, train_topk_sae
+from .effects import OutputEffectsConfig, output_effects
 from .explain import ExplainConfig, ExplainSummary, explain
 from .llm import LLMConfig
 from .saturate import SaturationConfig, SaturationSummary, saturate
@@ -40,6 +41,7 @@ class RunConfig:
     sae_hookpoint: str | None = None  # which SAE of a multi-hookpoint folder (sparsify)
     train: TrainConfig = field(default_factory=TrainConfig)
     gather: GatherConfig = field(default_factory=GatherConfig)
+    effects: OutputEffectsConfig = field(default_factory=OutputEffectsConfig)  # causal LMs only
     eval_tokens: int = 40_000  # held-out tokens for FVU / L0 / dead fraction of a given SAE
     judge: LLMConfig | None = None  # None: the offline judge
     explainer: str | None = None  # whose labels score and saturate read (None: the judge's own)
@@ -53,12 +55,14 @@ class RunConfig:
     sample_judge: LLMConfig | None = None
     sample_size: int = 16
     sample_score: ScoreConfig = field(default_factory=lambda: ScoreConfig(scorers=("detection", "embedding"), n_top=3, n_strata=2, n_negative=5))
+    # Causal LMs: the intervention scorer on a seeded sample of the main judge's labels (it runs the model per feature).
+    intervention_sample: int = 256
     progress: bool = True
 
     def resolved_run_id(self) -> str:
         if self.run_id:
             return self.run_id
-        model = "minilm" if self.model.name == EMBEDDED_MODEL else Path(self.model.name).name
+        model = {EMBEDDED_MODEL: "minilm", EMBEDDED_LM: "smollm2"}.get(self.model.name) or Path(self.model.name).name
         sae = "trained" if self.sae is None else Path(self.sae.rstrip("/")).name
         return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{model}-{self.model.hookpoint}-{sae}")
 
@@ -76,6 +80,7 @@ class GatherSummary:
     sae_metrics: dict
     seconds: dict
     reused: bool = False  # the stored gather of the same settings was kept
+    causal: bool = False  # the subject is a causal LM (loss recovered, output effects, intervention)
 
     def lines(self) -> list[str]:
         m = self.sae_metrics
@@ -135,7 +140,7 @@ def prepare_sae(cfg: RunConfig, model: SubjectModel, run_id: str) -> tuple[SAE, 
 
 
 # The RunConfig fields that decide what a gather stores; a stored run gathered with the same ones is current.
-GATHER_FIELDS = ("model", "corpus", "sae", "sae_hookpoint", "train", "gather", "eval_tokens")
+GATHER_FIELDS = ("model", "corpus", "sae", "sae_hookpoint", "train", "gather", "eval_tokens", "effects")
 
 
 def gather_settings(config: dict) -> dict:
@@ -159,7 +164,8 @@ def stored_gather(cfg: RunConfig) -> GatherSummary | None:
         f = store.features(run_id)
         return GatherSummary(run_id=run_id, db_path=store.path, n_tokens=int(run["n_tokens"]), n_contexts=int(run["n_contexts"]),
                              n_features=len(f), n_dead=int(f.dead.sum()), n_dense=int(f.dense.sum()),
-                             n_examples=store.table_counts(run_id)["examples"], sae_metrics=run["sae_metrics"], seconds={}, reused=True)
+                             n_examples=store.table_counts(run_id)["examples"], sae_metrics=run["sae_metrics"], seconds={}, reused=True,
+                             causal=bool(run["output_effects"]) or "loss_clean" in run["sae_metrics"])
 
 
 def gather(cfg: RunConfig, reuse: bool = False) -> GatherSummary:
@@ -187,6 +193,12 @@ def gather(cfg: RunConfig, reuse: bool = False) -> GatherSummary:
         timings["sae"] = time.perf_counter() - t
         result = run_gather(model, sae, _batches(cfg, model, sae.d_sae), cfg.gather, progress=cfg.progress)
         timings["gather"] = result.seconds
+        effects, effect_settings = None, {}
+        if model.is_causal and cfg.effects.enabled:
+            alive = result.features.feature[~result.features.dead].astype(int).tolist()
+            computed = output_effects(model, sae, alive, cfg.effects, progress=cfg.progress)
+            effects, effect_settings = computed.rows, computed.settings
+            timings["output effects"] = computed.seconds
         referenced = set(pa.compute.unique(result.examples["doc_id"]).to_pylist())
         documents = pd.DataFrame(
             [(d.doc_id, d.name) for d in iter_documents(cfg.corpus) if d.doc_id in referenced], columns=["doc_id", "name"]
@@ -209,9 +221,10 @@ def gather(cfg: RunConfig, reuse: bool = False) -> GatherSummary:
             n_tokens=result.n_tokens,
             n_contexts=result.n_contexts,
             gather_seconds=result.seconds,
+            output_effects=effect_settings,
         )
         t = time.perf_counter()
-        store.write_gather(run, result.features, result.examples, result.contexts, documents, vocab)
+        store.write_gather(run, result.features, result.examples, result.contexts, documents, vocab, effects)
         timings["store"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         f = result.features
@@ -226,6 +239,7 @@ def gather(cfg: RunConfig, reuse: bool = False) -> GatherSummary:
             n_examples=result.examples.num_rows,
             sae_metrics=metrics,
             seconds=timings,
+            causal=model.is_causal,
         )
     finally:
         store.close()
@@ -360,6 +374,13 @@ def run(cfg: RunConfig, reuse_gather: bool = True, echo=print) -> None:
     echo("\n".join(gathered.lines()))
     explained, scored = label_and_score(cfg, gathered.run_id)
     echo("\n".join(explained.lines() + scored.lines()))
+    if gathered.causal and cfg.intervention_sample > 0:
+        from dataclasses import replace
+
+        intervened = replace(cfg, explainer=explained.explainer,
+                             score=replace(cfg.score, scorers=("intervention",), sample=cfg.intervention_sample, features=None))
+        _, by_intervention = label_and_score(intervened, gathered.run_id, explain_stage=False)
+        echo("\n".join(by_intervention.lines()[1:]))
     echo("\n".join(saturate_labels(cfg, gathered.run_id).lines()))
     if cfg.sample_judge is not None:
         sampled = sample_config(cfg)

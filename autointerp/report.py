@@ -94,6 +94,7 @@ class FeatureCard:
     low_confidence: list[tuple[str, str]] = field(default_factory=list)  # (kind, detail)
     watch: list[str] = field(default_factory=list)
     other_labels: dict[str, str] = field(default_factory=dict)  # explainer → label, for the other explainers of the run
+    effects: dict[str, list[str]] = field(default_factory=dict)  # promoted / suppressed / amplified → tokens, best first
 
 
 @dataclass
@@ -207,12 +208,15 @@ def collect(store: Store, run_id: str | None, cfg: ReportConfig) -> ReportData:
     top = {fs.feature: [s for s in fs.explain if s.kind == "top"] + sorted((s for s in fs.explain if s.kind == "quantile"), key=lambda s: -(s.quantile or 0))
            + fs.explain_negatives for fs in snippets}
     patterns = watch_patterns(cfg.watch)
+    effects: dict[int, dict[str, list[str]]] = {}
+    for r in store.output_effects(run_id).itertuples():
+        effects.setdefault(int(r.feature), {}).setdefault(r.kind, []).append(str(r.token))
     cards = []
     for r in features.itertuples():
         f = int(r.feature)
         card = FeatureCard(f, int(r.n_firing), float(r.density), float(r.max_activation), bool(r.dead), bool(r.dense),
                            np.asarray(r.histogram), scores=cells.get(f, {}), snippets=top.get(f, []),
-                           other_labels={name: ok[f] for name, ok in other_ok.items() if f in ok})
+                           other_labels={name: ok[f] for name, ok in other_ok.items() if f in ok}, effects=effects.get(f, {}))
         if f in labels.index:
             row = labels.loc[f]
             card.label, card.label_status, card.label_error = (None if pd.isna(v) else str(v) for v in (row.label, row.status, row.error))
@@ -462,8 +466,10 @@ def loss_recovered_text(run: dict) -> str:
     is given only where it is known: the embedded default is a sentence encoder."""
     from .model import EMBEDDED_MODEL
 
-    if "loss_recovered" in run["sae_metrics"]:
-        return _num(run["sae_metrics"]["loss_recovered"])
+    m = run["sae_metrics"]
+    if "loss_recovered" in m:
+        return (f"{_num(m['loss_recovered'])} (next-token loss clean {_num(m['loss_clean'])}, SAE spliced in {_num(m['loss_spliced'])}, "
+                f"zero-ablated {_num(m['loss_zero_ablated'])} nats/token on {m.get('loss_contexts', 0):,} held-out contexts)")
     return "not measured (not a causal LM)" if run["model"] == EMBEDDED_MODEL else "not measured"
 
 
@@ -603,6 +609,12 @@ def _histogram_html(hist: tuple[str, float, float, int]) -> str:
 
 
 SNIPPET_KINDS = {"top": "top", "quantile": "quantile bin", "negative": "no activation"}
+EFFECT_KINDS = {"promoted": "promotes", "suppressed": "suppresses", "amplified": "amplified, makes likelier"}
+
+
+def visible_token(token: str) -> str:
+    """A vocabulary entry as read: byte-level BPE's space and newline marks shown as the characters."""
+    return token.replace("Ġ", "␣").replace("▁", "␣").replace("Ċ", "⏎")
 
 
 def _card_html(c: FeatureCard, hist: tuple[str, float, float, int] | None, scorers: list[str], alpha: float) -> str:
@@ -628,9 +640,12 @@ def _card_html(c: FeatureCard, hist: tuple[str, float, float, int] | None, score
         f"<div class='kind'>{SNIPPET_KINDS[s.kind]}" + (f" {s.quantile}" if s.kind == "quantile" else "") + "</div>" + _snippet_html(s, c.max_activation)
         for s in c.snippets)
     others = "".join(f"<div class='muted'>{e(name)}: {e(label)}</div>" for name, label in c.other_labels.items())
+    effects = "".join(f"<div class='effects'><span class='muted'>{EFFECT_KINDS[kind]}:</span> "
+                      + " ".join(f"<code>{e(visible_token(t))}</code>" for t in tokens) + "</div>"
+                      for kind, tokens in sorted(c.effects.items(), key=lambda kv: list(EFFECT_KINDS).index(kv[0])))
     stats = f"density {c.density:.3%} · {c.n_firing:,} firing · max {c.max_activation:.3g}"
     return (f"<article {attrs}><h3><a href='#f{c.feature}'>#{c.feature}</a>{label}</h3>{badges}"
-            f"{others}<div class='muted'>{stats}</div><table>{rows}</table>{figure}{snippets}</article>")
+            f"{others}<div class='muted'>{stats}</div><table>{rows}</table>{effects}{figure}{snippets}</article>")
 
 
 def render_html(d: ReportData, cfg: ReportConfig) -> str:

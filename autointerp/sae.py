@@ -237,6 +237,16 @@ class SAE(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x), x)
 
+    def feature_delta(self, feature: int, amount: Tensor, x: Tensor) -> Tensor:
+        """How the reconstruction of x [..., d_in] moves when `feature`'s activation changes by
+        `amount` [..., 1]: its decoder row, rescaled by the input normalisation where there is one.
+        Steering adds this to the residual stream; the SAE's error term is left as it was."""
+        x = x.to(self.W_dec.dtype)
+        row = self.W_dec[feature]
+        if self.normalization == "none":
+            return amount.to(row.dtype) * row
+        return self._unnormalize(amount.to(row.dtype) * row + self.b_dec, x) - self._unnormalize(self.b_dec.expand_as(x), x)
+
 
 def _check_choice(what: str, value: str, allowed: tuple[str, ...], where: str = "") -> None:
     if value not in allowed:

@@ -128,11 +128,17 @@ CREATE TABLE score_summaries (
     PRIMARY KEY (run_id, explainer, scorer)
 );
 """),
+    # Causal LMs: what each feature's direction does to the next-token prediction (effects.py),
+    # written with the gather; the settings that made them on the run.
+    ("output effects", """
+CREATE TABLE output_effects (run_id VARCHAR, feature INTEGER, kind VARCHAR, rank INTEGER, token_id INTEGER, value DOUBLE);
+ALTER TABLE runs ADD COLUMN output_effects JSON;
+"""),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # Tables holding one run's gather output, replaced together.
-GATHER_TABLES = ("features", "examples", "contexts", "documents", "vocab")
+GATHER_TABLES = ("features", "examples", "contexts", "documents", "vocab", "output_effects")
 # Tables derived from a run's examples: a new gather of the run deletes them (the LLM call log stays,
 # so labelling the same examples again is served from the cache).
 DERIVED_TABLES = ("explanations", "scores", "score_summaries", "categories", "saturation_steps", "saturation_summary")
@@ -156,6 +162,7 @@ class RunRecord:
     n_tokens: int = 0
     n_contexts: int = 0
     gather_seconds: float = 0.0
+    output_effects: dict = field(default_factory=dict)  # settings of the stored output effects ({} when none)
 
 
 def db_path(project: str | Path) -> Path:
@@ -202,6 +209,7 @@ class Store:
         contexts: pd.DataFrame,
         documents: pd.DataFrame,
         vocab: list[str],
+        effects: pd.DataFrame | None = None,
     ) -> None:
         """Replace everything the gather stage stored for `run.run_id`, atomically."""
         tables = {
@@ -210,13 +218,14 @@ class Store:
             "contexts": pa.table({"run_id": [run.run_id] * len(contexts), "context_id": contexts.context_id.to_numpy(), "split": contexts.split.to_numpy()}),
             "documents": pa.table({"run_id": [run.run_id] * len(documents), "doc_id": documents.doc_id.to_numpy(), "name": documents.name.to_numpy()}),
             "vocab": pa.table({"run_id": [run.run_id] * len(vocab), "token_id": np.arange(len(vocab), dtype=np.int32), "token": vocab}),
+            "output_effects": _effects_arrow(run.run_id, effects),
         }
         now = _now()
         with self._transaction():
             created = self._one("SELECT created_at FROM runs WHERE run_id = ?", [run.run_id])
             self.con.execute("DELETE FROM runs WHERE run_id = ?", [run.run_id])
             row = asdict(run)
-            for key in ("config", "versions", "sae_metrics"):
+            for key in ("config", "versions", "sae_metrics", "output_effects"):
                 row[key] = json.dumps(row[key], default=str)
             row["created_at"] = created[0] if created else now
             row["updated_at"] = now
@@ -246,9 +255,18 @@ class Store:
                 f"pass one of: {', '.join(r[0] for r in known)}" if known else "run `autointerp gather` first",
             )
         out = row.iloc[0].to_dict()
-        for key in ("config", "versions", "sae_metrics"):
-            out[key] = json.loads(out[key]) if out[key] else {}
+        for key in ("config", "versions", "sae_metrics", "output_effects"):
+            out[key] = json.loads(out[key]) if isinstance(out.get(key), str) and out[key] else {}
         return out
+
+    def output_effects(self, run_id: str, features: list[int] | None = None) -> pd.DataFrame:
+        """feature, kind (promoted | suppressed | amplified), rank, token_id, token, value; empty when none were computed."""
+        where = "" if features is None else "AND e.feature IN (SELECT UNNEST(?::INTEGER[]))"
+        args = [run_id] + ([list(map(int, features))] if features is not None else [])
+        return self.con.execute(
+            f"""SELECT e.feature, e.kind, e.rank, e.token_id, v.token, e.value FROM output_effects e
+                LEFT JOIN vocab v ON v.run_id = e.run_id AND v.token_id = e.token_id
+                WHERE e.run_id = ? {where} ORDER BY e.feature, e.kind, e.rank""", args).df()
 
     def features(self, run_id: str) -> pd.DataFrame:
         return self.con.execute("SELECT * FROM features WHERE run_id = ? ORDER BY feature", [run_id]).df()
@@ -648,6 +666,18 @@ class CallLog:
     def _arrow(cls, rows: list[dict]) -> pa.Table:
         """Rows as an Arrow table, column by column (a DataFrame first costs more than the insert)."""
         return pa.table([pa.array([r[f.name] for r in rows], f.type) for f in cls._SCHEMA], schema=cls._SCHEMA)
+
+
+def _effects_arrow(run_id: str, effects: pd.DataFrame | None) -> pa.Table:
+    effects = effects if effects is not None else pd.DataFrame({"feature": [], "kind": [], "rank": [], "token_id": [], "value": []})
+    return pa.table({
+        "run_id": pa.array([run_id] * len(effects), pa.string()),
+        "feature": pa.array(effects.feature.to_numpy(), pa.int32()),
+        "kind": pa.array(effects.kind.astype(str).to_numpy() if len(effects) else [], pa.string()),
+        "rank": pa.array(effects["rank"].to_numpy(), pa.int32()),
+        "token_id": pa.array(effects.token_id.to_numpy(), pa.int32()),
+        "value": pa.array(effects.value.to_numpy(), pa.float64()),
+    })
 
 
 def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:

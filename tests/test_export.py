@@ -61,7 +61,9 @@ def test_neuronpedia_features_match_the_store(real_run, exported):
         vocab_text = {fs.feature: {s.text for s in fs.explain + fs.score} for fs in store.feature_snippets(RUN, list(features.feature), max_per_kind={"top": 20, "quantile": 0, "negative": 0})}
     assert [r["index"] for r in records] == list(features.feature)
     for rec, density in zip(records, features.density):
-        assert set(rec) == {"index", "density", "activations", "explanations"} and rec["density"] == pytest.approx(density)
+        assert set(rec) == {"index", "density", "activations", "explanations", "topLogits", "bottomLogits"} and rec["density"] == pytest.approx(density)
+        top, bottom = ([x["value"] for x in rec[k]] for k in ("topLogits", "bottomLogits"))  # a causal LM: its vocabulary projection
+        assert len(top) == len(bottom) == 10 and top == sorted(top, reverse=True) and bottom == sorted(bottom) and top[-1] > bottom[-1]
         f = rec["index"]
         assert rec["explanations"] == [{"text": labels.loc[f, "label"], "methodName": METHOD_NAME, "modelName": "token-stats-v1"}]
         peaks = tops[tops.feature == f].max_activation

@@ -81,10 +81,20 @@ def test_module_path_without_base_prefix(tiny_model_dir):
 
 def test_missing_model_names_the_fix(tmp_path):
     with pytest.raises(AutointerpError, match="local model directory"):
-        SubjectModel(ModelConfig(name=str(tmp_path / "nope"), device="cpu"))
+        SubjectModel(ModelConfig(name=str(tmp_path / "nope"), hookpoint="transformer.h.0", device="cpu"))
 
 
 def test_embedded_model_is_real_minilm():
     model = SubjectModel(ModelConfig())
     assert model.width == 384 and model.model.config.num_hidden_layers == 6
     assert model.tokenizer.convert_ids_to_tokens(model.tokenizer("hello world")["input_ids"]) == ["[CLS]", "hello", "world", "[SEP]"]
+
+
+def test_a_hookpoint_is_required_except_for_the_embedded_models():
+    from autointerp.config import EMBEDDED_LM
+
+    with pytest.raises(AutointerpError, match="no hookpoint given") as err:
+        ModelConfig(name="gpt2")
+    assert "--hookpoint" in err.value.fix
+    assert ModelConfig().hookpoint == "encoder.layer.2"
+    assert ModelConfig(name=EMBEDDED_LM).hookpoint == "blocks.15.hook_resid_post"

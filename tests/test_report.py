@@ -169,7 +169,9 @@ def test_loss_recovered_says_why_it_is_missing_where_known():
 
     assert loss_recovered_text({"model": EMBEDDED_MODEL, "sae_metrics": {}}) == "not measured (not a causal LM)"
     assert loss_recovered_text({"model": "gpt2", "sae_metrics": {}}) == "not measured"
-    assert loss_recovered_text({"model": "gpt2", "sae_metrics": {"loss_recovered": 0.91234}}) == "0.912"
+    measured = {"loss_recovered": 0.91234, "loss_clean": 3.1, "loss_spliced": 3.75, "loss_zero_ablated": 10.5, "loss_contexts": 64}
+    assert loss_recovered_text({"model": "gpt2", "sae_metrics": measured}) == (
+        "0.912 (next-token loss clean 3.100, SAE spliced in 3.750, zero-ablated 10.500 nats/token on 64 held-out contexts)")
 
 
 def test_watch_list_matches_whole_words_and_forms():

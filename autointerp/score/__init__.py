@@ -27,22 +27,25 @@ from ..errors import AutointerpError
 from ..judges import Judge
 from ..store import Store
 from .sampling import HeldOut, derangement, fuzz_snippets, held_out
-from .scorers import CHANCE, HEADLINE, SCORERS, Item, Outcome, Scorer
+from .scorers import CHANCE, HEADLINE, INPUT_SCORERS, SCORERS, Item, Outcome, Scorer
 
-__all__ = ["ScoreConfig", "ScoreSummary", "score", "summarise", "write_summaries", "SCORERS", "HEADLINE", "CHANCE", "held_out", "fuzz_snippets", "HeldOut"]
+__all__ = ["ScoreConfig", "ScoreSummary", "score", "summarise", "write_summaries", "SCORERS", "INPUT_SCORERS", "HEADLINE", "CHANCE", "held_out", "fuzz_snippets", "HeldOut"]
 
 CONTROL_MODES = ("sample", "all", "none")
 
 
 @dataclass
 class ScoreConfig:
-    scorers: tuple[str, ...] = tuple(SCORERS)
+    scorers: tuple[str, ...] = INPUT_SCORERS  # "intervention" too on a causal LM (it runs the subject model)
     n_top: int = 5  # held-out highest windows per feature
     n_strata: int = 5  # plus one window per activation stratum of the quantile bins
     n_negative: int = 10  # held-out verified negatives per feature
     per_prompt: int = 10  # snippets per detection / fuzzing prompt
     n_simulation: int = 4  # activating snippets simulated (plus as many negatives)
     n_embedding: int = 6  # activating snippets (plus as many negatives) per embedding AUROC
+    n_intervention: int = 16  # neutral prompts the intervention scorer amplifies each feature on
+    intervention_strength: float = 0.5  # added norm, as a multiple of the hookpoint's median norm on those prompts
+    n_random_directions: int = 255  # the intervention scorer's null: p = 1/256 at best, below alpha = 0.01
     alpha: float = 0.01  # a label is confident when its one-sided permutation p-value is below this
     shuffle_control: str = "sample"  # "sample" (until the gap is known to ±control_half_width), "all" or "none"
     control_half_width: float = 0.03
@@ -63,7 +66,9 @@ class ScoreConfig:
             raise AutointerpError(f"unknown shuffle control {self.shuffle_control!r}", f"use one of {', '.join(CONTROL_MODES)}")
         if not 0 < self.alpha < 1:
             raise AutointerpError(f"alpha is {self.alpha}", "pass a significance level between 0 and 1, e.g. 0.01")
-        for name in ("n_top", "n_strata", "n_negative", "per_prompt", "n_simulation", "n_embedding", "control_start", "n_boot", "n_permutations", "chunk"):
+        if not (math.isfinite(self.intervention_strength) and self.intervention_strength > 0):
+            raise AutointerpError(f"intervention strength is {self.intervention_strength}", "pass a positive finite multiple of the residual norm, e.g. 0.5")
+        for name in ("n_top", "n_strata", "n_negative", "per_prompt", "n_simulation", "n_embedding", "n_intervention", "n_random_directions", "control_start", "n_boot", "n_permutations", "chunk"):
             if getattr(self, name) < 1:
                 raise AutointerpError(f"ScoreConfig.{name} is {getattr(self, name)}", f"set {name} to 1 or more")
 
@@ -123,9 +128,11 @@ def _control_partners(features: list[int], labels: dict[int, str], seed: int) ->
     return partner
 
 
-async def score(store: Store, run_id: str, explainer: str, judge: Judge, cfg: ScoreConfig, call_log=None, progress: bool = True) -> ScoreSummary:
+async def score(store: Store, run_id: str, explainer: str, judge: Judge, cfg: ScoreConfig, call_log=None, progress: bool = True,
+                subject=None) -> ScoreSummary:
     """Score every successfully labelled feature of `explainer` with each configured scorer, run the
-    shuffle control, and store the rows and each scorer's summary."""
+    shuffle control, and store the rows and each scorer's summary. Scorers that intervene on the
+    model (intervention) use `subject` (subject.Subject), loaded from the run record when None."""
     from tqdm.auto import tqdm
 
     labels_df = store.explanations(run_id, explainer)
@@ -134,6 +141,14 @@ async def score(store: Store, run_id: str, explainer: str, judge: Judge, cfg: Sc
     if cfg.sample is not None and cfg.sample < len(features):
         features = sorted(int(f) for f in np.random.default_rng(cfg.sample_seed).choice(features, cfg.sample, replace=False))
     scorers: dict[str, Scorer] = {name: SCORERS[name] for name in cfg.scorers}
+    if any(getattr(s, "needs_subject", False) for s in scorers.values()):
+        if subject is None:
+            from ..subject import load_subject
+
+            subject = load_subject(store, run_id)
+        subject.model.require_causal("the intervention scorer")
+        every_label = [labels[f] for f in features]
+        scorers = {name: s.bind(subject, every_label) if getattr(s, "needs_subject", False) else s for name, s in scorers.items()}
     names = {name: (s.judge_name() if not s.uses_judge else judge.name) for name, s in scorers.items()}
     bar = tqdm(total=len(features) * len(scorers), desc="score", unit="feat", disable=not progress)
     held: dict[int, HeldOut] = {}
