@@ -277,8 +277,11 @@ def cmd_report(a: argparse.Namespace) -> None:
 def cmd_export(a: argparse.Namespace) -> None:
     from .export import export
 
+    from .export import ExportConfig
+
     formats = tuple(x.strip() for x in a.format.split(",") if x.strip())
-    for fmt, paths in export(a.project, a.run_id, a.out, formats).items():
+    cfg = ExportConfig(explainer=a.explainer, model_id=a.np_model_id, source=a.np_source)
+    for fmt, paths in export(a.project, a.run_id, a.out, formats, cfg).items():
         print(f"{fmt}: " + ", ".join(str(p) for p in paths))
 
 
@@ -435,7 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
              "Read from the database alone; needs no key.", "  autointerp export --format neuronpedia\n")
     _add_run_id(p, quiet=False)
     p.add_argument("--out", help="directory (default: <project>/exports/<run id>/)")
-    p.add_argument("--format", default="parquet,neuronpedia,openai", help="comma-separated subset of %(default)s")
+    p.add_argument("--format", default="parquet,neuronpedia,openai", help="comma-separated subset of parquet,neuronpedia,neuronpedia-upload,openai (default: %(default)s)")
+    p.add_argument("--explainer", help="whose labels the Neuronpedia formats carry (default: the one written last)")
+    p.add_argument("--np-model-id", help="Neuronpedia model id for neuronpedia-upload (default: from the run's model)")
+    p.add_argument("--np-source", help="Neuronpedia source for neuronpedia-upload, e.g. 6-res-jb (default: <layer>-autointerp)")
     p.set_defaults(func=cmd_export)
     p = _sub(sub, "steer", "generate with a feature's decoder direction added (or the feature clamped) at the SAE's hookpoint",
              "Causal LMs. Strength is in multiples of the feature's max activation in the gather; the unsteered continuation "

@@ -2,9 +2,15 @@
 
 - parquet: every table of the database as `<table>.parquet` (this run's rows; meta and llm_calls whole,
   as they carry no run id), streamed batch by batch so memory stays flat.
-- neuronpedia: Neuronpedia's per-feature upload format, one JSON object a line:
+- neuronpedia: one Neuronpedia feature object a line, every feature of the run:
   {index, density, activations: [{tokens, values}], explanations: [{text, methodName, modelName}],
   topLogits, bottomLogits: [{token, value}] (the vocabulary projection of a causal LM's features, else null)}.
+- neuronpedia-upload: the request bodies Neuronpedia's client sends to `upload-batch`
+  (`FeatureRequest.upload_batch`): {modelId, source, features: [...]} in files of at most 128
+  features, each activation with quantileMin, quantileMax and quantileFraction: null for the top
+  windows; for a sample of an equal-count activation-quantile bin, the range of the bin's stored
+  samples' peaks and 1 / number of bins.
+Both carry one explainer's labels: `ExportConfig.explainer`, else the one written last.
 - openai: OpenAI automated-interpretability `NeuronSimulationResults` records, one a line: the label of each
   explainer as a `ScoredExplanation` whose `ev_correlation_score` is our simulation scorer's Pearson r.
   Per-sequence simulations are not stored, so `scored_sequence_simulations` is empty. The
@@ -25,7 +31,8 @@ from .errors import AutointerpError
 from .report import file_stem
 from .store import Store
 
-FORMATS = ("parquet", "neuronpedia", "openai")
+FORMATS = ("parquet", "neuronpedia", "neuronpedia-upload", "openai")
+UPLOAD_BATCH = 128  # features per request: the most Neuronpedia's upload-batch endpoint takes
 METHOD_NAME = "autointerp"  # Neuronpedia's methodName for labels written by this package
 
 
@@ -33,6 +40,9 @@ METHOD_NAME = "autointerp"  # Neuronpedia's methodName for labels written by thi
 class ExportConfig:
     n_activations: int = 20  # max-activating windows per feature in the Neuronpedia export
     chunk: int = 1024  # features read from the store at a time
+    explainer: str | None = None  # whose labels the Neuronpedia formats carry (None: the one written last)
+    model_id: str | None = None  # Neuronpedia model id (None: from the run's model name)
+    source: str | None = None  # Neuronpedia source, e.g. "6-res-jb" (None: "<layer>-autointerp")
 
 
 def _finite(x: float | None) -> float | None:
@@ -64,33 +74,60 @@ def export_parquet(store: Store, run_id: str, out: Path) -> list[Path]:
     return paths
 
 
-def _labels_by_feature(store: Store, run_id: str) -> dict[int, list]:
-    """feature → its successful labels (rows with explainer and label), one per explainer."""
-    labels = store.explanations(run_id)
+def _labels_by_feature(store: Store, run_id: str, explainer: str | None = None) -> dict[int, list]:
+    """feature → its successful labels (rows with explainer and label), one per explainer, or only `explainer`'s."""
+    labels = store.explanations(run_id, explainer)
     out: dict[int, list] = {}
     for x in labels[labels.status == "ok"].itertuples():
         out.setdefault(int(x.feature), []).append(x)
     return out
 
 
-def neuronpedia_records(store: Store, run_id: str, cfg: ExportConfig):
-    """One Neuronpedia feature dict per feature of the run, dead ones included (no activations)."""
-    labels = _labels_by_feature(store, run_id)
+def _chosen_explainer(store: Store, run_id: str, cfg: ExportConfig) -> str | None:
+    known = store.explainers(run_id)
+    if cfg.explainer is not None and cfg.explainer not in known:
+        raise AutointerpError(f"run '{run_id}' has no labels by {cfg.explainer}",
+                              f"pass --explainer with one of: {', '.join(known)}" if known else "run `autointerp explain` first")
+    return cfg.explainer or store.latest_explainer(run_id)
+
+
+def _activation(s, quantiles: dict[int, tuple[float, float]] | None, n_bins: int) -> dict:
+    out = {"tokens": list(s.tokens), "values": [_short(v) for v in s.values()]}
+    if quantiles is not None:
+        low, high = quantiles.get(s.quantile, (None, None)) if s.kind == "quantile" else (None, None)
+        out |= {"quantileMax": None if high is None else _short(high), "quantileMin": None if low is None else _short(low),
+                "quantileFraction": None if s.kind != "quantile" else 1 / n_bins}
+    return out
+
+
+def neuronpedia_records(store: Store, run_id: str, cfg: ExportConfig, upload: bool = False):
+    """One Neuronpedia feature dict per feature of the run, dead ones included (no activations); with
+    upload, the top windows and the quantile samples with their quantile fields."""
+    explainer = _chosen_explainer(store, run_id, cfg)
+    labels = _labels_by_feature(store, run_id, explainer) if explainer else {}
     features = store.features(run_id)
+    n_bins = int(store.run(run_id)["config"].get("gather", {}).get("n_bins") or 1)
     for start in range(0, len(features), cfg.chunk):
         chunk = features.iloc[start : start + cfg.chunk]
         wanted = [int(f) for f in chunk.feature]
-        snippets = {fs.feature: fs for fs in store.feature_snippets(run_id, wanted, max_per_kind={"top": cfg.n_activations, "quantile": 0, "negative": 0})}
+        caps = {"top": cfg.n_activations, "negative": 0} | ({} if upload else {"quantile": 0})
+        snippets = {fs.feature: fs for fs in store.feature_snippets(run_id, wanted, max_per_kind=caps)}
         effects = store.output_effects(run_id, wanted)
         logits = {(int(f), kind): [{"token": t, "value": _short(v)} for t, v in zip(g.token, g.value)]
                   for (f, kind), g in effects.groupby(["feature", "kind"])}
         for f, density in zip(wanted, chunk.density):
             fs = snippets.get(f)
-            top = sorted(fs.explain + fs.score, key=lambda s: -s.max_activation)[: cfg.n_activations] if fs else []
+            windows = fs.explain + fs.score if fs else []
+            top = sorted((s for s in windows if s.kind == "top"), key=lambda s: -s.max_activation)[: cfg.n_activations]
+            sampled = sorted((s for s in windows if s.kind == "quantile"), key=lambda s: (s.quantile, -s.max_activation)) if upload else []
+            ranges: dict[int, tuple[float, float]] = {}
+            for s in sampled:
+                low, high = ranges.get(s.quantile, (s.max_activation, s.max_activation))
+                ranges[s.quantile] = (min(low, s.max_activation), max(high, s.max_activation))
             yield {
                 "index": f,
                 "density": float(density),
-                "activations": [{"tokens": list(s.tokens), "values": [_short(v) for v in s.values()]} for s in top],
+                "activations": [_activation(s, ranges if upload else None, n_bins) for s in top + sampled],
                 "explanations": [{"text": x.label, "methodName": METHOD_NAME, "modelName": x.explainer.partition(":")[2] or x.explainer}
                                  for x in labels.get(f, [])],
                 "topLogits": logits.get((f, "promoted")),
@@ -125,6 +162,33 @@ def openai_records(store: Store, run_id: str):
         }
 
 
+def neuronpedia_model_id(run: dict) -> str:
+    name = run["model"].removeprefix("embedded:")
+    return Path(name.rstrip("/")).name.lower()
+
+
+def _write_upload_batches(store: Store, run_id: str, cfg: ExportConfig, out: Path) -> list[Path]:
+    run = store.run(run_id)
+    layer = layer_index(run["hookpoint"])
+    head = {"modelId": cfg.model_id or neuronpedia_model_id(run), "source": cfg.source or f"{'' if layer is None else layer}-autointerp".lstrip("-")}
+    out.mkdir(parents=True, exist_ok=True)
+    paths, batch = [], []
+
+    def flush() -> None:
+        path = out / f"batch-{len(paths) + 1:05d}.json"
+        path.write_text(json.dumps(head | {"features": batch}, ensure_ascii=False, allow_nan=False), encoding="utf-8")
+        paths.append(path)
+
+    for record in neuronpedia_records(store, run_id, cfg, upload=True):
+        batch.append(record)
+        if len(batch) == UPLOAD_BATCH:
+            flush()
+            batch = []
+    if batch:
+        flush()
+    return paths
+
+
 def _write_jsonl(path: Path, records) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
@@ -148,6 +212,8 @@ def export(project: str | Path, run_id: str | None = None, out: str | Path | Non
             written["parquet"] = export_parquet(store, run_id, root / "parquet")
         if "neuronpedia" in formats:
             written["neuronpedia"] = [_write_jsonl(root / "neuronpedia.jsonl", neuronpedia_records(store, run_id, cfg))]
+        if "neuronpedia-upload" in formats:
+            written["neuronpedia-upload"] = _write_upload_batches(store, run_id, cfg, root / "neuronpedia_upload")
         if "openai" in formats:
             written["openai"] = [_write_jsonl(root / "openai_explanations.jsonl", openai_records(store, run_id))]
     return written

@@ -19,7 +19,7 @@ import pyarrow.compute
 from . import __version__
 from .corpus import CorpusConfig, iter_contexts, iter_documents
 from .errors import AutointerpError
-from .gather import GatherConfig, auto_batch_size, check_sae_fits, run_gather
+from .gather import HIST_EDGES, GatherConfig, auto_batch_size, check_sae_fits, run_gather
 from .model import EMBEDDED_LM, EMBEDDED_MODEL, ModelConfig, SubjectModel, keep_freed_memory
 from .sae import SAE, load_sae, save_saelens
 from .store import RunRecord, Store
@@ -222,6 +222,7 @@ def gather(cfg: RunConfig, reuse: bool = False) -> GatherSummary:
             n_contexts=result.n_contexts,
             gather_seconds=result.seconds,
             output_effects=effect_settings,
+            histogram_edges=HIST_EDGES.tolist(),
         )
         t = time.perf_counter()
         store.write_gather(run, result.features, result.examples, result.contexts, documents, vocab, effects)

@@ -31,6 +31,43 @@ JOURNAL_NAME = "autointerp.calls.journal"  # LLM calls answered but not yet in t
 # The schema as migrations: named, applied in order, each in its own transaction and recorded in
 # schema_migrations. Never edit one that has shipped; append a new one. A database written before
 # migrations existed (meta schema_version 1, no schema_migrations table) has exactly migration 1.
+# A token's readable piece, by the tokenizer style its vocabulary shows (records.vocab_style, in SQL):
+# WordPiece continuations lose '##' and other words get a leading space; byte-level BPE's marks
+# become the space, newline and tab they stand for; SentencePiece's '▁' becomes a space.
+VOCAB_PIECES = """
+UPDATE vocab SET piece = CASE styles.style
+    WHEN 'wordpiece' THEN CASE WHEN vocab.token LIKE '##%' THEN substr(vocab.token, 3) ELSE ' ' || vocab.token END
+    WHEN 'bytelevel' THEN replace(replace(replace(vocab.token, 'Ġ', ' '), 'Ċ', chr(10)), 'ĉ', chr(9))
+    ELSE replace(vocab.token, '▁', ' ') END
+FROM (SELECT run_id, CASE WHEN wp >= bl AND wp >= sp THEN 'wordpiece' WHEN bl >= sp THEN 'bytelevel' ELSE 'sentencepiece' END AS style
+      FROM (SELECT run_id, count(*) FILTER (WHERE token LIKE '##%') AS wp, count(*) FILTER (WHERE contains(token, 'Ġ')) AS bl,
+                   count(*) FILTER (WHERE contains(token, '▁')) AS sp
+            FROM vocab WHERE token_id < 50000 AND run_id IN ({runs}) GROUP BY run_id)) AS styles
+WHERE vocab.run_id = styles.run_id;
+"""
+
+_HEADLINES = ("detection", "fuzzing", "simulation", "embedding", "intervention")
+VIEWS = """
+CREATE OR REPLACE VIEW feature_summary AS
+SELECT f.run_id, x.explainer, f.feature, x.label, x.status AS label_status, f.density, f.max_activation, f.n_firing, f.dead, f.dense,
+""" + ",\n".join(
+    f"    max(s.value) FILTER (WHERE s.scorer = '{n}') AS {n}, max(s.ci_low) FILTER (WHERE s.scorer = '{n}') AS {n}_low, "
+    f"max(s.ci_high) FILTER (WHERE s.scorer = '{n}') AS {n}_high, max(s.p_value) FILTER (WHERE s.scorer = '{n}') AS {n}_p"
+    for n in _HEADLINES) + """
+FROM features f
+LEFT JOIN explanations x ON x.run_id = f.run_id AND x.feature = f.feature
+LEFT JOIN scores s ON s.run_id = f.run_id AND s.feature = f.feature AND s.explainer = x.explainer AND s.label_source = 'true'
+GROUP BY ALL;
+CREATE OR REPLACE VIEW snippet_text AS
+SELECT e.run_id, e.feature, e.split, e.kind, e.rank, e.quantile, e.max_activation, e.context_id, e.doc_id, e.doc_offset,
+       string_agg(coalesce(v.piece, v.token), '' ORDER BY t.i) AS text,
+       max(coalesce(v.piece, v.token)) FILTER (WHERE t.i = e.peak + 1) AS peak_token
+FROM examples e
+CROSS JOIN LATERAL (SELECT unnest(e.token_ids) AS token_id, generate_subscripts(e.token_ids, 1) AS i) t
+JOIN vocab v ON v.run_id = e.run_id AND v.token_id = t.token_id
+GROUP BY ALL;
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("initial", """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -134,6 +171,13 @@ CREATE TABLE score_summaries (
 CREATE TABLE output_effects (run_id VARCHAR, feature INTEGER, kind VARCHAR, rank INTEGER, token_id INTEGER, value DOUBLE);
 ALTER TABLE runs ADD COLUMN output_effects JSON;
 """),
+    # Views for the questions users ask first (README "Queries"): one row per feature and explainer
+    # with each scorer's headline, and snippets as text. Tokens get their readable piece; runs keep
+    # their histogram's bin edges (NULL for runs gathered before this).
+    ("views and readable tokens", """
+ALTER TABLE vocab ADD COLUMN piece VARCHAR;
+ALTER TABLE runs ADD COLUMN histogram_edges DOUBLE[];
+""" + VOCAB_PIECES.format(runs="SELECT run_id FROM vocab") + VIEWS),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -163,6 +207,7 @@ class RunRecord:
     n_contexts: int = 0
     gather_seconds: float = 0.0
     output_effects: dict = field(default_factory=dict)  # settings of the stored output effects ({} when none)
+    histogram_edges: list[float] = field(default_factory=list)  # the features' histogram bins: (-inf, e0), [e0, e1) … [eN, inf)
 
 
 def db_path(project: str | Path) -> Path:
@@ -234,6 +279,7 @@ class Store:
             for name, table in tables.items():
                 self.con.execute(f"DELETE FROM {name} WHERE run_id = ?", [run.run_id])
                 self._insert(name, table)
+            self.con.execute(VOCAB_PIECES.format(runs="?"), [run.run_id])
             for name in DERIVED_TABLES:  # labels of the old examples no longer describe the new ones
                 self.con.execute(f"DELETE FROM {name} WHERE run_id = ?", [run.run_id])
 

@@ -145,3 +145,24 @@ sample_judge = "none"
     bad.write_text('judge = "gpt"\n')
     out = cli("run", "--config", str(bad))
     assert out.returncode == 2 and "'gpt' is not one of offline" in out.stderr
+
+
+def test_example_configs_are_package_data_and_parse_into_the_run_they_describe():
+    import tomllib
+    from importlib.resources import files
+
+    from autointerp.cli import _config_defaults, _judged, _run_config
+
+    examples = sorted(p for p in files("autointerp.data").joinpath("examples").iterdir() if p.name.endswith(".toml"))
+    assert {p.name for p in examples} >= {"gemma-scope-2b-res.toml", "gpt2-small-res-jb.toml", "smollm2-local.toml"}
+    parser = build_parser()
+    for path in examples:
+        args = parser.parse_args(["run", "--config", str(path)])
+        defaults = _config_defaults(parser, args)
+        parser._subparsers._group_actions[0].choices["run"].set_defaults(**defaults)
+        args = parser.parse_args(["run", "--config", str(path)])
+        cfg = _judged(_run_config(args), args)
+        data = tomllib.loads(path.read_text())
+        assert (cfg.project, cfg.model.name, cfg.sae) == (data["project"], data["model"], data.get("sae")), path.name
+        assert cfg.model.hookpoint == data.get("hookpoint", cfg.model.hookpoint) and (cfg.judge is None) == (data["judge"] == "offline")
+        parser = build_parser()  # defaults set above stay on a parser: a fresh one for the next file

@@ -123,5 +123,52 @@ def test_hostile_text_survives_every_format_unchanged(tmp_path):
 
 def test_unknown_format_is_refused(tmp_path):
     project = build_project(tmp_path / "p")
-    with pytest.raises(AutointerpError, match=r"unknown export format[\s\S]*fix: choose from parquet, neuronpedia, openai"):
+    with pytest.raises(AutointerpError, match=r"unknown export format[\s\S]*fix: choose from parquet, neuronpedia, neuronpedia-upload, openai"):
         export(project, formats=("parquet", "csv"))
+
+
+def test_upload_batches_are_what_neuronpedias_own_client_sends(real_run, tmp_path):
+    """Our batch files rebuilt as the official client's Feature objects and passed through its
+    upload_batch (the HTTP call stubbed): the payload it would POST is byte for byte our file."""
+    from neuronpedia.np_activation import Activation
+    from neuronpedia.np_explanation import Explanation
+    from neuronpedia.np_feature import Feature, Logit
+    from neuronpedia.requests.feature_request import MAX_FEATURES_PER_BATCH, FeatureRequest
+
+    from autointerp.export import ExportConfig
+
+    written = export(real_run, out=tmp_path, formats=("neuronpedia-upload",), cfg=ExportConfig(model_id="tiny-gpt2", source="1-test"))
+    paths = written["neuronpedia-upload"]
+    with Store(real_run, read_only=True) as store:
+        n_features, n_bins = len(store.features(RUN)), store.run(RUN)["config"]["gather"]["n_bins"]
+        quantiles = store.examples(RUN, kind="quantile")
+    sent = []
+    request = FeatureRequest(api_key="test")
+    request.send_request = lambda method, uri, json: sent.append((method, uri, json))
+    total = 0
+    for path in paths:
+        body = json.loads(path.read_text(encoding="utf-8"))
+        assert (body["modelId"], body["source"]) == ("tiny-gpt2", "1-test") and 0 < len(body["features"]) <= MAX_FEATURES_PER_BATCH
+        total += len(body["features"])
+        features = [Feature(modelId=body["modelId"], source=body["source"], index=f["index"], density=f["density"],
+                            top_logits=None if f["topLogits"] is None else [Logit(**x) for x in f["topLogits"]],
+                            bottom_logits=None if f["bottomLogits"] is None else [Logit(**x) for x in f["bottomLogits"]],
+                            explanations=[Explanation(body["modelId"], body["source"], f["index"], x["text"], x["methodName"], x["modelName"]) for x in f["explanations"]],
+                            activations=[Activation(body["modelId"], body["source"], f["index"], **a) for a in f["activations"]])
+                    for f in body["features"]]
+        request.upload_batch(body["modelId"], body["source"], features)
+        assert sent[-1][:2] == ("POST", "upload-batch")
+        assert json.dumps(sent[-1][2], ensure_ascii=False) == path.read_text(encoding="utf-8")
+    assert total == n_features
+    # The quantile samples carry their bin: fraction 1/n_bins and a range holding each sample's peak.
+    sampled = [a for path in paths for f in json.loads(path.read_text())["features"] for a in f["activations"] if a["quantileFraction"] is not None]
+    assert len(sampled) == len(quantiles) > 0
+    assert all(a["quantileFraction"] == pytest.approx(1 / n_bins) and a["quantileMin"] <= max(a["values"]) <= a["quantileMax"] for a in sampled)
+
+
+def test_neuronpedia_formats_carry_one_explainer(real_run, tmp_path):
+    from autointerp.export import ExportConfig
+
+    with pytest.raises(AutointerpError, match="has no labels by nobody:x") as err:
+        export(real_run, out=tmp_path, formats=("neuronpedia",), cfg=ExportConfig(explainer="nobody:x"))
+    assert "offline:token-stats-v1" in err.value.fix
