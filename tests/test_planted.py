@@ -25,7 +25,7 @@ def planted_run(tmp_path_factory):
     planted = build(root / "sae", CorpusConfig(max_tokens=TOKENS))
     project = root / "project"
     out = subprocess.run([sys.executable, "-m", "autointerp.cli", "run", "--project", str(project), "--sae", str(planted.path),
-                          "--max-tokens", str(TOKENS), "--n-top", "10", "--sample-judge", "none", "--quiet"],
+                          "--max-tokens", str(TOKENS), "--n-top", "10", "--scorers", "detection,fuzzing", "--sample-judge", "none", "--quiet"],
                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900)
     assert out.returncode == 0, out.stdout + out.stderr
     with Store(project, read_only=True) as store:
