@@ -30,9 +30,9 @@ def _defaults(cls):
 
 
 def _add_gather_args(p: argparse.ArgumentParser) -> None:
-    from .config import CorpusConfig, GatherConfig, ModelConfig, TrainConfig
+    from .config import CorpusConfig, GatherConfig, ModelConfig, OutputEffectsConfig, TrainConfig
 
-    m, c, g, t = ModelConfig(), CorpusConfig(), GatherConfig(), TrainConfig()
+    m, c, g, t, o = ModelConfig(), CorpusConfig(), GatherConfig(), TrainConfig(), OutputEffectsConfig()
     p.add_argument("--project", default="project", help="directory holding the DuckDB file (default: %(default)s)")
     p.add_argument("--run-id", help="name of this run (default: derived from model, hookpoint and SAE)")
     src = p.add_argument_group("model and SAE")
@@ -62,8 +62,8 @@ def _add_gather_args(p: argparse.ArgumentParser) -> None:
     eff.add_argument("--output-effects", choices=["full", "projection", "none"], default="full",
                      help="per feature: tokens its direction promotes and suppresses (projection) and, with full, the tokens "
                      "amplifying it makes likelier on neutral prompts (default: %(default)s)")
-    eff.add_argument("--effects-strength", type=float, default=0.5, help="amplification norm, as a multiple of the hookpoint's median norm (default: %(default)s)")
-    eff.add_argument("--effects-prompts", type=int, default=8, help="neutral prompts the amplification runs on (default: %(default)s)")
+    eff.add_argument("--effects-strength", type=float, default=o.strength, help="amplification norm, as a multiple of the hookpoint's median norm (default: %(default)s)")
+    eff.add_argument("--effects-prompts", type=int, default=o.n_prompts, help="neutral prompts the amplification runs on (default: %(default)s)")
     tr = p.add_argument_group("SAE training (when --sae is omitted)")
     tr.add_argument("--n-features", type=int, default=t.n_features, help="latents (default: %(default)s)")
     tr.add_argument("--k", type=int, default=t.k, help="active latents per token (default: %(default)s)")
