@@ -109,6 +109,14 @@ class SaturationConfig:
         good_toulmin({"x": 1}, self.next_m)
 
 
+def check_strength(what: str, value: float) -> None:
+    """An amplification strength: a positive, finite multiple of the hookpoint's median norm."""
+    import math
+
+    if not (math.isfinite(value) and value > 0):
+        raise AutointerpError(f"{what} is {value}", "pass a positive finite multiple of the residual norm, e.g. 0.5")
+
+
 @dataclass
 class OutputEffectsConfig:
     """Output-centric descriptions, computed for causal LMs right after the gather (effects.py)."""
@@ -121,10 +129,7 @@ class OutputEffectsConfig:
     chunk: int = 64  # features per batch
 
     def __post_init__(self) -> None:
-        import math
-
         for name in ("k", "n_prompts", "chunk"):
             if getattr(self, name) < 1:
                 raise AutointerpError(f"OutputEffectsConfig.{name} is {getattr(self, name)}", f"set {name} to 1 or more")
-        if not (math.isfinite(self.strength) and self.strength > 0):
-            raise AutointerpError(f"output-effects strength is {self.strength}", "pass a positive finite multiple of the residual norm, e.g. 0.5")
+        check_strength("output-effects strength", self.strength)

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .. import metrics
+from ..config import check_strength
 from ..errors import AutointerpError
 from ..judges import Judge
 from ..store import Store
@@ -66,8 +67,7 @@ class ScoreConfig:
             raise AutointerpError(f"unknown shuffle control {self.shuffle_control!r}", f"use one of {', '.join(CONTROL_MODES)}")
         if not 0 < self.alpha < 1:
             raise AutointerpError(f"alpha is {self.alpha}", "pass a significance level between 0 and 1, e.g. 0.01")
-        if not (math.isfinite(self.intervention_strength) and self.intervention_strength > 0):
-            raise AutointerpError(f"intervention strength is {self.intervention_strength}", "pass a positive finite multiple of the residual norm, e.g. 0.5")
+        check_strength("intervention strength", self.intervention_strength)
         for name in ("n_top", "n_strata", "n_negative", "per_prompt", "n_simulation", "n_embedding", "n_intervention", "n_random_directions", "control_start", "n_boot", "n_permutations", "chunk"):
             if getattr(self, name) < 1:
                 raise AutointerpError(f"ScoreConfig.{name} is {getattr(self, name)}", f"set {name} to 1 or more")
