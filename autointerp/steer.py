@@ -82,10 +82,10 @@ def clamp_edit(sae, feature: int, value: float):
     return edit
 
 
-def content_norm(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> float:
-    """Median norm of the hookpoint's value over real tokens, the first one left out: in most
-    causal LMs the first position's norm is an outlier many times the rest."""
-    acts = model.activations(input_ids, attention_mask).float()
+def content_norm(acts: torch.Tensor, attention_mask: torch.Tensor) -> float:
+    """Median norm of hookpoint values acts [B, T, d] over real tokens, the first one left out: in
+    most causal LMs the first position's norm is an outlier many times the rest."""
+    acts = acts.float()
     mask = attention_mask.to(acts.device).bool().clone()
     if mask.shape[1] > 1:
         mask[:, 0] = False
@@ -114,7 +114,7 @@ def steer(subject, cfg: SteerConfig) -> SteerResult:
     with torch.inference_mode():
         x = model.activations(ids, mask)
         added_norm = float((edit(x) - x).float().norm(dim=-1).mean())
-    residual_norm = content_norm(model, ids, mask)
+    residual_norm = content_norm(x, mask)
 
     def generate() -> str:
         torch.manual_seed(cfg.seed)
@@ -168,7 +168,7 @@ def make_probe(model, n_prompts: int | None = None) -> Probe:
     prompts = neutral_prompts(n_prompts)
     ids = [model.tokenizer(p, return_tensors="pt").input_ids.to(model.device) for p in prompts]
     clean = torch.cat([_last_logits(model, i) for i in ids]).log_softmax(-1)
-    norms = [content_norm(model, i, torch.ones_like(i)) for i in ids]
+    norms = [content_norm(model.activations(i, torch.ones_like(i)), torch.ones_like(i)) for i in ids]
     return Probe(prompts, ids, clean, float(torch.tensor(norms).median()))
 
 
