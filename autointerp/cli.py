@@ -36,14 +36,18 @@ def _add_gather_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--project", default="project", help="directory holding the DuckDB file (default: %(default)s)")
     p.add_argument("--run-id", help="name of this run (default: derived from model, hookpoint and SAE)")
     src = p.add_argument_group("model and SAE")
-    src.add_argument("--model", default=m.name, help="hub id, local directory, or embedded:SmolLM2-135M-Instruct, the embedded causal LM "
-                     "(default: the embedded all-MiniLM-L6-v2)")
-    src.add_argument("--hookpoint", help="module path or TransformerLens name (default: an embedded model's middle layer: "
-                     "encoder.layer.2, blocks.15.hook_resid_post)")
+    src.add_argument("--model", help="hub id, local directory, or embedded:SmolLM2-135M-Instruct, the embedded causal LM "
+                     "(default: the model the SAE's config names; without --sae the embedded all-MiniLM-L6-v2)")
+    src.add_argument("--hookpoint", help="module path or TransformerLens name (default: the SAE's own; without --sae an embedded "
+                     "model's middle layer: encoder.layer.2, blocks.15.hook_resid_post)")
     src.add_argument("--device", default=m.device, help="cpu, cuda, cuda:1 ... (default: auto)")
-    src.add_argument("--dtype", default=m.dtype, help="model dtype (default: %(default)s)")
-    src.add_argument("--sae", help="SAE directory/file or hf://owner/repo[/folder]; omitted: train a TopK SAE on the spot")
-    src.add_argument("--sae-hookpoint", help="which SAE inside a folder holding several (sparsify)")
+    src.add_argument("--dtype", help="model dtype: float32, bfloat16, float16 (default: the SAE's, else float32)")
+    src.add_argument("--sae", help="SAE directory/file, hf://owner/repo[/folder], or a SAELens release name such as "
+                     "gemma-scope-2b-pt-res-canonical; omitted: train a TopK SAE on the spot")
+    src.add_argument("--sae-id", "--sae-hookpoint", dest="sae_id",
+                     help="the SAE of a release (SAELens sae_id, e.g. layer_12/width_16k/canonical), or of a folder holding several (sparsify)")
+    src.add_argument("--sae-norm-scale", type=float, help="for SAEs trained on activations scaled to a fixed norm whose files lack "
+                     "the factor (releases list their own)")
     cor = p.add_argument_group("corpus")
     cor.add_argument("--corpus", default=c.source, help="file/dir of .txt/.jsonl/.parquet, 'pydoc', or hf:<dataset>[:<config>]")
     cor.add_argument("--text-field", default=c.text_field, help="JSONL/Parquet/HF field with the text (default: %(default)s)")
@@ -180,29 +184,32 @@ def _run_config(a: argparse.Namespace):
     from .config import OutputEffectsConfig
     from .corpus import CorpusConfig
     from .gather import GatherConfig
-    from .model import ModelConfig
-    from .pipeline import RunConfig
+    from .pipeline import RunConfig, load_configured_sae, model_for_sae
     from .train import TrainConfig
 
-    return RunConfig(
+    cfg = RunConfig(
         project=a.project,
         run_id=a.run_id,
-        model=ModelConfig(name=a.model, hookpoint=a.hookpoint, device=a.device, dtype=a.dtype),
         corpus=CorpusConfig(source=a.corpus, text_field=a.text_field, context_length=a.context_length, max_tokens=a.max_tokens, encoding=a.encoding),
         sae=a.sae,
-        sae_hookpoint=a.sae_hookpoint,
+        sae_hookpoint=a.sae_id,
+        sae_norm_scale=a.sae_norm_scale,
         train=replace(TrainConfig(), n_features=a.n_features, k=a.k, epochs=a.epochs, train_tokens=a.train_tokens, seed=a.seed),
         gather=GatherConfig(n_top=a.n_top, n_bins=a.n_bins, per_bin=a.per_bin, n_negative=a.n_negative, window=a.window, batch_size=a.batch_size, seed=a.seed),
         effects=OutputEffectsConfig(enabled=a.output_effects != "none", token_change=a.output_effects == "full", strength=a.effects_strength,
                                     n_prompts=a.effects_prompts),
         progress=not a.quiet,
     )
+    sae = load_configured_sae(cfg)  # every path and SAE id checked before the model loads
+    cfg.model = model_for_sae(sae, a.model, a.hookpoint, a.dtype, a.device)
+    return cfg, sae
 
 
 def cmd_gather(a: argparse.Namespace) -> None:
     from .pipeline import gather
 
-    summary = gather(_run_config(a))
+    cfg, sae = _run_config(a)
+    summary = gather(cfg, sae=sae)
     print("\n".join(summary.lines()))
 
 
@@ -211,7 +218,8 @@ def cmd_run(a: argparse.Namespace) -> None:
 
     from .pipeline import run
 
-    cfg = _judged(_run_config(a), a)  # a bad judge setting fails here, before minutes of gathering
+    cfg, sae = _run_config(a)
+    cfg = _judged(cfg, a)  # a bad judge setting fails here, before minutes of gathering
     if (sample := _sample_judge(a)) is not None:
         cfg.sample_judge = sample
         cfg.sample_size = a.sample_size
@@ -220,7 +228,7 @@ def cmd_run(a: argparse.Namespace) -> None:
     from pathlib import Path
 
     write_config(Path(cfg.project) / "configs" / f"{cfg.resolved_run_id()}.toml", a)  # before the work: a killed run can be repeated too
-    run(cfg, reuse_gather=not a.regather)
+    run(cfg, reuse_gather=not a.regather, sae=sae)
 
 
 def _sample_judge(a: argparse.Namespace):
@@ -230,7 +238,7 @@ def _sample_judge(a: argparse.Namespace):
 
     name = a.sample_judge
     if name is None:
-        if a.model != EMBEDDED_MODEL or a.judge != "offline":
+        if (a.model or (None if a.sae else EMBEDDED_MODEL)) != EMBEDDED_MODEL or a.judge != "offline":
             return None
         import importlib.util
 

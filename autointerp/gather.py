@@ -403,21 +403,36 @@ def auto_batch_size(context_length: int, n_features: int, device: torch.device) 
     return int(np.clip(budget // (context_length * n_features * 4), 1, 1024))
 
 
-def check_sae_fits(model, sae) -> None:
-    """The SAE must read vectors as wide as the hookpoint gives."""
+def fit_sae(model, sae) -> None:
+    """Pair an SAE with the subject model: it must read vectors as wide as the hookpoint gives, and
+    fields whose meaning depends on the model are applied here (idempotent: every load path calls it)."""
+    if sae.metadata.get("transcode"):
+        raise AutointerpError(
+            f"{sae.metadata.get('source')} is a transcoder (transcode: true): it encodes the input of "
+            f"'{sae.hook_name}' and predicts its output, while autointerp encodes and splices one hookpoint",
+            "label an SAE of the same place (transcode false); transcoders are not supported yet",
+        )
     if sae.d_in != model.width:
         raise AutointerpError(
             f"the SAE reads vectors of width {sae.d_in}, but hookpoint '{model.hook.name}' has width {model.width}",
             "choose the hookpoint the SAE was trained on (its config says "
             f"'{sae.hook_name or 'unknown'}'), or the SAE trained for this model and layer",
         )
+    # TransformerLens' center_writing_weights makes every write to the residual stream mean-zero, so
+    # its residual is the Hugging Face one minus its mean over d_model. It does so only for LayerNorm
+    # models (RMSNorm ones are left alone) and it leaves attention's z untouched.
+    if sae.metadata.get("center_writing_weights") and model.uses_layer_norm and not model.reads_attention_z and sae.normalization != "center":
+        if sae.normalization != "none":
+            raise AutointerpError(f"the SAE both normalises its input ({sae.normalization}) and expects centred writing weights",
+                                  "check its cfg.json: SAELens writes at most one of the two")
+        sae.normalization = "center"
 
 
 def run_gather(model, sae, batches: Iterable[ContextBatch], cfg: GatherConfig, progress: bool = True) -> GatherResult:
     """Stream batches through model → SAE → Gatherer. `model` is a SubjectModel, `sae` an SAE on the same device."""
     from tqdm.auto import tqdm
 
-    check_sae_fits(model, sae)
+    fit_sae(model, sae)
     gatherer = Gatherer(sae.d_sae, cfg, model.device, model.is_causal)
     start = time.perf_counter()
     bar = tqdm(desc="gather", unit="tok", unit_scale=True, disable=not progress)

@@ -294,6 +294,16 @@ class SubjectModel:
         zero = torch.zeros_like(x[:1])
         return (head(norm(x) - norm(zero)) - head(zero)).float()
 
+    @property
+    def uses_layer_norm(self) -> bool:
+        """LayerNorm (GPT-2, Pythia) rather than RMSNorm (Llama, Gemma, Qwen) models."""
+        return any(isinstance(m, torch.nn.LayerNorm) for m in self.model.modules())
+
+    @property
+    def reads_attention_z(self) -> bool:
+        family = FAMILIES.get(self.model_type)
+        return family is not None and self.hook.read == family.hook_z[0] and self.hook.module_path.endswith("." + family.hook_z[1])
+
     def require_causal(self, what: str) -> None:
         if not self.is_causal:
             raise AutointerpError(f"{what} needs a causal language model, and '{self.cfg.name}' ({self.model_type}) is an encoder",

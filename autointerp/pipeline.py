@@ -19,7 +19,7 @@ import pyarrow.compute
 from . import __version__
 from .corpus import CorpusConfig, iter_contexts, iter_documents
 from .errors import AutointerpError
-from .gather import HIST_EDGES, GatherConfig, auto_batch_size, check_sae_fits, run_gather
+from .gather import HIST_EDGES, GatherConfig, auto_batch_size, fit_sae, run_gather
 from .model import EMBEDDED_LM, EMBEDDED_MODEL, ModelConfig, SubjectModel, keep_freed_memory
 from .sae import SAE, load_sae, save_saelens
 from .store import RunRecord, Store
@@ -37,8 +37,9 @@ class RunConfig:
     run_id: str | None = None  # None: derived from model, hookpoint and SAE
     model: ModelConfig = field(default_factory=ModelConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    sae: str | None = None  # local path or hf://owner/repo[/folder]; None trains one
-    sae_hookpoint: str | None = None  # which SAE of a multi-hookpoint folder (sparsify)
+    sae: str | None = None  # local path, hf://owner/repo[/folder] or a SAELens release name; None trains one
+    sae_hookpoint: str | None = None  # which SAE of a folder holding several (sparsify), or a release's SAE id
+    sae_norm_scale: float | None = None  # SAEs trained on scaled activations whose files lack the factor
     train: TrainConfig = field(default_factory=TrainConfig)
     gather: GatherConfig = field(default_factory=GatherConfig)
     effects: OutputEffectsConfig = field(default_factory=OutputEffectsConfig)  # causal LMs only
@@ -114,11 +115,40 @@ def _batches(cfg: RunConfig, model: SubjectModel, n_features: int):
     return iter_contexts(iter_documents(cfg.corpus), model.tokenizer, cfg.corpus, batch_size)
 
 
-def prepare_sae(cfg: RunConfig, model: SubjectModel, run_id: str) -> tuple[SAE, str, dict]:
-    """Load the configured SAE, or train one when none is given. Returns (sae, source, metrics)."""
+def load_configured_sae(cfg: RunConfig) -> SAE | None:
+    """The configured SAE on the CPU (None: one is trained). Loaded before the model, so that a
+    wrong path, release or SAE id fails in seconds rather than after the model has loaded."""
+    if cfg.sae is None:
+        return None
+    return load_sae(cfg.sae, hookpoint=cfg.sae_hookpoint, norm_scaling_factor=cfg.sae_norm_scale)
+
+
+def model_for_sae(sae: SAE | None, name: str | None = None, hookpoint: str | None = None, dtype: str | None = None,
+                  device: str = "auto") -> ModelConfig:
+    """The subject model of an SAE: each of name, hookpoint and dtype not given is taken from the
+    SAE's own config (its release, cfg.json or trainer config); without an SAE, the embedded default."""
+    if sae is None:
+        return ModelConfig(**{"name": name or EMBEDDED_MODEL, "hookpoint": hookpoint, "device": device, "dtype": dtype or "float32"})
+    from .releases import hub_model
+
+    source = sae.metadata.get("source", "the SAE")
+    named = sae.metadata.get("release", {}).get("model") or sae.metadata.get("model_name")
+    if name is None and not named:
+        raise AutointerpError(f"{source} does not name the model it was trained on", "pass --model (hub id or local directory)")
+    if hookpoint is None and not sae.hook_name:
+        raise AutointerpError(f"{source} does not name its hookpoint", "pass --hookpoint (list them with `autointerp hookpoints --model ...`)")
+    if dtype is None:
+        source_dtype = str(sae.metadata.get("source_dtype") or "float32").removeprefix("torch.")
+        dtype = source_dtype if source_dtype in ("float32", "float16", "bfloat16") else "float32"
+    return ModelConfig(name=name or hub_model(named), hookpoint=hookpoint or sae.hook_name, device=device, dtype=dtype)
+
+
+def prepare_sae(cfg: RunConfig, model: SubjectModel, run_id: str, sae: SAE | None = None) -> tuple[SAE, str, dict]:
+    """The configured SAE (given already loaded, or loaded here), or one trained when none is
+    configured. Returns (sae, source, metrics)."""
     if cfg.sae is not None:
-        sae = load_sae(cfg.sae, device=model.device, hookpoint=cfg.sae_hookpoint)
-        check_sae_fits(model, sae)
+        sae = (sae or load_configured_sae(cfg)).to(model.device)
+        fit_sae(model, sae)
         if sae.hook_name and sae.hook_name not in (model.hook.name, model.hook.module_path):
             warnings.warn(f"the SAE names hookpoint '{sae.hook_name}' but you read '{model.hook.name}'; make sure they are the same place")
         if cfg.eval_tokens <= 0:
@@ -140,7 +170,7 @@ def prepare_sae(cfg: RunConfig, model: SubjectModel, run_id: str) -> tuple[SAE, 
 
 
 # The RunConfig fields that decide what a gather stores; a stored run gathered with the same ones is current.
-GATHER_FIELDS = ("model", "corpus", "sae", "sae_hookpoint", "train", "gather", "eval_tokens", "effects")
+GATHER_FIELDS = ("model", "corpus", "sae", "sae_hookpoint", "sae_norm_scale", "train", "gather", "eval_tokens", "effects")
 
 
 def gather_settings(config: dict) -> dict:
@@ -168,9 +198,10 @@ def stored_gather(cfg: RunConfig) -> GatherSummary | None:
                              causal=bool(run["output_effects"]) or "loss_clean" in run["sae_metrics"])
 
 
-def gather(cfg: RunConfig, reuse: bool = False) -> GatherSummary:
+def gather(cfg: RunConfig, reuse: bool = False, sae: SAE | None = None) -> GatherSummary:
     """Model → SAE (loaded or trained) → one streaming gather pass → the store. With reuse, a run
-    already gathered with the same settings is kept as it is (and its labels and scores with it)."""
+    already gathered with the same settings is kept as it is (and its labels and scores with it).
+    sae: the configured SAE when the caller has loaded it already (see load_configured_sae)."""
     if reuse and (summary := stored_gather(cfg)) is not None:
         return summary
     run_id = cfg.resolved_run_id()
@@ -184,10 +215,11 @@ def gather(cfg: RunConfig, reuse: bool = False) -> GatherSummary:
     store = Store(cfg.project)  # opened first: a locked database fails before minutes of work
     try:
         keep_freed_memory()
+        sae = sae or load_configured_sae(cfg)
         model = SubjectModel(cfg.model)
         timings["load"] = time.perf_counter() - t0
         t = time.perf_counter()
-        sae, sae_source, metrics = prepare_sae(cfg, model, run_id)
+        sae, sae_source, metrics = prepare_sae(cfg, model, run_id, sae)
         if model.is_causal:
             metrics |= loss_recovered(model, sae, _batches(cfg, model, sae.d_sae))
         timings["sae"] = time.perf_counter() - t
@@ -361,7 +393,7 @@ def sample_config(cfg: RunConfig) -> RunConfig:
                    score=cfg.sample_score, sample_judge=None)
 
 
-def run(cfg: RunConfig, reuse_gather: bool = True, echo=print) -> None:
+def run(cfg: RunConfig, reuse_gather: bool = True, echo=print, sae: SAE | None = None) -> None:
     """The whole pipeline: check the judges, gather (kept when already stored with the same
     settings), explain, score, saturate, then the same for the sample judge if any, and the report.
     Each stage's summary is passed to `echo` as it finishes."""
@@ -371,7 +403,7 @@ def run(cfg: RunConfig, reuse_gather: bool = True, echo=print) -> None:
     check_judge(cfg)  # a wrong key, base URL or missing local model fails before minutes of gathering
     if cfg.sample_judge is not None:
         check_judge(sample_config(cfg))
-    gathered = gather(cfg, reuse=reuse_gather)
+    gathered = gather(cfg, reuse=reuse_gather, sae=sae)
     echo("\n".join(gathered.lines()))
     explained, scored = label_and_score(cfg, gathered.run_id)
     echo("\n".join(explained.lines() + scored.lines()))

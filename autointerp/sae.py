@@ -3,7 +3,7 @@
 Every format (SAELens v6 and pre-6, EleutherAI sparsify, dictionary_learning, Gemma Scope,
 OpenAI sparse_autoencoder) is converted into `SAE`, whose maths is:
 
-    x̂ = normalise(x)                      # none | constant_norm_rescale | layer_norm
+    x̂ = normalise(x)                      # none | constant_norm_rescale | layer_norm | center
     s = x̂ − b_dec  (if apply_b_dec_to_input)
     f = activation(s @ W_enc + b_enc)      # dense [..., d_sae]
     y = f @ W_dec + b_dec (+ x̂ @ W_skip)
@@ -11,7 +11,11 @@ OpenAI sparse_autoencoder) is converted into `SAE`, whose maths is:
 
 Per-feature scalings found in some formats (SAELens `finetuning_scaling_factor`, topk
 `rescale_acts_by_decoder_norm`) are folded into W_enc/b_enc/W_dec at load time, so encode stays
-one matmul plus the activation and the encoded activations equal the source library's.
+one matmul plus the activation and the encoded activations equal the source library's. So is a
+release's activation norm scaling factor (SAELens `norm_scaling_factor`): the SAE then reads raw
+activations. Fields whose meaning depends on the subject model (SAELens `center_writing_weights`)
+are applied when the SAE is paired with the model (gather.fit_sae); fields that describe another
+computation than "encode one hookpoint, decode into it" are refused with the reason.
 """
 
 from __future__ import annotations
@@ -32,10 +36,13 @@ from torch import Tensor, nn
 
 from autointerp import __version__
 from autointerp.errors import AutointerpError
+from autointerp.releases import ReleaseSAE, close_releases, gemma_scope_hookpoint, is_release, resolve_release
 
 ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu", "gated", "groupmax")
 ACTIVATIONS = ("relu", "tanh-relu")  # only meaningful for the standard architecture
-NORMALIZATIONS = ("none", "constant_norm_rescale", "layer_norm")
+# center: TransformerLens models loaded with center_writing_weights have a residual stream of mean
+# zero over d_model; an SAE trained there reads x − mean(x) and writes back around the mean.
+NORMALIZATIONS = ("none", "constant_norm_rescale", "layer_norm", "center")
 FORMATS = ("saelens", "sparsify", "dictionary_learning", "gemma_scope", "openai")
 
 # Written into cfg.json by save_saelens: the SAELens config layout we follow.
@@ -167,6 +174,8 @@ class SAE(nn.Module):
         if self.normalization == "layer_norm":
             mu = x.mean(dim=-1, keepdim=True)
             return (x - mu) / (x.std(dim=-1, keepdim=True) + _LAYER_NORM_EPS)
+        if self.normalization == "center":
+            return x - x.mean(dim=-1, keepdim=True)
         return x
 
     def _unnormalize(self, y: Tensor, x: Tensor) -> Tensor:
@@ -175,6 +184,8 @@ class SAE(nn.Module):
         if self.normalization == "layer_norm":
             # No eps on the way out: SAELens and OpenAI both undo with the bare std.
             return y * x.std(dim=-1, keepdim=True) + x.mean(dim=-1, keepdim=True)
+        if self.normalization == "center":
+            return y + x.mean(dim=-1, keepdim=True)
         return y
 
     def encode(self, x: Tensor) -> Tensor:
@@ -236,6 +247,18 @@ class SAE(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x), x)
+
+    def fold_input_scale(self, factor: float) -> None:
+        """Make an SAE trained on activations × factor read raw ones (SAELens `norm_scaling_factor`):
+        (factor·x − b_dec) @ W_enc = (x − b_dec/factor) @ (factor·W_enc), and the reconstruction,
+        divided by factor to return to raw units, is f @ (W_dec/factor) + b_dec/factor."""
+        if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
+            raise AutointerpError(f"norm scaling factor {factor!r} is not a positive finite number",
+                                  "pass the release's norm_scaling_factor (SAELens' pretrained_saes.yaml lists it per SAE)")
+        self.W_enc.mul_(factor)
+        self.W_dec.div_(factor)
+        self.b_dec.div_(factor)
+        self.metadata["norm_scaling_factor"] = factor
 
     def feature_delta(self, feature: int, amount: Tensor, x: Tensor) -> Tensor:
         """How the reconstruction of x [..., d_in] moves when `feature`'s activation changes by
@@ -350,16 +373,27 @@ def _check_config_dims(cfg: Mapping[str, Any], file: Path, d_in: int, d_sae: int
 # Format loaders: each returns the SAE in the working dtype on the CPU.
 
 
-def _load_saelens(d: Path, dtype: torch.dtype) -> SAE:
+def _load_saelens(d: Path, dtype: torch.dtype, overrides: Mapping[str, Any] | None = None) -> SAE:
+    """overrides: a release's config_overrides from SAELens' directory, which win over cfg.json."""
     cfg_file, weights_file = d / "cfg.json", d / "sae_weights.safetensors"
     cfg = _read_json(cfg_file)
-    raw = _read_safetensors(weights_file)
-    t = _tensors(raw, dtype)
     # v6 nests model/hook facts under "metadata"; pre-6 configs keep them at the top level.
     meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
 
     def get(key: str) -> Any:
         return meta.get(key, cfg.get(key))
+
+    overrides = dict(overrides or {})
+    model_kwargs = {**(get("model_from_pretrained_kwargs") or {}), **overrides.pop("model_from_pretrained_kwargs", {})}
+    cfg = {**cfg, **overrides}
+    if get("hook_head_index") is not None:
+        raise AutointerpError(
+            f"{cfg_file} reads attention head {get('hook_head_index')} of {get('hook_name') or get('hook_point')} alone "
+            "(hook_head_index); autointerp encodes and splices whole hookpoints",
+            "use an SAE trained on the whole hook (hook_head_index null), e.g. on attn.hook_z with reshape_activations hook_z",
+        )
+    raw = _read_safetensors(weights_file)
+    t = _tensors(raw, dtype)
 
     def need(key: str) -> Tensor:
         return _need(t, key, weights_file)
@@ -401,7 +435,7 @@ def _load_saelens(d: Path, dtype: torch.dtype) -> SAE:
         "hook_head_index": get("hook_head_index"),
         "reshape_activations": cfg.get("reshape_activations", "none"),
         # Such SAEs expect the residual stream minus its mean over d_model.
-        "center_writing_weights": bool((get("model_from_pretrained_kwargs") or {}).get("center_writing_weights")),
+        "center_writing_weights": bool(model_kwargs.get("center_writing_weights")),
         "source_dtype": cfg.get("dtype") or _source_dtype(raw),
     }
     if (d / "sparsity.safetensors").exists():
@@ -491,7 +525,11 @@ def _load_dictionary_learning(d: Path, dtype: torch.dtype) -> SAE:
         "layer": trainer.get("layer"),
         "source_dtype": _source_dtype(raw),
     }
-    common = {"format": "dictionary_learning", "hook_name": trainer.get("submodule_name"), "metadata": metadata}
+    submodule = trainer.get("submodule_name")
+    # SAEBench names the submodule resid_post_layer_<L>: the TransformerLens hook of the same place.
+    resid_post = re.fullmatch(r"resid_post_layer_(\d+)", str(submodule))
+    hook_name = f"blocks.{resid_post.group(1)}.hook_resid_post" if resid_post else submodule
+    common = {"format": "dictionary_learning", "hook_name": hook_name, "metadata": metadata}
     if dict_class == "AutoEncoder":
         return SAE(need("encoder.weight").T, need("encoder.bias"), need("decoder.weight").T, need("bias"), **common)
     if dict_class == "GatedAutoEncoder":
@@ -511,12 +549,18 @@ def _load_dictionary_learning(d: Path, dtype: torch.dtype) -> SAE:
     k = int(raw["k"]) if "k" in raw else int(_need(trainer, "k", cfg_file, "trainer.k"))
     threshold = float(raw["threshold"]) if "threshold" in raw else -1.0
     weights = (need("encoder.weight").T, need("encoder.bias"), need("decoder.weight").T, need("b_dec"))
-    if dict_class == "BatchTopKSAE" and threshold >= 0:
-        return SAE(*weights, architecture="batchtopk", k=k, threshold=threshold, **common)
+    if dict_class == "BatchTopKSAE" and threshold < 0:
+        # -1 means training never estimated it; dictionary_learning would then keep every positive
+        # pre-activation, and batch-level top-k depends on which other rows share the batch.
+        raise AutointerpError(
+            f"the BatchTopKSAE in {weights_file} has no threshold (-1: never set by training), so its "
+            "activations are not defined per token",
+            "set the threshold buffer in ae.pt to the one training would have estimated (the mean over training batches of "
+            "the smallest activation batch top-k kept), or re-export the SAE as AutoEncoderTopK to encode per token with "
+            f"top-k (k={k})",
+        )
     if dict_class == "BatchTopKSAE":
-        # Threshold never set (-1): batch-level top-k depends on the other rows of the batch,
-        # so per-example top-k with the same k is the deterministic stand-in.
-        metadata["batchtopk_threshold_unset"] = True
+        return SAE(*weights, architecture="batchtopk", k=k, threshold=threshold, **common)
     return SAE(*weights, architecture="topk", k=k, **common)
 
 
@@ -545,22 +589,9 @@ def _load_gemma_scope(d: Path, dtype: torch.dtype) -> SAE:
     return _jumprelu_reading_raw_input(
         need,
         format="gemma_scope",
-        hook_name=_gemma_scope_hook_name(d),
+        hook_name=gemma_scope_hookpoint(d.as_posix()),
         metadata={"source": str(d), "config": config, "source_dtype": _source_dtype(raw)},
     )
-
-
-_GEMMA_SCOPE_SITES = {"res": "hook_resid_post", "mlp": "hook_mlp_out", "att": "attn.hook_z"}
-
-
-def _gemma_scope_hook_name(d: Path) -> str | None:
-    """TransformerLens hook from a release path such as gemma-scope-2b-pt-res/layer_20/width_16k/..."""
-    text = d.as_posix() + "/"
-    layer = re.search(r"/layer_(\d+)/", text)
-    site = re.search(r"gemma-scope[^/]*-(res|mlp|att)(?:-[^/]*)?/", text)
-    if layer is None or site is None:
-        return None
-    return f"blocks.{layer.group(1)}.{_GEMMA_SCOPE_SITES[site.group(1)]}"
 
 
 def _load_openai(path: Path, dtype: torch.dtype) -> SAE:
@@ -619,11 +650,12 @@ def _sae_subdirectories(root: Path) -> list[str]:
     return found
 
 
-def _load_local(path: Path, hookpoint: str | None, dtype: torch.dtype) -> SAE:
+def _load_local(path: Path, hookpoint: str | None, dtype: torch.dtype, overrides: Mapping[str, Any] | None = None) -> SAE:
     if not path.exists():
+        close = close_releases(str(path))
         raise AutointerpError(
-            f"SAE path {path} does not exist",
-            "check the path; to download from the Hugging Face Hub write hf://owner/repo[/folder]",
+            f"SAE path {path} does not exist and is not a SAELens release name" + (f" (close: {', '.join(close)})" if close else ""),
+            "check the path; hub folders are written hf://owner/repo[/folder], SAELens releases as the release name with --sae-id",
         )
     if path.is_file():
         if path.suffix == ".pt" and not (path.name == "ae.pt" and (path.parent / "config.json").exists()):
@@ -640,7 +672,7 @@ def _load_local(path: Path, hookpoint: str | None, dtype: torch.dtype) -> SAE:
     if fmt is None:
         candidates = _sae_subdirectories(path)
         if len(candidates) == 1:
-            return _load_local(path / candidates[0], None, dtype)
+            return _load_local(path / candidates[0], None, dtype, overrides)
         if candidates:
             raise AutointerpError(
                 f"{path} holds {len(candidates)} SAEs: {', '.join(candidates)}",
@@ -651,6 +683,8 @@ def _load_local(path: Path, hookpoint: str | None, dtype: torch.dtype) -> SAE:
             f"no SAE format recognised in {path}; it contains: {files[:30] or 'nothing'}",
             f"point at a file or directory in a supported format: {_SUPPORTED_TEXT}",
         )
+    if fmt == "saelens":
+        return _load_saelens(path, dtype, overrides)
     return _LOADERS[fmt](path, dtype)
 
 
@@ -682,11 +716,15 @@ def load_sae(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str | None = None,
     hookpoint: str | None = None,
+    norm_scaling_factor: float | None = None,
 ) -> SAE:
-    """Load an SAE from a local file/directory or hf://owner/repo[/folder], detecting the format.
+    """Load an SAE from a local file/directory, hf://owner/repo[/folder], or a SAELens release name
+    (then hookpoint is its SAE id, as SAELens' sae_id), detecting the format.
 
     hookpoint picks one SAE folder when the source holds several (e.g. a sparsify root).
-    Weights are float32 unless dtype is given; the result is for inference (no gradients).
+    norm_scaling_factor: for SAEs trained on scaled activations (normalize_activations
+    expected_average_only_in); a release supplies its own. Weights are float32 unless dtype is
+    given; the result is for inference (no gradients).
     """
     if isinstance(dtype, str):
         resolved = getattr(torch, dtype.removeprefix("torch."), None)
@@ -695,11 +733,41 @@ def load_sae(
         dtype = resolved
     work_dtype = dtype or torch.float32
     text = os.fspath(source)
+    release = None
     if text.startswith("hf://"):
         path = _download(text, hookpoint)
+    elif not Path(text).expanduser().exists() and is_release(text):
+        release = resolve_release(text, hookpoint)
+        path, hookpoint = _download(release.hub_source, None), None
     else:
         path = Path(text).expanduser()
-    return _load_local(path, hookpoint, work_dtype).to(device)
+    sae = _load_local(path, hookpoint, work_dtype, release.overrides if release else None)
+    if release is not None:
+        sae.hook_name = sae.hook_name or release.hookpoint
+        sae.metadata["release"] = {"release": release.release, "sae_id": release.sae_id, "repo_id": release.repo_id,
+                                   "folder": release.folder, "model": release.model, "neuronpedia": release.neuronpedia}
+        sae.metadata.setdefault("model_name", release.model)
+    _apply_norm_scale(sae, norm_scaling_factor, release)
+    return sae.to(device)
+
+
+def _apply_norm_scale(sae: SAE, given: float | None, release: ReleaseSAE | None) -> None:
+    scaled = sae.metadata.get("normalize_activations") == "expected_average_only_in"
+    if given is not None and not scaled:
+        raise AutointerpError(f"a norm scaling factor was given, but {sae.metadata.get('source')} was not trained on scaled "
+                              "activations (normalize_activations is not expected_average_only_in)",
+                              "drop the norm scaling factor (--sae-norm-scale)")
+    if not scaled:
+        return
+    factor = given if given is not None else (release.norm_scaling_factor if release else None)
+    if factor is None:
+        raise AutointerpError(
+            f"{sae.metadata.get('source')} was trained on activations scaled to a fixed average norm "
+            "(normalize_activations expected_average_only_in), and the scaling factor is not in its files",
+            "load it by its SAELens release name (--sae <release> --sae-id <id>), whose directory lists the factor, "
+            "or pass it: --sae-norm-scale (Python: norm_scaling_factor=)",
+        )
+    sae.fold_input_scale(factor)
 
 
 def save_saelens(
@@ -726,10 +794,12 @@ def save_saelens(
         "dtype": str(sae.W_enc.dtype).removeprefix("torch."),
         "device": "cpu",
         "apply_b_dec_to_input": sae.apply_b_dec_to_input,
-        "normalize_activations": sae.normalization,
+        # SAELens expresses centring as a property of the model it loads, not of the SAE.
+        "normalize_activations": "none" if sae.normalization == "center" else sae.normalization,
         "reshape_activations": "none",
         "metadata": {
             "hook_head_index": None,
+            "model_from_pretrained_kwargs": {"center_writing_weights": sae.normalization == "center"},
             **(extra_metadata or {}),
             "model_name": model_name,
             "hook_name": hook_name,

@@ -11,8 +11,9 @@ import torch
 
 from .config import ModelConfig
 from .errors import AutointerpError
-from .gather import check_sae_fits
+from .gather import fit_sae
 from .model import SubjectModel
+from .releases import is_release
 from .sae import SAE, load_sae
 
 
@@ -38,12 +39,13 @@ def load_subject(store, run_id: str | None = None, device: str | None = None) ->
     cfg = ModelConfig(**{k: v for k, v in saved.items() if k in known} | {"name": run["model"], "hookpoint": run["hookpoint"]}
                       | ({"device": device} if device else {}))
     source = run["sae_source"]
-    if not str(source).startswith("hf://") and not Path(source).expanduser().exists():
+    if not str(source).startswith("hf://") and not Path(source).expanduser().exists() and not is_release(str(source)):
         raise AutointerpError(f"run '{run['run_id']}' was gathered with the SAE at {source}, which is gone",
                               "restore the SAE there, or gather the run again")
+    sae = load_sae(source, hookpoint=run["config"].get("sae_hookpoint"), norm_scaling_factor=run["config"].get("sae_norm_scale"))
     model = SubjectModel(cfg)
-    sae = load_sae(source, device=model.device, hookpoint=run["config"].get("sae_hookpoint"))
-    check_sae_fits(model, sae)
+    sae = sae.to(model.device)
+    fit_sae(model, sae)
     features = store.features(run["run_id"]).sort_values("feature")
     max_activation = torch.zeros(sae.d_sae)
     max_activation[torch.tensor(features.feature.to_numpy(dtype="int64"))] = torch.tensor(features.max_activation.fillna(0).to_numpy(dtype="float32"))

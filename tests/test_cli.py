@@ -147,22 +147,66 @@ sample_judge = "none"
     assert out.returncode == 2 and "'gpt' is not one of offline" in out.stderr
 
 
-def test_example_configs_are_package_data_and_parse_into_the_run_they_describe():
+def test_example_configs_are_package_data_and_parse_into_the_run_they_describe(monkeypatch):
     import tomllib
     from importlib.resources import files
+    from types import SimpleNamespace
 
+    import autointerp.pipeline
     from autointerp.cli import _config_defaults, _judged, _run_config
+    from autointerp.releases import resolve_release
 
+    # The hub is out of reach here: the release's directory entry stands in for its downloaded SAE.
+    def release_sae(cfg):
+        if cfg.sae is None:
+            return None
+        r = resolve_release(cfg.sae, cfg.sae_hookpoint)
+        return SimpleNamespace(metadata={"release": {"model": r.model}}, hook_name=r.hookpoint)
+
+    monkeypatch.setattr(autointerp.pipeline, "load_configured_sae", release_sae)
     examples = sorted(p for p in files("autointerp.data").joinpath("examples").iterdir() if p.name.endswith(".toml"))
     assert {p.name for p in examples} >= {"gemma-scope-2b-res.toml", "gpt2-small-res-jb.toml", "smollm2-local.toml"}
+    expected = {"gemma-scope-2b-res.toml": ("google/gemma-2-2b", "blocks.12.hook_resid_post", "bfloat16"),
+                "gpt2-small-res-jb.toml": ("openai-community/gpt2", "blocks.8.hook_resid_pre", "float32"),
+                "smollm2-local.toml": ("embedded:SmolLM2-135M-Instruct", "blocks.15.hook_resid_post", "float32")}
     parser = build_parser()
     for path in examples:
         args = parser.parse_args(["run", "--config", str(path)])
         defaults = _config_defaults(parser, args)
         parser._subparsers._group_actions[0].choices["run"].set_defaults(**defaults)
         args = parser.parse_args(["run", "--config", str(path)])
-        cfg = _judged(_run_config(args), args)
+        cfg, _ = _run_config(args)
+        cfg = _judged(cfg, args)
         data = tomllib.loads(path.read_text())
-        assert (cfg.project, cfg.model.name, cfg.sae) == (data["project"], data["model"], data.get("sae")), path.name
-        assert cfg.model.hookpoint == data.get("hookpoint", cfg.model.hookpoint) and (cfg.judge is None) == (data["judge"] == "offline")
+        assert (cfg.project, cfg.sae, cfg.sae_hookpoint) == (data["project"], data.get("sae"), data.get("sae_id")), path.name
+        assert (cfg.model.name, cfg.model.hookpoint, cfg.model.dtype) == expected[path.name], path.name
+        assert (cfg.judge is None) == (data["judge"] == "offline")
         parser = build_parser()  # defaults set above stay on a parser: a fresh one for the next file
+
+
+def test_model_hookpoint_and_dtype_come_from_the_sae_and_a_bad_sae_fails_before_the_model(pipeline_setup, tmp_path, capsys):
+    import torch
+
+    from autointerp.cli import main
+    from autointerp.sae import SAE, save_saelens
+    from autointerp.store import Store
+
+    root, corpus, model = pipeline_setup
+    torch.manual_seed(1)
+    sae = SAE(torch.randn(32, 16) * 10, torch.full((16,), -1.0), torch.randn(16, 32), torch.zeros(32), architecture="standard")
+    save_saelens(sae, tmp_path / "sae", hook_name="blocks.1.hook_resid_post", model_name=model)
+    small = ["--corpus", corpus, "--context-length", "32", "--n-top", "3", "--n-bins", "2", "--per-bin", "2", "--n-negative", "3",
+             "--window", "8", "--batch-size", "4", "--device", "cpu", "--quiet"]
+    assert main(["gather", "--project", str(tmp_path / "p"), "--run-id", "r1", "--sae", str(tmp_path / "sae"), *small]) == 0
+    with Store(tmp_path / "p", read_only=True) as store:
+        run = store.run("r1")
+    assert (run["model"], run["hookpoint"], run["config"]["model"]["dtype"]) == (model, "blocks.1.hook_resid_post", "float32")
+    capsys.readouterr()
+    # A typo in the SAE path is reported, with the fix, before a model (here one that does not exist) is loaded.
+    assert main(["gather", "--project", str(tmp_path / "q"), "--sae", str(tmp_path / "sea"), "--model", "no/such-model", *small]) == 2
+    err = capsys.readouterr().err
+    assert "sea does not exist" in err and "no/such-model" not in err and not (tmp_path / "q").exists()
+    # An SAE that does not name its model needs --model.
+    save_saelens(sae, tmp_path / "anon", hook_name="blocks.1.hook_resid_post", model_name="")
+    assert main(["gather", "--project", str(tmp_path / "q"), "--sae", str(tmp_path / "anon"), *small]) == 2
+    assert "does not name the model" in capsys.readouterr().err

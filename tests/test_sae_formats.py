@@ -83,6 +83,9 @@ def keep_groupmax(h: np.ndarray, k: int) -> np.ndarray:
     return out.reshape(h.shape)
 
 
+NORM_SCALE = 0.37  # a release's norm_scaling_factor
+
+
 def norm_in(x: np.ndarray, mode: str) -> tuple[np.ndarray, Any]:
     """Normalised x and a function that undoes it on the reconstruction."""
     x = f64(x)
@@ -92,7 +95,9 @@ def norm_in(x: np.ndarray, mode: str) -> tuple[np.ndarray, Any]:
     if mode == "layer_norm":
         mu, sd = x.mean(-1, keepdims=True), x.std(-1, ddof=1, keepdims=True)
         return (x - mu) / (sd + 1e-5), lambda y: y * sd + mu
-    return x, lambda y: y  # none, expected_average_only_in
+    if mode == "expected_average_only_in":  # trained on NORM_SCALE · x; the reconstruction is divided back
+        return x * NORM_SCALE, lambda y: y / NORM_SCALE
+    return x, lambda y: y
 
 
 def ref_saelens(
@@ -158,7 +163,7 @@ def ref_dictionary_learning(x, sd, dict_class):
     r = relu((x - p["b_dec"]) @ p["encoder.weight"].T + p["encoder.bias"])
     if dict_class == "BatchTopKSAE" and sd["threshold"] >= 0:
         f = r * (r > sd["threshold"])
-    else:  # AutoEncoderTopK; BatchTopKSAE whose threshold was never set falls back to per-row top-k
+    else:  # AutoEncoderTopK
         f = keep_topk(r, int(sd["k"]))
     return f, f @ p["decoder.weight"].T + p["b_dec"]
 
@@ -256,7 +261,8 @@ NORMS = ["none", "constant_norm_rescale", "layer_norm", "expected_average_only_i
 def test_saelens_v6(tmp_path, arch, extra, norm):
     rng = np.random.default_rng(1)
     p, x = saelens_params(rng, arch), inputs(rng)
-    sae = load_sae(w.write_saelens(tmp_path / "sae", v6_cfg(arch, norm, **extra), p))
+    scale = NORM_SCALE if norm == "expected_average_only_in" else None
+    sae = load_sae(w.write_saelens(tmp_path / "sae", v6_cfg(arch, norm, **extra), p), norm_scaling_factor=scale)
     f_ref, y_ref = ref_saelens(x, p, arch, norm, rescale=bool(extra.get("rescale_acts_by_decoder_norm")))
     check(sae, x, f_ref, y_ref)
     assert (sae.format, sae.architecture, sae.d_in, sae.d_sae) == ("saelens", arch, D_IN, D_SAE)
@@ -313,7 +319,7 @@ def pre6_cfg(activation: str = "relu", **top: Any) -> dict[str, Any]:
 
 PRE6_CASES = {
     "relu-no-version": ("standard", pre6_cfg("relu", apply_b_dec_to_input=False), {"apply_b_dec": False}),
-    "tanh-relu-bool-norm": ("standard", pre6_cfg("tanh-relu", normalize_activations=True), {"activation": "tanh-relu"}),
+    "tanh-relu-bool-norm": ("standard", pre6_cfg("tanh-relu", normalize_activations=True), {"activation": "tanh-relu", "norm": "expected_average_only_in"}),
     "topk-kwargs": (
         "topk",
         pre6_cfg("topk", architecture="standard", activation_fn_kwargs={"k": K}, sae_lens_version="5.9.1"),
@@ -333,7 +339,8 @@ def test_saelens_pre6(tmp_path, case):
     arch, cfg, ref_kwargs = PRE6_CASES[case]
     rng = np.random.default_rng(3)
     p, x = saelens_params(rng, arch), inputs(rng)
-    sae = load_sae(w.write_saelens(tmp_path / "sae", cfg, p))
+    scale = NORM_SCALE if ref_kwargs.get("norm") == "expected_average_only_in" else None
+    sae = load_sae(w.write_saelens(tmp_path / "sae", cfg, p), norm_scaling_factor=scale)
     check(sae, x, *ref_saelens(x, p, arch, **ref_kwargs))
     assert sae.architecture == arch
     assert sae.hook_name == "blocks.2.hook_resid_pre"
@@ -467,7 +474,6 @@ DL_CASES = {
     "JumpReluAutoEncoder": ("JumpReluAutoEncoder", -1.0, "jumprelu"),
     "AutoEncoderTopK": ("AutoEncoderTopK", 0.4, "topk"),  # its threshold is unused by default
     "BatchTopKSAE-threshold": ("BatchTopKSAE", 0.4, "batchtopk"),
-    "BatchTopKSAE-unset": ("BatchTopKSAE", -1.0, "topk"),
 }
 
 
@@ -480,9 +486,9 @@ def test_dictionary_learning(tmp_path, case):
     # The reference reads k and threshold as plain numbers, not the saved buffers.
     reference_sd = {**sd, "threshold": threshold, "k": K} if "k" in sd else sd
     check(sae, x, *ref_dictionary_learning(x, reference_sd, dict_class))
-    assert (sae.format, sae.architecture, sae.hook_name) == ("dictionary_learning", arch, "resid_post_layer_3")
+    # SAEBench's submodule name resid_post_layer_3 is the TransformerLens hook of the same place.
+    assert (sae.format, sae.architecture, sae.hook_name) == ("dictionary_learning", arch, "blocks.3.hook_resid_post")
     assert sae.metadata["model_name"] == "EleutherAI/pythia-70m-deduped" and sae.metadata["layer"] == 3
-    assert sae.metadata.get("batchtopk_threshold_unset", False) is (case == "BatchTopKSAE-unset")
     if dict_class == "JumpReluAutoEncoder":
         assert_jump_exercised(f64(x) @ sd["W_enc"] + sd["b_enc"], sd["threshold"])
     if case == "BatchTopKSAE-threshold":
@@ -775,3 +781,136 @@ def test_error_usage(tmp_path):
     expect_error(lambda: load_sae(tmp_path / "ln", dtype="float33"), "'float33'", fix="torch.float32")
     b = {key: torch.from_numpy(v) for key, v in base_params(rng).items()}
     expect_error(lambda: SAE(*b.values(), architecture="topk"), "needs k", fix="k")
+
+
+# ---------------------------------------------------------------------------------------------
+# Fields that change the maths: applied against an independent formula, or refused
+
+
+def _hidden_state(model, ids: torch.Tensor, index: int) -> np.ndarray:
+    with torch.no_grad():
+        hs = model.model(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True).hidden_states
+    return hs[index][0].double().numpy()
+
+
+@pytest.mark.parametrize("family,applied", [("gpt2", True), ("llama", False)])
+def test_center_writing_weights_follows_transformer_lens(tmp_path, tiny_model_dir, family, applied):
+    """TransformerLens centres the residual stream of LayerNorm models only (RMSNorm ones untouched)."""
+    from autointerp.gather import fit_sae
+    from autointerp.model import ModelConfig, SubjectModel
+
+    model = SubjectModel(ModelConfig(name=tiny_model_dir(family), hookpoint="blocks.1.hook_resid_post", device="cpu"))
+    rng = np.random.default_rng(40)
+    d = model.width
+    p = {"W_enc": normal(rng, d, D_SAE, scale=0.3), "b_enc": normal(rng, D_SAE, scale=0.1),
+         "W_dec": normal(rng, D_SAE, d, scale=0.3), "b_dec": normal(rng, d, scale=0.2)}
+    cfg = v6_cfg("standard") | {"d_in": d}
+    cfg["metadata"]["model_from_pretrained_kwargs"] = {"center_writing_weights": True}
+    sae = load_sae(w.write_saelens(tmp_path / "sae", cfg, p))
+    fit_sae(model, sae)
+    fit_sae(model, sae)  # every load path calls it; twice changes nothing
+    ids = torch.randint(1, 400, (1, 24))
+    x = _hidden_state(model, ids, 2)  # block 1's output, read independently of the hook
+    mean = x.mean(-1, keepdims=True) if applied else 0.0
+    f_ref = relu((x - mean - p["b_dec"]) @ f64(p["W_enc"]) + p["b_enc"])
+    y_ref = f_ref @ f64(p["W_dec"]) + p["b_dec"] + mean
+    with torch.no_grad():
+        acts = model.activations(ids, torch.ones_like(ids))[0]
+        f, y = sae.encode(acts), sae(acts)
+    assert np.abs(f.double().numpy() - f_ref).max() < 1e-4 and np.abs(y.double().numpy() - y_ref).max() < 1e-4
+    assert 0.05 < (f_ref > 0).mean() < 0.95
+    assert sae.normalization == ("center" if applied else "none")
+    if applied:  # saved back as SAELens writes it: the flag on the model, no SAE normalisation
+        out = json.loads((save_saelens(sae, tmp_path / "out", hook_name="blocks.1.hook_resid_post", model_name="m") / "cfg.json").read_text())
+        assert out["normalize_activations"] == "none" and out["metadata"]["model_from_pretrained_kwargs"]["center_writing_weights"]
+
+
+def test_transcoder_refused_when_paired_with_the_model(tmp_path, tiny_model_dir):
+    from autointerp.gather import fit_sae
+    from autointerp.model import ModelConfig, SubjectModel
+
+    model = SubjectModel(ModelConfig(name=tiny_model_dir("gpt2"), hookpoint="blocks.1.hook_resid_post", device="cpu"))
+    rng = np.random.default_rng(41)
+    sae = load_sae(w.write_sparsify(tmp_path / "tc", sparsify_cfg("topk", False, True), sparsify_params(rng, False)))
+    expect_error(lambda: fit_sae(model, sae), "transcoder", fix="transcode false")
+
+
+def test_hook_head_index_refused(tmp_path):
+    rng = np.random.default_rng(42)
+    cfg = v6_cfg("standard")
+    cfg["metadata"]["hook_head_index"] = 3
+    expect_error(lambda: load_sae(w.write_saelens(tmp_path / "sae", cfg, saelens_params(rng, "standard"))),
+                 "attention head 3", fix="hook_head_index null")
+
+
+def test_batchtopk_without_threshold_refused(tmp_path):
+    rng = np.random.default_rng(43)
+    sd = dictionary_learning_state(rng, "BatchTopKSAE", -1.0)
+    d = w.write_dictionary_learning(tmp_path / "ae", dictionary_learning_config("BatchTopKSAE"), sd)
+    expect_error(lambda: load_sae(d), "no threshold", fix="AutoEncoderTopK")
+
+
+def test_norm_scaling_factor_errors(tmp_path):
+    rng = np.random.default_rng(44)
+    p = saelens_params(rng, "standard")
+    scaled = w.write_saelens(tmp_path / "scaled", v6_cfg("standard", "expected_average_only_in"), p)
+    plain = w.write_saelens(tmp_path / "plain", v6_cfg("standard"), p)
+    expect_error(lambda: load_sae(scaled), "expected_average_only_in", fix="--sae-norm-scale")
+    expect_error(lambda: load_sae(plain, norm_scaling_factor=0.5), "not trained on scaled", fix="drop")
+    for bad in (0.0, -1.0, float("nan")):
+        expect_error(lambda: load_sae(scaled, norm_scaling_factor=bad), "not a positive finite number")
+
+
+# ---------------------------------------------------------------------------------------------
+# SAELens release names, resolved through its public directory to hub folders (read offline here)
+
+
+def test_release_saelens_gpt2_applies_the_release_overrides(tmp_path, hf_cache):
+    """gpt2-small-res-jb: its SAEs' cfg.json say nothing of centring; the release's overrides do."""
+    rng = np.random.default_rng(45)
+    p, x = saelens_params(rng, "standard"), inputs(rng)
+    cfg = pre6_cfg(hook_point="blocks.8.hook_resid_pre")
+    w.write_saelens(tmp_path / "repo" / "blocks.8.hook_resid_pre", cfg, p)
+    w.write_hf_cache(hf_cache, "jbloom/GPT2-Small-SAEs-Reformatted", tmp_path / "repo")
+    sae = load_sae("gpt2-small-res-jb", hookpoint="blocks.8.hook_resid_pre")
+    check(sae, x, *ref_saelens(x, p, "standard"))
+    assert sae.metadata["center_writing_weights"] is True
+    assert sae.metadata["release"]["model"] == "openai-community/gpt2"
+    assert sae.metadata["release"]["neuronpedia"] == "gpt2-small/8-res-jb"
+
+
+def test_release_norm_scaling_factor_comes_from_the_directory(tmp_path, hf_cache):
+    rng = np.random.default_rng(46)
+    p, x = saelens_params(rng, "standard"), inputs(rng)
+    folder = "gemma_2b_blocks.12.hook_resid_post_16384"
+    cfg = v6_cfg("standard", "expected_average_only_in")
+    w.write_saelens(tmp_path / "repo" / folder, cfg, p)
+    w.write_hf_cache(hf_cache, "jbloom/Gemma-2b-Residual-Stream-SAEs", tmp_path / "repo")
+    sae = load_sae("gemma-2b-res-jb", hookpoint="blocks.12.hook_resid_post")
+    factor = 0.21381938399317255  # SAELens pretrained_saes.yaml, gemma-2b-res-jb blocks.12.hook_resid_post
+    xf = f64(x)
+    f_ref = relu((xf * factor - p["b_dec"]) @ f64(p["W_enc"]) + p["b_enc"])
+    check(sae, x, f_ref, (f_ref @ f64(p["W_dec"]) + p["b_dec"]) / factor)
+    assert sae.metadata["norm_scaling_factor"] == factor
+
+
+def test_release_gemma_scope_canonical(tmp_path, hf_cache):
+    rng = np.random.default_rng(47)
+    p, x = gemma_scope_params(rng, lower=False), inputs(rng)
+    w.write_gemma_scope_npz(tmp_path / "repo" / "layer_12" / "width_16k" / "average_l0_82", p)
+    w.write_hf_cache(hf_cache, "google/gemma-scope-2b-pt-res", tmp_path / "repo")
+    sae = load_sae("gemma-scope-2b-pt-res-canonical", hookpoint="layer_12/width_16k/canonical")
+    check(sae, x, *ref_jumprelu_no_bdec(x, p))
+    # The snapshot path lacks the repository's name; the hookpoint comes from the directory.
+    assert sae.hook_name == "blocks.12.hook_resid_post"
+    assert sae.metadata["release"]["model"] == "google/gemma-2-2b"
+
+
+def test_release_errors(hf_cache):
+    expect_error(lambda: load_sae("gemma-scope-2b-pt-res-canonical"), "holds 58 SAEs", fix="--sae-id")
+    expect_error(lambda: load_sae("gemma-scope-2b-pt-res-canonical", hookpoint="layer_12/width_16k/canonicl"),
+                 "no SAE 'layer_12/width_16k/canonicl'", "layer_12/width_16k/canonical")
+    expect_error(lambda: load_sae("llama_scope_lxr_8x", hookpoint="l0r_8x"), "llama_scope", fix="save_model")
+    expect_error(lambda: load_sae("gemma-scope-2b-pt-res-canonicl"), "close: gemma-scope-2b-pt-res-canonical")
+    # Found in the directory but not downloaded: the hub error names the repository.
+    expect_error(lambda: load_sae("gpt2-small-res-jb", hookpoint="blocks.0.hook_resid_pre"), "jbloom/GPT2-Small-SAEs-Reformatted")

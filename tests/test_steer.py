@@ -237,10 +237,10 @@ def test_causal_lm_path_through_the_cli(pipeline_setup, tmp_path, capsys):
 
 
 def test_an_sae_of_another_width_is_refused_before_any_work(tiny_model_dir, tmp_path):
-    from autointerp.gather import check_sae_fits  # gather, steer, effects and the intervention scorer all load through it
+    from autointerp.gather import fit_sae  # gather, steer, effects and the intervention scorer all load through it
 
     model = SubjectModel(ModelConfig(name=tiny_model_dir("llama"), hookpoint="blocks.1.hook_resid_post", device="cpu"))
     narrow = SAE(torch.randn(16, 4), torch.zeros(4), torch.randn(4, 16), torch.zeros(16), architecture="standard")
     with pytest.raises(AutointerpError, match="width 16, but hookpoint 'blocks.1.hook_resid_post' has width 32") as err:
-        check_sae_fits(model, narrow)
+        fit_sae(model, narrow)
     assert "hookpoint the SAE was trained on" in err.value.fix
