@@ -95,6 +95,8 @@ def _add_judge_args(p: argparse.ArgumentParser) -> None:
     j.add_argument("--structured-output", choices=STRUCTURED_OUTPUT,
                    help="constrain answers to each task's JSON schema: json_schema (OpenAI, vLLM, llama-server), json_object (llama-cpp-python); default: json_object for local, else off")
     j.add_argument("--local-threads", type=int, help="CPU threads of the local judge's server (default: one per core)")
+    j.add_argument("--prices", help='TOML price table, lines like "gpt-4o-mini" = [0.15, 0.60] (USD per million prompt, completion tokens) '
+                   "under [models], added to the shipped data/prices.toml")
     j.add_argument("--prompt-dir", help="directory with your own prompt files (default: the shipped prompts)")
 
 
@@ -148,12 +150,13 @@ def _positive(text: str) -> int:
 
 
 def _judge_config(a: argparse.Namespace):
-    from .llm import LLMConfig
+    from .llm import LLMConfig, load_prices
 
     if a.judge == "offline":
         return None
     local = a.judge == "local"
-    return LLMConfig(provider=a.judge, model=a.judge_model or "", base_url=a.base_url, api_key_env=a.api_key_env,
+    prices = {} if getattr(a, "prices", None) is None else {"prices": load_prices(a.prices)}
+    return LLMConfig(**prices, provider=a.judge, model=a.judge_model or "", base_url=a.base_url, api_key_env=a.api_key_env,
                      concurrency=a.concurrency or (1 if local else 8), requests_per_minute=a.rpm, tokens_per_minute=a.tpm,
                      timeout_s=a.timeout or (600.0 if local else 60.0), max_retries=a.max_retries,
                      structured_output=a.structured_output, local_threads=a.local_threads)
@@ -229,6 +232,25 @@ def cmd_run(a: argparse.Namespace) -> None:
 
     write_config(Path(cfg.project) / "configs" / f"{cfg.resolved_run_id()}.toml", a)  # before the work: a killed run can be repeated too
     run(cfg, reuse_gather=not a.regather, sae=sae)
+
+
+def cmd_estimate(a: argparse.Namespace) -> None:
+    from .pipeline import check_judge, estimate, gather
+
+    cfg, sae = _run_config(a)
+    cfg = _judged(cfg, a)
+    if cfg.judge is None:
+        from .estimate import refuse_offline
+
+        refuse_offline(None)
+    if (sample := _sample_judge(a)) is not None:
+        cfg.sample_judge, cfg.sample_size = sample, a.sample_size
+    if cfg.judge.provider != "local":  # a missing key or wrong base URL now, not after the run's gather
+        check_judge(cfg)
+    gathered = gather(cfg, reuse=True, sae=sae)
+    print("\n".join(gathered.lines()))
+    for cost in estimate(cfg, gathered.run_id):
+        print("\n".join(cost.lines()))
 
 
 def _sample_judge(a: argparse.Namespace):
@@ -395,6 +417,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--intervention-sample", type=int, default=256,
                    help="causal LMs: score this many of the labels by intervention, a seeded sample (0: none; default: %(default)s)")
     p.set_defaults(func=cmd_run)
+    p = _sub(sub, "estimate", "what `run` would spend: judge calls, prompt and completion tokens and dollars per stage, before any call",
+             "Gathers (or keeps the stored gather: it costs no calls), then renders every prompt explain and score would send on "
+             "the gathered data and counts its tokens; prices come from the package's price table or --prices. Takes the flags of `run`.",
+             "  autointerp estimate --sae gemma-scope-2b-pt-res-canonical --sae-id layer_12/width_16k/canonical \\\n"
+             "                      --judge openai --judge-model gpt-4o-mini --max-features 1000\n"
+             "  autointerp estimate --config gemma-scope-2b-res.toml\n")
+    _add_gather_args(p)
+    _add_judge_args(p)
+    _add_explain_args(p)
+    _add_score_args(p, selection=False)
+    p.add_argument("--sample-judge", choices=["none", "local"], help="as for run")
+    p.add_argument("--sample-size", type=int, default=16, help="(default: %(default)s)")
+    p.set_defaults(func=cmd_estimate)
     p = _sub(sub, "gather", "stream a corpus through model and SAE; store examples and statistics",
              "One streaming pass: the model stops at the hookpoint, the SAE encodes, and every feature keeps its top, "
              "quantile-sampled and verified non-activating windows and its statistics, in memory bounded by features × examples.",

@@ -385,6 +385,27 @@ def saturate_labels(cfg: RunConfig, run_id: str | None = None) -> SaturationSumm
     return run_sync(asaturate_labels(cfg, run_id))
 
 
+async def aestimate(cfg: RunConfig, run_id: str | None = None) -> list:
+    """What `run` would spend on LLM calls for a gathered run: a CostEstimate for the judge and one
+    for the sample judge, if any. Renders every prompt; sends none (see estimate.py)."""
+    from .estimate import estimate_costs, refuse_offline
+
+    judged = [cfg] + ([sample_config(cfg)] if cfg.sample_judge is not None else [])
+    out = []
+    with Store(cfg.project, read_only=True) as store:
+        run_id = run_id or store.run(cfg.run_id)["run_id"]
+        for c in judged:
+            out.append(await estimate_costs(store, run_id, refuse_offline(c.judge), c.explain, c.score, explainer=c.explainer,
+                                            codebook_batch=c.saturation.codebook_batch if c.saturation.method == "codebook" else None,
+                                            prompt_dir=c.prompt_dir))
+    return out
+
+
+def estimate(cfg: RunConfig, run_id: str | None = None) -> list:
+    """aestimate from sync code (notebooks included)."""
+    return run_sync(aestimate(cfg, run_id))
+
+
 def sample_config(cfg: RunConfig) -> RunConfig:
     """The config the sample judge runs under: its own judge, the seeded sample, its scorers."""
     from dataclasses import replace

@@ -30,7 +30,7 @@ from ..store import Store
 from .sampling import HeldOut, derangement, fuzz_snippets, held_out
 from .scorers import CHANCE, HEADLINE, INPUT_SCORERS, SCORERS, Item, Outcome, Scorer
 
-__all__ = ["ScoreConfig", "ScoreSummary", "score", "summarise", "write_summaries", "SCORERS", "INPUT_SCORERS", "HEADLINE", "CHANCE", "held_out", "fuzz_snippets", "HeldOut"]
+__all__ = ["ScoreConfig", "ScoreSummary", "score", "select_scored", "load_held_out", "summarise", "write_summaries", "SCORERS", "INPUT_SCORERS", "HEADLINE", "CHANCE", "held_out", "fuzz_snippets", "HeldOut"]
 
 CONTROL_MODES = ("sample", "all", "none")
 
@@ -128,6 +128,20 @@ def _control_partners(features: list[int], labels: dict[int, str], seed: int) ->
     return partner
 
 
+def select_scored(labelled, cfg: ScoreConfig) -> list[int]:
+    """The labelled features to score: the chosen ones (cfg.features), then a seeded sample."""
+    features = sorted(labelled) if cfg.features is None else sorted(set(cfg.features) & set(labelled))
+    if cfg.sample is not None and cfg.sample < len(features):
+        features = sorted(int(f) for f in np.random.default_rng(cfg.sample_seed).choice(features, cfg.sample, replace=False))
+    return features
+
+
+def load_held_out(store: Store, run_id: str, features: list[int], cfg: ScoreConfig) -> dict[int, HeldOut]:
+    """Each feature's held-out sample (score split only); features without snippets are left out."""
+    return {fs.feature: held_out(fs, cfg.n_top, cfg.n_strata, cfg.n_negative, cfg.seed)
+            for fs in store.feature_snippets(run_id, features, split="score", max_per_kind={"top": cfg.n_top, "negative": cfg.n_negative})}
+
+
 async def score(store: Store, run_id: str, explainer: str, judge: Judge, cfg: ScoreConfig, call_log=None, progress: bool = True,
                 subject=None) -> ScoreSummary:
     """Score every successfully labelled feature of `explainer` with each configured scorer, run the
@@ -137,9 +151,7 @@ async def score(store: Store, run_id: str, explainer: str, judge: Judge, cfg: Sc
 
     labels_df = store.explanations(run_id, explainer)
     labels = {int(r.feature): r.label for r in labels_df.itertuples() if r.status == "ok"}
-    features = sorted(labels) if cfg.features is None else sorted(set(cfg.features) & set(labels))
-    if cfg.sample is not None and cfg.sample < len(features):
-        features = sorted(int(f) for f in np.random.default_rng(cfg.sample_seed).choice(features, cfg.sample, replace=False))
+    features = select_scored(labels, cfg)
     scorers: dict[str, Scorer] = {name: SCORERS[name] for name in cfg.scorers}
     if any(getattr(s, "needs_subject", False) for s in scorers.values()):
         if subject is None:
@@ -156,9 +168,7 @@ async def score(store: Store, run_id: str, explainer: str, judge: Judge, cfg: Sc
     async def run(batch: list[int], source: str, partner: dict[int, int]) -> None:
         for start in range(0, len(batch), cfg.chunk):
             part = batch[start : start + cfg.chunk]
-            missing = [f for f in part if f not in held]
-            for fs in store.feature_snippets(run_id, missing, split="score", max_per_kind={"top": cfg.n_top, "negative": cfg.n_negative}):
-                held[fs.feature] = held_out(fs, cfg.n_top, cfg.n_strata, cfg.n_negative, cfg.seed)
+            held.update(load_held_out(store, run_id, [f for f in part if f not in held], cfg))
             part = [f for f in part if f in held]
             pairs = [(f, partner.get(f, f)) for f in part]
             items = [Item(f, labels[other], held[f], f) for f, other in pairs]
