@@ -21,6 +21,15 @@ METHODS = ("embedding", "codebook")
 # cosine is 0.77. 0.8 keeps related concepts apart at the price of some unmerged paraphrases. That
 # error adds false singletons, which make the stage call saturation later, never earlier.
 DEFAULT_THRESHOLD = 0.8
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def at_least(owner: str, **values: tuple[object, int]) -> None:
+    """Refuse a setting below its minimum, naming its flag (the CLI's flags are these fields)."""
+    for name, (value, minimum) in values.items():
+        if value is not None and (not isinstance(value, int) or value < minimum):
+            flag = "--" + name.replace("_", "-")
+            raise AutointerpError(f"{flag} is {value!r} ({owner}.{name})", f"pass {flag} {minimum} or more")
 
 @dataclass
 class ModelConfig:
@@ -36,6 +45,8 @@ class ModelConfig:
                 raise AutointerpError(f"no hookpoint given for model '{self.name}'",
                                       "pass --hookpoint (list the model's with `autointerp hookpoints --model ...`)")
             self.hookpoint = EMBEDDED_HOOKPOINTS[self.name]
+        if self.dtype not in DTYPES:
+            raise AutointerpError(f"unknown dtype {self.dtype!r} for the model", f"use one of {', '.join(DTYPES)} (--dtype)")
 
 
 @dataclass
@@ -46,6 +57,15 @@ class CorpusConfig:
     context_length: int = 128  # tokens per context, special tokens included
     max_tokens: int | None = 1_000_000  # stop after this many content tokens
     encoding: str = "utf-8"
+
+    def __post_init__(self) -> None:
+        import codecs
+
+        at_least("CorpusConfig", context_length=(self.context_length, 2), max_tokens=(self.max_tokens, 1))
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise AutointerpError(f"unknown text encoding {self.encoding!r}", "pass a Python codec name such as utf-8, latin-1 or cp1252 (--encoding)") from None
 
 
 @dataclass
@@ -61,6 +81,19 @@ class GatherConfig:
     batch_size: int | None = None  # contexts per batch; None sizes it to memory
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        at_least("GatherConfig", n_top=(self.n_top, 1), n_bins=(self.n_bins, 1), per_bin=(self.per_bin, 1),
+                 n_negative=(self.n_negative, 1), window=(self.window, 1), batch_size=(self.batch_size, 1))
+        if not 0 < self.explain_fraction < 1:
+            raise AutointerpError(f"explain_fraction is {self.explain_fraction}", "pass a share between 0 and 1 (both splits need contexts)")
+
+    def bank_bytes(self, n_features: int) -> int:
+        """Memory of the example banks (gather.ExampleBank), allocated at once: per slot five 8-byte
+        and two 4-byte numbers, the window's token ids, and its activations (not for negatives)."""
+        slots = self.n_top + self.n_bins * self.per_bin
+        per_slot = 40 + 4 * self.window
+        return 2 * n_features * (slots * (per_slot + 4 * self.window) + self.n_negative * per_slot)
+
 
 @dataclass
 class TrainConfig:
@@ -75,6 +108,12 @@ class TrainConfig:
     holdout_tokens: int = 40_000  # held out for FVU, L0 and dead fraction
     dead_after_tokens: int = 200_000  # a latent silent this long counts as dead for AuxK
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        at_least("TrainConfig", n_features=(self.n_features, 1), k=(self.k, 1), epochs=(self.epochs, 1),
+                 train_tokens=(self.train_tokens, 1), batch_tokens=(self.batch_tokens, 1))
+        if self.k > self.n_features:
+            raise AutointerpError(f"--k {self.k} is more than --n-features {self.n_features}", "pass --k at most --n-features")
 
 
 @dataclass

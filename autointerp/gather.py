@@ -18,6 +18,7 @@ its index, so the two splits can never share a token.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
@@ -125,10 +126,34 @@ class ExampleBank:
         return {name: None if t is None else t.cpu().numpy() for name, t in out.items()}
 
 
+def free_memory(device: torch.device) -> int:
+    """Bytes that can be allocated now: free GPU memory, or the kernel's MemAvailable."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_bank_memory(cfg: GatherConfig, n_features: int, device: torch.device) -> None:
+    """Refuse banks that cannot fit, before anything is allocated (with room left for the model)."""
+    need, free = cfg.bank_bytes(n_features), free_memory(device)
+    if need > 0.8 * free:
+        slots = cfg.n_top + cfg.n_bins * cfg.per_bin + cfg.n_negative
+        raise AutointerpError(
+            f"the example banks need {need / 2**30:,.1f} GiB ({n_features:,} features × 2 splits × {slots:,} windows of "
+            f"{cfg.window} tokens), but {free / 2**30:,.1f} GiB is free on {device}",
+            "pass a smaller --n-top, --per-bin, --n-negative or --window",
+        )
+
+
 class Gatherer:
     """Streaming state for one gather pass over a fixed SAE."""
 
     def __init__(self, n_features: int, cfg: GatherConfig, device: torch.device, causal: bool):
+        check_bank_memory(cfg, n_features, device)
         self.cfg = cfg
         self.device = device
         self.n_features = n_features

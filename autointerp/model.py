@@ -44,7 +44,17 @@ def keep_freed_memory() -> None:
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise AutointerpError(f"unknown device {device!r}", "pass --device auto, cpu, cuda, cuda:1 or mps") from None
+    if resolved.type == "cuda" and (not torch.cuda.is_available() or (resolved.index or 0) >= torch.cuda.device_count()):
+        raise AutointerpError(f"--device {device} asked for a GPU, but torch sees "
+                              + (f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA (a CPU build, or no GPU visible)"),
+                              "pass --device cpu (or auto), or install a CUDA build of torch on a machine with a GPU")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise AutointerpError(f"--device {device} asked for Apple's MPS, which this machine lacks", "pass --device cpu (or auto)")
+    return resolved
 
 
 def embedded_model_path(name: str = EMBEDDED_MODEL) -> str:
@@ -183,11 +193,18 @@ class _Stop(Exception):
         self.value = value
 
 
+def _looks_like_a_path(name: str) -> bool:
+    """Hub ids are name or owner/name; anything else is meant as a local path."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
 def load_transformers(name: str, device: torch.device, dtype: str = "float32", revision: str | None = None):
     """(model, tokenizer, hf_config, is_causal) for a hub id, a local directory or an embedded model."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     path = embedded_model_path(name) if name.startswith("embedded:") else name
+    if not name.startswith("embedded:") and not Path(path).expanduser().exists() and _looks_like_a_path(path):
+        raise AutointerpError(f"no model at {name}", "check the path of --model (a local directory holding config.json), or pass a hub id owner/name")
     kwargs = {"revision": revision} if revision else {}
     try:
         hf_config = AutoConfig.from_pretrained(path, **kwargs)

@@ -22,7 +22,7 @@ from .errors import AutointerpError
 from .gather import HIST_EDGES, GatherConfig, auto_batch_size, fit_sae, run_gather
 from .model import EMBEDDED_LM, EMBEDDED_MODEL, ModelConfig, SubjectModel, keep_freed_memory
 from .sae import SAE, load_sae, save_saelens
-from .store import RunRecord, Store
+from .store import RunRecord, Store, db_path, remove_database
 from .train import TrainConfig, collect_activations, evaluate_sae, loss_recovered, train_topk_sae
 from .effects import OutputEffectsConfig, output_effects
 from .explain import ExplainConfig, ExplainSummary, explain
@@ -179,8 +179,6 @@ def gather_settings(config: dict) -> dict:
 
 def stored_gather(cfg: RunConfig) -> GatherSummary | None:
     """The summary of this run's stored gather if it was made with the same settings, else None."""
-    from .store import db_path
-
     if not db_path(cfg.project).exists():
         return None
     with Store(cfg.project) as store:
@@ -212,9 +210,11 @@ def gather(cfg: RunConfig, reuse: bool = False, sae: SAE | None = None) -> Gathe
         )
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    new_database = not db_path(cfg.project).exists()
     store = Store(cfg.project)  # opened first: a locked database fails before minutes of work
     try:
         keep_freed_memory()
+        next(iter_documents(cfg.corpus), None)  # a wrong corpus path fails here, before the model loads
         sae = sae or load_configured_sae(cfg)
         model = SubjectModel(cfg.model)
         timings["load"] = time.perf_counter() - t0
@@ -274,6 +274,11 @@ def gather(cfg: RunConfig, reuse: bool = False, sae: SAE | None = None) -> Gathe
             seconds=timings,
             causal=model.is_causal,
         )
+    except BaseException:
+        if new_database:  # a failed first gather leaves no empty database behind
+            store.close()
+            remove_database(cfg.project)
+        raise
     finally:
         store.close()
 
@@ -329,9 +334,9 @@ async def _with_judge(cfg: RunConfig, run_id: str | None, stages):
     from .llm import load_keys
     from .store import CallLog
 
-    store = Store(cfg.project)
+    store = Store(cfg.project, create=False)
     try:
-        run_id = run_id or store.run(cfg.run_id)["run_id"]
+        run_id = store.run(run_id or cfg.run_id)["run_id"]  # an unknown run id is refused, naming the stored ones
         log = CallLog(store, run_id)
         try:
             judge = make_judge(cfg.judge, log, keys=load_keys(cfg.keys_file) if cfg.keys_file else None,
@@ -393,7 +398,7 @@ async def aestimate(cfg: RunConfig, run_id: str | None = None) -> list:
     judged = [cfg] + ([sample_config(cfg)] if cfg.sample_judge is not None else [])
     out = []
     with Store(cfg.project, read_only=True) as store:
-        run_id = run_id or store.run(cfg.run_id)["run_id"]
+        run_id = store.run(run_id or cfg.run_id)["run_id"]
         for c in judged:
             out.append(await estimate_costs(store, run_id, refuse_offline(c.judge), c.explain, c.score, explainer=c.explainer,
                                             codebook_batch=c.saturation.codebook_batch if c.saturation.method == "codebook" else None,

@@ -8,6 +8,7 @@ is idempotent, and a failure leaves what was stored before untouched.
 from __future__ import annotations
 
 import json
+import os
 import re
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -214,16 +215,35 @@ def db_path(project: str | Path) -> Path:
     return Path(project) / DB_NAME
 
 
+def remove_database(project: str | Path) -> None:
+    """Delete a project's database (closed) and its write-ahead log; the directory too when that leaves it empty."""
+    path = db_path(project)
+    for file in (path, path.with_name(path.name + ".wal")):
+        file.unlink(missing_ok=True)
+    try:
+        path.parent.rmdir()
+    except OSError:
+        pass  # other files (configs, reports) stay
+
+
+def _writable(directory: Path) -> bool:
+    return os.access(directory, os.W_OK | os.X_OK)
+
+
 class Store:
-    def __init__(self, project: str | Path, read_only: bool = False):
+    def __init__(self, project: str | Path, read_only: bool = False, create: bool = True):
+        """read_only: a connection that writes nothing; create=False: refuse a project without a database."""
         self.path = db_path(project)
-        if read_only and not self.path.exists():
+        if (read_only or not create) and not self.path.exists():
             raise AutointerpError(f"no database at {self.path}", "run `autointerp gather` (or `autointerp run`) for this project first")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise AutointerpError(f"cannot create the project directory {self.path.parent}: {e.strerror}",
                                   "pass a --project path inside a writable directory") from None
+        if not read_only and not _writable(self.path.parent):
+            raise AutointerpError(f"the project directory {self.path.parent} is not writable",
+                                  "pass a --project in a directory you can write, or change its permissions (chmod u+w)")
         if read_only and _pending_migrations(self.path):
             with Store(project):  # upgrade first: a read-only connection cannot
                 pass
