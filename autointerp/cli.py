@@ -305,14 +305,17 @@ def cmd_report(a: argparse.Namespace) -> None:
 
 
 def cmd_export(a: argparse.Namespace) -> None:
-    from .export import export
+    import os
 
-    from .export import ExportConfig
+    from .export import ExportConfig, export
 
     formats = tuple(x.strip() for x in a.format.split(",") if x.strip())
-    cfg = ExportConfig(explainer=a.explainer, model_id=a.np_model_id, source=a.np_source)
+    if a.np_batch < 1:
+        raise AutointerpError(f"--np-batch is {a.np_batch}", "pass --np-batch 1 or more")
+    cfg = ExportConfig(explainer=a.explainer, model_id=a.np_model_id, source=a.np_source, bulk_batch=a.np_batch)
     for fmt, paths in export(a.project, a.run_id, a.out, formats, cfg).items():
-        print(f"{fmt}: " + ", ".join(str(p) for p in paths))
+        shown = ", ".join(str(p) for p in paths) if len(paths) <= 4 else f"{len(paths)} files under {os.path.commonpath(paths)}"
+        print(f"{fmt}: {shown}")
 
 
 def cmd_steer(a: argparse.Namespace) -> None:
@@ -481,10 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
              "Read from the database alone; needs no key.", "  autointerp export --format neuronpedia\n")
     _add_run_id(p, quiet=False)
     p.add_argument("--out", help="directory (default: <project>/exports/<run id>/)")
-    p.add_argument("--format", default="parquet,neuronpedia,openai", help="comma-separated subset of parquet,neuronpedia,neuronpedia-upload,openai (default: %(default)s)")
+    p.add_argument("--format", default="parquet,neuronpedia,openai", help="comma-separated subset of parquet,neuronpedia,neuronpedia-upload,neuronpedia-bulk,openai (default: %(default)s)")
     p.add_argument("--explainer", help="whose labels the Neuronpedia formats carry (default: the one written last)")
-    p.add_argument("--np-model-id", help="Neuronpedia model id for neuronpedia-upload (default: from the run's model)")
-    p.add_argument("--np-source", help="Neuronpedia source for neuronpedia-upload, e.g. 6-res-jb (default: <layer>-autointerp)")
+    p.add_argument("--np-model-id", help="Neuronpedia model id for neuronpedia-upload and -bulk (default: from the run's model)")
+    p.add_argument("--np-source", help="Neuronpedia source for neuronpedia-upload and -bulk, e.g. 6-res-jb (default: <layer>-autointerp)")
+    p.add_argument("--np-batch", type=int, default=1024, help="features per batch file of neuronpedia-bulk (default: %(default)s)")
     p.set_defaults(func=cmd_export)
     p = _sub(sub, "steer", "generate with a feature's decoder direction added (or the feature clamped) at the SAE's hookpoint",
              "Causal LMs. Strength is in multiples of the feature's max activation in the gather; the unsteered continuation "

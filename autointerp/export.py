@@ -10,7 +10,14 @@
   features, each activation with quantileMin, quantileMax and quantileFraction: null for the top
   windows; for a sample of an equal-count activation-quantile bin, the range of the bin's stored
   samples' peaks and 1 / number of bins.
-Both carry one explainer's labels: `ExportConfig.explainer`, else the one written last.
+- neuronpedia-bulk: the layout of Neuronpedia's bulk exports, which readers of its datasets load:
+  <modelId>/<source>/{features,activations,explanations}/batch-N.jsonl.gz, N from 0, each batch the
+  rows of `bulk_batch` consecutive features. features rows {modelId, layer, index, hookName,
+  maxActApprox, frac_nonzero, pos_str, pos_values, neg_str, neg_values}; activations rows, one per
+  window, {id, modelId, layer, index, tokens, values, maxValue, maxValueTokenIndex, minValue,
+  binMin, binMax, binContains}; explanations rows {id, modelId, layer, index, description, typeName,
+  explanationModelName}. As Neuronpedia writes them, layer is the source id and index a string.
+All three carry one explainer's labels: `ExportConfig.explainer`, else the one written last.
 - openai: OpenAI automated-interpretability `NeuronSimulationResults` records, one a line: the label of each
   explainer as a `ScoredExplanation` whose `ev_correlation_score` is our simulation scorer's Pearson r.
   Per-sequence simulations are not stored, so `scored_sequence_simulations` is empty. The
@@ -31,7 +38,7 @@ from .errors import AutointerpError
 from .report import file_stem
 from .store import Store
 
-FORMATS = ("parquet", "neuronpedia", "neuronpedia-upload", "openai")
+FORMATS = ("parquet", "neuronpedia", "neuronpedia-upload", "neuronpedia-bulk", "openai")
 UPLOAD_BATCH = 128  # features per request: the most Neuronpedia's upload-batch endpoint takes
 METHOD_NAME = "autointerp"  # Neuronpedia's methodName for labels written by this package
 
@@ -43,6 +50,7 @@ class ExportConfig:
     explainer: str | None = None  # whose labels the Neuronpedia formats carry (None: the one written last)
     model_id: str | None = None  # Neuronpedia model id (None: from the run's model name)
     source: str | None = None  # Neuronpedia source, e.g. "6-res-jb" (None: "<layer>-autointerp")
+    bulk_batch: int = 1024  # features per batch file of the bulk export
 
 
 def _finite(x: float | None) -> float | None:
@@ -167,10 +175,83 @@ def neuronpedia_model_id(run: dict) -> str:
     return Path(name.rstrip("/")).name.lower()
 
 
-def _write_upload_batches(store: Store, run_id: str, cfg: ExportConfig, out: Path) -> list[Path]:
-    run = store.run(run_id)
+def neuronpedia_head(run: dict, cfg: ExportConfig) -> dict:
+    """{modelId, source}: as given, else the run's model name and "<layer>-autointerp"."""
     layer = layer_index(run["hookpoint"])
-    head = {"modelId": cfg.model_id or neuronpedia_model_id(run), "source": cfg.source or f"{'' if layer is None else layer}-autointerp".lstrip("-")}
+    return {"modelId": cfg.model_id or neuronpedia_model_id(run), "source": cfg.source or f"{'' if layer is None else layer}-autointerp".lstrip("-")}
+
+
+def bulk_rows(record: dict, head: dict, hook_name: str) -> tuple[dict, list[dict], list[dict]]:
+    """One feature record as the rows of Neuronpedia's bulk export: (feature, activations, explanations)."""
+    where = {"modelId": head["modelId"], "layer": head["source"], "index": str(record["index"])}
+    top, bottom = record["topLogits"] or [], record["bottomLogits"] or []
+    acts = record["activations"]
+    feature = where | {"hookName": hook_name, "maxActApprox": max((max(a["values"], default=0.0) for a in acts), default=0.0),
+                       "frac_nonzero": record["density"], "pos_str": [t["token"] for t in top], "pos_values": [t["value"] for t in top],
+                       "neg_str": [t["token"] for t in bottom], "neg_values": [t["value"] for t in bottom]}
+    activations = []
+    for k, a in enumerate(acts):
+        values = a["values"]
+        peak = max(range(len(values)), key=values.__getitem__) if values else 0
+        activations.append(where | {"id": f"{where['modelId']}@{where['layer']}-{where['index']}-{k}", "tokens": a["tokens"], "values": values,
+                                    "maxValue": values[peak] if values else 0.0, "maxValueTokenIndex": peak, "minValue": min(values, default=0.0),
+                                    "binMin": a.get("quantileMin"), "binMax": a.get("quantileMax"), "binContains": a.get("quantileFraction")})
+    explanations = [where | {"id": f"{where['modelId']}@{where['layer']}-{where['index']}-x{k}", "description": x["text"],
+                             "typeName": x["methodName"], "explanationModelName": x["modelName"]}
+                    for k, x in enumerate(record["explanations"])]
+    return feature, activations, explanations
+
+
+def _write_bulk(store: Store, run_id: str, cfg: ExportConfig, out: Path) -> list[Path]:
+    import gzip
+
+    run = store.run(run_id)
+    head = neuronpedia_head(run, cfg)
+    root = out / head["modelId"] / head["source"]
+    kinds = ("features", "activations", "explanations")
+    for kind in kinds:
+        (root / kind).mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    rows: dict[str, list[dict]] = {kind: [] for kind in kinds}
+    n_in_batch = 0
+
+    def flush() -> None:
+        batch = len(paths) // len(kinds)
+        for kind in kinds:
+            path = root / kind / f"batch-{batch}.jsonl.gz"
+            with gzip.open(path, "wt", encoding="utf-8") as f:
+                for row in rows[kind]:
+                    f.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+            rows[kind].clear()
+            paths.append(path)
+
+    for record in neuronpedia_records(store, run_id, cfg, upload=True):
+        feature, activations, explanations = bulk_rows(record, head, run["hookpoint"])
+        rows["features"].append(feature)
+        rows["activations"].extend(activations)
+        rows["explanations"].extend(explanations)
+        n_in_batch += 1
+        if n_in_batch == cfg.bulk_batch:
+            flush()
+            n_in_batch = 0
+    if n_in_batch:
+        flush()
+    return paths
+
+
+def read_neuronpedia_bulk(root: str | Path) -> dict[str, list[dict]]:
+    """Every row of a bulk export (the directory holding features/, activations/, explanations/), by kind, in batch order."""
+    import gzip
+
+    out = {}
+    for kind in ("features", "activations", "explanations"):
+        files = sorted(Path(root, kind).glob("batch-*.jsonl.gz"), key=lambda p: int(p.name.split("-")[1].split(".")[0]))
+        out[kind] = [json.loads(line) for path in files for line in gzip.open(path, "rt", encoding="utf-8")]
+    return out
+
+
+def _write_upload_batches(store: Store, run_id: str, cfg: ExportConfig, out: Path) -> list[Path]:
+    head = neuronpedia_head(store.run(run_id), cfg)
     out.mkdir(parents=True, exist_ok=True)
     paths, batch = [], []
 
@@ -214,6 +295,8 @@ def export(project: str | Path, run_id: str | None = None, out: str | Path | Non
             written["neuronpedia"] = [_write_jsonl(root / "neuronpedia.jsonl", neuronpedia_records(store, run_id, cfg))]
         if "neuronpedia-upload" in formats:
             written["neuronpedia-upload"] = _write_upload_batches(store, run_id, cfg, root / "neuronpedia_upload")
+        if "neuronpedia-bulk" in formats:
+            written["neuronpedia-bulk"] = _write_bulk(store, run_id, cfg, root / "neuronpedia_bulk")
         if "openai" in formats:
             written["openai"] = [_write_jsonl(root / "openai_explanations.jsonl", openai_records(store, run_id))]
     return written

@@ -172,3 +172,38 @@ def test_neuronpedia_formats_carry_one_explainer(real_run, tmp_path):
     with pytest.raises(AutointerpError, match="has no labels by nobody:x") as err:
         export(real_run, out=tmp_path, formats=("neuronpedia",), cfg=ExportConfig(explainer="nobody:x"))
     assert "offline:token-stats-v1" in err.value.fix
+
+
+def test_bulk_export_reads_back_as_the_store_holds_it(real_run, tmp_path):
+    import duckdb
+
+    from autointerp.export import ExportConfig, read_neuronpedia_bulk
+
+    written = export(real_run, out=tmp_path, formats=("neuronpedia-bulk",), cfg=ExportConfig(bulk_batch=7, model_id="m", source="1-x"))
+    root = tmp_path / "neuronpedia_bulk" / "m" / "1-x"
+    names = sorted(p.relative_to(root).as_posix() for p in written["neuronpedia-bulk"])
+    con = duckdb.connect(str(real_run / "autointerp.duckdb"), read_only=True)
+    n_features = con.execute("SELECT count(*) FROM features WHERE run_id = ?", [RUN]).fetchone()[0]
+    n_batches = math.ceil(n_features / 7)
+    assert names == sorted(f"{kind}/batch-{i}.jsonl.gz" for kind in ("features", "activations", "explanations") for i in range(n_batches))
+    rows = read_neuronpedia_bulk(root)
+    # Independent of the exporter's reads: the tables themselves, by SQL.
+    density = dict(con.execute("SELECT feature, density FROM features WHERE run_id = ?", [RUN]).fetchall())
+    labels = dict(con.execute("SELECT feature, label FROM explanations WHERE run_id = ? AND status = 'ok'", [RUN]).fetchall())
+    windows = dict(con.execute("SELECT feature, count(*) FROM examples WHERE run_id = ? AND kind IN ('top', 'quantile') GROUP BY feature", [RUN]).fetchall())
+    peaks = dict(con.execute("SELECT feature, max(max_activation) FROM examples WHERE run_id = ? AND kind = 'top' GROUP BY feature", [RUN]).fetchall())
+    assert [r["index"] for r in rows["features"]] == [str(f) for f in sorted(density)]
+    for r in rows["features"]:
+        f = int(r["index"])
+        assert (r["modelId"], r["layer"]) == ("m", "1-x") and r["frac_nonzero"] == pytest.approx(density[f])
+        if f in peaks:
+            assert r["maxActApprox"] == pytest.approx(peaks[f], rel=1e-5)
+        assert len(r["pos_str"]) == len(r["pos_values"]) == 10 and r["pos_values"] == sorted(r["pos_values"], reverse=True)
+    per_feature: dict[int, list] = {}
+    for a in rows["activations"]:
+        per_feature.setdefault(int(a["index"]), []).append(a)
+        assert len(a["tokens"]) == len(a["values"]) and a["values"][a["maxValueTokenIndex"]] == a["maxValue"] == max(a["values"])
+        assert (a["binContains"] is None) == (a["binMin"] is None)
+    assert {f: len(v) for f, v in per_feature.items()} == windows  # every top and quantile window (fewer than 20 top ones a feature here)
+    assert {int(x["index"]): x["description"] for x in rows["explanations"]} == labels
+    assert {x["explanationModelName"] for x in rows["explanations"]} == {"token-stats-v1"} and len({x["id"] for x in rows["explanations"]}) == len(labels)
