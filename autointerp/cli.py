@@ -235,7 +235,7 @@ def cmd_run(a: argparse.Namespace) -> None:
 
 
 def cmd_estimate(a: argparse.Namespace) -> None:
-    from .pipeline import check_judge, estimate, gather
+    from .pipeline import estimate, gather
 
     cfg, sae = _run_config(a)
     cfg = _judged(cfg, a)
@@ -245,8 +245,6 @@ def cmd_estimate(a: argparse.Namespace) -> None:
         refuse_offline(None)
     if (sample := _sample_judge(a)) is not None:
         cfg.sample_judge, cfg.sample_size = sample, a.sample_size
-    if cfg.judge.provider != "local":  # a missing key or wrong base URL now, not after the run's gather
-        check_judge(cfg)
     gathered = gather(cfg, reuse=True, sae=sae)
     print("\n".join(gathered.lines()))
     for cost in estimate(cfg, gathered.run_id):
@@ -422,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
     p = _sub(sub, "estimate", "what `run` would spend: judge calls, prompt and completion tokens and dollars per stage, before any call",
              "Gathers (or keeps the stored gather: it costs no calls), then renders every prompt explain and score would send on "
-             "the gathered data and counts its tokens; prices come from the package's price table or --prices. Takes the flags of `run`.",
+             "the gathered data and counts its tokens, with no request made (no key needed); prices come from the package's price table or --prices. Takes the flags of `run`.",
              "  autointerp estimate --sae gemma-scope-2b-pt-res-canonical --sae-id layer_12/width_16k/canonical \\\n"
              "                      --judge openai --judge-model gpt-4o-mini --max-features 1000\n"
              "  autointerp estimate --config gemma-scope-2b-res.toml\n")

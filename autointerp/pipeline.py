@@ -22,6 +22,7 @@ from .errors import AutointerpError
 from .gather import HIST_EDGES, GatherConfig, auto_batch_size, fit_sae, run_gather
 from .model import EMBEDDED_LM, EMBEDDED_MODEL, ModelConfig, SubjectModel, keep_freed_memory
 from .sae import SAE, load_sae, save_saelens
+from .releases import is_release
 from .store import RunRecord, Store, db_path, remove_database
 from .train import TrainConfig, collect_activations, evaluate_sae, loss_recovered, train_topk_sae
 from .effects import OutputEffectsConfig, output_effects
@@ -65,6 +66,8 @@ class RunConfig:
             return self.run_id
         model = {EMBEDDED_MODEL: "minilm", EMBEDDED_LM: "smollm2"}.get(self.model.name) or Path(self.model.name).name
         sae = "trained" if self.sae is None else Path(self.sae.rstrip("/")).name
+        if self.sae is not None and self.sae_hookpoint and is_release(self.sae):  # one release holds many SAEs of a layer
+            sae += f"-{self.sae_hookpoint}"
         return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{model}-{self.model.hookpoint}-{sae}")
 
 

@@ -46,7 +46,7 @@ def test_estimate_matches_the_calls_then_made(pipeline_setup, tmp_path, capsys):
         scorers = ["--scorers", "detection,fuzzing,simulation,embedding"]
         assert main(["estimate", *gather, *judge, *scorers]) == 0
         estimated = _table(capsys.readouterr().out)
-        assert len(server.calls) == 0  # the check of the base URL lists models; it asks the judge nothing
+        assert len(server.calls) == 0  # no request at all: the estimate needs neither a key nor a server
         assert main(["explain", "--project", str(tmp_path / "p"), *judge, "--quiet"]) == 0
         assert main(["score", "--project", str(tmp_path / "p"), *judge, *scorers, "--quiet"]) == 0
         capsys.readouterr()
