@@ -62,6 +62,8 @@ def _add_gather_args(p: argparse.ArgumentParser) -> None:
     gat.add_argument("--window", type=int, default=g.window, help="tokens per example window (default: %(default)s)")
     gat.add_argument("--batch-size", type=int, help="contexts per batch (default: sized to memory)")
     gat.add_argument("--seed", type=int, default=g.seed)
+    gat.add_argument("--memory-gib", type=float, help="memory for the example banks; a dictionary whose banks do not fit is "
+                     "gathered in passes over the corpus, one per shard of features (default: half the free memory)")
     eff = p.add_argument_group("output effects (causal LMs)")
     eff.add_argument("--output-effects", choices=["full", "projection", "none"], default="full",
                      help="per feature: tokens its direction promotes and suppresses (projection) and, with full, the tokens "
@@ -198,7 +200,8 @@ def _run_config(a: argparse.Namespace):
         sae_hookpoint=a.sae_id,
         sae_norm_scale=a.sae_norm_scale,
         train=replace(TrainConfig(), n_features=a.n_features, k=a.k, epochs=a.epochs, train_tokens=a.train_tokens, seed=a.seed),
-        gather=GatherConfig(n_top=a.n_top, n_bins=a.n_bins, per_bin=a.per_bin, n_negative=a.n_negative, window=a.window, batch_size=a.batch_size, seed=a.seed),
+        gather=GatherConfig(n_top=a.n_top, n_bins=a.n_bins, per_bin=a.per_bin, n_negative=a.n_negative, window=a.window, batch_size=a.batch_size, seed=a.seed,
+                            memory_gib=a.memory_gib),
         effects=OutputEffectsConfig(enabled=a.output_effects != "none", token_change=a.output_effects == "full", strength=a.effects_strength,
                                     n_prompts=a.effects_prompts),
         progress=not a.quiet,

@@ -80,8 +80,11 @@ class GatherConfig:
     dense_threshold: float = 0.1  # firing density above which a feature is flagged ultra-dense
     batch_size: int | None = None  # contexts per batch; None sizes it to memory
     seed: int = 0
+    memory_gib: float | None = None  # budget for the example banks; more features than fit are gathered in passes (None: half the free memory)
 
     def __post_init__(self) -> None:
+        if self.memory_gib is not None and not self.memory_gib > 0:
+            raise AutointerpError(f"--memory-gib is {self.memory_gib}", "pass a positive number of GiB, e.g. --memory-gib 8")
         at_least("GatherConfig", n_top=(self.n_top, 1), n_bins=(self.n_bins, 1), per_bin=(self.per_bin, 1),
                  n_negative=(self.n_negative, 1), window=(self.window, 1), batch_size=(self.batch_size, 1))
         if not 0 < self.explain_fraction < 1:
@@ -91,7 +94,7 @@ class GatherConfig:
         """Memory of the example banks (gather.ExampleBank), allocated at once: per slot five 8-byte
         and two 4-byte numbers, the window's token ids, and its activations (not for negatives)."""
         slots = self.n_top + self.n_bins * self.per_bin
-        per_slot = 40 + 4 * self.window
+        per_slot = 44 + 4 * self.window
         return 2 * n_features * (slots * (per_slot + 4 * self.window) + self.n_negative * per_slot)
 
 

@@ -100,6 +100,7 @@ class CostEstimate:
     judge: str
     price: tuple[float, float] | None  # USD per million prompt, completion tokens; None: not in the price table
     stages: list[StageEstimate] = field(default_factory=list)
+    control_growth: Tally | None = None  # what the shuffle control adds if it grows to every feature
 
     def cost(self, t: Tally) -> float | None:
         if self.price is None:
@@ -121,6 +122,11 @@ class CostEstimate:
             return "—" if cost is None else f"${cost:,.2f}" if cost >= 1 else f"${cost:.4f}"
 
         rows = [(s.stage, s.tally, s.note) for s in self.stages] + [("total", self.total, "")]
+        if self.control_growth is not None:
+            most = Tally()
+            most.add(self.total)
+            most.add(self.control_growth)
+            rows.append(("total at most", most, "the shuffle control grown to every feature"))
         width = max(len(r[0]) for r in rows)
         out = [f"cost estimate for run {self.run_id}, judge {self.judge} at {price}; no call made",
                f"  {'stage':<{width}}  {'calls':>9}  {'prompt tokens':>14}  {'completion tokens':>17}  {'cost':>10}"]
@@ -203,6 +209,9 @@ async def _score_stages(out: CostEstimate, client: MeteringClient, judge: LLMJud
     scaled = Tally()
     scaled.add(control, first / n)
     out.stages.append(StageEstimate(f"shuffle control ({first:,} features)", scaled, note))
+    if first < n:
+        out.control_growth = Tally()
+        out.control_growth.add(control, (n - first) / n)
 
 
 def refuse_offline(judge_config: LLMConfig | None) -> LLMConfig:

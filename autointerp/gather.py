@@ -18,6 +18,7 @@ its index, so the two splits can never share a token.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -58,6 +59,44 @@ def split_of(context_ids: np.ndarray, explain_fraction: float, seed: int) -> np.
     return ((z >> np.uint64(11)).astype(np.float64) / 2.0**53 >= explain_fraction).astype(np.int64)
 
 
+_M32 = 0xFFFFFFFF
+
+
+def _mix32(h: torch.Tensor) -> torch.Tensor:
+    """murmur3's 32-bit finaliser on int64 tensors holding values below 2**32 (products wrap; the low
+    32 bits, which are all that is kept, are right either way)."""
+    h = h ^ (h >> 16)
+    h = (h * 0x85EBCA6B) & _M32
+    h = h ^ (h >> 13)
+    h = (h * 0xC2B2AE35) & _M32
+    return h ^ (h >> 16)
+
+
+def _context_hash(seed: int, stream: int, context_ids: torch.Tensor) -> torch.Tensor:
+    c = context_ids.long()
+    return _mix32((_mix32((c & _M32) ^ _mix32(c >> 32)) ^ _mix32(torch.tensor((seed * 0x9E3779B1 + stream) & _M32, device=c.device))))
+
+
+def sample_keys(seed: int, stream: int, features: torch.Tensor, context_ids: torch.Tensor) -> torch.Tensor:
+    """[F, C] uniform keys in [0, 1) from (seed, stream, feature, context) alone: a feature's sample
+    does not depend on which other features or contexts share its pass, its shard or its rank."""
+    h = _mix32(_context_hash(seed, stream, context_ids)[None, :] ^ _mix32(features.long() & _M32)[:, None])
+    return (h >> 8).float() / 2.0**24
+
+
+_TIE_BITS = 29
+
+
+def tie_broken(keys: torch.Tensor, context_ids: torch.Tensor) -> torch.Tensor:
+    """[F, C] float32 keys made unique as float64: equal keys order by context id (the smaller
+    first), each staying below the next float32, so unequal keys keep their order. A bank's
+    content then depends on no arrival order (batching, shards, ranks). Exact below 2**29 contexts."""
+    up = torch.nextafter(keys, torch.full_like(keys, math.inf)).double()
+    base = keys.double()
+    frac = 1.0 - (context_ids.double() + 1) / 2**_TIE_BITS
+    return torch.where(torch.isfinite(keys), base + (up - base) * frac[None, :], base)
+
+
 class ExampleBank:
     """Per feature, the `k` candidates with the largest keys, with their windows.
 
@@ -67,7 +106,7 @@ class ExampleBank:
 
     def __init__(self, n_features: int, k: int, window: int, device: torch.device, with_acts: bool):
         self.k = k
-        self.keys = torch.full((n_features, k), -torch.inf, device=device)
+        self.keys = torch.full((n_features, k), -torch.inf, dtype=torch.float64, device=device)
         self.peak_value = torch.zeros(n_features, k, device=device)
         self.context = torch.full((n_features, k), -1, dtype=torch.long, device=device)
         self.doc = torch.full((n_features, k), -1, dtype=torch.long, device=device)
@@ -110,10 +149,15 @@ class ExampleBank:
         activation, lowest first, and cuts them into that many equal-count bins. `exclude` [F, k]
         drops slots after ranks and bins are set, so the bins still cut the whole sample."""
         filled = (self.context >= 0) & alive[:, None]
+        # Ties (equal peaks in repeated text) are broken by context id, so the order does not depend
+        # on which slot a window happened to land in: the same for any batching, shard or rank.
+        by_context = self.context.argsort(dim=1, stable=True)
         if n_bins is None:
-            order = self.keys.argsort(dim=1, descending=True)  # unfilled slots (key −inf) sort last
+            value = self.keys.gather(1, by_context)  # unfilled slots (key −inf) sort last
+            order = by_context.gather(1, value.argsort(dim=1, descending=True, stable=True))
         else:
-            order = torch.where(filled, self.peak_value, torch.inf).argsort(dim=1, stable=True)
+            value = torch.where(filled, self.peak_value, torch.inf).gather(1, by_context)
+            order = by_context.gather(1, value.argsort(dim=1, stable=True))
         keep = filled if exclude is None else filled & ~exclude
         f, rank = keep.gather(1, order).nonzero(as_tuple=True)
         slot = order[f, rank]
@@ -152,13 +196,15 @@ def check_bank_memory(cfg: GatherConfig, n_features: int, device: torch.device) 
 class Gatherer:
     """Streaming state for one gather pass over a fixed SAE."""
 
-    def __init__(self, n_features: int, cfg: GatherConfig, device: torch.device, causal: bool):
+    def __init__(self, n_features: int, cfg: GatherConfig, device: torch.device, causal: bool, first_feature: int = 0):
+        """first_feature: the SAE index of this gatherer's feature 0 (a shard of the dictionary)."""
         check_bank_memory(cfg, n_features, device)
         self.cfg = cfg
         self.device = device
         self.n_features = n_features
+        self.first_feature = first_feature
+        self.feature_ids = torch.arange(first_feature, first_feature + n_features, device=device)
         self.before = cfg.tokens_before_peak if cfg.tokens_before_peak is not None else (cfg.window * 3 // 4 if causal else cfg.window // 2)
-        self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         n_quant = cfg.n_bins * cfg.per_bin
         self.banks = {
             (s, kind): ExampleBank(n_features, k, cfg.window, device, with_acts=kind != "negative")
@@ -219,18 +265,19 @@ class Gatherer:
                 continue
             peaks = ctx_max[:, rows_s]  # [F, C]
             firing = peaks > 0
-            self.banks[s, "top"].offer(torch.where(firing, peaks, -torch.inf), lambda f, c: ctx.peak_window(f, rows_s[c]))
-            rand = torch.rand(peaks.shape, generator=self.generator, device=dev)
-            self.banks[s, "quantile"].offer(torch.where(firing, rand, -torch.inf), lambda f, c: ctx.peak_window(f, rows_s[c]))
+            ids_s = torch.from_numpy(batch.context_ids).to(dev)[rows_s]
+            self.banks[s, "top"].offer(tie_broken(torch.where(firing, peaks, -torch.inf), ids_s), lambda f, c: ctx.peak_window(f, rows_s[c]))
+            rand = sample_keys(self.cfg.seed, 0, self.feature_ids, ids_s)
+            self.banks[s, "quantile"].offer(tie_broken(torch.where(firing, rand, -torch.inf), ids_s), lambda f, c: ctx.peak_window(f, rows_s[c]))
             if n_grid == 0:
                 continue
             # One grid window per context is a candidate, chosen without looking at activations, so each
             # feature's bank stays a uniform sample of its quiet windows at a fraction of the work.
-            w = torch.randint(n_grid, (rows_s.numel(),), generator=self.generator, device=dev)
+            w = _context_hash(self.cfg.seed, 1, ids_s) % n_grid
             quiet = ~fires[:, rows_s, w] & (neg_len_t[rows_s, w] >= W // 2)  # [F, C]
-            rand = torch.rand(quiet.shape, generator=self.generator, device=dev)
+            rand = sample_keys(self.cfg.seed, 2, self.feature_ids, ids_s)
             self.banks[s, "negative"].offer(
-                torch.where(quiet, rand, -torch.inf),
+                tie_broken(torch.where(quiet, rand, -torch.inf), ids_s),
                 lambda f, c: ctx.fixed_window(rows_s[c], neg_start_t[rows_s[c], w[c]], neg_len_t[rows_s[c], w[c]]),
             )
 
@@ -241,7 +288,7 @@ class Gatherer:
         hist = self.hist.view(self.n_features, -1).cpu().numpy()
         features = pd.DataFrame(
             {
-                "feature": np.arange(self.n_features),
+                "feature": np.arange(self.first_feature, self.first_feature + self.n_features),
                 "n_firing": count,
                 "density": density,
                 "max_activation": self.max.cpu().numpy().astype(np.float64),
@@ -260,6 +307,7 @@ class Gatherer:
                 part = bank.columns(alive, n_bins=cfg.n_bins, exclude=repeats)
             else:
                 part = bank.columns(alive)
+            part["feature"] = part["feature"] + self.first_feature
             n = len(part["feature"])
             part.update(split=np.full(n, s, dtype=np.int8), kind=np.full(n, KINDS.index(kind), dtype=np.int8))
             parts.append(part)
@@ -453,30 +501,56 @@ def fit_sae(model, sae) -> None:
         sae.normalization = "center"
 
 
-def run_gather(model, sae, batches: Iterable[ContextBatch], cfg: GatherConfig, progress: bool = True) -> GatherResult:
-    """Stream batches through model → SAE → Gatherer. `model` is a SubjectModel, `sae` an SAE on the same device."""
+def feature_shards(cfg: GatherConfig, n_features: int, device: torch.device) -> list[tuple[int, int]]:
+    """[lo, hi) ranges of the dictionary whose banks fit the memory budget (cfg.memory_gib, else
+    half the free memory), one corpus pass each: time grows with the passes, memory stays bounded."""
+    budget = cfg.memory_gib * 2**30 if cfg.memory_gib is not None else 0.5 * free_memory(device)
+    per_feature = cfg.bank_bytes(1)
+    size = int(budget // per_feature)
+    if size < 1:
+        raise AutointerpError(f"the memory budget of {budget / 2**30:.2f} GiB holds the banks of no feature "
+                              f"({per_feature / 2**20:.2f} MiB each)", "raise --memory-gib, or pass a smaller --n-top, --per-bin, --n-negative or --window")
+    size = min(size, n_features)
+    n_passes = -(-n_features // size)
+    size = -(-n_features // n_passes)  # equal shards
+    return [(lo, min(lo + size, n_features)) for lo in range(0, n_features, size)]
+
+
+def run_gather(model, sae, batches: Callable[[], Iterable[ContextBatch]], cfg: GatherConfig, progress: bool = True) -> GatherResult:
+    """Stream batches through model → SAE → Gatherer. `model` is a SubjectModel, `sae` an SAE on the
+    same device, `batches` makes a fresh stream of the corpus for each pass (one per feature shard)."""
     from tqdm.auto import tqdm
 
     fit_sae(model, sae)
-    gatherer = Gatherer(sae.d_sae, cfg, model.device, model.is_causal)
+    shards = feature_shards(cfg, sae.d_sae, model.device)
     start = time.perf_counter()
-    bar = tqdm(desc="gather", unit="tok", unit_scale=True, disable=not progress)
-    n_contexts = 0
-    with torch.inference_mode():
-        for batch in batches:
-            x = model.activations(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask))
-            gatherer.update(batch, sae.encode_sparse(x))
-            n_contexts += len(batch.context_ids)
-            bar.update(int(batch.valid.sum()))
-    bar.close()
-    features, examples, contexts = gatherer.finish()
+    results = []
+    for k, (lo, hi) in enumerate(shards):
+        gatherer = Gatherer(hi - lo, cfg, model.device, model.is_causal, first_feature=lo)
+        label = "gather" if len(shards) == 1 else f"gather, features {lo:,}–{hi - 1:,} (pass {k + 1} of {len(shards)})"
+        bar = tqdm(desc=label, unit="tok", unit_scale=True, disable=not progress)
+        n_contexts = 0
+        with torch.inference_mode():
+            for batch in batches():
+                x = model.activations(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask))
+                row, col, val = sae.encode_sparse(x)
+                if len(shards) > 1:
+                    mine = (col >= lo) & (col < hi)
+                    row, col, val = row[mine], col[mine] - lo, val[mine]
+                gatherer.update(batch, (row, col, val))
+                n_contexts += len(batch.context_ids)
+                bar.update(int(batch.valid.sum()))
+        bar.close()
+        results.append((gatherer.finish(), gatherer.n_tokens, n_contexts))
+        del gatherer
+    (_, _, contexts), n_tokens, n_contexts = results[0]
     return GatherResult(
-        features=features,
-        examples=examples,
+        features=pd.concat([r[0][0] for r in results], ignore_index=True),
+        examples=pa.concat_tables([r[0][1] for r in results]),
         contexts=contexts,
-        n_tokens=gatherer.n_tokens,
+        n_tokens=n_tokens,
         n_contexts=n_contexts,
         seconds=time.perf_counter() - start,
-        config=asdict(cfg),
+        config=asdict(cfg) | {"feature_shards": len(shards)},
     )
 

@@ -226,7 +226,7 @@ def gather(cfg: RunConfig, reuse: bool = False, sae: SAE | None = None) -> Gathe
         if model.is_causal:
             metrics |= loss_recovered(model, sae, _batches(cfg, model, sae.d_sae))
         timings["sae"] = time.perf_counter() - t
-        result = run_gather(model, sae, _batches(cfg, model, sae.d_sae), cfg.gather, progress=cfg.progress)
+        result = run_gather(model, sae, lambda: _batches(cfg, model, sae.d_sae), cfg.gather, progress=cfg.progress)
         timings["gather"] = result.seconds
         effects, effect_settings = None, {}
         if model.is_causal and cfg.effects.enabled:

@@ -210,3 +210,35 @@ def test_model_hookpoint_and_dtype_come_from_the_sae_and_a_bad_sae_fails_before_
     save_saelens(sae, tmp_path / "anon", hook_name="blocks.1.hook_resid_post", model_name="")
     assert main(["gather", "--project", str(tmp_path / "q"), "--sae", str(tmp_path / "anon"), *small]) == 2
     assert "does not name the model" in capsys.readouterr().err
+
+
+def test_gpt2_workflow_by_saelens_release_name_through_the_hub_cache(pipeline_setup, tmp_path):
+    """`--sae gpt2-small-res-jb --sae-id ...` as a user writes it: the release resolves to its hub
+    repository, the model (openai-community/gpt2, here a tiny GPT-2 put in the HF cache under that id)
+    and hookpoint come from the release, and its centred residual stream is applied."""
+    import torch
+
+    import sae_writers as w
+    from autointerp.sae import SAE, save_saelens
+    from autointerp.store import Store
+
+    root, corpus, model = pipeline_setup
+    cache = tmp_path / "hf-cache"
+    w.write_hf_cache(cache, "openai-community/gpt2", __import__("pathlib").Path(model))
+    torch.manual_seed(2)
+    sae = SAE(torch.randn(32, 16) * 10, torch.full((16,), -1.0), torch.randn(16, 32), torch.zeros(32), architecture="standard")
+    # As the release's files are: SAELens' cfg.json says nothing of centring; the release's overrides do.
+    save_saelens(sae, tmp_path / "repo" / "blocks.1.hook_resid_pre", hook_name="blocks.1.hook_resid_pre", model_name="gpt2-small")
+    w.write_hf_cache(cache, "jbloom/GPT2-Small-SAEs-Reformatted", tmp_path / "repo")
+    env = {**ENV, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    args = ["run", "--project", str(tmp_path / "p"), "--sae", "gpt2-small-res-jb", "--sae-id", "blocks.1.hook_resid_pre",
+            "--corpus", corpus, "--context-length", "32", "--n-top", "3", "--n-bins", "2", "--per-bin", "2", "--n-negative", "3",
+            "--window", "8", "--batch-size", "4", "--device", "cpu", "--scorers", "detection", "--intervention-sample", "0",
+            "--output-effects", "none", "--quiet"]
+    out = subprocess.run([sys.executable, "-m", "autointerp.cli", *args], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    with Store(tmp_path / "p", read_only=True) as store:
+        run = store.run()
+    assert (run["model"], run["hookpoint"]) == ("openai-community/gpt2", "blocks.1.hook_resid_pre")
+    assert run["run_id"].endswith("gpt2-small-res-jb-blocks.1.hook_resid_pre")
+    assert "explained" in out.stdout and "report:" in out.stdout

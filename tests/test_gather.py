@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -70,8 +71,7 @@ def gathered(gpt2, corpus_file):
     f = np.maximum((x - w["b_dec"]) @ w["W_enc"] + w["b_enc"], 0)  # the oracle: the SAE formula in NumPy
     f[~batch.valid] = 0
     cfg = GatherConfig(n_top=4, n_bins=2, per_bin=3, n_negative=5, window=8, batch_size=3, seed=7)
-    batches = iter_contexts(iter_documents(corpus), gpt2.tokenizer, corpus, cfg.batch_size)
-    result = run_gather(gpt2, sae, batches, cfg, progress=False)
+    result = run_gather(gpt2, sae, lambda: iter_contexts(iter_documents(corpus), gpt2.tokenizer, corpus, cfg.batch_size), cfg, progress=False)
     return result, result.examples.to_pandas(), batch, f, cfg
 
 
@@ -173,7 +173,7 @@ def test_planted_token_feature(tiny_model_dir, corpus_file):
     W_enc[:, 0] = w
     sae = SAE(torch.from_numpy(W_enc), torch.tensor([bias, -1e6], dtype=torch.float32), torch.zeros(2, E.shape[1]), torch.zeros(E.shape[1]), apply_b_dec_to_input=False)
     corpus = CorpusConfig(source=str(corpus_file), context_length=CONTEXT)
-    result = run_gather(model, sae, iter_contexts(iter_documents(corpus), model.tokenizer, corpus, 4), GatherConfig(n_top=5, window=8), progress=False)
+    result = run_gather(model, sae, lambda: iter_contexts(iter_documents(corpus), model.tokenizer, corpus, 4), GatherConfig(n_top=5, window=8), progress=False)
     # Independent count: tokenise every document and count the target id.
     docs = [json.loads(line)["text"] for line in corpus_file.read_text().splitlines()]
     expected = sum(ids.count(target) for ids in model.tokenizer(docs, add_special_tokens=False)["input_ids"])
@@ -223,3 +223,38 @@ def test_result_does_not_depend_on_the_order_of_the_nonzeros(gpt2, corpus_file):
         np.testing.assert_allclose(feats_a[col], feats_b[col], rtol=1e-12)
     assert all((a == b).all() for a, b in zip(feats_a.histogram, feats_b.histogram))
     assert len(ex_a) > 100 and ex_a.equals(ex_b)
+
+
+def test_a_dictionary_gathered_in_feature_shards_equals_one_pass(gpt2, corpus_file):
+    """A memory budget too small for all banks splits the features into passes; each feature's
+    statistics and every kept window, reservoir and negatives included, are the one-pass ones,
+    and batching differently changes nothing either: sample keys hash (seed, feature, context)."""
+    from dataclasses import replace
+
+    from autointerp.gather import feature_shards
+
+    corpus = CorpusConfig(source=str(corpus_file), context_length=CONTEXT)
+    batch, x = _contexts(gpt2, corpus)
+    sae, _ = _random_sae(x[batch.valid], 24, seed=3)
+    cfg = GatherConfig(n_top=4, n_bins=2, per_bin=3, n_negative=5, window=8, batch_size=3, seed=5)
+    budget = cfg.bank_bytes(10) / 2**30  # room for 10 features: 24 become three shards of 8
+    assert feature_shards(replace(cfg, memory_gib=budget), 24, gpt2.device) == [(0, 8), (8, 16), (16, 24)]
+
+    def gather(c):
+        r = run_gather(gpt2, sae, lambda: iter_contexts(iter_documents(corpus), gpt2.tokenizer, corpus, c.batch_size), c, progress=False)
+        ex = r.examples.to_pandas().sort_values(["feature", "split", "kind", "rank"], ignore_index=True)
+        return r, ex
+
+    whole, whole_ex = gather(cfg)
+    sharded, sharded_ex = gather(replace(cfg, memory_gib=budget))
+    rebatched, rebatched_ex = gather(replace(cfg, batch_size=5))
+    assert sharded.config["feature_shards"] == 3 and whole.config["feature_shards"] == 1
+    for other, other_ex in ((sharded, sharded_ex), (rebatched, rebatched_ex)):
+        pd.testing.assert_frame_equal(other.features.drop(columns="histogram"), whole.features.drop(columns="histogram"))
+        assert [list(h) for h in other.features.histogram] == [list(h) for h in whole.features.histogram]
+        pd.testing.assert_frame_equal(other_ex.drop(columns=["token_ids", "activations"]), whole_ex.drop(columns=["token_ids", "activations"]))
+        assert [list(t) for t in other_ex.token_ids] == [list(t) for t in whole_ex.token_ids]
+        as_lists = lambda col: [None if a is None else list(a) for a in col]  # noqa: E731 (negatives keep no activations)
+        assert as_lists(other_ex.activations) == as_lists(whole_ex.activations)
+        assert other.n_tokens == whole.n_tokens and other.contexts.equals(whole.contexts)
+    assert (whole_ex.kind == "quantile").sum() > 0 and (whole_ex.kind == "negative").sum() > 0
