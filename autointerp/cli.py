@@ -532,6 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "runs", "list the runs stored in a project", "One line per run: model, hookpoint, SAE, tokens.", "  autointerp runs --project p\n")
     p.add_argument("--project", default="project")
     p.set_defaults(func=cmd_runs)
+    from .serve import add_parser as add_serve_parser  # standard library only at import: --help stays fast
+
+    add_serve_parser(sub)
     return parser
 
 

@@ -51,6 +51,10 @@ class ReportConfig:
     n_snippets: int = 3  # top snippets per feature card (the HTML size grows with this)
     quantile_bins: tuple[int, ...] = (0, 5)  # plus one quantile sample from each of these bins (0: the weakest activations)
     n_negatives: int = 1  # plus this many verified non-activating windows
+    # Feature cards the HTML holds: one card is about 2.6 KB, and past a few thousand the page is
+    # slow to open and search (16k cards took 9.9 s, 65k 92 s and 4.7 GB of browser memory); the
+    # rest are browsed with `autointerp serve`. Figures and flags always count every feature.
+    max_cards: int = 4096
     n_categories: int = 100  # largest categories listed; the long tail of singletons is only counted
     confidence_scorer: str = "detection"  # whose per-feature null test decides a low-confidence flag
     watch: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_WATCH))
@@ -670,7 +674,12 @@ def _page(d: ReportData, cfg: ReportConfig) -> str:
     sort_options = [("f", "feature index"), ("label", "label A–Z")] + [(f"s-{s}", f"{s} score ↓") for s in scorers] + [("density", "density ↓"), ("max", "max activation ↓")]
 
     painter = HistogramPNG(HIST_EDGES)
-    cards = "".join(_card_html(c, None if c.dead else painter.render(c.histogram), scorers, d.alpha) for c in d.cards)
+    carded = sorted(d.cards, key=lambda c: (c.dead, c.feature))[: cfg.max_cards]  # alive features first
+    cards = "".join(_card_html(c, None if c.dead else painter.render(c.histogram), scorers, d.alpha) for c in sorted(carded, key=lambda c: c.feature))
+    left_out = len(d.cards) - len(carded)
+    beyond = (f'<p class="muted">{left_out:,} more features are left out of this page, which holds at most {cfg.max_cards:,} cards '
+              f"(alive features first) so it opens quickly: browse every feature with <code>autointerp serve --project "
+              f"{e(str(d.db_path.parent))}</code>.</p>") if left_out else ""
 
     dense_threshold = run["config"].get("gather", {}).get("dense_threshold")
     density_svg = density_figure(d.cards, dense_threshold) or '<p class="muted">no feature fired</p>'
@@ -706,7 +715,7 @@ def _page(d: ReportData, cfg: ReportConfig) -> str:
         '<option value="low">low confidence</option><option value="watch">watch-list hits</option><option value="clear">not flagged</option>'
         '<option value="dead">dead</option></select><select id="sort" aria-label="sort">'
         + "".join(f'<option value="{k}">{v}</option>' for k, v in sort_options)
-        + f'</select><span><span id="shown">{len(d.cards):,}</span> of {len(d.cards):,} shown</span></div>'
+        + f'</select><span><span id="shown">{len(carded):,}</span> of {len(carded):,} shown</span></div>{beyond}'
     )
     title = f"autointerp report — {run['run_id']}"
     return (

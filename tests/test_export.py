@@ -123,7 +123,7 @@ def test_hostile_text_survives_every_format_unchanged(tmp_path):
 
 def test_unknown_format_is_refused(tmp_path):
     project = build_project(tmp_path / "p")
-    with pytest.raises(AutointerpError, match=r"unknown export format[\s\S]*fix: choose from parquet, neuronpedia, neuronpedia-upload, openai"):
+    with pytest.raises(AutointerpError, match=r"unknown export format[\s\S]*fix: choose from parquet, neuronpedia, neuronpedia-upload, neuronpedia-bulk, openai"):
         export(project, formats=("parquet", "csv"))
 
 

@@ -297,3 +297,20 @@ def test_an_interrupted_report_leaves_the_previous_one_whole(tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         write_report(project)
     assert first.html.read_bytes() == before
+
+
+def test_a_large_run_keeps_the_page_small_and_points_to_the_browser(real_run, tmp_path):
+    """Past ReportConfig.max_cards the page holds that many cards, alive features first, and says
+    how to browse the rest; the figures still count every feature."""
+    import duckdb
+
+    from autointerp.report import ReportConfig, write_report
+
+    con = duckdb.connect(str(real_run / "autointerp.duckdb"), read_only=True)
+    alive = [f for (f,) in con.execute("SELECT feature FROM features WHERE run_id = ? AND NOT dead ORDER BY feature", [RUN]).fetchall()]
+    n_features = con.execute("SELECT count(*) FROM features WHERE run_id = ?", [RUN]).fetchone()[0]
+    con.close()
+    page = write_report(real_run, RUN, tmp_path / "small.html", ReportConfig(max_cards=5)).html.read_text()
+    shown = [int(f) for f in re.findall(r'id="f(\d+)" class="card"', page)]
+    assert shown == alive[:5]
+    assert f"{n_features - 5:,} more features are left out" in page and "autointerp serve --project" in page
