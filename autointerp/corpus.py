@@ -15,9 +15,9 @@ import hashlib
 import json
 import sys
 import sysconfig
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -43,6 +43,19 @@ class ContextBatch:
     valid: np.ndarray  # [B, T] bool, True at real document tokens
     doc_ids: np.ndarray  # [B, T] int64
     doc_offsets: np.ndarray  # [B, T] int64, token index inside its document
+
+    def take(self, rows: np.ndarray) -> "ContextBatch":
+        """The contexts at `rows` (an index or a boolean mask), e.g. one rank's share."""
+        return ContextBatch(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+
+def rank_share(batches: Iterable[ContextBatch], rank: int, world: int) -> Iterator[ContextBatch]:
+    """The contexts of one of `world` workers, by a stateless rule (context id modulo world), so
+    every worker knows its share without talking to the others."""
+    for batch in batches:
+        mine = batch.context_ids % world == rank
+        if mine.any():
+            yield batch.take(mine)
 
 
 # ---------------------------------------------------------------- documents

@@ -143,6 +143,17 @@ class ExampleBank:
         for name, value in fill(new_f, cand_idx[new_r, new_j]).items():
             getattr(self, name)[new_f, slot] = value
 
+    def absorb(self, other: "ExampleBank") -> None:
+        """Keep the k best of both banks (another rank's, over other contexts): with unique keys this
+        is exactly the bank one pass over all their contexts fills."""
+        best = torch.cat([self.keys, other.keys], dim=1).topk(self.k, dim=1).indices
+        for name in ("keys", "peak_value", "context", "doc", "doc_offset", "peak", "tokens", "acts"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine is None:
+                continue
+            index = best if mine.dim() == 2 else best[:, :, None].expand(-1, -1, mine.shape[2])
+            setattr(self, name, torch.cat([mine, theirs], dim=1).gather(1, index))
+
     def columns(self, alive: torch.Tensor, n_bins: int | None = None, exclude: torch.Tensor | None = None) -> dict[str, np.ndarray]:
         """Flat columns of the filled slots of alive features, copied out slot by slot (never the
         whole bank). rank orders a feature's slots by key, best first; with n_bins it orders them by
@@ -281,6 +292,22 @@ class Gatherer:
                 lambda f, c: ctx.fixed_window(rows_s[c], neg_start_t[rows_s[c], w[c]], neg_len_t[rows_s[c], w[c]]),
             )
 
+    def absorb(self, other: "Gatherer") -> None:
+        """Add the state of a gatherer of the same features over other contexts (another rank's
+        share): counts, sums and histograms add, maxima take the larger, banks keep their best keys.
+        The result is the one-pass gather of all their contexts (sums up to float64 rounding)."""
+        if (other.first_feature, other.n_features) != (self.first_feature, self.n_features):
+            raise ValueError("absorb needs a gatherer of the same features")
+        self.count += other.count
+        self.total += other.total
+        self.hist += other.hist
+        self.max = torch.maximum(self.max, other.max)
+        self.n_tokens += other.n_tokens
+        self.splits += other.splits
+        self.context_ids += other.context_ids
+        for key, bank in self.banks.items():
+            bank.absorb(other.banks[key])
+
     def finish(self) -> tuple[pd.DataFrame, pa.Table, pd.DataFrame]:
         cfg = self.cfg
         count = self.count.cpu().numpy()
@@ -314,7 +341,7 @@ class Gatherer:
         examples = _examples_table(parts)
         contexts = pd.DataFrame(
             {"context_id": np.concatenate(self.context_ids), "split": np.array(SPLITS)[np.concatenate(self.splits)]}
-        )
+        ).sort_values("context_id", ignore_index=True)  # absorbed shares arrive in rank order
         return features, examples, contexts
 
 

@@ -258,3 +258,41 @@ def test_a_dictionary_gathered_in_feature_shards_equals_one_pass(gpt2, corpus_fi
         assert as_lists(other_ex.activations) == as_lists(whole_ex.activations)
         assert other.n_tokens == whole.n_tokens and other.contexts.equals(whole.contexts)
     assert (whole_ex.kind == "quantile").sum() > 0 and (whole_ex.kind == "negative").sum() > 0
+
+
+def test_gatherers_of_context_shares_merge_into_the_one_pass_gather(gpt2, corpus_file):
+    """The basis of a distributed gather: workers take contexts by a stateless rule (context id
+    modulo the number of workers); absorbing their gatherers gives the one-pass examples row for row."""
+    from autointerp.corpus import rank_share
+    from autointerp.gather import Gatherer
+
+    corpus = CorpusConfig(source=str(corpus_file), context_length=CONTEXT)
+    batch, x = _contexts(gpt2, corpus)
+    sae, _ = _random_sae(x[batch.valid], 24, seed=4)
+    cfg = GatherConfig(n_top=4, n_bins=2, per_bin=3, n_negative=5, window=8, batch_size=3, seed=6)
+
+    def gatherer(batches):
+        g = Gatherer(sae.d_sae, cfg, gpt2.device, gpt2.is_causal)
+        with torch.inference_mode():
+            for b in batches:
+                g.update(b, sae.encode_sparse(gpt2.activations(torch.from_numpy(b.input_ids), torch.from_numpy(b.attention_mask))))
+        return g
+
+    def stream():
+        return iter_contexts(iter_documents(corpus), gpt2.tokenizer, corpus, cfg.batch_size)
+
+    whole = gatherer(stream())
+    shares = [gatherer(rank_share(stream(), rank, 3)) for rank in range(3)]
+    assert sum(len(np.concatenate(g.context_ids)) for g in shares) == len(np.concatenate(whole.context_ids))
+    merged = shares[0]
+    for other in shares[1:]:
+        merged.absorb(other)
+    (wf, we, wc), (mf, me, mc) = whole.finish(), merged.finish()
+    order = ["feature", "split", "kind", "rank"]
+    we, me = (t.to_pandas().sort_values(order, ignore_index=True) for t in (we, me))
+    pd.testing.assert_frame_equal(mf.drop(columns="histogram"), wf.drop(columns="histogram"))
+    assert [list(h) for h in mf.histogram] == [list(h) for h in wf.histogram]
+    pd.testing.assert_frame_equal(me.drop(columns=["token_ids", "activations"]), we.drop(columns=["token_ids", "activations"]))
+    assert [list(t) for t in me.token_ids] == [list(t) for t in we.token_ids]
+    pd.testing.assert_frame_equal(mc, wc)
+    assert (we.kind == "quantile").sum() > 0 and (we.kind == "negative").sum() > 0
