@@ -202,6 +202,18 @@ def bulk_rows(record: dict, head: dict, hook_name: str) -> tuple[dict, list[dict
     return feature, activations, explanations
 
 
+def _in_batches(records, size: int):
+    """Lists of at most `size` consecutive records (itertools.batched is Python 3.12+)."""
+    batch = []
+    for record in records:
+        batch.append(record)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def _write_bulk(store: Store, run_id: str, cfg: ExportConfig, out: Path) -> list[Path]:
     import gzip
 
@@ -212,30 +224,19 @@ def _write_bulk(store: Store, run_id: str, cfg: ExportConfig, out: Path) -> list
     for kind in kinds:
         (root / kind).mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
-    rows: dict[str, list[dict]] = {kind: [] for kind in kinds}
-    n_in_batch = 0
-
-    def flush() -> None:
-        batch = len(paths) // len(kinds)
+    for n, batch in enumerate(_in_batches(neuronpedia_records(store, run_id, cfg, upload=True), cfg.bulk_batch)):
+        rows: dict[str, list[dict]] = {kind: [] for kind in kinds}
+        for record in batch:
+            feature, activations, explanations = bulk_rows(record, head, run["hookpoint"])
+            rows["features"].append(feature)
+            rows["activations"].extend(activations)
+            rows["explanations"].extend(explanations)
         for kind in kinds:
-            path = root / kind / f"batch-{batch}.jsonl.gz"
+            path = root / kind / f"batch-{n}.jsonl.gz"
             with gzip.open(path, "wt", encoding="utf-8") as f:
                 for row in rows[kind]:
                     f.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
-            rows[kind].clear()
             paths.append(path)
-
-    for record in neuronpedia_records(store, run_id, cfg, upload=True):
-        feature, activations, explanations = bulk_rows(record, head, run["hookpoint"])
-        rows["features"].append(feature)
-        rows["activations"].extend(activations)
-        rows["explanations"].extend(explanations)
-        n_in_batch += 1
-        if n_in_batch == cfg.bulk_batch:
-            flush()
-            n_in_batch = 0
-    if n_in_batch:
-        flush()
     return paths
 
 
@@ -246,27 +247,21 @@ def read_neuronpedia_bulk(root: str | Path) -> dict[str, list[dict]]:
     out = {}
     for kind in ("features", "activations", "explanations"):
         files = sorted(Path(root, kind).glob("batch-*.jsonl.gz"), key=lambda p: int(p.name.split("-")[1].split(".")[0]))
-        out[kind] = [json.loads(line) for path in files for line in gzip.open(path, "rt", encoding="utf-8")]
+        out[kind] = []
+        for path in files:
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                out[kind].extend(json.loads(line) for line in f)
     return out
 
 
 def _write_upload_batches(store: Store, run_id: str, cfg: ExportConfig, out: Path) -> list[Path]:
     head = neuronpedia_head(store.run(run_id), cfg)
     out.mkdir(parents=True, exist_ok=True)
-    paths, batch = [], []
-
-    def flush() -> None:
-        path = out / f"batch-{len(paths) + 1:05d}.json"
+    paths = []
+    for n, batch in enumerate(_in_batches(neuronpedia_records(store, run_id, cfg, upload=True), UPLOAD_BATCH), 1):
+        path = out / f"batch-{n:05d}.json"
         path.write_text(json.dumps(head | {"features": batch}, ensure_ascii=False, allow_nan=False), encoding="utf-8")
         paths.append(path)
-
-    for record in neuronpedia_records(store, run_id, cfg, upload=True):
-        batch.append(record)
-        if len(batch) == UPLOAD_BATCH:
-            flush()
-            batch = []
-    if batch:
-        flush()
     return paths
 
 
