@@ -242,10 +242,9 @@ def cmd_estimate(a: argparse.Namespace) -> None:
 
     cfg, sae = _run_config(a)
     cfg = _judged(cfg, a)
-    if cfg.judge is None:
-        from .estimate import refuse_offline
+    from .estimate import refuse_offline
 
-        refuse_offline(None)
+    refuse_offline(cfg.judge)  # before the gather, which would be for nothing
     if (sample := _sample_judge(a)) is not None:
         cfg.sample_judge, cfg.sample_size = sample, a.sample_size
     gathered = gather(cfg, reuse=True, sae=sae)

@@ -77,9 +77,8 @@ class MeteringClient(LLMClient):
         import json
 
         text = json.dumps(schema_answer(schema)) if schema else TYPICAL_LABEL
-        tally = self.by_task.setdefault(purpose, Tally())
         prompt, completion = count_tokens(system) + count_tokens(user), count_tokens(text)
-        tally.calls, tally.prompt_tokens, tally.completion_tokens = tally.calls + 1, tally.prompt_tokens + prompt, tally.completion_tokens + completion
+        self.by_task.setdefault(purpose, Tally()).add(Tally(1, prompt, completion))
         return Completion(text=text, provider=self.config.provider, model=self.config.model, prompt_tokens=prompt, completion_tokens=completion,
                           latency_s=0.0, retries=0, cost_usd=None, cached=False, raw="")
 
