@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 from .errors import AutointerpError
-from .explain import ExplainConfig, explain_task, select_features
+from .explain import ExplainConfig, explain_tasks, select_features
 from .judges import LLMJudge
 from .llm import Completion, LLMClient, LLMConfig, RunTotals
 from .prompts import load_prompts
@@ -151,14 +151,11 @@ async def estimate_costs(store: Store, run_id: str, judge_config: LLMConfig, exp
         chosen = select_features(store, run_id, cfg)
         todo = chosen if cfg.redo else [f for f in chosen if f not in labels]
         n_labelled = 0
-        for start in range(0, len(todo), cfg.chunk):
-            part = store.feature_snippets(run_id, todo[start : start + cfg.chunk], split="explain",
-                                          max_per_kind={"top": cfg.n_top, "negative": cfg.n_negative})
-            for fs in part:
-                if fs.explain:
-                    await judge.explain(explain_task(fs, cfg))
-                    labels[fs.feature] = TYPICAL_LABEL
-                    n_labelled += 1
+        for tasks in explain_tasks(store, run_id, todo, cfg):
+            for task in tasks:
+                await judge.explain(task)
+                labels[task.feature] = TYPICAL_LABEL
+            n_labelled += len(tasks)
         skipped = len(chosen) - len(todo)
         out.stages.append(StageEstimate(f"explain ({n_labelled:,} features)", client.take("explain"),
                                         f"{skipped:,} labelled earlier, skipped" if skipped else ""))

@@ -120,6 +120,15 @@ def select_features(store: Store, run_id: str, cfg: ExplainConfig) -> list[int]:
     return list(chosen)
 
 
+def explain_tasks(store: Store, run_id: str, features: list[int], cfg: ExplainConfig):
+    """The explain tasks of `features`, a chunk (cfg.chunk features) at a time, from their explain-split
+    snippets; features without any are left out."""
+    for start in range(0, len(features), cfg.chunk):
+        chunk = store.feature_snippets(run_id, features[start : start + cfg.chunk], split="explain",
+                                       max_per_kind={"top": cfg.n_top, "negative": cfg.n_negative})
+        yield [explain_task(fs, cfg) for fs in chunk if fs.explain]
+
+
 async def _explain_one(judge: Judge, task: ExplainTask, on_done) -> JudgeAnswer:
     answer = await judge.explain(task)
     on_done(answer)
@@ -157,11 +166,9 @@ async def explain(store: Store, run_id: str, judge: Judge, cfg: ExplainConfig, c
         bar.update(1)
         bar.set_postfix(failed=sum(failures.values()), tokens=totals["tokens"], cost=f"${totals['cost']:.4f}")
 
-    for start in range(0, len(todo), cfg.chunk):
+    for tasks in explain_tasks(store, run_id, todo, cfg):
         if stop is not None and stop.stopped_at is not None:
             break
-        chunk = store.feature_snippets(run_id, todo[start : start + cfg.chunk], split="explain", max_per_kind={"top": cfg.n_top, "negative": cfg.n_negative})
-        tasks = [explain_task(fs, cfg) for fs in chunk if fs.explain]
         answers = await map_bounded(lambda t: _explain_one(judge, t, on_done), tasks, judge.concurrency)
         rows = pd.DataFrame(
             {
