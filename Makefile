@@ -4,11 +4,15 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
+# llama.cpp (the local judge) is built for any x86-64 with AVX2 rather than for this CPU: a -march=native
+# build segfaults in its AMX kernels on some Xeons (seen here), and pip would reuse such a wheel from its
+# cache, hence --no-cache-dir. LLAMA_CMAKE_ARGS= (empty) builds it for this CPU.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check $(TORCH)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,local,lm]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q --disable-pip-version-check --no-cache-dir -e '.[test,local,lm]'
 	touch $@
 
 .PHONY: install demo demo-llm demo-lm test bench

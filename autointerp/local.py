@@ -19,11 +19,13 @@ import atexit
 import hashlib
 import importlib.util
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from .errors import AutointerpError
@@ -221,7 +223,16 @@ class LocalServer:
         if self.process is None or self.process.poll() is None:
             return None
         tail = self.log_tail()
-        return f"the local judge's server exited with code {self.process.returncode}" + (f": {tail}" if tail else "")
+        crash = ""
+        if self.process.returncode in (-signal.SIGSEGV, -signal.SIGILL):  # in llama.cpp's CPU kernels, not in Python
+            try:
+                pin = "==" + version("llama-cpp-python")
+            except PackageNotFoundError:
+                pin = ""
+            # A -march=native build crashes on a CPU other than its builder's, and its AMX kernels on some Xeons (seen here).
+            crash = (" (a crash in llama.cpp: rebuild it portable with CMAKE_ARGS=-DGGML_NATIVE=OFF pip install --no-cache-dir "
+                     f"--force-reinstall --no-deps 'llama-cpp-python[server]{pin}')")
+        return f"the local judge's server exited with code {self.process.returncode}{crash}" + (f": {tail}" if tail else "")
 
     def log_tail(self, lines: int = 3) -> str:
         try:

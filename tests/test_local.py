@@ -88,6 +88,16 @@ def test_a_server_that_dies_at_start_is_reported_with_its_log(tmp_path):
     assert str(log) in info.value.fix and "unable to load model" in log.read_text()
 
 
+def test_a_server_that_crashes_names_the_portable_rebuild(tmp_path):
+    """llama.cpp built with -march=native segfaults in its AMX kernels on some Xeons (seen on this project's machines)."""
+    class Crashing(FakeServer):
+        script = "import os, signal; print('INFO: Uvicorn running', flush=True); os.kill(os.getpid(), signal.SIGSEGV)"
+
+    with pytest.raises(AutointerpError, match="exited with code -11 .*CMAKE_ARGS=-DGGML_NATIVE=OFF pip install --no-cache-dir") as info:
+        Crashing(tmp_path / "m.gguf", alias="m", log_path=tmp_path / "log", startup_timeout_s=30).start()
+    assert "Uvicorn running" in str(info.value)
+
+
 def test_a_server_that_comes_up_is_waited_for_and_stopped(tmp_path):
     class Serving(FakeServer):
         script = ("from http.server import BaseHTTPRequestHandler, HTTPServer\n"
