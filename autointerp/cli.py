@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
 from dataclasses import replace
 
 from .errors import AutointerpError
@@ -100,6 +103,12 @@ def _add_judge_args(p: argparse.ArgumentParser) -> None:
     j.add_argument("--prices", help='TOML price table, lines like "gpt-4o-mini" = [0.15, 0.60] (USD per million prompt, completion tokens) '
                    "under [models], added to the shipped data/prices.toml")
     j.add_argument("--prompt-dir", help="directory with your own prompt files (default: the shipped prompts)")
+    j.add_argument("--batch", action="store_true",
+                   help="send explain and score requests through the provider's batch API (OpenAI Batch API, Anthropic Message Batches): "
+                        "half the price, answers within 24 hours; a killed run collects its batches when re-run")
+    j.add_argument("--batch-poll", type=float, default=30.0, help="seconds between looks at a running batch (default: %(default)s)")
+    j.add_argument("--batch-chunk", type=_positive, default=8192,
+                   help="with --batch, features per batch round: each stage reads, submits and stores this many at a time (default: %(default)s)")
 
 
 def _add_selection_args(g) -> None:
@@ -161,7 +170,7 @@ def _judge_config(a: argparse.Namespace):
     return LLMConfig(**prices, provider=a.judge, model=a.judge_model or "", base_url=a.base_url, api_key_env=a.api_key_env,
                      concurrency=a.concurrency or (1 if local else 8), requests_per_minute=a.rpm, tokens_per_minute=a.tpm,
                      timeout_s=a.timeout or (600.0 if local else 60.0), max_retries=a.max_retries,
-                     structured_output=a.structured_output, local_threads=a.local_threads)
+                     structured_output=a.structured_output, local_threads=a.local_threads, batch=a.batch, batch_poll_s=a.batch_poll)
 
 
 def _judged(cfg, a: argparse.Namespace):
@@ -181,6 +190,9 @@ def _judged(cfg, a: argparse.Namespace):
         cfg.score = dc_replace(cfg.score, scorers=scorers, shuffle_control=a.shuffle_control, alpha=a.alpha, n_intervention=a.intervention_prompts)
         if not hasattr(a, "redo"):  # `score` selects its own features; `run` scores what it labelled
             cfg.score = dc_replace(cfg.score, features=a.features, sample=a.sample, sample_seed=a.sample_seed)
+    if cfg.judge is not None and cfg.judge.batch:  # few large batches: each round waits on the provider
+        cfg.explain = dc_replace(cfg.explain, chunk=max(cfg.explain.chunk, a.batch_chunk))
+        cfg.score = dc_replace(cfg.score, chunk=max(cfg.score.chunk, a.batch_chunk))
     cfg.explainer = getattr(a, "explainer", None)
     return cfg
 
@@ -216,7 +228,8 @@ def cmd_gather(a: argparse.Namespace) -> None:
 
     cfg, sae = _run_config(a)
     summary = gather(cfg, sae=sae)
-    print("\n".join(summary.lines()))
+    if summary is not None:  # None: a rank of a distributed gather other than rank 0, which reports
+        print("\n".join(summary.lines()))
 
 
 def cmd_run(a: argparse.Namespace) -> None:
@@ -248,6 +261,8 @@ def cmd_estimate(a: argparse.Namespace) -> None:
     if (sample := _sample_judge(a)) is not None:
         cfg.sample_judge, cfg.sample_size = sample, a.sample_size
     gathered = gather(cfg, reuse=True, sae=sae)
+    if gathered is None:  # another rank of a distributed gather: rank 0 estimates
+        return
     print("\n".join(gathered.lines()))
     for cost in estimate(cfg, gathered.run_id):
         print("\n".join(cost.lines()))
@@ -612,19 +627,30 @@ def main(argv: list[str] | None = None) -> int:
         parser._subparsers._group_actions[0].choices[args.command].set_defaults(**defaults)
         args = parser.parse_args(argv)
     if getattr(args, "quiet", False):  # the libraries' own bars too (model loading, hub downloads); set before they load
-        import os
-
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    rank = os.environ.get("RANK", "0")
+    who = "" if rank == "0" else f"rank {rank}: "  # under torchrun every rank reports its own failure
+    # torchrun stops the other ranks with SIGTERM when one fails: unwinding like Ctrl-C lets a first
+    # gather remove the database it had just created, and leaves a stored one as it was.
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
         args.func(args)
     except AutointerpError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{who}error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"interrupted; {_stored_state(argv)}", file=sys.stderr)
+        print(f"{who}interrupted" + ("" if who else f"; {_stored_state(argv)}"), file=sys.stderr)  # rank 0 owns the store
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

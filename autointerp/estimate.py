@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
+from .batch import BATCH_DISCOUNT
 from .errors import AutointerpError
 from .explain import ExplainConfig, explain_tasks, select_features
 from .judges import LLMJudge
@@ -91,6 +92,7 @@ class StageEstimate:
     stage: str
     tally: Tally
     note: str = ""
+    batched: bool = True  # through --batch at the batch price (the codebook stays live)
 
 
 @dataclass
@@ -116,22 +118,30 @@ class CostEstimate:
     def lines(self) -> list[str]:
         price = (f"${self.price[0]:g} / ${self.price[1]:g} per million prompt / completion tokens" if self.price
                  else "no price in the table (pass --prices FILE)")
-        def money(t: Tally) -> str:
-            cost = self.cost(t)
+        def money(cost: float | None) -> str:
             return "—" if cost is None else f"${cost:,.2f}" if cost >= 1 else f"${cost:.4f}"
 
-        rows = [(s.stage, s.tally, s.note) for s in self.stages] + [("total", self.total, "")]
+        def batch_cost(t: Tally, batched: bool) -> float | None:
+            cost = self.cost(t)
+            return None if cost is None else cost * (BATCH_DISCOUNT if batched else 1.0)
+
+        rows = [(s.stage, s.tally, s.note, batch_cost(s.tally, s.batched)) for s in self.stages]
+        batch_total = None if self.price is None else sum(r[3] for r in rows)
+        rows.append(("total", self.total, "", batch_total))
         if self.control_growth is not None:
             most = Tally()
             most.add(self.total)
             most.add(self.control_growth)
-            rows.append(("total at most", most, "the shuffle control grown to every feature"))
+            growth = batch_cost(self.control_growth, True)
+            rows.append(("total at most", most, "the shuffle control grown to every feature", None if growth is None else batch_total + growth))
         width = max(len(r[0]) for r in rows)
         out = [f"cost estimate for run {self.run_id}, judge {self.judge} at {price}; no call made",
-               f"  {'stage':<{width}}  {'calls':>9}  {'prompt tokens':>14}  {'completion tokens':>17}  {'cost':>10}"]
-        for stage, t, note in rows:
-            out.append(f"  {stage:<{width}}  {t.calls:>9,}  {t.prompt_tokens:>14,}  {t.completion_tokens:>17,}  {money(t):>10}"
-                       + (f"  ({note})" if note else ""))
+               f"  {'stage':<{width}}  {'calls':>9}  {'prompt tokens':>14}  {'completion tokens':>17}  {'cost':>10}  {'with --batch':>12}"]
+        for stage, t, note, batched in rows:
+            out.append(f"  {stage:<{width}}  {t.calls:>9,}  {t.prompt_tokens:>14,}  {t.completion_tokens:>17,}  {money(self.cost(t)):>10}"
+                       f"  {money(batched):>12}" + (f"  ({note})" if note else ""))
+        if self.price is not None:
+            out.append("  with --batch: the provider's batch API at half the price (the codebook's calls stay live), answers within 24 hours")
         return out
 
 
@@ -168,7 +178,7 @@ async def estimate_costs(store: Store, run_id: str, judge_config: LLMConfig, exp
             batch = ordered[start : start + codebook_batch]
             await judge.codebook(batch, codes)
             codes += batch  # the upper bound: each label a category of its own
-        out.stages.append(StageEstimate("saturate (codebook)", client.take("codebook"), "every label a new category: an upper bound"))
+        out.stages.append(StageEstimate("saturate (codebook)", client.take("codebook"), "every label a new category: an upper bound", batched=False))
     return out
 
 

@@ -104,6 +104,8 @@ class ExampleBank:
     their current floor, and only writes the windows of candidates that enter.
     """
 
+    FIELDS = ("keys", "peak_value", "context", "doc", "doc_offset", "peak", "tokens", "acts")
+
     def __init__(self, n_features: int, k: int, window: int, device: torch.device, with_acts: bool):
         self.k = k
         self.keys = torch.full((n_features, k), -torch.inf, dtype=torch.float64, device=device)
@@ -147,7 +149,7 @@ class ExampleBank:
         """Keep the k best of both banks (another rank's, over other contexts): with unique keys this
         is exactly the bank one pass over all their contexts fills."""
         best = torch.cat([self.keys, other.keys], dim=1).topk(self.k, dim=1).indices
-        for name in ("keys", "peak_value", "context", "doc", "doc_offset", "peak", "tokens", "acts"):
+        for name in self.FIELDS:
             mine, theirs = getattr(self, name), getattr(other, name)
             if mine is None:
                 continue
@@ -307,6 +309,17 @@ class Gatherer:
         self.context_ids += other.context_ids
         for key, bank in self.banks.items():
             bank.absorb(other.banks[key])
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        """Every tensor of the state, in a fixed order: what another rank sends to be absorbed."""
+        banks = [getattr(bank, name) for _, bank in sorted(self.banks.items()) for name in ExampleBank.FIELDS]
+        return [self.count, self.total, self.max, self.hist] + [t for t in banks if t is not None]
+
+    def state_objects(self) -> tuple:
+        return self.n_tokens, self.splits, self.context_ids
+
+    def load_state_objects(self, state: tuple) -> None:
+        self.n_tokens, self.splits, self.context_ids = state
 
     def finish(self) -> tuple[pd.DataFrame, pa.Table, pd.DataFrame]:
         cfg = self.cfg
@@ -528,11 +541,16 @@ def fit_sae(model, sae) -> None:
         sae.normalization = "center"
 
 
-def feature_shards(cfg: GatherConfig, n_features: int, device: torch.device) -> list[tuple[int, int]]:
-    """[lo, hi) ranges of the dictionary whose banks fit the memory budget (cfg.memory_gib, else
-    half the free memory), one corpus pass each: time grows with the passes, memory stays bounded."""
-    budget = cfg.memory_gib * 2**30 if cfg.memory_gib is not None else 0.5 * free_memory(device)
-    per_feature = cfg.bank_bytes(1)
+def feature_shards(cfg: GatherConfig, n_features: int, device: torch.device, group=None) -> list[tuple[int, int]]:
+    """[lo, hi) ranges of the dictionary whose banks fit the memory budget of each rank (cfg.memory_gib,
+    else half the free memory, shared by the ranks of a node on CPUs), one corpus pass each: time grows
+    with the passes, memory stays bounded. Ranks agree on the smallest budget; in a distributed
+    gather a merging rank holds a second gatherer, received from its partner."""
+    local = 1 if group is None or device.type == "cuda" else group.world.local_size
+    budget = cfg.memory_gib * 2**30 if cfg.memory_gib is not None else 0.5 * free_memory(device) / local
+    if group is not None:
+        budget = group.min(budget)
+    per_feature = cfg.bank_bytes(1) * (1 if group is None else 2)
     size = int(budget // per_feature)
     if size < 1:
         raise AutointerpError(f"the memory budget of {budget / 2**30:.2f} GiB holds the banks of no feature "
@@ -543,41 +561,55 @@ def feature_shards(cfg: GatherConfig, n_features: int, device: torch.device) -> 
     return [(lo, min(lo + size, n_features)) for lo in range(0, n_features, size)]
 
 
-def run_gather(model, sae, batches: Callable[[], Iterable[ContextBatch]], cfg: GatherConfig, progress: bool = True) -> GatherResult:
+def run_gather(model, sae, batches: Callable[[], Iterable[ContextBatch]], cfg: GatherConfig, progress: bool = True,
+               group=None) -> GatherResult | None:
     """Stream batches through model → SAE → Gatherer. `model` is a SubjectModel, `sae` an SAE on the
-    same device, `batches` makes a fresh stream of the corpus for each pass (one per feature shard)."""
+    same device, `batches` makes a fresh stream of the corpus for each pass (one per feature shard).
+    With a distributed.Group, this rank gathers its share of the contexts and the shares are merged
+    into rank 0's result; the other ranks return None."""
     from tqdm.auto import tqdm
 
+    from .corpus import rank_share
+
     fit_sae(model, sae)
-    shards = feature_shards(cfg, sae.d_sae, model.device)
+    shards = feature_shards(cfg, sae.d_sae, model.device, group)
+    root = group is None or group.world.is_root
     start = time.perf_counter()
     results = []
     for k, (lo, hi) in enumerate(shards):
-        gatherer = Gatherer(hi - lo, cfg, model.device, model.is_causal, first_feature=lo)
+        def fresh():
+            return Gatherer(hi - lo, cfg, model.device, model.is_causal, first_feature=lo)
+
+        gatherer = fresh()
         label = "gather" if len(shards) == 1 else f"gather, features {lo:,}–{hi - 1:,} (pass {k + 1} of {len(shards)})"
-        bar = tqdm(desc=label, unit="tok", unit_scale=True, disable=not progress)
-        n_contexts = 0
+        if group is not None:
+            label += f", rank 0 of {group.world.size}"
+        bar = tqdm(desc=label, unit="tok", unit_scale=True, disable=not (progress and root))
+        stream = batches() if group is None else rank_share(batches(), group.world.rank, group.world.size)
         with torch.inference_mode():
-            for batch in batches():
+            for batch in stream:
                 x = model.activations(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask))
                 row, col, val = sae.encode_sparse(x)
                 if len(shards) > 1:
                     mine = (col >= lo) & (col < hi)
                     row, col, val = row[mine], col[mine] - lo, val[mine]
                 gatherer.update(batch, (row, col, val))
-                n_contexts += len(batch.context_ids)
                 bar.update(int(batch.valid.sum()))
         bar.close()
-        results.append((gatherer.finish(), gatherer.n_tokens, n_contexts))
+        if group is not None:
+            gatherer = group.merge(gatherer, fresh)
+        if gatherer is not None:
+            results.append((gatherer.finish(), gatherer.n_tokens))
         del gatherer
-    (_, _, contexts), n_tokens, n_contexts = results[0]
+    if not root:
+        return None
+    (_, _, contexts), n_tokens = results[0]
     return GatherResult(
         features=pd.concat([r[0][0] for r in results], ignore_index=True),
         examples=pa.concat_tables([r[0][1] for r in results]),
         contexts=contexts,
         n_tokens=n_tokens,
-        n_contexts=n_contexts,
+        n_contexts=len(contexts),
         seconds=time.perf_counter() - start,
         config=asdict(cfg) | {"feature_shards": len(shards)},
     )
-

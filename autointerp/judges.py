@@ -93,7 +93,8 @@ class LLMJudge:
         self.client = client
         self.config = config
         self.name = config.name
-        self.concurrency = config.concurrency
+        # Through a batch API every task of a chunk is in flight at once: they go out as one batch.
+        self.concurrency = config.batch_max_requests if config.batch else config.concurrency
         self.settings = {"provider": config.provider, "model": config.model, "temperature": config.temperature,
                          "max_tokens": config.max_tokens, "structured_output": config.structured_output}
         self._on_close = on_close

@@ -166,6 +166,11 @@ class LLMConfig:
     prices: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_PRICES))
     local_threads: int | None = None  # provider "local": CPU threads of the server (None: one per core)
     local_context: int = 4096  # provider "local": the server's context window in tokens
+    # The provider's batch API (batch.py): half the price, answers within the provider's 24 hours.
+    batch: bool = False
+    batch_poll_s: float = 30.0  # between two looks at a running batch
+    batch_idle_s: float = 1.0  # a queue no request has joined for this long goes out as a batch
+    batch_max_requests: int = 50_000  # per batch (the providers allow 50,000 and 100,000)
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
@@ -203,7 +208,10 @@ class LLMConfig:
             raise AutointerpError(f"unknown structured output mode {self.structured_output!r}", f"use one of {', '.join(STRUCTURED_OUTPUT)}")
         if spec.protocol == "anthropic" and self.structured_output != "off":
             raise AutointerpError("the Anthropic Messages API takes no response_format", "leave structured output off for provider 'anthropic'")
-        for name in ("max_tokens", "timeout_s", "concurrency", "requests_per_minute", "tokens_per_minute", "max_consecutive_failures", "local_threads", "local_context"):
+        if self.batch and spec.base_url == "managed":
+            raise AutointerpError("the local judge's server has no batch API", "leave --batch off for --judge local")
+        for name in ("max_tokens", "timeout_s", "concurrency", "requests_per_minute", "tokens_per_minute", "max_consecutive_failures", "local_threads",
+                     "local_context", "batch_poll_s", "batch_idle_s", "batch_max_requests"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise AutointerpError(f"LLMConfig.{name} must be positive, got {value}", f"set {name} above 0")
@@ -321,14 +329,45 @@ class LLMCall:
         )
 
 
+@dataclass
+class BatchRequest:
+    """One request for a provider's batch API; its custom_id there is its cache key."""
+
+    cache_key: str
+    purpose: str
+    feature: int | None
+    system: str
+    user: str
+    params: dict
+
+
+@dataclass
+class BatchRecord:
+    """A batch as the ledger keeps it: our id (written before the provider is asked), the
+    provider's id once it answered, and the requests it holds."""
+
+    local_id: str
+    requests: list[BatchRequest]
+    submitted_at: datetime  # naive UTC, as the store keeps timestamps
+    batch_id: str | None = None
+    status: str = "submitting"  # submitting | submitted | ended | failed | lost
+
+
 class CallStore(Protocol):
     """Response cache + call log. `record` receives every call that reached the network,
     failed ones included, and returns the id it gave the call; an implementation must serve
-    only error-free calls from `lookup`. Cache hits are not recorded again."""
+    only error-free calls from `lookup`. Cache hits are not recorded again. The batch ledger
+    (batch_opened, batch_update, open_batches) remembers requests sent through a batch API."""
 
     def lookup(self, cache_key: str) -> Completion | None: ...
 
     def record(self, call: LLMCall) -> int: ...
+
+    def batch_opened(self, record: BatchRecord, provider: str, model: str, base_url: str | None) -> None: ...
+
+    def batch_update(self, local_id: str, status: str, batch_id: str | None = None, detail: str | None = None) -> None: ...
+
+    def open_batches(self, provider: str, model: str, base_url: str | None) -> list[BatchRecord]: ...
 
 
 class MemoryCallStore:
@@ -337,6 +376,17 @@ class MemoryCallStore:
     def __init__(self) -> None:
         self.calls: list[LLMCall] = []
         self._cache: dict[str, LLMCall] = {}
+        self.batches: dict[str, tuple[tuple, BatchRecord]] = {}  # local id → ((provider, model, base_url), record)
+
+    def batch_opened(self, record: BatchRecord, provider: str, model: str, base_url: str | None) -> None:
+        self.batches[record.local_id] = ((provider, model, base_url), replace(record, status="submitting"))
+
+    def batch_update(self, local_id: str, status: str, batch_id: str | None = None, detail: str | None = None) -> None:
+        record = self.batches[local_id][1]
+        record.status, record.batch_id = status, batch_id or record.batch_id
+
+    def open_batches(self, provider: str, model: str, base_url: str | None) -> list[BatchRecord]:
+        return [r for where, r in self.batches.values() if where == (provider, model, base_url) and r.status in ("submitting", "submitted")]
 
     def lookup(self, cache_key: str) -> Completion | None:
         call = self._cache.get(cache_key)
@@ -783,16 +833,15 @@ class OpenAIChatClient(_SDKClient):
             max_retries=0,  # tenacity owns retrying
         )
 
+    def body(self, system: str, user: str, params: Mapping[str, object]) -> dict:
+        """The request body, live or as one line of a batch."""
+        return {"model": self.config.model, "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}], **params}
+
     async def _request(self, system: str, user: str, params: Mapping[str, object]) -> str:
         # The SDK's generic post (same auth, base URL and transport as chat.completions.create)
         # skips create()'s typed-parameter transform, ~1 ms of CPU per call: at 32 calls in
         # flight that is the difference between keeping up with the server and not.
-        body = {
-            "model": self.config.model,
-            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
-            **params,
-        }
-        return await self._sdk.post("/chat/completions", body=body, cast_to=str)  # str: the raw body
+        return await self._sdk.post("/chat/completions", body=self.body(system, user, params), cast_to=str)  # str: the raw body
 
     def _parse(self, body: dict) -> tuple[str, int | None, int | None]:
         text = body["choices"][0]["message"]["content"]
@@ -820,13 +869,12 @@ class AnthropicClient(_SDKClient):
             max_retries=0,  # tenacity owns retrying
         )
 
+    def body(self, system: str, user: str, params: Mapping[str, object]) -> dict:
+        """The request's parameters, live or as one request of a message batch."""
+        return {"model": self.config.model, "system": system, "messages": [{"role": "user", "content": user}], "max_tokens": params["max_tokens"]}
+
     async def _request(self, system: str, user: str, params: Mapping[str, object]) -> str:
-        response = await self._sdk.messages.with_raw_response.create(
-            model=self.config.model,
-            system=system,
-            messages=[{"role": "user", "content": user}],
-            max_tokens=params["max_tokens"],
-        )
+        response = await self._sdk.messages.with_raw_response.create(**self.body(system, user, params))
         return response.http_response.text
 
     def _parse(self, body: dict) -> tuple[str, int | None, int | None]:
@@ -863,4 +911,8 @@ def make_client(
             f'export {config.api_key_env}=<key>, or add {config.provider} = "<key>" to a keys file (--keys-file)',
         )
     cls = AnthropicClient if spec.protocol == "anthropic" else OpenAIChatClient
+    if config.batch:
+        from .batch import make_batch_client
+
+        return make_batch_client(cls(config, store, key, fatal))
     return cls(config, store, key, fatal)

@@ -8,13 +8,14 @@ import re
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute
+import torch
 
 from . import __version__
 from .corpus import CorpusConfig, iter_contexts, iter_documents
@@ -23,6 +24,7 @@ from .gather import HIST_EDGES, GatherConfig, auto_batch_size, fit_sae, run_gath
 from .model import EMBEDDED_LM, EMBEDDED_MODEL, ModelConfig, SubjectModel, keep_freed_memory
 from .sae import SAE, load_sae, save_saelens
 from .releases import is_release
+from .distributed import group, rank_device, world
 from .store import RunRecord, Store, db_path, remove_database
 from .train import TrainConfig, collect_activations, evaluate_sae, loss_recovered, train_topk_sae
 from .effects import OutputEffectsConfig, output_effects
@@ -113,9 +115,10 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def _batches(cfg: RunConfig, model: SubjectModel, n_features: int):
+def _batches(cfg: RunConfig, model: SubjectModel, n_features: int, ranks: int = 1):
+    """The corpus in batches; with several ranks each batch holds every rank's share of about batch_size contexts."""
     batch_size = cfg.gather.batch_size or auto_batch_size(cfg.corpus.context_length, n_features, model.device)
-    return iter_contexts(iter_documents(cfg.corpus), model.tokenizer, cfg.corpus, batch_size)
+    return iter_contexts(iter_documents(cfg.corpus), model.tokenizer, cfg.corpus, batch_size * ranks)
 
 
 def load_configured_sae(cfg: RunConfig) -> SAE | None:
@@ -148,16 +151,14 @@ def model_for_sae(sae: SAE | None, name: str | None = None, hookpoint: str | Non
 
 def prepare_sae(cfg: RunConfig, model: SubjectModel, run_id: str, sae: SAE | None = None) -> tuple[SAE, str, dict]:
     """The configured SAE (given already loaded, or loaded here), or one trained when none is
-    configured. Returns (sae, source, metrics)."""
+    configured. Returns (sae, source, metrics): a trained SAE's held-out metrics, none for a given one
+    (see evaluate_given_sae)."""
     if cfg.sae is not None:
         sae = (sae or load_configured_sae(cfg)).to(model.device)
         fit_sae(model, sae)
         if sae.hook_name and sae.hook_name not in (model.hook.name, model.hook.module_path):
             warnings.warn(f"the SAE names hookpoint '{sae.hook_name}' but you read '{model.hook.name}'; make sure they are the same place")
-        if cfg.eval_tokens <= 0:
-            return sae, cfg.sae, {}
-        _, held = collect_activations(model, _batches(cfg, model, sae.d_sae), 0, cfg.eval_tokens)
-        return sae, cfg.sae, evaluate_sae(sae, held).as_dict()
+        return sae, cfg.sae, {}
     x_train, x_held = collect_activations(model, _batches(cfg, model, cfg.train.n_features), cfg.train.train_tokens, cfg.train.holdout_tokens)
     sae, metrics, log = train_topk_sae(x_train, x_held, cfg.train, progress=cfg.progress)
     del x_train
@@ -170,6 +171,14 @@ def prepare_sae(cfg: RunConfig, model: SubjectModel, run_id: str, sae: SAE | Non
         extra_metadata={"trained_by": "autointerp", "train_config": asdict(cfg.train), "heldout": metrics.as_dict(), "train_seconds": log["seconds"]},
     )
     return sae, str(out), {**metrics.as_dict(), "train_seconds": log["seconds"], "train_tokens": log["train_tokens"]}
+
+
+def evaluate_given_sae(cfg: RunConfig, model: SubjectModel, sae: SAE) -> dict:
+    """FVU, L0 and dead fraction of a configured SAE on the first eval_tokens of the corpus."""
+    if cfg.sae is None or cfg.eval_tokens <= 0:
+        return {}
+    _, held = collect_activations(model, _batches(cfg, model, sae.d_sae), 0, cfg.eval_tokens)
+    return evaluate_sae(sae, held).as_dict()
 
 
 # The RunConfig fields that decide what a gather stores; a stored run gathered with the same ones is current.
@@ -199,35 +208,58 @@ def stored_gather(cfg: RunConfig) -> GatherSummary | None:
                              causal=bool(run["output_effects"]) or "loss_clean" in run["sae_metrics"])
 
 
-def gather(cfg: RunConfig, reuse: bool = False, sae: SAE | None = None) -> GatherSummary:
+def gather(cfg: RunConfig, reuse: bool = False, sae: SAE | None = None) -> GatherSummary | None:
     """Model → SAE (loaded or trained) → one streaming gather pass → the store. With reuse, a run
     already gathered with the same settings is kept as it is (and its labels and scores with it).
-    sae: the configured SAE when the caller has loaded it already (see load_configured_sae)."""
-    if reuse and (summary := stored_gather(cfg)) is not None:
-        return summary
-    run_id = cfg.resolved_run_id()
+    sae: the configured SAE when the caller has loaded it already (see load_configured_sae).
+
+    Under torchrun (WORLD_SIZE > 1) every rank gathers its share of the contexts and rank 0 merges
+    them, evaluates the SAE and writes the store; the other ranks return None."""
+    w = world()
+    if w.distributed and cfg.sae is None:
+        raise AutointerpError("a distributed gather needs an SAE to read: training one runs in a single process",
+                              "train it first with `autointerp gather` in one process (it is saved under PROJECT/saes/), then pass --sae that directory")
     if not 0 < cfg.gather.window <= cfg.corpus.context_length:
         raise AutointerpError(
             f"example windows of {cfg.gather.window} tokens do not fit in contexts of {cfg.corpus.context_length}",
             f"use --window between 1 and {cfg.corpus.context_length}, or a longer --context-length",
         )
+    model_cfg = replace(cfg.model, device=rank_device(cfg.model.device, w))
+    with group(w, torch.device(model_cfg.device if model_cfg.device.startswith("cuda") else "cpu")) as g:
+        stored = stored_gather(cfg) if reuse and w.is_root else None
+        if g is not None and g.broadcast(stored is not None):
+            return stored
+        if stored is not None:
+            return stored
+        return _gather(cfg, model_cfg, sae, g)
+
+
+def _gather(cfg: RunConfig, model_cfg: ModelConfig, sae: SAE | None, g) -> GatherSummary | None:
+    run_id = cfg.resolved_run_id()
+    root = g is None or g.world.is_root
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    new_database = not db_path(cfg.project).exists()
-    store = Store(cfg.project)  # opened first: a locked database fails before minutes of work
+    new_database = root and not db_path(cfg.project).exists()
+    store = Store(cfg.project) if root else None  # opened first: a locked database fails before minutes of work
     try:
         keep_freed_memory()
         next(iter_documents(cfg.corpus), None)  # a wrong corpus path fails here, before the model loads
         sae = sae or load_configured_sae(cfg)
-        model = SubjectModel(cfg.model)
+        model = SubjectModel(model_cfg)
         timings["load"] = time.perf_counter() - t0
         t = time.perf_counter()
         sae, sae_source, metrics = prepare_sae(cfg, model, run_id, sae)
+        timings["sae"] = time.perf_counter() - t
+        ranks = 1 if g is None else g.world.size
+        result = run_gather(model, sae, lambda: _batches(cfg, model, sae.d_sae, ranks), cfg.gather, progress=cfg.progress, group=g)
+        if not root:
+            return None
+        timings["gather"] = result.seconds
+        t = time.perf_counter()
+        metrics |= evaluate_given_sae(cfg, model, sae)
         if model.is_causal:
             metrics |= loss_recovered(model, sae, _batches(cfg, model, sae.d_sae))
-        timings["sae"] = time.perf_counter() - t
-        result = run_gather(model, sae, lambda: _batches(cfg, model, sae.d_sae), cfg.gather, progress=cfg.progress)
-        timings["gather"] = result.seconds
+        timings["evaluate"] = time.perf_counter() - t
         effects, effect_settings = None, {}
         if model.is_causal and cfg.effects.enabled:
             alive = result.features.feature[~result.features.dead].astype(int).tolist()
@@ -283,7 +315,8 @@ def gather(cfg: RunConfig, reuse: bool = False, sae: SAE | None = None) -> Gathe
             remove_database(cfg.project)
         raise
     finally:
-        store.close()
+        if store is not None:
+            store.close()
 
 
 def run_sync(coro):
@@ -416,8 +449,6 @@ def estimate(cfg: RunConfig, run_id: str | None = None) -> list:
 
 def sample_config(cfg: RunConfig) -> RunConfig:
     """The config the sample judge runs under: its own judge, the seeded sample, its scorers."""
-    from dataclasses import replace
-
     return replace(cfg, judge=cfg.sample_judge, explain=replace(cfg.explain, sample=cfg.sample_size, features=None, max_features=None, stop_coverage=None),
                    score=cfg.sample_score, sample_judge=None)
 
@@ -429,16 +460,17 @@ def run(cfg: RunConfig, reuse_gather: bool = True, echo=print, sae: SAE | None =
     from .compare import sample_lines
     from .report import ReportConfig, write_report
 
-    check_judge(cfg)  # a wrong key, base URL or missing local model fails before minutes of gathering
-    if cfg.sample_judge is not None:
-        check_judge(sample_config(cfg))
+    if world().is_root:  # under torchrun the other ranks only gather
+        check_judge(cfg)  # a wrong key, base URL or missing local model fails before minutes of gathering
+        if cfg.sample_judge is not None:
+            check_judge(sample_config(cfg))
     gathered = gather(cfg, reuse=reuse_gather, sae=sae)
+    if gathered is None:
+        return
     echo("\n".join(gathered.lines()))
     explained, scored = label_and_score(cfg, gathered.run_id)
     echo("\n".join(explained.lines() + scored.lines()))
     if gathered.causal and cfg.intervention_sample > 0:
-        from dataclasses import replace
-
         intervened = replace(cfg, explainer=explained.explainer,
                              score=replace(cfg.score, scorers=("intervention",), sample=cfg.intervention_sample, features=None))
         _, by_intervention = label_and_score(intervened, gathered.run_id, explain_stage=False)

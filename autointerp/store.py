@@ -179,6 +179,18 @@ ALTER TABLE runs ADD COLUMN output_effects JSON;
 ALTER TABLE vocab ADD COLUMN piece VARCHAR;
 ALTER TABLE runs ADD COLUMN histogram_edges DOUBLE[];
 """ + VOCAB_PIECES.format(runs="SELECT run_id FROM vocab") + VIEWS),
+    # Requests sent through a provider's batch API (batch.py): written before the batch is created,
+    # so a run killed while a batch runs at the provider collects it on the re-run instead of
+    # paying for the same requests again.
+    ("llm batches", """
+CREATE TABLE llm_batches (
+    local_id VARCHAR PRIMARY KEY, batch_id VARCHAR, provider VARCHAR, model VARCHAR, base_url VARCHAR, run_id VARCHAR,
+    status VARCHAR, n_requests INTEGER, submitted_at TIMESTAMP, ended_at TIMESTAMP, detail VARCHAR
+);
+CREATE TABLE llm_batch_requests (
+    local_id VARCHAR, cache_key VARCHAR, purpose VARCHAR, feature BIGINT, system VARCHAR, "user" VARCHAR, params VARCHAR
+);
+"""),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -727,6 +739,42 @@ class CallLog:
         self.flush()
         self._journal.close()
         self.journal_path.unlink(missing_ok=True)
+
+    # The batch ledger (batch.py): which requests went to which provider batch, and how it ended.
+
+    def batch_opened(self, record, provider: str, model: str, base_url: str | None) -> None:
+        """Store a batch's requests before the provider is asked to run them (status 'submitting')."""
+        reqs = record.requests
+        requests = pa.table({"local_id": [record.local_id] * len(reqs), "cache_key": [r.cache_key for r in reqs],
+                             "purpose": [r.purpose for r in reqs], "feature": pa.array([r.feature for r in reqs], pa.int64()),
+                             "system": [r.system for r in reqs], "user": [r.user for r in reqs],
+                             "params": [json.dumps(r.params, sort_keys=True) for r in reqs]})
+        with self.store._transaction():
+            self.store.con.execute("INSERT INTO llm_batches VALUES (?, NULL, ?, ?, ?, ?, 'submitting', ?, ?, NULL, NULL)",
+                                   [record.local_id, provider, model, base_url, self.run_id, len(reqs), record.submitted_at])
+            self.store._insert("llm_batch_requests", requests)
+
+    def batch_update(self, local_id: str, status: str, batch_id: str | None = None, detail: str | None = None) -> None:
+        """'submitted' (with the provider's id), or how it ended: 'ended', 'failed', 'lost'."""
+        ended = _now() if status != "submitted" else None
+        self.store.con.execute("UPDATE llm_batches SET status = ?, batch_id = coalesce(?, batch_id), detail = coalesce(?, detail), "
+                               "ended_at = ? WHERE local_id = ?", [status, batch_id, detail, ended, local_id])
+
+    def open_batches(self, provider: str, model: str, base_url: str | None) -> list:
+        """The batches of this endpoint and model that were submitted (or being submitted) and not collected."""
+        from .llm import BatchRecord, BatchRequest
+
+        rows = self.store.con.execute(
+            "SELECT local_id, batch_id, status, submitted_at FROM llm_batches WHERE provider = ? AND model = ? "
+            "AND base_url IS NOT DISTINCT FROM ? AND status IN ('submitting', 'submitted') ORDER BY submitted_at",
+            [provider, model, base_url]).fetchall()
+        out = []
+        for local_id, batch_id, status, submitted_at in rows:
+            reqs = self.store.con.execute('SELECT cache_key, purpose, feature, system, "user", params FROM llm_batch_requests '
+                                          "WHERE local_id = ?", [local_id]).fetchall()
+            out.append(BatchRecord(local_id, [BatchRequest(k, p, f, sy, u, json.loads(pa_)) for k, p, f, sy, u, pa_ in reqs],
+                                   submitted_at, batch_id, status))
+        return out
 
     @classmethod
     def _arrow(cls, rows: list[dict]) -> pa.Table:

@@ -52,6 +52,25 @@ print(json.dumps({"features": n, "tokens": result.n_tokens, "passes": len(shards
 """
 
 
+def cost_model_lines(rows: list[dict]) -> list[str]:
+    """The model the table checks: banks proportional to the features in a pass, the rest beside them."""
+    from autointerp.config import GatherConfig
+
+    cfg = GatherConfig()
+    slots = cfg.n_top + cfg.n_bins * cfg.per_bin
+    measured = [r for r in rows if "error" not in r]
+    overhead = [r["peak_rss_gib"] - r["shard_gib"] for r in measured]
+    return ["Cost model. Banks (allocated once per pass, two splits): "
+            f"2 × F × (slots × (44 + 8·window) + negatives × (44 + 4·window)) bytes with {slots} slots, "
+            f"{cfg.n_negative} negatives and window {cfg.window}: {cfg.bank_bytes(1) / 2**10:.1f} KiB a feature. "
+            "A budget B gives ceil(F × bank_bytes(1) / B) passes, each reading the whole corpus, so memory is one "
+            "pass's banks plus the rest below, and time is passes × (model forward + encode and bank update, "
+            "both proportional to the features in the pass).",
+            "",
+            "The rest, peak RSS minus one pass's banks (the model; the SAE weights, 2 × F × d × 4 bytes; one batch's "
+            "feature activations, batch tokens × F × 4 bytes, with batches that auto_batch_size shrinks as F grows; Python): " + ", ".join(f"{r['features']:,}: {o:.2f} GiB" for r, o in zip(measured, overhead)) + "."]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="4096,16384,65536,131072")
@@ -80,6 +99,7 @@ def main() -> None:
         else:
             lines.append(f"| {r['features']:,} | {r['passes']} | {r['bank_gib']:.2f} | {r['shard_gib']:.2f} | {r['peak_rss_gib']:.2f} | "
                          f"{r['seconds']} | {r['tokens_per_s']:,} | {r['examples']:,} |")
+    lines += ["", *cost_model_lines(rows)]
     (REPORTS / f"gather_large{suffix}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

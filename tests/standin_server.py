@@ -9,17 +9,23 @@ the real client code (auth headers, retries off, error mapping) without the netw
         server.requests  # every request received, raw headers and body included
 
 Faults are consumed one per request, in order; when the queue is empty requests are
-answered normally. `latency_s` adds a fixed delay to every request (requests are served
+answered normally. The batch endpoints (OpenAI's /v1/files + /v1/batches, Anthropic's
+/v1/messages/batches) run a batch when it has been polled `batch_polls` times; batch faults
+(`inject_batch`) make the next batch expire part-way or fail. `batch_billed` lists every request
+of every batch created (a provider runs them all, polled or not), `batch_runs` those answered. `latency_s` adds a fixed delay to every request (requests are served
 concurrently, one thread each), and `max_in_flight` records the peak concurrency.
 """
 
 from __future__ import annotations
 
+import email.parser
 import json
+import re
 import threading
 import time
 import uuid
 from collections import deque
+from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
@@ -78,6 +84,24 @@ class Fault:
     def truncated(cls) -> Fault:
         """200 whose Content-Length promises more bytes than are sent."""
         return cls("truncated")
+
+
+@dataclass(frozen=True)
+class BatchFault:
+    """What the next batch created does instead of running every request."""
+
+    kind: str  # "expire" | "fail"
+    answered: int = 0  # expire: how many of its requests ran before it expired
+    message: str = "stand-in batch failure"
+
+    @classmethod
+    def expire(cls, answered: int) -> BatchFault:
+        return cls("expire", answered=answered)
+
+    @classmethod
+    def fail(cls, message: str = "model_not_found: the model does not exist") -> BatchFault:
+        """OpenAI: status failed with this error (validation). Anthropic: every request errored."""
+        return cls("fail", message=message)
 
 
 @dataclass
@@ -172,6 +196,12 @@ class StandinServer:
         self.responder = responder
         self.latency_s = latency_s
         self.requests: list[Recorded] = []
+        self.batch_polls = 2  # a batch runs at its second look
+        self.batch_runs: list[str] = []  # custom ids of every request a batch ran, in order
+        self.batch_billed: list[str] = []  # custom ids of every request of every batch created: a provider runs (and bills) them all
+        self._files: dict[str, bytes] = {}
+        self._batches: dict[str, dict] = {}  # id → {"api", "object", "requests", "polls", "fault"}
+        self._batch_faults: deque[BatchFault] = deque()
         self.max_in_flight = 0
         self._in_flight = 0
         self._faults: deque[Fault] = deque()
@@ -203,6 +233,10 @@ class StandinServer:
     def inject(self, *faults: Fault) -> None:
         with self._lock:
             self._faults.extend(faults)
+
+    def inject_batch(self, *faults: BatchFault) -> None:
+        with self._lock:
+            self._batch_faults.extend(faults)
 
     @property
     def pending_faults(self) -> int:
@@ -238,6 +272,88 @@ class StandinServer:
         with self._lock:
             self._in_flight -= 1
 
+    # The batch endpoints' state, kept under the lock.
+    def _new_file(self, data: bytes) -> str:
+        file_id = f"file-{uuid.uuid4().hex[:24]}"
+        with self._lock:
+            self._files[file_id] = data
+        return file_id
+
+    def _new_batch(self, api: str, obj: dict, requests: list[tuple[str, str, dict]]) -> dict:
+        with self._lock:
+            fault = self._batch_faults.popleft() if self._batch_faults else None
+            self._batches[obj["id"]] = {"api": api, "object": obj, "requests": requests, "polls": 0, "fault": fault}
+            self.batch_billed.extend(cid for cid, _, _ in requests)
+        return obj
+
+    def _look(self, batch_id: str, answer: Callable[[str, dict], dict]) -> dict | None:
+        """A poll: the batch's object, run once it has been looked at batch_polls times."""
+        with self._lock:
+            batch = self._batches.get(batch_id)
+            if batch is None:
+                return None
+            batch["polls"] += 1
+            due = batch["polls"] >= self.batch_polls and "results" not in batch
+        if due:
+            self._run_batch(batch, answer)
+        with self._lock:
+            return json.loads(json.dumps(batch["object"]))
+
+    def _run_batch(self, batch: dict, answer: Callable[[str, dict], dict]) -> None:
+        fault: BatchFault | None = batch["fault"]
+        runs = len(batch["requests"]) if fault is None else (fault.answered if fault.kind == "expire" else 0)
+        results = [(cid, answer(path, body)) for cid, path, body in batch["requests"][:runs]]
+        with self._lock:
+            self.batch_runs.extend(cid for cid, _ in results)
+            batch["results"] = results
+            _finish_batch(self, batch)
+
+
+def _finish_batch(server: StandinServer, batch: dict) -> None:
+    """Set a run batch's final state and result files, as each API reports it."""
+    obj, fault, results = batch["object"], batch["fault"], batch["results"]
+    done = {cid for cid, _ in results}
+    rest = [cid for cid, _, _ in batch["requests"] if cid not in done]
+    now = int(time.time())
+    if batch["api"] == "openai":
+        if fault is not None and fault.kind == "fail":
+            code, _, message = fault.message.partition(": ")
+            obj.update(status="failed", failed_at=now, errors={"object": "list", "data": [{"code": code, "message": message, "line": None, "param": None}]})
+            return
+        output = [{"id": f"batch_req_{uuid.uuid4().hex[:16]}", "custom_id": cid, "error": None,
+                   "response": {"status_code": 200, "request_id": uuid.uuid4().hex, "body": body}} for cid, body in results]
+        errors = [{"id": f"batch_req_{uuid.uuid4().hex[:16]}", "custom_id": cid, "response": None,
+                   "error": {"code": "batch_expired", "message": "This request could not be executed before the completion window expired."}}
+                  for cid in rest]
+        obj["output_file_id"] = _jsonl_file(server, output)
+        obj["error_file_id"] = _jsonl_file(server, errors)
+        obj["request_counts"] = {"total": len(batch["requests"]), "completed": len(output), "failed": len(errors)}
+        obj.update(status="expired" if rest else "completed", **{("expired_at" if rest else "completed_at"): now})
+        return
+    lines = [{"custom_id": cid, "result": {"type": "succeeded", "message": body}} for cid, body in results]
+    if fault is not None and fault.kind == "fail":
+        lines += [{"custom_id": cid, "result": {"type": "errored", "error": {"type": "error", "error": {"type": "invalid_request_error", "message": fault.message}}}}
+                  for cid in rest]
+    else:
+        lines += [{"custom_id": cid, "result": {"type": "expired"}} for cid in rest]
+    batch["lines"] = lines
+    counts = {"processing": 0, "succeeded": len(results), "errored": 0, "canceled": 0, "expired": 0}
+    counts["errored" if fault is not None and fault.kind == "fail" else "expired"] += len(rest)
+    obj.update(processing_status="ended", ended_at=_iso(time.time()), request_counts=counts,
+               results_url=f"{server.url}/v1/messages/batches/{obj['id']}/results")
+
+
+def _jsonl_file(server: StandinServer, rows: list[dict]) -> str | None:
+    if not rows:
+        return None
+    file_id = f"file-{uuid.uuid4().hex[:24]}"
+    server._files[file_id] = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    return file_id
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z")
+
 
 def find_leaks(secret: str, *things: object) -> list[str]:
     """The reprs/strs of `things` that contain `secret` (empty list: no leak)."""
@@ -265,8 +381,9 @@ def _make_handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
             recorded = Recorded(self.path, headers, b"", time.monotonic())
             with server._lock:
                 server.requests.append(recorded)
-            if self.path != MODELS_PATH:
-                self._send_json(404, _error_body(self.path, 404, f"no route {self.path}"))
+            if self.path.split("?")[0] != MODELS_PATH:
+                if not self._batch_route(recorded):
+                    self._send_json(404, _error_body(self.path, 404, f"no route {self.path}"))
                 return
             anthropic_style = "anthropic-version" in headers
             if self._reject_auth(recorded, anthropic_style):
@@ -291,7 +408,8 @@ def _make_handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
 
         def _serve(self, req: Recorded) -> None:
             if req.path not in (OPENAI_PATH, ANTHROPIC_PATH):
-                self._send_json(404, _error_body(req.path, 404, f"no route {req.path}"))
+                if not self._batch_route(req):
+                    self._send_json(404, _error_body(req.path, 404, f"no route {req.path}"))
                 return
             if server.latency_s:
                 time.sleep(server.latency_s)
@@ -333,18 +451,95 @@ def _make_handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
             return False
 
         def _answer(self, req: Recorded) -> dict:
+            return _reply(server, req.path, req.json())
+
+        def _batch_route(self, req: Recorded) -> bool:
+            """The batch endpoints of both APIs; False when the path is none of them."""
+            path, method = req.path.split("?")[0], self.command
+            openai_batch = re.fullmatch(r"/v1/batches/([\w-]+)", path)
+            openai_file = re.fullmatch(r"/v1/files/([\w-]+)/content", path)
+            message_batch = re.fullmatch(r"/v1/messages/batches/([\w-]+)(/results)?", path)
+            known = {("POST", "/v1/files"), ("POST", "/v1/batches"), ("GET", "/v1/batches"), ("POST", "/v1/messages/batches")}
+            if (method, path) not in known and not ((openai_batch or openai_file or message_batch) and method == "GET"):
+                return False
+            anthropic_style = path.startswith("/v1/messages")
+            if self._reject_auth(req, anthropic_style):
+                return True
+            fault = server._next_fault()
+            if fault is not None and fault.kind == "status":
+                self._send_json(fault.status, _error_body(ANTHROPIC_PATH if anthropic_style else OPENAI_PATH, fault.status, "stand-in fault"), fault.headers)
+                return True
+            if fault is not None and fault.kind == "drop":
+                self.close_connection = True
+                return True
+            if (method, path) == ("POST", "/v1/files"):
+                self._send_json(200, self._upload(req))
+            elif (method, path) == ("POST", "/v1/batches"):
+                self._create_openai_batch(req)
+            elif (method, path) == ("GET", "/v1/batches"):
+                with server._lock:
+                    data = [dict(b["object"]) for b in server._batches.values() if b["api"] == "openai"][::-1]  # newest first
+                self._send_json(200, {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                                      "last_id": data[-1]["id"] if data else None, "has_more": False})
+            elif openai_batch or (message_batch and not message_batch.group(2)):
+                batch = server._look((openai_batch or message_batch).group(1), lambda p, body: _reply(server, p, body))
+                if batch is None:
+                    self._send_json(404, _error_body(ANTHROPIC_PATH if anthropic_style else OPENAI_PATH, 404, f"no batch {path}"))
+                else:
+                    self._send_json(200, batch)
+            elif openai_file:
+                with server._lock:
+                    data = server._files.get(openai_file.group(1))
+                if data is None:
+                    self._send_json(404, _error_body(OPENAI_PATH, 404, f"no file {openai_file.group(1)}"))
+                else:
+                    self._send_raw(200, data, content_type="application/octet-stream")
+            elif message_batch:  # results
+                with server._lock:
+                    lines = server._batches.get(message_batch.group(1), {}).get("lines")
+                if lines is None:
+                    self._send_json(404, _error_body(ANTHROPIC_PATH, 404, "the batch has not ended"))
+                else:
+                    self._send_raw(200, "".join(json.dumps(line) + "\n" for line in lines).encode(), content_type="application/binary")
+            else:  # POST /v1/messages/batches
+                self._create_message_batch(req)
+            return True
+
+        def _upload(self, req: Recorded) -> dict:
+            form = email.parser.BytesParser().parsebytes(b"content-type: " + req.headers["content-type"].encode() + b"\r\n\r\n" + req.body)
+            parts = {part.get_param("name", header="content-disposition"): part for part in form.get_payload()}
+            data = parts["file"].get_payload(decode=True)
+            return {"id": server._new_file(data), "object": "file", "bytes": len(data), "created_at": int(time.time()),
+                    "filename": parts["file"].get_filename(), "purpose": parts["purpose"].get_payload(decode=True).decode(), "status": "processed"}
+
+        def _create_openai_batch(self, req: Recorded) -> None:
             request = req.json()
-            model = request.get("model", "unknown")
-            if req.path == ANTHROPIC_PATH:
-                system = request.get("system", "")
-                user = _text_of(request["messages"][-1]["content"])
-                text = server.responder(system, user)
-                return _anthropic_body(model, text, _token_count(system + user), _token_count(text))
-            messages = request["messages"]
-            system = next((m["content"] for m in messages if m["role"] == "system"), "")
-            user = _text_of(messages[-1]["content"])
-            text = server.responder(system, user)
-            return _openai_body(model, text, _token_count(system + user), _token_count(text))
+            with server._lock:
+                data = server._files.get(request.get("input_file_id"))
+            if data is None or request.get("endpoint") != OPENAI_PATH:
+                self._send_json(400, _error_body(OPENAI_PATH, 400, "input_file_id must name an uploaded file; endpoint /v1/chat/completions"))
+                return
+            lines = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+            now = int(time.time())
+            obj = {"id": f"batch_{uuid.uuid4().hex[:24]}", "object": "batch", "endpoint": request["endpoint"], "errors": None,
+                   "input_file_id": request["input_file_id"], "completion_window": request.get("completion_window", "24h"),
+                   "status": "validating", "output_file_id": None, "error_file_id": None, "created_at": now, "in_progress_at": None,
+                   "expires_at": now + 86400, "finalizing_at": None, "completed_at": None, "failed_at": None, "expired_at": None,
+                   "cancelling_at": None, "cancelled_at": None, "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+                   "metadata": request.get("metadata")}
+            self._send_json(200, server._new_batch("openai", obj, [(line["custom_id"], line["url"], line["body"]) for line in lines]))
+
+        def _create_message_batch(self, req: Recorded) -> None:
+            requests = req.json().get("requests") or []
+            if not requests or any(not re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", r.get("custom_id", "")) for r in requests):
+                self._send_json(400, _error_body(ANTHROPIC_PATH, 400, "requests: each needs a custom_id of 1-64 letters, digits, _ or -"))
+                return
+            now = time.time()
+            obj = {"id": f"msgbatch_{uuid.uuid4().hex[:24]}", "type": "message_batch", "processing_status": "in_progress",
+                   "request_counts": {"processing": len(requests), "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0},
+                   "ended_at": None, "created_at": _iso(now), "expires_at": _iso(now + 86400), "archived_at": None,
+                   "cancel_initiated_at": None, "results_url": None}
+            self._send_json(200, server._new_batch("anthropic", obj, [(r["custom_id"], ANTHROPIC_PATH, r["params"]) for r in requests]))
 
         def _send_json(self, status: int, payload: dict, headers: tuple[tuple[str, str], ...] = ()) -> None:
             self._send_raw(status, json.dumps(payload).encode(), headers=headers)
@@ -355,9 +550,10 @@ def _make_handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
             data: bytes,
             headers: tuple[tuple[str, str], ...] = (),
             content_length: int | None = None,
+            content_type: str = "application/json",
         ) -> None:
             self.send_response(status)
-            self.send_header("content-type", "application/json")
+            self.send_header("content-type", content_type)
             self.send_header("content-length", str(content_length if content_length is not None else len(data)))
             for name, value in headers:
                 self.send_header(name, value)
@@ -367,6 +563,21 @@ def _make_handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True  # leave the promised bytes unsent
 
     return Handler
+
+
+def _reply(server: StandinServer, path: str, request: dict) -> dict:
+    """The answer body to one request of either API, live or in a batch."""
+    model = request.get("model", "unknown")
+    if path == ANTHROPIC_PATH:
+        system = request.get("system", "")
+        user = _text_of(request["messages"][-1]["content"])
+        text = server.responder(system, user)
+        return _anthropic_body(model, text, _token_count(system + user), _token_count(text))
+    messages = request["messages"]
+    system = next((m["content"] for m in messages if m["role"] == "system"), "")
+    user = _text_of(messages[-1]["content"])
+    text = server.responder(system, user)
+    return _openai_body(model, text, _token_count(system + user), _token_count(text))
 
 
 def _text_of(content: str | list) -> str:

@@ -27,9 +27,9 @@ def test_token_rule_and_smallest_answers():
 def _table(out: str) -> dict[str, tuple[int, int, int, str]]:
     rows = {}
     for line in out.splitlines():
-        m = re.match(r"\s+(.+?)\s{2,}([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+(\S+)", line)
+        m = re.match(r"\s+(.+?)\s{2,}([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+(\S+)\s+(\S+)", line)
         if m:
-            rows[m.group(1).split(" (")[0]] = (*(int(m.group(i).replace(",", "")) for i in (2, 3, 4)), m.group(5))
+            rows[m.group(1).split(" (")[0]] = (*(int(m.group(i).replace(",", "")) for i in (2, 3, 4)), m.group(5), m.group(6))
     return rows
 
 
@@ -60,7 +60,10 @@ def test_estimate_matches_the_calls_then_made(pipeline_setup, tmp_path, capsys):
         assert estimated[f"score {scorer}"][0] * 2 == billed[scorer][0], scorer
     assert estimated["shuffle control"][0] == sum(billed[s][0] for s in ("detection", "fuzzing", "simulation")) // 2
     assert estimated["score embedding"][0] == 0
-    total_calls, prompt, completion, cost = estimated["total"]
+    dollars = lambda text: float(text.lstrip("$"))  # noqa: E731
+    for stage in ("explain", "score detection", "shuffle control", "total"):  # the batch APIs bill half
+        assert dollars(estimated[stage][4]) == pytest.approx(dollars(estimated[stage][3]) / 2, abs=1e-4), stage
+    total_calls, prompt, completion, cost, _ = estimated["total"]
     assert total_calls == sum(row[0] for row in billed.values())
     # The stand-in bills 4 characters a token; the estimate's rule reads prompts of code as denser.
     billed_prompt = sum(row[1] for row in billed.values())

@@ -1,0 +1,7 @@
+"""`python -m autointerp`, which is also how torchrun starts each rank: `torchrun ... -m autointerp gather ...`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
