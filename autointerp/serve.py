@@ -11,8 +11,8 @@ The database is opened through its own read-only DuckDB connection, so the serve
 query is paged; no page loads all features. All corpus text, labels and names are HTML-escaped, and the
 Content-Security-Policy forbids scripts and every outside resource, so hostile corpus text stays inert.
 
-This module imports only the standard library at import time (duckdb is imported when the server opens
-the database), so building the command-line parser stays fast.
+Its queries are store.Browser's. This module imports only the standard library at import time (the
+store, and with it duckdb, when the server opens the database), so building the command-line parser stays fast.
 """
 
 from __future__ import annotations
@@ -28,9 +28,13 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from .errors import AutointerpError
+
+if TYPE_CHECKING:
+    from .store import Browser
 
 # No script is needed, so none is allowed: stricter than "script-src 'unsafe-inline'".
 CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; script-src 'none'; base-uri 'none'; "
@@ -45,106 +49,10 @@ SECURITY_HEADERS = {
 }
 DEFAULT_PER_PAGE = 50
 MAX_PER_PAGE = 500
-TOKEN_IDS_OR = 16
 MAX_SVG_POINTS = 600  # saturation curves are thinned in SQL to about this many points
 HIST_BINS = 20
 
 
-# =====================================================================================================
-# SQL: every query this app runs, all read-only, all bounded (LIMIT/OFFSET, a page's feature ids, or
-# aggregates with a fixed number of output rows). Parameters are always bound ($name); the only text
-# spliced into SQL comes from the fixed fragments below (ORDER_KEYS, FILTERS), chosen by whitelist.
-# =====================================================================================================
-
-SQL_MIGRATIONS = "SELECT count(*) FROM schema_migrations"
-SQL_RUNS = "SELECT run_id, model, hookpoint, d_sae, updated_at FROM runs ORDER BY updated_at DESC LIMIT 100"
-SQL_RUN = "SELECT run_id, model, hookpoint, sae_source, d_sae, corpus, n_tokens, updated_at FROM runs WHERE run_id = $run"
-SQL_N_FEATURES = "SELECT count(*) FROM features WHERE run_id = $run"
-SQL_EXPLAINERS = """
-SELECT explainer, count(*) AS n, max(created_at) AS latest FROM explanations WHERE run_id = $run
-GROUP BY explainer ORDER BY n DESC, latest DESC, explainer LIMIT 100"""  # the default: the one that labelled most
-SQL_SCORERS = """
-SELECT DISTINCT scorer FROM scores WHERE run_id = $run AND explainer = $explainer AND label_source = 'true'
-ORDER BY scorer LIMIT 50"""
-SQL_TOKEN_IDS = """
-SELECT token_id FROM vocab
-WHERE run_id = $run AND (token = $token OR lower(trim(coalesce(piece, token))) = lower(trim($token)))
-ORDER BY token_id LIMIT 1000"""
-
-# The feature table: features, the chosen explainer's label, and one scorer's headline for sorting and filtering.
-SQL_TABLE_FROM = """
-FROM features f
-LEFT JOIN explanations x ON x.run_id = f.run_id AND x.feature = f.feature AND x.explainer = $explainer
-LEFT JOIN (SELECT feature, max(value) AS value, max(ci_low) AS ci_low FROM scores
-           WHERE run_id = $run AND explainer = $explainer AND scorer = $scorer AND label_source = 'true'
-           GROUP BY feature) s ON s.feature = f.feature
-WHERE f.run_id = $run"""
-SQL_TABLE_PAGE = ("SELECT f.feature, x.label, x.status, f.density, f.n_firing, f.max_activation, f.dead, f.dense"
-                  + SQL_TABLE_FROM + "{filters}\nORDER BY {key} {direction} NULLS LAST, f.feature\nLIMIT $limit OFFSET $offset")
-SQL_TABLE_COUNT = "SELECT count(*)" + SQL_TABLE_FROM + "{filters}"
-FILTERS = {  # name → fragment; each is added when its parameter is given
-    "q": " AND contains(lower(x.label), lower($q))",
-    # A token's ids (a few: the lookup folds case and the leading space), each tested with list_contains:
-    # ~30x faster than list_has_any on millions of windows. More ids than TOKEN_IDS_OR fall back to list_has_any.
-    "token": " AND f.feature IN (SELECT DISTINCT feature FROM examples WHERE run_id = $run AND kind = 'top' AND ({match}))",
-    "token_one": "list_contains(token_ids, $t{i})",
-    "token_many": "list_has_any(token_ids, $token_ids)",
-    "min": " AND s.value >= $min",
-    "low": " AND s.ci_low >= $low",
-    "dead=1": " AND f.dead", "dead=0": " AND NOT f.dead",
-    "dense=1": " AND f.dense", "dense=0": " AND NOT f.dense",
-}
-ORDER_KEYS = {"feature": "f.feature", "density": "f.density", "activation": "f.max_activation", "score": "s.value", "label": "x.label"}
-SQL_PAGE_SCORES = """
-SELECT feature, scorer, max(value), max(ci_low), max(ci_high), max(p_value) FROM scores
-WHERE run_id = $run AND explainer = $explainer AND label_source = 'true' AND feature IN (SELECT unnest($features))
-GROUP BY feature, scorer"""
-
-# One feature.
-SQL_FEATURE = """
-SELECT feature, n_firing, density, max_activation, mean_activation, dead, dense FROM features
-WHERE run_id = $run AND feature = $feature"""
-SQL_NEIGHBOURS = """
-SELECT (SELECT max(feature) FROM features WHERE run_id = $run AND feature < $feature),
-       (SELECT min(feature) FROM features WHERE run_id = $run AND feature > $feature)"""
-SQL_FEATURE_LABELS = """
-SELECT explainer, label, status, error FROM explanations WHERE run_id = $run AND feature = $feature
-ORDER BY created_at DESC, explainer LIMIT 100"""
-SQL_FEATURE_SCORES = """
-SELECT explainer, scorer, label_source, metric, value, ci_low, ci_high, p_value, n, status, judge, error FROM scores
-WHERE run_id = $run AND feature = $feature ORDER BY explainer, scorer, label_source DESC, metric LIMIT 500"""
-SQL_FEATURE_EXAMPLES = """
-SELECT split, kind, rank, quantile, max_activation, token_ids, activations FROM examples
-WHERE run_id = $run AND feature = $feature AND kind IN ('top', 'quantile')
-ORDER BY kind DESC, split, quantile, rank LIMIT 200"""
-SQL_PIECES = """
-SELECT token_id, coalesce(piece, token) FROM vocab WHERE run_id = $run AND token_id IN (SELECT unnest($ids))"""
-
-# Saturation: summaries, and each curve thinned to at most about MAX_SVG_POINTS steps (the last always kept).
-SQL_SATURATION_SUMMARIES = """
-SELECT explainer, method, n_labels, n_mapped, n_categories, saturated FROM saturation_summary
-WHERE run_id = $run ORDER BY explainer, method LIMIT 20"""
-SQL_SATURATION_CURVE = """
-WITH s AS (SELECT step, total, n_categories, coverage, chao1, chao1_low, chao1_high,
-                  count(*) OVER () AS n, row_number() OVER (ORDER BY step) AS i
-           FROM saturation_steps WHERE run_id = $run AND explainer = $explainer AND method = $method)
-SELECT step, total, n_categories, coverage, chao1, chao1_low, chao1_high FROM s
-WHERE (i - 1) % greatest(1, ceil(n / $points)::BIGINT) = 0 OR i = n ORDER BY step LIMIT $points + 2"""
-
-# Score distributions: a fixed number of bins per scorer and label source, over the range both sources share.
-SQL_SCORE_SUMMARIES = """
-SELECT scorer, metric, chance, n_features, n_ok, n_failed, median, q25, q75, n_confident, shuffled_median, gap, gap_low, gap_high, verdict
-FROM score_summaries WHERE run_id = $run AND explainer = $explainer ORDER BY scorer LIMIT 50"""
-SQL_SCORE_HISTOGRAMS = """
-WITH v AS (SELECT scorer, label_source, value FROM scores
-           WHERE run_id = $run AND explainer = $explainer AND value IS NOT NULL AND isfinite(value)),
-     r AS (SELECT scorer, min(value) AS lo, max(value) AS hi FROM v GROUP BY scorer)
-SELECT v.scorer, v.label_source, r.lo, r.hi,
-       least($bins - 1, CASE WHEN r.hi > r.lo THEN floor((v.value - r.lo) / (r.hi - r.lo) * $bins) ELSE 0 END)::INTEGER AS bin,
-       count(*) AS n
-FROM v JOIN r USING (scorer) GROUP BY ALL ORDER BY v.scorer, v.label_source, bin LIMIT 5000"""
-
-# ===================================================================================== end of SQL
 
 
 class BadRequest(Exception):
@@ -153,53 +61,6 @@ class BadRequest(Exception):
 
 class NotFound(Exception):
     pass
-
-
-class Database:
-    """The project's DuckDB file through one read-only connection; each request uses its own cursor."""
-
-    def __init__(self, project: str | Path, run_id: str | None = None):
-        import duckdb
-
-        from .store import SCHEMA_VERSION, db_path
-
-        self.path = db_path(project)
-        if not self.path.exists():
-            raise AutointerpError(f"no database at {self.path}", "run `autointerp gather` (or `autointerp run`) for this project first")
-        try:
-            self.con = duckdb.connect(str(self.path), read_only=True)
-        except duckdb.Error as e:
-            if "lock" in str(e).lower():
-                raise AutointerpError(f"{self.path} is locked by another process (a pipeline stage writing it?)",
-                                      "wait for that process to finish, then start the server again") from None
-            raise AutointerpError(f"cannot open {self.path} read-only: {e}", "check the file is an autointerp DuckDB database") from None
-        try:
-            applied = self.con.execute(SQL_MIGRATIONS).fetchall()[0][0]
-        except duckdb.Error:
-            applied = 0
-        if applied < SCHEMA_VERSION:
-            self.con.close()
-            raise AutointerpError(f"{self.path} has an older schema than this autointerp reads",
-                                  f"upgrade it once with `autointerp runs --project {Path(project)}`, then serve it")
-        runs = self.query(SQL_RUNS)
-        if not runs:
-            self.con.close()
-            raise AutointerpError(f"no run in {self.path}", "run `autointerp gather` first")
-        known = [r[0] for r in runs]
-        if run_id is not None and not self.query(SQL_RUN, run=run_id):
-            self.con.close()
-            raise AutointerpError(f"no run '{run_id}' in {self.path}", f"pass one of: {', '.join(known)}")
-        self.default_run = run_id or known[0]
-
-    def query(self, sql: str, **params) -> list[tuple]:
-        cur = self.con.cursor()  # a connection of its own per call: safe from the server's threads
-        try:
-            return cur.execute(sql, params or None).fetchall()
-        finally:
-            cur.close()
-
-    def close(self) -> None:
-        self.con.close()
 
 
 # ------------------------------------------------------------------------------------- rendering helpers
@@ -400,20 +261,20 @@ def _choice(params: dict, name: str, allowed: tuple[str, ...], default: str) -> 
 class App:
     """Renders each page from the database: (status, HTML)."""
 
-    def __init__(self, db: Database):
+    def __init__(self, db: Browser):
         self.db = db
 
     # -- shared lookups
 
     def _run(self, params: dict) -> tuple[str, list[tuple]]:
-        runs = self.db.query(SQL_RUNS)
+        runs = self.db.runs()
         run = _one(params, "run") or self.db.default_run
         if run not in {r[0] for r in runs}:
             raise NotFound(f"no run {run!r} in this project")
         return run, runs
 
     def _explainer(self, params: dict, run: str) -> tuple[str | None, list[tuple]]:
-        explainers = self.db.query(SQL_EXPLAINERS, run=run)
+        explainers = self.db.explainers(run)
         names = [e[0] for e in explainers]
         chosen = _one(params, "explainer") or (names[0] if names else None)
         if chosen is not None and chosen not in names:
@@ -425,12 +286,12 @@ class App:
     def index(self, params: dict) -> str:
         run, runs = self._run(params)
         explainer, explainers = self._explainer(params, run)
-        scorers = [r[0] for r in self.db.query(SQL_SCORERS, run=run, explainer=explainer)] if explainer else []
+        scorers = self.db.scorers(run, explainer) if explainer else []
         scorer = _one(params, "scorer") or (scorers[0] if scorers else None)
         if scorer is not None and scorer not in scorers:
             raise BadRequest(f"no scores by {scorer!r} for explainer {explainer!r}")
         t = TableQuery(run=run, explainer=explainer, scorer=scorer, q=_one(params, "q"), token=_one(params, "token"),
-                       sort=_choice(params, "sort", tuple(ORDER_KEYS), "feature"), order=_choice(params, "order", ("", "asc", "desc"), ""),
+                       sort=_choice(params, "sort", tuple(self.db.SORT_KEYS), "feature"), order=_choice(params, "order", ("", "asc", "desc"), ""),
                        min=_float(params, "min"), low=_float(params, "low"), dead=_choice(params, "dead", ("", "1", "0"), ""),
                        dense=_choice(params, "dense", ("", "1", "0"), ""), page=_int(params, "page", 1, 1, 10**9),
                        per=_int(params, "per", DEFAULT_PER_PAGE, 1, MAX_PER_PAGE))
@@ -438,50 +299,29 @@ class App:
             raise BadRequest("there are no scores to sort by")
         if not t.order:
             t.order = "desc" if t.sort in ("score", "density", "activation") else "asc"
-        args = {"run": run, "explainer": explainer, "scorer": scorer}
-        filters = []
-        note = ""
-        if t.q:
-            filters.append(FILTERS["q"])
-            args["q"] = t.q
+        note, token_ids = "", None
         if t.token:
-            ids = [r[0] for r in self.db.query(SQL_TOKEN_IDS, run=run, token=t.token)]
-            if not ids:
-                match = "false"
-            elif len(ids) <= TOKEN_IDS_OR:
-                match = " OR ".join(FILTERS["token_one"].format(i=i) for i in range(len(ids)))
-                args.update({f"t{i}": tid for i, tid in enumerate(ids)})
-            else:
-                match = FILTERS["token_many"]
-                args["token_ids"] = ids
-            filters.append(FILTERS["token"].format(match=match))
-            note = (f"<p class='muted'>token {esc(t.token)!s}: {len(ids)} vocabulary entr{'y' if len(ids) == 1 else 'ies'} "
+            token_ids = self.db.token_ids(run, t.token)
+            note = (f"<p class='muted'>token {esc(t.token)!s}: {len(token_ids)} vocabulary entr{'y' if len(token_ids) == 1 else 'ies'} "
                     "matched; features whose top windows contain one are shown</p>")
         for name in ("min", "low"):
-            if getattr(t, name) is not None:
-                if scorer is None:
-                    raise BadRequest(f"{name} filters on a score, and there are none")
-                filters.append(FILTERS[name])
-                args[name] = getattr(t, name)
-        for name in ("dead", "dense"):
-            if getattr(t, name):
-                filters.append(FILTERS[f"{name}={getattr(t, name)}"])
-        sql_filters = "".join(filters)
-        total = self.db.query(SQL_TABLE_COUNT.format(filters=sql_filters), **args)[0][0]
-        rows = self.db.query(SQL_TABLE_PAGE.format(filters=sql_filters, key=ORDER_KEYS[t.sort], direction=t.order.upper()),
-                             **args, limit=t.per, offset=(t.page - 1) * t.per)
+            if getattr(t, name) is not None and scorer is None:
+                raise BadRequest(f"{name} filters on a score, and there are none")
+        total, rows = self.db.feature_table(run, explainer, scorer, sort=t.sort, descending=t.order == "desc", limit=t.per,
+                                            offset=(t.page - 1) * t.per, q=t.q, token_ids=token_ids, min=t.min, low=t.low,
+                                            dead={"": None, "1": True, "0": False}[t.dead], dense={"": None, "1": True, "0": False}[t.dense])
         cells: dict[tuple[int, str], tuple] = {}
         if rows and explainer:
-            for f, sc, v, lo, hi, p in self.db.query(SQL_PAGE_SCORES, run=run, explainer=explainer, features=[r[0] for r in rows]):
+            for f, sc, v, lo, hi, p in self.db.page_scores(run, explainer, [r[0] for r in rows]):
                 cells[f, sc] = (v, lo, hi, p)
         return page(f"autointerp — {run}", self._index_body(t, rows, total, scorers, explainers, cells, note), run, runs)
 
     def _index_body(self, t: TableQuery, rows, total, scorers, explainers, cells, note) -> str:
-        n_features = self.db.query(SQL_N_FEATURES, run=t.run)[0][0]
+        n_features = self.db.n_features(t.run)
         ex_opts = "".join(f"<option value='{esc(e[0])}'{' selected' if e[0] == t.explainer else ''}>{esc(e[0])} ({e[1]:,})</option>"
                           for e in explainers)
         sc_opts = "".join(f"<option{' selected' if s == t.scorer else ''}>{esc(s)}</option>" for s in scorers)
-        sort_opts = "".join(f"<option{' selected' if k == t.sort else ''}>{k}</option>" for k in ORDER_KEYS)
+        sort_opts = "".join(f"<option{' selected' if k == t.sort else ''}>{k}</option>" for k in self.db.SORT_KEYS)
         tri = lambda name, v: "".join(  # noqa: E731
             f"<option value='{val}'{' selected' if v == val else ''}>{text}</option>"
             for val, text in (("", "any"), ("1", f"only {name}"), ("0", f"not {name}")))
@@ -533,16 +373,15 @@ class App:
 
     def feature(self, index: int, params: dict) -> str:
         run, runs = self._run(params)
-        row = self.db.query(SQL_FEATURE, run=run, feature=index)
-        if not row:
+        row = self.db.feature(run, index)
+        if row is None:
             raise NotFound(f"no feature {index} in run {run!r}")
-        feature, n_firing, density, max_act, mean_act, dead, dense = row[0]
-        prev_f, next_f = self.db.query(SQL_NEIGHBOURS, run=run, feature=index)[0]
-        labels = self.db.query(SQL_FEATURE_LABELS, run=run, feature=index)
-        scores = self.db.query(SQL_FEATURE_SCORES, run=run, feature=index)
-        examples = self.db.query(SQL_FEATURE_EXAMPLES, run=run, feature=index)
-        ids = sorted({i for ex in examples for i in (ex[5] or [])})
-        pieces = dict(self.db.query(SQL_PIECES, run=run, ids=ids)) if ids else {}
+        feature, n_firing, density, max_act, mean_act, dead, dense = row
+        prev_f, next_f = self.db.neighbours(run, index)
+        labels = self.db.feature_labels(run, index)
+        scores = self.db.feature_scores(run, index)
+        examples = self.db.feature_windows(run, index)
+        pieces = self.db.pieces(run, sorted({i for ex in examples for i in (ex[5] or [])}))
 
         nav = ((f"<a rel='prev' href='{href(f'/feature/{prev_f}', run=run)}'>← {prev_f}</a> " if prev_f is not None else "")
                + f"<a href='{href('/', run=run)}'>all features</a>"
@@ -609,10 +448,10 @@ class App:
 
     def saturation(self, params: dict) -> str:
         run, runs = self._run(params)
-        summaries = self.db.query(SQL_SATURATION_SUMMARIES, run=run)
+        summaries = self.db.saturation_summaries(run)
         parts = []
         for explainer, method, n_labels, n_mapped, n_categories, saturated in summaries:
-            curve = self.db.query(SQL_SATURATION_CURVE, run=run, explainer=explainer, method=method, points=MAX_SVG_POINTS)
+            curve = self.db.saturation_curve(run, explainer, method, MAX_SVG_POINTS)
             steps = [c[0] for c in curve]
             chart = svg_lines([("categories", "#c60", list(zip(steps, [c[2] for c in curve]))),
                                ("Chao1 estimate", "#357", list(zip(steps, [c[4] for c in curve])))],
@@ -635,9 +474,9 @@ class App:
                          for e in explainers)
         if explainer is None:
             return page(f"scores — {run}", "<h1>scores</h1><p class='muted'>no labels stored — run autointerp explain</p>", run, runs)
-        summaries = self.db.query(SQL_SCORE_SUMMARIES, run=run, explainer=explainer)
+        summaries = self.db.score_summaries(run, explainer)
         hist: dict[str, dict] = {}
-        for scorer, source, lo, hi, b, n in self.db.query(SQL_SCORE_HISTOGRAMS, run=run, explainer=explainer, bins=HIST_BINS):
+        for scorer, source, lo, hi, b, n in self.db.score_histograms(run, explainer, HIST_BINS):
             h = hist.setdefault(scorer, {"lo": lo, "hi": hi, "counts": {}})
             h["counts"].setdefault(source, [0] * HIST_BINS)[b] += n
         charts = "".join(svg_histogram(f"{s} ({sum(h['counts'].get('true', [])):,} features)", h["lo"], h["hi"],
@@ -735,7 +574,7 @@ def _error_page(title: str, message: str) -> str:
 class Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, db: Database, host: str, port: int, quiet: bool = False):
+    def __init__(self, db: Browser, host: str, port: int, quiet: bool = False):
         super().__init__((host, port), Handler)
         self.db, self.app, self.quiet = db, App(db), quiet
         bound = self.server_address[1]
@@ -758,7 +597,9 @@ class Server(ThreadingHTTPServer):
 def make_server(project: str | Path, run_id: str | None = None, host: str = "127.0.0.1", port: int = 8765, quiet: bool = False) -> Server:
     """A server over the project's database, bound but not yet serving (port 0: a free port). Call
     serve_forever() (in a thread, for tests), then shutdown() and server_close()."""
-    db = Database(project, run_id)
+    from .store import Browser
+
+    db = Browser(project, run_id)
     try:
         return Server(db, host, port, quiet)
     except OSError as e:
