@@ -29,7 +29,7 @@ from typing import Awaitable, Callable, Mapping, TypeVar
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from .errors import AutointerpError
-from .llm import (_TRANSPORT_ERRORS, AnthropicClient, BatchRecord, BatchRequest, Completion, LLMCall, LLMClient, OpenAIChatClient,
+from .llm import (AnthropicClient, BatchRecord, BatchRequest, Completion, LLMCall, LLMClient, OpenAIChatClient,
                   _CallFailed, _canonical_json, _SDKClient, _server_message, cache_key)
 
 log = logging.getLogger(__name__)
@@ -380,7 +380,7 @@ class BatchClient(LLMClient):
             try:
                 async with asyncio.timeout(timeout_s or cfg.timeout_s):
                     return await call()
-            except _TRANSPORT_ERRORS as exc:
+            except self.live.errors.transport as exc:
                 if gone and getattr(exc, "status_code", None) == 404:
                     raise _BatchGone() from None
                 raise self.live._classify(exc) from None

@@ -45,8 +45,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Mapping, Protocol
 
-import anthropic
-import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from autointerp.errors import AutointerpError
@@ -507,10 +505,22 @@ class _CallFailed(Exception):
         self.raw = raw  # the response body, kept for debugging
 
 
-_TIMEOUT_ERRORS = (openai.APITimeoutError, anthropic.APITimeoutError, TimeoutError)
-_CONNECTION_ERRORS = (openai.APIConnectionError, anthropic.APIConnectionError)
-_STATUS_ERRORS = (openai.APIStatusError, anthropic.APIStatusError)
-_TRANSPORT_ERRORS = _TIMEOUT_ERRORS + _CONNECTION_ERRORS + _STATUS_ERRORS
+@dataclass(frozen=True)
+class SDKErrors:
+    """The exceptions one SDK raises, taken from it when its client is made: loading autointerp
+    imports neither SDK (seconds each) until a command talks to an API."""
+
+    timeout: tuple[type[BaseException], ...]
+    connection: tuple[type[BaseException], ...]
+    status: tuple[type[BaseException], ...]
+
+    @classmethod
+    def of(cls, sdk) -> "SDKErrors":
+        return cls((sdk.APITimeoutError, TimeoutError), (sdk.APIConnectionError,), (sdk.APIStatusError,))
+
+    @property
+    def transport(self) -> tuple[type[BaseException], ...]:
+        return self.timeout + self.connection + self.status
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
@@ -544,6 +554,8 @@ def _server_message(response_text: str) -> str:
 
 class _SDKClient(LLMClient):
     """Cache, concurrency, rate limits, retries and the call log around one SDK request."""
+
+    errors: SDKErrors  # set by each SDK's client once it has imported its SDK
 
     def __init__(self, config: LLMConfig, store: CallStore, key: Secret | None, fatal: Callable[[], str | None] | None = None):
         self.config = config
@@ -587,8 +599,8 @@ class _SDKClient(LLMClient):
         try:
             async with asyncio.timeout(cfg.timeout_s):
                 models = await self._list_models()
-        except _TRANSPORT_ERRORS as exc:
-            if isinstance(exc, _STATUS_ERRORS) and exc.status_code in (404, 405):
+        except self.errors.transport as exc:
+            if isinstance(exc, self.errors.status) and exc.status_code in (404, 405):
                 return  # a server without a model list; the first call will tell
             failure = self._classify(exc)
             if isinstance(failure, AutointerpError):
@@ -766,9 +778,9 @@ class _SDKClient(LLMClient):
             # The SDK's timeout is per network phase; this bounds the whole attempt.
             async with asyncio.timeout(self.config.timeout_s):
                 body = await self._request(system, user, params)
-        except _TRANSPORT_ERRORS as exc:
+        except self.errors.transport as exc:
             failure = self._classify(exc)
-            if isinstance(failure, _CallFailed) and isinstance(exc, _CONNECTION_ERRORS) and (reason := self._fatal()):
+            if isinstance(failure, _CallFailed) and isinstance(exc, self.errors.connection) and (reason := self._fatal()):
                 failure = AutointerpError(reason, "answers so far are stored; fix the cause and re-run the command to resume")
             raise failure from None
         # Garbled bytes are likely transient (a proxy, a cut stream): retry. Well-formed JSON
@@ -787,13 +799,13 @@ class _SDKClient(LLMClient):
 
     def _classify(self, exc: Exception) -> Exception:
         """Map an SDK/transport exception to _CallFailed, or AutointerpError for errors every call would get."""
-        if isinstance(exc, _TIMEOUT_ERRORS):
+        if isinstance(exc, self.errors.timeout):
             return _CallFailed("timeout", retryable=True)
-        if isinstance(exc, _CONNECTION_ERRORS):
+        if isinstance(exc, self.errors.connection):
             cause = exc.__cause__
             detail = f"{type(cause).__name__}: {cause}" if cause else str(exc)
             return _CallFailed(self._scrub(f"connection error ({detail})"), retryable=True)
-        assert isinstance(exc, _STATUS_ERRORS)
+        assert isinstance(exc, self.errors.status)
         status, body = exc.status_code, exc.response.text
         if status in RETRY_STATUSES:
             return _CallFailed(str(status), True, parse_retry_after(exc.response.headers), raw=body)
@@ -826,6 +838,9 @@ class OpenAIChatClient(_SDKClient):
 
     def __init__(self, config: LLMConfig, store: CallStore, key: Secret | None, fatal: Callable[[], str | None] | None = None):
         super().__init__(config, store, key, fatal)
+        import openai
+
+        self.errors = SDKErrors.of(openai)
         self._sdk = openai.AsyncOpenAI(
             api_key=key.reveal() if key else PLACEHOLDER_KEY,
             base_url=config.base_url,
@@ -862,6 +877,9 @@ class AnthropicClient(_SDKClient):
 
     def __init__(self, config: LLMConfig, store: CallStore, key: Secret | None, fatal: Callable[[], str | None] | None = None):
         super().__init__(config, store, key, fatal)
+        import anthropic
+
+        self.errors = SDKErrors.of(anthropic)
         self._sdk = anthropic.AsyncAnthropic(
             api_key=key.reveal() if key else PLACEHOLDER_KEY,  # never let the SDK go hunting for one
             base_url=config.base_url,

@@ -40,6 +40,11 @@ def collect_activations(model, batches: Iterable[ContextBatch], train_tokens: in
     """Hookpoint activations of real tokens: every 10th context goes to the held-out set."""
     train, held, n_train, n_held = [], [], 0, 0
     for batch in batches:
+        if n_train >= train_tokens or n_held >= holdout_tokens:  # one set is full: run the model only on the other's contexts
+            held_rows = batch.context_ids % 10 == 9
+            batch = batch.take(held_rows if n_train >= train_tokens else ~held_rows)
+            if not len(batch.context_ids):
+                continue
         x = model.activations(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)).float()
         valid = torch.from_numpy(batch.valid).to(x.device)
         to_held = torch.from_numpy(batch.context_ids % 10 == 9).to(x.device)

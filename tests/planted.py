@@ -57,27 +57,30 @@ def build(directory: Path, corpus: CorpusConfig, n_concepts: int = 24, n_random:
     chosen = [int(t) for t in rng.choice(candidates[:200], n_concepts, replace=False)]
 
     mean = x.mean(axis=0)
-    cov = np.cov(x - mean, rowvar=False)
+    x -= mean  # centred once, in place: every projection below is (x − mean)·w
+    cov = x.T @ x / (len(x) - 1)
     cov = 0.8 * cov + 0.2 * np.trace(cov) / len(cov) * np.eye(len(cov))  # shrinkage keeps the probe stable
     directions, thresholds, densities = [], [], []
     for t in chosen:
         is_t = ids == t
-        w = np.linalg.solve(cov, x[is_t].mean(axis=0) - x[~is_t].mean(axis=0))
+        mean_t = x[is_t].mean(axis=0)
+        mean_rest = -mean_t * is_t.sum() / (~is_t).sum()  # the centred rows sum to zero
+        w = np.linalg.solve(cov, mean_t - mean_rest)
         w /= np.linalg.norm(w)
-        proj = (x - mean) @ w
+        proj = x @ w
         theta = float(np.quantile(proj[~is_t], 0.9999))
         directions.append(w)
         thresholds.append(theta)  # on the centred projection (x − mean)·w: the bias below centres it
         densities.append(float(np.mean(proj > theta)))
     biases = [-float(mean @ w) for w in directions]
-    token_means = np.stack([x[ids == t].mean(axis=0) - mean for t in np.argsort(-counts)[:400]])
+    token_means = np.stack([x[ids == t].mean(axis=0) for t in np.argsort(-counts)[:400]])
     basis = np.linalg.svd(token_means, full_matrices=False)[2][:200]  # the directions token identity moves along
     for k in range(n_random + n_plain):
         u = rng.normal(size=x.shape[1])
         if k < n_random:
             u -= basis.T @ (basis @ u)
         u /= np.linalg.norm(u)
-        proj = (x - mean) @ u
+        proj = x @ u
         density = densities[k % len(densities)]
         directions.append(u)
         thresholds.append(float(np.quantile(proj, 1 - density)))

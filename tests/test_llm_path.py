@@ -195,7 +195,8 @@ def test_real_local_judge_labels_and_scores_a_sample_through_the_cli(pipeline_se
     out = cli("explain", "--project", str(project), "--judge", "local", "--sample", "2", "--quiet")
     assert out.returncode == 0, out.stderr
     assert "with local:qwen2.5-coder-1.5b-instruct-q4_k_m" in out.stdout and "explain 0/2 unparsable" in out.stdout
-    scored = cli("score", "--project", str(project), "--judge", "local", "--scorers", "detection", "--quiet")
+    # No shuffle control: with two labels it would only double the CPU inference; other tests check the control.
+    scored = cli("score", "--project", str(project), "--judge", "local", "--scorers", "detection", "--shuffle-control", "none", "--quiet")
     assert scored.returncode == 0, scored.stderr
     assert "detection" in scored.stdout and "unparsable" in scored.stdout
     con = duckdb.connect(str(project / "autointerp.duckdb"), read_only=True)

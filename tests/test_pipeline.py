@@ -132,6 +132,35 @@ def test_trainer_recovers_a_planted_dictionary():
     assert evaluate_sae(sae, x[27_000:]).fvu == pytest.approx(metrics.fvu)
 
 
+def test_held_out_tokens_come_from_every_tenth_context_and_only_those_are_run_once_the_train_set_is_full():
+    """Evaluation asks for held-out tokens only: the model must not run on the nine contexts in ten it would discard."""
+    from autointerp.corpus import ContextBatch
+    from autointerp.train import collect_activations
+
+    class Counting:  # each token's activation is its context id, so the rows say where they came from
+        width, contexts_run = 1, []
+
+        def activations(self, input_ids, attention_mask):
+            ids = input_ids[:, :1].float()
+            self.contexts_run += ids[:, 0].long().tolist()
+            return ids[:, :, None].expand(-1, input_ids.shape[1], 1)
+
+    def batches():
+        for start in range(0, 200, 16):
+            ids = np.arange(start, min(start + 16, 200))
+            grid = np.repeat(ids[:, None], 4, axis=1)
+            yield ContextBatch(ids, grid, np.ones_like(grid), np.ones(grid.shape, bool), grid, np.zeros_like(grid))
+
+    model = Counting()
+    train, held = collect_activations(model, batches(), 0, 40)
+    assert sorted(set(held[:, 0].long().tolist())) == list(range(9, 100, 10)) and len(held) == 40 and len(train) == 0
+    assert model.contexts_run == list(range(9, 112, 10))  # the held contexts of the 7 batches read, not all 112
+    model.contexts_run = []
+    train, held = collect_activations(model, batches(), 30, 8)
+    assert set(train[:, 0].long().tolist()) == set(range(8))  # 30 tokens: contexts 0–7, four tokens each
+    assert set(held[:, 0].long().tolist()) == {9, 19} and len(train) == 30 and len(held) == 8
+
+
 def test_trained_sae_is_saved_in_saelens_v6(setup, tmp_path):
     cfg = _config(setup, tmp_path, sae=None, run_id="trained", train=TrainConfig(n_features=64, k=4, epochs=1, train_tokens=3000, holdout_tokens=500, batch_tokens=512))
     summary = gather(cfg)

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 import numpy as np
-import torch
 
 from .. import metrics
 from ..judges import Judge, label_terms, map_bounded
@@ -241,6 +240,8 @@ class Intervention:
                 f"{cfg.n_random_directions} random directions of the same norm; share beaten, Wilson interval, exact rank test")
 
     def _random_baseline(self, cfg, tokens: set[int]):
+        import torch  # here, not at load: only this scorer runs the subject model
+
         from ..steer import amplified_logprobs, make_probe, random_directions
 
         key = (cfg.n_intervention, cfg.intervention_strength, cfg.n_random_directions, cfg.seed)
@@ -255,6 +256,8 @@ class Intervention:
         return probe, {int(t): i for i, t in enumerate(keep)}, lp
 
     async def score(self, items: Sequence[Item], judge: Judge, cfg) -> list[Outcome]:
+        import torch
+
         from ..steer import amplified_logprobs, unit_directions
 
         if self.subject is None:
