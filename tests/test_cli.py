@@ -27,6 +27,13 @@ def test_building_the_parser_loads_no_torch_and_no_llm_sdk():
     assert out.stdout.strip() == "[]"
 
 
+def test_reporting_scoring_and_exporting_load_no_llm_sdk_until_a_client_is_made():
+    code = ("import sys, autointerp.report, autointerp.score, autointerp.export, autointerp.judges; "
+            "print([m for m in ('torch', 'openai', 'anthropic') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_version_and_every_subcommand_has_a_description_and_examples():
     out = cli("--version")
     assert out.returncode == 0 and out.stdout.strip() == f"autointerp {__version__}"
