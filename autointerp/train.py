@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -36,18 +37,24 @@ class SAEMetrics:
         return {"fvu": self.fvu, "l0": self.l0, "dead_fraction": self.dead_fraction, "eval_tokens": self.n_tokens}
 
 
+def held_out_rows(batch: ContextBatch) -> np.ndarray:
+    """The batch's contexts held out from training and kept for evaluation: every 10th context of the corpus."""
+    return batch.context_ids % 10 == 9
+
+
 def collect_activations(model, batches: Iterable[ContextBatch], train_tokens: int, holdout_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hookpoint activations of real tokens: every 10th context goes to the held-out set."""
+    """Hookpoint activations of real tokens: held_out_rows go to the held-out set, the rest to training."""
     train, held, n_train, n_held = [], [], 0, 0
     for batch in batches:
+        held_rows = held_out_rows(batch)
         if n_train >= train_tokens or n_held >= holdout_tokens:  # one set is full: run the model only on the other's contexts
-            held_rows = batch.context_ids % 10 == 9
-            batch = batch.take(held_rows if n_train >= train_tokens else ~held_rows)
+            keep = held_rows if n_train >= train_tokens else ~held_rows
+            batch, held_rows = batch.take(keep), held_rows[keep]
             if not len(batch.context_ids):
                 continue
         x = model.activations(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)).float()
         valid = torch.from_numpy(batch.valid).to(x.device)
-        to_held = torch.from_numpy(batch.context_ids % 10 == 9).to(x.device)
+        to_held = torch.from_numpy(held_rows).to(x.device)
         for mask, out, room in ((valid & ~to_held[:, None], train, train_tokens - n_train), (valid & to_held[:, None], held, holdout_tokens - n_held)):
             if room > 0:
                 rows = x[mask][:room]
@@ -170,7 +177,7 @@ def loss_recovered(model, sae: SAE, batches: Iterable[ContextBatch], max_context
     and with the hookpoint zero-ablated; recovered = (zero − spliced) / (zero − clean)."""
     ids, masks = [], []
     for batch in batches:
-        held = batch.context_ids % 10 == 9  # the contexts held out from training
+        held = held_out_rows(batch)
         ids.append(torch.from_numpy(batch.input_ids[held]))
         masks.append(torch.from_numpy(batch.attention_mask[held]))
         if sum(len(i) for i in ids) >= max_contexts:

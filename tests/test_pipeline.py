@@ -138,7 +138,10 @@ def test_held_out_tokens_come_from_every_tenth_context_and_only_those_are_run_on
     from autointerp.train import collect_activations
 
     class Counting:  # each token's activation is its context id, so the rows say where they came from
-        width, contexts_run = 1, []
+        width = 1
+
+        def __init__(self):
+            self.contexts_run = []
 
         def activations(self, input_ids, attention_mask):
             ids = input_ids[:, :1].float()
