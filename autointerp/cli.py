@@ -363,6 +363,8 @@ def cmd_hookpoints(a: argparse.Namespace) -> None:
 
 
 def cmd_logs(a: argparse.Namespace) -> None:
+    import pandas as pd
+
     from .store import Store
 
     with Store(a.project, read_only=True) as store:
@@ -371,8 +373,9 @@ def cmd_logs(a: argparse.Namespace) -> None:
         print("no LLM calls logged" + (" matching these filters" if a.run_id or a.purpose or a.feature is not None else ""))
         return
     for c in calls.itertuples():
-        feature = "" if c.feature is None or c.feature != c.feature else f" feature {int(c.feature)}"
-        tokens = f"{int(c.prompt_tokens or 0):,}+{int(c.completion_tokens or 0):,} tokens" if c.prompt_tokens == c.prompt_tokens else "no usage"
+        # Nullable columns come back as NaN, None or pd.NA (the last when DuckDB keeps an integer type): pd.isna takes all three.
+        feature = "" if pd.isna(c.feature) else f" feature {int(c.feature)}"
+        tokens = "no usage" if pd.isna(c.prompt_tokens) else f"{int(c.prompt_tokens):,}+{0 if pd.isna(c.completion_tokens) else int(c.completion_tokens):,} tokens"
         print(f"#{int(c.call_id)} {c.created_at:%Y-%m-%d %H:%M:%S} run {c.run_id} {c.purpose}{feature} {c.provider}:{c.model} "
               f"{tokens} {c.latency_s:.2f}s retries {int(c.retries)}" + (f" ERROR {c.error}" if isinstance(c.error, str) else ""))
         if a.full:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,6 +83,9 @@ def test_kill_during_explain_then_rerun_score_saturate_report_export(pipeline_se
         exported = cli("export", "--project", str(project))
         logs = cli("logs", "--project", str(project), "--purpose", "explain", "-n", "2")
         assert logs.returncode == 0 and logs.stdout.count(" explain feature ") == 2 and logs.stdout.count('{"label": ') == 2
+        codebook_logs = cli("logs", "--project", str(project), "--purpose", "codebook", "-n", "1")  # a call of no feature
+        assert codebook_logs.returncode == 0, codebook_logs.stderr
+        assert re.search(r"^#\d+ \S+ \S+ run r1 codebook openai_compatible:standin-model \d+\+\d+ tokens", codebook_logs.stdout, re.M), codebook_logs.stdout
         before = len(server.calls)
         again = cli(*args)  # a third run: everything is stored, nothing is asked again
         assert again.returncode == 0, again.stderr
