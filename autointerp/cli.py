@@ -9,7 +9,7 @@ import sys
 import threading
 from dataclasses import replace
 
-from .errors import AutointerpError
+from autointerp.errors import AutointerpError
 
 EPILOG = """\
 stages: corpus → model → SAE → gather → store → explain → score → saturate → report
@@ -33,7 +33,7 @@ def _defaults(cls):
 
 
 def _add_gather_args(p: argparse.ArgumentParser) -> None:
-    from .config import CorpusConfig, GatherConfig, ModelConfig, OutputEffectsConfig, TrainConfig
+    from autointerp.config import CorpusConfig, GatherConfig, ModelConfig, OutputEffectsConfig, TrainConfig
 
     m, c, g, t, o = ModelConfig(), CorpusConfig(), GatherConfig(), TrainConfig(), OutputEffectsConfig()
     p.add_argument("--project", default="project", help="directory holding the DuckDB file (default: %(default)s)")
@@ -82,7 +82,7 @@ def _add_gather_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_judge_args(p: argparse.ArgumentParser) -> None:
-    from .providers import PROVIDERS, STRUCTURED_OUTPUT
+    from autointerp.llm.providers import PROVIDERS, STRUCTURED_OUTPUT
 
     j = p.add_argument_group("judge")
     j.add_argument("--judge", default="offline", choices=["offline", *PROVIDERS],
@@ -161,7 +161,7 @@ def _positive(text: str) -> int:
 
 
 def _judge_config(a: argparse.Namespace):
-    from .llm import LLMConfig, load_prices
+    from autointerp.llm.client import LLMConfig, load_prices
 
     if a.judge == "offline":
         return None
@@ -177,7 +177,7 @@ def _judged(cfg, a: argparse.Namespace):
     """The judge, and each stage's own flags where the command has them."""
     from dataclasses import replace as dc_replace
 
-    from .score import INPUT_SCORERS
+    from autointerp.stages.score.stage import INPUT_SCORERS
 
     cfg.judge = _judge_config(a)
     cfg.keys_file = a.keys_file
@@ -198,11 +198,11 @@ def _judged(cfg, a: argparse.Namespace):
 
 
 def _run_config(a: argparse.Namespace):
-    from .config import OutputEffectsConfig
-    from .corpus import CorpusConfig
-    from .gather import GatherConfig
-    from .pipeline import RunConfig, load_configured_sae, model_for_sae
-    from .train import TrainConfig
+    from autointerp.config import OutputEffectsConfig
+    from autointerp.gather.corpus import CorpusConfig
+    from autointerp.gather.collect import GatherConfig
+    from autointerp.pipeline import RunConfig, load_configured_sae, model_for_sae
+    from autointerp.subject.train import TrainConfig
 
     cfg = RunConfig(
         project=a.project,
@@ -224,7 +224,7 @@ def _run_config(a: argparse.Namespace):
 
 
 def cmd_gather(a: argparse.Namespace) -> None:
-    from .pipeline import gather
+    from autointerp.pipeline import gather
 
     cfg, sae = _run_config(a)
     summary = gather(cfg, sae=sae)
@@ -235,7 +235,7 @@ def cmd_gather(a: argparse.Namespace) -> None:
 def cmd_run(a: argparse.Namespace) -> None:
     from dataclasses import replace
 
-    from .pipeline import run
+    from autointerp.pipeline import run
 
     cfg, sae = _run_config(a)
     cfg = _judged(cfg, a)  # a bad judge setting fails here, before minutes of gathering
@@ -251,11 +251,11 @@ def cmd_run(a: argparse.Namespace) -> None:
 
 
 def cmd_estimate(a: argparse.Namespace) -> None:
-    from .pipeline import estimate, gather
+    from autointerp.pipeline import estimate, gather
 
     cfg, sae = _run_config(a)
     cfg = _judged(cfg, a)
-    from .estimate import refuse_offline
+    from autointerp.stages.estimate import refuse_offline
 
     refuse_offline(cfg.judge)  # before the gather, which would be for nothing
     if (sample := _sample_judge(a)) is not None:
@@ -270,8 +270,8 @@ def cmd_estimate(a: argparse.Namespace) -> None:
 
 def _sample_judge(a: argparse.Namespace):
     """--sample-judge, or for the embedded default the local LLM when it is installed."""
-    from .llm import LLMConfig
-    from .model import EMBEDDED_MODEL
+    from autointerp.llm.client import LLMConfig
+    from autointerp.subject.model import EMBEDDED_MODEL
 
     name = a.sample_judge
     if name is None:
@@ -292,7 +292,7 @@ def _sample_judge(a: argparse.Namespace):
 
 
 def cmd_label(a: argparse.Namespace) -> None:
-    from .pipeline import RunConfig, label_and_score
+    from autointerp.pipeline import RunConfig, label_and_score
 
     cfg = _judged(RunConfig(project=a.project, run_id=a.run_id, progress=not a.quiet), a)
     explained, scored = label_and_score(cfg, a.run_id, explain_stage=a.command == "explain", score_stage=a.command == "score")
@@ -300,8 +300,8 @@ def cmd_label(a: argparse.Namespace) -> None:
 
 
 def cmd_saturate(a: argparse.Namespace) -> None:
-    from .pipeline import RunConfig, saturate_labels
-    from .config import SaturationConfig
+    from autointerp.pipeline import RunConfig, saturate_labels
+    from autointerp.config import SaturationConfig
 
     cfg = _judged(RunConfig(project=a.project, run_id=a.run_id, progress=not a.quiet), a)
     cfg.saturation = SaturationConfig(method=a.method, threshold=a.threshold, target_coverage=a.target_coverage,
@@ -311,9 +311,9 @@ def cmd_saturate(a: argparse.Namespace) -> None:
 
 
 def cmd_report(a: argparse.Namespace) -> None:
-    from .report import write_report
+    from autointerp.views.report import write_report
 
-    from .report import ReportConfig
+    from autointerp.views.report import ReportConfig
 
     files = write_report(a.project, a.run_id, a.out, ReportConfig(explainer=a.explainer))
     print(f"report: {files.html}\nsummary: {files.markdown}\n({files.n_features:,} features in {files.seconds:.1f}s)")
@@ -322,7 +322,7 @@ def cmd_report(a: argparse.Namespace) -> None:
 def cmd_export(a: argparse.Namespace) -> None:
     import os
 
-    from .export import ExportConfig, export
+    from autointerp.export.writers import ExportConfig, export
 
     formats = tuple(x.strip() for x in a.format.split(",") if x.strip())
     if a.np_batch < 1:
@@ -334,9 +334,9 @@ def cmd_export(a: argparse.Namespace) -> None:
 
 
 def cmd_steer(a: argparse.Namespace) -> None:
-    from .steer import SteerConfig, steer
-    from .store import Store
-    from .subject import load_subject
+    from autointerp.subject.steer import SteerConfig, steer
+    from autointerp.store.store import Store
+    from autointerp.subject.load import load_subject
 
     cfg = SteerConfig(feature=a.feature, prompt=a.prompt, scale=a.scale, clamp=a.clamp, max_new_tokens=a.max_new_tokens,
                       temperature=a.temperature, seed=a.seed)  # a bad setting fails before the model loads
@@ -346,8 +346,8 @@ def cmd_steer(a: argparse.Namespace) -> None:
 
 
 def cmd_show(a: argparse.Namespace) -> None:
-    from .show import feature_lines
-    from .store import Store
+    from autointerp.views.show import feature_lines
+    from autointerp.store.store import Store
 
     with Store(a.project, read_only=True) as store:
         print("\n".join(feature_lines(store, a.run_id, a.feature, explainer=a.explainer, n=a.n, colour=sys.stdout.isatty())))
@@ -356,7 +356,7 @@ def cmd_show(a: argparse.Namespace) -> None:
 def cmd_hookpoints(a: argparse.Namespace) -> None:
     import torch
 
-    from .model import list_hookpoints, load_transformers
+    from autointerp.subject.model import list_hookpoints, load_transformers
 
     model, _, hf_config, _ = load_transformers(a.model, torch.device("cpu"))
     print("\n".join(list_hookpoints(model, hf_config)))
@@ -365,7 +365,7 @@ def cmd_hookpoints(a: argparse.Namespace) -> None:
 def cmd_logs(a: argparse.Namespace) -> None:
     import pandas as pd
 
-    from .store import Store
+    from autointerp.store.store import Store
 
     with Store(a.project, read_only=True) as store:
         calls = store.llm_calls(a.run_id, a.purpose, a.feature, a.n)
@@ -385,7 +385,7 @@ def cmd_logs(a: argparse.Namespace) -> None:
 
 
 def cmd_runs(a: argparse.Namespace) -> None:
-    from .store import Store
+    from autointerp.store.store import Store
 
     with Store(a.project, read_only=True) as store:
         runs = store.runs()
@@ -411,8 +411,8 @@ def _add_run_id(p: argparse.ArgumentParser, quiet: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .config import SaturationConfig
+    from autointerp import __version__
+    from autointerp.config import SaturationConfig
 
     parser = argparse.ArgumentParser(
         prog="autointerp",
@@ -549,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "runs", "list the runs stored in a project", "One line per run: model, hookpoint, SAE, tokens.", "  autointerp runs --project p\n")
     p.add_argument("--project", default="project")
     p.set_defaults(func=cmd_runs)
-    from .serve import add_parser as add_serve_parser  # standard library only at import: --help stays fast
+    from autointerp.views.serve import add_parser as add_serve_parser  # standard library only at import: --help stays fast
 
     add_serve_parser(sub)
     return parser
@@ -557,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _stored_state(argv: list[str] | None) -> str:
     """What the project's database holds now, for the message after an interruption."""
-    from .store import Store, db_path
+    from autointerp.store.store import Store, db_path
 
     args = argv if argv is not None else sys.argv[1:]
     project = next((args[i + 1] for i, x in enumerate(args[:-1]) if x == "--project"), None)

@@ -1,12 +1,12 @@
 """Every stage's settings as typed dataclasses with defaults that work, importable without torch
 or an LLM SDK (the CLI builds its flags from them in well under a second). The stages re-export
-the ones they read: `autointerp.gather.GatherConfig` is this module's."""
+the ones they read: `autointerp.gather.collect.GatherConfig` is this module's."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import AutointerpError
+from autointerp.errors import AutointerpError
 
 EMBEDDED_MODEL = "embedded:all-MiniLM-L6-v2"  # a sentence encoder: the default subject
 EMBEDDED_HOOKPOINT = "encoder.layer.2"  # resid_post of block 2 of 6: the middle of the network
@@ -141,7 +141,7 @@ class SaturationConfig:
             raise AutointerpError(f"codebook_batch is {self.codebook_batch}", "pass codebook_batch >= 1")
         # The estimators check their own arguments: run them on one label so that a bad setting
         # fails here, before any judge call is paid for.
-        from .saturation import bootstrap_orders, good_toulmin, saturation_step_table, stop_rule
+        from autointerp.stats.saturation import bootstrap_orders, good_toulmin, saturation_step_table, stop_rule
 
         one = ["x"]
         guest = dict(base=self.guest_base, run=self.guest_run, threshold=self.guest_threshold)

@@ -17,21 +17,21 @@ import pyarrow as pa
 import pyarrow.compute
 import torch
 
-from . import __version__
-from .corpus import CorpusConfig, iter_contexts, iter_documents
-from .errors import AutointerpError
-from .gather import HIST_EDGES, GatherConfig, auto_batch_size, fit_sae, run_gather
-from .model import EMBEDDED_LM, EMBEDDED_MODEL, ModelConfig, SubjectModel, keep_freed_memory
-from .sae import SAE, load_sae, save_saelens
-from .releases import is_release
-from .distributed import group, rank_device, world
-from .store import RunRecord, Store, db_path, remove_database
-from .train import TrainConfig, collect_activations, evaluate_sae, loss_recovered, train_topk_sae
-from .effects import OutputEffectsConfig, output_effects
-from .explain import ExplainConfig, ExplainSummary, explain
-from .llm import LLMConfig
-from .saturate import SaturationConfig, SaturationSummary, saturate
-from .score import ScoreConfig, ScoreSummary, score
+from autointerp import __version__
+from autointerp.gather.corpus import CorpusConfig, iter_contexts, iter_documents
+from autointerp.errors import AutointerpError
+from autointerp.gather.collect import HIST_EDGES, GatherConfig, auto_batch_size, fit_sae, run_gather
+from autointerp.subject.model import EMBEDDED_LM, EMBEDDED_MODEL, ModelConfig, SubjectModel, keep_freed_memory
+from autointerp.subject.sae import SAE, load_sae, save_saelens
+from autointerp.subject.releases import is_release
+from autointerp.gather.distributed import group, rank_device, world
+from autointerp.store.store import RunRecord, Store, db_path, remove_database
+from autointerp.subject.train import TrainConfig, collect_activations, evaluate_sae, loss_recovered, train_topk_sae
+from autointerp.subject.effects import OutputEffectsConfig, output_effects
+from autointerp.stages.explain import ExplainConfig, ExplainSummary, explain
+from autointerp.llm.client import LLMConfig
+from autointerp.stages.saturate import SaturationConfig, SaturationSummary, saturate
+from autointerp.stages.score.stage import ScoreConfig, ScoreSummary, score
 
 
 @dataclass
@@ -135,7 +135,7 @@ def model_for_sae(sae: SAE | None, name: str | None = None, hookpoint: str | Non
     SAE's own config (its release, cfg.json or trainer config); without an SAE, the embedded default."""
     if sae is None:
         return ModelConfig(**{"name": name or EMBEDDED_MODEL, "hookpoint": hookpoint, "device": device, "dtype": dtype or "float32"})
-    from .releases import hub_model
+    from autointerp.subject.releases import hub_model
 
     source = sae.metadata.get("source", "the SAE")
     named = sae.metadata.get("release", {}).get("model") or sae.metadata.get("model_name")
@@ -343,12 +343,12 @@ async def acheck_judge(cfg: RunConfig) -> None:
     unreachable base URL, a rejected key, a missing local model or server. Makes no paid call."""
     if cfg.judge is None:
         return
-    from .llm import MemoryCallStore, load_keys, make_client
-    from .prompts import load_prompts
+    from autointerp.llm.client import MemoryCallStore, load_keys, make_client
+    from autointerp.judges.prompts import load_prompts
 
     load_prompts(cfg.prompt_dir)
     if cfg.judge.provider == "local":
-        from .local import preflight
+        from autointerp.llm.local import preflight
 
         preflight()
         return
@@ -366,9 +366,9 @@ def check_judge(cfg: RunConfig) -> None:
 async def _with_judge(cfg: RunConfig, run_id: str | None, stages):
     """Open the store, the call log and the judge, check the judge can work, and run
     `stages(store, run_id, judge, log)`; the judge is closed and the log written after."""
-    from .judges import make_judge
-    from .llm import load_keys
-    from .store import CallLog
+    from autointerp.judges.judge import make_judge
+    from autointerp.llm.client import load_keys
+    from autointerp.store.store import CallLog
 
     store = Store(cfg.project, create=False)
     try:
@@ -429,7 +429,7 @@ def saturate_labels(cfg: RunConfig, run_id: str | None = None) -> SaturationSumm
 async def aestimate(cfg: RunConfig, run_id: str | None = None) -> list:
     """What `run` would spend on LLM calls for a gathered run: a CostEstimate for the judge and one
     for the sample judge, if any. Renders every prompt; sends none (see estimate.py)."""
-    from .estimate import estimate_costs, refuse_offline
+    from autointerp.stages.estimate import estimate_costs, refuse_offline
 
     judged = [cfg] + ([sample_config(cfg)] if cfg.sample_judge is not None else [])
     out = []
@@ -457,8 +457,8 @@ def run(cfg: RunConfig, reuse_gather: bool = True, echo=print, sae: SAE | None =
     """The whole pipeline: check the judges, gather (kept when already stored with the same
     settings), explain, score, saturate, then the same for the sample judge if any, and the report.
     Each stage's summary is passed to `echo` as it finishes."""
-    from .compare import sample_lines
-    from .report import ReportConfig, write_report
+    from autointerp.views.compare import sample_lines
+    from autointerp.views.report import ReportConfig, write_report
 
     if world().is_root:  # under torchrun the other ranks only gather
         check_judge(cfg)  # a wrong key, base URL or missing local model fails before minutes of gathering

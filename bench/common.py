@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-from autointerp.corpus import CorpusConfig, iter_contexts, iter_documents
-from autointerp.model import ModelConfig, SubjectModel
-from autointerp.sae import load_sae
-from autointerp.train import TrainConfig, collect_activations, train_topk_sae
+from autointerp.gather.corpus import CorpusConfig, iter_contexts, iter_documents
+from autointerp.subject.model import ModelConfig, SubjectModel
+from autointerp.subject.sae import load_sae
+from autointerp.subject.train import TrainConfig, collect_activations, train_topk_sae
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
 

@@ -19,7 +19,7 @@ from common import embedded_model, machine, sae_for, write_report
 
 
 def one_run(sae_dir: str, tokens: int, project: str) -> None:
-    from autointerp.corpus import CorpusConfig
+    from autointerp.gather.corpus import CorpusConfig
     from autointerp.pipeline import RunConfig, gather
 
     cfg = RunConfig(project=project, run_id=f"mem{tokens}", sae=sae_dir, corpus=CorpusConfig(max_tokens=tokens), eval_tokens=0, progress=False)
@@ -40,7 +40,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sae_dir = a.sae
         if sae_dir is None:
-            from autointerp.sae import save_saelens
+            from autointerp.subject.sae import save_saelens
 
             model = embedded_model()
             sae_dir = str(Path(tmp) / "sae")

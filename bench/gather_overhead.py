@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from autointerp.corpus import CorpusConfig, iter_contexts, iter_documents
-from autointerp.gather import GatherConfig, Gatherer, auto_batch_size
-from autointerp.model import keep_freed_memory
+from autointerp.gather.corpus import CorpusConfig, iter_contexts, iter_documents
+from autointerp.gather.collect import GatherConfig, Gatherer, auto_batch_size
+from autointerp.subject.model import keep_freed_memory
 
 from common import embedded_model, machine, sae_for, write_report
 

@@ -28,10 +28,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 from standin_responder import TaskResponder  # noqa: E402
 from standin_server import StandinServer  # noqa: E402
 
-from autointerp.explain import ExplainConfig, explain_task, select_features  # noqa: E402
-from autointerp.judges import make_judge, map_bounded  # noqa: E402
-from autointerp.llm import LLMConfig  # noqa: E402
-from autointerp.store import CallLog, Store  # noqa: E402
+from autointerp.stages.explain import ExplainConfig, explain_task, select_features  # noqa: E402
+from autointerp.judges.judge import make_judge, map_bounded  # noqa: E402
+from autointerp.llm.client import LLMConfig  # noqa: E402
+from autointerp.store.store import CallLog, Store  # noqa: E402
 
 from common import machine, write_report  # noqa: E402
 
@@ -152,7 +152,7 @@ def measure_cost(project: str, run_id: str, n_features: int) -> dict:
     import tempfile
 
     from autointerp.pipeline import RunConfig, label_and_score
-    from autointerp.score import ScoreConfig
+    from autointerp.stages.score.stage import ScoreConfig
 
     with tempfile.TemporaryDirectory() as tmp, StandinServer(api_key=KEY, responder=TaskResponder()) as server:
         shutil.copy(Path(project) / "autointerp.duckdb", Path(tmp) / "autointerp.duckdb")

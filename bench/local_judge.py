@@ -25,15 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from autointerp.explain import ExplainConfig, explain_task, select_features
-from autointerp.judges import map_bounded
-from autointerp.llm import LLMConfig, MemoryCallStore, make_client
-from autointerp.local import LOCAL_MODEL, LocalServer, default_threads, model_path
-from autointerp.prompts import load_prompts
-from autointerp.judges import LLMJudge
+from autointerp.stages.explain import ExplainConfig, explain_task, select_features
+from autointerp.judges.judge import map_bounded
+from autointerp.llm.client import LLMConfig, MemoryCallStore, make_client
+from autointerp.llm.local import LOCAL_MODEL, LocalServer, default_threads, model_path
+from autointerp.judges.prompts import load_prompts
+from autointerp.judges.judge import LLMJudge
 from autointerp.records import DetectionTask, FuzzTask, SimulationTask
-from autointerp.score import ScoreConfig, fuzz_snippets, held_out
-from autointerp.store import Store
+from autointerp.stages.score.stage import ScoreConfig, fuzz_snippets, held_out
+from autointerp.store.store import Store
 
 
 def judge_on(server: LocalServer, concurrency: int, structured: str = "json_object") -> LLMJudge:

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from autointerp.embed import Embedder
-from autointerp.explain import ExplainConfig, explain_task, select_features
-from autointerp.judges import make_judge
-from autointerp.llm import LLMConfig, MemoryCallStore
-from autointerp.metrics import auroc
+from autointerp.stats.embed import Embedder
+from autointerp.stages.explain import ExplainConfig, explain_task, select_features
+from autointerp.judges.judge import make_judge
+from autointerp.llm.client import LLMConfig, MemoryCallStore
+from autointerp.stats.metrics import auroc
 from autointerp.records import DetectionTask
-from autointerp.store import Store
+from autointerp.store.store import Store
 
 VARIANTS = {
     # name: (n_top, n_quantile, context, activation lists)

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from autointerp.serve import make_server, serve_in_thread  # noqa: E402
+from autointerp.views.serve import make_server, serve_in_thread  # noqa: E402
 from test_serve import N, build_big_project, fetch, synthetic  # noqa: E402
 
 PAGES = {"first page": "", "label search": "?q=needle", "token search": "?token=zebra", "feature page": "feature/5", "saturation": "saturation"}

@@ -59,7 +59,7 @@ def pipeline_setup(tmp_path_factory, tiny_model_dir):
 
     from pydoc_data.topics import topics
 
-    from autointerp.sae import SAE, save_saelens
+    from autointerp.subject.sae import SAE, save_saelens
 
     root = tmp_path_factory.mktemp("pipe")
     corpus = root / "docs.jsonl"
@@ -72,9 +72,9 @@ def pipeline_setup(tmp_path_factory, tiny_model_dir):
 
 def pipeline_config(setup, project, **overrides):
     """A RunConfig gathering the pipeline_setup corpus with small banks into `project`."""
-    from autointerp.corpus import CorpusConfig
-    from autointerp.gather import GatherConfig
-    from autointerp.model import ModelConfig
+    from autointerp.gather.corpus import CorpusConfig
+    from autointerp.gather.collect import GatherConfig
+    from autointerp.subject.model import ModelConfig
     from autointerp.pipeline import RunConfig
 
     root, corpus, model = setup

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autointerp.corpus import CorpusConfig, iter_contexts, iter_documents
-from autointerp.model import EMBEDDED_MODEL, ModelConfig, SubjectModel
-from autointerp.sae import SAE, save_saelens
+from autointerp.gather.corpus import CorpusConfig, iter_contexts, iter_documents
+from autointerp.subject.model import EMBEDDED_MODEL, ModelConfig, SubjectModel
+from autointerp.subject.sae import SAE, save_saelens
 
 HOOKPOINT = "encoder.layer.2"
 

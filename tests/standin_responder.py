@@ -19,8 +19,8 @@ import json
 import re
 from collections import Counter
 
-from autointerp.judges import Term, format_label, label_terms, marks_correct, match_positions, norm
-from autointerp.prompts import LABEL_MAX_CHARS, PROMPT_NAMES, load_prompt
+from autointerp.judges.judge import Term, format_label, label_terms, marks_correct, match_positions, norm
+from autointerp.judges.prompts import LABEL_MAX_CHARS, PROMPT_NAMES, load_prompt
 
 MODES = ("correct", "label_line", "wrong_length", "garbage")
 GARBAGE = "I'm sorry, I can't tell from these snippets."

@@ -74,9 +74,9 @@ def test_project_under_a_file_and_read_only(pipeline_setup, tmp_path, capsys, mo
     os.chmod(locked, stat.S_IRUSR | stat.S_IXUSR)
     try:
         if os.access(locked, os.W_OK):  # root writes anywhere: the permission check is made to see what a user would
-            import autointerp.store
+            import autointerp.store.store
 
-            monkeypatch.setattr(autointerp.store, "_writable", lambda d: os.stat(d).st_mode & stat.S_IWUSR != 0)
+            monkeypatch.setattr(autointerp.store.store, "_writable", lambda d: os.stat(d).st_mode & stat.S_IWUSR != 0)
         assert main(gather_argv(pipeline_setup, locked)) == 2
         err = capsys.readouterr().err
         assert "not writable" in err and "Traceback" not in err

@@ -11,7 +11,7 @@ import pytest
 from standin_server import BatchFault, Fault, StandinServer
 
 from autointerp.errors import AutointerpError
-from autointerp.llm import LLMConfig, MemoryCallStore, cache_key, make_client
+from autointerp.llm.client import LLMConfig, MemoryCallStore, cache_key, make_client
 
 KEY = "sk-batch-test"
 PRICE = (2.0, 6.0)  # USD per million prompt, completion tokens

@@ -28,7 +28,7 @@ def test_building_the_parser_loads_no_torch_and_no_llm_sdk():
 
 
 def test_reporting_scoring_and_exporting_load_no_llm_sdk_until_a_client_is_made():
-    code = ("import sys, autointerp.report, autointerp.score, autointerp.export, autointerp.judges; "
+    code = ("import sys, autointerp.views.report, autointerp.stages.score.stage, autointerp.export.writers, autointerp.judges; "
             "print([m for m in ('torch', 'openai', 'anthropic') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -91,7 +91,7 @@ def test_another_explainers_labels_are_scored_saturated_and_reported_without_its
 
     import pandas as pd
 
-    from autointerp.store import Store
+    from autointerp.store.store import Store
 
     shutil.copytree(gathered, tmp_path / "p")
     project = str(tmp_path / "p")
@@ -161,7 +161,7 @@ def test_example_configs_are_package_data_and_parse_into_the_run_they_describe(m
 
     import autointerp.pipeline
     from autointerp.cli import _config_defaults, _judged, _run_config
-    from autointerp.releases import resolve_release
+    from autointerp.subject.releases import resolve_release
 
     # The hub is out of reach here: the release's directory entry stands in for its downloaded SAE.
     def release_sae(cfg):
@@ -195,8 +195,8 @@ def test_model_hookpoint_and_dtype_come_from_the_sae_and_a_bad_sae_fails_before_
     import torch
 
     from autointerp.cli import main
-    from autointerp.sae import SAE, save_saelens
-    from autointerp.store import Store
+    from autointerp.subject.sae import SAE, save_saelens
+    from autointerp.store.store import Store
 
     root, corpus, model = pipeline_setup
     torch.manual_seed(1)
@@ -226,8 +226,8 @@ def test_gpt2_workflow_by_saelens_release_name_through_the_hub_cache(pipeline_se
     import torch
 
     import sae_writers as w
-    from autointerp.sae import SAE, save_saelens
-    from autointerp.store import Store
+    from autointerp.subject.sae import SAE, save_saelens
+    from autointerp.store.store import Store
 
     root, corpus, model = pipeline_setup
     cache = tmp_path / "hf-cache"

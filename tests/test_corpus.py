@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from autointerp.corpus import CorpusConfig, iter_contexts, iter_documents
+from autointerp.gather.corpus import CorpusConfig, iter_contexts, iter_documents
 from autointerp.errors import AutointerpError
 
 DOCS = ["alpha beta gamma delta. " * 12, "the quick brown fox jumps over the lazy dog. " * 9, "lorem ipsum dolor sit amet. " * 15]

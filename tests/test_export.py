@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from autointerp.errors import AutointerpError
-from autointerp.export import METHOD_NAME, export
-from autointerp.store import Store
+from autointerp.export.writers import METHOD_NAME, export
+from autointerp.store.store import Store
 from test_report import HOSTILE_LABEL, INJECTION, RUN, SCRIPT_TOKEN, build_project, real_run  # noqa: F401 (real_run is a fixture)
 
 # neuron_explainer's fast_dataclasses rebuild each object from its "dataclass_name" and these fields.
@@ -135,7 +135,7 @@ def test_upload_batches_are_what_neuronpedias_own_client_sends(real_run, tmp_pat
     from neuronpedia.np_feature import Feature, Logit
     from neuronpedia.requests.feature_request import MAX_FEATURES_PER_BATCH, FeatureRequest
 
-    from autointerp.export import ExportConfig
+    from autointerp.export.writers import ExportConfig
 
     written = export(real_run, out=tmp_path, formats=("neuronpedia-upload",), cfg=ExportConfig(model_id="tiny-gpt2", source="1-test"))
     paths = written["neuronpedia-upload"]
@@ -167,7 +167,7 @@ def test_upload_batches_are_what_neuronpedias_own_client_sends(real_run, tmp_pat
 
 
 def test_neuronpedia_formats_carry_one_explainer(real_run, tmp_path):
-    from autointerp.export import ExportConfig
+    from autointerp.export.writers import ExportConfig
 
     with pytest.raises(AutointerpError, match="has no labels by nobody:x") as err:
         export(real_run, out=tmp_path, formats=("neuronpedia",), cfg=ExportConfig(explainer="nobody:x"))
@@ -177,7 +177,7 @@ def test_neuronpedia_formats_carry_one_explainer(real_run, tmp_path):
 def test_bulk_export_reads_back_as_the_store_holds_it(real_run, tmp_path):
     import duckdb
 
-    from autointerp.export import ExportConfig, read_neuronpedia_bulk
+    from autointerp.export.writers import ExportConfig, read_neuronpedia_bulk
 
     written = export(real_run, out=tmp_path, formats=("neuronpedia-bulk",), cfg=ExportConfig(bulk_batch=7, model_id="m", source="1-x"))
     root = tmp_path / "neuronpedia_bulk" / "m" / "1-x"

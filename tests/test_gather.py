@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from autointerp.corpus import CorpusConfig, iter_contexts, iter_documents
-from autointerp.gather import HIST_EDGES, GatherConfig, Gatherer, run_gather, split_of
-from autointerp.model import ModelConfig, SubjectModel
-from autointerp.sae import SAE
+from autointerp.gather.corpus import CorpusConfig, iter_contexts, iter_documents
+from autointerp.gather.collect import HIST_EDGES, GatherConfig, Gatherer, run_gather, split_of
+from autointerp.subject.model import ModelConfig, SubjectModel
+from autointerp.subject.sae import SAE
 
 CONTEXT = 32
 
@@ -231,7 +231,7 @@ def test_a_dictionary_gathered_in_feature_shards_equals_one_pass(gpt2, corpus_fi
     and batching differently changes nothing either: sample keys hash (seed, feature, context)."""
     from dataclasses import replace
 
-    from autointerp.gather import feature_shards
+    from autointerp.gather.collect import feature_shards
 
     corpus = CorpusConfig(source=str(corpus_file), context_length=CONTEXT)
     batch, x = _contexts(gpt2, corpus)
@@ -263,8 +263,8 @@ def test_a_dictionary_gathered_in_feature_shards_equals_one_pass(gpt2, corpus_fi
 def test_gatherers_of_context_shares_merge_into_the_one_pass_gather(gpt2, corpus_file):
     """The basis of a distributed gather: workers take contexts by a stateless rule (context id
     modulo the number of workers); absorbing their gatherers gives the one-pass examples row for row."""
-    from autointerp.corpus import rank_share
-    from autointerp.gather import Gatherer
+    from autointerp.gather.corpus import rank_share
+    from autointerp.gather.collect import Gatherer
 
     corpus = CorpusConfig(source=str(corpus_file), context_length=CONTEXT)
     batch, x = _contexts(gpt2, corpus)

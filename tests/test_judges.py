@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from autointerp.errors import AutointerpError
-from autointerp.judges import LLMJudge, OfflineJudge, Term, label_terms, make_judge
-from autointerp.llm import LLMConfig, MemoryCallStore
-from autointerp.prompts import (
+from autointerp.judges.judge import LLMJudge, OfflineJudge, Term, label_terms, make_judge
+from autointerp.llm.client import LLMConfig, MemoryCallStore
+from autointerp.judges.prompts import (
     DEFAULT_DIR,
     PROMPT_NAMES,
     ParseError,

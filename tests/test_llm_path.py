@@ -142,7 +142,7 @@ def test_wheel_carries_its_prompts_and_runs_an_llm_judge(pipeline_setup, tmp_pat
     Path(site, "dependencies.pth").write_text("\n".join(ours) + "\n")  # torch & co. from this environment: a path, not its .pth hooks
     installed = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)], capture_output=True, text=True, timeout=300)
     assert installed.returncode == 0, installed.stderr
-    where = subprocess.run([str(py), "-c", "import autointerp, autointerp.prompts as p; print(autointerp.__file__); print(p.DEFAULT_DIR)"],
+    where = subprocess.run([str(py), "-c", "import autointerp, autointerp.judges.prompts as p; print(autointerp.__file__); print(p.DEFAULT_DIR)"],
                            capture_output=True, text=True, cwd=tmp_path, env=ENV)
     assert where.returncode == 0, where.stderr
     package, prompts = where.stdout.split()

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from autointerp import local
+from autointerp.llm import local
 from autointerp.errors import AutointerpError
-from autointerp.llm import LLMConfig, MemoryCallStore, make_client
-from autointerp.local import LocalModel, LocalServer, model_path
+from autointerp.llm.client import LLMConfig, MemoryCallStore, make_client
+from autointerp.llm.local import LocalModel, LocalServer, model_path
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from autointerp.errors import AutointerpError
-from autointerp.metrics import (
+from autointerp.stats.metrics import (
     MIN_GAP,
     Estimate,
     auroc,

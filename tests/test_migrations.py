@@ -10,7 +10,7 @@ import duckdb
 import pytest
 
 from autointerp.errors import AutointerpError
-from autointerp.store import DB_NAME, MIGRATIONS, SCHEMA_VERSION, Store
+from autointerp.store.store import DB_NAME, MIGRATIONS, SCHEMA_VERSION, Store
 
 FIXTURE = Path(__file__).parent / "fixtures" / "db_schema_v1"
 TABLES = ("runs", "features", "examples", "contexts", "documents", "vocab", "explanations", "scores", "llm_calls",
@@ -66,8 +66,8 @@ def test_a_schema_1_database_upgrades_in_place_and_keeps_every_row(tmp_path):
 
 
 def test_an_upgraded_database_takes_new_labels_reports_and_exports(tmp_path):
-    from autointerp.export import export
-    from autointerp.report import write_report
+    from autointerp.export.writers import export
+    from autointerp.views.report import write_report
 
     project = v1_project(tmp_path)
     files = write_report(project, "r1")  # a read-only command upgrades first

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from autointerp.errors import AutointerpError
-from autointerp.model import ModelConfig, SubjectModel
+from autointerp.subject.model import ModelConfig, SubjectModel
 
 FAMILIES = ["gpt2", "llama", "gemma2", "gpt_neox", "bert"]
 LAYER_PATH = {"gpt2": "transformer.h", "llama": "model.layers", "gemma2": "model.layers",

@@ -14,11 +14,11 @@ import torch
 from autointerp.cli import main as cli_main
 from conftest import pipeline_config
 from autointerp.errors import AutointerpError
-from autointerp.gather import GatherConfig
+from autointerp.gather.collect import GatherConfig
 from autointerp.pipeline import gather
-from autointerp.sae import SAE, load_sae, save_saelens
-from autointerp.store import Store
-from autointerp.train import TrainConfig, evaluate_sae, train_topk_sae
+from autointerp.subject.sae import SAE, load_sae, save_saelens
+from autointerp.store.store import Store
+from autointerp.subject.train import TrainConfig, evaluate_sae, train_topk_sae
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +134,8 @@ def test_trainer_recovers_a_planted_dictionary():
 
 def test_held_out_tokens_come_from_every_tenth_context_and_only_those_are_run_once_the_train_set_is_full():
     """Evaluation asks for held-out tokens only: the model must not run on the nine contexts in ten it would discard."""
-    from autointerp.corpus import ContextBatch
-    from autointerp.train import collect_activations
+    from autointerp.gather.corpus import ContextBatch
+    from autointerp.subject.train import collect_activations
 
     class Counting:  # each token's activation is its context id, so the rows say where they came from
         width = 1
@@ -195,9 +195,9 @@ def test_cli_help_lists_the_stages(capsys):
 def test_loss_recovered_is_one_for_an_exact_sae_and_zero_for_an_empty_one(setup):
     """relu(x) − relu(−x) = x: an SAE with encoder [I, −I] and decoder [I; −I] reconstructs exactly,
     so splicing it in changes no loss; an all-zero SAE is the zero ablation itself."""
-    from autointerp.corpus import iter_contexts, iter_documents
-    from autointerp.model import SubjectModel
-    from autointerp.train import loss_recovered
+    from autointerp.gather.corpus import iter_contexts, iter_documents
+    from autointerp.subject.model import SubjectModel
+    from autointerp.subject.train import loss_recovered
 
     cfg = _config(setup, "unused")
     model = SubjectModel(cfg.model)

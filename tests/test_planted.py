@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from autointerp.corpus import CorpusConfig
-from autointerp.judges import Term, label_terms, norm
-from autointerp.store import Store
+from autointerp.gather.corpus import CorpusConfig
+from autointerp.judges.judge import Term, label_terms, norm
+from autointerp.store.store import Store
 from planted import build
 
 TOKENS = 200_000

@@ -16,10 +16,10 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from autointerp.report import (NOT_SATURATED_YET, FeatureCard, ReportConfig, ScoreCell, loss_recovered_text, low_confidence, watch_patterns,
+from autointerp.views.report import (NOT_SATURATED_YET, FeatureCard, ReportConfig, ScoreCell, loss_recovered_text, low_confidence, watch_patterns,
                                write_report)
-from autointerp.score import ScoreConfig, write_summaries
-from autointerp.store import CallLog, RunRecord, Store
+from autointerp.stages.score.stage import ScoreConfig, write_summaries
+from autointerp.store.store import CallLog, RunRecord, Store
 from conftest import pipeline_config
 
 RUN = "r1"
@@ -165,7 +165,7 @@ def test_report_of_a_run_not_labelled_yet(tmp_path):
 
 
 def test_loss_recovered_says_why_it_is_missing_where_known():
-    from autointerp.model import EMBEDDED_MODEL
+    from autointerp.subject.model import EMBEDDED_MODEL
 
     assert loss_recovered_text({"model": EMBEDDED_MODEL, "sae_metrics": {}}) == "not measured (not a causal LM)"
     assert loss_recovered_text({"model": "gpt2", "sae_metrics": {}}) == "not measured"
@@ -201,8 +201,8 @@ def real_run(pipeline_setup, tmp_path_factory):
     import asyncio
 
     from autointerp.pipeline import gather, label_and_score
-    from autointerp.saturate import SaturationConfig, saturate
-    from autointerp.score import ScoreConfig
+    from autointerp.stages.saturate import SaturationConfig, saturate
+    from autointerp.stages.score.stage import ScoreConfig
 
     project = tmp_path_factory.mktemp("real")
     cfg = pipeline_config(pipeline_setup, project)
@@ -283,7 +283,7 @@ def test_a_second_explainer_is_shown_beside_the_first_with_their_agreement(tmp_p
 
 
 def test_an_interrupted_report_leaves_the_previous_one_whole(tmp_path, monkeypatch):
-    import autointerp.report as report
+    import autointerp.views.report as report
 
     project = build_project(tmp_path)
     first = write_report(project)
@@ -304,7 +304,7 @@ def test_a_large_run_keeps_the_page_small_and_points_to_the_browser(real_run, tm
     how to browse the rest; the figures still count every feature."""
     import duckdb
 
-    from autointerp.report import ReportConfig, write_report
+    from autointerp.views.report import ReportConfig, write_report
 
     con = duckdb.connect(str(real_run / "autointerp.duckdb"), read_only=True)
     alive = [f for (f,) in con.execute("SELECT feature FROM features WHERE run_id = ? AND NOT dead ORDER BY feature", [RUN]).fetchall()]

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from autointerp.errors import AutointerpError
-from autointerp.sae import SAE, load_sae, save_saelens
+from autointerp.subject.sae import SAE, load_sae, save_saelens
 import sae_writers as w  # tests/ is on sys.path under pytest's default import mode
 
 D_IN, D_SAE, K = 16, 48, 8
@@ -647,7 +647,7 @@ def test_hub_env_variables_in_fresh_process(tmp_path):
     w.write_saelens(tmp_path / "repo" / "sae", v6_cfg("standard"), saelens_params(rng, "standard"))
     w.write_hf_cache(tmp_path / "cache", "owner/repo", tmp_path / "repo")
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
-    code = "from autointerp.sae import load_sae; s = load_sae('hf://owner/repo/sae'); print(s.architecture, s.d_sae)"
+    code = "from autointerp.subject.sae import load_sae; s = load_sae('hf://owner/repo/sae'); print(s.architecture, s.d_sae)"
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
     )
@@ -796,8 +796,8 @@ def _hidden_state(model, ids: torch.Tensor, index: int) -> np.ndarray:
 @pytest.mark.parametrize("family,applied", [("gpt2", True), ("llama", False)])
 def test_center_writing_weights_follows_transformer_lens(tmp_path, tiny_model_dir, family, applied):
     """TransformerLens centres the residual stream of LayerNorm models only (RMSNorm ones untouched)."""
-    from autointerp.gather import fit_sae
-    from autointerp.model import ModelConfig, SubjectModel
+    from autointerp.gather.collect import fit_sae
+    from autointerp.subject.model import ModelConfig, SubjectModel
 
     model = SubjectModel(ModelConfig(name=tiny_model_dir(family), hookpoint="blocks.1.hook_resid_post", device="cpu"))
     rng = np.random.default_rng(40)
@@ -826,8 +826,8 @@ def test_center_writing_weights_follows_transformer_lens(tmp_path, tiny_model_di
 
 
 def test_transcoder_refused_when_paired_with_the_model(tmp_path, tiny_model_dir):
-    from autointerp.gather import fit_sae
-    from autointerp.model import ModelConfig, SubjectModel
+    from autointerp.gather.collect import fit_sae
+    from autointerp.subject.model import ModelConfig, SubjectModel
 
     model = SubjectModel(ModelConfig(name=tiny_model_dir("gpt2"), hookpoint="blocks.1.hook_resid_post", device="cpu"))
     rng = np.random.default_rng(41)

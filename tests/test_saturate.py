@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 
 from autointerp.errors import AutointerpError
-from autointerp.judges import OfflineJudge, make_judge
-from autointerp.llm import LLMConfig
-from autointerp.prompts import load_prompt
-from autointerp.saturate import CoverageStop, SaturationConfig, saturate
-from autointerp.saturation import saturation_step_table, saturation_verdict, stop_rule
-from autointerp.store import CallLog, Store
+from autointerp.judges.judge import OfflineJudge, make_judge
+from autointerp.llm.client import LLMConfig
+from autointerp.judges.prompts import load_prompt
+from autointerp.stages.saturate import CoverageStop, SaturationConfig, saturate
+from autointerp.stats.saturation import saturation_step_table, saturation_verdict, stop_rule
+from autointerp.store.store import CallLog, Store
 from standin_responder import GARBAGE, CodebookResponder
 from standin_server import StandinServer
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from autointerp.errors import AutointerpError
-from autointerp.saturation import (
+from autointerp.stats.saturation import (
     bootstrap_orders,
     chao1,
     counts_from_labels,
@@ -375,7 +375,7 @@ FINITE = {"a": 1, "b": 1, "c": 1, "d": 1, "e": 2, "f": 2}  # n = 8, S_obs = 6, f
 
 
 def test_chao1_without_replacement_is_chao_lin_with_the_finite_population_correction_and_the_cap():
-    from autointerp.saturation import chao1
+    from autointerp.stats.saturation import chao1
 
     c = chao1(FINITE, population=16)  # q = 1/2
     # f0 = f1(f1−1) / (2(f2+1)·n/(n−1) + f1·q/(1−q)) = 12 / (6·8/7 + 4) = 12 / 10.857143 = 1.105263
@@ -390,7 +390,7 @@ def test_chao1_without_replacement_is_chao_lin_with_the_finite_population_correc
 
 
 def test_coverage_and_labels_to_target_respect_the_features_left():
-    from autointerp.saturation import good_turing_coverage, labels_to_reach_coverage
+    from autointerp.stats.saturation import good_turing_coverage, labels_to_reach_coverage
 
     # A = (n−1)f1 / ((n−1)f1 + 2f2) = 28/32; unseen = f1/n·A·(1 − n/N) = 0.5·0.875·0.5 = 0.21875
     assert good_turing_coverage(FINITE, population=16) == pytest.approx(1 - 0.21875)
@@ -403,7 +403,7 @@ def test_coverage_and_labels_to_target_respect_the_features_left():
 
 
 def test_new_categories_in_the_next_m_labels_never_exceed_the_labels_left():
-    from autointerp.saturation import good_toulmin
+    from autointerp.stats.saturation import good_toulmin
 
     singletons = {k: 1 for k in "abcde"}  # U(m) = −Σ(−m/n)^k f_k = m for all singletons
     assert good_toulmin(singletons, 5) == pytest.approx(5)
@@ -412,7 +412,7 @@ def test_new_categories_in_the_next_m_labels_never_exceed_the_labels_left():
 
 
 def test_a_fully_labelled_dictionary_is_exact_and_says_so():
-    from autointerp.saturation import chao1, good_toulmin, good_turing_coverage, labels_to_reach_coverage, saturation_step_table
+    from autointerp.stats.saturation import chao1, good_toulmin, good_turing_coverage, labels_to_reach_coverage, saturation_step_table
 
     labels = ["a", "b", "c", "d", "e", "e", "f", "f"]
     c = chao1(FINITE, population=8)

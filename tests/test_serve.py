@@ -21,8 +21,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from autointerp.serve import CSP, add_parser, make_server, serve_in_thread
-from autointerp.store import DB_NAME, RunRecord, Store
+from autointerp.views.serve import CSP, add_parser, make_server, serve_in_thread
+from autointerp.store.store import DB_NAME, RunRecord, Store
 
 RUN = "big"
 EXPLAINER = "standin:judge-1"
@@ -402,7 +402,7 @@ def test_the_command_serves_until_interrupted(tmp_path):
     from test_report import build_project
 
     project = build_project(tmp_path / "p", with_labels=False)
-    code = ("import argparse, sys; from autointerp.serve import add_parser; p = argparse.ArgumentParser(); "
+    code = ("import argparse, sys; from autointerp.views.serve import add_parser; p = argparse.ArgumentParser(); "
             "s = p.add_subparsers(); add_parser(s); "
             "a = p.parse_args(sys.argv[1:]); a.func(a)")
     proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--project", str(project), "--port", "0", "--quiet"],

@@ -9,13 +9,13 @@ from dataclasses import replace
 import pytest
 
 from autointerp.errors import AutointerpError
-from autointerp.explain import ExplainConfig, explain
-from autointerp.judges import OfflineJudge
-from autointerp.llm import LLMConfig
+from autointerp.stages.explain import ExplainConfig, explain
+from autointerp.judges.judge import OfflineJudge
+from autointerp.llm.client import LLMConfig
 from autointerp.pipeline import gather, label_and_score
 from autointerp.records import JudgeAnswer
-from autointerp.score import ScoreConfig, score
-from autointerp.store import Store
+from autointerp.stages.score.stage import ScoreConfig, score
+from autointerp.store.store import Store
 from conftest import pipeline_config
 from standin_responder import TaskResponder
 from standin_server import Fault, StandinServer
@@ -268,7 +268,7 @@ def test_a_run_of_failed_calls_stops_the_stage_keeping_what_was_answered(pipelin
 
 
 def test_regathering_a_run_drops_labels_that_describe_the_old_examples(pipeline_setup, fresh_project):
-    from autointerp.gather import GatherConfig
+    from autointerp.gather.collect import GatherConfig
 
     with Store(fresh_project) as store:
         _run(store, OfflineJudge(), scorers=("detection",))

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from autointerp.errors import AutointerpError
-from autointerp.model import ModelConfig, SubjectModel
-from autointerp.sae import SAE
-from autointerp.steer import SteerConfig, add_edit, clamp_edit, steer
-from autointerp.subject import Subject
+from autointerp.subject.model import ModelConfig, SubjectModel
+from autointerp.subject.sae import SAE
+from autointerp.subject.steer import SteerConfig, add_edit, clamp_edit, steer
+from autointerp.subject.load import Subject
 
 
 def _subject(model_dir: str, hookpoint: str, d_sae: int = 8, seed: int = 0) -> Subject:
@@ -150,8 +150,8 @@ def _planted_subject(tiny_model_dir, targets: list[int], n_random: int) -> Subje
 
 
 def test_intervention_scorer_finds_a_planted_output_feature_and_gives_random_ones_chance(tiny_model_dir):
-    from autointerp.score import ScoreConfig
-    from autointerp.score.scorers import SCORERS, Item, label_token_ids
+    from autointerp.stages.score.stage import ScoreConfig
+    from autointerp.stages.score.scorers import SCORERS, Item, label_token_ids
 
     tok_text = ["object", "class", "value", "function"]
     subject = _subject(tiny_model_dir("llama"), "blocks.2.hook_resid_post")
@@ -237,7 +237,7 @@ def test_causal_lm_path_through_the_cli(pipeline_setup, tmp_path, capsys):
 
 
 def test_an_sae_of_another_width_is_refused_before_any_work(tiny_model_dir, tmp_path):
-    from autointerp.gather import fit_sae  # gather, steer, effects and the intervention scorer all load through it
+    from autointerp.gather.collect import fit_sae  # gather, steer, effects and the intervention scorer all load through it
 
     model = SubjectModel(ModelConfig(name=tiny_model_dir("llama"), hookpoint="blocks.1.hook_resid_post", device="cpu"))
     narrow = SAE(torch.randn(16, 4), torch.zeros(4), torch.randn(4, 16), torch.zeros(16), architecture="standard")

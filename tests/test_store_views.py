@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from autointerp.store import Store
+from autointerp.store.store import Store
 from test_migrations import v1_project
 from test_report import RUN, real_run  # noqa: F401 (a fixture)
 

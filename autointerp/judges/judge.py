@@ -1,0 +1,417 @@
+"""Judges: write a label for a feature, test a label by detection, fuzzing and simulation, and
+merge labels into a codebook (saturation).
+
+One interface (`Judge`), two implementations, chosen by `make_judge`:
+
+- `LLMJudge` renders a prompt file (see prompts.py), sends it through an `LLMClient` and
+  parses the answer. A failed call gives error "api: ...", an unreadable answer
+  "parse: ..."; either way value is None and the raw text is kept. There is no
+  placeholder label and no default prediction. Provider "local" also owns the server
+  it talks to (local.py) and stops it on close.
+- `OfflineJudge` needs no LLM. It labels a feature by the tokens that most distinguish
+  its activating positions, and scores a label by matching the tokens it names.
+
+Offline label format (readable by people, read back by `label_terms`):
+
+    token "def"                            fires on "def"
+    token "def" (also "class", "lambda")   fires on any of them
+    "(" after "print"                      fires on "(" when the previous token is "print"
+
+Quoted tokens are JSON strings, stripped of surrounding whitespace and case-folded,
+so `" Def"` and `"def"` are one token. For labels in any other wording `label_terms` uses
+the quoted strings in it, else its content words.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Awaitable, Callable, Iterable, Mapping, Protocol, Sequence, TypeVar
+
+from autointerp.errors import AutointerpError
+from autointerp.llm.client import CallStore, LLMClient, LLMConfig, Secret, make_client
+from autointerp.judges.prompts import (
+    ParseError,
+    Prompt,
+    activation_marks,
+    answer_budget,
+    answer_schema,
+    codebook_fields,
+    detection_fields,
+    explain_fields,
+    fuzzing_fields,
+    load_prompts,
+    parse_binary_list,
+    parse_codebook,
+    parse_label,
+    parse_simulation,
+    simulation_fields,
+)
+from autointerp.records import DetectionTask, ExplainTask, FuzzTask, JudgeAnswer, SimulationTask, Snippet
+
+T = TypeVar("T")
+A = TypeVar("A")
+R = TypeVar("R")
+
+
+class Judge(Protocol):
+    """Everything a stage asks of a judge; no stage looks behind it."""
+
+    name: str  # "provider:model": how labels and scores name who made them
+    concurrency: int  # how many tasks are worth keeping in flight
+    settings: dict  # what decides its answers besides the prompts (model, temperature, ...), stored with results
+
+    async def check(self) -> None:
+        """Raise AutointerpError now if the judge cannot work (bad key, unreachable server)."""
+
+    async def explain(self, task: ExplainTask) -> JudgeAnswer[str]: ...
+
+    async def detect(self, task: DetectionTask) -> JudgeAnswer[list[bool]]: ...
+
+    async def fuzz(self, task: FuzzTask) -> JudgeAnswer[list[bool]]: ...
+
+    async def simulate(self, task: SimulationTask) -> JudgeAnswer[list[list[int]]]: ...
+
+    async def codebook(self, labels: Sequence[str], codes: Sequence[str]) -> JudgeAnswer[list[str]]:
+        """The code of each new label: one of `codes` (the codebook so far) or a new one."""
+
+    def usage(self) -> str | None:
+        """What this judge's calls cost so far, as a line for the summary (None: it makes none)."""
+
+    async def aclose(self) -> None: ...
+
+
+class LLMJudge:
+    """A judge that asks an LLM. Concurrency, rate limits, retries and caching are the client's."""
+
+    def __init__(self, client: LLMClient, config: LLMConfig, prompts: Mapping[str, Prompt], on_close: Callable[[], None] | None = None):
+        self.client = client
+        self.config = config
+        self.name = config.name
+        # Through a batch API every task of a chunk is in flight at once: they go out as one batch.
+        self.concurrency = config.batch_max_requests if config.batch else config.concurrency
+        self.settings = {"provider": config.provider, "model": config.model, "temperature": config.temperature,
+                         "max_tokens": config.max_tokens, "structured_output": config.structured_output}
+        self._on_close = on_close
+        self.prompts = dict(prompts)
+        self.settings["prompts"] = {name: prompt.hash for name, prompt in self.prompts.items()}
+        self.outcomes: dict[str, Counter] = {}  # task → Counter of "ok" / "parse" / "api" answers
+
+    def failure_rates(self) -> str:
+        """Per task: answers that could not be parsed and calls that failed, of all answers."""
+        return "; ".join(f"{task} {c['parse']}/{sum(c.values())} unparsable" + (f", {c['api']} failed calls" if c["api"] else "")
+                         for task, c in self.outcomes.items())
+
+    async def check(self) -> None:
+        await self.client.check()
+
+    async def explain(self, task: ExplainTask) -> JudgeAnswer[str]:
+        return await self._ask("explain", task.feature, explain_fields(task), parse_label, answer_schema("explain"), answer_budget("explain"))
+
+    async def detect(self, task: DetectionTask) -> JudgeAnswer[list[bool]]:
+        n = len(task.snippets)
+        return await self._ask("detection", task.feature, detection_fields(task), lambda text: parse_binary_list(text, n),
+                               answer_schema("detection", n=n), answer_budget("detection", n=n))
+
+    async def fuzz(self, task: FuzzTask) -> JudgeAnswer[list[bool]]:
+        n = len(task.snippets)
+        return await self._ask("fuzzing", task.feature, fuzzing_fields(task), lambda text: parse_binary_list(text, n),
+                               answer_schema("fuzzing", n=n), answer_budget("fuzzing", n=n))
+
+    async def simulate(self, task: SimulationTask) -> JudgeAnswer[list[list[int]]]:
+        lengths = [len(s.tokens) for s in task.snippets]
+        return await self._ask("simulation", task.feature, simulation_fields(task), lambda text: parse_simulation(text, lengths),
+                               answer_schema("simulation", lengths=lengths), answer_budget("simulation", lengths=lengths))
+
+    async def codebook(self, labels: Sequence[str], codes: Sequence[str]) -> JudgeAnswer[list[str]]:
+        n = len(labels)
+        return await self._ask("codebook", None, codebook_fields(labels, codes), lambda text: parse_codebook(text, n),
+                               answer_schema("codebook", n=n), answer_budget("codebook", n=n))
+
+    def usage(self) -> str | None:
+        rates = self.failure_rates()
+        return self.client.totals.line() + (f"\nanswers by task: {rates}" if rates else "")
+
+    async def _ask(
+        self, name: str, feature: int | None, fields: Mapping[str, object], parse: Callable[[str], T], schema: dict, budget: int
+    ) -> JudgeAnswer[T]:
+        prompt = self.prompts[name]
+        system, user = prompt.render(**fields)
+        c = await self.client.complete(system, user, purpose=name, feature=feature, max_tokens=budget, schema=schema)
+        meta = dict(
+            prompt_hash=prompt.hash,
+            prompt_tokens=c.prompt_tokens or 0,
+            completion_tokens=c.completion_tokens or 0,
+            cost_usd=c.cost_usd,
+            cached=c.cached,
+            call_id=c.call_id,
+        )
+        outcomes = self.outcomes.setdefault(name, Counter())
+        if c.error is not None:
+            outcomes["api"] += 1
+            return JudgeAnswer(None, raw=c.raw, error=f"api: {c.error}", **meta)
+        try:
+            value = parse(c.text)
+        except ParseError as exc:
+            outcomes["parse"] += 1
+            return JudgeAnswer(None, raw=c.text, error=f"parse: {exc}", **meta)
+        outcomes["ok"] += 1
+        return JudgeAnswer(value, raw=c.text, **meta)
+
+    async def aclose(self) -> None:
+        try:
+            await self.client.aclose()
+        finally:
+            if self._on_close is not None:
+                self._on_close()
+
+
+# --- offline labels: terms, matching, reading a label back --------------------------------
+
+
+def norm(token: str) -> str:
+    """Matching key of a token: stripped and case-folded; whitespace-only tokens stay as they are."""
+    return token.strip().casefold() or token
+
+
+@dataclass(frozen=True)
+class Term:
+    """A token, optionally only when right after another token (both normalised)."""
+
+    token: str
+    after: str | None = None
+
+    def matches(self, keys: Sequence[str], i: int) -> bool:
+        return keys[i] == self.token and (self.after is None or (i > 0 and keys[i - 1] == self.after))
+
+    def describe(self) -> str:
+        text = json.dumps(self.token, ensure_ascii=False)
+        return text if self.after is None else f"{text} after {json.dumps(self.after, ensure_ascii=False)}"
+
+
+def format_label(terms: Sequence[Term]) -> str:
+    first, rest = terms[0], terms[1:]
+    label = ("token " if first.after is None else "") + first.describe()
+    return label + (f" (also {', '.join(t.describe() for t in rest)})" if rest else "")
+
+
+_JSON_STRING = r'"(?:[^"\\]|\\.)*"'
+_TERM = re.compile(rf"({_JSON_STRING})(?:\s+after\s+({_JSON_STRING}))?")
+_OTHER_QUOTES = re.compile(r"(?<!\w)'([^']+)'(?!\w)|`([^`]+)`|“([^”]+)”|‘([^’]+)’")
+_STOPWORDS = frozenset(
+    "a an the of in on at to for by with from and or as is are be it its this that such like "
+    "token tokens word words after before also feature fires activates text phrase phrases "
+    "mention mentions mentioning reference references related e g".split()
+)
+
+
+def _json_text(quoted: str) -> str:
+    try:
+        return json.loads(quoted)
+    except ValueError:  # an LLM's invalid escape: take the text between the quotes as it is
+        return quoted[1:-1]
+
+
+def _terms_of(text: str) -> list[Term]:
+    """One term for a token; one per word for a quoted phrase, which no single token spells."""
+    key = norm(text)
+    words = key.split()
+    return [Term(word) for word in words] if len(words) > 1 else [Term(key)]
+
+
+def label_terms(label: str) -> list[Term]:
+    """The terms a label names: offline-format terms or other double-quoted strings, else
+    strings in other quotes, else the label's content words."""
+    terms = [
+        term
+        for tok, after in _TERM.findall(label)
+        for term in ([Term(norm(_json_text(tok)), norm(_json_text(after)))] if after else _terms_of(_json_text(tok)))
+    ]
+    if not terms:
+        terms = [term for groups in _OTHER_QUOTES.findall(label) for term in _terms_of(next(g for g in groups if g))]
+    if not terms:
+        terms = [Term(word) for word in re.findall(r"\w+", label.casefold()) if word not in _STOPWORDS]
+    return list(dict.fromkeys(terms))  # unique, in order
+
+
+def match_positions(tokens: Sequence[str], terms: Iterable[Term]) -> list[bool]:
+    keys = [norm(t) for t in tokens]
+    terms = list(terms)
+    return [any(term.matches(keys, i) for term in terms) for i in range(len(keys))]
+
+
+def marks_correct(tokens: Sequence[str], marked: Sequence[bool], terms: Iterable[Term]) -> bool:
+    """Marks are right when at least half of the marked tokens are ones the label names
+    (half, not all: a mark can spill onto a neighbouring token)."""
+    hits = [m for m, marked_here in zip(match_positions(tokens, terms), marked) if marked_here]
+    return bool(hits) and 2 * sum(hits) >= len(hits)
+
+
+# --- offline explanation: smoothed log-odds of terms at activating positions --------------
+
+SMOOTHING = 1.0  # add-α pseudo-count on each side: a term seen once cannot outrank a steady one
+MIN_LOG_ODDS = 2.0  # below this a term is not distinctive enough to name
+EXTRA_FRACTION = 0.5  # an "also" term needs this share of the first term's log-odds
+MAX_EXTRAS = 3
+CONTEXT_MARGIN = 1.0  # "x after y" must beat plain "x" by this much (nats) to be worth saying
+
+
+def _term_counts(snippets: Iterable[Snippet]) -> tuple[Counter, Counter, float, float]:
+    """Per term: activation-weighted count at activating positions, count at the others; and the totals."""
+    active: Counter = Counter()
+    inactive: Counter = Counter()
+    n_active = n_inactive = 0.0
+    for snippet in snippets:
+        keys = [norm(t) for t in snippet.tokens]
+        values = snippet.values()
+        top = max(values, default=0.0)
+        for i, (key, fires) in enumerate(zip(keys, activation_marks(snippet))):
+            terms = [Term(key)] + ([Term(key, keys[i - 1])] if i else [])
+            if fires:
+                weight = values[i] / top  # the snippet's peak counts most
+                n_active += weight
+                for term in terms:
+                    active[term] += weight
+            else:
+                n_inactive += 1
+                for term in terms:
+                    inactive[term] += 1
+    return active, inactive, n_active, n_inactive
+
+
+def term_scores(snippets: Sequence[Snippet], negatives: Sequence[Snippet]) -> dict[Term, float]:
+    """Smoothed log-odds ratio, activating vs other positions, of each term seen at an
+    activating position. The other positions are the snippets' own plus the negatives'."""
+    active, inactive, n_a, n_i = _term_counts([*snippets, *negatives])
+    a = SMOOTHING
+    return {
+        term: math.log((y_a + a) / (n_a - y_a + a)) - math.log((inactive[term] + a) / (n_i - inactive[term] + a))
+        for term, y_a in active.items()
+    }
+
+
+def explain_terms(snippets: Sequence[Snippet], negatives: Sequence[Snippet]) -> list[Term]:
+    """The label's terms, best first; empty when no position fires."""
+    scores = term_scores(snippets, negatives)
+    # Context is said only when it pays: otherwise "x after y" loses to plain "x".
+    candidates = {
+        term: score
+        for term, score in scores.items()
+        if term.after is None or score > scores[Term(term.token)] + CONTEXT_MARGIN
+    }
+    ranked = sorted(candidates, key=lambda t: (-candidates[t], t.token, t.after or ""))
+    if not ranked:
+        return []
+    chosen = [ranked[0]]
+    floor = max(MIN_LOG_ODDS, EXTRA_FRACTION * candidates[ranked[0]])
+    for term in ranked[1:]:
+        if len(chosen) > MAX_EXTRAS or candidates[term] < floor:
+            break
+        if all(term.token != c.token for c in chosen):  # "x" and "x after y" would overlap
+            chosen.append(term)
+    return chosen
+
+
+class OfflineJudge:
+    """Deterministic token-statistics judge; see the module docstring for its label format."""
+
+    name = "offline:token-stats-v1"
+    concurrency = 1  # pure computation: nothing to overlap
+    settings = {"provider": "offline", "model": "token-stats-v1"}
+
+    async def check(self) -> None:
+        """Nothing can be missing."""
+
+    async def codebook(self, labels: Sequence[str], codes: Sequence[str]) -> JudgeAnswer[list[str]]:
+        raise AutointerpError(
+            "saturation method 'codebook' needs an LLM judge",
+            "pass --judge local|openai|anthropic|openai_compatible, or use --method embedding, which runs offline",
+        )
+
+    def usage(self) -> str | None:
+        return None
+
+    async def explain(self, task: ExplainTask) -> JudgeAnswer[str]:
+        terms = explain_terms(task.snippets, task.negatives)
+        if not terms:
+            return JudgeAnswer(None, raw="", error="offline: no token of the snippets is active")
+        label = format_label(terms)
+        return JudgeAnswer(label, raw=label)
+
+    async def detect(self, task: DetectionTask) -> JudgeAnswer[list[bool]]:
+        return self._answer(task.label, lambda terms: [any(match_positions(s.tokens, terms)) for s in task.snippets])
+
+    async def fuzz(self, task: FuzzTask) -> JudgeAnswer[list[bool]]:
+        return self._answer(
+            task.label, lambda terms: [marks_correct(m.snippet.tokens, m.marked, terms) for m in task.snippets]
+        )
+
+    async def simulate(self, task: SimulationTask) -> JudgeAnswer[list[list[int]]]:
+        return self._answer(
+            task.label,
+            lambda terms: [[10 if hit else 0 for hit in match_positions(s.tokens, terms)] for s in task.snippets],
+        )
+
+    def _answer(self, label: str, predict: Callable[[list[Term]], T]) -> JudgeAnswer[T]:
+        terms = label_terms(label)
+        if not terms:  # predicting from nothing would be a default answer in disguise
+            return JudgeAnswer(None, raw="", error=f"offline: the label {label!r} names no tokens")
+        value = predict(terms)
+        return JudgeAnswer(value, raw=json.dumps(value))
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+
+async def map_bounded(fn: Callable[[A], Awaitable[R]], items: Sequence[A], limit: int) -> list[R]:
+    """fn over items with at most `limit` in progress, results in order.
+
+    A pool of workers rather than one coroutine per item: a judge renders a prompt when a
+    worker picks its task up, right before the request, instead of rendering thousands of
+    prompts before the first request leaves.
+    """
+    results: list = [None] * len(items)
+    queue = iter(enumerate(items))  # shared by the workers; safe, as they run in one thread
+
+    async def worker() -> None:
+        for i, item in queue:
+            results[i] = await fn(item)
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(limit, len(items))))))
+    return results
+
+
+def make_judge(
+    config: LLMConfig | None,
+    store: CallStore,
+    *,
+    prompt_dir: str | Path | None = None,
+    keys: Mapping[str, Secret] | None = None,
+    server_log: Path | None = None,
+) -> Judge:
+    """The offline judge when no LLM is configured, else an LLMJudge over make_client(config, store, keys).
+    Provider "local" first assembles and checks its model and starts its server (log in server_log)."""
+    if config is None:
+        return OfflineJudge()
+    prompts = load_prompts(prompt_dir)  # a broken prompt file fails before any call is paid for
+    if config.provider != "local":
+        return LLMJudge(make_client(config, store, keys), config, prompts)
+    from dataclasses import replace
+
+    from autointerp.llm.local import LocalServer, model_path
+
+    server = LocalServer(model_path(), alias=config.model, log_path=server_log or Path("local-judge.log"),
+                         threads=config.local_threads, context=config.local_context).start()
+    try:
+        served = replace(config, base_url=None)
+        served.base_url = server.base_url  # set after validation: "local" refuses a user-given base URL
+        client = make_client(served, store, keys, fatal=server.died)
+        return LLMJudge(client, config, prompts, on_close=server.stop)
+    except BaseException:
+        server.stop()
+        raise

@@ -1,0 +1,936 @@
+"""Transport layer under the LLM judges: send (system, user) text, get a `Completion` back.
+
+One call goes: response cache → concurrency slot → rate limiters → official SDK request
+(SDK retries off) → our tenacity retry loop → call log. Transient failures that outlive
+the retries come back as a `Completion` with `error` set, so one bad feature never kills
+a batch (a 400 too: it is about that request); problems every call would have (401/403/404)
+raise `AutointerpError` at once, and so does a run of `max_consecutive_failures` failed calls.
+`check()` reaches the endpoint before any work, so a wrong URL or key fails in seconds.
+
+API keys live only inside `Secret` and the SDK client. Every string that leaves this
+module (errors, logs, raw bodies, texts) is scrubbed of the key first.
+
+Keys file (`load_keys`): TOML, one top-level string per provider, e.g.
+
+    openai = "sk-..."
+    anthropic = "sk-ant-..."
+    openai_compatible = "..."
+
+An environment variable named by `LLMConfig.api_key_env` wins over the file.
+
+Cache key (`cache_key`): hex SHA-256 of the UTF-8 bytes of
+
+    json.dumps({"provider": ..., "model": ..., "system": ..., "user": ...,
+                "params": {"max_tokens": ..., "temperature": ..., ["response_format": ...]}},
+               sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+with temperature null where it is not sent (Anthropic). base_url is not part of it.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import email.utils
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+import tomllib
+from importlib.resources import files
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Mapping, Protocol
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from autointerp.errors import AutointerpError
+from autointerp.llm.providers import PROVIDERS, STRUCTURED_OUTPUT
+
+log = logging.getLogger(__name__)
+
+
+
+# Local servers (vLLM, Ollama) ignore the key, but the OpenAI SDK insists on one.
+PLACEHOLDER_KEY = "no-key"
+
+def read_prices(text: str, where: str) -> dict[str, tuple[float, float]]:
+    """USD per million (input, output) tokens by model, from a [models] table of model = [input, output]."""
+    try:
+        table = tomllib.loads(text).get("models")
+    except tomllib.TOMLDecodeError as e:
+        raise AutointerpError(f"price table {where} is not valid TOML: {e}", 'write lines like "gpt-4o-mini" = [0.15, 0.60] under [models]') from None
+    if not isinstance(table, dict):
+        raise AutointerpError(f"price table {where} has no [models] table", 'write lines like "gpt-4o-mini" = [0.15, 0.60] under [models]')
+    out = {}
+    for model, p in table.items():
+        if not (isinstance(p, list) and len(p) == 2 and all(isinstance(x, (int, float)) and x >= 0 for x in p)):
+            raise AutointerpError(f"price table {where}: {model} = {p!r} is not [input, output] USD per million tokens",
+                                  f'write "{model}" = [input, output], two non-negative numbers')
+        out[model] = (float(p[0]), float(p[1]))
+    return out
+
+
+def load_prices(path: str | Path) -> dict[str, tuple[float, float]]:
+    """The package's price table with the models of the TOML file at path added or replaced."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise AutointerpError(f"cannot read price table {path}: {e.strerror}", "check the path of --prices") from None
+    return DEFAULT_PRICES | read_prices(text, str(path))
+
+
+# USD per million (input, output) tokens: data/prices.toml, installed with the package.
+DEFAULT_PRICES = read_prices(files("autointerp.data").joinpath("prices.toml").read_text(), "data/prices.toml")
+_SNAPSHOT_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
+CONFIG_STATUSES = frozenset({401, 403, 404})  # the same for every call: stop the run
+RETRY_AFTER_CAP_S = 120.0  # a server asking for longer than this is not worth waiting on
+
+
+class Secret:
+    """An API key that prints as '***' and can scrub itself out of text."""
+
+    __slots__ = ("_value", "source")
+
+    def __init__(self, value: str, source: str):
+        self._value = value
+        self.source = source  # where it came from, for messages: "$OPENAI_API_KEY"
+
+    def reveal(self) -> str:
+        return self._value
+
+    def scrub(self, text: str) -> str:
+        return text.replace(self._value, "***") if self._value else text
+
+    def __repr__(self) -> str:
+        return f"Secret('***', source={self.source!r})"
+
+    def __str__(self) -> str:
+        return "***"
+
+
+def load_keys(path: str | Path) -> dict[str, Secret]:
+    """Read a TOML keys file (see module docstring) into provider → Secret."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise AutointerpError(f"cannot read keys file {path}: {exc.strerror}", "check the path") from None
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message gives only line and column, never the file's content.
+        raise AutointerpError(
+            f"keys file {path} is not valid TOML: {exc}",
+            'write one line per provider, e.g. openai = "sk-..."',
+        ) from None
+    keys = {}
+    for provider, value in data.items():
+        if provider not in PROVIDERS or PROVIDERS[provider].key_env is None or not isinstance(value, str):
+            raise AutointerpError(
+                f"keys file {path} has an unexpected entry {provider!r}",
+                f'use only string entries named {", ".join(n for n, p in PROVIDERS.items() if p.key_env)}, e.g. openai = "sk-..."',
+            )
+        keys[provider] = Secret(value, f"{path} [{provider}]")
+    return keys
+
+
+@dataclass
+class LLMConfig:
+    provider: str
+    model: str = ""  # required, except for provider "local" (the embedded model)
+    base_url: str | None = None  # as the SDK expects it: ".../v1" for OpenAI, host root for Anthropic
+    api_key_env: str | None = None  # None → the provider's variable (PROVIDERS)
+    # None → 0 for OpenAI-style providers, omitted for Anthropic, whose API (version
+    # 2026-10-21, sent by anthropic SDK 2.x) rejects sampling parameters with a 400.
+    temperature: float | None = None
+    max_tokens: int = 1024  # upper bound; each task asks for no more than its answer needs
+    # Constrain answers to each task's JSON schema: "json_schema" (OpenAI, vLLM, llama.cpp's
+    # llama-server), "json_object" (llama-cpp-python's server), "off"; None: the provider's default.
+    structured_output: str | None = None
+    timeout_s: float = 60.0
+    max_retries: int = 5
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+    concurrency: int = 8
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    # This many failed calls in a row, with no success between, stop the stage (a dead server, a
+    # revoked key): failing every remaining feature slowly helps nobody.
+    max_consecutive_failures: int = 10
+    prices: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_PRICES))
+    local_threads: int | None = None  # provider "local": CPU threads of the server (None: one per core)
+    local_context: int = 4096  # provider "local": the server's context window in tokens
+    # The provider's batch API (batch.py): half the price, answers within the provider's 24 hours.
+    batch: bool = False
+    batch_poll_s: float = 30.0  # between two looks at a running batch
+    batch_idle_s: float = 1.0  # a queue no request has joined for this long goes out as a batch
+    batch_max_requests: int = 50_000  # per batch (the providers allow 50,000 and 100,000)
+
+    def __post_init__(self) -> None:
+        if self.provider not in PROVIDERS:
+            raise AutointerpError(f"unknown LLM provider {self.provider!r}", f"use one of {', '.join(PROVIDERS)}")
+        spec = PROVIDERS[self.provider]
+        if spec.base_url == "managed":
+            from autointerp.llm.local import LOCAL_MODEL
+
+            self.model = self.model or LOCAL_MODEL.name
+            if self.model != LOCAL_MODEL.name:
+                raise AutointerpError(f"provider 'local' serves only {LOCAL_MODEL.name}, not {self.model!r}",
+                                      "leave --judge-model unset, or serve your model yourself and use --judge openai_compatible --base-url ...")
+            if self.base_url is not None:
+                raise AutointerpError("provider 'local' starts its own server", "leave --base-url unset, or use --judge openai_compatible for a server of yours")
+        elif not self.model:
+            raise AutointerpError(f"provider {self.provider!r} needs a model name", "pass --judge-model, e.g. gpt-4o-mini or claude-haiku-4-5")
+        if spec.base_url == "required" and not self.base_url:
+            raise AutointerpError(
+                f"provider {self.provider!r} needs a base_url",
+                "set --base-url to the server's OpenAI-style root, e.g. http://localhost:8000/v1",
+            )
+        if self.base_url is not None:
+            check_base_url(self.base_url)
+        if self.provider == "anthropic" and self.temperature is not None:
+            raise AutointerpError(
+                "the Anthropic API (version 2026-10-21) rejects the temperature parameter",
+                "leave temperature unset for provider 'anthropic'",
+            )
+        if spec.protocol != "anthropic" and self.temperature is None:
+            self.temperature = 0.0
+        if self.api_key_env is None:
+            self.api_key_env = spec.key_env
+        self.structured_output = self.structured_output or spec.structured_output
+        if self.structured_output not in STRUCTURED_OUTPUT:
+            raise AutointerpError(f"unknown structured output mode {self.structured_output!r}", f"use one of {', '.join(STRUCTURED_OUTPUT)}")
+        if spec.protocol == "anthropic" and self.structured_output != "off":
+            raise AutointerpError("the Anthropic Messages API takes no response_format", "leave structured output off for provider 'anthropic'")
+        if self.batch and spec.base_url == "managed":
+            raise AutointerpError("the local judge's server has no batch API", "leave --batch off for --judge local")
+        for name in ("max_tokens", "timeout_s", "concurrency", "requests_per_minute", "tokens_per_minute", "max_consecutive_failures", "local_threads",
+                     "local_context", "batch_poll_s", "batch_idle_s", "batch_max_requests"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise AutointerpError(f"LLMConfig.{name} must be positive, got {value}", f"set {name} above 0")
+        if self.max_retries < 0:
+            raise AutointerpError(f"LLMConfig.max_retries must be >= 0, got {self.max_retries}", "set max_retries >= 0")
+
+    @property
+    def name(self) -> str:
+        """provider:model, how results name their judge."""
+        return f"{self.provider}:{self.model}"
+
+    def request_params(self, max_tokens: int | None = None, schema: Mapping | None = None) -> dict[str, object]:
+        """The parameters of one request besides its messages; all of them go into the cache key.
+        max_tokens: the task's own bound (capped by the configured one); schema: the answer's JSON schema,
+        sent as response_format when structured output is on."""
+        params: dict[str, object] = {"max_tokens": min(max_tokens or self.max_tokens, self.max_tokens), "temperature": self.temperature}
+        if schema is not None and self.structured_output == "json_schema":
+            params["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": dict(schema)}}
+        elif schema is not None and self.structured_output == "json_object":
+            params["response_format"] = {"type": "json_object", "schema": dict(schema)}
+        return params
+
+    @property
+    def params(self) -> dict[str, object]:
+        """The parameters of a request with no task bound and no schema."""
+        return self.request_params()
+
+    def price(self) -> tuple[float, float] | None:
+        if self.model in self.prices:
+            return self.prices[self.model]
+        return self.prices.get(_SNAPSHOT_SUFFIX.sub("", self.model))
+
+
+def check_base_url(url: str) -> None:
+    """An http(s) URL with a host, else an error naming the fix (before any request is made)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises on a port that is not a number
+    except ValueError:
+        parts, port = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise AutointerpError(f"base URL {url!r} is not an http:// or https:// URL with a host",
+                              "pass the server's root, e.g. --base-url http://localhost:8000/v1")
+    del port
+
+
+def _canonical_json(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def cache_key(provider: str, model: str, system: str, user: str, params: Mapping[str, object]) -> str:
+    payload = {"provider": provider, "model": model, "system": system, "user": user, "params": dict(params)}
+    return hashlib.sha256(_canonical_json(payload).encode("utf-8")).hexdigest()
+
+
+@dataclass
+class Completion:
+    text: str
+    provider: str
+    model: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    latency_s: float  # wall time of the whole call, backoff included
+    retries: int
+    cost_usd: float | None  # None when the model has no price (or usage was not reported)
+    cached: bool
+    raw: str  # the raw response body; for a failure, the last one received ("" if none)
+    error: str | None = None
+    call_id: int | None = None  # the logged call that produced this answer (for a cache hit, the original)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class LLMCall:
+    """One row of the call log."""
+
+    cache_key: str
+    provider: str
+    model: str
+    purpose: str
+    feature: int | None
+    system: str
+    user: str
+    params: str  # canonical JSON of LLMConfig.params
+    response: str
+    raw: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    latency_s: float
+    retries: int
+    cost_usd: float | None
+    error: str | None
+    timestamp: datetime
+    call_id: int | None = None  # given by the CallStore when recorded
+    run_id: str | None = None
+
+    def as_completion(self, cached: bool = True) -> Completion:
+        return Completion(
+            text=self.response,
+            provider=self.provider,
+            model=self.model,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            latency_s=self.latency_s,
+            retries=self.retries,
+            cost_usd=self.cost_usd,
+            cached=cached,
+            raw=self.raw,
+            call_id=self.call_id,
+        )
+
+
+@dataclass
+class BatchRequest:
+    """One request for a provider's batch API; its custom_id there is its cache key."""
+
+    cache_key: str
+    purpose: str
+    feature: int | None
+    system: str
+    user: str
+    params: dict
+
+
+@dataclass
+class BatchRecord:
+    """A batch as the ledger keeps it: our id (written before the provider is asked), the
+    provider's id once it answered, and the requests it holds."""
+
+    local_id: str
+    requests: list[BatchRequest]
+    submitted_at: datetime  # naive UTC, as the store keeps timestamps
+    batch_id: str | None = None
+    status: str = "submitting"  # submitting | submitted | ended | failed | lost
+
+
+class CallStore(Protocol):
+    """Response cache + call log. `record` receives every call that reached the network,
+    failed ones included, and returns the id it gave the call; an implementation must serve
+    only error-free calls from `lookup`. Cache hits are not recorded again. The batch ledger
+    (batch_opened, batch_update, open_batches) remembers requests sent through a batch API."""
+
+    def lookup(self, cache_key: str) -> Completion | None: ...
+
+    def record(self, call: LLMCall) -> int: ...
+
+    def batch_opened(self, record: BatchRecord, provider: str, model: str, base_url: str | None) -> None: ...
+
+    def batch_update(self, local_id: str, status: str, batch_id: str | None = None, detail: str | None = None) -> None: ...
+
+    def open_batches(self, provider: str, model: str, base_url: str | None) -> list[BatchRecord]: ...
+
+
+class MemoryCallStore:
+    """In-memory CallStore for tests and offline runs."""
+
+    def __init__(self) -> None:
+        self.calls: list[LLMCall] = []
+        self._cache: dict[str, LLMCall] = {}
+        self.batches: dict[str, tuple[tuple, BatchRecord]] = {}  # local id → ((provider, model, base_url), record)
+
+    def batch_opened(self, record: BatchRecord, provider: str, model: str, base_url: str | None) -> None:
+        self.batches[record.local_id] = ((provider, model, base_url), replace(record, status="submitting"))
+
+    def batch_update(self, local_id: str, status: str, batch_id: str | None = None, detail: str | None = None) -> None:
+        record = self.batches[local_id][1]
+        record.status, record.batch_id = status, batch_id or record.batch_id
+
+    def open_batches(self, provider: str, model: str, base_url: str | None) -> list[BatchRecord]:
+        return [r for where, r in self.batches.values() if where == (provider, model, base_url) and r.status in ("submitting", "submitted")]
+
+    def lookup(self, cache_key: str) -> Completion | None:
+        call = self._cache.get(cache_key)
+        return call.as_completion(cached=True) if call else None
+
+    def record(self, call: LLMCall) -> int:
+        self.calls.append(call)
+        call.call_id = len(self.calls)
+        if call.error is None:
+            self._cache[call.cache_key] = call
+        return call.call_id
+
+
+@dataclass
+class RunTotals:
+    """Running sums for progress bars and the run summary. Tokens and cost count only
+    fresh (non-cached) calls, i.e. what this run was billed."""
+
+    calls: int = 0
+    cache_hits: int = 0
+    failures: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    unpriced_calls: int = 0  # fresh successful calls whose cost is unknown
+
+    def line(self) -> str:
+        cost = f"${self.cost_usd:,.4f}" + (f" (+{self.unpriced_calls:,} calls of unknown price)" if self.unpriced_calls else "")
+        return (f"LLM calls: {self.calls:,} ({self.cache_hits:,} from cache, {self.failures:,} failed, {self.retries:,} retries); "
+                f"tokens billed: {self.prompt_tokens:,} prompt + {self.completion_tokens:,} completion; cost {cost}")
+
+    def add(self, completion: Completion) -> None:
+        self.calls += 1
+        if completion.cached:
+            self.cache_hits += 1
+            return
+        self.retries += completion.retries
+        if completion.error is not None:
+            self.failures += 1
+        self.prompt_tokens += completion.prompt_tokens or 0
+        self.completion_tokens += completion.completion_tokens or 0
+        if completion.cost_usd is not None:
+            self.cost_usd += completion.cost_usd
+        elif completion.error is None:
+            self.unpriced_calls += 1
+
+
+class _TokenBucket:
+    """Refills at per_minute/60 per second and holds one second's worth, so a batch is
+    smoothed over the minute instead of spending the whole quota in its first second.
+    A request bigger than the bucket waits for a full bucket, then leaves it in debt."""
+
+    def __init__(self, per_minute: float):
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate)
+        self.level = self.capacity
+        self.updated = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
+        self.updated = now
+
+    async def acquire(self, amount: float) -> None:
+        async with self._lock:  # first come, first served
+            self._refill()
+            needed = min(amount, self.capacity)
+            while self.level < needed:
+                await asyncio.sleep((needed - self.level) / self.rate)
+                self._refill()
+            self.level -= amount
+
+    def adjust(self, amount: float) -> None:
+        """Charge (or refund, if negative) the gap between estimate and real usage."""
+        self._refill()
+        self.level = min(self.capacity, self.level - amount)
+
+
+def _estimate_tokens(text: str) -> int:
+    return len(text) // 4 + 1
+
+
+class LLMClient(abc.ABC):
+    """What a judge talks to."""
+
+    totals: RunTotals
+
+    @abc.abstractmethod
+    async def complete(
+        self, system: str, user: str, *, purpose: str, feature: int | None, max_tokens: int | None = None, schema: Mapping | None = None
+    ) -> Completion: ...
+
+    async def check(self) -> None:
+        """Raise AutointerpError when the endpoint cannot be used (before any work)."""
+
+    async def aclose(self) -> None:
+        """Release network resources."""
+
+
+@dataclass
+class _Reply:
+    text: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    raw: str
+
+
+class _CallFailed(Exception):
+    """A failed attempt: retryable (transient) or final for this call only."""
+
+    def __init__(self, reason: str, retryable: bool, retry_after: float | None = None, raw: str = ""):
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.raw = raw  # the response body, kept for debugging
+
+
+@dataclass(frozen=True)
+class SDKErrors:
+    """The exceptions one SDK raises, taken from it when its client is made: loading autointerp
+    imports neither SDK (seconds each) until a command talks to an API."""
+
+    timeout: tuple[type[BaseException], ...]
+    connection: tuple[type[BaseException], ...]
+    status: tuple[type[BaseException], ...]
+
+    @classmethod
+    def of(cls, sdk) -> "SDKErrors":
+        return cls((sdk.APITimeoutError, TimeoutError), (sdk.APIConnectionError,), (sdk.APIStatusError,))
+
+    @property
+    def transport(self) -> tuple[type[BaseException], ...]:
+        return self.timeout + self.connection + self.status
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from retry-after-ms, or Retry-After in seconds or as an HTTP date."""
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _server_message(response_text: str) -> str:
+    """error.message from either provider's error body, else the body itself."""
+    try:
+        return str(json.loads(response_text)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return response_text[:300]
+
+
+class _SDKClient(LLMClient):
+    """Cache, concurrency, rate limits, retries and the call log around one SDK request."""
+
+    errors: SDKErrors  # set by each SDK's client once it has imported its SDK
+
+    def __init__(self, config: LLMConfig, store: CallStore, key: Secret | None, fatal: Callable[[], str | None] | None = None):
+        self.config = config
+        self.store = store
+        self.totals = RunTotals()
+        self._key = key
+        # Asked after a connection error: a reason to stop at once (the local server died), or None.
+        self._fatal = fatal or (lambda: None)
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._rpm = _TokenBucket(config.requests_per_minute) if config.requests_per_minute else None
+        self._tpm = _TokenBucket(config.tokens_per_minute) if config.tokens_per_minute else None
+        self._failed_in_a_row = 0
+        self._in_flight: dict[str, asyncio.Future] = {}  # cache key → the call asking it now
+        self._backoff = wait_exponential_jitter(
+            multiplier=config.backoff_initial_s, max=config.backoff_max_s, jitter=config.backoff_initial_s
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(provider={self.config.provider!r}, model={self.config.model!r})"
+
+    @abc.abstractmethod
+    async def _request(self, system: str, user: str, params: Mapping[str, object]) -> str:
+        """Send one request through the SDK; return the raw response body."""
+
+    @abc.abstractmethod
+    def _parse(self, body: dict) -> tuple[str, int | None, int | None]:
+        """(text, prompt tokens, completion tokens) from a decoded response body."""
+
+    @abc.abstractmethod
+    async def _list_models(self) -> list[str]:
+        """The model ids the endpoint lists (raises the SDK's errors)."""
+
+    def _scrub(self, text: str) -> str:
+        return self._key.scrub(text) if self._key else text
+
+    async def check(self) -> None:
+        """Reach the endpoint with this key before any work: a wrong base URL, a dead server or a
+        rejected key raises AutointerpError naming the fix. Costs one model-list request, no tokens."""
+        cfg = self.config
+        where = cfg.base_url or f"the {cfg.provider} API"
+        try:
+            async with asyncio.timeout(cfg.timeout_s):
+                models = await self._list_models()
+        except self.errors.transport as exc:
+            if isinstance(exc, self.errors.status) and exc.status_code in (404, 405):
+                return  # a server without a model list; the first call will tell
+            failure = self._classify(exc)
+            if isinstance(failure, AutointerpError):
+                raise failure from None
+            raise AutointerpError(
+                f"cannot reach {where}: {failure.reason}",
+                "check --base-url and that the server is running and reachable" if cfg.base_url else "check your network connection",
+            ) from None
+        if cfg.base_url is None and models and cfg.model not in models and _SNAPSHOT_SUFFIX.sub("", cfg.model) not in models:
+            close = [m for m in models if cfg.model.split("-")[0] in m][:8]
+            raise AutointerpError(f"{cfg.provider} lists no model {cfg.model!r}", "pass --judge-model " + (f"one of: {', '.join(close)}" if close else "a model your key can use"))
+
+    async def complete(
+        self, system: str, user: str, *, purpose: str, feature: int | None, max_tokens: int | None = None, schema: Mapping | None = None
+    ) -> Completion:
+        """One call. max_tokens bounds this task's answer (never above the configured bound); schema is
+        the answer's JSON schema, sent when structured output is on. Both are part of the cache key."""
+        cfg = self.config
+        params = cfg.request_params(max_tokens, schema)
+        key = cache_key(cfg.provider, cfg.model, system, user, params)
+        started = time.monotonic()
+        if (hit := self.store.lookup(key)) is None and key in self._in_flight:
+            # The same prompt is being asked right now (a shuffled label equal to the own one): wait for
+            # that answer instead of paying twice; a failed one is asked again below.
+            first = await asyncio.shield(self._in_flight[key])
+            hit = first if first.error is None else self.store.lookup(key)
+        if hit is not None:
+            # Describe this call, not the original one; tokens and cost stay as what the answer cost.
+            hit = replace(hit, cached=True, retries=0, latency_s=time.monotonic() - started)
+            self.totals.add(hit)
+            return hit
+        future = self._in_flight.setdefault(key, asyncio.get_running_loop().create_future())
+        try:
+            completion = await self._ask(key, system, user, params, purpose, feature)
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()  # retrieved: waiters re-raise it, nobody logs it as lost
+            raise
+        finally:
+            self._in_flight.pop(key, None)
+        if not future.done():
+            future.set_result(completion)
+        return completion
+
+    async def _ask(self, key: str, system: str, user: str, params: Mapping[str, object], purpose: str, feature: int | None) -> Completion:
+        cfg = self.config
+
+        # The slot is held through backoff too: a rate-limited run should slow down, not
+        # let waiting calls' slots go to fresh ones that would hit the same limit.
+        async with self._slots:
+            started = time.monotonic()  # latency counts from here: queueing for a slot is not the API's
+            retrying = AsyncRetrying(
+                stop=stop_after_attempt(cfg.max_retries + 1),
+                wait=self._wait,
+                retry=retry_if_exception(lambda exc: isinstance(exc, _CallFailed) and exc.retryable),
+                before_sleep=lambda state: self._log_retry(state, purpose, feature),
+                reraise=True,
+            )
+            reply: _Reply | None = None
+            error: str | None = None
+            call = (key, purpose, feature, system, user, params)
+            try:
+                async for attempt in retrying:
+                    with attempt:
+                        reply = await self._attempt(system, user, params)
+            except _CallFailed as exc:
+                error = exc.reason
+                reply = _Reply("", None, None, exc.raw)
+            except AutointerpError as exc:
+                self._finish(*call, None, exc.problem, started, retrying.statistics["attempt_number"] - 1)
+                raise
+            retries = retrying.statistics["attempt_number"] - 1
+            if error is not None and retries:
+                error = f"{error} after {retries} retries"
+            completion = self._finish(*call, reply, error, started, retries)
+        if completion.error is None:
+            self._failed_in_a_row = 0
+            return completion
+        log.warning("%s call failed (purpose=%s, feature=%s): %s", cfg.provider, purpose, feature, completion.error)
+        self._failed_in_a_row += 1
+        if self._failed_in_a_row >= cfg.max_consecutive_failures:
+            raise AutointerpError(
+                f"{self._failed_in_a_row} {cfg.provider} calls failed in a row, none answered between them (last: {completion.error})",
+                "check the server, base URL and key; answers so far are stored, so re-running the command resumes",
+            )
+        return completion
+
+    def _finish(
+        self,
+        key: str,
+        purpose: str,
+        feature: int | None,
+        system: str,
+        user: str,
+        params: Mapping[str, object],
+        reply: _Reply | None,
+        error: str | None,
+        started: float,
+        retries: int,
+    ) -> Completion:
+        """Build the Completion, log the call to the store, update totals."""
+        cfg = self.config
+        reply = reply or _Reply("", None, None, "")
+        price = cfg.price()
+        cost = None
+        if price is not None and reply.prompt_tokens is not None and reply.completion_tokens is not None:
+            cost = (reply.prompt_tokens * price[0] + reply.completion_tokens * price[1]) / 1e6
+        completion = Completion(
+            text=self._scrub(reply.text),
+            provider=cfg.provider,
+            model=cfg.model,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            latency_s=time.monotonic() - started,
+            retries=retries,
+            cost_usd=cost,
+            cached=False,
+            raw=self._scrub(reply.raw),
+            error=self._scrub(error) if error is not None else None,
+        )
+        completion.call_id = self.store.record(
+            LLMCall(
+                cache_key=key,
+                provider=cfg.provider,
+                model=cfg.model,
+                purpose=purpose,
+                feature=feature,
+                system=system,
+                user=user,
+                params=_canonical_json(params),
+                response=completion.text,
+                raw=completion.raw,
+                prompt_tokens=completion.prompt_tokens,
+                completion_tokens=completion.completion_tokens,
+                latency_s=completion.latency_s,
+                retries=completion.retries,
+                cost_usd=completion.cost_usd,
+                error=completion.error,
+                timestamp=datetime.now(timezone.utc),
+            )
+        )
+        self.totals.add(completion)
+        return completion
+
+    def _wait(self, state: RetryCallState) -> float:
+        """Exponential backoff with jitter, but never shorter than the server's Retry-After."""
+        backoff = self._backoff(state)
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _CallFailed) and exc.retry_after is not None:
+            return max(backoff, min(exc.retry_after, RETRY_AFTER_CAP_S))
+        return backoff
+
+    def _log_retry(self, state: RetryCallState, purpose: str, feature: int | None) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.info(
+            "%s %s: %s; retry %d in %.2fs (purpose=%s, feature=%s)",
+            self.config.provider,
+            self.config.model,
+            self._scrub(str(exc)),
+            state.attempt_number,
+            wait,
+            purpose,
+            feature,
+        )
+
+    async def _attempt(self, system: str, user: str, params: Mapping[str, object]) -> _Reply:
+        estimate = _estimate_tokens(system) + _estimate_tokens(user)
+        if self._rpm:
+            await self._rpm.acquire(1)
+        if self._tpm:
+            await self._tpm.acquire(estimate)
+        try:
+            # The SDK's timeout is per network phase; this bounds the whole attempt.
+            async with asyncio.timeout(self.config.timeout_s):
+                body = await self._request(system, user, params)
+        except self.errors.transport as exc:
+            failure = self._classify(exc)
+            if isinstance(failure, _CallFailed) and isinstance(exc, self.errors.connection) and (reason := self._fatal()):
+                failure = AutointerpError(reason, "answers so far are stored; fix the cause and re-run the command to resume")
+            raise failure from None
+        # Garbled bytes are likely transient (a proxy, a cut stream): retry. Well-formed JSON
+        # of the wrong shape will come back the same: do not.
+        try:
+            decoded = json.loads(body)
+        except ValueError:
+            raise _CallFailed("malformed response body (not JSON)", retryable=True, raw=body) from None
+        try:
+            text, prompt_tokens, completion_tokens = self._parse(decoded)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            raise _CallFailed("malformed response body (unexpected JSON shape)", retryable=False, raw=body) from None
+        if self._tpm and prompt_tokens is not None and completion_tokens is not None:
+            self._tpm.adjust(prompt_tokens + completion_tokens - estimate)
+        return _Reply(text, prompt_tokens, completion_tokens, body)
+
+    def _classify(self, exc: Exception) -> Exception:
+        """Map an SDK/transport exception to _CallFailed, or AutointerpError for errors every call would get."""
+        if isinstance(exc, self.errors.timeout):
+            return _CallFailed("timeout", retryable=True)
+        if isinstance(exc, self.errors.connection):
+            cause = exc.__cause__
+            detail = f"{type(cause).__name__}: {cause}" if cause else str(exc)
+            return _CallFailed(self._scrub(f"connection error ({detail})"), retryable=True)
+        assert isinstance(exc, self.errors.status)
+        status, body = exc.status_code, exc.response.text
+        if status in RETRY_STATUSES:
+            return _CallFailed(str(status), True, parse_retry_after(exc.response.headers), raw=body)
+        message = self._scrub(_server_message(body))
+        if status in CONFIG_STATUSES:
+            return self._config_error(status, message)
+        # A 400 is about this request (too long a prompt, content the server will not take): fail
+        # this call only. If every call gets it, the consecutive-failure bound stops the stage.
+        return _CallFailed(f"{status}: {message}", retryable=False, raw=self._scrub(body))
+
+    def _config_error(self, status: int, message: str) -> AutointerpError:
+        cfg = self.config
+        source = self._key.source if self._key else f"${cfg.api_key_env}"
+        if status == 401:
+            # The server's text is left out: real APIs echo part of the key in it.
+            return AutointerpError(f"{cfg.provider} rejected the API key (401)", f"check the key in {source}")
+        if status == 403:
+            return AutointerpError(
+                f"{cfg.provider} denied access to model {cfg.model!r} (403): {message}",
+                f"use a key with access to {cfg.model!r} (key from {source}) or another model",
+            )
+        return AutointerpError(
+            f"{cfg.provider} found no model {cfg.model!r} or endpoint (404): {message}",
+            "check --judge-model and --base-url",
+        )
+
+
+class OpenAIChatClient(_SDKClient):
+    """OpenAI Chat Completions; also any OpenAI-compatible server (vLLM, Ollama, llama.cpp) via base_url."""
+
+    def __init__(self, config: LLMConfig, store: CallStore, key: Secret | None, fatal: Callable[[], str | None] | None = None):
+        super().__init__(config, store, key, fatal)
+        import openai
+
+        self.errors = SDKErrors.of(openai)
+        self._sdk = openai.AsyncOpenAI(
+            api_key=key.reveal() if key else PLACEHOLDER_KEY,
+            base_url=config.base_url,
+            timeout=config.timeout_s,
+            max_retries=0,  # tenacity owns retrying
+        )
+
+    def body(self, system: str, user: str, params: Mapping[str, object]) -> dict:
+        """The request body, live or as one line of a batch."""
+        return {"model": self.config.model, "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}], **params}
+
+    async def _request(self, system: str, user: str, params: Mapping[str, object]) -> str:
+        # The SDK's generic post (same auth, base URL and transport as chat.completions.create)
+        # skips create()'s typed-parameter transform, ~1 ms of CPU per call: at 32 calls in
+        # flight that is the difference between keeping up with the server and not.
+        return await self._sdk.post("/chat/completions", body=self.body(system, user, params), cast_to=str)  # str: the raw body
+
+    def _parse(self, body: dict) -> tuple[str, int | None, int | None]:
+        text = body["choices"][0]["message"]["content"]
+        if not isinstance(text, str):
+            raise ValueError("choices[0].message.content")
+        usage = body.get("usage") or {}
+        return text, usage.get("prompt_tokens"), usage.get("completion_tokens")
+
+    async def _list_models(self) -> list[str]:
+        return [m["id"] for m in json.loads(await self._sdk.get("/models", cast_to=str)).get("data", [])]
+
+    async def aclose(self) -> None:
+        await self._sdk.close()
+
+
+class AnthropicClient(_SDKClient):
+    """Anthropic Messages API, system prompt as the top-level `system` field."""
+
+    def __init__(self, config: LLMConfig, store: CallStore, key: Secret | None, fatal: Callable[[], str | None] | None = None):
+        super().__init__(config, store, key, fatal)
+        import anthropic
+
+        self.errors = SDKErrors.of(anthropic)
+        self._sdk = anthropic.AsyncAnthropic(
+            api_key=key.reveal() if key else PLACEHOLDER_KEY,  # never let the SDK go hunting for one
+            base_url=config.base_url,
+            timeout=config.timeout_s,
+            max_retries=0,  # tenacity owns retrying
+        )
+
+    def body(self, system: str, user: str, params: Mapping[str, object]) -> dict:
+        """The request's parameters, live or as one request of a message batch."""
+        return {"model": self.config.model, "system": system, "messages": [{"role": "user", "content": user}], "max_tokens": params["max_tokens"]}
+
+    async def _request(self, system: str, user: str, params: Mapping[str, object]) -> str:
+        response = await self._sdk.messages.with_raw_response.create(**self.body(system, user, params))
+        return response.http_response.text
+
+    def _parse(self, body: dict) -> tuple[str, int | None, int | None]:
+        blocks = [block["text"] for block in body["content"] if block.get("type") == "text"]
+        if not blocks:
+            raise ValueError("content[].text")
+        usage = body.get("usage") or {}
+        return "".join(blocks), usage.get("input_tokens"), usage.get("output_tokens")
+
+    async def _list_models(self) -> list[str]:
+        return [m["id"] for m in json.loads(await self._sdk.get("/v1/models", cast_to=str)).get("data", [])]
+
+    async def aclose(self) -> None:
+        await self._sdk.close()
+
+
+def resolve_key(config: LLMConfig, keys: Mapping[str, Secret] | None = None) -> Secret | None:
+    """The key from $config.api_key_env, else from `keys` (see load_keys), else None."""
+    if config.api_key_env and (value := os.environ.get(config.api_key_env)):
+        return Secret(value, f"${config.api_key_env}")
+    return (keys or {}).get(config.provider)
+
+
+def make_client(
+    config: LLMConfig, store: CallStore, keys: Mapping[str, Secret] | None = None, fatal: Callable[[], str | None] | None = None
+) -> LLMClient:
+    """The client for config.provider. Use it within one event loop; `await client.aclose()` after.
+    A missing key that the provider requires is refused here, before any request."""
+    spec = PROVIDERS[config.provider]
+    key = resolve_key(config, keys)
+    if key is None and spec.key_required:
+        raise AutointerpError(
+            f"no API key for provider {config.provider!r}",
+            f'export {config.api_key_env}=<key>, or add {config.provider} = "<key>" to a keys file (--keys-file)',
+        )
+    cls = AnthropicClient if spec.protocol == "anthropic" else OpenAIChatClient
+    if config.batch:
+        from autointerp.llm.batch import make_batch_client
+
+        return make_batch_client(cls(config, store, key, fatal))
+    return cls(config, store, key, fatal)

@@ -1,0 +1,194 @@
+"""Explain stage: a judge labels each feature from its explain-split snippets only.
+
+Features are processed in chunks: each chunk's labels are written to the store
+and the LLM call log flushed before the next, so an interrupted run loses at most
+one chunk, and a re-run is served from the response cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+
+from autointerp.judges.judge import Judge, map_bounded
+from autointerp.stages.saturate import CoverageStop
+from autointerp.judges.prompts import activation_marks
+from autointerp.records import ExplainTask, FeatureSnippets, JudgeAnswer, Snippet
+from autointerp.store.store import Store
+
+
+# Prompt sizes by judge: a 1.5B model on two CPU cores reads ~50 tokens/s, so its prompt is the
+# budget (measured in bench/local_judge.py); an API model reads the full set.
+SNIPPET_DEFAULTS = {"local": (8, 4, 8), None: (10, 10, None)}  # provider → (n_top, n_quantile, context)
+
+
+@dataclass
+class ExplainConfig:
+    n_top: int | None = None  # max-activating explain snippets shown (None: the judge's default, SNIPPET_DEFAULTS)
+    n_quantile: int | None = None  # plus quantile samples, spread over the bins
+    context: int | None = None  # tokens kept on each side of a snippet's marked tokens (None: the judge's default; 0: whole window)
+    show_activations: bool = False  # list each marked token with its activation 0-10 under its example
+    n_negative: int = 10  # negatives (used by judges that contrast, e.g. the offline one)
+    features: list[int] | None = None  # None: every alive feature
+    max_features: int | None = None
+    sample: int | None = None  # a seeded random sample of this many of the chosen features
+    seed: int = 0
+    redo: bool = False  # label again the features this explainer has labelled already
+    chunk: int = 512  # features per store write (and per stop-rule check)
+    # Stop labelling once saturation coverage reaches this target (None: label every feature).
+    stop_coverage: float | None = None
+    stop_min_labels: int = 100
+    stop_threshold: float = 0.8  # label-embedding similarity that merges two labels into one category
+
+    def for_judge(self, provider: str | None) -> "ExplainConfig":
+        """This config with the judge's defaults filled in where none was given."""
+        from dataclasses import replace
+
+        top, quantile, context = SNIPPET_DEFAULTS.get(provider, SNIPPET_DEFAULTS[None])
+        return replace(
+            self,
+            n_top=top if self.n_top is None else self.n_top,
+            n_quantile=quantile if self.n_quantile is None else self.n_quantile,
+            context=(context or 0) if self.context is None else self.context,
+        )
+
+
+@dataclass
+class ExplainSummary:
+    explainer: str
+    n_features: int
+    n_ok: int
+    n_failed: int
+    failures: dict[str, int] = field(default_factory=dict)
+    saved_calls: int = 0  # judge calls the stop rule saved
+    usage: str = ""  # LLM calls, tokens and cost, when an LLM judge ran
+    skipped: int = 0  # chosen features this explainer had labelled already
+
+    def lines(self) -> list[str]:
+        kinds = ", ".join(f"{k} {v}" for k, v in self.failures.items())
+        line = f"explained {self.n_ok:,} of {self.n_features:,} features with {self.explainer}" + (f"; failed {self.n_failed:,} ({kinds})" if self.n_failed else "")
+        if self.skipped:
+            line += f"; {self.skipped:,} labelled earlier, kept (--redo labels them again)"
+        stop = [f"stop rule: coverage target reached; {self.saved_calls:,} judge calls saved"] if self.saved_calls else []
+        return [line] + stop + ([self.usage] if self.usage else [])
+
+
+def trim(snippet: Snippet, context: int) -> Snippet:
+    """The snippet cut to `context` tokens either side of its marked tokens (0: left whole)."""
+    if not context:
+        return snippet
+    marks = activation_marks(snippet)
+    if not any(marks):
+        return snippet
+    first = marks.index(True)
+    last = len(marks) - 1 - marks[::-1].index(True)
+    lo, hi = max(0, first - context), min(len(marks), last + context + 1)
+    acts = snippet.activations[lo:hi] if snippet.activations is not None else None
+    return replace(snippet, tokens=snippet.tokens[lo:hi], activations=acts)
+
+
+def explain_snippets(fs: FeatureSnippets, cfg: ExplainConfig) -> list[Snippet]:
+    """The top snippets by rank, then quantile samples taking one bin at a time so all bins are shown."""
+    top = [s for s in fs.explain if s.kind == "top"][: cfg.n_top]
+    by_bin: dict[int, list[Snippet]] = {}
+    for s in fs.explain:
+        if s.kind == "quantile":
+            by_bin.setdefault(s.quantile or 0, []).append(s)
+    quantile: list[Snippet] = []
+    while len(quantile) < cfg.n_quantile and any(by_bin.values()):
+        for b in sorted(by_bin):
+            if by_bin[b] and len(quantile) < cfg.n_quantile:
+                quantile.append(by_bin[b].pop(0))
+    return [trim(s, cfg.context or 0) for s in top + quantile]
+
+
+def explain_task(fs: FeatureSnippets, cfg: ExplainConfig) -> ExplainTask:
+    return ExplainTask(fs.feature, explain_snippets(fs, cfg), fs.explain_negatives[: cfg.n_negative], fs.max_activation, cfg.show_activations)
+
+
+def select_features(store: Store, run_id: str, cfg: ExplainConfig) -> list[int]:
+    """The features to label, in labelling order: the given ones or every alive one, the first
+    max_features of them, then a seeded random sample (kept in feature order)."""
+    chosen = cfg.features if cfg.features is not None else store.alive_features(run_id, include_dense=True)
+    if cfg.max_features is not None:
+        chosen = chosen[: cfg.max_features]
+    if cfg.sample is not None and cfg.sample < len(chosen):
+        picked = np.random.default_rng(cfg.seed).choice(len(chosen), cfg.sample, replace=False)
+        chosen = [chosen[i] for i in sorted(picked)]
+    return list(chosen)
+
+
+def explain_tasks(store: Store, run_id: str, features: list[int], cfg: ExplainConfig):
+    """The explain tasks of `features`, a chunk (cfg.chunk features) at a time, from their explain-split
+    snippets; features without any are left out."""
+    for start in range(0, len(features), cfg.chunk):
+        chunk = store.feature_snippets(run_id, features[start : start + cfg.chunk], split="explain",
+                                       max_per_kind={"top": cfg.n_top, "negative": cfg.n_negative})
+        yield [explain_task(fs, cfg) for fs in chunk if fs.explain]
+
+
+async def _explain_one(judge: Judge, task: ExplainTask, on_done) -> JudgeAnswer:
+    answer = await judge.explain(task)
+    on_done(answer)
+    return answer
+
+
+async def explain(store: Store, run_id: str, judge: Judge, cfg: ExplainConfig, call_log=None, progress: bool = True) -> ExplainSummary:
+    """Label the chosen features of a run and store the labels (failures stored as such).
+
+    Features this explainer already labelled are skipped unless cfg.redo: re-running an
+    interrupted explain finishes the rest (answered calls come from the cache either way).
+    """
+    from tqdm.auto import tqdm
+
+    cfg = cfg.for_judge(judge.settings.get("provider"))
+    explainer = judge.name
+    features = select_features(store, run_id, cfg)
+    stored = store.explanations(run_id, explainer)
+    done = stored[stored.status == "ok"]
+    todo = features if cfg.redo else [f for f in features if f not in set(done.feature.tolist())]
+    bar = tqdm(total=len(todo), desc="explain", unit="feat", disable=not progress)
+    failures: dict[str, int] = {}
+    totals = {"tokens": 0, "cost": 0.0}
+    n_ok = n_done = 0
+    stop = CoverageStop(cfg.stop_coverage, cfg.stop_min_labels, cfg.stop_threshold) if cfg.stop_coverage else None
+    if stop is not None and len(done) and not cfg.redo:
+        stop.add(done.sort_values("position").label.tolist())
+
+    def on_done(answer) -> None:
+        totals["tokens"] += answer.prompt_tokens + answer.completion_tokens
+        totals["cost"] += answer.cost_usd or 0.0
+        if not answer.ok:
+            kind = (answer.error or "error").split(":", 1)[0]
+            failures[kind] = failures.get(kind, 0) + 1
+        bar.update(1)
+        bar.set_postfix(failed=sum(failures.values()), tokens=totals["tokens"], cost=f"${totals['cost']:.4f}")
+
+    for tasks in explain_tasks(store, run_id, todo, cfg):
+        if stop is not None and stop.stopped_at is not None:
+            break
+        answers = await map_bounded(lambda t: _explain_one(judge, t, on_done), tasks, judge.concurrency)
+        rows = pd.DataFrame(
+            {
+                "feature": pd.array([t.feature for t in tasks], dtype="int32"),
+                "label": pd.array([a.value if a.ok else None for a in answers], dtype="string"),
+                "status": ["ok" if a.ok else "failed" for a in answers],
+                "error": pd.array([a.error for a in answers], dtype="string"),
+                "raw": pd.array([a.raw for a in answers], dtype="string"),
+                "prompt_hash": pd.array([a.prompt_hash for a in answers], dtype="string"),
+                "n_snippets": pd.array([len(t.snippets) for t in tasks], dtype="int32"),
+                "call_id": pd.array([a.call_id for a in answers], dtype="Int64"),
+            }
+        )
+        if call_log is not None:
+            call_log.flush()  # the calls first: a label never points at a call the log lacks
+        store.write_explanations(run_id, explainer, rows)
+        n_ok += int((rows.status == "ok").sum())
+        n_done += len(rows)
+        if stop is not None:
+            stop.add([a.value if a.ok else None for a in answers])
+    bar.close()
+    skipped = len(features) - len(todo)
+    return ExplainSummary(explainer, n_done, n_ok, n_done - n_ok, failures, stop.saved_calls(len(features)) if stop else 0, skipped=skipped)

@@ -1,0 +1,269 @@
+"""Score stage: check each label by predicting activations on held-out snippets.
+
+Only score-split snippets and score-split verified negatives are ever shown (sampling.py): the
+explain split never reaches a scorer. Each scorer (scorers.py) gives every labelled feature its
+headline metric with a 95% interval and a per-feature null test: a label is *confident* when
+its p-value against the permutation null (what a label unrelated to the activations scores on
+the same snippets) is below `alpha`.
+
+The shuffle control scores a seeded sample of features against another feature's label, and
+grows the sample until the 95% interval of the mean true − shuffled gap is within ±0.03 (or
+every feature is in it): it says whether a scorer measures anything at all, at a fraction of
+the calls a control on every feature would cost. `shuffle_control="all"` controls every
+feature. A failed or undefined score is recorded with its reason and counted in the summary,
+never dropped silently.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from autointerp.stats import metrics
+from autointerp.config import check_strength
+from autointerp.errors import AutointerpError
+from autointerp.judges.judge import Judge
+from autointerp.store.store import Store
+from autointerp.stages.score.sampling import HeldOut, derangement, fuzz_snippets, held_out
+from autointerp.stages.score.scorers import CHANCE, HEADLINE, INPUT_SCORERS, SCORERS, Item, Outcome, Scorer
+
+__all__ = ["ScoreConfig", "ScoreSummary", "score", "select_scored", "load_held_out", "summarise", "write_summaries", "SCORERS", "INPUT_SCORERS", "HEADLINE", "CHANCE", "held_out", "fuzz_snippets", "HeldOut"]
+
+CONTROL_MODES = ("sample", "all", "none")
+
+
+@dataclass
+class ScoreConfig:
+    scorers: tuple[str, ...] = INPUT_SCORERS  # "intervention" too on a causal LM (it runs the subject model)
+    n_top: int = 5  # held-out highest windows per feature
+    n_strata: int = 5  # plus one window per activation stratum of the quantile bins
+    n_negative: int = 10  # held-out verified negatives per feature
+    per_prompt: int = 10  # snippets per detection / fuzzing prompt
+    n_simulation: int = 4  # activating snippets simulated (plus as many negatives)
+    n_embedding: int = 6  # activating snippets (plus as many negatives) per embedding AUROC
+    n_intervention: int = 16  # neutral prompts the intervention scorer amplifies each feature on
+    intervention_strength: float = 0.5  # added norm, as a multiple of the hookpoint's median norm on those prompts
+    n_random_directions: int = 255  # the intervention scorer's null: p = 1/256 at best, below alpha = 0.01
+    alpha: float = 0.01  # a label is confident when its one-sided permutation p-value is below this
+    shuffle_control: str = "sample"  # "sample" (until the gap is known to ±control_half_width), "all" or "none"
+    control_half_width: float = 0.03
+    control_start: int = 64  # features in the first control batch
+    n_boot: int = 500
+    n_permutations: int = 500
+    seed: int = 0
+    chunk: int = 512
+    features: list[int] | None = None  # only these of the labelled features (None: all)
+    sample: int | None = None  # a seeded random sample of this many of them
+    sample_seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = set(self.scorers) - set(SCORERS)
+        if unknown:
+            raise AutointerpError(f"unknown scorer(s) {sorted(unknown)}", f"choose from {', '.join(SCORERS)}")
+        if self.shuffle_control not in CONTROL_MODES:
+            raise AutointerpError(f"unknown shuffle control {self.shuffle_control!r}", f"use one of {', '.join(CONTROL_MODES)}")
+        if not 0 < self.alpha < 1:
+            raise AutointerpError(f"alpha is {self.alpha}", "pass a significance level between 0 and 1, e.g. 0.01")
+        check_strength("intervention strength", self.intervention_strength)
+        for name in ("n_top", "n_strata", "n_negative", "per_prompt", "n_simulation", "n_embedding", "n_intervention", "n_random_directions", "control_start", "n_boot", "n_permutations", "chunk"):
+            if getattr(self, name) < 1:
+                raise AutointerpError(f"ScoreConfig.{name} is {getattr(self, name)}", f"set {name} to 1 or more")
+
+
+@dataclass
+class ScoreSummary:
+    explainer: str
+    judge: str
+    per_scorer: dict[str, dict] = field(default_factory=dict)  # the score_summaries rows, by scorer
+    usage: str = ""  # LLM calls, tokens and cost, when an LLM judge ran
+
+    def lines(self) -> list[str]:
+        out = [f"scores of {self.explainer} labels (judge {self.judge}):"]
+        for scorer, s in self.per_scorer.items():
+            out.append(summary_line(scorer, s))
+        return out + ([self.usage] if self.usage else [])
+
+
+def summary_line(scorer: str, s: dict) -> str:
+    f = lambda x: "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"  # noqa: E731
+    line = (f"  {scorer:<10} {s['metric']} median {f(s['median'])} (IQR {f(s['q25'])}–{f(s['q75'])}) over {s['n_ok']:,} of {s['n_features']:,} features"
+            + (f"; {s['n_failed']:,} failed" if s["n_failed"] else "") + (f"; {s['n_undefined']:,} undefined" if s["n_undefined"] else "")
+            + f"; confident {s['n_confident']:,} (one-sided permutation test, p < {s['alpha']:g})")
+    if s["n_controls"]:
+        line += (f"; shuffle control on {s['n_controls']:,} features: shuffled median {f(s['shuffled_median'])}, gap {f(s['gap'])} "
+                 f"[{f(s['gap_low'])}, {f(s['gap_high'])}] over {s['n_pairs']:,} pairs"
+                 + (f" ({s['n_pairs_undefined']:,} left out: a score undefined or failed)" if s["n_pairs_undefined"] else "")
+                 + f" — {s['verdict']}")
+        if s["calls_saved"]:
+            line += f"; {s['calls_saved']:,} judge calls saved by sampling the control"
+    else:
+        line += f"; {s['verdict']}"
+    return line
+
+
+def _rows(scorer: str, judge_name: str, source: str, pairs: list[tuple[int, int]], outcomes: list[Outcome]) -> list[dict]:
+    return [
+        {"feature": f, "judge": judge_name, "label_source": source, "label_feature": other, "metric": SCORERS[scorer].metric,
+         "value": o.estimate.value, "ci_low": o.estimate.ci_low, "ci_high": o.estimate.ci_high, "n": o.estimate.n,
+         "method": o.estimate.method, "p_value": o.estimate.p_value, "status": o.status, "n_failed": o.failed,
+         "error": o.error, "prompt_hash": o.prompt_hash, "call_ids": o.call_ids}
+        for (f, other), o in zip(pairs, outcomes)
+    ]
+
+
+def _control_partners(features: list[int], labels: dict[int, str], seed: int) -> dict[int, int]:
+    """A derangement in which, where it can be arranged, no feature gets a label worded like its own."""
+    partner = derangement(features, seed)
+    same = [f for f in features if labels[partner[f]] == labels[f]]
+    rng = np.random.default_rng(seed + 1)
+    for f in same:  # swap with a random other feature's partner when that fixes both
+        for g in rng.permutation(features):
+            g = int(g)
+            if g != f and partner[g] != f and labels[partner[g]] != labels[f] and labels[partner[f]] != labels[g] and partner[f] != g:
+                partner[f], partner[g] = partner[g], partner[f]
+                break
+    return partner
+
+
+def select_scored(labelled, cfg: ScoreConfig) -> list[int]:
+    """The labelled features to score: the chosen ones (cfg.features), then a seeded sample."""
+    features = sorted(labelled) if cfg.features is None else sorted(set(cfg.features) & set(labelled))
+    if cfg.sample is not None and cfg.sample < len(features):
+        features = sorted(int(f) for f in np.random.default_rng(cfg.sample_seed).choice(features, cfg.sample, replace=False))
+    return features
+
+
+def load_held_out(store: Store, run_id: str, features: list[int], cfg: ScoreConfig) -> dict[int, HeldOut]:
+    """Each feature's held-out sample (score split only); features without snippets are left out."""
+    return {fs.feature: held_out(fs, cfg.n_top, cfg.n_strata, cfg.n_negative, cfg.seed)
+            for fs in store.feature_snippets(run_id, features, split="score", max_per_kind={"top": cfg.n_top, "negative": cfg.n_negative})}
+
+
+async def score(store: Store, run_id: str, explainer: str, judge: Judge, cfg: ScoreConfig, call_log=None, progress: bool = True,
+                subject=None) -> ScoreSummary:
+    """Score every successfully labelled feature of `explainer` with each configured scorer, run the
+    shuffle control, and store the rows and each scorer's summary. Scorers that intervene on the
+    model (intervention) use `subject` (subject.Subject), loaded from the run record when None."""
+    from tqdm.auto import tqdm
+
+    labels_df = store.explanations(run_id, explainer)
+    labels = {int(r.feature): r.label for r in labels_df.itertuples() if r.status == "ok"}
+    features = select_scored(labels, cfg)
+    scorers: dict[str, Scorer] = {name: SCORERS[name] for name in cfg.scorers}
+    if any(getattr(s, "needs_subject", False) for s in scorers.values()):
+        if subject is None:
+            from autointerp.subject.load import load_subject
+
+            subject = load_subject(store, run_id)
+        subject.model.require_causal("the intervention scorer")
+        every_label = [labels[f] for f in features]
+        scorers = {name: s.bind(subject, every_label) if getattr(s, "needs_subject", False) else s for name, s in scorers.items()}
+    names = {name: (s.judge_name() if not s.uses_judge else judge.name) for name, s in scorers.items()}
+    bar = tqdm(total=len(features) * len(scorers), desc="score", unit="feat", disable=not progress)
+    held: dict[int, HeldOut] = {}
+
+    async def run(batch: list[int], source: str, partner: dict[int, int]) -> None:
+        for start in range(0, len(batch), cfg.chunk):
+            part = batch[start : start + cfg.chunk]
+            held.update(load_held_out(store, run_id, [f for f in part if f not in held], cfg))
+            part = [f for f in part if f in held]
+            pairs = [(f, partner.get(f, f)) for f in part]
+            items = [Item(f, labels[other], held[f], f) for f, other in pairs]
+            for name, scorer in scorers.items():
+                outcomes = await scorer.score(items, judge, cfg)
+                if source == "true":
+                    bar.update(len(items))
+                if call_log is not None:
+                    call_log.flush()  # the calls first: a score never points at a call the log lacks
+                store.write_scores(run_id, explainer, name, pd.DataFrame(_rows(name, names[name], source, pairs, outcomes)), label_source=source)
+
+    store.delete_scores(run_id, explainer, list(scorers), "shuffled")  # a control of older labels would not be this one
+    await run(features, "true", {})
+    bar.close()
+    n_controls = 0
+    if cfg.shuffle_control != "none" and len(features) >= 2:
+        partner = _control_partners(features, {f: labels[f] for f in features}, cfg.seed)
+        order = [features[i] for i in np.random.default_rng(cfg.seed).permutation(len(features))]
+        target = len(features) if cfg.shuffle_control == "all" else min(cfg.control_start, len(features))
+        while n_controls < target:
+            await run(order[n_controls:target], "shuffled", partner)
+            n_controls = target
+            if target == len(features):
+                break
+            needed = _control_size_needed(store, run_id, explainer, list(scorers), cfg)
+            if needed <= n_controls:
+                break
+            target = min(len(features), max(needed, n_controls + cfg.control_start))
+    return ScoreSummary(explainer, judge.name, write_summaries(store, run_id, explainer, names, cfg))
+
+
+def write_summaries(store: Store, run_id: str, explainer: str, judges: dict[str, str], cfg: ScoreConfig) -> dict[str, dict]:
+    """Summarise the stored rows of each scorer (scorer → the judge named in its rows) and store the summaries."""
+    out = {}
+    for name, judge_name in judges.items():
+        scorer = SCORERS[name]
+        rows = store.scores(run_id, explainer, name)
+        n_features = int(rows[rows.label_source == "true"].feature.nunique())  # every feature scored, however it came out
+        row = _summary(rows, scorer, cfg, n_features)
+        out[name] = row | {"scorer": name, "judge": judge_name, "samples": scorer.samples(cfg)}
+    store.write_score_summaries(run_id, explainer, pd.DataFrame(out.values()))
+    return out
+
+
+def _paired(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per controlled feature: its own-label and shuffled-label headline values (NaN where not defined)."""
+    own = rows[rows.label_source == "true"].set_index("feature")
+    shuffled = rows[rows.label_source == "shuffled"].set_index("feature")
+    both = pd.DataFrame({"t": own.value.reindex(shuffled.index), "s": shuffled.value})
+    both["ok"] = (own.status.reindex(shuffled.index) == "ok") & (shuffled.status == "ok")
+    return both
+
+
+def _control_size_needed(store: Store, run_id: str, explainer: str, scorers: list[str], cfg: ScoreConfig) -> int:
+    """Controlled features enough to bring every scorer's gap interval within ±control_half_width, from the
+    spread of the paired differences so far (normal approximation, 10% margin)."""
+    needed = 0
+    for name in scorers:
+        both = _paired(store.scores(run_id, explainer, name))
+        diff = (both.t - both.s)[both.ok].to_numpy()
+        if len(diff) < 2:
+            continue
+        gap = metrics.shuffle_gap(both.t[both.ok], both.s[both.ok], n_boot=cfg.n_boot, seed=cfg.seed)
+        if (gap.ci_high - gap.ci_low) / 2 <= cfg.control_half_width:
+            continue
+        sd = float(np.std(diff, ddof=1))
+        share = len(diff) / max(len(both), 1)  # controls that give a defined pair
+        needed = max(needed, math.ceil(1.1 * (metrics.Z95 * sd / cfg.control_half_width) ** 2 / max(share, 0.05)))
+    return needed
+
+
+def _summary(rows: pd.DataFrame, scorer: Scorer, cfg: ScoreConfig, n_features: int) -> dict:
+    own = rows[rows.label_source == "true"]
+    ok = own[own.status == "ok"]
+    values = ok.value
+    both = _paired(rows)
+    gap = metrics.shuffle_gap(both.t[both.ok], both.s[both.ok], n_boot=cfg.n_boot, seed=cfg.seed) if both.ok.any() else None
+    n_controls = len(both)
+    quantile = lambda q: float(values.quantile(q)) if len(values) else math.nan  # noqa: E731
+    return {
+        "metric": scorer.metric, "chance": scorer.chance, "n_features": n_features, "n_ok": int(len(ok)),
+        "n_failed": int((own.status == "failed").sum()), "n_undefined": int((own.status == "undefined").sum()),
+        "median": quantile(0.5), "q25": quantile(0.25), "q75": quantile(0.75),
+        "n_confident": int((ok.p_value < cfg.alpha).sum()), "alpha": cfg.alpha,
+        "control": cfg.shuffle_control, "n_controls": int(n_controls), "n_pairs": int(both.ok.sum()),
+        "n_pairs_undefined": int((~both.ok).sum()),
+        "shuffled_median": float(both.s[both.ok].median()) if both.ok.any() else math.nan,
+        "gap": gap.value if gap else math.nan, "gap_low": gap.ci_low if gap else math.nan, "gap_high": gap.ci_high if gap else math.nan,
+        "verdict": metrics.gap_verdict(gap) if gap else ("no shuffle control" if cfg.shuffle_control == "none" else "undefined: no controlled feature has both scores defined"),
+        # Judge requests a control of every feature would have made on top (offline judge's too: its "calls" cost time, not money).
+        "calls_saved": (n_features - n_controls) * scorer.prompts_per_feature(cfg) if cfg.shuffle_control == "sample" else 0,
+    }
+
+
+def summarise(store: Store, run_id: str, explainer: str) -> dict[str, dict]:
+    """The stored per-scorer summaries of an explainer's labels (what the score stage computed), by scorer."""
+    frame = store.score_summaries(run_id, explainer)
+    return {r["scorer"]: r for r in frame.to_dict("records")}

@@ -1,0 +1,1 @@
+"""What a user reads from the store: report, serve, show, compare."""

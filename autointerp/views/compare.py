@@ -1,0 +1,90 @@
+"""How far two explainers agree on the features both labelled, with a control.
+
+Agreement is measured on label meaning, not wording: both labels of a feature are embedded
+with all-MiniLM-L6-v2 and compared by cosine similarity. The control is the same comparison
+with the other explainer's labels shuffled among the features, so "agree" means "closer
+than two labels of different features are". Reported:
+
+- the median cosine of a feature's two labels, and the median over mismatched pairs;
+- the match rate: how often a feature's label by B is the nearest of all B's labels to its label
+  by A (chance: 1/n);
+- a one-sided permutation p-value for the mean matched cosine against shuffled pairings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Agreement:
+    a: str
+    b: str
+    n: int  # features both labelled
+    matched_median: float  # cosine of a feature's two labels
+    mismatched_median: float  # cosine of labels of different features
+    match_rate: float  # B's label of f is the nearest B label to A's label of f
+    chance: float  # 1/n
+    p_value: float  # permutation test of mean matched cosine > shuffled
+    n_permutations: int
+
+    def line(self) -> str:
+        if self.n < 2:
+            return f"agreement {self.a} vs {self.b}: {self.n} feature(s) labelled by both, too few to compare"
+        verdict = "agree beyond chance" if self.p_value < 0.05 else "agreement indistinguishable from chance"
+        return (f"agreement {self.a} vs {self.b} on {self.n} features: label cosine median {self.matched_median:.2f} "
+                f"(different features: {self.mismatched_median:.2f}); nearest-label match {self.match_rate:.0%} "
+                f"(chance {self.chance:.0%}); permutation p = {self.p_value:.3g}: {verdict}")
+
+
+def label_agreement(a: str, labels_a: dict[int, str], b: str, labels_b: dict[int, str], embedder=None,
+                    n_permutations: int = 2000, seed: int = 0) -> Agreement:
+    """Agreement of explainer a's and b's labels (feature → label) on the features both labelled."""
+    common = sorted(set(labels_a) & set(labels_b))
+    n = len(common)
+    if n < 2:
+        return Agreement(a, b, n, float("nan"), float("nan"), float("nan"), float("nan"), float("nan"), 0)
+    if embedder is None:
+        from autointerp.stats.embed import Embedder
+
+        embedder = Embedder()
+    va = np.asarray(embedder.encode([labels_a[f] for f in common]), dtype=np.float64)
+    vb = np.asarray(embedder.encode([labels_b[f] for f in common]), dtype=np.float64)
+    va /= np.linalg.norm(va, axis=1, keepdims=True)
+    vb /= np.linalg.norm(vb, axis=1, keepdims=True)
+    sims = va @ vb.T  # [n, n]: row f = A's label of f against every B label
+    matched = np.diag(sims)
+    mismatched = sims[~np.eye(n, dtype=bool)]
+    match_rate = float(np.mean(sims.argmax(axis=1) == np.arange(n)))
+    rng = np.random.default_rng(seed)
+    perms = np.array([sims[np.arange(n), rng.permutation(n)].mean() for _ in range(n_permutations)])
+    p = (1 + np.sum(perms >= matched.mean())) / (1 + n_permutations)
+    return Agreement(a, b, n, float(np.median(matched)), float(np.median(mismatched)), match_rate, 1 / n, float(p), n_permutations)
+
+
+def sample_lines(store, run_id: str, sample: str, main: str, embedder=None) -> list[str]:
+    """The sample explainer's labels beside the main explainer's, each with its scores, then the agreement."""
+    from autointerp.stages.score.stage import HEADLINE
+
+    labels = store.explanations(run_id, sample)
+    other = store.explanations(run_id, main)
+    other_ok = {int(r.feature): str(r.label) for r in other[other.status == "ok"].itertuples()}
+    scores = store.scores(run_id, sample)
+    head = scores[(scores.metric == scores.scorer.map(HEADLINE)) & (scores.label_source == "true")]
+    cells: dict[int, list[str]] = {}
+    for r in head.itertuples():
+        value = "—" if r.status != "ok" else f"{r.value:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"
+        cells.setdefault(int(r.feature), []).append(f"{r.scorer} {value}" + ("" if r.status == "ok" else f" ({r.status})"))
+    out = [f"labels by {sample} on its sample of {len(labels)} features, beside {main}:"]
+    for r in labels.sort_values("position").itertuples():
+        f = int(r.feature)
+        mine = repr(r.label) if r.status == "ok" else f"FAILED ({r.error})"
+        out.append(f"  #{f:<6} {mine}  |  {main}: {other_ok.get(f, '—')}  |  " + ("; ".join(cells.get(f, [])) or "not scored"))
+    failed = labels[labels.status != "ok"]
+    kinds = failed.error.fillna("").str.split(":").str[0].value_counts().to_dict()
+    out.append(f"  labels that failed: {len(failed)} of {len(labels)}" + (f" ({', '.join(f'{k} {v}' for k, v in kinds.items())})" if kinds else ""))
+    mine_ok = {int(r.feature): str(r.label) for r in labels[labels.status == "ok"].itertuples()}
+    out.append("  " + label_agreement(sample, mine_ok, main, other_ok, embedder=embedder).line())
+    return out
