@@ -31,6 +31,7 @@ def at_least(owner: str, **values: tuple[object, int]) -> None:
             flag = "--" + name.replace("_", "-")
             raise AutointerpError(f"{flag} is {value!r} ({owner}.{name})", f"pass {flag} {minimum} or more")
 
+
 @dataclass
 class ModelConfig:
     name: str = EMBEDDED_MODEL  # hub id, local directory, or one of the embedded models
@@ -42,11 +43,15 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.hookpoint is None:
             if self.name not in EMBEDDED_HOOKPOINTS:
-                raise AutointerpError(f"no hookpoint given for model '{self.name}'",
-                                      "pass --hookpoint (list the model's with `autointerp hookpoints --model ...`)")
+                raise AutointerpError(
+                    f"no hookpoint given for model '{self.name}'",
+                    "pass --hookpoint (list the model's with `autointerp hookpoints --model ...`)",
+                )
             self.hookpoint = EMBEDDED_HOOKPOINTS[self.name]
         if self.dtype not in DTYPES:
-            raise AutointerpError(f"unknown dtype {self.dtype!r} for the model", f"use one of {', '.join(DTYPES)} (--dtype)")
+            raise AutointerpError(
+                f"unknown dtype {self.dtype!r} for the model", f"use one of {', '.join(DTYPES)} (--dtype)"
+            )
 
 
 @dataclass
@@ -65,7 +70,10 @@ class CorpusConfig:
         try:
             codecs.lookup(self.encoding)
         except LookupError:
-            raise AutointerpError(f"unknown text encoding {self.encoding!r}", "pass a Python codec name such as utf-8, latin-1 or cp1252 (--encoding)") from None
+            raise AutointerpError(
+                f"unknown text encoding {self.encoding!r}",
+                "pass a Python codec name such as utf-8, latin-1 or cp1252 (--encoding)",
+            ) from None
 
 
 @dataclass
@@ -80,15 +88,29 @@ class GatherConfig:
     dense_threshold: float = 0.1  # firing density above which a feature is flagged ultra-dense
     batch_size: int | None = None  # contexts per batch; None sizes it to memory
     seed: int = 0
-    memory_gib: float | None = None  # budget for the example banks; more features than fit are gathered in passes (None: half the free memory)
+    memory_gib: float | None = (
+        None  # budget for the example banks; more features than fit are gathered in passes (None: half the free memory)
+    )
 
     def __post_init__(self) -> None:
         if self.memory_gib is not None and not self.memory_gib > 0:
-            raise AutointerpError(f"--memory-gib is {self.memory_gib}", "pass a positive number of GiB, e.g. --memory-gib 8")
-        at_least("GatherConfig", n_top=(self.n_top, 1), n_bins=(self.n_bins, 1), per_bin=(self.per_bin, 1),
-                 n_negative=(self.n_negative, 1), window=(self.window, 1), batch_size=(self.batch_size, 1))
+            raise AutointerpError(
+                f"--memory-gib is {self.memory_gib}", "pass a positive number of GiB, e.g. --memory-gib 8"
+            )
+        at_least(
+            "GatherConfig",
+            n_top=(self.n_top, 1),
+            n_bins=(self.n_bins, 1),
+            per_bin=(self.per_bin, 1),
+            n_negative=(self.n_negative, 1),
+            window=(self.window, 1),
+            batch_size=(self.batch_size, 1),
+        )
         if not 0 < self.explain_fraction < 1:
-            raise AutointerpError(f"explain_fraction is {self.explain_fraction}", "pass a share between 0 and 1 (both splits need contexts)")
+            raise AutointerpError(
+                f"explain_fraction is {self.explain_fraction}",
+                "pass a share between 0 and 1 (both splits need contexts)",
+            )
 
     def bank_bytes(self, n_features: int) -> int:
         """Memory of the example banks (gather.ExampleBank), allocated at once: per slot five 8-byte
@@ -113,10 +135,18 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        at_least("TrainConfig", n_features=(self.n_features, 1), k=(self.k, 1), epochs=(self.epochs, 1),
-                 train_tokens=(self.train_tokens, 1), batch_tokens=(self.batch_tokens, 1))
+        at_least(
+            "TrainConfig",
+            n_features=(self.n_features, 1),
+            k=(self.k, 1),
+            epochs=(self.epochs, 1),
+            train_tokens=(self.train_tokens, 1),
+            batch_tokens=(self.batch_tokens, 1),
+        )
         if self.k > self.n_features:
-            raise AutointerpError(f"--k {self.k} is more than --n-features {self.n_features}", "pass --k at most --n-features")
+            raise AutointerpError(
+                f"--k {self.k} is more than --n-features {self.n_features}", "pass --k at most --n-features"
+            )
 
 
 @dataclass
@@ -173,5 +203,7 @@ class OutputEffectsConfig:
     def __post_init__(self) -> None:
         for name in ("k", "n_prompts", "chunk"):
             if getattr(self, name) < 1:
-                raise AutointerpError(f"OutputEffectsConfig.{name} is {getattr(self, name)}", f"set {name} to 1 or more")
+                raise AutointerpError(
+                    f"OutputEffectsConfig.{name} is {getattr(self, name)}", f"set {name} to 1 or more"
+                )
         check_strength("output-effects strength", self.strength)

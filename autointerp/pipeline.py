@@ -18,20 +18,20 @@ import pyarrow.compute
 import torch
 
 from autointerp import __version__
-from autointerp.gather.corpus import CorpusConfig, iter_contexts, iter_documents
 from autointerp.errors import AutointerpError
 from autointerp.gather.collect import HIST_EDGES, GatherConfig, auto_batch_size, fit_sae, run_gather
-from autointerp.subject.model import EMBEDDED_LM, EMBEDDED_MODEL, ModelConfig, SubjectModel, keep_freed_memory
-from autointerp.subject.sae import SAE, load_sae, save_saelens
-from autointerp.subject.releases import is_release
+from autointerp.gather.corpus import CorpusConfig, iter_contexts, iter_documents
 from autointerp.gather.distributed import group, rank_device, world
-from autointerp.store.store import RunRecord, Store, db_path, remove_database
-from autointerp.subject.train import TrainConfig, collect_activations, evaluate_sae, loss_recovered, train_topk_sae
-from autointerp.subject.effects import OutputEffectsConfig, output_effects
-from autointerp.stages.explain import ExplainConfig, ExplainSummary, explain
 from autointerp.llm.client import LLMConfig
+from autointerp.stages.explain import ExplainConfig, ExplainSummary, explain
 from autointerp.stages.saturate import SaturationConfig, SaturationSummary, saturate
 from autointerp.stages.score.stage import ScoreConfig, ScoreSummary, score
+from autointerp.store.store import RunRecord, Store, db_path, remove_database
+from autointerp.subject.effects import OutputEffectsConfig, output_effects
+from autointerp.subject.model import EMBEDDED_LM, EMBEDDED_MODEL, ModelConfig, SubjectModel, keep_freed_memory
+from autointerp.subject.releases import is_release
+from autointerp.subject.sae import SAE, load_sae, save_saelens
+from autointerp.subject.train import TrainConfig, collect_activations, evaluate_sae, loss_recovered, train_topk_sae
 
 
 @dataclass
@@ -58,7 +58,9 @@ class RunConfig:
     # beside the main judge's labels, and compared with them (the embedded default: the local LLM).
     sample_judge: LLMConfig | None = None
     sample_size: int = 16
-    sample_score: ScoreConfig = field(default_factory=lambda: ScoreConfig(scorers=("detection", "embedding"), n_top=3, n_strata=2, n_negative=5))
+    sample_score: ScoreConfig = field(
+        default_factory=lambda: ScoreConfig(scorers=("detection", "embedding"), n_top=3, n_strata=2, n_negative=5)
+    )
     # Causal LMs: the intervention scorer on a seeded sample of the main judge's labels (it runs the model per feature).
     intervention_sample: int = 256
     progress: bool = True
@@ -68,7 +70,9 @@ class RunConfig:
             return self.run_id
         model = {EMBEDDED_MODEL: "minilm", EMBEDDED_LM: "smollm2"}.get(self.model.name) or Path(self.model.name).name
         sae = "trained" if self.sae is None else Path(self.sae.rstrip("/")).name
-        if self.sae is not None and self.sae_hookpoint and is_release(self.sae):  # one release holds many SAEs of a layer
+        if (
+            self.sae is not None and self.sae_hookpoint and is_release(self.sae)
+        ):  # one release holds many SAEs of a layer
             sae += f"-{self.sae_hookpoint}"
         return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{model}-{self.model.hookpoint}-{sae}")
 
@@ -90,10 +94,18 @@ class GatherSummary:
 
     def lines(self) -> list[str]:
         m = self.sae_metrics
-        health = f"SAE on held-out tokens: FVU {m['fvu']:.3f}, L0 {m['l0']:.1f}, dead {m['dead_fraction']:.1%}" if m else "SAE health: not evaluated"
+        health = (
+            f"SAE on held-out tokens: FVU {m['fvu']:.3f}, L0 {m['l0']:.1f}, dead {m['dead_fraction']:.1%}"
+            if m
+            else "SAE health: not evaluated"
+        )
         if "loss_recovered" in m:
             health += f", loss recovered {m['loss_recovered']:.3f}"
-        timing = "gather: kept the stored one (same settings; --regather gathers again)" if self.reused else "time: " + ", ".join(f"{k} {v:.0f}s" for k, v in self.seconds.items())
+        timing = (
+            "gather: kept the stored one (same settings; --regather gathers again)"
+            if self.reused
+            else "time: " + ", ".join(f"{k} {v:.0f}s" for k, v in self.seconds.items())
+        )
         return [
             f"database: {self.db_path}",
             f"run: {self.run_id}",
@@ -129,20 +141,32 @@ def load_configured_sae(cfg: RunConfig) -> SAE | None:
     return load_sae(cfg.sae, hookpoint=cfg.sae_hookpoint, norm_scaling_factor=cfg.sae_norm_scale)
 
 
-def model_for_sae(sae: SAE | None, name: str | None = None, hookpoint: str | None = None, dtype: str | None = None,
-                  device: str = "auto") -> ModelConfig:
+def model_for_sae(
+    sae: SAE | None,
+    name: str | None = None,
+    hookpoint: str | None = None,
+    dtype: str | None = None,
+    device: str = "auto",
+) -> ModelConfig:
     """The subject model of an SAE: each of name, hookpoint and dtype not given is taken from the
     SAE's own config (its release, cfg.json or trainer config); without an SAE, the embedded default."""
     if sae is None:
-        return ModelConfig(**{"name": name or EMBEDDED_MODEL, "hookpoint": hookpoint, "device": device, "dtype": dtype or "float32"})
+        return ModelConfig(
+            **{"name": name or EMBEDDED_MODEL, "hookpoint": hookpoint, "device": device, "dtype": dtype or "float32"}
+        )
     from autointerp.subject.releases import hub_model
 
     source = sae.metadata.get("source", "the SAE")
     named = sae.metadata.get("release", {}).get("model") or sae.metadata.get("model_name")
     if name is None and not named:
-        raise AutointerpError(f"{source} does not name the model it was trained on", "pass --model (hub id or local directory)")
+        raise AutointerpError(
+            f"{source} does not name the model it was trained on", "pass --model (hub id or local directory)"
+        )
     if hookpoint is None and not sae.hook_name:
-        raise AutointerpError(f"{source} does not name its hookpoint", "pass --hookpoint (list them with `autointerp hookpoints --model ...`)")
+        raise AutointerpError(
+            f"{source} does not name its hookpoint",
+            "pass --hookpoint (list them with `autointerp hookpoints --model ...`)",
+        )
     if dtype is None:
         source_dtype = str(sae.metadata.get("source_dtype") or "float32").removeprefix("torch.")
         dtype = source_dtype if source_dtype in ("float32", "float16", "bfloat16") else "float32"
@@ -157,9 +181,13 @@ def prepare_sae(cfg: RunConfig, model: SubjectModel, run_id: str, sae: SAE | Non
         sae = (sae or load_configured_sae(cfg)).to(model.device)
         fit_sae(model, sae)
         if sae.hook_name and sae.hook_name not in (model.hook.name, model.hook.module_path):
-            warnings.warn(f"the SAE names hookpoint '{sae.hook_name}' but you read '{model.hook.name}'; make sure they are the same place")
+            warnings.warn(
+                f"the SAE names hookpoint '{sae.hook_name}' but you read '{model.hook.name}'; make sure they are the same place"
+            )
         return sae, cfg.sae, {}
-    x_train, x_held = collect_activations(model, _batches(cfg, model, cfg.train.n_features), cfg.train.train_tokens, cfg.train.holdout_tokens)
+    x_train, x_held = collect_activations(
+        model, _batches(cfg, model, cfg.train.n_features), cfg.train.train_tokens, cfg.train.holdout_tokens
+    )
     sae, metrics, log = train_topk_sae(x_train, x_held, cfg.train, progress=cfg.progress)
     del x_train
     out = Path(cfg.project) / "saes" / run_id
@@ -168,7 +196,12 @@ def prepare_sae(cfg: RunConfig, model: SubjectModel, run_id: str, sae: SAE | Non
         out,
         hook_name=cfg.model.hookpoint,
         model_name=cfg.model.name,
-        extra_metadata={"trained_by": "autointerp", "train_config": asdict(cfg.train), "heldout": metrics.as_dict(), "train_seconds": log["seconds"]},
+        extra_metadata={
+            "trained_by": "autointerp",
+            "train_config": asdict(cfg.train),
+            "heldout": metrics.as_dict(),
+            "train_seconds": log["seconds"],
+        },
     )
     return sae, str(out), {**metrics.as_dict(), "train_seconds": log["seconds"], "train_tokens": log["train_tokens"]}
 
@@ -182,7 +215,17 @@ def evaluate_given_sae(cfg: RunConfig, model: SubjectModel, sae: SAE) -> dict:
 
 
 # The RunConfig fields that decide what a gather stores; a stored run gathered with the same ones is current.
-GATHER_FIELDS = ("model", "corpus", "sae", "sae_hookpoint", "sae_norm_scale", "train", "gather", "eval_tokens", "effects")
+GATHER_FIELDS = (
+    "model",
+    "corpus",
+    "sae",
+    "sae_hookpoint",
+    "sae_norm_scale",
+    "train",
+    "gather",
+    "eval_tokens",
+    "effects",
+)
 
 
 def gather_settings(config: dict) -> dict:
@@ -202,10 +245,20 @@ def stored_gather(cfg: RunConfig) -> GatherSummary | None:
         if gather_settings(run["config"]) != gather_settings(asdict(cfg)):
             return None
         f = store.features(run_id)
-        return GatherSummary(run_id=run_id, db_path=store.path, n_tokens=int(run["n_tokens"]), n_contexts=int(run["n_contexts"]),
-                             n_features=len(f), n_dead=int(f.dead.sum()), n_dense=int(f.dense.sum()),
-                             n_examples=store.table_counts(run_id)["examples"], sae_metrics=run["sae_metrics"], seconds={}, reused=True,
-                             causal=bool(run["output_effects"]) or "loss_clean" in run["sae_metrics"])
+        return GatherSummary(
+            run_id=run_id,
+            db_path=store.path,
+            n_tokens=int(run["n_tokens"]),
+            n_contexts=int(run["n_contexts"]),
+            n_features=len(f),
+            n_dead=int(f.dead.sum()),
+            n_dense=int(f.dense.sum()),
+            n_examples=store.table_counts(run_id)["examples"],
+            sae_metrics=run["sae_metrics"],
+            seconds={},
+            reused=True,
+            causal=bool(run["output_effects"]) or "loss_clean" in run["sae_metrics"],
+        )
 
 
 def gather(cfg: RunConfig, reuse: bool = False, sae: SAE | None = None) -> GatherSummary | None:
@@ -217,8 +270,10 @@ def gather(cfg: RunConfig, reuse: bool = False, sae: SAE | None = None) -> Gathe
     them, evaluates the SAE and writes the store; the other ranks return None."""
     w = world()
     if w.distributed and cfg.sae is None:
-        raise AutointerpError("a distributed gather needs an SAE to read: training one runs in a single process",
-                              "train it first with `autointerp gather` in one process (it is saved under PROJECT/saes/), then pass --sae that directory")
+        raise AutointerpError(
+            "a distributed gather needs an SAE to read: training one runs in a single process",
+            "train it first with `autointerp gather` in one process (it is saved under PROJECT/saes/), then pass --sae that directory",
+        )
     if not 0 < cfg.gather.window <= cfg.corpus.context_length:
         raise AutointerpError(
             f"example windows of {cfg.gather.window} tokens do not fit in contexts of {cfg.corpus.context_length}",
@@ -251,7 +306,9 @@ def _gather(cfg: RunConfig, model_cfg: ModelConfig, sae: SAE | None, g) -> Gathe
         sae, sae_source, metrics = prepare_sae(cfg, model, run_id, sae)
         timings["sae"] = time.perf_counter() - t
         ranks = 1 if g is None else g.world.size
-        result = run_gather(model, sae, lambda: _batches(cfg, model, sae.d_sae, ranks), cfg.gather, progress=cfg.progress, group=g)
+        result = run_gather(
+            model, sae, lambda: _batches(cfg, model, sae.d_sae, ranks), cfg.gather, progress=cfg.progress, group=g
+        )
         if not root:
             return None
         timings["gather"] = result.seconds
@@ -268,7 +325,8 @@ def _gather(cfg: RunConfig, model_cfg: ModelConfig, sae: SAE | None, g) -> Gathe
             timings["output effects"] = computed.seconds
         referenced = set(pa.compute.unique(result.examples["doc_id"]).to_pylist())
         documents = pd.DataFrame(
-            [(d.doc_id, d.name) for d in iter_documents(cfg.corpus) if d.doc_id in referenced], columns=["doc_id", "name"]
+            [(d.doc_id, d.name) for d in iter_documents(cfg.corpus) if d.doc_id in referenced],
+            columns=["doc_id", "name"],
         )
         vocab = model.tokenizer.convert_ids_to_tokens(list(range(len(model.tokenizer))))
         run = RunRecord(
@@ -343,8 +401,8 @@ async def acheck_judge(cfg: RunConfig) -> None:
     unreachable base URL, a rejected key, a missing local model or server. Makes no paid call."""
     if cfg.judge is None:
         return
-    from autointerp.llm.client import MemoryCallStore, load_keys, make_client
     from autointerp.judges.prompts import load_prompts
+    from autointerp.llm.client import MemoryCallStore, load_keys, make_client
 
     load_prompts(cfg.prompt_dir)
     if cfg.judge.provider == "local":
@@ -375,8 +433,13 @@ async def _with_judge(cfg: RunConfig, run_id: str | None, stages):
         run_id = store.run(run_id or cfg.run_id)["run_id"]  # an unknown run id is refused, naming the stored ones
         log = CallLog(store, run_id)
         try:
-            judge = make_judge(cfg.judge, log, keys=load_keys(cfg.keys_file) if cfg.keys_file else None,
-                               prompt_dir=cfg.prompt_dir, server_log=server_log(cfg))
+            judge = make_judge(
+                cfg.judge,
+                log,
+                keys=load_keys(cfg.keys_file) if cfg.keys_file else None,
+                prompt_dir=cfg.prompt_dir,
+                server_log=server_log(cfg),
+            )
             try:
                 await judge.check()
                 return await stages(store, run_id, judge, log)
@@ -388,17 +451,29 @@ async def _with_judge(cfg: RunConfig, run_id: str | None, stages):
         store.close()
 
 
-async def alabel_and_score(cfg: RunConfig, run_id: str | None = None, *, explain_stage: bool = True, score_stage: bool = True) -> tuple[ExplainSummary | None, ScoreSummary | None]:
+async def alabel_and_score(
+    cfg: RunConfig, run_id: str | None = None, *, explain_stage: bool = True, score_stage: bool = True
+) -> tuple[ExplainSummary | None, ScoreSummary | None]:
     """Explain then score a gathered run. Scoring alone scores the labels this judge stored earlier."""
 
     async def stages(store, run_id, judge, log):
-        explained = await explain(store, run_id, judge, cfg.explain, call_log=log, progress=cfg.progress) if explain_stage else None
+        explained = (
+            await explain(store, run_id, judge, cfg.explain, call_log=log, progress=cfg.progress)
+            if explain_stage
+            else None
+        )
         scored = None
         if score_stage:
             explainer = explained.explainer if explained else (cfg.explainer or judge.name)
             if not explained and explainer not in (known := store.explainers(run_id)):
-                raise AutointerpError(f"run '{run_id}' has no labels by {explainer}",
-                                      (f"pass --explainer with one of: {', '.join(known)}" if known else "run `autointerp explain` first"))
+                raise AutointerpError(
+                    f"run '{run_id}' has no labels by {explainer}",
+                    (
+                        f"pass --explainer with one of: {', '.join(known)}"
+                        if known
+                        else "run `autointerp explain` first"
+                    ),
+                )
             scored = await score(store, run_id, explainer, judge, cfg.score, call_log=log, progress=cfg.progress)
         if usage := judge.usage():  # what this run was billed, both stages together
             (scored or explained).usage = usage
@@ -407,7 +482,9 @@ async def alabel_and_score(cfg: RunConfig, run_id: str | None = None, *, explain
     return await _with_judge(cfg, run_id, stages)
 
 
-def label_and_score(cfg: RunConfig, run_id: str | None = None, *, explain_stage: bool = True, score_stage: bool = True) -> tuple[ExplainSummary | None, ScoreSummary | None]:
+def label_and_score(
+    cfg: RunConfig, run_id: str | None = None, *, explain_stage: bool = True, score_stage: bool = True
+) -> tuple[ExplainSummary | None, ScoreSummary | None]:
     """alabel_and_score from sync code (notebooks included)."""
     return run_sync(alabel_and_score(cfg, run_id, explain_stage=explain_stage, score_stage=score_stage))
 
@@ -436,9 +513,18 @@ async def aestimate(cfg: RunConfig, run_id: str | None = None) -> list:
     with Store(cfg.project, read_only=True) as store:
         run_id = store.run(run_id or cfg.run_id)["run_id"]
         for c in judged:
-            out.append(await estimate_costs(store, run_id, refuse_offline(c.judge), c.explain, c.score, explainer=c.explainer,
-                                            codebook_batch=c.saturation.codebook_batch if c.saturation.method == "codebook" else None,
-                                            prompt_dir=c.prompt_dir))
+            out.append(
+                await estimate_costs(
+                    store,
+                    run_id,
+                    refuse_offline(c.judge),
+                    c.explain,
+                    c.score,
+                    explainer=c.explainer,
+                    codebook_batch=c.saturation.codebook_batch if c.saturation.method == "codebook" else None,
+                    prompt_dir=c.prompt_dir,
+                )
+            )
     return out
 
 
@@ -449,8 +535,13 @@ def estimate(cfg: RunConfig, run_id: str | None = None) -> list:
 
 def sample_config(cfg: RunConfig) -> RunConfig:
     """The config the sample judge runs under: its own judge, the seeded sample, its scorers."""
-    return replace(cfg, judge=cfg.sample_judge, explain=replace(cfg.explain, sample=cfg.sample_size, features=None, max_features=None, stop_coverage=None),
-                   score=cfg.sample_score, sample_judge=None)
+    return replace(
+        cfg,
+        judge=cfg.sample_judge,
+        explain=replace(cfg.explain, sample=cfg.sample_size, features=None, max_features=None, stop_coverage=None),
+        score=cfg.sample_score,
+        sample_judge=None,
+    )
 
 
 def run(cfg: RunConfig, reuse_gather: bool = True, echo=print, sae: SAE | None = None) -> None:
@@ -471,8 +562,11 @@ def run(cfg: RunConfig, reuse_gather: bool = True, echo=print, sae: SAE | None =
     explained, scored = label_and_score(cfg, gathered.run_id)
     echo("\n".join(explained.lines() + scored.lines()))
     if gathered.causal and cfg.intervention_sample > 0:
-        intervened = replace(cfg, explainer=explained.explainer,
-                             score=replace(cfg.score, scorers=("intervention",), sample=cfg.intervention_sample, features=None))
+        intervened = replace(
+            cfg,
+            explainer=explained.explainer,
+            score=replace(cfg.score, scorers=("intervention",), sample=cfg.intervention_sample, features=None),
+        )
         _, by_intervention = label_and_score(intervened, gathered.run_id, explain_stage=False)
         echo("\n".join(by_intervention.lines()[1:]))
     echo("\n".join(saturate_labels(cfg, gathered.run_id).lines()))

@@ -115,7 +115,7 @@ class JudgeAnswer(Generic[T]):
 
 def vocab_style(vocab: list[str]) -> str:
     """'wordpiece' (BERT '##'), 'bytelevel' (GPT-2 'Ġ') or 'sentencepiece' ('▁'), read off the vocabulary."""
-    sample = vocab[: 50_000]
+    sample = vocab[:50_000]
     counts = {
         "wordpiece": sum(t.startswith("##") for t in sample),
         "bytelevel": sum("Ġ" in t for t in sample),
@@ -135,4 +135,3 @@ def piece_tables(vocab: list[str], style: str) -> tuple[list[str], list[str]]:
     else:
         pieces = [t.replace("▁", " ") for t in vocab]
     return pieces, pieces
-

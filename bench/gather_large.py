@@ -60,15 +60,19 @@ def cost_model_lines(rows: list[dict]) -> list[str]:
     slots = cfg.n_top + cfg.n_bins * cfg.per_bin
     measured = [r for r in rows if "error" not in r]
     overhead = [r["peak_rss_gib"] - r["shard_gib"] for r in measured]
-    return ["Cost model. Banks (allocated once per pass, two splits): "
-            f"2 × F × (slots × (44 + 8·window) + negatives × (44 + 4·window)) bytes with {slots} slots, "
-            f"{cfg.n_negative} negatives and window {cfg.window}: {cfg.bank_bytes(1) / 2**10:.1f} KiB a feature. "
-            "A budget B gives ceil(F × bank_bytes(1) / B) passes, each reading the whole corpus, so memory is one "
-            "pass's banks plus the rest below, and time is passes × (model forward + encode and bank update, "
-            "both proportional to the features in the pass).",
-            "",
-            "The rest, peak RSS minus one pass's banks (the model; the SAE weights, 2 × F × d × 4 bytes; one batch's "
-            "feature activations, batch tokens × F × 4 bytes, with batches that auto_batch_size shrinks as F grows; Python): " + ", ".join(f"{r['features']:,}: {o:.2f} GiB" for r, o in zip(measured, overhead)) + "."]
+    return [
+        "Cost model. Banks (allocated once per pass, two splits): "
+        f"2 × F × (slots × (44 + 8·window) + negatives × (44 + 4·window)) bytes with {slots} slots, "
+        f"{cfg.n_negative} negatives and window {cfg.window}: {cfg.bank_bytes(1) / 2**10:.1f} KiB a feature. "
+        "A budget B gives ceil(F × bank_bytes(1) / B) passes, each reading the whole corpus, so memory is one "
+        "pass's banks plus the rest below, and time is passes × (model forward + encode and bank update, "
+        "both proportional to the features in the pass).",
+        "",
+        "The rest, peak RSS minus one pass's banks (the model; the SAE weights, 2 × F × d × 4 bytes; one batch's "
+        "feature activations, batch tokens × F × 4 bytes, with batches that auto_batch_size shrinks as F grows; Python): "
+        + ", ".join(f"{r['features']:,}: {o:.2f} GiB" for r, o in zip(measured, overhead))
+        + ".",
+    ]
 
 
 def main() -> None:
@@ -79,8 +83,11 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     for n in (int(x) for x in args.sizes.split(",")):
-        out = subprocess.run([sys.executable, "-c", CHILD, str(n), str(args.tokens), str(args.memory_gib or "none")],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, str(n), str(args.tokens), str(args.memory_gib or "none")],
+            capture_output=True,
+            text=True,
+        )
         if out.returncode != 0:
             rows.append({"features": n, "error": out.stderr.strip().splitlines()[-1]})
         else:
@@ -88,17 +95,25 @@ def main() -> None:
         print(rows[-1], flush=True)
     REPORTS.mkdir(exist_ok=True)
     suffix = "" if args.memory_gib is None else f"_budget{args.memory_gib:g}"
-    (REPORTS / f"gather_large{suffix}.json").write_text(json.dumps({"memory_gib": args.memory_gib, "rows": rows}, indent=2))
-    lines = [f"# Gather memory and time against dictionary size ({args.tokens:,} tokens, CPU, "
-             + ("budget: half the free memory" if args.memory_gib is None else f"budget {args.memory_gib:g} GiB") + ")", "",
-             "| features | passes | banks (GiB, all) | banks per pass (GiB) | peak RSS (GiB) | seconds | tokens/s per pass | examples |",
-             "|---|---|---|---|---|---|---|---|"]
+    (REPORTS / f"gather_large{suffix}.json").write_text(
+        json.dumps({"memory_gib": args.memory_gib, "rows": rows}, indent=2)
+    )
+    lines = [
+        f"# Gather memory and time against dictionary size ({args.tokens:,} tokens, CPU, "
+        + ("budget: half the free memory" if args.memory_gib is None else f"budget {args.memory_gib:g} GiB")
+        + ")",
+        "",
+        "| features | passes | banks (GiB, all) | banks per pass (GiB) | peak RSS (GiB) | seconds | tokens/s per pass | examples |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['features']:,} | error: {r['error']} |||||||")
         else:
-            lines.append(f"| {r['features']:,} | {r['passes']} | {r['bank_gib']:.2f} | {r['shard_gib']:.2f} | {r['peak_rss_gib']:.2f} | "
-                         f"{r['seconds']} | {r['tokens_per_s']:,} | {r['examples']:,} |")
+            lines.append(
+                f"| {r['features']:,} | {r['passes']} | {r['bank_gib']:.2f} | {r['shard_gib']:.2f} | {r['peak_rss_gib']:.2f} | "
+                f"{r['seconds']} | {r['tokens_per_s']:,} | {r['examples']:,} |"
+            )
     lines += ["", *cost_model_lines(rows)]
     (REPORTS / f"gather_large{suffix}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -22,10 +22,26 @@ def one_run(sae_dir: str, tokens: int, project: str) -> None:
     from autointerp.gather.corpus import CorpusConfig
     from autointerp.pipeline import RunConfig, gather
 
-    cfg = RunConfig(project=project, run_id=f"mem{tokens}", sae=sae_dir, corpus=CorpusConfig(max_tokens=tokens), eval_tokens=0, progress=False)
+    cfg = RunConfig(
+        project=project,
+        run_id=f"mem{tokens}",
+        sae=sae_dir,
+        corpus=CorpusConfig(max_tokens=tokens),
+        eval_tokens=0,
+        progress=False,
+    )
     summary = gather(cfg)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"tokens": summary.n_tokens, "peak_rss_bytes": peak, "gather_s": summary.seconds["gather"], "examples": summary.n_examples}))
+    print(
+        json.dumps(
+            {
+                "tokens": summary.n_tokens,
+                "peak_rss_bytes": peak,
+                "gather_s": summary.seconds["gather"],
+                "examples": summary.n_examples,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -47,14 +63,22 @@ def main() -> None:
             save_saelens(sae_for(model, None), sae_dir, hook_name=model.hook.name, model_name="all-MiniLM-L6-v2")
         rows = []
         for tokens in (a.small, 4 * a.small):
-            out = subprocess.run([sys.executable, __file__, "--child", sae_dir, str(tokens), str(Path(tmp) / f"p{tokens}")], capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", sae_dir, str(tokens), str(Path(tmp) / f"p{tokens}")],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     small, large = rows
     ratio = large["peak_rss_bytes"] / small["peak_rss_bytes"]
     md = (
         "# Gather memory at two corpus sizes\n\n"
         "| corpus tokens | peak RSS (MiB) | gather s | examples kept |\n|---|---|---|---|\n"
-        + "".join(f"| {r['tokens']:,} | {r['peak_rss_bytes'] / 2**20:,.0f} | {r['gather_s']:.0f} | {r['examples']:,} |\n" for r in rows)
+        + "".join(
+            f"| {r['tokens']:,} | {r['peak_rss_bytes'] / 2**20:,.0f} | {r['gather_s']:.0f} | {r['examples']:,} |\n"
+            for r in rows
+        )
         + f"\n**peak RSS ratio {ratio:.3f}** for {large['tokens'] / small['tokens']:.1f}× the tokens (target: within 10%). Machine: {machine()}\n\n"
         "Why it is bounded: per feature and split the gather keeps fixed-size banks (top, quantile reservoir, "
         "negative reservoir) of windows, plus running sums; each batch is read through its nonzero activations only; "

@@ -15,12 +15,11 @@ import statistics
 import time
 
 import torch
-
-from autointerp.gather.corpus import CorpusConfig, iter_contexts, iter_documents
-from autointerp.gather.collect import GatherConfig, Gatherer, auto_batch_size
-from autointerp.subject.model import keep_freed_memory
-
 from common import embedded_model, machine, sae_for, write_report
+
+from autointerp.gather.collect import GatherConfig, Gatherer, auto_batch_size
+from autointerp.gather.corpus import CorpusConfig, iter_contexts, iter_documents
+from autointerp.subject.model import keep_freed_memory
 
 
 def sync(device):
@@ -30,7 +29,12 @@ def sync(device):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--tokens", type=int, default=CorpusConfig().max_tokens, help="corpus tokens (default: the whole embedded corpus)")
+    ap.add_argument(
+        "--tokens",
+        type=int,
+        default=CorpusConfig().max_tokens,
+        help="corpus tokens (default: the whole embedded corpus)",
+    )
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--sae", help="SAE path (default: a 4096-latent TopK SAE trained quickly)")
     ap.add_argument("--device", default="auto")
@@ -58,7 +62,9 @@ def main() -> None:
     def gather_pass() -> float:
         sync(model.device)
         t = time.perf_counter()
-        g = Gatherer(sae.d_sae, GatherConfig(), model.device, model.is_causal)  # allocating the banks is part of the cost
+        g = Gatherer(
+            sae.d_sae, GatherConfig(), model.device, model.is_causal
+        )  # allocating the banks is part of the cost
         with torch.inference_mode():
             for b in batches:
                 x = model.activations(torch.from_numpy(b.input_ids), torch.from_numpy(b.attention_mask))
@@ -76,8 +82,16 @@ def main() -> None:
     paired = statistics.median(g / f for g, f in zip(gathers, floors))
     device = model.device.type
     payload = {
-        "tokens": n_tokens, "batch_size": batch_size, "d_sae": sae.d_sae, "architecture": sae.architecture,
-        "floor_s": floors, "gather_s": gathers, "ratio_of_medians": ratio, "median_paired_ratio": paired, "target": 1.15, "machine": machine(),
+        "tokens": n_tokens,
+        "batch_size": batch_size,
+        "d_sae": sae.d_sae,
+        "architecture": sae.architecture,
+        "floor_s": floors,
+        "gather_s": gathers,
+        "ratio_of_medians": ratio,
+        "median_paired_ratio": paired,
+        "target": 1.15,
+        "machine": machine(),
         "gather_tokens_per_s": n_tokens / statistics.median(gathers),
     }
     md = (

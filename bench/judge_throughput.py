@@ -25,15 +25,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from common import machine, write_report  # noqa: E402
 from standin_responder import TaskResponder  # noqa: E402
 from standin_server import StandinServer  # noqa: E402
 
-from autointerp.stages.explain import ExplainConfig, explain_task, select_features  # noqa: E402
 from autointerp.judges.judge import make_judge, map_bounded  # noqa: E402
 from autointerp.llm.client import LLMConfig  # noqa: E402
+from autointerp.stages.explain import ExplainConfig, explain_task, select_features  # noqa: E402
 from autointerp.store.store import CallLog, Store  # noqa: E402
-
-from common import machine, write_report  # noqa: E402
 
 KEY = "sk-bench"
 PRICE_IN, PRICE_OUT = 0.15, 0.60  # gpt-4o-mini, USD per million tokens
@@ -41,8 +40,14 @@ DELPHI = {"explain": 160, "detection": 125, "fuzzing": 125, "simulation": 4700} 
 
 
 def config(server: StandinServer, concurrency: int) -> LLMConfig:
-    return LLMConfig(provider="openai_compatible", model="gpt-4o-mini", base_url=server.openai_base_url,
-                     api_key_env="BENCH_KEY", concurrency=concurrency, timeout_s=30)
+    return LLMConfig(
+        provider="openai_compatible",
+        model="gpt-4o-mini",
+        base_url=server.openai_base_url,
+        api_key_env="BENCH_KEY",
+        concurrency=concurrency,
+        timeout_s=30,
+    )
 
 
 def explain_many(cfg: LLMConfig, tasks) -> float:
@@ -89,7 +94,7 @@ class ChildServer:
         self.stop = ctx.Event()
         self.proc = ctx.Process(target=serve_in_child, args=(latency, child, self.stop), daemon=True)
 
-    def __enter__(self) -> "ChildServer":
+    def __enter__(self) -> ChildServer:
         self.proc.start()
         self.openai_base_url = self.conn.recv()
         return self
@@ -114,7 +119,9 @@ def main() -> None:
     with Store(a.project, read_only=True) as store:
         run_id = store.run()["run_id"]
         features = select_features(store, run_id, ExplainConfig())
-        snippets = store.feature_snippets(run_id, features[:1000], split="explain", max_per_kind={"top": 10, "negative": 10})
+        snippets = store.feature_snippets(
+            run_id, features[:1000], split="explain", max_per_kind={"top": 10, "negative": 10}
+        )
     tasks = [explain_task(fs, ExplainConfig().for_judge("openai_compatible")) for fs in snippets if fs.explain]
 
     rows = []
@@ -123,27 +130,57 @@ def main() -> None:
         with ChildServer(a.latency) as server:
             elapsed = explain_many(config(server, c), tasks[:n])
         ideal = c / a.latency * 60
-        rows.append({"concurrency": c, "features": n, "seconds": elapsed, "per_min": n / elapsed * 60, "ideal_per_min": ideal,
-                     "fraction_of_ideal": n / elapsed * 60 / ideal, "max_in_flight": server.max_in_flight})
+        rows.append(
+            {
+                "concurrency": c,
+                "features": n,
+                "seconds": elapsed,
+                "per_min": n / elapsed * 60,
+                "ideal_per_min": ideal,
+                "fraction_of_ideal": n / elapsed * 60 / ideal,
+                "max_in_flight": server.max_in_flight,
+            }
+        )
 
     cost = measure_cost(a.project, run_id, a.cost_features)
-    md = ["# Judge throughput and cost (stand-in server)\n",
-          f"Real OpenAI client against the local stand-in (its own process) with {a.latency * 1000:.0f} ms per request, every call "
-          "checked against and logged to the DuckDB response cache as in the explain stage; explain prompts "
-          f"built from `{a.project}` ({len(tasks)} features available).\n",
-          "| concurrency | features | seconds | features/min | ideal/min | fraction of ideal | max in flight |",
-          "|---|---|---|---|---|---|---|"]
-    md += [f"| {r['concurrency']} | {r['features']} | {r['seconds']:.2f} | {r['per_min']:,.0f} | {r['ideal_per_min']:,.0f} | "
-           f"{r['fraction_of_ideal']:.3f} | {r['max_in_flight']} |" for r in rows]
-    md += ["", f"Target: ≥ 0.90 of ideal at concurrency 32 — measured {rows[-1]['fraction_of_ideal']:.3f}.", "",
-           f"## Tokens and cost per feature ({a.cost_features} features, shuffle control included in scoring)\n",
-           "| stage | prompts/feature | prompt tokens/feature | completion tokens/feature | $ per 1M features (gpt-4o-mini) | delphi published |",
-           "|---|---|---|---|---|---|"]
-    md += [f"| {k} | {v['prompts']:.2f} | {v['prompt_tokens']:,.0f} | {v['completion_tokens']:,.0f} | ${v['usd_per_million']:,.0f} | "
-           f"{'$' + format(DELPHI[k], ',') if k in DELPHI else '—'} |" for k, v in cost.items()]
-    md += ["", "Scoring rows include the shuffle control, run on a seeded sample of the features (all of them at this size); "
-           "delphi has no control. Completion tokens are the stand-in's, not a real model's.", "", f"Machine: {machine()}"]
-    write_report("judge_throughput", {"throughput": rows, "cost": cost, "latency_s": a.latency, "machine": machine()}, "\n".join(md) + "\n")
+    md = [
+        "# Judge throughput and cost (stand-in server)\n",
+        f"Real OpenAI client against the local stand-in (its own process) with {a.latency * 1000:.0f} ms per request, every call "
+        "checked against and logged to the DuckDB response cache as in the explain stage; explain prompts "
+        f"built from `{a.project}` ({len(tasks)} features available).\n",
+        "| concurrency | features | seconds | features/min | ideal/min | fraction of ideal | max in flight |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    md += [
+        f"| {r['concurrency']} | {r['features']} | {r['seconds']:.2f} | {r['per_min']:,.0f} | {r['ideal_per_min']:,.0f} | "
+        f"{r['fraction_of_ideal']:.3f} | {r['max_in_flight']} |"
+        for r in rows
+    ]
+    md += [
+        "",
+        f"Target: ≥ 0.90 of ideal at concurrency 32 — measured {rows[-1]['fraction_of_ideal']:.3f}.",
+        "",
+        f"## Tokens and cost per feature ({a.cost_features} features, shuffle control included in scoring)\n",
+        "| stage | prompts/feature | prompt tokens/feature | completion tokens/feature | $ per 1M features (gpt-4o-mini) | delphi published |",
+        "|---|---|---|---|---|---|",
+    ]
+    md += [
+        f"| {k} | {v['prompts']:.2f} | {v['prompt_tokens']:,.0f} | {v['completion_tokens']:,.0f} | ${v['usd_per_million']:,.0f} | "
+        f"{'$' + format(DELPHI[k], ',') if k in DELPHI else '—'} |"
+        for k, v in cost.items()
+    ]
+    md += [
+        "",
+        "Scoring rows include the shuffle control, run on a seeded sample of the features (all of them at this size); "
+        "delphi has no control. Completion tokens are the stand-in's, not a real model's.",
+        "",
+        f"Machine: {machine()}",
+    ]
+    write_report(
+        "judge_throughput",
+        {"throughput": rows, "cost": cost, "latency_s": a.latency, "machine": machine()},
+        "\n".join(md) + "\n",
+    )
 
 
 def measure_cost(project: str, run_id: str, n_features: int) -> dict:
@@ -158,8 +195,12 @@ def measure_cost(project: str, run_id: str, n_features: int) -> dict:
         shutil.copy(Path(project) / "autointerp.duckdb", Path(tmp) / "autointerp.duckdb")
         with Store(tmp) as store:  # start from a clean log so only these calls count
             store.con.execute("DELETE FROM llm_calls")
-        cfg = RunConfig(project=tmp, judge=config(server, 32), progress=False,
-                        score=ScoreConfig(scorers=("detection", "fuzzing", "simulation"), n_boot=50))
+        cfg = RunConfig(
+            project=tmp,
+            judge=config(server, 32),
+            progress=False,
+            score=ScoreConfig(scorers=("detection", "fuzzing", "simulation"), n_boot=50),
+        )
         cfg.explain = replace(cfg.explain, max_features=n_features)
         label_and_score(cfg, run_id)
         with Store(tmp, read_only=True) as store:
@@ -170,8 +211,12 @@ def measure_cost(project: str, run_id: str, n_features: int) -> dict:
     out = {}
     for r in df.itertuples():
         per_p, per_c = r.p / n_features, r.c / n_features
-        out[r.purpose] = {"prompts": r.prompts / n_features, "prompt_tokens": per_p, "completion_tokens": per_c,
-                          "usd_per_million": (per_p * PRICE_IN + per_c * PRICE_OUT)}
+        out[r.purpose] = {
+            "prompts": r.prompts / n_features,
+            "prompt_tokens": per_p,
+            "completion_tokens": per_c,
+            "usd_per_million": (per_p * PRICE_IN + per_c * PRICE_OUT),
+        }
     return out
 
 

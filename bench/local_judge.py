@@ -25,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from autointerp.stages.explain import ExplainConfig, explain_task, select_features
-from autointerp.judges.judge import map_bounded
+from autointerp.judges.judge import LLMJudge, map_bounded
+from autointerp.judges.prompts import load_prompts
 from autointerp.llm.client import LLMConfig, MemoryCallStore, make_client
 from autointerp.llm.local import LOCAL_MODEL, LocalServer, default_threads, model_path
-from autointerp.judges.prompts import load_prompts
-from autointerp.judges.judge import LLMJudge
 from autointerp.records import DetectionTask, FuzzTask, SimulationTask
+from autointerp.stages.explain import ExplainConfig, explain_task, select_features
 from autointerp.stages.score.stage import ScoreConfig, fuzz_snippets, held_out
 from autointerp.store.store import Store
 
@@ -52,9 +51,14 @@ async def throughput(server, chunk, levels) -> dict:
         answers = await map_bounded(judge.explain, tasks, c)
         seconds = time.perf_counter() - t0
         await judge.aclose()
-        out[c] = {"features": len(tasks), "seconds": seconds, "features_per_minute": 60 * len(tasks) / seconds,
-                  "parsed": sum(a.ok for a in answers), "prompt_tokens": sum(a.prompt_tokens for a in answers),
-                  "completion_tokens": sum(a.completion_tokens for a in answers)}
+        out[c] = {
+            "features": len(tasks),
+            "seconds": seconds,
+            "features_per_minute": 60 * len(tasks) / seconds,
+            "parsed": sum(a.ok for a in answers),
+            "prompt_tokens": sum(a.prompt_tokens for a in answers),
+            "completion_tokens": sum(a.completion_tokens for a in answers),
+        }
         print("concurrency", c, json.dumps(out[c]), flush=True)
     return out
 
@@ -68,11 +72,17 @@ async def speeds(server, chunk) -> dict:
         c = await client.complete("Summarise.", text, purpose="bench", feature=None, max_tokens=1)
         prompt_rates.append(c.prompt_tokens / (time.perf_counter() - t0))
     t0 = time.perf_counter()
-    c = await client.complete("You count.", "Count from 1 to 300, separated by commas.", purpose="bench", feature=None, max_tokens=160)
+    c = await client.complete(
+        "You count.", "Count from 1 to 300, separated by commas.", purpose="bench", feature=None, max_tokens=160
+    )
     total = time.perf_counter() - t0
     gen = c.completion_tokens / max(total - c.prompt_tokens / statistics.median(prompt_rates), 1e-3)
     await client.aclose()
-    return {"prompt_tokens_per_s": statistics.median(prompt_rates), "generation_tokens_per_s": gen, "generated": c.completion_tokens}
+    return {
+        "prompt_tokens_per_s": statistics.median(prompt_rates),
+        "generation_tokens_per_s": gen,
+        "generated": c.completion_tokens,
+    }
 
 
 async def parse_rates(server, chunk, n: int) -> dict:
@@ -93,7 +103,10 @@ async def parse_rates(server, chunk, n: int) -> dict:
             await judge.simulate(SimulationTask(fs.feature, label, held.active + held.negatives))
         for start in range(0, len(labels), 4):
             await judge.codebook(labels[start : start + 4], labels[:start][:8])
-        out[structured] = {task: {"answers": sum(c.values()), "unparsable": c["parse"], "failed_calls": c["api"]} for task, c in judge.outcomes.items()}
+        out[structured] = {
+            task: {"answers": sum(c.values()), "unparsable": c["parse"], "failed_calls": c["api"]}
+            for task, c in judge.outcomes.items()
+        }
         await judge.aclose()
         print(structured, json.dumps(out[structured]), flush=True)
     return out
@@ -104,9 +117,14 @@ async def main(args) -> dict:
         run_id = store.run()["run_id"]
         features = select_features(store, run_id, ExplainConfig(sample=args.features, seed=args.seed))
         chunk = store.feature_snippets(run_id, features)
-    result = {"machine": f"{platform.machine()}, {default_threads()} cores, {platform.platform()}", "model": LOCAL_MODEL.description,
-              "features": features}
-    with LocalServer(model_path(), alias=LOCAL_MODEL.name, log_path=Path(args.project) / "logs" / "bench-local-judge.log") as server:
+    result = {
+        "machine": f"{platform.machine()}, {default_threads()} cores, {platform.platform()}",
+        "model": LOCAL_MODEL.description,
+        "features": features,
+    }
+    with LocalServer(
+        model_path(), alias=LOCAL_MODEL.name, log_path=Path(args.project) / "logs" / "bench-local-judge.log"
+    ) as server:
         result["threads"] = server.threads
         result["speeds"] = await speeds(server, chunk)
         print(json.dumps(result["speeds"]), flush=True)
@@ -119,15 +137,33 @@ def write(result: dict, reports: Path) -> None:
     reports.mkdir(exist_ok=True)
     (reports / "local_judge.json").write_text(json.dumps(result, indent=1))
     s = result["speeds"]
-    lines = ["# Local judge benchmark", "", f"{result['model']}, llama-cpp-python server, {result['threads']} threads; {result['machine']}.", "",
-             f"Prompt processing {s['prompt_tokens_per_s']:.0f} tokens/s; generation {s['generation_tokens_per_s']:.1f} tokens/s.", "",
-             "| concurrency | features | seconds | features per minute | parsed | prompt tokens | completion tokens |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Local judge benchmark",
+        "",
+        f"{result['model']}, llama-cpp-python server, {result['threads']} threads; {result['machine']}.",
+        "",
+        f"Prompt processing {s['prompt_tokens_per_s']:.0f} tokens/s; generation {s['generation_tokens_per_s']:.1f} tokens/s.",
+        "",
+        "| concurrency | features | seconds | features per minute | parsed | prompt tokens | completion tokens |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for c, t in result["throughput"].items():
-        lines.append(f"| {c} | {t['features']} | {t['seconds']:.1f} | {t['features_per_minute']:.1f} | {t['parsed']}/{t['features']} | {t['prompt_tokens']:,} | {t['completion_tokens']:,} |")
-    lines += ["", "Parse failures per prompt (unparsable answers / answers):", "", "| task | constrained to the JSON schema | unconstrained |", "|---|---|---|"]
+        lines.append(
+            f"| {c} | {t['features']} | {t['seconds']:.1f} | {t['features_per_minute']:.1f} | {t['parsed']}/{t['features']} | {t['prompt_tokens']:,} | {t['completion_tokens']:,} |"
+        )
+    lines += [
+        "",
+        "Parse failures per prompt (unparsable answers / answers):",
+        "",
+        "| task | constrained to the JSON schema | unconstrained |",
+        "|---|---|---|",
+    ]
     parse = result["parse"]
     for task in parse["json_object"]:
-        cells = [f"{parse[m][task]['unparsable']}/{parse[m][task]['answers']}" if task in parse[m] else "—" for m in ("json_object", "off")]
+        cells = [
+            f"{parse[m][task]['unparsable']}/{parse[m][task]['answers']}" if task in parse[m] else "—"
+            for m in ("json_object", "off")
+        ]
         lines.append(f"| {task} | {cells[0]} | {cells[1]} |")
     (reports / "local_judge.md").write_text("\n".join(lines) + "\n")
 

@@ -17,17 +17,16 @@ import asyncio
 import json
 import statistics
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from autointerp.stats.embed import Embedder
-from autointerp.stages.explain import ExplainConfig, explain_task, select_features
 from autointerp.judges.judge import make_judge
 from autointerp.llm.client import LLMConfig, MemoryCallStore
-from autointerp.stats.metrics import auroc
 from autointerp.records import DetectionTask
+from autointerp.stages.explain import ExplainConfig, explain_task, select_features
+from autointerp.stats.embed import Embedder
+from autointerp.stats.metrics import auroc
 from autointerp.store.store import Store
 
 VARIANTS = {
@@ -43,7 +42,11 @@ async def main(args) -> dict:
         run_id = store.run()["run_id"]
         features = select_features(store, run_id, ExplainConfig(sample=args.features, seed=args.seed))
         chunk = store.feature_snippets(run_id, features)
-    judge = make_judge(LLMConfig(provider="local", timeout_s=600, concurrency=1), MemoryCallStore(), server_log=Path("/tmp/local_prompt_size.log"))
+    judge = make_judge(
+        LLMConfig(provider="local", timeout_s=600, concurrency=1),
+        MemoryCallStore(),
+        server_log=Path("/tmp/local_prompt_size.log"),
+    )
     embedder = Embedder()
     out = {"features": features, "variants": {}}
     try:
@@ -53,16 +56,33 @@ async def main(args) -> dict:
             for fs in chunk:
                 t0 = time.perf_counter()
                 a = await judge.explain(explain_task(fs, cfg))
-                rows.append({"feature": fs.feature, "label": a.value, "error": a.error, "prompt_tokens": a.prompt_tokens,
-                             "completion_tokens": a.completion_tokens, "seconds": time.perf_counter() - t0})
-                print(name, fs.feature, repr(a.value or a.error)[:90], a.prompt_tokens, f"{rows[-1]['seconds']:.1f}s", flush=True)
+                rows.append(
+                    {
+                        "feature": fs.feature,
+                        "label": a.value,
+                        "error": a.error,
+                        "prompt_tokens": a.prompt_tokens,
+                        "completion_tokens": a.completion_tokens,
+                        "seconds": time.perf_counter() - t0,
+                    }
+                )
+                print(
+                    name,
+                    fs.feature,
+                    repr(a.value or a.error)[:90],
+                    a.prompt_tokens,
+                    f"{rows[-1]['seconds']:.1f}s",
+                    flush=True,
+                )
             labels = {r["feature"]: r["label"] for r in rows if r["label"]}
             order = [f for f in features if f in labels]
             wrong = {f: labels[order[(i + 1) % len(order)]] for i, f in enumerate(order)}  # another feature's label
             by_f = {fs.feature: fs for fs in chunk}
             emb, emb_wrong, det, det_wrong = [], [], [], []
             for f in order:
-                act = [s for s in by_f[f].score if s.kind == "top"][:3] + [s for s in by_f[f].score if s.kind == "quantile"][:3]
+                act = [s for s in by_f[f].score if s.kind == "top"][:3] + [
+                    s for s in by_f[f].score if s.kind == "quantile"
+                ][:3]
                 neg = by_f[f].score_negatives[:6]
                 vec = embedder.encode([s.text for s in act + neg] + [labels[f], wrong[f]])
                 truth = [True] * len(act) + [False] * len(neg)
@@ -97,15 +117,21 @@ async def main(args) -> dict:
 def write(out: dict, reports: Path) -> None:
     reports.mkdir(exist_ok=True)
     (reports / "local_prompt_size.json").write_text(json.dumps(out, indent=1))
-    lines = ["# Local judge: label quality against prompt size", "",
-             f"Qwen2.5-Coder-1.5B-Instruct Q4_K_M through llama-cpp-python on this machine's CPU; {len(out['features'])} features of the demo "
-             "(seeded sample); scores on held-out snippets, each beside the same feature scored with another feature's label.", "",
-             "| variant | parsed | prompt tokens (median) | seconds per label (median) | embedding AUROC own / wrong label | detection own / wrong label |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "# Local judge: label quality against prompt size",
+        "",
+        f"Qwen2.5-Coder-1.5B-Instruct Q4_K_M through llama-cpp-python on this machine's CPU; {len(out['features'])} features of the demo "
+        "(seeded sample); scores on held-out snippets, each beside the same feature scored with another feature's label.",
+        "",
+        "| variant | parsed | prompt tokens (median) | seconds per label (median) | embedding AUROC own / wrong label | detection own / wrong label |",
+        "|---|---|---|---|---|---|",
+    ]
     fmt = lambda x: "—" if x is None else f"{x:.3f}"  # noqa: E731
     for name, v in out["variants"].items():
-        lines.append(f"| {name} | {v['parsed']} | {v['prompt_tokens_median']:.0f} | {v['seconds_median']:.1f} | "
-                     f"{fmt(v['embedding_auroc_median'])} / {fmt(v['embedding_auroc_wrong_label_median'])} | {fmt(v['detection_median'])} / {fmt(v['detection_wrong_label_median'])} |")
+        lines.append(
+            f"| {name} | {v['parsed']} | {v['prompt_tokens_median']:.0f} | {v['seconds_median']:.1f} | "
+            f"{fmt(v['embedding_auroc_median'])} / {fmt(v['embedding_auroc_wrong_label_median'])} | {fmt(v['detection_median'])} / {fmt(v['detection_wrong_label_median'])} |"
+        )
     lines += ["", "Labels per variant:", ""]
     for name, v in out["variants"].items():
         lines += [f"- {name}:"] + [f"  - #{r['feature']}: {r['label'] or r['error']}" for r in v["labels"]]

@@ -20,10 +20,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from autointerp.views.serve import make_server, serve_in_thread  # noqa: E402
 from test_serve import N, build_big_project, fetch, synthetic  # noqa: E402
 
-PAGES = {"first page": "", "label search": "?q=needle", "token search": "?token=zebra", "feature page": "feature/5", "saturation": "saturation"}
+from autointerp.views.serve import make_server, serve_in_thread  # noqa: E402
+
+PAGES = {
+    "first page": "",
+    "label search": "?q=needle",
+    "token search": "?token=zebra",
+    "feature page": "feature/5",
+    "saturation": "saturation",
+}
 
 
 def main() -> None:
@@ -43,8 +50,19 @@ def main() -> None:
         if chromium:
             for name in ("first page", "label search"):
                 t = time.perf_counter()
-                subprocess.run([chromium, "--headless", "--no-sandbox", f"--user-data-dir={tmp / 'profile'}", "--dump-dom", srv.url + PAGES[name]],
-                               capture_output=True, timeout=60, check=True)
+                subprocess.run(
+                    [
+                        chromium,
+                        "--headless",
+                        "--no-sandbox",
+                        f"--user-data-dir={tmp / 'profile'}",
+                        "--dump-dom",
+                        srv.url + PAGES[name],
+                    ],
+                    capture_output=True,
+                    timeout=60,
+                    check=True,
+                )
                 rows[name]["chromium_dump_dom_s"] = round(time.perf_counter() - t, 2)
     finally:
         srv.shutdown()
@@ -53,9 +71,15 @@ def main() -> None:
     out = {"features": N, "build_seconds": round(built, 1), "pages": rows}
     (ROOT / "reports").mkdir(exist_ok=True)
     (ROOT / "reports" / "serve_latency.json").write_text(json.dumps(out, indent=2))
-    lines = [f"# autointerp serve at {N:,} features (stdlib HTTP, read-only DuckDB)", "",
-             "| page | cold (ms) | warm median of 5 (ms) | chromium --dump-dom, start included (s) |", "|---|---|---|---|"]
-    lines += [f"| {k} | {v['cold_ms']} | {v['warm_ms']} | {v.get('chromium_dump_dom_s', '—')} |" for k, v in rows.items()]
+    lines = [
+        f"# autointerp serve at {N:,} features (stdlib HTTP, read-only DuckDB)",
+        "",
+        "| page | cold (ms) | warm median of 5 (ms) | chromium --dump-dom, start included (s) |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {k} | {v['cold_ms']} | {v['warm_ms']} | {v.get('chromium_dump_dom_s', '—')} |" for k, v in rows.items()
+    ]
     (ROOT / "reports" / "serve_latency.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

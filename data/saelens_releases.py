@@ -26,11 +26,19 @@ def build(yaml_path: Path, version: str) -> dict:
             "model": entry["model"],
             "conversion": entry.get("conversion_func"),
             "overrides": entry.get("config_overrides") or {},
-            "saes": {sae["id"]: {k: sae[k] for k in KEPT_SAE_FIELDS if sae.get(k) is not None} for sae in entry["saes"]},
+            "saes": {
+                sae["id"]: {k: sae[k] for k in KEPT_SAE_FIELDS if sae.get(k) is not None} for sae in entry["saes"]
+            },
         }
-    return {"source": {"sae_lens": version, "file": "sae_lens/pretrained_saes.yaml", "sha256": hashlib.sha256(text).hexdigest(),
-                       "licence": "MIT, Copyright (c) 2023 Joseph Bloom"},
-            "releases": releases}
+    return {
+        "source": {
+            "sae_lens": version,
+            "file": "sae_lens/pretrained_saes.yaml",
+            "sha256": hashlib.sha256(text).hexdigest(),
+            "licence": "MIT, Copyright (c) 2023 Joseph Bloom",
+        },
+        "releases": releases,
+    }
 
 
 if __name__ == "__main__":

@@ -41,18 +41,28 @@ def _activations(model: SubjectModel, corpus: CorpusConfig) -> tuple[np.ndarray,
     xs, ids = [], []
     for batch in iter_contexts(iter_documents(corpus), model.tokenizer, corpus, 64):
         with torch.no_grad():
-            x = model.activations(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)).float().numpy()
+            x = (
+                model.activations(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask))
+                .float()
+                .numpy()
+            )
         xs.append(x[batch.valid])
         ids.append(batch.input_ids[batch.valid])
     return np.concatenate(xs).astype(np.float64), np.concatenate(ids)
 
 
-def build(directory: Path, corpus: CorpusConfig, n_concepts: int = 24, n_random: int = 24, n_plain: int = 8, seed: int = 0) -> Planted:
+def build(
+    directory: Path, corpus: CorpusConfig, n_concepts: int = 24, n_random: int = 24, n_plain: int = 8, seed: int = 0
+) -> Planted:
     model = SubjectModel(ModelConfig(name=EMBEDDED_MODEL, hookpoint=HOOKPOINT, device="cpu"))
     x, ids = _activations(model, corpus)
     vocab = model.tokenizer.convert_ids_to_tokens(list(range(len(model.tokenizer))))
     counts = np.bincount(ids, minlength=len(vocab))
-    candidates = [t for t in np.argsort(-counts) if 150 <= counts[t] <= 0.01 * len(ids) and vocab[t].isalpha() and len(vocab[t]) >= 4]
+    candidates = [
+        t
+        for t in np.argsort(-counts)
+        if 150 <= counts[t] <= 0.01 * len(ids) and vocab[t].isalpha() and len(vocab[t]) >= 4
+    ]
     rng = np.random.default_rng(seed)
     chosen = [int(t) for t in rng.choice(candidates[:200], n_concepts, replace=False)]
 
@@ -88,9 +98,20 @@ def build(directory: Path, corpus: CorpusConfig, n_concepts: int = 24, n_random:
     W = torch.tensor(np.stack(directions, axis=1), dtype=torch.float32)  # [d_in, d_sae]
     # JumpReLU: pre = x·w − mean·w (the centred projection), firing where pre > threshold; the
     # activation is pre itself, so it grows with how far past the threshold the token lies.
-    sae = SAE(W, torch.tensor(biases, dtype=torch.float32), W.T.contiguous(), torch.zeros(W.shape[0]), architecture="jumprelu",
-              threshold=torch.tensor(thresholds, dtype=torch.float32), apply_b_dec_to_input=False)
+    sae = SAE(
+        W,
+        torch.tensor(biases, dtype=torch.float32),
+        W.T.contiguous(),
+        torch.zeros(W.shape[0]),
+        architecture="jumprelu",
+        threshold=torch.tensor(thresholds, dtype=torch.float32),
+        apply_b_dec_to_input=False,
+    )
     save_saelens(sae, directory, hook_name=HOOKPOINT, model_name=EMBEDDED_MODEL)
     first_plain = n_concepts + n_random
-    return Planted(directory, {i: vocab[t] for i, t in enumerate(chosen)}, list(range(n_concepts, first_plain)),
-                   list(range(first_plain, first_plain + n_plain)))
+    return Planted(
+        directory,
+        {i: vocab[t] for i, t in enumerate(chosen)},
+        list(range(n_concepts, first_plain)),
+        list(range(first_plain, first_plain + n_plain)),
+    )

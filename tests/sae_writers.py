@@ -91,4 +91,3 @@ def write_hf_cache(cache: Path, repo_id: str, files_from: Path, commit: str = "a
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
     return snapshot
-

@@ -25,10 +25,10 @@ import threading
 import time
 import uuid
 from collections import deque
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 Responder = Callable[[str, str], str]
 
@@ -198,7 +198,9 @@ class StandinServer:
         self.requests: list[Recorded] = []
         self.batch_polls = 2  # a batch runs at its second look
         self.batch_runs: list[str] = []  # custom ids of every request a batch ran, in order
-        self.batch_billed: list[str] = []  # custom ids of every request of every batch created: a provider runs (and bills) them all
+        self.batch_billed: list[
+            str
+        ] = []  # custom ids of every request of every batch created: a provider runs (and bills) them all
         self._files: dict[str, bytes] = {}
         self._batches: dict[str, dict] = {}  # id → {"api", "object", "requests", "polls", "fault"}
         self._batch_faults: deque[BatchFault] = deque()
@@ -318,13 +320,33 @@ def _finish_batch(server: StandinServer, batch: dict) -> None:
     if batch["api"] == "openai":
         if fault is not None and fault.kind == "fail":
             code, _, message = fault.message.partition(": ")
-            obj.update(status="failed", failed_at=now, errors={"object": "list", "data": [{"code": code, "message": message, "line": None, "param": None}]})
+            obj.update(
+                status="failed",
+                failed_at=now,
+                errors={"object": "list", "data": [{"code": code, "message": message, "line": None, "param": None}]},
+            )
             return
-        output = [{"id": f"batch_req_{uuid.uuid4().hex[:16]}", "custom_id": cid, "error": None,
-                   "response": {"status_code": 200, "request_id": uuid.uuid4().hex, "body": body}} for cid, body in results]
-        errors = [{"id": f"batch_req_{uuid.uuid4().hex[:16]}", "custom_id": cid, "response": None,
-                   "error": {"code": "batch_expired", "message": "This request could not be executed before the completion window expired."}}
-                  for cid in rest]
+        output = [
+            {
+                "id": f"batch_req_{uuid.uuid4().hex[:16]}",
+                "custom_id": cid,
+                "error": None,
+                "response": {"status_code": 200, "request_id": uuid.uuid4().hex, "body": body},
+            }
+            for cid, body in results
+        ]
+        errors = [
+            {
+                "id": f"batch_req_{uuid.uuid4().hex[:16]}",
+                "custom_id": cid,
+                "response": None,
+                "error": {
+                    "code": "batch_expired",
+                    "message": "This request could not be executed before the completion window expired.",
+                },
+            }
+            for cid in rest
+        ]
         obj["output_file_id"] = _jsonl_file(server, output)
         obj["error_file_id"] = _jsonl_file(server, errors)
         obj["request_counts"] = {"total": len(batch["requests"]), "completed": len(output), "failed": len(errors)}
@@ -332,15 +354,27 @@ def _finish_batch(server: StandinServer, batch: dict) -> None:
         return
     lines = [{"custom_id": cid, "result": {"type": "succeeded", "message": body}} for cid, body in results]
     if fault is not None and fault.kind == "fail":
-        lines += [{"custom_id": cid, "result": {"type": "errored", "error": {"type": "error", "error": {"type": "invalid_request_error", "message": fault.message}}}}
-                  for cid in rest]
+        lines += [
+            {
+                "custom_id": cid,
+                "result": {
+                    "type": "errored",
+                    "error": {"type": "error", "error": {"type": "invalid_request_error", "message": fault.message}},
+                },
+            }
+            for cid in rest
+        ]
     else:
         lines += [{"custom_id": cid, "result": {"type": "expired"}} for cid in rest]
     batch["lines"] = lines
     counts = {"processing": 0, "succeeded": len(results), "errored": 0, "canceled": 0, "expired": 0}
     counts["errored" if fault is not None and fault.kind == "fail" else "expired"] += len(rest)
-    obj.update(processing_status="ended", ended_at=_iso(time.time()), request_counts=counts,
-               results_url=f"{server.url}/v1/messages/batches/{obj['id']}/results")
+    obj.update(
+        processing_status="ended",
+        ended_at=_iso(time.time()),
+        request_counts=counts,
+        results_url=f"{server.url}/v1/messages/batches/{obj['id']}/results",
+    )
 
 
 def _jsonl_file(server: StandinServer, rows: list[dict]) -> str | None:
@@ -389,9 +423,15 @@ def _make_handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
             if self._reject_auth(recorded, anthropic_style):
                 return
             if anthropic_style:
-                data = {"data": [{"type": "model", "id": m, "display_name": m} for m in server.models], "has_more": False}
+                data = {
+                    "data": [{"type": "model", "id": m, "display_name": m} for m in server.models],
+                    "has_more": False,
+                }
             else:
-                data = {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "standin"} for m in server.models]}
+                data = {
+                    "object": "list",
+                    "data": [{"id": m, "object": "model", "owned_by": "standin"} for m in server.models],
+                }
             self._send_json(200, data)
 
         def do_POST(self) -> None:
@@ -459,7 +499,12 @@ def _make_handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
             openai_batch = re.fullmatch(r"/v1/batches/([\w-]+)", path)
             openai_file = re.fullmatch(r"/v1/files/([\w-]+)/content", path)
             message_batch = re.fullmatch(r"/v1/messages/batches/([\w-]+)(/results)?", path)
-            known = {("POST", "/v1/files"), ("POST", "/v1/batches"), ("GET", "/v1/batches"), ("POST", "/v1/messages/batches")}
+            known = {
+                ("POST", "/v1/files"),
+                ("POST", "/v1/batches"),
+                ("GET", "/v1/batches"),
+                ("POST", "/v1/messages/batches"),
+            }
             if (method, path) not in known and not ((openai_batch or openai_file or message_batch) and method == "GET"):
                 return False
             anthropic_style = path.startswith("/v1/messages")
@@ -467,7 +512,11 @@ def _make_handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
                 return True
             fault = server._next_fault()
             if fault is not None and fault.kind == "status":
-                self._send_json(fault.status, _error_body(ANTHROPIC_PATH if anthropic_style else OPENAI_PATH, fault.status, "stand-in fault"), fault.headers)
+                self._send_json(
+                    fault.status,
+                    _error_body(ANTHROPIC_PATH if anthropic_style else OPENAI_PATH, fault.status, "stand-in fault"),
+                    fault.headers,
+                )
                 return True
             if fault is not None and fault.kind == "drop":
                 self.close_connection = True
@@ -478,13 +527,25 @@ def _make_handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
                 self._create_openai_batch(req)
             elif (method, path) == ("GET", "/v1/batches"):
                 with server._lock:
-                    data = [dict(b["object"]) for b in server._batches.values() if b["api"] == "openai"][::-1]  # newest first
-                self._send_json(200, {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-                                      "last_id": data[-1]["id"] if data else None, "has_more": False})
+                    data = [dict(b["object"]) for b in server._batches.values() if b["api"] == "openai"][
+                        ::-1
+                    ]  # newest first
+                self._send_json(
+                    200,
+                    {
+                        "object": "list",
+                        "data": data,
+                        "first_id": data[0]["id"] if data else None,
+                        "last_id": data[-1]["id"] if data else None,
+                        "has_more": False,
+                    },
+                )
             elif openai_batch or (message_batch and not message_batch.group(2)):
                 batch = server._look((openai_batch or message_batch).group(1), lambda p, body: _reply(server, p, body))
                 if batch is None:
-                    self._send_json(404, _error_body(ANTHROPIC_PATH if anthropic_style else OPENAI_PATH, 404, f"no batch {path}"))
+                    self._send_json(
+                        404, _error_body(ANTHROPIC_PATH if anthropic_style else OPENAI_PATH, 404, f"no batch {path}")
+                    )
                 else:
                     self._send_json(200, batch)
             elif openai_file:
@@ -500,46 +561,105 @@ def _make_handler(server: StandinServer) -> type[BaseHTTPRequestHandler]:
                 if lines is None:
                     self._send_json(404, _error_body(ANTHROPIC_PATH, 404, "the batch has not ended"))
                 else:
-                    self._send_raw(200, "".join(json.dumps(line) + "\n" for line in lines).encode(), content_type="application/binary")
+                    self._send_raw(
+                        200,
+                        "".join(json.dumps(line) + "\n" for line in lines).encode(),
+                        content_type="application/binary",
+                    )
             else:  # POST /v1/messages/batches
                 self._create_message_batch(req)
             return True
 
         def _upload(self, req: Recorded) -> dict:
-            form = email.parser.BytesParser().parsebytes(b"content-type: " + req.headers["content-type"].encode() + b"\r\n\r\n" + req.body)
+            form = email.parser.BytesParser().parsebytes(
+                b"content-type: " + req.headers["content-type"].encode() + b"\r\n\r\n" + req.body
+            )
             parts = {part.get_param("name", header="content-disposition"): part for part in form.get_payload()}
             data = parts["file"].get_payload(decode=True)
-            return {"id": server._new_file(data), "object": "file", "bytes": len(data), "created_at": int(time.time()),
-                    "filename": parts["file"].get_filename(), "purpose": parts["purpose"].get_payload(decode=True).decode(), "status": "processed"}
+            return {
+                "id": server._new_file(data),
+                "object": "file",
+                "bytes": len(data),
+                "created_at": int(time.time()),
+                "filename": parts["file"].get_filename(),
+                "purpose": parts["purpose"].get_payload(decode=True).decode(),
+                "status": "processed",
+            }
 
         def _create_openai_batch(self, req: Recorded) -> None:
             request = req.json()
             with server._lock:
                 data = server._files.get(request.get("input_file_id"))
             if data is None or request.get("endpoint") != OPENAI_PATH:
-                self._send_json(400, _error_body(OPENAI_PATH, 400, "input_file_id must name an uploaded file; endpoint /v1/chat/completions"))
+                self._send_json(
+                    400,
+                    _error_body(
+                        OPENAI_PATH, 400, "input_file_id must name an uploaded file; endpoint /v1/chat/completions"
+                    ),
+                )
                 return
             lines = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
             now = int(time.time())
-            obj = {"id": f"batch_{uuid.uuid4().hex[:24]}", "object": "batch", "endpoint": request["endpoint"], "errors": None,
-                   "input_file_id": request["input_file_id"], "completion_window": request.get("completion_window", "24h"),
-                   "status": "validating", "output_file_id": None, "error_file_id": None, "created_at": now, "in_progress_at": None,
-                   "expires_at": now + 86400, "finalizing_at": None, "completed_at": None, "failed_at": None, "expired_at": None,
-                   "cancelling_at": None, "cancelled_at": None, "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
-                   "metadata": request.get("metadata")}
-            self._send_json(200, server._new_batch("openai", obj, [(line["custom_id"], line["url"], line["body"]) for line in lines]))
+            obj = {
+                "id": f"batch_{uuid.uuid4().hex[:24]}",
+                "object": "batch",
+                "endpoint": request["endpoint"],
+                "errors": None,
+                "input_file_id": request["input_file_id"],
+                "completion_window": request.get("completion_window", "24h"),
+                "status": "validating",
+                "output_file_id": None,
+                "error_file_id": None,
+                "created_at": now,
+                "in_progress_at": None,
+                "expires_at": now + 86400,
+                "finalizing_at": None,
+                "completed_at": None,
+                "failed_at": None,
+                "expired_at": None,
+                "cancelling_at": None,
+                "cancelled_at": None,
+                "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+                "metadata": request.get("metadata"),
+            }
+            self._send_json(
+                200,
+                server._new_batch("openai", obj, [(line["custom_id"], line["url"], line["body"]) for line in lines]),
+            )
 
         def _create_message_batch(self, req: Recorded) -> None:
             requests = req.json().get("requests") or []
             if not requests or any(not re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", r.get("custom_id", "")) for r in requests):
-                self._send_json(400, _error_body(ANTHROPIC_PATH, 400, "requests: each needs a custom_id of 1-64 letters, digits, _ or -"))
+                self._send_json(
+                    400,
+                    _error_body(
+                        ANTHROPIC_PATH, 400, "requests: each needs a custom_id of 1-64 letters, digits, _ or -"
+                    ),
+                )
                 return
             now = time.time()
-            obj = {"id": f"msgbatch_{uuid.uuid4().hex[:24]}", "type": "message_batch", "processing_status": "in_progress",
-                   "request_counts": {"processing": len(requests), "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0},
-                   "ended_at": None, "created_at": _iso(now), "expires_at": _iso(now + 86400), "archived_at": None,
-                   "cancel_initiated_at": None, "results_url": None}
-            self._send_json(200, server._new_batch("anthropic", obj, [(r["custom_id"], ANTHROPIC_PATH, r["params"]) for r in requests]))
+            obj = {
+                "id": f"msgbatch_{uuid.uuid4().hex[:24]}",
+                "type": "message_batch",
+                "processing_status": "in_progress",
+                "request_counts": {
+                    "processing": len(requests),
+                    "succeeded": 0,
+                    "errored": 0,
+                    "canceled": 0,
+                    "expired": 0,
+                },
+                "ended_at": None,
+                "created_at": _iso(now),
+                "expires_at": _iso(now + 86400),
+                "archived_at": None,
+                "cancel_initiated_at": None,
+                "results_url": None,
+            }
+            self._send_json(
+                200,
+                server._new_batch("anthropic", obj, [(r["custom_id"], ANTHROPIC_PATH, r["params"]) for r in requests]),
+            )
 
         def _send_json(self, status: int, payload: dict, headers: tuple[tuple[str, str], ...] = ()) -> None:
             self._send_raw(status, json.dumps(payload).encode(), headers=headers)

@@ -16,8 +16,9 @@ from autointerp.cli import main
 @pytest.fixture(scope="module")
 def project(pipeline_setup, tmp_path_factory):
     """A gathered project, copied by the cases that change it."""
-    from autointerp.pipeline import gather
     from conftest import pipeline_config
+
+    from autointerp.pipeline import gather
 
     path = tmp_path_factory.mktemp("bad") / "p"
     gather(pipeline_config(pipeline_setup, path))
@@ -26,9 +27,21 @@ def project(pipeline_setup, tmp_path_factory):
 
 def gather_argv(setup, project, **flags) -> list[str]:
     root, corpus, model = setup
-    base = {"project": str(project), "model": model, "hookpoint": "blocks.1.hook_resid_post", "device": "cpu", "sae": str(root / "sae"),
-            "corpus": corpus, "context-length": "32", "n-top": "3", "n-bins": "2", "per-bin": "2", "n-negative": "3", "window": "8",
-            "batch-size": "4"}
+    base = {
+        "project": str(project),
+        "model": model,
+        "hookpoint": "blocks.1.hook_resid_post",
+        "device": "cpu",
+        "sae": str(root / "sae"),
+        "corpus": corpus,
+        "context-length": "32",
+        "n-top": "3",
+        "n-bins": "2",
+        "per-bin": "2",
+        "n-negative": "3",
+        "window": "8",
+        "batch-size": "4",
+    }
     base.update({k.replace("_", "-"): v for k, v in flags.items()})
     return ["gather", "--quiet"] + [x for k, v in base.items() if v is not None for x in (f"--{k}", v)]
 
@@ -112,7 +125,10 @@ class _no_raise:
 def _schema(path) -> list[tuple]:
     con = duckdb.connect(str(path / "autointerp.duckdb"), read_only=True)
     try:
-        return con.execute("SELECT * FROM meta ORDER BY key").fetchall() + con.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
+        return (
+            con.execute("SELECT * FROM meta ORDER BY key").fetchall()
+            + con.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
+        )
     finally:
         con.close()
 

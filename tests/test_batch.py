@@ -19,8 +19,18 @@ PRICE = (2.0, 6.0)  # USD per million prompt, completion tokens
 
 def config(server: StandinServer, provider: str, **overrides) -> LLMConfig:
     base = server.anthropic_base_url if provider == "anthropic" else server.openai_base_url
-    return LLMConfig(provider=provider, model="standin-model", base_url=base, batch=True, batch_poll_s=0.02, batch_idle_s=0.05,
-                     backoff_initial_s=0.01, backoff_max_s=0.05, prices={"standin-model": PRICE}, **overrides)
+    return LLMConfig(
+        provider=provider,
+        model="standin-model",
+        base_url=base,
+        batch=True,
+        batch_poll_s=0.02,
+        batch_idle_s=0.05,
+        backoff_initial_s=0.01,
+        backoff_max_s=0.05,
+        prices={"standin-model": PRICE},
+        **overrides,
+    )
 
 
 def prompts(n: int) -> list[tuple[str, str]]:
@@ -29,7 +39,9 @@ def prompts(n: int) -> list[tuple[str, str]]:
 
 async def ask_all(client, asks, purpose="explanation"):
     try:
-        return await asyncio.gather(*(client.complete(s, u, purpose=purpose, feature=i, max_tokens=64) for i, (s, u) in enumerate(asks)))
+        return await asyncio.gather(
+            *(client.complete(s, u, purpose=purpose, feature=i, max_tokens=64) for i, (s, u) in enumerate(asks))
+        )
     finally:
         await client.aclose()
 
@@ -47,34 +59,68 @@ def test_a_stage_s_calls_go_out_as_one_batch_billed_at_half_price(provider, monk
         asks = prompts(12)
         answers = asyncio.run(ask_all(make_client(cfg, store), asks))
 
-        params = {"max_tokens": 64, "temperature": None if provider == "anthropic" else 0.0}  # null: not sent to Anthropic
+        params = {
+            "max_tokens": 64,
+            "temperature": None if provider == "anthropic" else 0.0,
+        }  # null: not sent to Anthropic
         keys = [cache_key(provider, "standin-model", s, u, params) for s, u in asks]
         if provider == "openai":
             (upload,) = posts(server, "/v1/files")
             (create,) = posts(server, "/v1/batches")
             jsonl = upload.body.split(b"\r\n\r\n", 2)[-1]  # the file part of the multipart body
             lines = [json.loads(x) for x in jsonl.split(b"\n") if x.startswith(b"{")]
-            assert lines == [{"custom_id": k, "method": "POST", "url": "/v1/chat/completions",
-                              "body": {"model": "standin-model", "max_tokens": 64, "temperature": 0.0,
-                                       "messages": [{"role": "system", "content": s}, {"role": "user", "content": u}]}}
-                             for k, (s, u) in zip(keys, asks)]
+            assert lines == [
+                {
+                    "custom_id": k,
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": {
+                        "model": "standin-model",
+                        "max_tokens": 64,
+                        "temperature": 0.0,
+                        "messages": [{"role": "system", "content": s}, {"role": "user", "content": u}],
+                    },
+                }
+                for k, (s, u) in zip(keys, asks)
+            ]
             assert create.json()["endpoint"] == "/v1/chat/completions" and create.json()["completion_window"] == "24h"
         else:
             (create,) = posts(server, "/v1/messages/batches")
-            assert create.json() == {"requests": [{"custom_id": k, "params": {"model": "standin-model", "system": s, "max_tokens": 64,
-                                                                              "messages": [{"role": "user", "content": u}]}}
-                                                  for k, (s, u) in zip(keys, asks)]}
-        assert server.calls and not posts(server, "/v1/chat/completions") and not posts(server, "/v1/messages")  # nothing live
+            assert create.json() == {
+                "requests": [
+                    {
+                        "custom_id": k,
+                        "params": {
+                            "model": "standin-model",
+                            "system": s,
+                            "max_tokens": 64,
+                            "messages": [{"role": "user", "content": u}],
+                        },
+                    }
+                    for k, (s, u) in zip(keys, asks)
+                ]
+            }
+        assert (
+            server.calls and not posts(server, "/v1/chat/completions") and not posts(server, "/v1/messages")
+        )  # nothing live
         assert sorted(server.batch_runs) == sorted(keys)
         for (s, u), answer in zip(asks, answers):
             assert answer.ok and answer.text == f"echo: {u}" and not answer.cached
-            prompt_tokens, completion_tokens = max(1, len(s + u) // 4), max(1, len(f"echo: {u}") // 4)  # the stand-in's count
+            prompt_tokens, completion_tokens = (
+                max(1, len(s + u) // 4),
+                max(1, len(f"echo: {u}") // 4),
+            )  # the stand-in's count
             assert (answer.prompt_tokens, answer.completion_tokens) == (prompt_tokens, completion_tokens)
-            assert answer.cost_usd == pytest.approx(0.5 * (prompt_tokens * PRICE[0] + completion_tokens * PRICE[1]) / 1e6)
+            assert answer.cost_usd == pytest.approx(
+                0.5 * (prompt_tokens * PRICE[0] + completion_tokens * PRICE[1]) / 1e6
+            )
         assert [c.cache_key for c in store.calls] == keys and all(c.error is None for c in store.calls)
         # A second run asks nothing: every answer is in the cache.
         again = asyncio.run(ask_all(make_client(cfg, store), asks))
-        assert all(a.cached for a in again) and len(posts(server, "/v1/batches") + posts(server, "/v1/messages/batches")) == 1
+        assert (
+            all(a.cached for a in again)
+            and len(posts(server, "/v1/batches") + posts(server, "/v1/messages/batches")) == 1
+        )
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
@@ -98,7 +144,9 @@ def test_a_run_stopped_while_its_batch_runs_is_collected_by_the_next_not_paid_ag
         asyncio.run(stopped())
         assert server.batch_runs == [] and not store.calls
         server.batch_polls = 1
-        answers = asyncio.run(ask_all(make_client(cfg, store), asks + prompts(10)[8:]))  # the same prompts and two new ones
+        answers = asyncio.run(
+            ask_all(make_client(cfg, store), asks + prompts(10)[8:])
+        )  # the same prompts and two new ones
         assert all(a.ok for a in answers)
         created = posts(server, "/v1/batches") + posts(server, "/v1/messages/batches")
         assert len(created) == 2  # the first run's batch, and one for the two new prompts
@@ -161,13 +209,21 @@ def test_a_failed_batch_stops_the_stage_naming_the_fix_and_transient_errors_are_
 def test_codebook_calls_stay_live_and_the_local_judge_refuses_batches(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     with StandinServer(api_key=KEY) as server:
-        answers = asyncio.run(ask_all(make_client(config(server, "openai"), MemoryCallStore()), prompts(2), purpose="codebook"))
-        assert all(a.ok for a in answers) and len(posts(server, "/v1/chat/completions")) == 2 and not posts(server, "/v1/batches")
+        answers = asyncio.run(
+            ask_all(make_client(config(server, "openai"), MemoryCallStore()), prompts(2), purpose="codebook")
+        )
+        assert (
+            all(a.ok for a in answers)
+            and len(posts(server, "/v1/chat/completions")) == 2
+            and not posts(server, "/v1/batches")
+        )
     with pytest.raises(AutointerpError, match="no batch API"):
         LLMConfig(provider="local", batch=True)
 
 
-def test_a_batch_run_through_the_cli_survives_a_kill_and_a_resubmit_with_no_request_paid_twice(pipeline_setup, tmp_path):
+def test_a_batch_run_through_the_cli_survives_a_kill_and_a_resubmit_with_no_request_paid_twice(
+    pipeline_setup, tmp_path
+):
     """`autointerp run --batch`, killed with SIGKILL while its first batch runs at the provider;
     the same command again collects that batch (not resubmitted), scores, saturates and reports."""
     import os
@@ -186,12 +242,33 @@ def test_a_batch_run_through_the_cli_survives_a_kill_and_a_resubmit_with_no_requ
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OPENAI_API_KEY": KEY}
     with StandinServer(api_key=KEY, responder=CodebookResponder()) as server:
         server.batch_polls = 10**9  # the first batch keeps running until the kill
-        args = [sys.executable, "-m", "autointerp", "run", *gather_args(pipeline_setup, project), "--judge", "openai",
-                "--judge-model", "standin-model", "--base-url", server.openai_base_url, "--batch", "--batch-poll", "0.05",
-                "--prices", str(prices), "--scorers", "detection,embedding", "--sample-judge", "none"]
+        args = [
+            sys.executable,
+            "-m",
+            "autointerp",
+            "run",
+            *gather_args(pipeline_setup, project),
+            "--judge",
+            "openai",
+            "--judge-model",
+            "standin-model",
+            "--base-url",
+            server.openai_base_url,
+            "--batch",
+            "--batch-poll",
+            "0.05",
+            "--prices",
+            str(prices),
+            "--scorers",
+            "detection,embedding",
+            "--sample-judge",
+            "none",
+        ]
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 300
-        while not any(r.path.startswith("/v1/batches/") for r in server.requests):  # polled: submitted, and in the ledger
+        while not any(
+            r.path.startswith("/v1/batches/") for r in server.requests
+        ):  # polled: submitted, and in the ledger
             assert proc.poll() is None, proc.stdout.read().decode()
             assert time.monotonic() < deadline, "no batch was submitted"
             time.sleep(0.02)
@@ -206,17 +283,24 @@ def test_a_batch_run_through_the_cli_survives_a_kill_and_a_resubmit_with_no_requ
         rerun = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
         assert rerun.returncode == 0, rerun.stdout + rerun.stderr
         assert "report:" in rerun.stdout
-        assert server.batch_billed[: len(submitted)] == submitted  # the killed run's batch was collected, not sent again
-        assert len(server.batch_billed) == len(set(server.batch_billed)) > len(submitted)  # score batches; no request paid twice
+        assert (
+            server.batch_billed[: len(submitted)] == submitted
+        )  # the killed run's batch was collected, not sent again
+        assert (
+            len(server.batch_billed) == len(set(server.batch_billed)) > len(submitted)
+        )  # score batches; no request paid twice
         assert not any(r.path == "/v1/chat/completions" for r in server.requests)  # nothing went live
     with duckdb.connect(str(project / "autointerp.duckdb"), read_only=True) as db:
         statuses = db.execute("SELECT status, count(*) FROM llm_batches GROUP BY 1").fetchall()
         n_calls, n_keys, cost, expected = db.execute(
             "SELECT count(*), count(DISTINCT cache_key), sum(cost_usd), sum(0.5 * (prompt_tokens * 2.0 + completion_tokens * 6.0) / 1e6) "
-            "FROM llm_calls WHERE error IS NULL").fetchone()
+            "FROM llm_calls WHERE error IS NULL"
+        ).fetchone()
         labelled = db.execute("SELECT count(*) FROM explanations WHERE status = 'ok'").fetchone()[0]
         alive = db.execute("SELECT count(*) FROM features WHERE NOT dead").fetchone()[0]
-        scored = db.execute("SELECT count(DISTINCT feature) FROM scores WHERE scorer = 'detection' AND status = 'ok'").fetchone()[0]
+        scored = db.execute(
+            "SELECT count(DISTINCT feature) FROM scores WHERE scorer = 'detection' AND status = 'ok'"
+        ).fetchone()[0]
     assert statuses == [("ended", len(statuses) and statuses[0][1])] and n_calls == n_keys == len(server.batch_runs)
     assert cost == pytest.approx(expected) and cost > 0
     assert labelled == alive > 0 and scored > 0

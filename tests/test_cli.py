@@ -3,7 +3,6 @@ another explainer's labels, and quiet runs."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -17,19 +16,25 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "autointerp.cli", *args], capture_output=True, text=True, env=ENV, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "autointerp.cli", *args], capture_output=True, text=True, env=ENV, timeout=600
+    )
 
 
 def test_building_the_parser_loads_no_torch_and_no_llm_sdk():
-    code = ("import sys, autointerp.cli as c; c.build_parser(); "
-            "print([m for m in ('torch', 'transformers', 'openai', 'anthropic', 'scipy', 'duckdb', 'pandas') if m in sys.modules])")
+    code = (
+        "import sys, autointerp.cli as c; c.build_parser(); "
+        "print([m for m in ('torch', 'transformers', 'openai', 'anthropic', 'scipy', 'duckdb', 'pandas') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
 def test_reporting_scoring_and_exporting_load_no_llm_sdk_until_a_client_is_made():
-    code = ("import sys, autointerp.views.report, autointerp.stages.score.stage, autointerp.export.writers, autointerp.judges; "
-            "print([m for m in ('torch', 'openai', 'anthropic') if m in sys.modules])")
+    code = (
+        "import sys, autointerp.views.report, autointerp.stages.score.stage, autointerp.export.writers, autointerp.judges; "
+        "print([m for m in ('torch', 'openai', 'anthropic') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -47,7 +52,11 @@ def test_each_stage_shows_only_its_own_flags():
     helps = {name: cli(name, "--help").stdout for name in ("explain", "score", "saturate", "gather", "report")}
     assert "--redo" in helps["explain"] and "--scorers" not in helps["explain"] and "--method" not in helps["explain"]
     assert "--scorers" in helps["score"] and "--redo" not in helps["score"] and "--stop-coverage" not in helps["score"]
-    assert "--method" in helps["saturate"] and "--scorers" not in helps["saturate"] and "--sample " not in helps["saturate"]
+    assert (
+        "--method" in helps["saturate"]
+        and "--scorers" not in helps["saturate"]
+        and "--sample " not in helps["saturate"]
+    )
     assert "--judge" not in helps["gather"] and "--judge" not in helps["report"]
 
 
@@ -64,8 +73,9 @@ def test_feature_lists_and_ranges():
 
 @pytest.fixture(scope="module")
 def gathered(pipeline_setup, tmp_path_factory):
-    from autointerp.pipeline import gather
     from conftest import pipeline_config
+
+    from autointerp.pipeline import gather
 
     project = tmp_path_factory.mktemp("cli")
     gather(pipeline_config(pipeline_setup, project))
@@ -96,13 +106,36 @@ def test_another_explainers_labels_are_scored_saturated_and_reported_without_its
     shutil.copytree(gathered, tmp_path / "p")
     project = str(tmp_path / "p")
     with Store(project) as store:  # labels written by an API model earlier
-        store.write_explanations("r1", "openai:gpt-4o-mini", pd.DataFrame({
-            "feature": [0, 1, 2, 3], "label": ['token "the"', 'token "of"', 'token "a"', 'token "is"'], "status": ["ok"] * 4,
-            "error": [None] * 4, "raw": ["r"] * 4, "prompt_hash": ["h"] * 4, "n_snippets": [4] * 4}))
+        store.write_explanations(
+            "r1",
+            "openai:gpt-4o-mini",
+            pd.DataFrame(
+                {
+                    "feature": [0, 1, 2, 3],
+                    "label": ['token "the"', 'token "of"', 'token "a"', 'token "is"'],
+                    "status": ["ok"] * 4,
+                    "error": [None] * 4,
+                    "raw": ["r"] * 4,
+                    "prompt_hash": ["h"] * 4,
+                    "n_snippets": [4] * 4,
+                }
+            ),
+        )
     missing = cli("score", "--project", project, "--scorers", "detection")
     assert missing.returncode == 2 and "pass --explainer with one of: openai:gpt-4o-mini" in missing.stderr
-    scored = cli("score", "--project", project, "--explainer", "openai:gpt-4o-mini", "--scorers", "detection,embedding", "--quiet")
-    assert scored.returncode == 0 and "scores of openai:gpt-4o-mini labels (judge offline:token-stats-v1)" in scored.stdout, scored.stderr
+    scored = cli(
+        "score",
+        "--project",
+        project,
+        "--explainer",
+        "openai:gpt-4o-mini",
+        "--scorers",
+        "detection,embedding",
+        "--quiet",
+    )
+    assert (
+        scored.returncode == 0 and "scores of openai:gpt-4o-mini labels (judge offline:token-stats-v1)" in scored.stdout
+    ), scored.stderr
     saturated = cli("saturate", "--project", project, "--explainer", "openai:gpt-4o-mini", "--quiet")
     assert saturated.returncode == 0 and "saturation of 4 labels by openai:gpt-4o-mini" in saturated.stdout
     report = cli("report", "--project", project, "--explainer", "openai:gpt-4o-mini")
@@ -115,12 +148,12 @@ def test_a_run_writes_its_settings_back_and_a_config_file_repeats_it(pipeline_se
     config = tmp_path / "run.toml"
     config.write_text(f"""
 # the same fields as the flags; [sections] only group them
-project = "{tmp_path / 'p'}"
+project = "{tmp_path / "p"}"
 run_id = "r1"
 [model]
 model = "{model}"
 hookpoint = "blocks.1.hook_resid_post"
-sae = "{root / 'sae'}"
+sae = "{root / "sae"}"
 [corpus]
 corpus = "{corpus}"
 context_length = 32
@@ -142,9 +175,16 @@ sample_judge = "none"
     import tomllib
 
     stored = tomllib.loads(written.read_text())
-    assert stored["n_top"] == 3 and stored["window"] == 8 and stored["scorers"] == "detection" and "config" not in stored
+    assert (
+        stored["n_top"] == 3 and stored["window"] == 8 and stored["scorers"] == "detection" and "config" not in stored
+    )
     again = cli("run", "--config", str(written), "--quiet", "--scorers", "embedding")  # flags given as well win
-    assert again.returncode == 0 and "kept the stored one" in again.stdout and "embedding" in again.stdout and "detection  " not in again.stdout
+    assert (
+        again.returncode == 0
+        and "kept the stored one" in again.stdout
+        and "embedding" in again.stdout
+        and "detection  " not in again.stdout
+    )
     bad = tmp_path / "bad.toml"
     bad.write_text('n_topp = 3\njudge = "gpt"\n')
     out = cli("run", "--config", str(bad))
@@ -155,9 +195,10 @@ sample_judge = "none"
 
 
 def test_example_configs_are_package_data_and_parse_into_the_run_they_describe(monkeypatch):
-    import tomllib
     from importlib.resources import files
     from types import SimpleNamespace
+
+    import tomllib
 
     import autointerp.pipeline
     from autointerp.cli import _config_defaults, _judged, _run_config
@@ -173,9 +214,11 @@ def test_example_configs_are_package_data_and_parse_into_the_run_they_describe(m
     monkeypatch.setattr(autointerp.pipeline, "load_configured_sae", release_sae)
     examples = sorted(p for p in files("autointerp.data").joinpath("examples").iterdir() if p.name.endswith(".toml"))
     assert {p.name for p in examples} >= {"gemma-scope-2b-res.toml", "gpt2-small-res-jb.toml", "smollm2-local.toml"}
-    expected = {"gemma-scope-2b-res.toml": ("google/gemma-2-2b", "blocks.12.hook_resid_post", "bfloat16"),
-                "gpt2-small-res-jb.toml": ("openai-community/gpt2", "blocks.8.hook_resid_pre", "float32"),
-                "smollm2-local.toml": ("embedded:SmolLM2-135M-Instruct", "blocks.15.hook_resid_post", "float32")}
+    expected = {
+        "gemma-scope-2b-res.toml": ("google/gemma-2-2b", "blocks.12.hook_resid_post", "bfloat16"),
+        "gpt2-small-res-jb.toml": ("openai-community/gpt2", "blocks.8.hook_resid_pre", "float32"),
+        "smollm2-local.toml": ("embedded:SmolLM2-135M-Instruct", "blocks.15.hook_resid_post", "float32"),
+    }
     parser = build_parser()
     for path in examples:
         args = parser.parse_args(["run", "--config", str(path)])
@@ -185,32 +228,78 @@ def test_example_configs_are_package_data_and_parse_into_the_run_they_describe(m
         cfg, _ = _run_config(args)
         cfg = _judged(cfg, args)
         data = tomllib.loads(path.read_text())
-        assert (cfg.project, cfg.sae, cfg.sae_hookpoint) == (data["project"], data.get("sae"), data.get("sae_id")), path.name
+        assert (cfg.project, cfg.sae, cfg.sae_hookpoint) == (data["project"], data.get("sae"), data.get("sae_id")), (
+            path.name
+        )
         assert (cfg.model.name, cfg.model.hookpoint, cfg.model.dtype) == expected[path.name], path.name
         assert (cfg.judge is None) == (data["judge"] == "offline")
         parser = build_parser()  # defaults set above stay on a parser: a fresh one for the next file
 
 
-def test_model_hookpoint_and_dtype_come_from_the_sae_and_a_bad_sae_fails_before_the_model(pipeline_setup, tmp_path, capsys):
+def test_model_hookpoint_and_dtype_come_from_the_sae_and_a_bad_sae_fails_before_the_model(
+    pipeline_setup, tmp_path, capsys
+):
     import torch
 
     from autointerp.cli import main
-    from autointerp.subject.sae import SAE, save_saelens
     from autointerp.store.store import Store
+    from autointerp.subject.sae import SAE, save_saelens
 
     root, corpus, model = pipeline_setup
     torch.manual_seed(1)
-    sae = SAE(torch.randn(32, 16) * 10, torch.full((16,), -1.0), torch.randn(16, 32), torch.zeros(32), architecture="standard")
+    sae = SAE(
+        torch.randn(32, 16) * 10, torch.full((16,), -1.0), torch.randn(16, 32), torch.zeros(32), architecture="standard"
+    )
     save_saelens(sae, tmp_path / "sae", hook_name="blocks.1.hook_resid_post", model_name=model)
-    small = ["--corpus", corpus, "--context-length", "32", "--n-top", "3", "--n-bins", "2", "--per-bin", "2", "--n-negative", "3",
-             "--window", "8", "--batch-size", "4", "--device", "cpu", "--quiet"]
-    assert main(["gather", "--project", str(tmp_path / "p"), "--run-id", "r1", "--sae", str(tmp_path / "sae"), *small]) == 0
+    small = [
+        "--corpus",
+        corpus,
+        "--context-length",
+        "32",
+        "--n-top",
+        "3",
+        "--n-bins",
+        "2",
+        "--per-bin",
+        "2",
+        "--n-negative",
+        "3",
+        "--window",
+        "8",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
+    assert (
+        main(["gather", "--project", str(tmp_path / "p"), "--run-id", "r1", "--sae", str(tmp_path / "sae"), *small])
+        == 0
+    )
     with Store(tmp_path / "p", read_only=True) as store:
         run = store.run("r1")
-    assert (run["model"], run["hookpoint"], run["config"]["model"]["dtype"]) == (model, "blocks.1.hook_resid_post", "float32")
+    assert (run["model"], run["hookpoint"], run["config"]["model"]["dtype"]) == (
+        model,
+        "blocks.1.hook_resid_post",
+        "float32",
+    )
     capsys.readouterr()
     # A typo in the SAE path is reported, with the fix, before a model (here one that does not exist) is loaded.
-    assert main(["gather", "--project", str(tmp_path / "q"), "--sae", str(tmp_path / "sea"), "--model", "no/such-model", *small]) == 2
+    assert (
+        main(
+            [
+                "gather",
+                "--project",
+                str(tmp_path / "q"),
+                "--sae",
+                str(tmp_path / "sea"),
+                "--model",
+                "no/such-model",
+                *small,
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "sea does not exist" in err and "no/such-model" not in err and not (tmp_path / "q").exists()
     # An SAE that does not name its model needs --model.
@@ -223,26 +312,62 @@ def test_gpt2_workflow_by_saelens_release_name_through_the_hub_cache(pipeline_se
     """`--sae gpt2-small-res-jb --sae-id ...` as a user writes it: the release resolves to its hub
     repository, the model (openai-community/gpt2, here a tiny GPT-2 put in the HF cache under that id)
     and hookpoint come from the release, and its centred residual stream is applied."""
+    import sae_writers as w
     import torch
 
-    import sae_writers as w
-    from autointerp.subject.sae import SAE, save_saelens
     from autointerp.store.store import Store
+    from autointerp.subject.sae import SAE, save_saelens
 
     root, corpus, model = pipeline_setup
     cache = tmp_path / "hf-cache"
     w.write_hf_cache(cache, "openai-community/gpt2", __import__("pathlib").Path(model))
     torch.manual_seed(2)
-    sae = SAE(torch.randn(32, 16) * 10, torch.full((16,), -1.0), torch.randn(16, 32), torch.zeros(32), architecture="standard")
+    sae = SAE(
+        torch.randn(32, 16) * 10, torch.full((16,), -1.0), torch.randn(16, 32), torch.zeros(32), architecture="standard"
+    )
     # As the release's files are: SAELens' cfg.json says nothing of centring; the release's overrides do.
-    save_saelens(sae, tmp_path / "repo" / "blocks.1.hook_resid_pre", hook_name="blocks.1.hook_resid_pre", model_name="gpt2-small")
+    save_saelens(
+        sae, tmp_path / "repo" / "blocks.1.hook_resid_pre", hook_name="blocks.1.hook_resid_pre", model_name="gpt2-small"
+    )
     w.write_hf_cache(cache, "jbloom/GPT2-Small-SAEs-Reformatted", tmp_path / "repo")
     env = {**ENV, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    args = ["run", "--project", str(tmp_path / "p"), "--sae", "gpt2-small-res-jb", "--sae-id", "blocks.1.hook_resid_pre",
-            "--corpus", corpus, "--context-length", "32", "--n-top", "3", "--n-bins", "2", "--per-bin", "2", "--n-negative", "3",
-            "--window", "8", "--batch-size", "4", "--device", "cpu", "--scorers", "detection", "--intervention-sample", "0",
-            "--output-effects", "none", "--quiet"]
-    out = subprocess.run([sys.executable, "-m", "autointerp.cli", *args], capture_output=True, text=True, env=env, timeout=600)
+    args = [
+        "run",
+        "--project",
+        str(tmp_path / "p"),
+        "--sae",
+        "gpt2-small-res-jb",
+        "--sae-id",
+        "blocks.1.hook_resid_pre",
+        "--corpus",
+        corpus,
+        "--context-length",
+        "32",
+        "--n-top",
+        "3",
+        "--n-bins",
+        "2",
+        "--per-bin",
+        "2",
+        "--n-negative",
+        "3",
+        "--window",
+        "8",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--scorers",
+        "detection",
+        "--intervention-sample",
+        "0",
+        "--output-effects",
+        "none",
+        "--quiet",
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "autointerp.cli", *args], capture_output=True, text=True, env=env, timeout=600
+    )
     assert out.returncode == 0, out.stderr
     with Store(tmp_path / "p", read_only=True) as store:
         run = store.run()

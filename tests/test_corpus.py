@@ -9,10 +9,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from autointerp.gather.corpus import CorpusConfig, iter_contexts, iter_documents
 from autointerp.errors import AutointerpError
+from autointerp.gather.corpus import CorpusConfig, iter_contexts, iter_documents
 
-DOCS = ["alpha beta gamma delta. " * 12, "the quick brown fox jumps over the lazy dog. " * 9, "lorem ipsum dolor sit amet. " * 15]
+DOCS = [
+    "alpha beta gamma delta. " * 12,
+    "the quick brown fox jumps over the lazy dog. " * 9,
+    "lorem ipsum dolor sit amet. " * 15,
+]
 
 
 @pytest.fixture
@@ -90,7 +94,9 @@ def test_non_utf8_names_file_byte_and_fix(tmp_path):
 
 def test_jsonl_errors_name_line_and_field(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"body": "no text field"}\n')
-    with pytest.raises(AutointerpError, match=r"bad.jsonl:2 has no 'text' field \(found: \['body'\]\)[\s\S]*--text-field"):
+    with pytest.raises(
+        AutointerpError, match=r"bad.jsonl:2 has no 'text' field \(found: \['body'\]\)[\s\S]*--text-field"
+    ):
         list(iter_documents(CorpusConfig(source=str(tmp_path / "bad.jsonl"))))
     (tmp_path / "broken.jsonl").write_text('{"text": "ok"}\n{"text": \n')
     with pytest.raises(AutointerpError, match="broken.jsonl:2 is not valid JSON"):

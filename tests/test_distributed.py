@@ -20,16 +20,55 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 EXAMPLE_KEY = ["feature", "split", "kind", "rank"]
 
 
-def gather_args(setup, project: Path, run_id: str, corpus: str | None = None, max_tokens: int | None = None) -> list[str]:
+def gather_args(
+    setup, project: Path, run_id: str, corpus: str | None = None, max_tokens: int | None = None
+) -> list[str]:
     root, default_corpus, model = setup
-    args = ["gather", "--project", str(project), "--run-id", run_id, "--model", model, "--hookpoint", "blocks.1.hook_resid_post",
-            "--sae", str(root / "sae"), "--corpus", corpus or default_corpus, "--context-length", "32", "--n-top", "3",
-            "--n-bins", "2", "--per-bin", "2", "--n-negative", "3", "--window", "8", "--batch-size", "4", "--device", "cpu"]
+    args = [
+        "gather",
+        "--project",
+        str(project),
+        "--run-id",
+        run_id,
+        "--model",
+        model,
+        "--hookpoint",
+        "blocks.1.hook_resid_post",
+        "--sae",
+        str(root / "sae"),
+        "--corpus",
+        corpus or default_corpus,
+        "--context-length",
+        "32",
+        "--n-top",
+        "3",
+        "--n-bins",
+        "2",
+        "--per-bin",
+        "2",
+        "--n-negative",
+        "3",
+        "--window",
+        "8",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+    ]
     return args + (["--max-tokens", str(max_tokens)] if max_tokens else [])
 
 
 def torchrun(n: int, args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", "-m", "autointerp", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={n}",
+        "-m",
+        "autointerp",
+        *args,
+    ]
 
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess:
@@ -42,7 +81,9 @@ def stored(project: Path, run_id: str) -> dict[str, pd.DataFrame]:
         return {
             "run": q("SELECT n_tokens, n_contexts, d_sae FROM runs WHERE run_id = ?"),
             "features": q("SELECT * EXCLUDE (run_id) FROM features WHERE run_id = ? ORDER BY feature"),
-            "examples": q("SELECT * EXCLUDE (run_id) FROM examples WHERE run_id = ? ORDER BY " + ", ".join(EXAMPLE_KEY)),
+            "examples": q(
+                "SELECT * EXCLUDE (run_id) FROM examples WHERE run_id = ? ORDER BY " + ", ".join(EXAMPLE_KEY)
+            ),
             "contexts": q("SELECT * EXCLUDE (run_id) FROM contexts WHERE run_id = ? ORDER BY context_id"),
         }
 
@@ -59,7 +100,9 @@ def assert_same_gather(got: dict, want: dict) -> None:
     assert [list(t) for t in got["examples"].token_ids] == [list(t) for t in want["examples"].token_ids]
     stored = lambda v: isinstance(v, (list, np.ndarray))  # noqa: E731 (negatives keep no activations: NULL)
     for g, w in zip(got["examples"].activations, want["examples"].activations):
-        assert stored(g) == stored(w) and (not stored(w) or np.allclose(np.asarray(g, float), np.asarray(w, float), rtol=1e-6, atol=1e-6))
+        assert stored(g) == stored(w) and (
+            not stored(w) or np.allclose(np.asarray(g, float), np.asarray(w, float), rtol=1e-6, atol=1e-6)
+        )
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +115,11 @@ def one_process(pipeline_setup, tmp_path_factory):
 
 def test_two_ranks_with_gloo_gather_what_one_process_gathers(pipeline_setup, one_process, tmp_path):
     _, want = one_process
-    assert len(want["examples"]) > 0 and (want["examples"].kind == "negative").any() and (want["examples"].kind == "quantile").any()
+    assert (
+        len(want["examples"]) > 0
+        and (want["examples"].kind == "negative").any()
+        and (want["examples"].kind == "quantile").any()
+    )
     done = run(torchrun(2, gather_args(pipeline_setup, tmp_path, "r1") + ["--quiet"]))
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("examples stored:") == 1  # rank 0 alone reports (and writes)
@@ -111,7 +158,9 @@ def _rank_pids(launcher: int, rank: int) -> list[int]:
 
 def kill_rank_mid_gather(args: list[str]) -> str:
     """Start a two-rank gather, SIGKILL rank 1 once rank 0's gather pass has begun; torchrun's stderr."""
-    launcher = subprocess.Popen(torchrun(2, args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    launcher = subprocess.Popen(
+        torchrun(2, args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV
+    )
     begun = threading.Event()
     err: list[str] = []
 
@@ -134,7 +183,9 @@ def kill_rank_mid_gather(args: list[str]) -> str:
     return text
 
 
-def test_a_rank_killed_mid_gather_leaves_the_store_as_it_was_and_the_rerun_finishes(pipeline_setup, one_process, tmp_path):
+def test_a_rank_killed_mid_gather_leaves_the_store_as_it_was_and_the_rerun_finishes(
+    pipeline_setup, one_process, tmp_path
+):
     import shutil
 
     fresh = tmp_path / "fresh"

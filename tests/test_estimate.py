@@ -7,12 +7,12 @@ import re
 
 import duckdb
 import pytest
-
-from autointerp.cli import main
-from autointerp.stages.estimate import count_tokens, schema_answer
-from autointerp.judges.prompts import answer_schema
 from standin_responder import TaskResponder
 from standin_server import StandinServer
+
+from autointerp.cli import main
+from autointerp.judges.prompts import answer_schema
+from autointerp.stages.estimate import count_tokens, schema_answer
 
 
 def test_token_rule_and_smallest_answers():
@@ -29,7 +29,11 @@ def _table(out: str) -> dict[str, tuple[int, int, int, str]]:
     for line in out.splitlines():
         m = re.match(r"\s+(.+?)\s{2,}([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+(\S+)\s+(\S+)", line)
         if m:
-            rows[m.group(1).split(" (")[0]] = (*(int(m.group(i).replace(",", "")) for i in (2, 3, 4)), m.group(5), m.group(6))
+            rows[m.group(1).split(" (")[0]] = (
+                *(int(m.group(i).replace(",", "")) for i in (2, 3, 4)),
+                m.group(5),
+                m.group(6),
+            )
     return rows
 
 
@@ -37,12 +41,52 @@ def test_estimate_matches_the_calls_then_made(pipeline_setup, tmp_path, capsys):
     root, corpus, model = pipeline_setup
     prices = tmp_path / "prices.toml"
     prices.write_text('[models]\n"standin-model" = [1.0, 4.0]\n')
-    gather = ["--project", str(tmp_path / "p"), "--run-id", "r1", "--model", model, "--hookpoint", "blocks.1.hook_resid_post",
-              "--device", "cpu", "--sae", str(root / "sae"), "--corpus", corpus, "--context-length", "32",
-              "--n-top", "3", "--n-bins", "2", "--per-bin", "2", "--n-negative", "3", "--window", "8", "--batch-size", "4", "--quiet"]
+    gather = [
+        "--project",
+        str(tmp_path / "p"),
+        "--run-id",
+        "r1",
+        "--model",
+        model,
+        "--hookpoint",
+        "blocks.1.hook_resid_post",
+        "--device",
+        "cpu",
+        "--sae",
+        str(root / "sae"),
+        "--corpus",
+        corpus,
+        "--context-length",
+        "32",
+        "--n-top",
+        "3",
+        "--n-bins",
+        "2",
+        "--per-bin",
+        "2",
+        "--n-negative",
+        "3",
+        "--window",
+        "8",
+        "--batch-size",
+        "4",
+        "--quiet",
+    ]
     with StandinServer(api_key=None, responder=TaskResponder()) as server:
-        judge = ["--judge", "openai_compatible", "--judge-model", "standin-model", "--base-url", server.openai_base_url,
-                 "--timeout", "10", "--max-retries", "1", "--prices", str(prices)]
+        judge = [
+            "--judge",
+            "openai_compatible",
+            "--judge-model",
+            "standin-model",
+            "--base-url",
+            server.openai_base_url,
+            "--timeout",
+            "10",
+            "--max-retries",
+            "1",
+            "--prices",
+            str(prices),
+        ]
         scorers = ["--scorers", "detection,fuzzing,simulation,embedding"]
         assert main(["estimate", *gather, *judge, *scorers]) == 0
         estimated = _table(capsys.readouterr().out)
@@ -51,8 +95,12 @@ def test_estimate_matches_the_calls_then_made(pipeline_setup, tmp_path, capsys):
         assert main(["score", "--project", str(tmp_path / "p"), *judge, *scorers, "--quiet"]) == 0
         capsys.readouterr()
     con = duckdb.connect(str(tmp_path / "p" / "autointerp.duckdb"), read_only=True)
-    billed = {purpose: row for purpose, *row in con.execute(
-        "SELECT purpose, count(*), sum(prompt_tokens), sum(completion_tokens), sum(cost_usd) FROM llm_calls GROUP BY purpose").fetchall()}
+    billed = {
+        purpose: row
+        for purpose, *row in con.execute(
+            "SELECT purpose, count(*), sum(prompt_tokens), sum(completion_tokens), sum(cost_usd) FROM llm_calls GROUP BY purpose"
+        ).fetchall()
+    }
     n_explain = billed["explain"][0]
     assert estimated["explain"][0] == n_explain and n_explain > 0
     # Fewer features than the control's first batch: every feature is controlled, so each scorer's calls double.
@@ -74,6 +122,22 @@ def test_estimate_matches_the_calls_then_made(pipeline_setup, tmp_path, capsys):
 
 def test_estimate_needs_an_llm_judge(pipeline_setup, tmp_path, capsys):
     root, corpus, model = pipeline_setup
-    assert main(["estimate", "--project", str(tmp_path / "p"), "--model", model, "--hookpoint", "blocks.1.hook_resid_post",
-                 "--sae", str(root / "sae"), "--corpus", corpus]) == 2
+    assert (
+        main(
+            [
+                "estimate",
+                "--project",
+                str(tmp_path / "p"),
+                "--model",
+                model,
+                "--hookpoint",
+                "blocks.1.hook_resid_post",
+                "--sae",
+                str(root / "sae"),
+                "--corpus",
+                corpus,
+            ]
+        )
+        == 2
+    )
     assert "offline judge makes no LLM calls" in capsys.readouterr().err and not (tmp_path / "p").exists()

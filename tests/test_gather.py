@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from autointerp.gather.corpus import CorpusConfig, iter_contexts, iter_documents
 from autointerp.gather.collect import HIST_EDGES, GatherConfig, Gatherer, run_gather, split_of
+from autointerp.gather.corpus import CorpusConfig, iter_contexts, iter_documents
 from autointerp.subject.model import ModelConfig, SubjectModel
 from autointerp.subject.sae import SAE
 
@@ -71,7 +71,13 @@ def gathered(gpt2, corpus_file):
     f = np.maximum((x - w["b_dec"]) @ w["W_enc"] + w["b_enc"], 0)  # the oracle: the SAE formula in NumPy
     f[~batch.valid] = 0
     cfg = GatherConfig(n_top=4, n_bins=2, per_bin=3, n_negative=5, window=8, batch_size=3, seed=7)
-    result = run_gather(gpt2, sae, lambda: iter_contexts(iter_documents(corpus), gpt2.tokenizer, corpus, cfg.batch_size), cfg, progress=False)
+    result = run_gather(
+        gpt2,
+        sae,
+        lambda: iter_contexts(iter_documents(corpus), gpt2.tokenizer, corpus, cfg.batch_size),
+        cfg,
+        progress=False,
+    )
     return result, result.examples.to_pandas(), batch, f, cfg
 
 
@@ -88,7 +94,9 @@ def test_statistics_match_the_oracle(gathered):
     np.testing.assert_allclose(feats.density, (flat > 0).sum(0) / batch.valid.sum())
     for j in range(f.shape[-1]):
         v = flat[:, j][flat[:, j] > 0]
-        expected = np.bincount(np.searchsorted(HIST_EDGES, v.astype(np.float32), side="left"), minlength=len(HIST_EDGES) + 1)
+        expected = np.bincount(
+            np.searchsorted(HIST_EDGES, v.astype(np.float32), side="left"), minlength=len(HIST_EDGES) + 1
+        )
         np.testing.assert_array_equal(feats.histogram[j], expected)
 
 
@@ -171,9 +179,21 @@ def test_planted_token_feature(tiny_model_dir, corpus_file):
     bias = -(1 + others.max()) / 2  # fires on the target token only
     W_enc = np.zeros((E.shape[1], 2), np.float32)
     W_enc[:, 0] = w
-    sae = SAE(torch.from_numpy(W_enc), torch.tensor([bias, -1e6], dtype=torch.float32), torch.zeros(2, E.shape[1]), torch.zeros(E.shape[1]), apply_b_dec_to_input=False)
+    sae = SAE(
+        torch.from_numpy(W_enc),
+        torch.tensor([bias, -1e6], dtype=torch.float32),
+        torch.zeros(2, E.shape[1]),
+        torch.zeros(E.shape[1]),
+        apply_b_dec_to_input=False,
+    )
     corpus = CorpusConfig(source=str(corpus_file), context_length=CONTEXT)
-    result = run_gather(model, sae, lambda: iter_contexts(iter_documents(corpus), model.tokenizer, corpus, 4), GatherConfig(n_top=5, window=8), progress=False)
+    result = run_gather(
+        model,
+        sae,
+        lambda: iter_contexts(iter_documents(corpus), model.tokenizer, corpus, 4),
+        GatherConfig(n_top=5, window=8),
+        progress=False,
+    )
     # Independent count: tokenise every document and count the target id.
     docs = [json.loads(line)["text"] for line in corpus_file.read_text().splitlines()]
     expected = sum(ids.count(target) for ids in model.tokenizer(docs, add_special_tokens=False)["input_ids"])
@@ -207,12 +227,21 @@ def test_result_does_not_depend_on_the_order_of_the_nonzeros(gpt2, corpus_file):
     Any order of the (row, feature, value) triplets must give the same statistics and examples."""
     corpus = CorpusConfig(source=str(corpus_file), context_length=CONTEXT)
     torch.manual_seed(0)
-    sae = SAE(torch.randn(gpt2.width, 40), torch.randn(40), torch.randn(40, gpt2.width), torch.zeros(gpt2.width), architecture="topk", k=4)
+    sae = SAE(
+        torch.randn(gpt2.width, 40),
+        torch.randn(40),
+        torch.randn(40, gpt2.width),
+        torch.zeros(gpt2.width),
+        architecture="topk",
+        k=4,
+    )
     outs = []
     for shuffle in (False, True):
         g = Gatherer(sae.d_sae, GatherConfig(window=8), gpt2.device, causal=True)
         for batch in iter_contexts(iter_documents(corpus), gpt2.tokenizer, corpus, 4):
-            nonzeros = sae.encode_sparse(gpt2.activations(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)))
+            nonzeros = sae.encode_sparse(
+                gpt2.activations(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask))
+            )
             if shuffle:
                 order = torch.randperm(len(nonzeros[0]))
                 nonzeros = tuple(t[order] for t in nonzeros)
@@ -241,7 +270,13 @@ def test_a_dictionary_gathered_in_feature_shards_equals_one_pass(gpt2, corpus_fi
     assert feature_shards(replace(cfg, memory_gib=budget), 24, gpt2.device) == [(0, 8), (8, 16), (16, 24)]
 
     def gather(c):
-        r = run_gather(gpt2, sae, lambda: iter_contexts(iter_documents(corpus), gpt2.tokenizer, corpus, c.batch_size), c, progress=False)
+        r = run_gather(
+            gpt2,
+            sae,
+            lambda: iter_contexts(iter_documents(corpus), gpt2.tokenizer, corpus, c.batch_size),
+            c,
+            progress=False,
+        )
         ex = r.examples.to_pandas().sort_values(["feature", "split", "kind", "rank"], ignore_index=True)
         return r, ex
 
@@ -250,9 +285,13 @@ def test_a_dictionary_gathered_in_feature_shards_equals_one_pass(gpt2, corpus_fi
     rebatched, rebatched_ex = gather(replace(cfg, batch_size=5))
     assert sharded.config["feature_shards"] == 3 and whole.config["feature_shards"] == 1
     for other, other_ex in ((sharded, sharded_ex), (rebatched, rebatched_ex)):
-        pd.testing.assert_frame_equal(other.features.drop(columns="histogram"), whole.features.drop(columns="histogram"))
+        pd.testing.assert_frame_equal(
+            other.features.drop(columns="histogram"), whole.features.drop(columns="histogram")
+        )
         assert [list(h) for h in other.features.histogram] == [list(h) for h in whole.features.histogram]
-        pd.testing.assert_frame_equal(other_ex.drop(columns=["token_ids", "activations"]), whole_ex.drop(columns=["token_ids", "activations"]))
+        pd.testing.assert_frame_equal(
+            other_ex.drop(columns=["token_ids", "activations"]), whole_ex.drop(columns=["token_ids", "activations"])
+        )
         assert [list(t) for t in other_ex.token_ids] == [list(t) for t in whole_ex.token_ids]
         as_lists = lambda col: [None if a is None else list(a) for a in col]  # noqa: E731 (negatives keep no activations)
         assert as_lists(other_ex.activations) == as_lists(whole_ex.activations)
@@ -263,8 +302,8 @@ def test_a_dictionary_gathered_in_feature_shards_equals_one_pass(gpt2, corpus_fi
 def test_gatherers_of_context_shares_merge_into_the_one_pass_gather(gpt2, corpus_file):
     """The basis of a distributed gather: workers take contexts by a stateless rule (context id
     modulo the number of workers); absorbing their gatherers gives the one-pass examples row for row."""
-    from autointerp.gather.corpus import rank_share
     from autointerp.gather.collect import Gatherer
+    from autointerp.gather.corpus import rank_share
 
     corpus = CorpusConfig(source=str(corpus_file), context_length=CONTEXT)
     batch, x = _contexts(gpt2, corpus)
@@ -275,7 +314,12 @@ def test_gatherers_of_context_shares_merge_into_the_one_pass_gather(gpt2, corpus
         g = Gatherer(sae.d_sae, cfg, gpt2.device, gpt2.is_causal)
         with torch.inference_mode():
             for b in batches:
-                g.update(b, sae.encode_sparse(gpt2.activations(torch.from_numpy(b.input_ids), torch.from_numpy(b.attention_mask))))
+                g.update(
+                    b,
+                    sae.encode_sparse(
+                        gpt2.activations(torch.from_numpy(b.input_ids), torch.from_numpy(b.attention_mask))
+                    ),
+                )
         return g
 
     def stream():
@@ -292,7 +336,9 @@ def test_gatherers_of_context_shares_merge_into_the_one_pass_gather(gpt2, corpus
     we, me = (t.to_pandas().sort_values(order, ignore_index=True) for t in (we, me))
     pd.testing.assert_frame_equal(mf.drop(columns="histogram"), wf.drop(columns="histogram"))
     assert [list(h) for h in mf.histogram] == [list(h) for h in wf.histogram]
-    pd.testing.assert_frame_equal(me.drop(columns=["token_ids", "activations"]), we.drop(columns=["token_ids", "activations"]))
+    pd.testing.assert_frame_equal(
+        me.drop(columns=["token_ids", "activations"]), we.drop(columns=["token_ids", "activations"])
+    )
     assert [list(t) for t in me.token_ids] == [list(t) for t in we.token_ids]
     pd.testing.assert_frame_equal(mc, wc)
     assert (we.kind == "quantile").sum() > 0 and (we.kind == "negative").sum() > 0

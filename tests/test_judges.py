@@ -10,10 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from standin_responder import GARBAGE, TaskResponder
+from standin_server import Fault, StandinServer
 
 from autointerp.errors import AutointerpError
 from autointerp.judges.judge import LLMJudge, OfflineJudge, Term, label_terms, make_judge
-from autointerp.llm.client import LLMConfig, MemoryCallStore
 from autointerp.judges.prompts import (
     DEFAULT_DIR,
     PROMPT_NAMES,
@@ -28,18 +29,44 @@ from autointerp.judges.prompts import (
     parse_simulation,
     simulation_fields,
 )
+from autointerp.llm.client import LLMConfig, MemoryCallStore
 from autointerp.records import DetectionTask, ExplainTask, FuzzTask, MarkedSnippet, SimulationTask, Snippet
-from standin_responder import GARBAGE, TaskResponder
-from standin_server import Fault, StandinServer
 
 KEY = "sk-test-judges-0123456789"
 
 # --- synthetic token features ------------------------------------------------------------
 
 FILLER = (
-    " the", " of", " x", " y", " =", " return", " if", " for", " in", " value", " self", " name", " data",
-    " and", " not", " is", " None", " +", " ,", " :", " import", " list", " len", " a", " class", " def",
-    " lambda", " print", " (", " )",
+    " the",
+    " of",
+    " x",
+    " y",
+    " =",
+    " return",
+    " if",
+    " for",
+    " in",
+    " value",
+    " self",
+    " name",
+    " data",
+    " and",
+    " not",
+    " is",
+    " None",
+    " +",
+    " ,",
+    " :",
+    " import",
+    " list",
+    " len",
+    " a",
+    " class",
+    " def",
+    " lambda",
+    " print",
+    " (",
+    " )",
 )
 
 
@@ -240,7 +267,14 @@ def test_binary_list_parser_rejects_wrong_length_and_garbage(text):
 
 def test_simulation_parser_checks_shape_and_range():
     assert parse_simulation("```\n[[0, 10], [3, 0, 0]]\n```", [2, 3]) == [[0, 10], [3, 0, 0]]
-    for bad in ("[[0, 10], [3, 0]]", "[[0, 10]]", "[[0, 11], [3, 0, 0]]", "[[0, -1], [3, 0, 0]]", "[[0, 1.5], [3, 0, 0]]", "none"):
+    for bad in (
+        "[[0, 10], [3, 0]]",
+        "[[0, 10]]",
+        "[[0, 11], [3, 0, 0]]",
+        "[[0, -1], [3, 0, 0]]",
+        "[[0, 1.5], [3, 0, 0]]",
+        "none",
+    ):
         with pytest.raises(ParseError):
             parse_simulation(bad, [2, 3])
 
@@ -288,7 +322,12 @@ def test_offline_scores_are_high_for_the_true_label_and_near_chance_for_a_wrong_
     detection, fuzzing, correlation = scores(label)
     assert detection >= 0.9 and fuzzing >= 0.9 and correlation >= 0.8, (label, detection, fuzzing, correlation)
     detection, fuzzing, correlation = scores(wrong)
-    assert abs(detection - 0.5) <= 0.15 and abs(fuzzing - 0.5) <= 0.15 and abs(correlation) <= 0.2, (wrong, detection, fuzzing, correlation)
+    assert abs(detection - 0.5) <= 0.15 and abs(fuzzing - 0.5) <= 0.15 and abs(correlation) <= 0.2, (
+        wrong,
+        detection,
+        fuzzing,
+        correlation,
+    )
 
 
 @pytest.mark.parametrize(
@@ -382,7 +421,9 @@ def test_llm_judge_answers_all_four_tasks_through_the_real_client(provider):
     assert detected.value == [s.active for s in held_out]
     assert fuzzed.value == [m.correct for m in marked]
     assert simulated.value == [[10 if t == " def" else 0 for t in s.tokens] for s in held_out]
-    for answer, name in zip((explained, detected, fuzzed, simulated), ("explain", "detection", "fuzzing", "simulation")):
+    for answer, name in zip(
+        (explained, detected, fuzzed, simulated), ("explain", "detection", "fuzzing", "simulation")
+    ):
         assert answer.ok and answer.error is None and answer.raw
         assert answer.prompt_hash == load_prompt(name).hash
         assert answer.prompt_tokens > 0 and answer.completion_tokens > 0 and answer.cost_usd > 0

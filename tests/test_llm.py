@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
 import pytest
+from standin_server import Fault, StandinServer, find_leaks
 
 from autointerp.errors import AutointerpError
 from autointerp.llm.client import (
@@ -23,7 +24,6 @@ from autointerp.llm.client import (
     make_client,
     parse_retry_after,
 )
-from standin_server import Fault, StandinServer, find_leaks
 
 KEY = "sk-test-9f8e7d6c5b4a39281706"
 WRONG_KEY = "sk-wrong-0a1b2c3d4e5f60718293"
@@ -320,7 +320,9 @@ def test_database_cache_serves_earlier_sessions_and_answers_misses_without_a_que
     with Store(tmp_path) as store:
         log = CallLog(store, flush_every=1)
         first = one(cfg, log)
-        server.inject(Fault.server_error(500), Fault.server_error(500), Fault.server_error(500), Fault.server_error(500))
+        server.inject(
+            Fault.server_error(500), Fault.server_error(500), Fault.server_error(500), Fault.server_error(500)
+        )
         failed = one(cfg, log, user="fails")  # an error is logged but never served
         assert first.error is None and failed.error is not None
     with Store(tmp_path) as store:

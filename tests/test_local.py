@@ -7,12 +7,11 @@ import asyncio
 import hashlib
 import socket
 import sys
-from pathlib import Path
 
 import pytest
 
-from autointerp.llm import local
 from autointerp.errors import AutointerpError
+from autointerp.llm import local
 from autointerp.llm.client import LLMConfig, MemoryCallStore, make_client
 from autointerp.llm.local import LocalModel, LocalServer, model_path
 
@@ -28,7 +27,14 @@ def parts(tmp_path, monkeypatch):
         (pkg / "data" / f"part{i:02d}.bin").write_bytes(data)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     whole = b"".join(chunks)
-    return LocalModel("fake", "a fake model", ("fake_part1", "fake_part2", "fake_part3"), hashlib.sha256(whole).hexdigest(), len(whole), "none"), whole
+    return LocalModel(
+        "fake",
+        "a fake model",
+        ("fake_part1", "fake_part2", "fake_part3"),
+        hashlib.sha256(whole).hexdigest(),
+        len(whole),
+        "none",
+    ), whole
 
 
 def test_parts_are_joined_in_order_checked_and_reused(parts, tmp_path):
@@ -90,21 +96,26 @@ def test_a_server_that_dies_at_start_is_reported_with_its_log(tmp_path):
 
 def test_a_server_that_crashes_names_the_portable_rebuild(tmp_path):
     """llama.cpp built with -march=native segfaults in its AMX kernels on some Xeons (seen on this project's machines)."""
+
     class Crashing(FakeServer):
         script = "import os, signal; print('INFO: Uvicorn running', flush=True); os.kill(os.getpid(), signal.SIGSEGV)"
 
-    with pytest.raises(AutointerpError, match="exited with code -11 .*CMAKE_ARGS=-DGGML_NATIVE=OFF pip install --no-cache-dir") as info:
+    with pytest.raises(
+        AutointerpError, match="exited with code -11 .*CMAKE_ARGS=-DGGML_NATIVE=OFF pip install --no-cache-dir"
+    ) as info:
         Crashing(tmp_path / "m.gguf", alias="m", log_path=tmp_path / "log", startup_timeout_s=30).start()
     assert "Uvicorn running" in str(info.value)
 
 
 def test_a_server_that_comes_up_is_waited_for_and_stopped(tmp_path):
     class Serving(FakeServer):
-        script = ("from http.server import BaseHTTPRequestHandler, HTTPServer\n"
-                  "class H(BaseHTTPRequestHandler):\n"
-                  "    def do_GET(self):\n"
-                  "        self.send_response(200); self.send_header('content-length', '2'); self.end_headers(); self.wfile.write(b'{}')\n"
-                  "HTTPServer(('127.0.0.1', PORT), H).serve_forever()\n")
+        script = (
+            "from http.server import BaseHTTPRequestHandler, HTTPServer\n"
+            "class H(BaseHTTPRequestHandler):\n"
+            "    def do_GET(self):\n"
+            "        self.send_response(200); self.send_header('content-length', '2'); self.end_headers(); self.wfile.write(b'{}')\n"
+            "HTTPServer(('127.0.0.1', PORT), H).serve_forever()\n"
+        )
 
     server = Serving(tmp_path / "m.gguf", alias="m", log_path=tmp_path / "log", startup_timeout_s=30).start()
     try:
@@ -118,7 +129,13 @@ def test_a_judge_whose_server_died_stops_at_once_instead_of_retrying(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = LLMConfig(provider="openai_compatible", model="m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=5, backoff_initial_s=5)
+    cfg = LLMConfig(
+        provider="openai_compatible",
+        model="m",
+        base_url=f"http://127.0.0.1:{port}/v1",
+        max_retries=5,
+        backoff_initial_s=5,
+    )
     client = make_client(cfg, MemoryCallStore(), fatal=lambda: "the local judge's server exited with code -9")
 
     async def go():

@@ -81,7 +81,10 @@ def test_classification_hand_values():
     # centre (4/6 + 6/8)/2 = 0.708333; half = 1.96/2·sqrt((4/6)(2/6)/6 + (6/8)(2/8)/8) = 0.980·sqrt(0.0604745) = 0.240998
     ba = s["balanced_accuracy"]
     assert ba.method == "adjusted wald (+1/+1 per class)" and ba.n == 10
-    assert (ba.ci_low, ba.ci_high) == (pytest.approx(0.708333 - 0.240998, abs=1e-5), pytest.approx(0.708333 + 0.240998, abs=1e-5))
+    assert (ba.ci_low, ba.ci_high) == (
+        pytest.approx(0.708333 - 0.240998, abs=1e-5),
+        pytest.approx(0.708333 + 0.240998, abs=1e-5),
+    )
     # Fisher's exact one-sided p: 4 predicted positives, 3 of them among the 4 positives of 10.
     assert ba.p_value == pytest.approx(stats.fisher_exact([[3, 1], [1, 5]], alternative="greater").pvalue)
 
@@ -248,7 +251,9 @@ def test_grouped_jackknife_matches_a_loop_and_the_null_shuffles_whole_snippets()
     assert (e.ci_low, e.ci_high) == (pytest.approx(math.tanh(z - q * se)), pytest.approx(math.tanh(z + q * se)))
     assert e.n == 25 and e.p_value == pytest.approx(1 / 1001)  # no shuffle of whole snippets comes close
     # With y unrelated to x the permutation p-value is spread over (0, 1]; check its level by simulation.
-    null_p = [pearson(rng.normal(size=len(groups)), y, groups=groups, seed=k, n_permutations=200).p_value for k in range(200)]
+    null_p = [
+        pearson(rng.normal(size=len(groups)), y, groups=groups, seed=k, n_permutations=200).p_value for k in range(200)
+    ]
     assert 0.01 <= np.mean(np.array(null_p) <= 0.05) <= 0.10
 
 
@@ -348,6 +353,10 @@ def test_95_percent_intervals_cover_the_truth_93_to_97_percent_of_the_time_at_n_
         xy = rng.multivariate_normal([0, 0], cov, 160) + np.repeat(rng.multivariate_normal([0, 0], cov, 20), 8, axis=0)
         r = pearson(xy[:, 0], xy[:, 1], groups=np.repeat(np.arange(20), 8), n_permutations=10)
         covered["pearson"] += r.ci_low <= rho <= r.ci_high
-    rates = {"balanced_accuracy": covered["balanced_accuracy"] / draws, "auroc": covered["auroc"] / draws, "pearson": covered["pearson"] / (draws // 2)}
+    rates = {
+        "balanced_accuracy": covered["balanced_accuracy"] / draws,
+        "auroc": covered["auroc"] / draws,
+        "pearson": covered["pearson"] / (draws // 2),
+    }
     print("coverage", rates)
     assert all(0.93 <= rate <= 0.97 for rate in rates.values()), rates

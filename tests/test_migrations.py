@@ -13,8 +13,20 @@ from autointerp.errors import AutointerpError
 from autointerp.store.store import DB_NAME, MIGRATIONS, SCHEMA_VERSION, Store
 
 FIXTURE = Path(__file__).parent / "fixtures" / "db_schema_v1"
-TABLES = ("runs", "features", "examples", "contexts", "documents", "vocab", "explanations", "scores", "llm_calls",
-          "categories", "saturation_steps", "saturation_summary")
+TABLES = (
+    "runs",
+    "features",
+    "examples",
+    "contexts",
+    "documents",
+    "vocab",
+    "explanations",
+    "scores",
+    "llm_calls",
+    "categories",
+    "saturation_steps",
+    "saturation_summary",
+)
 
 
 def v1_project(tmp_path: Path) -> Path:
@@ -44,14 +56,18 @@ def test_a_schema_1_database_upgrades_in_place_and_keeps_every_row(tmp_path):
     before = counts(project / DB_NAME)
     assert before["llm_calls"] == 48 and before["explanations"] == 32
     old = duckdb.connect(str(project / DB_NAME), read_only=True)
-    old_order = old.execute("SELECT explainer, feature FROM explanations ORDER BY explainer, created_at, feature").fetchall()
+    old_order = old.execute(
+        "SELECT explainer, feature FROM explanations ORDER BY explainer, created_at, feature"
+    ).fetchall()
     old_calls = old.execute("SELECT cache_key FROM llm_calls ORDER BY created_at, rowid").fetchall()
     old.close()
 
     with Store(project) as store:
         applied = store.con.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
         assert applied == [(i, name) for i, (name, _) in enumerate(MIGRATIONS, 1)]
-        assert store.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall() == [(str(SCHEMA_VERSION),)]
+        assert store.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall() == [
+            (str(SCHEMA_VERSION),)
+        ]
         # Calls numbered in the order they were logged; labels keep their order, now as a column.
         calls = store.con.execute("SELECT call_id, cache_key, run_id FROM llm_calls ORDER BY call_id").fetchall()
         assert [c[0] for c in calls] == list(range(1, 49)) and [(c[1],) for c in calls] == old_calls

@@ -7,8 +7,13 @@ from autointerp.errors import AutointerpError
 from autointerp.subject.model import ModelConfig, SubjectModel
 
 FAMILIES = ["gpt2", "llama", "gemma2", "gpt_neox", "bert"]
-LAYER_PATH = {"gpt2": "transformer.h", "llama": "model.layers", "gemma2": "model.layers",
-              "gpt_neox": "gpt_neox.layers", "bert": "encoder.layer"}
+LAYER_PATH = {
+    "gpt2": "transformer.h",
+    "llama": "model.layers",
+    "gemma2": "model.layers",
+    "gpt_neox": "gpt_neox.layers",
+    "bert": "encoder.layer",
+}
 
 
 def _read(path, hookpoint, ids):
@@ -38,8 +43,10 @@ def test_pre_ln_residual_identities(tiny_model_dir, family):
     """resid_mid = resid_pre + attn_out and resid_post = resid_mid + mlp_out in pre-LN blocks."""
     path = tiny_model_dir(family)
     ids = torch.randint(1, 400, (2, 10))
-    pre, mid, post, attn, mlp = (_read(path, f"blocks.2.{h}", ids) for h in
-                                 ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out"))
+    pre, mid, post, attn, mlp = (
+        _read(path, f"blocks.2.{h}", ids)
+        for h in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out")
+    )
     torch.testing.assert_close(mid, pre + attn, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(post, mid + mlp, atol=1e-5, rtol=1e-5)
 
@@ -55,7 +62,9 @@ def test_no_layer_above_the_hookpoint_runs(tiny_model_dir, family):
     model = SubjectModel(ModelConfig(name=tiny_model_dir(family), hookpoint="blocks.0.hook_resid_post", device="cpu"))
     calls = []
     for i in (1, 2):
-        model.model.get_submodule(f"{LAYER_PATH[family]}.{i}").register_forward_pre_hook(lambda *a, i=i: calls.append(i))
+        model.model.get_submodule(f"{LAYER_PATH[family]}.{i}").register_forward_pre_hook(
+            lambda *a, i=i: calls.append(i)
+        )
     ids = torch.randint(1, 400, (1, 8))
     model.activations(ids, torch.ones_like(ids))
     assert calls == []
@@ -87,7 +96,12 @@ def test_missing_model_names_the_fix(tmp_path):
 def test_embedded_model_is_real_minilm():
     model = SubjectModel(ModelConfig())
     assert model.width == 384 and model.model.config.num_hidden_layers == 6
-    assert model.tokenizer.convert_ids_to_tokens(model.tokenizer("hello world")["input_ids"]) == ["[CLS]", "hello", "world", "[SEP]"]
+    assert model.tokenizer.convert_ids_to_tokens(model.tokenizer("hello world")["input_ids"]) == [
+        "[CLS]",
+        "hello",
+        "world",
+        "[SEP]",
+    ]
 
 
 def test_a_hookpoint_is_required_except_for_the_embedded_models():

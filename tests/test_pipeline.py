@@ -10,14 +10,14 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from conftest import pipeline_config
 
 from autointerp.cli import main as cli_main
-from conftest import pipeline_config
 from autointerp.errors import AutointerpError
 from autointerp.gather.collect import GatherConfig
 from autointerp.pipeline import gather
-from autointerp.subject.sae import SAE, load_sae, save_saelens
 from autointerp.store.store import Store
+from autointerp.subject.sae import SAE, load_sae, save_saelens
 from autointerp.subject.train import TrainConfig, evaluate_sae, train_topk_sae
 
 
@@ -77,7 +77,9 @@ def test_window_longer_than_a_context_is_refused_before_any_work(setup, tmp_path
     with Store(tmp_path, read_only=True) as store:
         before = store.table_counts("r1")
     cfg = _config(setup, tmp_path, gather=GatherConfig(window=33))  # the contexts hold 32 tokens
-    with pytest.raises(AutointerpError, match="windows of 33 tokens do not fit in contexts of 32[\\s\\S]*--window between 1 and 32"):
+    with pytest.raises(
+        AutointerpError, match="windows of 33 tokens do not fit in contexts of 32[\\s\\S]*--window between 1 and 32"
+    ):
         gather(cfg)
     with Store(tmp_path, read_only=True) as store:
         assert store.table_counts("r1") == before
@@ -86,13 +88,18 @@ def test_window_longer_than_a_context_is_refused_before_any_work(setup, tmp_path
 def test_locked_database_is_reported_and_left_intact(setup, tmp_path):
     gather(_config(setup, tmp_path))
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import duckdb, sys, time
-            con = duckdb.connect({str(tmp_path / 'autointerp.duckdb')!r})
+            con = duckdb.connect({str(tmp_path / "autointerp.duckdb")!r})
             print('locked', flush=True)
             time.sleep(60)
-        """)],
-        stdout=subprocess.PIPE, text=True,
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -116,11 +123,15 @@ def test_trainer_recovers_a_planted_dictionary():
     coef = rng.uniform(1, 3, (n, 3))
     x = np.einsum("nk,nkd->nd", coef, atoms[idx]) * 4.0 + 7.0  # raw data far from zero mean, unit scale
     x = torch.tensor(x, dtype=torch.float32)
-    sae, metrics, _ = train_topk_sae(x[:27_000], x[27_000:], TrainConfig(n_features=96, k=3, epochs=12, lr=3e-3, batch_tokens=1024), progress=False)
+    sae, metrics, _ = train_topk_sae(
+        x[:27_000], x[27_000:], TrainConfig(n_features=96, k=3, epochs=12, lr=3e-3, batch_tokens=1024), progress=False
+    )
     assert metrics.fvu < 0.1 and metrics.l0 <= 3
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(96))
     # Independent check of the folded weights: NumPy evaluation of the saved formula on raw data.
-    W_enc, b_enc, W_dec, b_dec = (getattr(sae, k).numpy().astype(np.float64) for k in ("W_enc", "b_enc", "W_dec", "b_dec"))
+    W_enc, b_enc, W_dec, b_dec = (
+        getattr(sae, k).numpy().astype(np.float64) for k in ("W_enc", "b_enc", "W_dec", "b_dec")
+    )
     xr = x[27_000:].numpy().astype(np.float64)
     pre = (xr - b_dec) @ W_enc + b_enc
     f = np.zeros_like(pre)
@@ -165,19 +176,41 @@ def test_held_out_tokens_come_from_every_tenth_context_and_only_those_are_run_on
 
 
 def test_trained_sae_is_saved_in_saelens_v6(setup, tmp_path):
-    cfg = _config(setup, tmp_path, sae=None, run_id="trained", train=TrainConfig(n_features=64, k=4, epochs=1, train_tokens=3000, holdout_tokens=500, batch_tokens=512))
+    cfg = _config(
+        setup,
+        tmp_path,
+        sae=None,
+        run_id="trained",
+        train=TrainConfig(n_features=64, k=4, epochs=1, train_tokens=3000, holdout_tokens=500, batch_tokens=512),
+    )
     summary = gather(cfg)
     saved = tmp_path / "saes" / "trained"
     meta = json.loads((saved / "cfg.json").read_text())
     assert meta["architecture"] == "topk" and meta["k"] == 4 and meta["normalize_activations"] == "none"
-    assert meta["metadata"]["sae_lens_version"].startswith("6") and meta["metadata"]["hook_name"] == "blocks.1.hook_resid_post"
+    assert (
+        meta["metadata"]["sae_lens_version"].startswith("6")
+        and meta["metadata"]["hook_name"] == "blocks.1.hook_resid_post"
+    )
     loaded = load_sae(saved)
     assert loaded.d_sae == 64 and summary.sae_metrics["fvu"] < 1.5
 
 
 def test_cli_reports_bad_input_with_the_fix(setup, tmp_path, capsys):
     _, corpus, model = setup
-    code = cli_main(["gather", "--project", str(tmp_path), "--model", model, "--hookpoint", "transformer.h.1.mpl", "--corpus", corpus, "--quiet"])
+    code = cli_main(
+        [
+            "gather",
+            "--project",
+            str(tmp_path),
+            "--model",
+            model,
+            "--hookpoint",
+            "transformer.h.1.mpl",
+            "--corpus",
+            corpus,
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "unknown hookpoint" in err and "transformer.h.1.mlp" in err and "fix:" in err
     assert "Traceback" not in err
@@ -202,7 +235,13 @@ def test_loss_recovered_is_one_for_an_exact_sae_and_zero_for_an_empty_one(setup)
     cfg = _config(setup, "unused")
     model = SubjectModel(cfg.model)
     eye = torch.eye(32)
-    exact = SAE(torch.cat([eye, -eye], 1), torch.zeros(64), torch.cat([eye, -eye], 0), torch.zeros(32), apply_b_dec_to_input=False)
+    exact = SAE(
+        torch.cat([eye, -eye], 1),
+        torch.zeros(64),
+        torch.cat([eye, -eye], 0),
+        torch.zeros(32),
+        apply_b_dec_to_input=False,
+    )
     empty = SAE(torch.zeros(32, 8), torch.zeros(8), torch.zeros(8, 32), torch.zeros(32))
 
     def batches():

@@ -10,11 +10,11 @@ import sys
 
 import numpy as np
 import pytest
+from planted import build
 
 from autointerp.gather.corpus import CorpusConfig
 from autointerp.judges.judge import Term, label_terms, norm
 from autointerp.store.store import Store
-from planted import build
 
 TOKENS = 200_000
 
@@ -24,9 +24,31 @@ def planted_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("planted")
     planted = build(root / "sae", CorpusConfig(max_tokens=TOKENS))
     project = root / "project"
-    out = subprocess.run([sys.executable, "-m", "autointerp.cli", "run", "--project", str(project), "--sae", str(planted.path),
-                          "--max-tokens", str(TOKENS), "--n-top", "10", "--scorers", "detection,fuzzing", "--sample-judge", "none", "--quiet"],
-                         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "autointerp.cli",
+            "run",
+            "--project",
+            str(project),
+            "--sae",
+            str(planted.path),
+            "--max-tokens",
+            str(TOKENS),
+            "--n-top",
+            "10",
+            "--scorers",
+            "detection,fuzzing",
+            "--sample-judge",
+            "none",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=900,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     with Store(project, read_only=True) as store:
         run_id = store.run()["run_id"]
@@ -54,8 +76,10 @@ def test_concepts_score_high_and_meaningless_directions_at_chance(planted_run, s
     concept, concept_confident = _medians(own, scorer, list(planted.concepts))
     random, random_confident = _medians(own, scorer, planted.random)
     plain, _ = _medians(own, scorer, planted.plain_random)
-    print(f"{scorer}: concepts {concept:.3f} ({concept_confident:.0%} confident), meaningless directions {random:.3f} "
-          f"({random_confident:.0%} confident), plain random directions {plain:.3f}")
+    print(
+        f"{scorer}: concepts {concept:.3f} ({concept_confident:.0%} confident), meaningless directions {random:.3f} "
+        f"({random_confident:.0%} confident), plain random directions {plain:.3f}"
+    )
     assert concept >= 0.90 and random <= 0.60 and random_confident <= 0.05
     assert random < plain < concept  # random directions on the sphere carry token identity at this layer
     assert f"  {scorer}" in stdout and "confident" in stdout
@@ -63,7 +87,10 @@ def test_concepts_score_high_and_meaningless_directions_at_chance(planted_run, s
 
 def test_meaningless_latents_look_doubtful_on_their_cards(planted_run):
     planted, _, _, _, page = planted_run
-    flags = {int(f): set(v.split()) for f, v in re.findall(r'<article id="f(\d+)" class="card" data-f="\d+" data-flags="([^"]*)"', page)}
+    flags = {
+        int(f): set(v.split())
+        for f, v in re.findall(r'<article id="f(\d+)" class="card" data-f="\d+" data-flags="([^"]*)"', page)
+    }
     doubtful = [f for f in planted.random if "low" in flags[f]]
     assert len(doubtful) >= 0.95 * len(planted.random)
     assert sum("low" not in flags[f] for f in planted.concepts) >= 0.9 * len(planted.concepts)

@@ -15,12 +15,20 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from conftest import pipeline_config
 
-from autointerp.views.report import (NOT_SATURATED_YET, FeatureCard, ReportConfig, ScoreCell, loss_recovered_text, low_confidence, watch_patterns,
-                               write_report)
 from autointerp.stages.score.stage import ScoreConfig, write_summaries
 from autointerp.store.store import CallLog, RunRecord, Store
-from conftest import pipeline_config
+from autointerp.views.report import (
+    NOT_SATURATED_YET,
+    FeatureCard,
+    ReportConfig,
+    ScoreCell,
+    loss_recovered_text,
+    low_confidence,
+    watch_patterns,
+    write_report,
+)
 
 RUN = "r1"
 EXPLAINER = "standin:judge-1"
@@ -48,10 +56,38 @@ def _examples() -> pa.Table:
                 acts = np.zeros(len(ids), np.float32)
                 acts[3] = 2.0 - rank  # peaks on the <script> token
                 acts[-2] = 0.5
-                rows.append(dict(feature=f, split=split, kind="top", rank=rank, quantile=None, context_id=10 * f + 2 * split_i + rank,
-                                 doc_id=f, doc_offset=0, peak=3, max_activation=float(acts.max()), token_ids=ids, activations=acts.tolist()))
-            rows.append(dict(feature=f, split=split, kind="negative", rank=0, quantile=None, context_id=100 + f, doc_id=f, doc_offset=0,
-                             peak=0, max_activation=0.0, token_ids=[0, 1, 2], activations=None))
+                rows.append(
+                    dict(
+                        feature=f,
+                        split=split,
+                        kind="top",
+                        rank=rank,
+                        quantile=None,
+                        context_id=10 * f + 2 * split_i + rank,
+                        doc_id=f,
+                        doc_offset=0,
+                        peak=3,
+                        max_activation=float(acts.max()),
+                        token_ids=ids,
+                        activations=acts.tolist(),
+                    )
+                )
+            rows.append(
+                dict(
+                    feature=f,
+                    split=split,
+                    kind="negative",
+                    rank=0,
+                    quantile=None,
+                    context_id=100 + f,
+                    doc_id=f,
+                    doc_offset=0,
+                    peak=0,
+                    max_activation=0.0,
+                    token_ids=[0, 1, 2],
+                    activations=None,
+                )
+            )
     return pa.Table.from_pylist(rows)
 
 
@@ -59,29 +95,57 @@ def build_project(root: Path, with_labels: bool = True) -> Path:
     """A small run written through the Store API, with hostile text in tokens, labels and errors."""
     hist = np.zeros(66, np.int64)
     hist[30:36] = [1, 4, 9, 6, 3, 1]
-    features = pd.DataFrame({
-        "feature": np.arange(N_FEATURES), "n_firing": [40, 30, 20, 10, 5, 0], "density": [0.04, 0.03, 0.02, 0.01, 0.005, 0.0],
-        "max_activation": [2.0] * 5 + [0.0], "mean_activation": [1.0] * 5 + [0.0], "dead": [False] * 5 + [True], "dense": [False] * N_FEATURES,
-        "histogram": [hist] * 5 + [np.zeros(66, np.int64)],
-    })
+    features = pd.DataFrame(
+        {
+            "feature": np.arange(N_FEATURES),
+            "n_firing": [40, 30, 20, 10, 5, 0],
+            "density": [0.04, 0.03, 0.02, 0.01, 0.005, 0.0],
+            "max_activation": [2.0] * 5 + [0.0],
+            "mean_activation": [1.0] * 5 + [0.0],
+            "dead": [False] * 5 + [True],
+            "dense": [False] * N_FEATURES,
+            "histogram": [hist] * 5 + [np.zeros(66, np.int64)],
+        }
+    )
     contexts = pd.DataFrame({"context_id": np.arange(120), "split": ["explain", "score"] * 60})
     documents = pd.DataFrame({"doc_id": np.arange(5), "name": ["<b>doc</b>"] * 5})
-    run = RunRecord(run_id=RUN, model="tiny/<model>", hookpoint="blocks.1.hook_resid_post", hook_module="transformer.h.1 (output)",
-                    d_model=32, sae_source="./sae", sae_format="saelens", sae_architecture="topk", d_sae=N_FEATURES, corpus="docs.jsonl",
-                    config={"gather": {"dense_threshold": 0.1}}, versions={"autointerp": "0.1.0", "torch": "2.x"},
-                    sae_metrics={"fvu": 0.25, "l0": 3.0, "dead_fraction": 0.1, "eval_tokens": 500}, n_tokens=1000, n_contexts=120)
+    run = RunRecord(
+        run_id=RUN,
+        model="tiny/<model>",
+        hookpoint="blocks.1.hook_resid_post",
+        hook_module="transformer.h.1 (output)",
+        d_model=32,
+        sae_source="./sae",
+        sae_format="saelens",
+        sae_architecture="topk",
+        d_sae=N_FEATURES,
+        corpus="docs.jsonl",
+        config={"gather": {"dense_threshold": 0.1}},
+        versions={"autointerp": "0.1.0", "torch": "2.x"},
+        sae_metrics={"fvu": 0.25, "l0": 3.0, "dead_fraction": 0.1, "eval_tokens": 500},
+        n_tokens=1000,
+        n_contexts=120,
+    )
     with Store(root) as store:
         store.write_gather(run, features, _examples(), contexts, documents, VOCAB)
         if not with_labels:
             return root
         labelled = sorted(LABELS)
-        store.write_explanations(RUN, EXPLAINER, pd.DataFrame({
-            "feature": labelled,
-            "label": [LABELS[f][0] for f in labelled],
-            "status": ["ok" if LABELS[f][0] else "failed" for f in labelled],
-            "error": [None if LABELS[f][0] else "parse error: <b>no label</b>" for f in labelled],
-            "raw": ["raw"] * len(labelled), "prompt_hash": ["abc123"] * len(labelled), "n_snippets": [4] * len(labelled),
-        }))
+        store.write_explanations(
+            RUN,
+            EXPLAINER,
+            pd.DataFrame(
+                {
+                    "feature": labelled,
+                    "label": [LABELS[f][0] for f in labelled],
+                    "status": ["ok" if LABELS[f][0] else "failed" for f in labelled],
+                    "error": [None if LABELS[f][0] else "parse error: <b>no label</b>" for f in labelled],
+                    "raw": ["raw"] * len(labelled),
+                    "prompt_hash": ["abc123"] * len(labelled),
+                    "n_snippets": [4] * len(labelled),
+                }
+            ),
+        )
         scored = [f for f in labelled if LABELS[f][0]]
         for scorer, metric in (("detection", "balanced_accuracy"), ("simulation", "pearson")):
             rows = []
@@ -89,18 +153,74 @@ def build_project(root: Path, with_labels: bool = True) -> Path:
                 det, sim = LABELS[f][1], LABELS[f][2]
                 value, low, high = det if scorer == "detection" else (sim, sim - 0.2, min(sim + 0.2, 1.0))
                 status = "ok" if not np.isnan(value) else "undefined"
-                base = dict(feature=f, judge=EXPLAINER, metric=metric, n=20, method="bootstrap", n_failed=0, error=None, prompt_hash="def456")
-                p_value = 0.001 if low > 0.5 else 0.3  # the permutation test: only an interval clear of chance is confident here
-                rows.append(base | dict(label_source="true", label_feature=f, value=value, ci_low=low, ci_high=high, status=status, p_value=p_value))
-                rows.append(base | dict(label_source="shuffled", label_feature=scored[(i + 1) % len(scored)], value=0.5 if scorer == "detection" else 0.0,
-                                        ci_low=0.3, ci_high=0.7, status="ok", p_value=0.5))
+                base = dict(
+                    feature=f,
+                    judge=EXPLAINER,
+                    metric=metric,
+                    n=20,
+                    method="bootstrap",
+                    n_failed=0,
+                    error=None,
+                    prompt_hash="def456",
+                )
+                p_value = (
+                    0.001 if low > 0.5 else 0.3
+                )  # the permutation test: only an interval clear of chance is confident here
+                rows.append(
+                    base
+                    | dict(
+                        label_source="true",
+                        label_feature=f,
+                        value=value,
+                        ci_low=low,
+                        ci_high=high,
+                        status=status,
+                        p_value=p_value,
+                    )
+                )
+                rows.append(
+                    base
+                    | dict(
+                        label_source="shuffled",
+                        label_feature=scored[(i + 1) % len(scored)],
+                        value=0.5 if scorer == "detection" else 0.0,
+                        ci_low=0.3,
+                        ci_high=0.7,
+                        status="ok",
+                        p_value=0.5,
+                    )
+                )
             store.write_scores(RUN, EXPLAINER, scorer, pd.DataFrame([r for r in rows if r["label_source"] == "true"]))
-            store.write_scores(RUN, EXPLAINER, scorer, pd.DataFrame([r for r in rows if r["label_source"] == "shuffled"]), label_source="shuffled")
+            store.write_scores(
+                RUN,
+                EXPLAINER,
+                scorer,
+                pd.DataFrame([r for r in rows if r["label_source"] == "shuffled"]),
+                label_source="shuffled",
+            )
         write_summaries(store, RUN, EXPLAINER, {"detection": EXPLAINER, "simulation": EXPLAINER}, ScoreConfig())
         log = CallLog(store, RUN)
-        log.record(SimpleNamespace(cache_key="k", provider="standin", model="judge-1", purpose="explain", feature=0, system="s", user="u",
-                                   params="{}", response="r", raw="r", prompt_tokens=100, completion_tokens=20, latency_s=0.1, retries=0,
-                                   cost_usd=0.001, error=None, timestamp=datetime(2025, 1, 1)))
+        log.record(
+            SimpleNamespace(
+                cache_key="k",
+                provider="standin",
+                model="judge-1",
+                purpose="explain",
+                feature=0,
+                system="s",
+                user="u",
+                params="{}",
+                response="r",
+                raw="r",
+                prompt_tokens=100,
+                completion_tokens=20,
+                latency_s=0.1,
+                retries=0,
+                cost_usd=0.001,
+                error=None,
+                timestamp=datetime(2025, 1, 1),
+            )
+        )
         log.flush()
     return root
 
@@ -113,12 +233,19 @@ def report(tmp_path_factory):
 
 
 def _card_flags(page: str) -> dict[int, set[str]]:
-    return {int(f): set(flags.split()) for f, flags in re.findall(r'<article id="f(\d+)" class="card" data-f="\d+" data-flags="([^"]*)"', page)}
+    return {
+        int(f): set(flags.split())
+        for f, flags in re.findall(r'<article id="f(\d+)" class="card" data-f="\d+" data-flags="([^"]*)"', page)
+    }
 
 
 def test_report_is_written_beside_the_database_with_every_section(report):
     files, page, md = report
-    assert files.html.parent.name == "reports" and files.markdown == files.html.with_suffix(".md") and files.n_features == N_FEATURES
+    assert (
+        files.html.parent.name == "reports"
+        and files.markdown == files.html.with_suffix(".md")
+        and files.n_features == N_FEATURES
+    )
     for section in ("audit", "health", "scores", "saturation", "categories", "flags", "features"):
         assert f'<section id="{section}">' in page
     assert page.count(NOT_SATURATED_YET) == 2 and NOT_SATURATED_YET in md  # no saturation tables yet
@@ -160,7 +287,9 @@ def test_report_of_a_run_not_labelled_yet(tmp_path):
     files = write_report(build_project(tmp_path / "p", with_labels=False), out=tmp_path / "out")
     page = files.html.read_text(encoding="utf-8")
     assert files.html == tmp_path / "out" / f"{RUN}.html" and files.markdown.exists()
-    assert "no scores stored — run autointerp score" in page and "no labels stored" in page and NOT_SATURATED_YET in page
+    assert (
+        "no scores stored — run autointerp score" in page and "no labels stored" in page and NOT_SATURATED_YET in page
+    )
     assert _card_flags(page)[0] == {"low", "flagged"} and _card_flags(page)[5] == {"dead", "clear"}
 
 
@@ -169,16 +298,35 @@ def test_loss_recovered_says_why_it_is_missing_where_known():
 
     assert loss_recovered_text({"model": EMBEDDED_MODEL, "sae_metrics": {}}) == "not measured (not a causal LM)"
     assert loss_recovered_text({"model": "gpt2", "sae_metrics": {}}) == "not measured"
-    measured = {"loss_recovered": 0.91234, "loss_clean": 3.1, "loss_spliced": 3.75, "loss_zero_ablated": 10.5, "loss_contexts": 64}
+    measured = {
+        "loss_recovered": 0.91234,
+        "loss_clean": 3.1,
+        "loss_spliced": 3.75,
+        "loss_zero_ablated": 10.5,
+        "loss_contexts": 64,
+    }
     assert loss_recovered_text({"model": "gpt2", "sae_metrics": measured}) == (
-        "0.912 (next-token loss clean 3.100, SAE spliced in 3.750, zero-ablated 10.500 nats/token on 64 held-out contexts)")
+        "0.912 (next-token loss clean 3.100, SAE spliced in 3.750, zero-ablated 10.500 nats/token on 64 held-out contexts)"
+    )
 
 
 def test_watch_list_matches_whole_words_and_forms():
     p = watch_patterns(ReportConfig().watch)
-    assert p["weapons"].search("mentions of firearms") and p["weapons"].search("Guns and ammo") and p["weapons"].search("bombing")
-    assert p["deception"].search("he deceived them") and p["deception"].search("lies") and p["self-harm"].search("self harm")
-    assert not p["deception"].search("I believe it") and not p["weapons"].search("begun") and not p["deception"].search("client")
+    assert (
+        p["weapons"].search("mentions of firearms")
+        and p["weapons"].search("Guns and ammo")
+        and p["weapons"].search("bombing")
+    )
+    assert (
+        p["deception"].search("he deceived them")
+        and p["deception"].search("lies")
+        and p["self-harm"].search("self harm")
+    )
+    assert (
+        not p["deception"].search("I believe it")
+        and not p["weapons"].search("begun")
+        and not p["deception"].search("client")
+    )
 
 
 def test_low_confidence_reasons():
@@ -186,10 +334,14 @@ def test_low_confidence_reasons():
     card = FeatureCard(0, 10, 0.1, 1.0, False, False, np.zeros(66), label="x", label_status="ok")
     card.scores = {"detection": ScoreCell("balanced_accuracy", 0.8, 0.56, 0.9, 20, "ok", p_value=0.004)}
     assert low_confidence(card, cfg, alpha=0.01) == []
-    card.scores["detection"] = ScoreCell("balanced_accuracy", 0.8, 0.56, 0.9, 20, "ok", p_value=0.02)  # a high score, but not above the null
+    card.scores["detection"] = ScoreCell(
+        "balanced_accuracy", 0.8, 0.56, 0.9, 20, "ok", p_value=0.02
+    )  # a high score, but not above the null
     assert [k for k, _ in low_confidence(card, cfg, alpha=0.01)] == ["detection not above the null"]
     assert low_confidence(card, cfg, alpha=0.05) == []
-    card.scores["detection"] = ScoreCell("balanced_accuracy", 1.0, float("nan"), float("nan"), 1, "ok")  # untested: not trusted
+    card.scores["detection"] = ScoreCell(
+        "balanced_accuracy", 1.0, float("nan"), float("nan"), 1, "ok"
+    )  # untested: not trusted
     assert [k for k, _ in low_confidence(card, cfg)] == ["detection not above the null"]
     card.scores = {"simulation": ScoreCell("pearson", float("nan"), float("nan"), float("nan"), 0, "failed")}
     assert [k for k, _ in low_confidence(card, cfg)] == ["simulation failed", "no detection"]
@@ -210,7 +362,14 @@ def real_run(pipeline_setup, tmp_path_factory):
     gather(cfg)
     explained, _ = label_and_score(cfg, RUN)
     with Store(project) as store:
-        asyncio.run(saturate(store, RUN, explained.explainer, SaturationConfig(its_window=4, guest_base=4, guest_run=2, min_labels=4, next_m=4, n_boot=20)))
+        asyncio.run(
+            saturate(
+                store,
+                RUN,
+                explained.explainer,
+                SaturationConfig(its_window=4, guest_base=4, guest_run=2, min_labels=4, next_m=4, n_boot=20),
+            )
+        )
     return project
 
 
@@ -224,15 +383,28 @@ def test_report_of_a_real_run_shows_saturation_and_categories(real_run, tmp_path
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--enable-logging=stderr", "--v=0"]
+BROWSER_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--enable-logging=stderr",
+    "--v=0",
+]
 
 
 def _chromium(profile: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([CHROMIUM, *BROWSER_FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [CHROMIUM, *BROWSER_FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=60
+    )
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium; the CI script installs it)")
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium; the CI script installs it)"
+)
 def test_report_opens_in_a_real_browser_without_errors(report, tmp_path):
     import matplotlib.image
 
@@ -266,14 +438,48 @@ def test_a_second_explainer_is_shown_beside_the_first_with_their_agreement(tmp_p
     project = build_project(tmp_path)
     with Store(project) as store:
         other = [0, 1, 2, 4]
-        store.write_explanations(RUN, "local:small", pd.DataFrame({
-            "feature": other, "label": ["cats on mats", "instructions to ignore", "guns and firearms", "deceptive promises made"],
-            "status": ["ok"] * 4, "error": [None] * 4, "raw": ["r"] * 4, "prompt_hash": ["x"] * 4, "n_snippets": [4] * 4,
-        }))
+        store.write_explanations(
+            RUN,
+            "local:small",
+            pd.DataFrame(
+                {
+                    "feature": other,
+                    "label": ["cats on mats", "instructions to ignore", "guns and firearms", "deceptive promises made"],
+                    "status": ["ok"] * 4,
+                    "error": [None] * 4,
+                    "raw": ["r"] * 4,
+                    "prompt_hash": ["x"] * 4,
+                    "n_snippets": [4] * 4,
+                }
+            ),
+        )
         # An embedding-scorer row stores no prompt hash (NULL): the report of an LLM-labelled run crashed on it in 0.1.0.
-        store.write_scores(RUN, "local:small", "embedding", pd.DataFrame([dict(
-            feature=f, judge="embedding:minilm:fp32", label_source="true", label_feature=f, metric="auroc", value=0.8, ci_low=0.6,
-            ci_high=0.95, n=12, method="bootstrap", status="ok", n_failed=0, error=None, prompt_hash=None) for f in other]))
+        store.write_scores(
+            RUN,
+            "local:small",
+            "embedding",
+            pd.DataFrame(
+                [
+                    dict(
+                        feature=f,
+                        judge="embedding:minilm:fp32",
+                        label_source="true",
+                        label_feature=f,
+                        metric="auroc",
+                        value=0.8,
+                        ci_low=0.6,
+                        ci_high=0.95,
+                        n=12,
+                        method="bootstrap",
+                        status="ok",
+                        n_failed=0,
+                        error=None,
+                        prompt_hash=None,
+                    )
+                    for f in other
+                ]
+            ),
+        )
     files = write_report(project, cfg=ReportConfig(explainer=EXPLAINER))
     page, md = files.html.read_text(), files.markdown.read_text()
     assert '<section id="explainers">' in page and "local:small" in page and "## Explainers" in md
@@ -307,7 +513,12 @@ def test_a_large_run_keeps_the_page_small_and_points_to_the_browser(real_run, tm
     from autointerp.views.report import ReportConfig, write_report
 
     con = duckdb.connect(str(real_run / "autointerp.duckdb"), read_only=True)
-    alive = [f for (f,) in con.execute("SELECT feature FROM features WHERE run_id = ? AND NOT dead ORDER BY feature", [RUN]).fetchall()]
+    alive = [
+        f
+        for (f,) in con.execute(
+            "SELECT feature FROM features WHERE run_id = ? AND NOT dead ORDER BY feature", [RUN]
+        ).fetchall()
+    ]
     n_features = con.execute("SELECT count(*) FROM features WHERE run_id = ?", [RUN]).fetchone()[0]
     con.close()
     page = write_report(real_run, RUN, tmp_path / "small.html", ReportConfig(max_cards=5)).html.read_text()

@@ -16,11 +16,11 @@ from typing import Any
 import huggingface_hub.constants
 import numpy as np
 import pytest
+import sae_writers as w  # tests/ is on sys.path under pytest's default import mode
 import torch
 
 from autointerp.errors import AutointerpError
 from autointerp.subject.sae import SAE, load_sae, save_saelens
-import sae_writers as w  # tests/ is on sys.path under pytest's default import mode
 
 D_IN, D_SAE, K = 16, 48, 8
 TOL = 1e-5
@@ -319,7 +319,11 @@ def pre6_cfg(activation: str = "relu", **top: Any) -> dict[str, Any]:
 
 PRE6_CASES = {
     "relu-no-version": ("standard", pre6_cfg("relu", apply_b_dec_to_input=False), {"apply_b_dec": False}),
-    "tanh-relu-bool-norm": ("standard", pre6_cfg("tanh-relu", normalize_activations=True), {"activation": "tanh-relu", "norm": "expected_average_only_in"}),
+    "tanh-relu-bool-norm": (
+        "standard",
+        pre6_cfg("tanh-relu", normalize_activations=True),
+        {"activation": "tanh-relu", "norm": "expected_average_only_in"},
+    ),
     "topk-kwargs": (
         "topk",
         pre6_cfg("topk", architecture="standard", activation_fn_kwargs={"k": K}, sae_lens_version="5.9.1"),
@@ -802,8 +806,12 @@ def test_center_writing_weights_follows_transformer_lens(tmp_path, tiny_model_di
     model = SubjectModel(ModelConfig(name=tiny_model_dir(family), hookpoint="blocks.1.hook_resid_post", device="cpu"))
     rng = np.random.default_rng(40)
     d = model.width
-    p = {"W_enc": normal(rng, d, D_SAE, scale=0.3), "b_enc": normal(rng, D_SAE, scale=0.1),
-         "W_dec": normal(rng, D_SAE, d, scale=0.3), "b_dec": normal(rng, d, scale=0.2)}
+    p = {
+        "W_enc": normal(rng, d, D_SAE, scale=0.3),
+        "b_enc": normal(rng, D_SAE, scale=0.1),
+        "W_dec": normal(rng, D_SAE, d, scale=0.3),
+        "b_dec": normal(rng, d, scale=0.2),
+    }
     cfg = v6_cfg("standard") | {"d_in": d}
     cfg["metadata"]["model_from_pretrained_kwargs"] = {"center_writing_weights": True}
     sae = load_sae(w.write_saelens(tmp_path / "sae", cfg, p))
@@ -821,8 +829,15 @@ def test_center_writing_weights_follows_transformer_lens(tmp_path, tiny_model_di
     assert 0.05 < (f_ref > 0).mean() < 0.95
     assert sae.normalization == ("center" if applied else "none")
     if applied:  # saved back as SAELens writes it: the flag on the model, no SAE normalisation
-        out = json.loads((save_saelens(sae, tmp_path / "out", hook_name="blocks.1.hook_resid_post", model_name="m") / "cfg.json").read_text())
-        assert out["normalize_activations"] == "none" and out["metadata"]["model_from_pretrained_kwargs"]["center_writing_weights"]
+        out = json.loads(
+            (
+                save_saelens(sae, tmp_path / "out", hook_name="blocks.1.hook_resid_post", model_name="m") / "cfg.json"
+            ).read_text()
+        )
+        assert (
+            out["normalize_activations"] == "none"
+            and out["metadata"]["model_from_pretrained_kwargs"]["center_writing_weights"]
+        )
 
 
 def test_transcoder_refused_when_paired_with_the_model(tmp_path, tiny_model_dir):
@@ -839,8 +854,11 @@ def test_hook_head_index_refused(tmp_path):
     rng = np.random.default_rng(42)
     cfg = v6_cfg("standard")
     cfg["metadata"]["hook_head_index"] = 3
-    expect_error(lambda: load_sae(w.write_saelens(tmp_path / "sae", cfg, saelens_params(rng, "standard"))),
-                 "attention head 3", fix="hook_head_index null")
+    expect_error(
+        lambda: load_sae(w.write_saelens(tmp_path / "sae", cfg, saelens_params(rng, "standard"))),
+        "attention head 3",
+        fix="hook_head_index null",
+    )
 
 
 def test_batchtopk_without_threshold_refused(tmp_path):
@@ -908,9 +926,14 @@ def test_release_gemma_scope_canonical(tmp_path, hf_cache):
 
 def test_release_errors(hf_cache):
     expect_error(lambda: load_sae("gemma-scope-2b-pt-res-canonical"), "holds 58 SAEs", fix="--sae-id")
-    expect_error(lambda: load_sae("gemma-scope-2b-pt-res-canonical", hookpoint="layer_12/width_16k/canonicl"),
-                 "no SAE 'layer_12/width_16k/canonicl'", "layer_12/width_16k/canonical")
+    expect_error(
+        lambda: load_sae("gemma-scope-2b-pt-res-canonical", hookpoint="layer_12/width_16k/canonicl"),
+        "no SAE 'layer_12/width_16k/canonicl'",
+        "layer_12/width_16k/canonical",
+    )
     expect_error(lambda: load_sae("llama_scope_lxr_8x", hookpoint="l0r_8x"), "llama_scope", fix="save_model")
     expect_error(lambda: load_sae("gemma-scope-2b-pt-res-canonicl"), "close: gemma-scope-2b-pt-res-canonical")
     # Found in the directory but not downloaded: the hub error names the repository.
-    expect_error(lambda: load_sae("gpt2-small-res-jb", hookpoint="blocks.0.hook_resid_pre"), "jbloom/GPT2-Small-SAEs-Reformatted")
+    expect_error(
+        lambda: load_sae("gpt2-small-res-jb", hookpoint="blocks.0.hook_resid_pre"), "jbloom/GPT2-Small-SAEs-Reformatted"
+    )

@@ -13,16 +13,16 @@ from dataclasses import asdict
 
 import pandas as pd
 import pytest
+from standin_responder import GARBAGE, CodebookResponder
+from standin_server import StandinServer
 
 from autointerp.errors import AutointerpError
 from autointerp.judges.judge import OfflineJudge, make_judge
-from autointerp.llm.client import LLMConfig
 from autointerp.judges.prompts import load_prompt
+from autointerp.llm.client import LLMConfig
 from autointerp.stages.saturate import CoverageStop, SaturationConfig, saturate
 from autointerp.stats.saturation import saturation_step_table, saturation_verdict, stop_rule
 from autointerp.store.store import CallLog, Store
-from standin_responder import GARBAGE, CodebookResponder
-from standin_server import StandinServer
 
 RUN, EXPLAINER = "run-1", "standin:labeller"
 KEY = "sk-test-saturate-0123456789"
@@ -35,15 +35,50 @@ DEF = [
     "Python def keyword in function definitions",
     "def keyword starting Python function definitions",
 ]
-PAREN = ["opening parenthesis of a function call", "the opening parenthesis of function calls", "opening parentheses in function calls"]
+PAREN = [
+    "opening parenthesis of a function call",
+    "the opening parenthesis of function calls",
+    "opening parentheses in function calls",
+]
 YEAR = ["four-digit years in dates", "years written with four digits in dates", "four digit years in calendar dates"]
-SINGLE = ["plural nouns ending in s", "commas separating items in a list", "closing curly braces", "the word import at the start of a line", "English articles a and the"]
+SINGLE = [
+    "plural nouns ending in s",
+    "commas separating items in a list",
+    "closing curly braces",
+    "the word import at the start of a line",
+    "English articles a and the",
+]
 
-LABELS = [DEF[0], PAREN[0], SINGLE[0], DEF[1], YEAR[0], PAREN[1], SINGLE[1], DEF[2], YEAR[1], SINGLE[2], PAREN[2], DEF[3], SINGLE[3], YEAR[2], SINGLE[4]]
+LABELS = [
+    DEF[0],
+    PAREN[0],
+    SINGLE[0],
+    DEF[1],
+    YEAR[0],
+    PAREN[1],
+    SINGLE[1],
+    DEF[2],
+    YEAR[1],
+    SINGLE[2],
+    PAREN[2],
+    DEF[3],
+    SINGLE[3],
+    YEAR[2],
+    SINGLE[4],
+]
 CATEGORIES = [0, 1, 2, 0, 3, 1, 4, 0, 3, 5, 1, 0, 6, 3, 7]  # numbered in order of first appearance
 CODES = {0: DEF[0], 1: PAREN[0], 2: SINGLE[0], 3: YEAR[0], 4: SINGLE[1], 5: SINGLE[2], 6: SINGLE[3], 7: SINGLE[4]}
 
-SMALL = dict(its_window=4, guest_base=5, guest_run=3, guest_threshold=0.34, target_coverage=0.6, min_labels=5, next_m=5, n_boot=50)
+SMALL = dict(
+    its_window=4,
+    guest_base=5,
+    guest_run=3,
+    guest_threshold=0.34,
+    target_coverage=0.6,
+    min_labels=5,
+    next_m=5,
+    n_boot=50,
+)
 GUEST = dict(base=SMALL["guest_base"], run=SMALL["guest_run"], threshold=SMALL["guest_threshold"])
 
 
@@ -127,8 +162,15 @@ def openai_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def judge_config(server: StandinServer) -> LLMConfig:
-    return LLMConfig(provider="openai", model="gpt-4o-mini", base_url=server.openai_base_url, timeout_s=5.0,
-                     max_retries=1, backoff_initial_s=0.01, backoff_max_s=0.02)
+    return LLMConfig(
+        provider="openai",
+        model="gpt-4o-mini",
+        base_url=server.openai_base_url,
+        timeout_s=5.0,
+        max_retries=1,
+        backoff_initial_s=0.01,
+        backoff_max_s=0.02,
+    )
 
 
 async def codebook_run(store: Store, server: StandinServer, cfg: SaturationConfig):
@@ -142,9 +184,18 @@ async def codebook_run(store: Store, server: StandinServer, cfg: SaturationConfi
 
 def test_codebook_merges_labels_batch_by_batch_and_leaves_a_garbage_batch_unmapped(tmp_path, openai_key):
     labels = [
-        'token "def"', 'the "def" keyword', '"(" after a function name', 'token "class"',  # batch 1: def def ( class
-        '"class" statements', 'token "lambda"', '"def" at a line start', 'token "yield"',  # batch 2: garbage
-        'token "("', '"Class" in definitions', 'token "import"', '"lambda" expressions',  # batch 3: ( class import lambda
+        'token "def"',
+        'the "def" keyword',
+        '"(" after a function name',
+        'token "class"',  # batch 1: def def ( class
+        '"class" statements',
+        'token "lambda"',
+        '"def" at a line start',
+        'token "yield"',  # batch 2: garbage
+        'token "("',
+        '"Class" in definitions',
+        'token "import"',
+        '"lambda" expressions',  # batch 3: ( class import lambda
     ]
     store = Store(tmp_path)
     write_chunks(store, [list(enumerate(labels))])
@@ -156,7 +207,9 @@ def test_codebook_merges_labels_batch_by_batch_and_leaves_a_garbage_batch_unmapp
         return GARBAGE if len(asked) == 2 else responder(system, user)
 
     with StandinServer(api_key=KEY, responder=second_call_garbage) as server:
-        summary = asyncio.run(codebook_run(store, server, SaturationConfig(method="codebook", codebook_batch=4, **SMALL)))
+        summary = asyncio.run(
+            codebook_run(store, server, SaturationConfig(method="codebook", codebook_batch=4, **SMALL))
+        )
         sent = [r.json() for r in server.requests]
 
     assert len(sent) == 3 and all(body["temperature"] == 0 for body in sent)
@@ -204,8 +257,28 @@ def test_codebook_needs_an_llm_judge_and_missing_labels_are_named(tmp_path):
 
 
 def test_coverage_stop_stops_where_the_stop_rule_says_and_counts_saved_calls():
-    sequence = [DEF[0], PAREN[0], DEF[1], YEAR[0], PAREN[1], SINGLE[0], DEF[2], YEAR[1], PAREN[2], DEF[3],
-                YEAR[2], DEF[0], PAREN[0], YEAR[0], SINGLE[1], DEF[1], PAREN[1], YEAR[1], DEF[2], PAREN[2]]
+    sequence = [
+        DEF[0],
+        PAREN[0],
+        DEF[1],
+        YEAR[0],
+        PAREN[1],
+        SINGLE[0],
+        DEF[2],
+        YEAR[1],
+        PAREN[2],
+        DEF[3],
+        YEAR[2],
+        DEF[0],
+        PAREN[0],
+        YEAR[0],
+        SINGLE[1],
+        DEF[1],
+        PAREN[1],
+        YEAR[1],
+        DEF[2],
+        PAREN[2],
+    ]
     groups = {label: name for name, group in (("def", DEF), ("paren", PAREN), ("year", YEAR)) for label in group}
     categories = [groups.get(label, label) for label in sequence]
     expected = stop_rule(categories, 0.8, 8)
@@ -230,7 +303,8 @@ def test_coverage_stop_stops_where_the_stop_rule_says_and_counts_saved_calls():
 def _alive(store: Store, n: int) -> None:
     """A gathered run's features table with n alive features (the dictionary's population)."""
     store.con.execute(
-        "INSERT INTO features SELECT ?, i, 10, 0.01, 1.0, 0.5, false, false, [] FROM range(?) t(i)", [RUN, n])
+        "INSERT INTO features SELECT ?, i, 10, 0.01, 1.0, 0.5, false, false, [] FROM range(?) t(i)", [RUN, n]
+    )
 
 
 def test_the_stage_bounds_every_figure_by_the_alive_features_and_says_when_all_are_labelled(tmp_path):
@@ -249,6 +323,10 @@ def test_the_stage_bounds_every_figure_by_the_alive_features_and_says_when_all_a
 
     write_chunks(store, [[(15 + i, f"label number {i} of the rest") for i in range(5)]])  # now all 20
     full = asyncio.run(saturate(store, RUN, EXPLAINER, cfg))
-    assert full.verdict.fully_labelled and full.verdict.coverage == 1.0 and full.verdict.saturated == (full.verdict.guest_ratio <= SMALL["guest_threshold"])
+    assert (
+        full.verdict.fully_labelled
+        and full.verdict.coverage == 1.0
+        and full.verdict.saturated == (full.verdict.guest_ratio <= SMALL["guest_threshold"])
+    )
     assert "fully labelled: 20 of 20 alive features labelled" in "\n".join(full.lines())
     assert full.verdict.chao1.ci_low == full.verdict.chao1.ci_high == full.verdict.distinct

@@ -412,17 +412,29 @@ def test_new_categories_in_the_next_m_labels_never_exceed_the_labels_left():
 
 
 def test_a_fully_labelled_dictionary_is_exact_and_says_so():
-    from autointerp.stats.saturation import chao1, good_toulmin, good_turing_coverage, labels_to_reach_coverage, saturation_step_table
+    from autointerp.stats.saturation import (
+        chao1,
+        good_toulmin,
+        good_turing_coverage,
+        labels_to_reach_coverage,
+        saturation_step_table,
+    )
 
     labels = ["a", "b", "c", "d", "e", "e", "f", "f"]
     c = chao1(FINITE, population=8)
     assert (c.estimate, c.ci_low, c.ci_high, c.f0_hat) == (6, 6, 6, 0)
     assert good_turing_coverage(FINITE, population=8) == 1.0 and good_toulmin(FINITE, 8, population=8) == 0
     assert labels_to_reach_coverage(FINITE, 0.99, population=8) == 0
-    v = saturation_verdict(labels, target_coverage=0.95, base=100, run=50, threshold=0.05, merge_rule="exact", population=8)
+    v = saturation_verdict(
+        labels, target_coverage=0.95, base=100, run=50, threshold=0.05, merge_rule="exact", population=8
+    )
     assert v.fully_labelled and "fully labelled" in v.reasons[0] and v.coverage == 1.0
-    assert not v.saturated and "Guest ratio undefined" in v.reasons[1]  # exact, but it says nothing of new categories stopping
-    late = saturation_verdict(labels, target_coverage=0.95, base=4, run=2, threshold=0.5, merge_rule="exact", population=8)
+    assert (
+        not v.saturated and "Guest ratio undefined" in v.reasons[1]
+    )  # exact, but it says nothing of new categories stopping
+    late = saturation_verdict(
+        labels, target_coverage=0.95, base=4, run=2, threshold=0.5, merge_rule="exact", population=8
+    )
     assert late.saturated == (late.guest_ratio <= 0.5)
     last = saturation_step_table(labels, window=100, base=100, run=50, threshold=0.05, population=8)[-1]
     assert (last.coverage, last.chao1, last.chao1_high, last.expected_new_next_n) == (1.0, 6, 6, 0)

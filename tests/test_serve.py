@@ -21,8 +21,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from autointerp.views.serve import CSP, add_parser, make_server, serve_in_thread
 from autointerp.store.store import DB_NAME, RunRecord, Store
+from autointerp.views.serve import CSP, add_parser, make_server, serve_in_thread
 
 RUN = "big"
 EXPLAINER = "standin:judge-1"
@@ -31,8 +31,10 @@ N = 65_536
 WINDOW = 32
 N_WORDS = 3000
 SCRIPT_TOKEN = "<script>document.title='pwned-by-snippet'</script>"
-IMG_TOKEN = "\"><img src=x onerror=\"document.title='pwned-by-img'\">"
-HOSTILE_LABEL = "<img src=x onerror=\"document.title='pwned-by-label'\"> firearms & <b>guns</b> </td></tr><script>alert(1)</script>"
+IMG_TOKEN = '"><img src=x onerror="document.title=\'pwned-by-img\'">'
+HOSTILE_LABEL = (
+    "<img src=x onerror=\"document.title='pwned-by-label'\"> firearms & <b>guns</b> </td></tr><script>alert(1)</script>"
+)
 VOCAB = [f"Ġw{i}" for i in range(N_WORDS)] + ["Ġzebra", SCRIPT_TOKEN, IMG_TOKEN]
 ZEBRA, SCRIPT_ID, IMG_ID = N_WORDS, N_WORDS + 1, N_WORDS + 2
 ZEBRA_TOP = [5, 4242, 65_535]  # the only features with "zebra" in a top window
@@ -57,8 +59,18 @@ def synthetic(seed: int = 0) -> dict:
     scored = [i for i in labelled if not failed[i]]
     det = rng.uniform(0.3, 1.0, N)
     fuz = rng.uniform(0.2, 0.9, N)
-    return dict(dead=dead, dense=dense, labels=labels, failed=failed, labelled=labelled, scored=scored,
-                detection=det, detection_low=det - rng.uniform(0.02, 0.2, N), fuzzing=fuz, fuzzing_low=fuz - 0.1)
+    return dict(
+        dead=dead,
+        dense=dense,
+        labels=labels,
+        failed=failed,
+        labelled=labelled,
+        scored=scored,
+        detection=det,
+        detection_low=det - rng.uniform(0.02, 0.2, N),
+        fuzzing=fuz,
+        fuzzing_low=fuz - 0.1,
+    )
 
 
 TOP = 10  # top windows per feature per split
@@ -87,75 +99,204 @@ def _examples(rng: np.random.Generator, data: dict) -> pa.Table:
     kind_i = np.tile(np.arange(ROWS), N)
 
     def lists(values: np.ndarray, typ) -> pa.Array:
-        return pa.ListArray.from_arrays(pa.array(np.arange(0, values.size + 1, WINDOW, dtype=np.int32)), pa.array(values.ravel(), typ))
+        return pa.ListArray.from_arrays(
+            pa.array(np.arange(0, values.size + 1, WINDOW, dtype=np.int32)), pa.array(values.ravel(), typ)
+        )
 
-    return pa.table({
-        "feature": pa.array(feature), "split": pa.array(splits[kind_i]), "kind": pa.array(kinds[kind_i]),
-        "rank": pa.array(ranks[kind_i]), "quantile": pa.array(np.where(kind_i == ROWS - 1, 3, 0), pa.int32(), mask=kind_i != ROWS - 1),
-        "context_id": pa.array(np.arange(n_rows, dtype=np.int64) % 1000), "doc_id": pa.array(np.zeros(n_rows, np.int64)),
-        "doc_offset": pa.array(np.zeros(n_rows, np.int64)), "peak": pa.array(peak.astype(np.int32)),
-        "max_activation": pa.array(acts.max(axis=1).astype(np.float64)),
-        "token_ids": lists(ids, pa.int32()), "activations": lists(acts, pa.float32()),
-    })
+    return pa.table(
+        {
+            "feature": pa.array(feature),
+            "split": pa.array(splits[kind_i]),
+            "kind": pa.array(kinds[kind_i]),
+            "rank": pa.array(ranks[kind_i]),
+            "quantile": pa.array(np.where(kind_i == ROWS - 1, 3, 0), pa.int32(), mask=kind_i != ROWS - 1),
+            "context_id": pa.array(np.arange(n_rows, dtype=np.int64) % 1000),
+            "doc_id": pa.array(np.zeros(n_rows, np.int64)),
+            "doc_offset": pa.array(np.zeros(n_rows, np.int64)),
+            "peak": pa.array(peak.astype(np.int32)),
+            "max_activation": pa.array(acts.max(axis=1).astype(np.float64)),
+            "token_ids": lists(ids, pa.int32()),
+            "activations": lists(acts, pa.float32()),
+        }
+    )
 
 
 def build_big_project(root: Path, data: dict) -> Path:
     """A run of 65,536 features through the Store's public write API, two explainers, two scorers, saturation."""
     rng = np.random.default_rng(1)
     density = np.where(data["dead"], 0.0, rng.uniform(1e-5, 0.05, N))
-    features = pd.DataFrame({
-        "feature": np.arange(N), "n_firing": (density * 1e6).astype(np.int64), "density": density,
-        "max_activation": np.where(data["dead"], 0.0, 4.0), "mean_activation": np.where(data["dead"], 0.0, 1.0),
-        "dead": data["dead"], "dense": data["dense"], "histogram": [np.array([0, 3, 2, 1], np.int64)] * N,
-    })
+    features = pd.DataFrame(
+        {
+            "feature": np.arange(N),
+            "n_firing": (density * 1e6).astype(np.int64),
+            "density": density,
+            "max_activation": np.where(data["dead"], 0.0, 4.0),
+            "mean_activation": np.where(data["dead"], 0.0, 1.0),
+            "dead": data["dead"],
+            "dense": data["dense"],
+            "histogram": [np.array([0, 3, 2, 1], np.int64)] * N,
+        }
+    )
     contexts = pd.DataFrame({"context_id": np.arange(1000), "split": ["explain", "score"] * 500})
     documents = pd.DataFrame({"doc_id": [0], "name": ["<b>doc</b>"]})
-    run = RunRecord(run_id=RUN, model="tiny/<model>", hookpoint="blocks.1.hook_resid_post", hook_module="h.1", d_model=32,
-                    sae_source="./sae", sae_format="saelens", sae_architecture="topk", d_sae=N, corpus="docs.jsonl", n_tokens=10**6)
+    run = RunRecord(
+        run_id=RUN,
+        model="tiny/<model>",
+        hookpoint="blocks.1.hook_resid_post",
+        hook_module="h.1",
+        d_model=32,
+        sae_source="./sae",
+        sae_format="saelens",
+        sae_architecture="topk",
+        d_sae=N,
+        corpus="docs.jsonl",
+        n_tokens=10**6,
+    )
     labelled, scored = data["labelled"], data["scored"]
     with Store(root) as store:
         store.write_gather(run, features, _examples(rng, data), contexts, documents, VOCAB)
         failed = data["failed"]
-        store.write_explanations(RUN, EXPLAINER, pd.DataFrame({
-            "feature": labelled,
-            "label": [None if failed[i] else data["labels"][i] for i in labelled],
-            "status": ["failed" if failed[i] else "ok" for i in labelled],
-            "error": ["parse error: <b>no label</b>" if failed[i] else None for i in labelled],
-            "raw": ["raw"] * len(labelled), "prompt_hash": ["abc"] * len(labelled), "n_snippets": [4] * len(labelled),
-        }))
-        store.write_explanations(RUN, OTHER, pd.DataFrame({
-            "feature": range(1000), "label": [f"other view {i}" for i in range(1000)], "status": ["ok"] * 1000, "error": [None] * 1000,
-            "raw": ["r"] * 1000, "prompt_hash": ["x"] * 1000, "n_snippets": [4] * 1000,
-        }))
+        store.write_explanations(
+            RUN,
+            EXPLAINER,
+            pd.DataFrame(
+                {
+                    "feature": labelled,
+                    "label": [None if failed[i] else data["labels"][i] for i in labelled],
+                    "status": ["failed" if failed[i] else "ok" for i in labelled],
+                    "error": ["parse error: <b>no label</b>" if failed[i] else None for i in labelled],
+                    "raw": ["raw"] * len(labelled),
+                    "prompt_hash": ["abc"] * len(labelled),
+                    "n_snippets": [4] * len(labelled),
+                }
+            ),
+        )
+        store.write_explanations(
+            RUN,
+            OTHER,
+            pd.DataFrame(
+                {
+                    "feature": range(1000),
+                    "label": [f"other view {i}" for i in range(1000)],
+                    "status": ["ok"] * 1000,
+                    "error": [None] * 1000,
+                    "raw": ["r"] * 1000,
+                    "prompt_hash": ["x"] * 1000,
+                    "n_snippets": [4] * 1000,
+                }
+            ),
+        )
         s = np.array(scored)
         for scorer, metric in (("detection", "balanced_accuracy"), ("fuzzing", "balanced_accuracy")):
             value, low = data[scorer][s], data[f"{scorer}_low"][s]
-            base = pd.DataFrame({"feature": s, "judge": EXPLAINER, "label_source": "true", "label_feature": s, "metric": metric,
-                                 "value": value, "ci_low": low, "ci_high": np.minimum(value + 0.1, 1.0), "n": 20, "method": "bootstrap",
-                                 "status": "ok", "n_failed": 0, "error": None, "prompt_hash": "def", "p_value": np.where(low > 0.5, 0.001, 0.3)})
+            base = pd.DataFrame(
+                {
+                    "feature": s,
+                    "judge": EXPLAINER,
+                    "label_source": "true",
+                    "label_feature": s,
+                    "metric": metric,
+                    "value": value,
+                    "ci_low": low,
+                    "ci_high": np.minimum(value + 0.1, 1.0),
+                    "n": 20,
+                    "method": "bootstrap",
+                    "status": "ok",
+                    "n_failed": 0,
+                    "error": None,
+                    "prompt_hash": "def",
+                    "p_value": np.where(low > 0.5, 0.001, 0.3),
+                }
+            )
             store.write_scores(RUN, EXPLAINER, scorer, base)
-            store.write_scores(RUN, EXPLAINER, scorer, base.assign(label_source="shuffled", value=rng.uniform(0.3, 0.7, len(s)),
-                                                                   ci_low=0.2, ci_high=0.8, p_value=0.5), label_source="shuffled")
-        store.write_score_summaries(RUN, EXPLAINER, pd.DataFrame({
-            "scorer": ["detection", "fuzzing"], "judge": [EXPLAINER] * 2, "metric": ["balanced_accuracy"] * 2, "chance": [0.5, 0.5],
-            "n_features": [len(s)] * 2, "n_ok": [len(s)] * 2, "n_failed": [0, 0], "median": [0.65, 0.55], "q25": [0.5, 0.4], "q75": [0.8, 0.7],
-            "n_confident": [1000, 500], "shuffled_median": [0.5, 0.5], "gap": [0.15, 0.05], "gap_low": [0.14, 0.04], "gap_high": [0.16, 0.06],
-            "verdict": ["labels beat the control", "<b>weak</b>"],
-        }))
+            store.write_scores(
+                RUN,
+                EXPLAINER,
+                scorer,
+                base.assign(
+                    label_source="shuffled", value=rng.uniform(0.3, 0.7, len(s)), ci_low=0.2, ci_high=0.8, p_value=0.5
+                ),
+                label_source="shuffled",
+            )
+        store.write_score_summaries(
+            RUN,
+            EXPLAINER,
+            pd.DataFrame(
+                {
+                    "scorer": ["detection", "fuzzing"],
+                    "judge": [EXPLAINER] * 2,
+                    "metric": ["balanced_accuracy"] * 2,
+                    "chance": [0.5, 0.5],
+                    "n_features": [len(s)] * 2,
+                    "n_ok": [len(s)] * 2,
+                    "n_failed": [0, 0],
+                    "median": [0.65, 0.55],
+                    "q25": [0.5, 0.4],
+                    "q75": [0.8, 0.7],
+                    "n_confident": [1000, 500],
+                    "shuffled_median": [0.5, 0.5],
+                    "gap": [0.15, 0.05],
+                    "gap_low": [0.14, 0.04],
+                    "gap_high": [0.16, 0.06],
+                    "verdict": ["labels beat the control", "<b>weak</b>"],
+                }
+            ),
+        )
         ok = [i for i in labelled if not failed[i]]
         n = len(ok)
         category = np.minimum(np.arange(n), (np.sqrt(np.arange(n)) * 20).astype(int))
         distinct = np.maximum.accumulate(category) + 1
-        store.write_saturation(RUN, EXPLAINER, "embedding", pd.DataFrame({
-            "position": np.arange(1, n + 1), "feature": ok, "label": [data["labels"][i] for i in ok], "category": category.astype(np.int32),
-            "code": None, "status": "ok", "error": None, "raw": None, "merge_rule": "cosine",
-        }), pd.DataFrame({
-            "step": np.arange(1, n + 1), "feature": ok, "category": category, "total": np.arange(1, n + 1), "n_categories": distinct,
-            "its_ratio": distinct / np.arange(1, n + 1), "its_rolling": 0.1, "guest_ratio": 0.5, "guest_saturated": False,
-            "coverage": 1 - 1 / np.sqrt(np.arange(1, n + 1)), "p_new": 0.1, "chao1": distinct * 1.2, "chao1_low": distinct * 1.1,
-            "chao1_high": distinct * 1.4, "expected_new_next_n": 5.0, "merge_rule": "cosine",
-        }), {"merge_rule": "cosine", "params": {}, "n_labels": n, "n_mapped": n, "n_failed": 0, "n_categories": int(distinct[-1]),
-             "saturated": False, "verdict": None, "rarefaction": None, "bootstrap": None, "extrapolation": None})
+        store.write_saturation(
+            RUN,
+            EXPLAINER,
+            "embedding",
+            pd.DataFrame(
+                {
+                    "position": np.arange(1, n + 1),
+                    "feature": ok,
+                    "label": [data["labels"][i] for i in ok],
+                    "category": category.astype(np.int32),
+                    "code": None,
+                    "status": "ok",
+                    "error": None,
+                    "raw": None,
+                    "merge_rule": "cosine",
+                }
+            ),
+            pd.DataFrame(
+                {
+                    "step": np.arange(1, n + 1),
+                    "feature": ok,
+                    "category": category,
+                    "total": np.arange(1, n + 1),
+                    "n_categories": distinct,
+                    "its_ratio": distinct / np.arange(1, n + 1),
+                    "its_rolling": 0.1,
+                    "guest_ratio": 0.5,
+                    "guest_saturated": False,
+                    "coverage": 1 - 1 / np.sqrt(np.arange(1, n + 1)),
+                    "p_new": 0.1,
+                    "chao1": distinct * 1.2,
+                    "chao1_low": distinct * 1.1,
+                    "chao1_high": distinct * 1.4,
+                    "expected_new_next_n": 5.0,
+                    "merge_rule": "cosine",
+                }
+            ),
+            {
+                "merge_rule": "cosine",
+                "params": {},
+                "n_labels": n,
+                "n_mapped": n,
+                "n_failed": 0,
+                "n_categories": int(distinct[-1]),
+                "saturated": False,
+                "verdict": None,
+                "rarefaction": None,
+                "bootstrap": None,
+                "extrapolation": None,
+            },
+        )
     return root
 
 
@@ -198,7 +339,6 @@ def shown(page: str) -> list[int]:
 
 def total(page: str) -> int:
     return int(re.search(r"data-total='(\d+)'", page).group(1))
-
 
 
 def test_first_page_label_search_and_token_search(server, data):
@@ -246,7 +386,10 @@ def test_paging_sorting_and_filters_match_the_data(server, data):
     top = sorted(scored, key=lambda i: (-det[i], i))[:20]
     assert shown(fetch(server.url + "?sort=score&scorer=detection&per=20")[2]) == top
     fuz = data["fuzzing"]
-    assert shown(fetch(server.url + "?sort=score&scorer=fuzzing&order=asc&per=20")[2]) == sorted(scored, key=lambda i: (fuz[i], i))[:20]
+    assert (
+        shown(fetch(server.url + "?sort=score&scorer=fuzzing&order=asc&per=20")[2])
+        == sorted(scored, key=lambda i: (fuz[i], i))[:20]
+    )
     page = fetch(server.url + "?scorer=detection&min=0.95&low=0.9&dense=0&per=500")[2]
     expected = [i for i in scored if det[i] >= 0.95 and data["detection_low"][i] >= 0.9 and not data["dense"][i]]
     assert total(page) == len(expected) and shown(page) == expected[:500]
@@ -264,7 +407,11 @@ def test_paging_sorting_and_filters_match_the_data(server, data):
 def test_feature_page_shows_every_explainer_scores_and_highlighted_windows(server, data):
     status, _, page, seconds = fetch(server.url + "feature/5")
     assert status == 200
-    assert "<h1>feature 5</h1>" in page and "data-explainer='standin:judge-1'" in page and "data-explainer='local:small'" in page
+    assert (
+        "<h1>feature 5</h1>" in page
+        and "data-explainer='standin:judge-1'" in page
+        and "data-explainer='local:small'" in page
+    )
     assert html.escape(data["labels"][5]) in page and "other view 5" in page
     det = data["detection"][5]
     assert f"{det:.3f} <span class='ci'>[{data['detection_low'][5]:.2f}, {min(det + 0.1, 1.0):.2f}]</span>" in page
@@ -280,7 +427,7 @@ def test_hostile_labels_and_corpus_text_render_as_text(server):
     assert html.escape(HOSTILE_LABEL) in table and "<img" not in table and "<b>guns" not in table
     page = fetch(server.url + f"feature/{HOSTILE}")[2]
     assert html.escape(SCRIPT_TOKEN) in page and html.escape(IMG_TOKEN) in page and html.escape(HOSTILE_LABEL) in page
-    assert "<script" not in page and "<img" not in page and "onerror=\"" not in page
+    assert "<script" not in page and "<img" not in page and 'onerror="' not in page
     scores = fetch(server.url + "scores")[2]
     assert "&lt;b&gt;weak&lt;/b&gt;" in scores and "<b>weak" not in scores
 
@@ -299,18 +446,35 @@ def test_score_and_saturation_pages_draw_inline_svg(server, data):
 
 def test_a_read_only_server_never_writes_the_database(project):
     path = project / DB_NAME
-    before = (path.stat().st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest(), sorted(p.name for p in project.iterdir()))
+    before = (
+        path.stat().st_mtime_ns,
+        hashlib.sha256(path.read_bytes()).hexdigest(),
+        sorted(p.name for p in project.iterdir()),
+    )
     srv = make_server(project, port=0, quiet=True)
     thread = serve_in_thread(srv)
     try:
-        for p in ("", "?q=needle", "?token=zebra", "?sort=score&scorer=fuzzing", "feature/3", "feature/0", "scores", "saturation"):
+        for p in (
+            "",
+            "?q=needle",
+            "?token=zebra",
+            "?sort=score&scorer=fuzzing",
+            "feature/3",
+            "feature/0",
+            "scores",
+            "saturation",
+        ):
             assert fetch(srv.url + p)[0] == 200, p
         assert fetch(srv.url, method="POST")[0] == 405
     finally:
         srv.shutdown()
         srv.server_close()
         thread.join(5)
-    after = (path.stat().st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest(), sorted(p.name for p in project.iterdir()))
+    after = (
+        path.stat().st_mtime_ns,
+        hashlib.sha256(path.read_bytes()).hexdigest(),
+        sorted(p.name for p in project.iterdir()),
+    )
     assert after == before  # same bytes, same mtime, no WAL or other file left beside it
 
 
@@ -320,11 +484,25 @@ def test_parser_flags_and_a_light_import():
     p = add_parser(sub)
     assert p.epilog.startswith("examples:\n") and p.description
     a = parser.parse_args(["serve"])
-    assert (a.project, a.run_id, a.host, a.port, a.quiet) == ("project", None, "127.0.0.1", 8765, False) and a.func.__name__ == "cmd_serve"
+    assert (a.project, a.run_id, a.host, a.port, a.quiet) == (
+        "project",
+        None,
+        "127.0.0.1",
+        8765,
+        False,
+    ) and a.func.__name__ == "cmd_serve"
     a = parser.parse_args(["serve", "--project", "p", "--run-id", "r", "--host", "0.0.0.0", "--port", "0", "--quiet"])
     assert (a.project, a.run_id, a.host, a.port, a.quiet) == ("p", "r", "0.0.0.0", 0, True)
-    heavy = subprocess.run([sys.executable, "-c", "import sys, autointerp.serve; print(sorted(m for m in ('duckdb', 'pandas', 'torch', 'numpy') if m in sys.modules))"],
-                           capture_output=True, text=True, check=True)
+    heavy = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, autointerp.serve; print(sorted(m for m in ('duckdb', 'pandas', 'torch', 'numpy') if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert heavy.stdout.strip() == "[]"
 
 
@@ -336,21 +514,41 @@ def test_a_foreign_host_header_is_refused(server):
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--enable-logging=stderr", "--v=0"]
+BROWSER_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--enable-logging=stderr",
+    "--v=0",
+]
 
 
 def _dump_dom(profile: Path, url: str) -> tuple[subprocess.CompletedProcess, float]:
     started = time.perf_counter()
-    run = subprocess.run([CHROMIUM, *BROWSER_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url], capture_output=True, text=True, timeout=90)
+    run = subprocess.run(
+        [CHROMIUM, *BROWSER_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     return run, time.perf_counter() - started
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
 def test_pages_render_in_a_real_browser_with_hostile_text_inert(server, tmp_path, data, record_property):
     timings = {}
-    for name, path in (("first page", ""), ("label search", "?q=needle&per=500"), ("token search", "?token=zebra"),
-                       ("hostile feature", f"feature/{HOSTILE}"), ("scores", "scores"), ("saturation", "saturation")):
+    for name, path in (
+        ("first page", ""),
+        ("label search", "?q=needle&per=500"),
+        ("token search", "?token=zebra"),
+        ("hostile feature", f"feature/{HOSTILE}"),
+        ("scores", "scores"),
+        ("saturation", "saturation"),
+    ):
         run, seconds = _dump_dom(tmp_path / "profile", server.url + path)
         timings[name] = seconds
         assert run.returncode == 0, run.stderr
@@ -358,13 +556,19 @@ def test_pages_render_in_a_real_browser_with_hostile_text_inert(server, tmp_path
         assert console == [], (name, console)  # no error, warning or CSP report from the page
         dom = run.stdout
         assert "<title>" in dom and "pwned" not in dom.split("</title>")[0], name
-        assert "<img" not in dom and "<script" not in dom.lower().split("</head>")[1], name  # no element injected by the data
+        assert "<img" not in dom and "<script" not in dom.lower().split("</head>")[1], (
+            name
+        )  # no element injected by the data
         if name == "first page":
             rows = re.findall(r'<tr class="row" data-feature="(\d+)">', dom)
             assert rows == [str(i) for i in range(50)]
-            assert html.escape(HOSTILE_LABEL, quote=False) in dom  # shown as text: the DOM holds a text node, not an element
+            assert (
+                html.escape(HOSTILE_LABEL, quote=False) in dom
+            )  # shown as text: the DOM holds a text node, not an element
         elif name == "label search":
-            expected = [str(i) for i in data["labelled"] if not data["failed"][i] and "needle" in data["labels"][i].lower()]
+            expected = [
+                str(i) for i in data["labelled"] if not data["failed"][i] and "needle" in data["labels"][i].lower()
+            ]
             assert re.findall(r'<tr class="row" data-feature="(\d+)">', dom) == expected
         elif name == "token search":
             assert re.findall(r'<tr class="row" data-feature="(\d+)">', dom) == [str(i) for i in ZEBRA_TOP]
@@ -386,7 +590,10 @@ def test_a_small_run_without_labels_scores_or_saturation_is_served(tmp_path):
     try:
         status, _, page, _ = fetch(srv.url)
         assert status == 200 and shown(page) == list(range(6)) and page.count("no label") == 6
-        assert "no labels stored" in fetch(srv.url + "scores")[2] and "no saturation stored" in fetch(srv.url + "saturation")[2]
+        assert (
+            "no labels stored" in fetch(srv.url + "scores")[2]
+            and "no saturation stored" in fetch(srv.url + "saturation")[2]
+        )
         assert fetch(srv.url + "?sort=score")[0] == 400  # nothing to sort by
         page = fetch(srv.url + "feature/1")[2]
         assert "no labels stored" in page and "&lt;script&gt;document.title" in page and "<script" not in page
@@ -402,11 +609,17 @@ def test_the_command_serves_until_interrupted(tmp_path):
     from test_report import build_project
 
     project = build_project(tmp_path / "p", with_labels=False)
-    code = ("import argparse, sys; from autointerp.views.serve import add_parser; p = argparse.ArgumentParser(); "
-            "s = p.add_subparsers(); add_parser(s); "
-            "a = p.parse_args(sys.argv[1:]); a.func(a)")
-    proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--project", str(project), "--port", "0", "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    code = (
+        "import argparse, sys; from autointerp.views.serve import add_parser; p = argparse.ArgumentParser(); "
+        "s = p.add_subparsers(); add_parser(s); "
+        "a = p.parse_args(sys.argv[1:]); a.func(a)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "serve", "--project", str(project), "--port", "0", "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = proc.stdout.readline()
         url = re.search(r"at (http://\S+/)", first).group(1)
@@ -416,5 +629,11 @@ def test_the_command_serves_until_interrupted(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    missing = subprocess.run([sys.executable, "-c", code, "serve", "--project", str(tmp_path / "none")], capture_output=True, text=True)
-    assert missing.returncode == 1 and "AutointerpError: no database at" in missing.stderr and not (tmp_path / "none").exists()
+    missing = subprocess.run(
+        [sys.executable, "-c", code, "serve", "--project", str(tmp_path / "none")], capture_output=True, text=True
+    )
+    assert (
+        missing.returncode == 1
+        and "AutointerpError: no database at" in missing.stderr
+        and not (tmp_path / "none").exists()
+    )

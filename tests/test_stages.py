@@ -7,18 +7,18 @@ import asyncio
 from dataclasses import replace
 
 import pytest
+from conftest import pipeline_config
+from standin_responder import TaskResponder
+from standin_server import Fault, StandinServer
 
 from autointerp.errors import AutointerpError
-from autointerp.stages.explain import ExplainConfig, explain
 from autointerp.judges.judge import OfflineJudge
 from autointerp.llm.client import LLMConfig
 from autointerp.pipeline import gather, label_and_score
 from autointerp.records import JudgeAnswer
+from autointerp.stages.explain import ExplainConfig, explain
 from autointerp.stages.score.stage import ScoreConfig, score
 from autointerp.store.store import Store
-from conftest import pipeline_config
-from standin_responder import TaskResponder
-from standin_server import Fault, StandinServer
 
 KEY = "sk-stages-secret-0123456789"
 
@@ -157,20 +157,30 @@ def _judge_config(server, provider):
         provider=provider,
         model="claude-haiku-4-5" if anthropic else "llama3.1",
         base_url=server.anthropic_base_url if anthropic else server.openai_base_url,
-        timeout_s=5.0, max_retries=2, backoff_initial_s=0.01, backoff_max_s=0.02, concurrency=4,
+        timeout_s=5.0,
+        max_retries=2,
+        backoff_initial_s=0.01,
+        backoff_max_s=0.02,
+        concurrency=4,
     )
 
 
 @pytest.mark.parametrize("provider", ["openai_compatible", "anthropic"])
 def test_whole_pipeline_through_the_real_clients(pipeline_setup, fresh_project, keys, provider, capsys):
     with StandinServer(api_key=KEY, responder=TaskResponder()) as server:
-        cfg = pipeline_config(pipeline_setup, fresh_project, judge=_judge_config(server, provider),
-                              score=ScoreConfig(scorers=("detection", "fuzzing", "simulation"), n_boot=50))
+        cfg = pipeline_config(
+            pipeline_setup,
+            fresh_project,
+            judge=_judge_config(server, provider),
+            score=ScoreConfig(scorers=("detection", "fuzzing", "simulation"), n_boot=50),
+        )
         explained, scored = label_and_score(cfg, "r1")
         first = len(server.calls)
         assert explained.n_ok == explained.n_features > 0 and first > 0
         with Store(fresh_project, read_only=True) as store:
-            calls = store.con.execute("SELECT count(*), count(*) FILTER (WHERE error IS NULL) FROM llm_calls").fetchone()
+            calls = store.con.execute(
+                "SELECT count(*), count(*) FILTER (WHERE error IS NULL) FROM llm_calls"
+            ).fetchone()
             totals = store.llm_totals()
         assert calls == (first, first) and totals["prompt_tokens"] > 0
         assert all(s["n_features"] > 0 for s in scored.per_scorer.values())
@@ -224,10 +234,16 @@ class OneLabelResponder(TaskResponder):
 
 def test_shuffle_control_prompt_equal_to_the_own_prompt_is_a_cache_hit(pipeline_setup, fresh_project, keys):
     with StandinServer(api_key=KEY, responder=OneLabelResponder()) as server:
-        cfg = pipeline_config(pipeline_setup, fresh_project, judge=_judge_config(server, "openai_compatible"),
-                              score=ScoreConfig(scorers=("detection",), n_boot=50))
+        cfg = pipeline_config(
+            pipeline_setup,
+            fresh_project,
+            judge=_judge_config(server, "openai_compatible"),
+            score=ScoreConfig(scorers=("detection",), n_boot=50),
+        )
         explained, scored = label_and_score(cfg, "r1")
-        detection = [r for r in server.calls if r.json()["messages"][0]["content"] == TaskResponder().system_of("detection")]
+        detection = [
+            r for r in server.calls if r.json()["messages"][0]["content"] == TaskResponder().system_of("detection")
+        ]
     assert explained.n_ok == explained.n_features > 2
     with Store(fresh_project, read_only=True) as store:
         rows = store.scores("r1")
@@ -251,9 +267,12 @@ def test_a_400_fails_that_feature_and_the_stage_goes_on(pipeline_setup, fresh_pr
 
 def test_a_run_of_failed_calls_stops_the_stage_keeping_what_was_answered(pipeline_setup, fresh_project, keys):
     with StandinServer(api_key=KEY, responder=TaskResponder()) as server:
-        judge = replace(_judge_config(server, "openai_compatible"), concurrency=1, max_retries=0, max_consecutive_failures=3)
-        cfg = pipeline_config(pipeline_setup, fresh_project, judge=judge, score=ScoreConfig(scorers=()),
-                              explain=ExplainConfig(chunk=2))
+        judge = replace(
+            _judge_config(server, "openai_compatible"), concurrency=1, max_retries=0, max_consecutive_failures=3
+        )
+        cfg = pipeline_config(
+            pipeline_setup, fresh_project, judge=judge, score=ScoreConfig(scorers=()), explain=ExplainConfig(chunk=2)
+        )
         label_and_score(cfg, "r1", score_stage=False)  # every feature answered
         with Store(fresh_project) as store:
             store.con.execute("DELETE FROM explanations WHERE feature >= 4")
@@ -278,7 +297,10 @@ def test_regathering_a_run_drops_labels_that_describe_the_old_examples(pipeline_
     assert kept.reused
     with Store(fresh_project, read_only=True) as store:
         assert len(store.explanations("r1"))
-    gather(replace(cfg, gather=GatherConfig(n_top=2, n_bins=2, per_bin=2, n_negative=3, window=8, batch_size=4)), reuse=True)
+    gather(
+        replace(cfg, gather=GatherConfig(n_top=2, n_bins=2, per_bin=2, n_negative=3, window=8, batch_size=4)),
+        reuse=True,
+    )
     with Store(fresh_project, read_only=True) as store:
         assert store.explanations("r1").empty and store.scores("r1").empty
         assert store.table_counts("r1")["examples"] > 0
@@ -288,7 +310,15 @@ def test_the_shuffle_control_samples_features_until_the_gap_is_known_well_enough
     def run(**kw):
         async def go():
             await explain(store, "r1", OfflineJudge(), ExplainConfig(), progress=False)
-            return await score(store, "r1", "offline:token-stats-v1", OfflineJudge(), ScoreConfig(scorers=("detection",), **kw), progress=False)
+            return await score(
+                store,
+                "r1",
+                "offline:token-stats-v1",
+                OfflineJudge(),
+                ScoreConfig(scorers=("detection",), **kw),
+                progress=False,
+            )
+
         return asyncio.run(go()).per_scorer["detection"]
 
     with Store(fresh_project) as store:

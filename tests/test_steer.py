@@ -11,17 +11,23 @@ import pytest
 import torch
 
 from autointerp.errors import AutointerpError
+from autointerp.subject.load import Subject
 from autointerp.subject.model import ModelConfig, SubjectModel
 from autointerp.subject.sae import SAE
 from autointerp.subject.steer import SteerConfig, add_edit, clamp_edit, steer
-from autointerp.subject.load import Subject
 
 
 def _subject(model_dir: str, hookpoint: str, d_sae: int = 8, seed: int = 0) -> Subject:
     model = SubjectModel(ModelConfig(name=model_dir, hookpoint=hookpoint, device="cpu"))
     g = torch.Generator().manual_seed(seed)
     d = model.width
-    sae = SAE(torch.randn(d, d_sae, generator=g), torch.zeros(d_sae), torch.randn(d_sae, d, generator=g), torch.zeros(d), architecture="standard")
+    sae = SAE(
+        torch.randn(d, d_sae, generator=g),
+        torch.zeros(d_sae),
+        torch.randn(d_sae, d, generator=g),
+        torch.zeros(d),
+        architecture="standard",
+    )
     return Subject(model, sae, "r", torch.ones(d_sae) * 2.0)
 
 
@@ -69,7 +75,9 @@ def test_steered_logits_match_numpy_at_the_last_block(tiny_model_dir):
     _randomise_final_norm(hf)
     ids = subject.model.tokenizer("The object is", return_tensors="pt").input_ids
     captured = {}
-    handle = hf.model.norm.register_forward_pre_hook(lambda m, args: captured.__setitem__("h", args[0].detach().clone()))
+    handle = hf.model.norm.register_forward_pre_hook(
+        lambda m, args: captured.__setitem__("h", args[0].detach().clone())
+    )
     with torch.no_grad():
         hf(input_ids=ids)
     handle.remove()
@@ -84,7 +92,13 @@ def test_steered_logits_match_numpy_at_the_last_block(tiny_model_dir):
 
 def test_clamp_sets_the_feature_and_keeps_the_error_term():
     g = torch.Generator().manual_seed(3)
-    sae = SAE(torch.randn(6, 4, generator=g), torch.randn(4, generator=g), torch.randn(4, 6, generator=g), torch.randn(6, generator=g), architecture="standard")
+    sae = SAE(
+        torch.randn(6, 4, generator=g),
+        torch.randn(4, generator=g),
+        torch.randn(4, 6, generator=g),
+        torch.randn(6, generator=g),
+        architecture="standard",
+    )
     x = torch.randn(5, 6, generator=g)
     W_enc, b_enc, W_dec, b_dec = (t.double().numpy() for t in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec))
     xn = x.double().numpy()
@@ -103,9 +117,20 @@ def test_steer_continuations_same_seed_and_scale_zero(tiny_model_dir):
     hf, tok = subject.model.model, subject.model.tokenizer
     ids = tok("The object is", return_tensors="pt").input_ids
     torch.manual_seed(4)
-    plain = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, pad_token_id=0)
-    plain_text = tok.decode(plain[0, ids.shape[1]:], skip_special_tokens=True)
-    zero = steer(subject, SteerConfig(feature=1, prompt="The object is", scale=0.0, max_new_tokens=12, temperature=1.0, seed=4))
+    plain = hf.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=12,
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        pad_token_id=0,
+    )
+    plain_text = tok.decode(plain[0, ids.shape[1] :], skip_special_tokens=True)
+    zero = steer(
+        subject, SteerConfig(feature=1, prompt="The object is", scale=0.0, max_new_tokens=12, temperature=1.0, seed=4)
+    )
     assert zero.unsteered == plain_text and zero.steered == plain_text
     strong = steer(subject, SteerConfig(feature=1, prompt="The object is", scale=200.0, max_new_tokens=12, seed=4))
     assert strong.steered != strong.unsteered
@@ -116,8 +141,16 @@ def test_steer_continuations_same_seed_and_scale_zero(tiny_model_dir):
 
 
 def test_steering_refuses_bad_input(tiny_model_dir):
-    for bad in ({"scale": math.inf}, {"scale": math.nan}, {"clamp": -math.inf}, {}, {"scale": 1.0, "clamp": 1.0}, {"scale": 1.0, "prompt": "  "},
-                {"scale": 1.0, "max_new_tokens": 0}, {"scale": 1.0, "temperature": -1.0}):
+    for bad in (
+        {"scale": math.inf},
+        {"scale": math.nan},
+        {"clamp": -math.inf},
+        {},
+        {"scale": 1.0, "clamp": 1.0},
+        {"scale": 1.0, "prompt": "  "},
+        {"scale": 1.0, "max_new_tokens": 0},
+        {"scale": 1.0, "temperature": -1.0},
+    ):
         with pytest.raises(AutointerpError) as err:
             SteerConfig(feature=0, **({"prompt": "x"} | bad))
         assert err.value.fix
@@ -150,8 +183,8 @@ def _planted_subject(tiny_model_dir, targets: list[int], n_random: int) -> Subje
 
 
 def test_intervention_scorer_finds_a_planted_output_feature_and_gives_random_ones_chance(tiny_model_dir):
-    from autointerp.stages.score.stage import ScoreConfig
     from autointerp.stages.score.scorers import SCORERS, Item, label_token_ids
+    from autointerp.stages.score.stage import ScoreConfig
 
     tok_text = ["object", "class", "value", "function"]
     subject = _subject(tiny_model_dir("llama"), "blocks.2.hook_resid_post")
@@ -170,7 +203,23 @@ def test_intervention_scorer_finds_a_planted_output_feature_and_gives_random_one
     wrong = asyncio.run(scorer.score([Item(i, labels[(i + 1) % 4], None, i) for i in range(4)], None, cfg))
     assert max(o.estimate.value for o in wrong) < 1.0
     rng = np.random.default_rng(0)
-    vocab = [w for w in ("object", "class", "value", "function", "list", "name", "type", "string", "method", "module", "file", "return")]
+    vocab = [
+        w
+        for w in (
+            "object",
+            "class",
+            "value",
+            "function",
+            "list",
+            "name",
+            "type",
+            "string",
+            "method",
+            "module",
+            "file",
+            "return",
+        )
+    ]
     random_items = [Item(4 + j, f'token "{vocab[rng.integers(len(vocab))]}"', None, 4 + j) for j in range(40)]
     outcomes = asyncio.run(scorer.score(random_items, None, cfg))
     values = [o.estimate.value for o in outcomes]
@@ -193,19 +242,50 @@ def test_causal_lm_path_through_the_cli(pipeline_setup, tmp_path, capsys):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "autointerp.cli", *args], capture_output=True, text=True, env=env, timeout=600)
+        return subprocess.run(
+            [sys.executable, "-m", "autointerp.cli", *args], capture_output=True, text=True, env=env, timeout=600
+        )
 
     project = str(tmp_path / "p")
-    out = cli("run", "--project", project, "--model", model, "--hookpoint", "blocks.1.hook_resid_post", "--sae", str(root / "sae"),
-              "--corpus", corpus, "--context-length", "32", "--n-top", "3", "--n-bins", "2", "--per-bin", "2", "--n-negative", "3",
-              "--window", "8", "--sample-judge", "none", "--intervention-sample", "6", "--quiet")
+    out = cli(
+        "run",
+        "--project",
+        project,
+        "--model",
+        model,
+        "--hookpoint",
+        "blocks.1.hook_resid_post",
+        "--sae",
+        str(root / "sae"),
+        "--corpus",
+        corpus,
+        "--context-length",
+        "32",
+        "--n-top",
+        "3",
+        "--n-bins",
+        "2",
+        "--per-bin",
+        "2",
+        "--n-negative",
+        "3",
+        "--window",
+        "8",
+        "--sample-judge",
+        "none",
+        "--intervention-sample",
+        "6",
+        "--quiet",
+    )
     assert out.returncode == 0, out.stderr
     assert "loss recovered" in out.stdout and "intervention" in out.stdout
     con = duckdb.connect(str(tmp_path / "p" / "autointerp.duckdb"), read_only=True)
     kinds = dict(con.execute("SELECT kind, count(DISTINCT feature) FROM output_effects GROUP BY kind").fetchall())
     alive = con.execute("SELECT count(*) FROM features WHERE NOT dead").fetchone()[0]
     assert kinds == {"promoted": alive, "suppressed": alive, "amplified": alive}
-    n_scored = con.execute("SELECT count(DISTINCT feature) FROM scores WHERE scorer = 'intervention' AND label_source = 'true'").fetchone()[0]
+    n_scored = con.execute(
+        "SELECT count(DISTINCT feature) FROM scores WHERE scorer = 'intervention' AND label_source = 'true'"
+    ).fetchone()[0]
     assert n_scored == min(6, alive)
     summary = con.execute("SELECT n_features, metric FROM score_summaries WHERE scorer = 'intervention'").fetchone()
     assert summary == (n_scored, "win_rate")
@@ -215,7 +295,10 @@ def test_causal_lm_path_through_the_cli(pipeline_setup, tmp_path, capsys):
     html = next((tmp_path / "p" / "reports").glob("*.html")).read_text()
     assert "promotes:" in html and "suppresses:" in html and "intervention" in html
     assert cli("export", "--project", project, "--format", "neuronpedia").returncode == 0
-    rows = [json.loads(line) for line in next((tmp_path / "p" / "exports").rglob("neuronpedia.jsonl")).read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for line in next((tmp_path / "p" / "exports").rglob("neuronpedia.jsonl")).read_text().splitlines()
+    ]
     live = [r for r in rows if r["topLogits"]]
     assert len(live) == alive and len(live[0]["topLogits"]) == 10
     assert live[0]["topLogits"][0]["value"] >= live[0]["topLogits"][-1]["value"] > live[0]["bottomLogits"][0]["value"]
@@ -223,13 +306,29 @@ def test_causal_lm_path_through_the_cli(pipeline_setup, tmp_path, capsys):
     shown = cli("show", feature, "--project", project)
     assert shown.returncode == 0, shown.stderr
     label = next(x["text"] for x in live[0]["explanations"])
-    assert f"label by offline:token-stats-v1: {label}" in shown.stdout and "promoted: " in shown.stdout and "«" in shown.stdout
+    assert (
+        f"label by offline:token-stats-v1: {label}" in shown.stdout
+        and "promoted: " in shown.stdout
+        and "«" in shown.stdout
+    )
     assert "intervention" in shown.stdout and "\x1b[" not in shown.stdout  # no colour codes when not on a terminal
     from autointerp.cli import main as cli_main  # in-process from here: the refusals need no fresh interpreter
 
     assert cli_main(["show", "99999", "--project", project]) == 2
     assert "has no feature 99999" in capsys.readouterr().err
-    steered = cli("steer", "--project", project, "--feature", feature, "--prompt", "The object is", "--scale", "50", "--max-new-tokens", "8")
+    steered = cli(
+        "steer",
+        "--project",
+        project,
+        "--feature",
+        feature,
+        "--prompt",
+        "The object is",
+        "--scale",
+        "50",
+        "--max-new-tokens",
+        "8",
+    )
     assert steered.returncode == 0, steered.stderr
     assert "unsteered:" in steered.stdout and "steered:" in steered.stdout and "× max activation" in steered.stdout
     assert cli_main(["steer", "--project", project, "--feature", feature, "--scale", "nan"]) == 2
@@ -237,7 +336,9 @@ def test_causal_lm_path_through_the_cli(pipeline_setup, tmp_path, capsys):
 
 
 def test_an_sae_of_another_width_is_refused_before_any_work(tiny_model_dir, tmp_path):
-    from autointerp.gather.collect import fit_sae  # gather, steer, effects and the intervention scorer all load through it
+    from autointerp.gather.collect import (
+        fit_sae,
+    )  # gather, steer, effects and the intervention scorer all load through it
 
     model = SubjectModel(ModelConfig(name=tiny_model_dir("llama"), hookpoint="blocks.1.hook_resid_post", device="cpu"))
     narrow = SAE(torch.randn(16, 4), torch.zeros(4), torch.randn(4, 16), torch.zeros(16), architecture="standard")

@@ -7,23 +7,33 @@ from __future__ import annotations
 import math
 
 import pytest
-
-from autointerp.store.store import Store
 from test_migrations import v1_project
 from test_report import RUN, real_run  # noqa: F401 (a fixture)
 
+from autointerp.store.store import Store
+
 
 def _check_views(store: Store, run_id: str) -> None:
-    snippets = {(s.feature, s.split, s.kind, s.context_id): s for fs in store.feature_snippets(run_id, list(store.features(run_id).feature))
-                for s in fs.explain + fs.explain_negatives + fs.score + fs.score_negatives}
-    rows = store.con.execute("SELECT feature, split, kind, context_id, text, peak_token FROM snippet_text WHERE run_id = ?", [run_id]).fetchall()
-    examples = store.con.execute("SELECT peak FROM examples WHERE run_id = ? ORDER BY feature, split, kind, context_id", [run_id]).fetchall()
+    snippets = {
+        (s.feature, s.split, s.kind, s.context_id): s
+        for fs in store.feature_snippets(run_id, list(store.features(run_id).feature))
+        for s in fs.explain + fs.explain_negatives + fs.score + fs.score_negatives
+    }
+    rows = store.con.execute(
+        "SELECT feature, split, kind, context_id, text, peak_token FROM snippet_text WHERE run_id = ?", [run_id]
+    ).fetchall()
+    examples = store.con.execute(
+        "SELECT peak FROM examples WHERE run_id = ? ORDER BY feature, split, kind, context_id", [run_id]
+    ).fetchall()
     assert len(rows) == len(snippets) == len(examples) > 0
     for feature, split, kind, context, text, peak_token in rows:
         s = snippets[feature, split, kind, context]
         assert text.strip() == s.text.strip()  # a WordPiece snippet's first word has no leading space in the records
-    peaks = store.con.execute("SELECT e.peak, e.token_ids, t.peak_token FROM examples e JOIN snippet_text t USING (run_id, feature, split, kind, rank, context_id) "
-                              "WHERE run_id = ? AND kind <> 'negative' LIMIT 50", [run_id]).fetchall()
+    peaks = store.con.execute(
+        "SELECT e.peak, e.token_ids, t.peak_token FROM examples e JOIN snippet_text t USING (run_id, feature, split, kind, rank, context_id) "
+        "WHERE run_id = ? AND kind <> 'negative' LIMIT 50",
+        [run_id],
+    ).fetchall()
     from autointerp.records import piece_tables, vocab_style
 
     vocab = store.vocab(run_id)

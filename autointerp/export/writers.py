@@ -35,8 +35,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from autointerp.errors import AutointerpError
-from autointerp.views.report import file_stem
 from autointerp.store.store import Store
+from autointerp.views.report import file_stem
 
 FORMATS = ("parquet", "neuronpedia", "neuronpedia-upload", "neuronpedia-bulk", "openai")
 UPLOAD_BATCH = 128  # features per request: the most Neuronpedia's upload-batch endpoint takes
@@ -94,8 +94,10 @@ def _labels_by_feature(store: Store, run_id: str, explainer: str | None = None) 
 def _chosen_explainer(store: Store, run_id: str, cfg: ExportConfig) -> str | None:
     known = store.explainers(run_id)
     if cfg.explainer is not None and cfg.explainer not in known:
-        raise AutointerpError(f"run '{run_id}' has no labels by {cfg.explainer}",
-                              f"pass --explainer with one of: {', '.join(known)}" if known else "run `autointerp explain` first")
+        raise AutointerpError(
+            f"run '{run_id}' has no labels by {cfg.explainer}",
+            f"pass --explainer with one of: {', '.join(known)}" if known else "run `autointerp explain` first",
+        )
     return cfg.explainer or store.latest_explainer(run_id)
 
 
@@ -103,8 +105,11 @@ def _activation(s, quantiles: dict[int, tuple[float, float]] | None, n_bins: int
     out = {"tokens": list(s.tokens), "values": [_short(v) for v in s.values()]}
     if quantiles is not None:
         low, high = quantiles.get(s.quantile, (None, None)) if s.kind == "quantile" else (None, None)
-        out |= {"quantileMax": None if high is None else _short(high), "quantileMin": None if low is None else _short(low),
-                "quantileFraction": None if s.kind != "quantile" else 1 / n_bins}
+        out |= {
+            "quantileMax": None if high is None else _short(high),
+            "quantileMin": None if low is None else _short(low),
+            "quantileFraction": None if s.kind != "quantile" else 1 / n_bins,
+        }
     return out
 
 
@@ -121,13 +126,19 @@ def neuronpedia_records(store: Store, run_id: str, cfg: ExportConfig, upload: bo
         caps = {"top": cfg.n_activations, "negative": 0} | ({} if upload else {"quantile": 0})
         snippets = {fs.feature: fs for fs in store.feature_snippets(run_id, wanted, max_per_kind=caps)}
         effects = store.output_effects(run_id, wanted)
-        logits = {(int(f), kind): [{"token": t, "value": _short(v)} for t, v in zip(g.token, g.value)]
-                  for (f, kind), g in effects.groupby(["feature", "kind"])}
+        logits = {
+            (int(f), kind): [{"token": t, "value": _short(v)} for t, v in zip(g.token, g.value)]
+            for (f, kind), g in effects.groupby(["feature", "kind"])
+        }
         for f, density in zip(wanted, chunk.density):
             fs = snippets.get(f)
             windows = fs.explain + fs.score if fs else []
             top = sorted((s for s in windows if s.kind == "top"), key=lambda s: -s.max_activation)[: cfg.n_activations]
-            sampled = sorted((s for s in windows if s.kind == "quantile"), key=lambda s: (s.quantile, -s.max_activation)) if upload else []
+            sampled = (
+                sorted((s for s in windows if s.kind == "quantile"), key=lambda s: (s.quantile, -s.max_activation))
+                if upload
+                else []
+            )
             ranges: dict[int, tuple[float, float]] = {}
             for s in sampled:
                 low, high = ranges.get(s.quantile, (s.max_activation, s.max_activation))
@@ -136,8 +147,14 @@ def neuronpedia_records(store: Store, run_id: str, cfg: ExportConfig, upload: bo
                 "index": f,
                 "density": float(density),
                 "activations": [_activation(s, ranges if upload else None, n_bins) for s in top + sampled],
-                "explanations": [{"text": x.label, "methodName": METHOD_NAME, "modelName": x.explainer.partition(":")[2] or x.explainer}
-                                 for x in labels.get(f, [])],
+                "explanations": [
+                    {
+                        "text": x.label,
+                        "methodName": METHOD_NAME,
+                        "modelName": x.explainer.partition(":")[2] or x.explainer,
+                    }
+                    for x in labels.get(f, [])
+                ],
                 "topLogits": logits.get((f, "promoted")),
                 "bottomLogits": logits.get((f, "suppressed")),
             }
@@ -178,7 +195,10 @@ def neuronpedia_model_id(run: dict) -> str:
 def neuronpedia_head(run: dict, cfg: ExportConfig) -> dict:
     """{modelId, source}: as given, else the run's model name and "<layer>-autointerp"."""
     layer = layer_index(run["hookpoint"])
-    return {"modelId": cfg.model_id or neuronpedia_model_id(run), "source": cfg.source or f"{'' if layer is None else layer}-autointerp".lstrip("-")}
+    return {
+        "modelId": cfg.model_id or neuronpedia_model_id(run),
+        "source": cfg.source or f"{'' if layer is None else layer}-autointerp".lstrip("-"),
+    }
 
 
 def bulk_rows(record: dict, head: dict, hook_name: str) -> tuple[dict, list[dict], list[dict]]:
@@ -186,19 +206,43 @@ def bulk_rows(record: dict, head: dict, hook_name: str) -> tuple[dict, list[dict
     where = {"modelId": head["modelId"], "layer": head["source"], "index": str(record["index"])}
     top, bottom = record["topLogits"] or [], record["bottomLogits"] or []
     acts = record["activations"]
-    feature = where | {"hookName": hook_name, "maxActApprox": max((max(a["values"], default=0.0) for a in acts), default=0.0),
-                       "frac_nonzero": record["density"], "pos_str": [t["token"] for t in top], "pos_values": [t["value"] for t in top],
-                       "neg_str": [t["token"] for t in bottom], "neg_values": [t["value"] for t in bottom]}
+    feature = where | {
+        "hookName": hook_name,
+        "maxActApprox": max((max(a["values"], default=0.0) for a in acts), default=0.0),
+        "frac_nonzero": record["density"],
+        "pos_str": [t["token"] for t in top],
+        "pos_values": [t["value"] for t in top],
+        "neg_str": [t["token"] for t in bottom],
+        "neg_values": [t["value"] for t in bottom],
+    }
     activations = []
     for k, a in enumerate(acts):
         values = a["values"]
         peak = max(range(len(values)), key=values.__getitem__) if values else 0
-        activations.append(where | {"id": f"{where['modelId']}@{where['layer']}-{where['index']}-{k}", "tokens": a["tokens"], "values": values,
-                                    "maxValue": values[peak] if values else 0.0, "maxValueTokenIndex": peak, "minValue": min(values, default=0.0),
-                                    "binMin": a.get("quantileMin"), "binMax": a.get("quantileMax"), "binContains": a.get("quantileFraction")})
-    explanations = [where | {"id": f"{where['modelId']}@{where['layer']}-{where['index']}-x{k}", "description": x["text"],
-                             "typeName": x["methodName"], "explanationModelName": x["modelName"]}
-                    for k, x in enumerate(record["explanations"])]
+        activations.append(
+            where
+            | {
+                "id": f"{where['modelId']}@{where['layer']}-{where['index']}-{k}",
+                "tokens": a["tokens"],
+                "values": values,
+                "maxValue": values[peak] if values else 0.0,
+                "maxValueTokenIndex": peak,
+                "minValue": min(values, default=0.0),
+                "binMin": a.get("quantileMin"),
+                "binMax": a.get("quantileMax"),
+                "binContains": a.get("quantileFraction"),
+            }
+        )
+    explanations = [
+        where
+        | {
+            "id": f"{where['modelId']}@{where['layer']}-{where['index']}-x{k}",
+            "description": x["text"],
+            "typeName": x["methodName"],
+            "explanationModelName": x["modelName"],
+        }
+        for k, x in enumerate(record["explanations"])
+    ]
     return feature, activations, explanations
 
 
@@ -273,8 +317,13 @@ def _write_jsonl(path: Path, records) -> Path:
     return path
 
 
-def export(project: str | Path, run_id: str | None = None, out: str | Path | None = None,
-           formats: tuple[str, ...] = FORMATS, cfg: ExportConfig | None = None) -> dict[str, list[Path]]:
+def export(
+    project: str | Path,
+    run_id: str | None = None,
+    out: str | Path | None = None,
+    formats: tuple[str, ...] = FORMATS,
+    cfg: ExportConfig | None = None,
+) -> dict[str, list[Path]]:
     """Write the chosen formats for one run (default: the latest) under out (default <project>/exports/<run_id>/)."""
     unknown = set(formats) - set(FORMATS)
     if unknown:

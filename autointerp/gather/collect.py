@@ -21,8 +21,8 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -30,8 +30,8 @@ import pyarrow as pa
 import torch
 
 from autointerp.config import GatherConfig  # noqa: F401  (re-exported)
-from autointerp.gather.corpus import ContextBatch
 from autointerp.errors import AutointerpError
+from autointerp.gather.corpus import ContextBatch
 
 SPLITS = ("explain", "score")
 KINDS = ("top", "quantile", "negative")
@@ -74,7 +74,10 @@ def _mix32(h: torch.Tensor) -> torch.Tensor:
 
 def _context_hash(seed: int, stream: int, context_ids: torch.Tensor) -> torch.Tensor:
     c = context_ids.long()
-    return _mix32((_mix32((c & _M32) ^ _mix32(c >> 32)) ^ _mix32(torch.tensor((seed * 0x9E3779B1 + stream) & _M32, device=c.device))))
+    return _mix32(
+        _mix32((c & _M32) ^ _mix32(c >> 32))
+        ^ _mix32(torch.tensor((seed * 0x9E3779B1 + stream) & _M32, device=c.device))
+    )
 
 
 def sample_keys(seed: int, stream: int, features: torch.Tensor, context_ids: torch.Tensor) -> torch.Tensor:
@@ -145,7 +148,7 @@ class ExampleBank:
         for name, value in fill(new_f, cand_idx[new_r, new_j]).items():
             getattr(self, name)[new_f, slot] = value
 
-    def absorb(self, other: "ExampleBank") -> None:
+    def absorb(self, other: ExampleBank) -> None:
         """Keep the k best of both banks (another rank's, over other contexts): with unique keys this
         is exactly the bank one pass over all their contexts fills."""
         best = torch.cat([self.keys, other.keys], dim=1).topk(self.k, dim=1).indices
@@ -156,7 +159,9 @@ class ExampleBank:
             index = best if mine.dim() == 2 else best[:, :, None].expand(-1, -1, mine.shape[2])
             setattr(self, name, torch.cat([mine, theirs], dim=1).gather(1, index))
 
-    def columns(self, alive: torch.Tensor, n_bins: int | None = None, exclude: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    def columns(
+        self, alive: torch.Tensor, n_bins: int | None = None, exclude: torch.Tensor | None = None
+    ) -> dict[str, np.ndarray]:
         """Flat columns of the filled slots of alive features, copied out slot by slot (never the
         whole bank). rank orders a feature's slots by key, best first; with n_bins it orders them by
         activation, lowest first, and cuts them into that many equal-count bins. `exclude` [F, k]
@@ -176,8 +181,15 @@ class ExampleBank:
         slot = order[f, rank]
         quantile = torch.full_like(rank, -1) if n_bins is None else rank * n_bins // filled.sum(1)[f]
         out = {"feature": f, "rank": rank, "quantile": quantile}
-        for name, column in (("context_id", "context"), ("doc_id", "doc"), ("doc_offset", "doc_offset"), ("peak", "peak"),
-                             ("max_activation", "peak_value"), ("tokens", "tokens"), ("acts", "acts")):
+        for name, column in (
+            ("context_id", "context"),
+            ("doc_id", "doc"),
+            ("doc_offset", "doc_offset"),
+            ("peak", "peak"),
+            ("max_activation", "peak_value"),
+            ("tokens", "tokens"),
+            ("acts", "acts"),
+        ):
             t = getattr(self, column)
             out[name] = None if t is None else t[f, slot]
         return {name: None if t is None else t.cpu().numpy() for name, t in out.items()}
@@ -217,7 +229,11 @@ class Gatherer:
         self.n_features = n_features
         self.first_feature = first_feature
         self.feature_ids = torch.arange(first_feature, first_feature + n_features, device=device)
-        self.before = cfg.tokens_before_peak if cfg.tokens_before_peak is not None else (cfg.window * 3 // 4 if causal else cfg.window // 2)
+        self.before = (
+            cfg.tokens_before_peak
+            if cfg.tokens_before_peak is not None
+            else (cfg.window * 3 // 4 if causal else cfg.window // 2)
+        )
         n_quant = cfg.n_bins * cfg.per_bin
         self.banks = {
             (s, kind): ExampleBank(n_features, k, cfg.window, device, with_acts=kind != "negative")
@@ -264,7 +280,16 @@ class Gatherer:
         fires = nz.fires_in_window(W)[:, :, :n_grid]  # [F, B, n_grid]
 
         seg_lo, seg_hi = _segments(batch.doc_ids)
-        ctx = _BatchView(batch, nz, ctx_max, peak_pos, torch.from_numpy(seg_lo).to(dev), torch.from_numpy(seg_hi).to(dev), W, self.before)
+        ctx = _BatchView(
+            batch,
+            nz,
+            ctx_max,
+            peak_pos,
+            torch.from_numpy(seg_lo).to(dev),
+            torch.from_numpy(seg_hi).to(dev),
+            W,
+            self.before,
+        )
         split = split_of(batch.context_ids, self.cfg.explain_fraction, self.cfg.seed)
         self.splits.append(split)
         self.context_ids.append(batch.context_ids)
@@ -279,9 +304,13 @@ class Gatherer:
             peaks = ctx_max[:, rows_s]  # [F, C]
             firing = peaks > 0
             ids_s = torch.from_numpy(batch.context_ids).to(dev)[rows_s]
-            self.banks[s, "top"].offer(tie_broken(torch.where(firing, peaks, -torch.inf), ids_s), lambda f, c: ctx.peak_window(f, rows_s[c]))
+            self.banks[s, "top"].offer(
+                tie_broken(torch.where(firing, peaks, -torch.inf), ids_s), lambda f, c: ctx.peak_window(f, rows_s[c])
+            )
             rand = sample_keys(self.cfg.seed, 0, self.feature_ids, ids_s)
-            self.banks[s, "quantile"].offer(tie_broken(torch.where(firing, rand, -torch.inf), ids_s), lambda f, c: ctx.peak_window(f, rows_s[c]))
+            self.banks[s, "quantile"].offer(
+                tie_broken(torch.where(firing, rand, -torch.inf), ids_s), lambda f, c: ctx.peak_window(f, rows_s[c])
+            )
             if n_grid == 0:
                 continue
             # One grid window per context is a candidate, chosen without looking at activations, so each
@@ -294,7 +323,7 @@ class Gatherer:
                 lambda f, c: ctx.fixed_window(rows_s[c], neg_start_t[rows_s[c], w[c]], neg_len_t[rows_s[c], w[c]]),
             )
 
-    def absorb(self, other: "Gatherer") -> None:
+    def absorb(self, other: Gatherer) -> None:
         """Add the state of a gatherer of the same features over other contexts (another rank's
         share): counts, sums and histograms add, maxima take the larger, banks keep their best keys.
         The result is the one-pass gather of all their contexts (sums up to float64 rounding)."""
@@ -386,7 +415,9 @@ class _Nonzeros:
         fires[(self.feature * self.B + self.b) * n_win + self.t // W] = True
         return fires.view(self.F, self.B, n_win)
 
-    def windows(self, f: torch.Tensor, c: torch.Tensor, start: torch.Tensor, length: torch.Tensor, W: int) -> torch.Tensor:
+    def windows(
+        self, f: torch.Tensor, c: torch.Tensor, start: torch.Tensor, length: torch.Tensor, W: int
+    ) -> torch.Tensor:
         """[n, W] activations of feature f[i] in context c[i] from start[i], zero past length[i];
         the (f, c) pairs are distinct. One pass over the nonzeros, whatever n is."""
         owner = torch.full((self.F * self.B,), -1, dtype=torch.long, device=f.device)
@@ -534,10 +565,17 @@ def fit_sae(model, sae) -> None:
     # TransformerLens' center_writing_weights makes every write to the residual stream mean-zero, so
     # its residual is the Hugging Face one minus its mean over d_model. It does so only for LayerNorm
     # models (RMSNorm ones are left alone) and it leaves attention's z untouched.
-    if sae.metadata.get("center_writing_weights") and model.uses_layer_norm and not model.reads_attention_z and sae.normalization != "center":
+    if (
+        sae.metadata.get("center_writing_weights")
+        and model.uses_layer_norm
+        and not model.reads_attention_z
+        and sae.normalization != "center"
+    ):
         if sae.normalization != "none":
-            raise AutointerpError(f"the SAE both normalises its input ({sae.normalization}) and expects centred writing weights",
-                                  "check its cfg.json: SAELens writes at most one of the two")
+            raise AutointerpError(
+                f"the SAE both normalises its input ({sae.normalization}) and expects centred writing weights",
+                "check its cfg.json: SAELens writes at most one of the two",
+            )
         sae.normalization = "center"
 
 
@@ -553,16 +591,20 @@ def feature_shards(cfg: GatherConfig, n_features: int, device: torch.device, gro
     per_feature = cfg.bank_bytes(1) * (1 if group is None else 2)
     size = int(budget // per_feature)
     if size < 1:
-        raise AutointerpError(f"the memory budget of {budget / 2**30:.2f} GiB holds the banks of no feature "
-                              f"({per_feature / 2**20:.2f} MiB each)", "raise --memory-gib, or pass a smaller --n-top, --per-bin, --n-negative or --window")
+        raise AutointerpError(
+            f"the memory budget of {budget / 2**30:.2f} GiB holds the banks of no feature "
+            f"({per_feature / 2**20:.2f} MiB each)",
+            "raise --memory-gib, or pass a smaller --n-top, --per-bin, --n-negative or --window",
+        )
     size = min(size, n_features)
     n_passes = -(-n_features // size)
     size = -(-n_features // n_passes)  # equal shards
     return [(lo, min(lo + size, n_features)) for lo in range(0, n_features, size)]
 
 
-def run_gather(model, sae, batches: Callable[[], Iterable[ContextBatch]], cfg: GatherConfig, progress: bool = True,
-               group=None) -> GatherResult | None:
+def run_gather(
+    model, sae, batches: Callable[[], Iterable[ContextBatch]], cfg: GatherConfig, progress: bool = True, group=None
+) -> GatherResult | None:
     """Stream batches through model → SAE → Gatherer. `model` is a SubjectModel, `sae` an SAE on the
     same device, `batches` makes a fresh stream of the corpus for each pass (one per feature shard).
     With a distributed.Group, this rank gathers its share of the contexts and the shares are merged
@@ -577,6 +619,7 @@ def run_gather(model, sae, batches: Callable[[], Iterable[ContextBatch]], cfg: G
     start = time.perf_counter()
     results = []
     for k, (lo, hi) in enumerate(shards):
+
         def fresh():
             return Gatherer(hi - lo, cfg, model.device, model.is_causal, first_feature=lo)
 

@@ -15,15 +15,14 @@ import hashlib
 import json
 import sys
 import sysconfig
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
 from autointerp.config import DEFAULT_CORPUS, CorpusConfig  # noqa: F401  (re-exported)
 from autointerp.errors import AutointerpError
-
 
 
 @dataclass
@@ -44,7 +43,7 @@ class ContextBatch:
     doc_ids: np.ndarray  # [B, T] int64
     doc_offsets: np.ndarray  # [B, T] int64, token index inside its document
 
-    def take(self, rows: np.ndarray) -> "ContextBatch":
+    def take(self, rows: np.ndarray) -> ContextBatch:
         """The contexts at `rows` (an index or a boolean mask), e.g. one rank's share."""
         return ContextBatch(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
 
@@ -121,7 +120,7 @@ def _jsonl(path: Path, cfg: CorpusConfig) -> Iterator[tuple[str, str]]:
         except json.JSONDecodeError as e:
             raise AutointerpError(
                 f"{path}:{line_no} is not valid JSON ({e.msg})",
-                "write one JSON object per line, e.g. {\"text\": \"...\"}",
+                'write one JSON object per line, e.g. {"text": "..."}',
             ) from None
         if not isinstance(row, dict) or cfg.text_field not in row:
             keys = sorted(row) if isinstance(row, dict) else type(row).__name__
@@ -216,7 +215,7 @@ class SpecialTokens:
     pad: int
 
     @classmethod
-    def of(cls, tokenizer) -> "SpecialTokens":
+    def of(cls, tokenizer) -> SpecialTokens:
         bare = tokenizer("a", add_special_tokens=False)["input_ids"]
         framed = tokenizer("a", add_special_tokens=True)["input_ids"]
         start = _find(framed, bare)

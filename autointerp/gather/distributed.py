@@ -10,10 +10,10 @@ few Python objects (which contexts a rank saw) over a gloo group, which every ba
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterator
 
 import torch
 
@@ -39,11 +39,17 @@ class World:
 def world() -> World:
     """This process's place, from the variables torchrun sets (one process when they are absent)."""
     try:
-        return World(*(int(os.environ.get(name, default)) for name, default in
-                       (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0), ("LOCAL_WORLD_SIZE", 1))))
+        return World(
+            *(
+                int(os.environ.get(name, default))
+                for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0), ("LOCAL_WORLD_SIZE", 1))
+            )
+        )
     except ValueError as e:
-        raise AutointerpError(f"RANK, WORLD_SIZE, LOCAL_RANK or LOCAL_WORLD_SIZE is not a number ({e})",
-                              "start several processes with torchrun, which sets them, or unset them for one process") from e
+        raise AutointerpError(
+            f"RANK, WORLD_SIZE, LOCAL_RANK or LOCAL_WORLD_SIZE is not a number ({e})",
+            "start several processes with torchrun, which sets them, or unset them for one process",
+        ) from e
 
 
 def rank_device(requested: str, w: World) -> str:
@@ -52,14 +58,19 @@ def rank_device(requested: str, w: World) -> str:
         return requested
     if requested in ("auto", "cuda") and torch.cuda.is_available():
         if torch.cuda.device_count() < w.local_size:
-            raise AutointerpError(f"{w.local_size} ranks on this node but {torch.cuda.device_count()} GPUs",
-                                  "start at most one rank per GPU (torchrun --nproc-per-node)")
+            raise AutointerpError(
+                f"{w.local_size} ranks on this node but {torch.cuda.device_count()} GPUs",
+                "start at most one rank per GPU (torchrun --nproc-per-node)",
+            )
         return f"cuda:{w.local_rank}"
     if requested in ("auto", "cpu"):
         return "cpu"
-    raise AutointerpError(f"a distributed gather runs on CUDA GPUs (NCCL) or on CPUs (gloo), not on {requested}",
-                          "pass --device cuda (one rank per GPU) or --device cpu" if requested.startswith("cuda") and not torch.cuda.is_available()
-                          else "pass --device cuda or --device cpu")
+    raise AutointerpError(
+        f"a distributed gather runs on CUDA GPUs (NCCL) or on CPUs (gloo), not on {requested}",
+        "pass --device cuda (one rank per GPU) or --device cpu"
+        if requested.startswith("cuda") and not torch.cuda.is_available()
+        else "pass --device cuda or --device cpu",
+    )
 
 
 class Group:

@@ -29,12 +29,12 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable, Iterable, Mapping, Protocol, Sequence, TypeVar
+from typing import Protocol, TypeVar
 
 from autointerp.errors import AutointerpError
-from autointerp.llm.client import CallStore, LLMClient, LLMConfig, Secret, make_client
 from autointerp.judges.prompts import (
     ParseError,
     Prompt,
@@ -52,6 +52,7 @@ from autointerp.judges.prompts import (
     parse_simulation,
     simulation_fields,
 )
+from autointerp.llm.client import CallStore, LLMClient, LLMConfig, Secret, make_client
 from autointerp.records import DetectionTask, ExplainTask, FuzzTask, JudgeAnswer, SimulationTask, Snippet
 
 T = TypeVar("T")
@@ -89,14 +90,25 @@ class Judge(Protocol):
 class LLMJudge:
     """A judge that asks an LLM. Concurrency, rate limits, retries and caching are the client's."""
 
-    def __init__(self, client: LLMClient, config: LLMConfig, prompts: Mapping[str, Prompt], on_close: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        client: LLMClient,
+        config: LLMConfig,
+        prompts: Mapping[str, Prompt],
+        on_close: Callable[[], None] | None = None,
+    ):
         self.client = client
         self.config = config
         self.name = config.name
         # Through a batch API every task of a chunk is in flight at once: they go out as one batch.
         self.concurrency = config.batch_max_requests if config.batch else config.concurrency
-        self.settings = {"provider": config.provider, "model": config.model, "temperature": config.temperature,
-                         "max_tokens": config.max_tokens, "structured_output": config.structured_output}
+        self.settings = {
+            "provider": config.provider,
+            "model": config.model,
+            "temperature": config.temperature,
+            "max_tokens": config.max_tokens,
+            "structured_output": config.structured_output,
+        }
         self._on_close = on_close
         self.prompts = dict(prompts)
         self.settings["prompts"] = {name: prompt.hash for name, prompt in self.prompts.items()}
@@ -104,41 +116,80 @@ class LLMJudge:
 
     def failure_rates(self) -> str:
         """Per task: answers that could not be parsed and calls that failed, of all answers."""
-        return "; ".join(f"{task} {c['parse']}/{sum(c.values())} unparsable" + (f", {c['api']} failed calls" if c["api"] else "")
-                         for task, c in self.outcomes.items())
+        return "; ".join(
+            f"{task} {c['parse']}/{sum(c.values())} unparsable" + (f", {c['api']} failed calls" if c["api"] else "")
+            for task, c in self.outcomes.items()
+        )
 
     async def check(self) -> None:
         await self.client.check()
 
     async def explain(self, task: ExplainTask) -> JudgeAnswer[str]:
-        return await self._ask("explain", task.feature, explain_fields(task), parse_label, answer_schema("explain"), answer_budget("explain"))
+        return await self._ask(
+            "explain",
+            task.feature,
+            explain_fields(task),
+            parse_label,
+            answer_schema("explain"),
+            answer_budget("explain"),
+        )
 
     async def detect(self, task: DetectionTask) -> JudgeAnswer[list[bool]]:
         n = len(task.snippets)
-        return await self._ask("detection", task.feature, detection_fields(task), lambda text: parse_binary_list(text, n),
-                               answer_schema("detection", n=n), answer_budget("detection", n=n))
+        return await self._ask(
+            "detection",
+            task.feature,
+            detection_fields(task),
+            lambda text: parse_binary_list(text, n),
+            answer_schema("detection", n=n),
+            answer_budget("detection", n=n),
+        )
 
     async def fuzz(self, task: FuzzTask) -> JudgeAnswer[list[bool]]:
         n = len(task.snippets)
-        return await self._ask("fuzzing", task.feature, fuzzing_fields(task), lambda text: parse_binary_list(text, n),
-                               answer_schema("fuzzing", n=n), answer_budget("fuzzing", n=n))
+        return await self._ask(
+            "fuzzing",
+            task.feature,
+            fuzzing_fields(task),
+            lambda text: parse_binary_list(text, n),
+            answer_schema("fuzzing", n=n),
+            answer_budget("fuzzing", n=n),
+        )
 
     async def simulate(self, task: SimulationTask) -> JudgeAnswer[list[list[int]]]:
         lengths = [len(s.tokens) for s in task.snippets]
-        return await self._ask("simulation", task.feature, simulation_fields(task), lambda text: parse_simulation(text, lengths),
-                               answer_schema("simulation", lengths=lengths), answer_budget("simulation", lengths=lengths))
+        return await self._ask(
+            "simulation",
+            task.feature,
+            simulation_fields(task),
+            lambda text: parse_simulation(text, lengths),
+            answer_schema("simulation", lengths=lengths),
+            answer_budget("simulation", lengths=lengths),
+        )
 
     async def codebook(self, labels: Sequence[str], codes: Sequence[str]) -> JudgeAnswer[list[str]]:
         n = len(labels)
-        return await self._ask("codebook", None, codebook_fields(labels, codes), lambda text: parse_codebook(text, n),
-                               answer_schema("codebook", n=n), answer_budget("codebook", n=n))
+        return await self._ask(
+            "codebook",
+            None,
+            codebook_fields(labels, codes),
+            lambda text: parse_codebook(text, n),
+            answer_schema("codebook", n=n),
+            answer_budget("codebook", n=n),
+        )
 
     def usage(self) -> str | None:
         rates = self.failure_rates()
         return self.client.totals.line() + (f"\nanswers by task: {rates}" if rates else "")
 
     async def _ask(
-        self, name: str, feature: int | None, fields: Mapping[str, object], parse: Callable[[str], T], schema: dict, budget: int
+        self,
+        name: str,
+        feature: int | None,
+        fields: Mapping[str, object],
+        parse: Callable[[str], T],
+        schema: dict,
+        budget: int,
     ) -> JudgeAnswer[T]:
         prompt = self.prompts[name]
         system, user = prompt.render(**fields)
@@ -405,8 +456,13 @@ def make_judge(
 
     from autointerp.llm.local import LocalServer, model_path
 
-    server = LocalServer(model_path(), alias=config.model, log_path=server_log or Path("local-judge.log"),
-                         threads=config.local_threads, context=config.local_context).start()
+    server = LocalServer(
+        model_path(),
+        alias=config.model,
+        log_path=server_log or Path("local-judge.log"),
+        threads=config.local_threads,
+        context=config.local_context,
+    ).start()
     try:
         served = replace(config, base_url=None)
         served.base_url = server.base_url  # set after validation: "local" refuses a user-given base URL

@@ -34,14 +34,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter
-from importlib.resources import files
-from itertools import groupby
 import math
 import re
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib.resources import files
+from itertools import groupby
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 from autointerp.errors import AutointerpError
 from autointerp.records import DetectionTask, ExplainTask, FuzzTask, SimulationTask, Snippet
@@ -57,8 +58,13 @@ FIELDS = {
     "simulation": {"label", "snippets", "n"},
     "codebook": {"codebook", "labels", "n"},
 }
-REQUIRED = {"explain": {"examples"}, "detection": {"label", "snippets"}, "fuzzing": {"label", "snippets"},
-            "simulation": {"label", "snippets"}, "codebook": {"codebook", "labels"}}
+REQUIRED = {
+    "explain": {"examples"},
+    "detection": {"label", "snippets"},
+    "fuzzing": {"label", "snippets"},
+    "simulation": {"label", "snippets"},
+    "codebook": {"codebook", "labels"},
+}
 
 MARK_FRACTION = 0.3  # a token is marked when its activation is ≥ this × its snippet's max
 LABEL_MAX_CHARS = 200
@@ -163,7 +169,10 @@ def answer_schema(name: str, *, n: int = 0, lengths: Sequence[int] = ()) -> dict
         prop, value = "answers", _exactly(_BIT, n)
     elif name == "simulation":
         rows = [_exactly(_LEVEL, k) for k in lengths]
-        prop, value = "activations", {"type": "array", "prefixItems": rows, "items": False, "minItems": len(rows), "maxItems": len(rows)}
+        prop, value = (
+            "activations",
+            {"type": "array", "prefixItems": rows, "items": False, "minItems": len(rows), "maxItems": len(rows)},
+        )
     elif name == "codebook":
         prop, value = "codes", _exactly({"type": "string", "minLength": 1, "maxLength": LABEL_MAX_CHARS}, n)
     else:
@@ -174,7 +183,13 @@ def answer_schema(name: str, *, n: int = 0, lengths: Sequence[int] = ()) -> dict
 def answer_budget(name: str, *, n: int = 0, lengths: Sequence[int] = ()) -> int:
     """Completion tokens a task's answer may take: twice its size, for models that wrap it in a
     code fence or a sentence. A model that loops stops here instead of at the configured bound."""
-    size = {"explain": 60, "detection": 8 + 3 * n, "fuzzing": 8 + 3 * n, "simulation": 8 + 3 * sum(lengths) + 2 * len(lengths), "codebook": 8 + 30 * n}[name]
+    size = {
+        "explain": 60,
+        "detection": 8 + 3 * n,
+        "fuzzing": 8 + 3 * n,
+        "simulation": 8 + 3 * sum(lengths) + 2 * len(lengths),
+        "codebook": 8 + 30 * n,
+    }[name]
     return 2 * size + 32
 
 
@@ -234,7 +249,11 @@ def explain_fields(task: ExplainTask) -> dict[str, object]:
         counts.update(t.strip().casefold() for t, m in zip(snippet.tokens, marks) if m and t.strip())
         block = f"Example {k}: {mark_text(snippet.tokens, marks)}"
         if task.show_activations:
-            listed = [f"{_quoted(tok)} {normalise(a, task.max_activation)}" for tok, a, m in zip(snippet.tokens, snippet.values(), marks) if m]
+            listed = [
+                f"{_quoted(tok)} {normalise(a, task.max_activation)}"
+                for tok, a, m in zip(snippet.tokens, snippet.values(), marks)
+                if m
+            ]
             block += f"\nActivations: {', '.join(listed) or 'none'}"
         blocks.append(block)
     frequent = ", ".join(_quoted(t) for t, _ in counts.most_common(FREQUENT)) or "none"

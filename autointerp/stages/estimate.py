@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Mapping
 
-from autointerp.llm.batch import BATCH_DISCOUNT
 from autointerp.errors import AutointerpError
-from autointerp.stages.explain import ExplainConfig, explain_tasks, select_features
 from autointerp.judges.judge import LLMJudge
-from autointerp.llm.client import Completion, LLMClient, LLMConfig, RunTotals
 from autointerp.judges.prompts import load_prompts
-from autointerp.stages.score.stage import ScoreConfig, load_held_out, select_scored
+from autointerp.llm.batch import BATCH_DISCOUNT
+from autointerp.llm.client import Completion, LLMClient, LLMConfig, RunTotals
+from autointerp.stages.explain import ExplainConfig, explain_tasks, select_features
 from autointerp.stages.score.scorers import SCORERS, Item
+from autointerp.stages.score.stage import ScoreConfig, load_held_out, select_scored
 from autointerp.store.store import Store
 
 TYPICAL_LABEL = "the name of a function argument in Python documentation"
@@ -36,7 +36,10 @@ _PIECES = re.compile(r"[A-Za-z]+|\d+|[^\sA-Za-z\d]")
 
 
 def count_tokens(text: str) -> int:
-    return sum(math.ceil(len(p) / 3) if p.isdigit() else math.ceil(len(p) / 6) if p.isalpha() else 1 for p in _PIECES.findall(text))
+    return sum(
+        math.ceil(len(p) / 3) if p.isdigit() else math.ceil(len(p) / 6) if p.isalpha() else 1
+        for p in _PIECES.findall(text)
+    )
 
 
 def schema_answer(schema: Mapping) -> object:
@@ -59,7 +62,7 @@ class Tally:
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
-    def add(self, other: "Tally", times: float = 1.0) -> None:
+    def add(self, other: Tally, times: float = 1.0) -> None:
         self.calls += round(other.calls * times)
         self.prompt_tokens += round(other.prompt_tokens * times)
         self.completion_tokens += round(other.completion_tokens * times)
@@ -73,15 +76,33 @@ class MeteringClient(LLMClient):
         self.totals = RunTotals()
         self.by_task: dict[str, Tally] = {}
 
-    async def complete(self, system: str, user: str, *, purpose: str, feature: int | None, max_tokens: int | None = None,
-                       schema: Mapping | None = None) -> Completion:
+    async def complete(
+        self,
+        system: str,
+        user: str,
+        *,
+        purpose: str,
+        feature: int | None,
+        max_tokens: int | None = None,
+        schema: Mapping | None = None,
+    ) -> Completion:
         import json
 
         text = json.dumps(schema_answer(schema)) if schema else TYPICAL_LABEL
         prompt, completion = count_tokens(system) + count_tokens(user), count_tokens(text)
         self.by_task.setdefault(purpose, Tally()).add(Tally(1, prompt, completion))
-        return Completion(text=text, provider=self.config.provider, model=self.config.model, prompt_tokens=prompt, completion_tokens=completion,
-                          latency_s=0.0, retries=0, cost_usd=None, cached=False, raw="")
+        return Completion(
+            text=text,
+            provider=self.config.provider,
+            model=self.config.model,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            latency_s=0.0,
+            retries=0,
+            cost_usd=None,
+            cached=False,
+            raw="",
+        )
 
     def take(self, task: str) -> Tally:
         return self.by_task.pop(task, Tally())
@@ -116,8 +137,12 @@ class CostEstimate:
         return out
 
     def lines(self) -> list[str]:
-        price = (f"${self.price[0]:g} / ${self.price[1]:g} per million prompt / completion tokens" if self.price
-                 else "no price in the table (pass --prices FILE)")
+        price = (
+            f"${self.price[0]:g} / ${self.price[1]:g} per million prompt / completion tokens"
+            if self.price
+            else "no price in the table (pass --prices FILE)"
+        )
+
         def money(cost: float | None) -> str:
             return "—" if cost is None else f"${cost:,.2f}" if cost >= 1 else f"${cost:.4f}"
 
@@ -133,21 +158,44 @@ class CostEstimate:
             most.add(self.total)
             most.add(self.control_growth)
             growth = batch_cost(self.control_growth, True)
-            rows.append(("total at most", most, "the shuffle control grown to every feature", None if growth is None else batch_total + growth))
+            rows.append(
+                (
+                    "total at most",
+                    most,
+                    "the shuffle control grown to every feature",
+                    None if growth is None else batch_total + growth,
+                )
+            )
         width = max(len(r[0]) for r in rows)
-        out = [f"cost estimate for run {self.run_id}, judge {self.judge} at {price}; no call made",
-               f"  {'stage':<{width}}  {'calls':>9}  {'prompt tokens':>14}  {'completion tokens':>17}  {'cost':>10}  {'with --batch':>12}"]
+        out = [
+            f"cost estimate for run {self.run_id}, judge {self.judge} at {price}; no call made",
+            f"  {'stage':<{width}}  {'calls':>9}  {'prompt tokens':>14}  {'completion tokens':>17}  {'cost':>10}  {'with --batch':>12}",
+        ]
         for stage, t, note, batched in rows:
-            out.append(f"  {stage:<{width}}  {t.calls:>9,}  {t.prompt_tokens:>14,}  {t.completion_tokens:>17,}  {money(self.cost(t)):>10}"
-                       f"  {money(batched):>12}" + (f"  ({note})" if note else ""))
+            out.append(
+                f"  {stage:<{width}}  {t.calls:>9,}  {t.prompt_tokens:>14,}  {t.completion_tokens:>17,}  {money(self.cost(t)):>10}"
+                f"  {money(batched):>12}" + (f"  ({note})" if note else "")
+            )
         if self.price is not None:
-            out.append("  with --batch: the provider's batch API at half the price (the codebook's calls stay live), answers within 24 hours")
+            out.append(
+                "  with --batch: the provider's batch API at half the price (the codebook's calls stay live), answers within 24 hours"
+            )
         return out
 
 
-async def estimate_costs(store: Store, run_id: str, judge_config: LLMConfig, explain_cfg: ExplainConfig, score_cfg: ScoreConfig,
-                         *, explain_stage: bool = True, score_stage: bool = True, explainer: str | None = None,
-                         codebook_batch: int | None = None, prompt_dir: str | None = None) -> CostEstimate:
+async def estimate_costs(
+    store: Store,
+    run_id: str,
+    judge_config: LLMConfig,
+    explain_cfg: ExplainConfig,
+    score_cfg: ScoreConfig,
+    *,
+    explain_stage: bool = True,
+    score_stage: bool = True,
+    explainer: str | None = None,
+    codebook_batch: int | None = None,
+    prompt_dir: str | None = None,
+) -> CostEstimate:
     """What explain, score (with its shuffle control) and, with codebook_batch, a codebook saturation
     of run_id would cost with judge_config, from the prompts rendered on the stored data."""
     client = MeteringClient(judge_config)
@@ -167,8 +215,13 @@ async def estimate_costs(store: Store, run_id: str, judge_config: LLMConfig, exp
                 labels[task.feature] = TYPICAL_LABEL
             n_labelled += len(tasks)
         skipped = len(chosen) - len(todo)
-        out.stages.append(StageEstimate(f"explain ({n_labelled:,} features)", client.take("explain"),
-                                        f"{skipped:,} labelled earlier, skipped" if skipped else ""))
+        out.stages.append(
+            StageEstimate(
+                f"explain ({n_labelled:,} features)",
+                client.take("explain"),
+                f"{skipped:,} labelled earlier, skipped" if skipped else "",
+            )
+        )
     if score_stage:
         await _score_stages(out, client, judge, store, run_id, labels, score_cfg)
     if codebook_batch:
@@ -178,12 +231,26 @@ async def estimate_costs(store: Store, run_id: str, judge_config: LLMConfig, exp
             batch = ordered[start : start + codebook_batch]
             await judge.codebook(batch, codes)
             codes += batch  # the upper bound: each label a category of its own
-        out.stages.append(StageEstimate("saturate (codebook)", client.take("codebook"), "every label a new category: an upper bound", batched=False))
+        out.stages.append(
+            StageEstimate(
+                "saturate (codebook)",
+                client.take("codebook"),
+                "every label a new category: an upper bound",
+                batched=False,
+            )
+        )
     return out
 
 
-async def _score_stages(out: CostEstimate, client: MeteringClient, judge: LLMJudge, store: Store, run_id: str,
-                        labels: dict[int, str], cfg: ScoreConfig) -> None:
+async def _score_stages(
+    out: CostEstimate,
+    client: MeteringClient,
+    judge: LLMJudge,
+    store: Store,
+    run_id: str,
+    labels: dict[int, str],
+    cfg: ScoreConfig,
+) -> None:
     features = select_scored(labels, cfg)
     light = replace(cfg, n_boot=1, n_permutations=1)  # the metrics are not wanted, only the prompts
     asking = [name for name in cfg.scorers if SCORERS[name].uses_judge]
@@ -210,8 +277,12 @@ async def _score_stages(out: CostEstimate, client: MeteringClient, judge: LLMJud
         first, note = n, "every feature against another's label"
     else:
         first = min(cfg.control_start, n)
-        note = (f"the first batch of {first:,} features; it grows until the gap is known to ±{cfg.control_half_width:g}, "
-                f"at most {n:,} features: ×{n / first:.1f}" if first < n else "every feature: fewer than its first batch")
+        note = (
+            f"the first batch of {first:,} features; it grows until the gap is known to ±{cfg.control_half_width:g}, "
+            f"at most {n:,} features: ×{n / first:.1f}"
+            if first < n
+            else "every feature: fewer than its first batch"
+        )
     scaled = Tally()
     scaled.add(control, first / n)
     out.stages.append(StageEstimate(f"shuffle control ({first:,} features)", scaled, note))
@@ -222,7 +293,8 @@ async def _score_stages(out: CostEstimate, client: MeteringClient, judge: LLMJud
 
 def refuse_offline(judge_config: LLMConfig | None) -> LLMConfig:
     if judge_config is None:
-        raise AutointerpError("the offline judge makes no LLM calls: there is nothing to estimate",
-                              "pass the judge you mean to run, e.g. --judge openai --judge-model gpt-4o-mini")
+        raise AutointerpError(
+            "the offline judge makes no LLM calls: there is nothing to estimate",
+            "pass the judge you mean to run, e.g. --judge openai --judge-model gpt-4o-mini",
+        )
     return judge_config
-

@@ -13,11 +13,10 @@ import numpy as np
 import pandas as pd
 
 from autointerp.judges.judge import Judge, map_bounded
-from autointerp.stages.saturate import CoverageStop
 from autointerp.judges.prompts import activation_marks
 from autointerp.records import ExplainTask, FeatureSnippets, JudgeAnswer, Snippet
+from autointerp.stages.saturate import CoverageStop
 from autointerp.store.store import Store
-
 
 # Prompt sizes by judge: a 1.5B model on two CPU cores reads ~50 tokens/s, so its prompt is the
 # budget (measured in bench/local_judge.py); an API model reads the full set.
@@ -28,7 +27,9 @@ SNIPPET_DEFAULTS = {"local": (8, 4, 8), None: (10, 10, None)}  # provider → (n
 class ExplainConfig:
     n_top: int | None = None  # max-activating explain snippets shown (None: the judge's default, SNIPPET_DEFAULTS)
     n_quantile: int | None = None  # plus quantile samples, spread over the bins
-    context: int | None = None  # tokens kept on each side of a snippet's marked tokens (None: the judge's default; 0: whole window)
+    context: int | None = (
+        None  # tokens kept on each side of a snippet's marked tokens (None: the judge's default; 0: whole window)
+    )
     show_activations: bool = False  # list each marked token with its activation 0-10 under its example
     n_negative: int = 10  # negatives (used by judges that contrast, e.g. the offline one)
     features: list[int] | None = None  # None: every alive feature
@@ -42,7 +43,7 @@ class ExplainConfig:
     stop_min_labels: int = 100
     stop_threshold: float = 0.8  # label-embedding similarity that merges two labels into one category
 
-    def for_judge(self, provider: str | None) -> "ExplainConfig":
+    def for_judge(self, provider: str | None) -> ExplainConfig:
         """This config with the judge's defaults filled in where none was given."""
         from dataclasses import replace
 
@@ -68,10 +69,14 @@ class ExplainSummary:
 
     def lines(self) -> list[str]:
         kinds = ", ".join(f"{k} {v}" for k, v in self.failures.items())
-        line = f"explained {self.n_ok:,} of {self.n_features:,} features with {self.explainer}" + (f"; failed {self.n_failed:,} ({kinds})" if self.n_failed else "")
+        line = f"explained {self.n_ok:,} of {self.n_features:,} features with {self.explainer}" + (
+            f"; failed {self.n_failed:,} ({kinds})" if self.n_failed else ""
+        )
         if self.skipped:
             line += f"; {self.skipped:,} labelled earlier, kept (--redo labels them again)"
-        stop = [f"stop rule: coverage target reached; {self.saved_calls:,} judge calls saved"] if self.saved_calls else []
+        stop = (
+            [f"stop rule: coverage target reached; {self.saved_calls:,} judge calls saved"] if self.saved_calls else []
+        )
         return [line] + stop + ([self.usage] if self.usage else [])
 
 
@@ -105,7 +110,13 @@ def explain_snippets(fs: FeatureSnippets, cfg: ExplainConfig) -> list[Snippet]:
 
 
 def explain_task(fs: FeatureSnippets, cfg: ExplainConfig) -> ExplainTask:
-    return ExplainTask(fs.feature, explain_snippets(fs, cfg), fs.explain_negatives[: cfg.n_negative], fs.max_activation, cfg.show_activations)
+    return ExplainTask(
+        fs.feature,
+        explain_snippets(fs, cfg),
+        fs.explain_negatives[: cfg.n_negative],
+        fs.max_activation,
+        cfg.show_activations,
+    )
 
 
 def select_features(store: Store, run_id: str, cfg: ExplainConfig) -> list[int]:
@@ -124,8 +135,12 @@ def explain_tasks(store: Store, run_id: str, features: list[int], cfg: ExplainCo
     """The explain tasks of `features`, a chunk (cfg.chunk features) at a time, from their explain-split
     snippets; features without any are left out."""
     for start in range(0, len(features), cfg.chunk):
-        chunk = store.feature_snippets(run_id, features[start : start + cfg.chunk], split="explain",
-                                       max_per_kind={"top": cfg.n_top, "negative": cfg.n_negative})
+        chunk = store.feature_snippets(
+            run_id,
+            features[start : start + cfg.chunk],
+            split="explain",
+            max_per_kind={"top": cfg.n_top, "negative": cfg.n_negative},
+        )
         yield [explain_task(fs, cfg) for fs in chunk if fs.explain]
 
 
@@ -135,7 +150,9 @@ async def _explain_one(judge: Judge, task: ExplainTask, on_done) -> JudgeAnswer:
     return answer
 
 
-async def explain(store: Store, run_id: str, judge: Judge, cfg: ExplainConfig, call_log=None, progress: bool = True) -> ExplainSummary:
+async def explain(
+    store: Store, run_id: str, judge: Judge, cfg: ExplainConfig, call_log=None, progress: bool = True
+) -> ExplainSummary:
     """Label the chosen features of a run and store the labels (failures stored as such).
 
     Features this explainer already labelled are skipped unless cfg.redo: re-running an
@@ -191,4 +208,12 @@ async def explain(store: Store, run_id: str, judge: Judge, cfg: ExplainConfig, c
             stop.add([a.value if a.ok else None for a in answers])
     bar.close()
     skipped = len(features) - len(todo)
-    return ExplainSummary(explainer, n_done, n_ok, n_done - n_ok, failures, stop.saved_calls(len(features)) if stop else 0, skipped=skipped)
+    return ExplainSummary(
+        explainer,
+        n_done,
+        n_ok,
+        n_done - n_ok,
+        failures,
+        stop.saved_calls(len(features)) if stop else 0,
+        skipped=skipped,
+    )

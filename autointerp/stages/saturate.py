@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 
 from autointerp.config import DEFAULT_THRESHOLD, METHODS, SaturationConfig  # noqa: F401  (re-exported)
-from autointerp.stats.embed import Embedder, cluster_labels
 from autointerp.errors import AutointerpError
 from autointerp.judges.judge import Judge
+from autointerp.stats.embed import Embedder, cluster_labels
 from autointerp.stats.saturation import (
     BootstrapSummary,
     SaturationVerdict,
@@ -78,11 +78,22 @@ class SaturationSummary:
         c = v.chao1
         population = f" of {v.population:,} alive features" if v.population is not None else ""
         if v.fully_labelled:
-            return [head, f"fully labelled: {v.n_labels:,}{population} labelled, {v.distinct:,} categories; every figure is exact, no new category can appear",
-                    f"verdict: {'saturated' if v.saturated else 'not saturated'} ({'; '.join(v.reasons)})"]
-        reach = f"after about {self.labels_to_target:,} more labels" if self.labels_to_target is not None else "never, by extrapolation"
+            return [
+                head,
+                f"fully labelled: {v.n_labels:,}{population} labelled, {v.distinct:,} categories; every figure is exact, no new category can appear",
+                f"verdict: {'saturated' if v.saturated else 'not saturated'} ({'; '.join(v.reasons)})",
+            ]
+        reach = (
+            f"after about {self.labels_to_target:,} more labels"
+            if self.labels_to_target is not None
+            else "never, by extrapolation"
+        )
         guest = f"saturated at {self.guest_in_order}" if self.guest_in_order else "not saturated"
-        spread = f" (N median {b.saturation_n.median:.0f}, 95% {b.saturation_n.low:.0f}–{b.saturation_n.high:.0f})" if b.saturation_n else ""
+        spread = (
+            f" (N median {b.saturation_n.median:.0f}, 95% {b.saturation_n.low:.0f}–{b.saturation_n.high:.0f})"
+            if b.saturation_n
+            else ""
+        )
         its = b.final_its_rolling
         window = min(b.window, v.n_labels)
         if self.stop_at is None:
@@ -143,7 +154,11 @@ async def _codebook_mapping(labels: list[str], judge: Judge, cfg: SaturationConf
     temperature = "provider's default temperature" if temperature is None else f"temperature {temperature:g}"
     prompt_hash = settings.get("prompts", {}).get("codebook", "")
     out = _Mapping(
-        [], [], [], [], [],
+        [],
+        [],
+        [],
+        [],
+        [],
         merge_rule=(
             f"codebook: {judge.name} at {temperature}, prompt codebook.txt "
             f"sha256 {prompt_hash[:12]}, {cfg.codebook_batch} labels per call in labelling order"
@@ -169,9 +184,15 @@ async def _codebook_mapping(labels: list[str], judge: Judge, cfg: SaturationConf
     return out
 
 
-def _steps_frame(categories: list[int], features: list[int], cfg: SaturationConfig, merge_rule: str, population: int | None) -> pd.DataFrame:
+def _steps_frame(
+    categories: list[int], features: list[int], cfg: SaturationConfig, merge_rule: str, population: int | None
+) -> pd.DataFrame:
     stats = saturation_step_table(
-        [str(c) for c in categories], window=cfg.its_window, base=cfg.guest_base, run=cfg.guest_run, threshold=cfg.guest_threshold,
+        [str(c) for c in categories],
+        window=cfg.its_window,
+        base=cfg.guest_base,
+        run=cfg.guest_run,
+        threshold=cfg.guest_threshold,
         population=population,
     )
     frame = pd.DataFrame([asdict(s) for s in stats]).rename(columns={"distinct": "n_categories"})
@@ -199,7 +220,9 @@ async def saturate(
     """
     labelled = store.saturation_labels(run_id, explainer)
     if labelled.empty:
-        raise AutointerpError(f"run '{run_id}' has no labels by {explainer}", "run `autointerp explain` with that judge first")
+        raise AutointerpError(
+            f"run '{run_id}' has no labels by {explainer}", "run `autointerp explain` with that judge first"
+        )
     labels = labelled.label.tolist()
     # The dictionary is the population: its alive features, whichever of them this explainer labelled
     # (None, an unbounded population, only for labels stored without a gather).
@@ -262,7 +285,9 @@ async def saturate(
     return summary
 
 
-def _figures(sequence: list[str], cfg: SaturationConfig, merge_rule: str, population: int | None) -> tuple[dict[str, object], dict[str, object]]:
+def _figures(
+    sequence: list[str], cfg: SaturationConfig, merge_rule: str, population: int | None
+) -> tuple[dict[str, object], dict[str, object]]:
     """The summary's order-free and extrapolated figures, and the rarefaction curve and
     extrapolation as they are stored. Every bound respects the population of alive features."""
     guest = dict(base=cfg.guest_base, run=cfg.guest_run, threshold=cfg.guest_threshold)
@@ -270,7 +295,9 @@ def _figures(sequence: list[str], cfg: SaturationConfig, merge_rule: str, popula
     counts = counts_from_labels(sequence)
     next_m = min(cfg.next_m, n, population - n if population is not None else n)
     figures: dict[str, object] = dict(
-        verdict=saturation_verdict(sequence, target_coverage=cfg.target_coverage, merge_rule=merge_rule, population=population, **guest),
+        verdict=saturation_verdict(
+            sequence, target_coverage=cfg.target_coverage, merge_rule=merge_rule, population=population, **guest
+        ),
         bootstrap=bootstrap_orders(sequence, cfg.n_boot, cfg.seed, window=cfg.its_window, **guest),
         guest_in_order=guest_saturation(sequence, **guest).label,
         next_m=next_m,
@@ -328,7 +355,13 @@ class CoverageStop:
     the chunk that were labelled after that point still count as calls made.
     """
 
-    def __init__(self, target: float = 0.95, min_labels: int = 100, threshold: float = DEFAULT_THRESHOLD, embedder: Embedder | None = None):
+    def __init__(
+        self,
+        target: float = 0.95,
+        min_labels: int = 100,
+        threshold: float = DEFAULT_THRESHOLD,
+        embedder: Embedder | None = None,
+    ):
         stop_rule(["x"], target, min_labels)  # the rule's own argument checks, before any label is paid for
         self.target = target
         self.min_labels = min_labels

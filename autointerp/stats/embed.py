@@ -11,7 +11,7 @@ config of any local model directory we are given.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,7 +46,7 @@ def _check_pooling(path: str) -> int | None:
     return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load(path: str, device: str) -> tuple[PreTrainedTokenizerBase, PreTrainedModel, int]:
     """One tokenizer and model per (path, device) per process."""
     from transformers import AutoModel, AutoTokenizer

@@ -91,7 +91,9 @@ def _vector(name: str, values: Sequence) -> np.ndarray:
         raise AutointerpError(f"{name} is one string, not a sequence", f"pass {name} as a list of values")
     arr = np.asarray(values)
     if arr.ndim != 1:
-        raise AutointerpError(f"{name} has shape {arr.shape}; it must be one-dimensional", f"pass {name} as a flat list")
+        raise AutointerpError(
+            f"{name} has shape {arr.shape}; it must be one-dimensional", f"pass {name} as a flat list"
+        )
     return arr
 
 
@@ -234,7 +236,9 @@ def balanced_accuracy(tp: int, n_pos: int, tn: int, n_neg: int) -> Estimate:
     # Under the null every set of `predicted` snippets is as likely to be the one marked active:
     # the hits among the positives are hypergeometric.
     p = float(hypergeom.sf(tp - 1, n_pos + n_neg, n_pos, predicted))
-    return Estimate((tp / n_pos + tn / n_neg) / 2, max(0.0, centre - half), min(1.0, centre + half), n_pos + n_neg, method, p)
+    return Estimate(
+        (tp / n_pos + tn / n_neg) / 2, max(0.0, centre - half), min(1.0, centre + half), n_pos + n_neg, method, p
+    )
 
 
 def _auc_from_ranks(ranks: np.ndarray, is_pos: np.ndarray, n_pos: int, n_neg: int) -> np.ndarray:
@@ -290,7 +294,9 @@ def auroc(scores: Sequence[float], labels: Sequence[bool]) -> Estimate:
 # correlation
 
 
-def _r_from_sums(n: np.ndarray, sx: np.ndarray, sy: np.ndarray, sxx: np.ndarray, syy: np.ndarray, sxy: np.ndarray) -> np.ndarray:
+def _r_from_sums(
+    n: np.ndarray, sx: np.ndarray, sy: np.ndarray, sxx: np.ndarray, syy: np.ndarray, sxy: np.ndarray
+) -> np.ndarray:
     """Pearson r from the sums of x, y, x², y², xy (NaN where a side is constant).
 
     Callers centre x and y first, so the sums do not cancel catastrophically.
@@ -373,8 +379,15 @@ def _rows_r(xs: np.ndarray, y: np.ndarray) -> np.ndarray:
         return (xc @ yc) / np.sqrt((xc * xc).sum(axis=1) * float(yc @ yc))
 
 
-def _group_permutation_p(x: np.ndarray, y: np.ndarray, group_of: np.ndarray, n_groups: int, value: float,
-                         n_permutations: int, rng: np.random.Generator) -> float:
+def _group_permutation_p(
+    x: np.ndarray,
+    y: np.ndarray,
+    group_of: np.ndarray,
+    n_groups: int,
+    value: float,
+    n_permutations: int,
+    rng: np.random.Generator,
+) -> float:
     """One-sided p of r under shuffling whole groups of x among the groups of y of the same length."""
     order = np.tile(np.arange(len(x)), (n_permutations, 1))
     members = [np.flatnonzero(group_of == k) for k in range(n_groups)]
@@ -397,9 +410,7 @@ def _p_at_least(null: np.ndarray, value: float) -> float:
 # does the scorer measure anything?
 
 
-def shuffle_gap(
-    true: Sequence[float], shuffled: Sequence[float], *, n_boot: int = 1000, seed: int = 0
-) -> Estimate:
+def shuffle_gap(true: Sequence[float], shuffled: Sequence[float], *, n_boot: int = 1000, seed: int = 0) -> Estimate:
     """Mean paired difference true − shuffled over features, with a bootstrap interval.
 
     true[i] is feature i scored with its own explanation, shuffled[i] with

@@ -143,8 +143,10 @@ def _check_population(population: int | None, n: int) -> int | None:
     if population is None:
         return None
     if isinstance(population, bool) or not isinstance(population, (int, np.integer)) or population < n:
-        raise AutointerpError(f"population is {population!r} but {n} labels were counted",
-                              "pass the number of alive features (at least the number labelled), or None")
+        raise AutointerpError(
+            f"population is {population!r} but {n} labels were counted",
+            "pass the number of alive features (at least the number labelled), or None",
+        )
     return int(population)
 
 
@@ -551,7 +553,9 @@ def saturation_step_table(
     return rows
 
 
-def stop_rule(categories: Sequence[str], target_coverage: float, min_labels: int, population: int | None = None) -> int | None:
+def stop_rule(
+    categories: Sequence[str], target_coverage: float, min_labels: int, population: int | None = None
+) -> int | None:
     """First step n >= min_labels whose coverage is >= target_coverage, else None.
 
     Labelling stops there; the calls saved are len(categories) − n.
@@ -714,7 +718,9 @@ def saturation_verdict(
     if population is not None and n == population:
         # Nothing is unseen, so coverage is met exactly; whether new categories had stopped appearing
         # is still the Guest criterion's to say.
-        reasons = [f"fully labelled: all {n} alive features have a label, so {s_obs} categories is exact and no new one can appear"]
+        reasons = [
+            f"fully labelled: all {n} alive features have a label, so {s_obs} categories is exact and no new one can appear"
+        ]
         coverage_ok = True
     if guest is None:
         guest_ok = False

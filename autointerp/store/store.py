@@ -48,13 +48,17 @@ WHERE vocab.run_id = styles.run_id;
 """
 
 _HEADLINES = ("detection", "fuzzing", "simulation", "embedding", "intervention")
-VIEWS = """
+VIEWS = (
+    """
 CREATE OR REPLACE VIEW feature_summary AS
 SELECT f.run_id, x.explainer, f.feature, x.label, x.status AS label_status, f.density, f.max_activation, f.n_firing, f.dead, f.dense,
-""" + ",\n".join(
-    f"    max(s.value) FILTER (WHERE s.scorer = '{n}') AS {n}, max(s.ci_low) FILTER (WHERE s.scorer = '{n}') AS {n}_low, "
-    f"max(s.ci_high) FILTER (WHERE s.scorer = '{n}') AS {n}_high, max(s.p_value) FILTER (WHERE s.scorer = '{n}') AS {n}_p"
-    for n in _HEADLINES) + """
+"""
+    + ",\n".join(
+        f"    max(s.value) FILTER (WHERE s.scorer = '{n}') AS {n}, max(s.ci_low) FILTER (WHERE s.scorer = '{n}') AS {n}_low, "
+        f"max(s.ci_high) FILTER (WHERE s.scorer = '{n}') AS {n}_high, max(s.p_value) FILTER (WHERE s.scorer = '{n}') AS {n}_p"
+        for n in _HEADLINES
+    )
+    + """
 FROM features f
 LEFT JOIN explanations x ON x.run_id = f.run_id AND x.feature = f.feature
 LEFT JOIN scores s ON s.run_id = f.run_id AND s.feature = f.feature AND s.explainer = x.explainer AND s.label_source = 'true'
@@ -68,9 +72,12 @@ CROSS JOIN LATERAL (SELECT unnest(e.token_ids) AS token_id, generate_subscripts(
 JOIN vocab v ON v.run_id = e.run_id AND v.token_id = t.token_id
 GROUP BY ALL;
 """
+)
 
 MIGRATIONS: list[tuple[str, str]] = [
-    ("initial", """
+    (
+        "initial",
+        """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY,
@@ -130,10 +137,13 @@ CREATE TABLE IF NOT EXISTS saturation_summary (
     verdict JSON, rarefaction JSON, bootstrap JSON, extrapolation JSON, created_at TIMESTAMP,
     PRIMARY KEY (run_id, explainer, method)
 );
-"""),
+""",
+    ),
     # Every LLM call gets an id and the run it was made for; labels and scores keep the ids of the
     # calls that produced them. Calls logged before this migration are numbered in insertion order.
-    ("llm call ids and links", """
+    (
+        "llm call ids and links",
+        """
 ALTER TABLE llm_calls ADD COLUMN call_id BIGINT;
 ALTER TABLE llm_calls ADD COLUMN run_id VARCHAR;
 UPDATE llm_calls SET call_id = numbered.n
@@ -141,10 +151,13 @@ UPDATE llm_calls SET call_id = numbered.n
     WHERE llm_calls.rowid = numbered.r;
 ALTER TABLE explanations ADD COLUMN call_id BIGINT;
 ALTER TABLE scores ADD COLUMN call_ids BIGINT[];
-"""),
+""",
+    ),
     # Labelling order as its own column (it was inferred from created_at, so re-explaining one
     # feature reordered the saturation curve). Existing labels keep the order they had.
-    ("labelling order", """
+    (
+        "labelling order",
+        """
 ALTER TABLE explanations ADD COLUMN position INTEGER;
 UPDATE explanations SET position = ordered.p
     FROM (SELECT run_id, explainer, feature,
@@ -152,10 +165,13 @@ UPDATE explanations SET position = ordered.p
           FROM explanations) AS ordered
     WHERE explanations.run_id = ordered.run_id AND explanations.explainer = ordered.explainer
       AND explanations.feature = ordered.feature;
-"""),
+""",
+    ),
     # Scores carry their per-feature null test; each scorer's summary is stored once, by the score
     # stage, and read by the report.
-    ("score p-values and summaries", """
+    (
+        "score p-values and summaries",
+        """
 ALTER TABLE scores ADD COLUMN p_value DOUBLE;
 CREATE TABLE score_summaries (
     run_id VARCHAR, explainer VARCHAR, scorer VARCHAR, judge VARCHAR, metric VARCHAR, chance DOUBLE, samples VARCHAR,
@@ -165,24 +181,35 @@ CREATE TABLE score_summaries (
     created_at TIMESTAMP,
     PRIMARY KEY (run_id, explainer, scorer)
 );
-"""),
+""",
+    ),
     # Causal LMs: what each feature's direction does to the next-token prediction (effects.py),
     # written with the gather; the settings that made them on the run.
-    ("output effects", """
+    (
+        "output effects",
+        """
 CREATE TABLE output_effects (run_id VARCHAR, feature INTEGER, kind VARCHAR, rank INTEGER, token_id INTEGER, value DOUBLE);
 ALTER TABLE runs ADD COLUMN output_effects JSON;
-"""),
+""",
+    ),
     # Views for the questions users ask first (README "Queries"): one row per feature and explainer
     # with each scorer's headline, and snippets as text. Tokens get their readable piece; runs keep
     # their histogram's bin edges (NULL for runs gathered before this).
-    ("views and readable tokens", """
+    (
+        "views and readable tokens",
+        """
 ALTER TABLE vocab ADD COLUMN piece VARCHAR;
 ALTER TABLE runs ADD COLUMN histogram_edges DOUBLE[];
-""" + VOCAB_PIECES.format(runs="SELECT run_id FROM vocab") + VIEWS),
+"""
+        + VOCAB_PIECES.format(runs="SELECT run_id FROM vocab")
+        + VIEWS,
+    ),
     # Requests sent through a provider's batch API (batch.py): written before the batch is created,
     # so a run killed while a batch runs at the provider collects it on the re-run instead of
     # paying for the same requests again.
-    ("llm batches", """
+    (
+        "llm batches",
+        """
 CREATE TABLE llm_batches (
     local_id VARCHAR PRIMARY KEY, batch_id VARCHAR, provider VARCHAR, model VARCHAR, base_url VARCHAR, run_id VARCHAR,
     status VARCHAR, n_requests INTEGER, submitted_at TIMESTAMP, ended_at TIMESTAMP, detail VARCHAR
@@ -190,7 +217,8 @@ CREATE TABLE llm_batches (
 CREATE TABLE llm_batch_requests (
     local_id VARCHAR, cache_key VARCHAR, purpose VARCHAR, feature BIGINT, system VARCHAR, "user" VARCHAR, params VARCHAR
 );
-"""),
+""",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -220,7 +248,9 @@ class RunRecord:
     n_contexts: int = 0
     gather_seconds: float = 0.0
     output_effects: dict = field(default_factory=dict)  # settings of the stored output effects ({} when none)
-    histogram_edges: list[float] = field(default_factory=list)  # the features' histogram bins: (-inf, e0), [e0, e1) … [eN, inf)
+    histogram_edges: list[float] = field(
+        default_factory=list
+    )  # the features' histogram bins: (-inf, e0), [e0, e1) … [eN, inf)
 
 
 def db_path(project: str | Path) -> Path:
@@ -247,15 +277,21 @@ class Store:
         """read_only: a connection that writes nothing; create=False: refuse a project without a database."""
         self.path = db_path(project)
         if (read_only or not create) and not self.path.exists():
-            raise AutointerpError(f"no database at {self.path}", "run `autointerp gather` (or `autointerp run`) for this project first")
+            raise AutointerpError(
+                f"no database at {self.path}", "run `autointerp gather` (or `autointerp run`) for this project first"
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise AutointerpError(f"cannot create the project directory {self.path.parent}: {e.strerror}",
-                                  "pass a --project path inside a writable directory") from None
+            raise AutointerpError(
+                f"cannot create the project directory {self.path.parent}: {e.strerror}",
+                "pass a --project path inside a writable directory",
+            ) from None
         if not read_only and not _writable(self.path.parent):
-            raise AutointerpError(f"the project directory {self.path.parent} is not writable",
-                                  "pass a --project in a directory you can write, or change its permissions (chmod u+w)")
+            raise AutointerpError(
+                f"the project directory {self.path.parent} is not writable",
+                "pass a --project in a directory you can write, or change its permissions (chmod u+w)",
+            )
         if read_only and _pending_migrations(self.path):
             with Store(project):  # upgrade first: a read-only connection cannot
                 pass
@@ -270,7 +306,7 @@ class Store:
     def close(self) -> None:
         self.con.close()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -292,9 +328,23 @@ class Store:
         tables = {
             "features": _features_arrow(run.run_id, features),
             "examples": _examples_arrow(run.run_id, examples),
-            "contexts": pa.table({"run_id": [run.run_id] * len(contexts), "context_id": contexts.context_id.to_numpy(), "split": contexts.split.to_numpy()}),
-            "documents": pa.table({"run_id": [run.run_id] * len(documents), "doc_id": documents.doc_id.to_numpy(), "name": documents.name.to_numpy()}),
-            "vocab": pa.table({"run_id": [run.run_id] * len(vocab), "token_id": np.arange(len(vocab), dtype=np.int32), "token": vocab}),
+            "contexts": pa.table(
+                {
+                    "run_id": [run.run_id] * len(contexts),
+                    "context_id": contexts.context_id.to_numpy(),
+                    "split": contexts.split.to_numpy(),
+                }
+            ),
+            "documents": pa.table(
+                {
+                    "run_id": [run.run_id] * len(documents),
+                    "doc_id": documents.doc_id.to_numpy(),
+                    "name": documents.name.to_numpy(),
+                }
+            ),
+            "vocab": pa.table(
+                {"run_id": [run.run_id] * len(vocab), "token_id": np.arange(len(vocab), dtype=np.int32), "token": vocab}
+            ),
             "output_effects": _effects_arrow(run.run_id, effects),
         }
         now = _now()
@@ -307,7 +357,9 @@ class Store:
             row["created_at"] = created[0] if created else now
             row["updated_at"] = now
             cols = list(row)
-            self.con.execute(f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", list(row.values()))
+            self.con.execute(
+                f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", list(row.values())
+            )
             for name, table in tables.items():
                 self.con.execute(f"DELETE FROM {name} WHERE run_id = ?", [run.run_id])
                 self._insert(name, table)
@@ -344,12 +396,16 @@ class Store:
         return self.con.execute(
             f"""SELECT e.feature, e.kind, e.rank, e.token_id, v.token, e.value FROM output_effects e
                 LEFT JOIN vocab v ON v.run_id = e.run_id AND v.token_id = e.token_id
-                WHERE e.run_id = ? {where} ORDER BY e.feature, e.kind, e.rank""", args).df()
+                WHERE e.run_id = ? {where} ORDER BY e.feature, e.kind, e.rank""",
+            args,
+        ).df()
 
     def features(self, run_id: str) -> pd.DataFrame:
         return self.con.execute("SELECT * FROM features WHERE run_id = ? ORDER BY feature", [run_id]).df()
 
-    def examples(self, run_id: str, feature: int | None = None, split: str | None = None, kind: str | None = None) -> pd.DataFrame:
+    def examples(
+        self, run_id: str, feature: int | None = None, split: str | None = None, kind: str | None = None
+    ) -> pd.DataFrame:
         where, args = ["run_id = ?"], [run_id]
         for col, value in (("feature", feature), ("split", split), ("kind", kind)):
             if value is not None:
@@ -359,7 +415,9 @@ class Store:
         return self.con.execute(sql, args).df()
 
     def contexts(self, run_id: str) -> pd.DataFrame:
-        return self.con.execute("SELECT context_id, split FROM contexts WHERE run_id = ? ORDER BY context_id", [run_id]).df()
+        return self.con.execute(
+            "SELECT context_id, split FROM contexts WHERE run_id = ? ORDER BY context_id", [run_id]
+        ).df()
 
     def vocab(self, run_id: str) -> list[str]:
         rows = self.con.execute("SELECT token FROM vocab WHERE run_id = ? ORDER BY token_id", [run_id]).fetchall()
@@ -368,8 +426,15 @@ class Store:
     def documents(self, run_id: str) -> pd.DataFrame:
         return self.con.execute("SELECT doc_id, name FROM documents WHERE run_id = ? ORDER BY doc_id", [run_id]).df()
 
-    def feature_snippets(self, run_id: str, features: list[int], *, split: str | None = None, max_per_kind: dict[str, int] | None = None,
-                         quantile_bins: tuple[int, ...] | None = None) -> list[FeatureSnippets]:
+    def feature_snippets(
+        self,
+        run_id: str,
+        features: list[int],
+        *,
+        split: str | None = None,
+        max_per_kind: dict[str, int] | None = None,
+        quantile_bins: tuple[int, ...] | None = None,
+    ) -> list[FeatureSnippets]:
         """Stored windows of these features as typed records, tokens as display pieces.
 
         split limits to one split; max_per_kind caps rows per (feature, split, kind) by rank,
@@ -385,16 +450,23 @@ class Store:
         uncapped = [k for k in ("top", "quantile", "negative") if k not in caps]
         if uncapped:
             cap_sql = " OR ".join(filter(None, [cap_sql, f"kind IN ({', '.join(repr(k) for k in uncapped)})"]))
-        where = f"run_id = ? AND feature IN (SELECT feature FROM wanted) AND ({cap_sql})" + (" AND split = ?" if split else "")
+        where = f"run_id = ? AND feature IN (SELECT feature FROM wanted) AND ({cap_sql})" + (
+            " AND split = ?" if split else ""
+        )
         qualify = ""
         if quantile_bins is not None:
             bins = ", ".join(str(int(b)) for b in quantile_bins) or "NULL"
-            qualify = (f" QUALIFY kind <> 'quantile' OR (quantile IN ({bins}) AND "
-                       "row_number() OVER (PARTITION BY feature, split, kind, quantile ORDER BY rank) = 1)")
+            qualify = (
+                f" QUALIFY kind <> 'quantile' OR (quantile IN ({bins}) AND "
+                "row_number() OVER (PARTITION BY feature, split, kind, quantile ORDER BY rank) = 1)"
+            )
         args = [run_id] + ([split] if split else [])
         self.con.register("wanted", pa.table({"feature": pa.array(features, pa.int32())}))
         try:
-            stats = self.con.execute("SELECT feature, max_activation, density FROM features WHERE run_id = ? AND feature IN (SELECT feature FROM wanted) ORDER BY feature", [run_id]).fetchall()
+            stats = self.con.execute(
+                "SELECT feature, max_activation, density FROM features WHERE run_id = ? AND feature IN (SELECT feature FROM wanted) ORDER BY feature",
+                [run_id],
+            ).fetchall()
             ex = self.con.execute(
                 f"SELECT feature, split, kind, context_id, token_ids, activations, max_activation, quantile FROM examples WHERE {where}{qualify} ORDER BY feature, split, kind, rank",
                 args,
@@ -402,10 +474,17 @@ class Store:
         finally:
             self.con.unregister("wanted")
         out = {f: FeatureSnippets(feature=f, max_activation=m, density=d) for f, m, d in stats}
-        buckets = {("explain", False): "explain", ("explain", True): "explain_negatives", ("score", False): "score", ("score", True): "score_negatives"}
+        buckets = {
+            ("explain", False): "explain",
+            ("explain", True): "explain_negatives",
+            ("score", False): "score",
+            ("score", True): "score_negatives",
+        }
         for feature, split_, kind, ctx, ids, acts, peak, quantile in ex:
             pieces = (first[ids[0]], *[rest[i] for i in ids[1:]]) if ids else ()
-            snip = Snippet(feature, split_, kind, ctx, pieces, tuple(acts) if acts is not None else None, peak, quantile)
+            snip = Snippet(
+                feature, split_, kind, ctx, pieces, tuple(acts) if acts is not None else None, peak, quantile
+            )
             getattr(out[feature], buckets[split_, kind == "negative"]).append(snip)
         return [out[f] for f in features if f in out]
 
@@ -422,18 +501,31 @@ class Store:
         with self._transaction():
             self.con.register("incoming_features", pa.table({"feature": pa.array(rows.feature.to_numpy(), pa.int32())}))
             try:
-                kept = dict(self.con.execute(
-                    "SELECT feature, position FROM explanations WHERE run_id = ? AND explainer = ? AND feature IN (SELECT feature FROM incoming_features)",
-                    [run_id, explainer]).fetchall())
+                kept = dict(
+                    self.con.execute(
+                        "SELECT feature, position FROM explanations WHERE run_id = ? AND explainer = ? AND feature IN (SELECT feature FROM incoming_features)",
+                        [run_id, explainer],
+                    ).fetchall()
+                )
             finally:
                 self.con.unregister("incoming_features")
-            last = self._one("SELECT coalesce(max(position), 0) FROM explanations WHERE run_id = ? AND explainer = ?", [run_id, explainer])[0]
+            last = self._one(
+                "SELECT coalesce(max(position), 0) FROM explanations WHERE run_id = ? AND explainer = ?",
+                [run_id, explainer],
+            )[0]
             new = ~rows.feature.isin(list(kept))
             position = rows.feature.map(kept).astype("Int64")
             position[new] = last + np.arange(1, int(new.sum()) + 1)
-            frame = rows.assign(run_id=run_id, explainer=explainer, position=position.astype("int32"), created_at=_now())
-            self._replace("explanations", pa.Table.from_pandas(frame, preserve_index=False),
-                          "run_id = ? AND explainer = ? AND feature IN (SELECT feature FROM incoming)", [run_id, explainer], transaction=False)
+            frame = rows.assign(
+                run_id=run_id, explainer=explainer, position=position.astype("int32"), created_at=_now()
+            )
+            self._replace(
+                "explanations",
+                pa.Table.from_pandas(frame, preserve_index=False),
+                "run_id = ? AND explainer = ? AND feature IN (SELECT feature FROM incoming)",
+                [run_id, explainer],
+                transaction=False,
+            )
 
     def explanations(self, run_id: str, explainer: str | None = None) -> pd.DataFrame:
         sql, args = "SELECT * FROM explanations WHERE run_id = ?", [run_id]
@@ -442,19 +534,35 @@ class Store:
         return self.con.execute(sql + " ORDER BY feature", args).df()
 
     def explainers(self, run_id: str) -> list[str]:
-        return [r[0] for r in self.con.execute("SELECT DISTINCT explainer FROM explanations WHERE run_id = ? ORDER BY 1", [run_id]).fetchall()]
+        return [
+            r[0]
+            for r in self.con.execute(
+                "SELECT DISTINCT explainer FROM explanations WHERE run_id = ? ORDER BY 1", [run_id]
+            ).fetchall()
+        ]
 
-    def write_scores(self, run_id: str, explainer: str, scorer: str, rows: pd.DataFrame, label_source: str = "true") -> None:
+    def write_scores(
+        self, run_id: str, explainer: str, scorer: str, rows: pd.DataFrame, label_source: str = "true"
+    ) -> None:
         """Replace this scorer's rows of one label source (own labels, "true", or the control, "shuffled") for these features."""
         frame = rows.assign(run_id=run_id, explainer=explainer, scorer=scorer, created_at=_now())
         calls = frame.pop("call_ids") if "call_ids" in frame else pd.Series([[]] * len(frame))
-        table = pa.Table.from_pandas(frame, preserve_index=False).append_column("call_ids", pa.array(list(calls), pa.list_(pa.int64())))
-        self._replace("scores", table, "run_id = ? AND explainer = ? AND scorer = ? AND label_source = ? AND feature IN (SELECT feature FROM incoming)",
-                      [run_id, explainer, scorer, label_source])
+        table = pa.Table.from_pandas(frame, preserve_index=False).append_column(
+            "call_ids", pa.array(list(calls), pa.list_(pa.int64()))
+        )
+        self._replace(
+            "scores",
+            table,
+            "run_id = ? AND explainer = ? AND scorer = ? AND label_source = ? AND feature IN (SELECT feature FROM incoming)",
+            [run_id, explainer, scorer, label_source],
+        )
 
     def delete_scores(self, run_id: str, explainer: str, scorers: list[str], label_source: str) -> None:
         for scorer in scorers:
-            self.con.execute("DELETE FROM scores WHERE run_id = ? AND explainer = ? AND scorer = ? AND label_source = ?", [run_id, explainer, scorer, label_source])
+            self.con.execute(
+                "DELETE FROM scores WHERE run_id = ? AND explainer = ? AND scorer = ? AND label_source = ?",
+                [run_id, explainer, scorer, label_source],
+            )
 
     def scores(self, run_id: str, explainer: str | None = None, scorer: str | None = None) -> pd.DataFrame:
         sql, args = "SELECT * FROM scores WHERE run_id = ?", [run_id]
@@ -465,8 +573,15 @@ class Store:
 
     def write_score_summaries(self, run_id: str, explainer: str, rows: pd.DataFrame) -> None:
         """Replace the summaries of these scorers (one row each: see the score_summaries columns)."""
-        table = pa.Table.from_pandas(rows.assign(run_id=run_id, explainer=explainer, created_at=_now()), preserve_index=False)
-        self._replace("score_summaries", table, "run_id = ? AND explainer = ? AND scorer IN (SELECT scorer FROM incoming)", [run_id, explainer])
+        table = pa.Table.from_pandas(
+            rows.assign(run_id=run_id, explainer=explainer, created_at=_now()), preserve_index=False
+        )
+        self._replace(
+            "score_summaries",
+            table,
+            "run_id = ? AND explainer = ? AND scorer IN (SELECT scorer FROM incoming)",
+            [run_id, explainer],
+        )
 
     def score_summaries(self, run_id: str, explainer: str | None = None) -> pd.DataFrame:
         sql, args = "SELECT * FROM score_summaries WHERE run_id = ?", [run_id]
@@ -480,7 +595,13 @@ class Store:
             "coalesce(sum(completion_tokens), 0), sum(cost_usd) FROM llm_calls WHERE purpose LIKE ?",
             [purpose_prefix + "%"],
         )
-        return {"calls": row[0], "failed": row[1], "prompt_tokens": row[2], "completion_tokens": row[3], "cost_usd": row[4]}
+        return {
+            "calls": row[0],
+            "failed": row[1],
+            "prompt_tokens": row[2],
+            "completion_tokens": row[3],
+            "cost_usd": row[4],
+        }
 
     @contextmanager
     def _transaction(self):
@@ -519,7 +640,13 @@ class Store:
 
     # ---- saturation (tables in SATURATION_SCHEMA; this section belongs to the saturation stage)
 
-    _SATURATION_JSON = ("params", "verdict", "rarefaction", "bootstrap", "extrapolation")  # JSON columns of saturation_summary
+    _SATURATION_JSON = (
+        "params",
+        "verdict",
+        "rarefaction",
+        "bootstrap",
+        "extrapolation",
+    )  # JSON columns of saturation_summary
 
     def saturation_labels(self, run_id: str, explainer: str) -> pd.DataFrame:
         """The labels this explainer produced for the run (failures left out), in labelling order."""
@@ -528,7 +655,9 @@ class Store:
             [run_id, explainer],
         ).df()
 
-    def write_saturation(self, run_id: str, explainer: str, method: str, categories: pd.DataFrame, steps: pd.DataFrame, summary: dict) -> None:
+    def write_saturation(
+        self, run_id: str, explainer: str, method: str, categories: pd.DataFrame, steps: pd.DataFrame, summary: dict
+    ) -> None:
         """Replace this run+explainer+method's categories, per-step figures and summary together, in one
         transaction, so the three never describe different mappings.
 
@@ -538,15 +667,23 @@ class Store:
         """
         keys = {"run_id": run_id, "explainer": explainer, "method": method}
         now = _now()
-        row = {**keys, **{k: json.dumps(v) if k in self._SATURATION_JSON else v for k, v in summary.items()}, "created_at": now}
+        row = {
+            **keys,
+            **{k: json.dumps(v) if k in self._SATURATION_JSON else v for k, v in summary.items()},
+            "created_at": now,
+        }
         tables = {
-            "categories": pa.Table.from_pandas(categories.assign(**keys, created_at=now).astype({"category": "Int32"}), preserve_index=False),
+            "categories": pa.Table.from_pandas(
+                categories.assign(**keys, created_at=now).astype({"category": "Int32"}), preserve_index=False
+            ),
             "saturation_steps": pa.Table.from_pandas(steps.assign(**keys), preserve_index=False),
             "saturation_summary": pa.Table.from_pylist([row]),
         }
         with self._transaction():
             for name, table in tables.items():
-                self.con.execute(f"DELETE FROM {name} WHERE run_id = ? AND explainer = ? AND method = ?", list(keys.values()))
+                self.con.execute(
+                    f"DELETE FROM {name} WHERE run_id = ? AND explainer = ? AND method = ?", list(keys.values())
+                )
                 self._insert(name, table)
 
     def categories(self, run_id: str, explainer: str, method: str) -> pd.DataFrame:
@@ -559,7 +696,9 @@ class Store:
 
     def saturation_summaries(self, run_id: str) -> list[dict]:
         """Every stored saturation summary of the run, JSON columns decoded."""
-        frame = self.con.execute("SELECT * FROM saturation_summary WHERE run_id = ? ORDER BY explainer, method", [run_id]).df()
+        frame = self.con.execute(
+            "SELECT * FROM saturation_summary WHERE run_id = ? ORDER BY explainer, method", [run_id]
+        ).df()
         rows = frame.to_dict("records")
         for row in rows:
             for key in self._SATURATION_JSON:
@@ -568,20 +707,30 @@ class Store:
 
     # ---- reads for reports and exports (this section belongs to the report and export modules)
 
-    def llm_calls(self, run_id: str | None = None, purpose: str | None = None, feature: int | None = None, limit: int = 20) -> pd.DataFrame:
+    def llm_calls(
+        self, run_id: str | None = None, purpose: str | None = None, feature: int | None = None, limit: int = 20
+    ) -> pd.DataFrame:
         """The latest logged LLM calls, newest first, optionally of one run, purpose or feature."""
         where, args = [], []
         for col, value in (("run_id", run_id), ("purpose", purpose), ("feature", feature)):
             if value is not None:
                 where.append(f"{col} = ?")
                 args.append(value)
-        sql = "SELECT * FROM llm_calls" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY call_id DESC LIMIT ?"
+        sql = (
+            "SELECT * FROM llm_calls"
+            + (f" WHERE {' AND '.join(where)}" if where else "")
+            + " ORDER BY call_id DESC LIMIT ?"
+        )
         return self.con.execute(sql, args + [limit]).df()
 
     def stored_counts(self) -> dict[str, int]:
         """Rows a user cares about, project-wide: runs, labels, scores, logged LLM calls."""
-        q = {"runs": "SELECT count(*) FROM runs", "labels": "SELECT count(*) FROM explanations WHERE status = 'ok'",
-             "scored features": "SELECT count(DISTINCT (run_id, explainer, scorer, feature)) FROM scores", "logged LLM calls": "SELECT count(*) FROM llm_calls"}
+        q = {
+            "runs": "SELECT count(*) FROM runs",
+            "labels": "SELECT count(*) FROM explanations WHERE status = 'ok'",
+            "scored features": "SELECT count(DISTINCT (run_id, explainer, scorer, feature)) FROM scores",
+            "logged LLM calls": "SELECT count(*) FROM llm_calls",
+        }
         return {what: self._one(sql)[0] for what, sql in q.items()}
 
     def table_counts(self, run_id: str) -> dict[str, int]:
@@ -602,13 +751,17 @@ class Store:
         """
         if name not in self.table_names():
             raise AutointerpError(f"no table '{name}' in {self.path}", f"choose from: {', '.join(self.table_names())}")
-        columns = self.con.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ?", [name]).fetchall()
+        columns = self.con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ?", [name]
+        ).fetchall()
         if ("run_id",) in columns:
             return self.con.sql(f'SELECT * FROM "{name}" WHERE run_id = ?', params=[run_id]).to_arrow_reader(batch_rows)
         return self.con.sql(f'SELECT * FROM "{name}"').to_arrow_reader(batch_rows)
 
     def latest_explainer(self, run_id: str) -> str | None:
-        row = self._one("SELECT explainer FROM explanations WHERE run_id = ? ORDER BY created_at DESC, explainer LIMIT 1", [run_id])
+        row = self._one(
+            "SELECT explainer FROM explanations WHERE run_id = ? ORDER BY created_at DESC, explainer LIMIT 1", [run_id]
+        )
         return row[0] if row else None
 
     def prompt_hashes(self, run_id: str) -> pd.DataFrame:
@@ -630,7 +783,8 @@ class Store:
         return self.con.execute(
             "SELECT run_id, provider, model, purpose, count(*) AS calls, count(*) FILTER (WHERE error IS NOT NULL) AS failed, "
             "coalesce(sum(prompt_tokens), 0) AS prompt_tokens, coalesce(sum(completion_tokens), 0) AS completion_tokens, "
-            f"sum(cost_usd) AS cost_usd, count(cost_usd) AS priced FROM llm_calls {where} GROUP BY ALL ORDER BY ALL", args
+            f"sum(cost_usd) AS cost_usd, count(cost_usd) AS priced FROM llm_calls {where} GROUP BY ALL ORDER BY ALL",
+            args,
         ).df()
 
 
@@ -650,11 +804,29 @@ class CallLog:
     """
 
     _MERGE_EVERY = 1 << 16  # fold this session's keys into the sorted array this often
-    _SCHEMA = pa.schema([("call_id", pa.int64()), ("run_id", pa.string()), ("cache_key", pa.string()), ("provider", pa.string()),
-                         ("model", pa.string()), ("purpose", pa.string()), ("feature", pa.int64()), ("system", pa.string()),
-                         ("user", pa.string()), ("params", pa.string()), ("response", pa.string()), ("raw", pa.string()),
-                         ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("latency_s", pa.float64()),
-                         ("retries", pa.int64()), ("cost_usd", pa.float64()), ("error", pa.string()), ("created_at", pa.timestamp("us"))])
+    _SCHEMA = pa.schema(
+        [
+            ("call_id", pa.int64()),
+            ("run_id", pa.string()),
+            ("cache_key", pa.string()),
+            ("provider", pa.string()),
+            ("model", pa.string()),
+            ("purpose", pa.string()),
+            ("feature", pa.int64()),
+            ("system", pa.string()),
+            ("user", pa.string()),
+            ("params", pa.string()),
+            ("response", pa.string()),
+            ("raw", pa.string()),
+            ("prompt_tokens", pa.int64()),
+            ("completion_tokens", pa.int64()),
+            ("latency_s", pa.float64()),
+            ("retries", pa.int64()),
+            ("cost_usd", pa.float64()),
+            ("error", pa.string()),
+            ("created_at", pa.timestamp("us")),
+        ]
+    )
     _COLUMNS = tuple(_SCHEMA.names[:-1])  # the LLMCall fields, then created_at from its timestamp
 
     def __init__(self, store: Store, run_id: str | None = None, flush_every: int = 64):
@@ -708,8 +880,19 @@ class CallLog:
             return None
         from autointerp.llm.client import Completion
 
-        return Completion(text=row[0], provider=row[1], model=row[2], prompt_tokens=row[3], completion_tokens=row[4],
-                          latency_s=row[5], retries=row[6], cost_usd=row[7], cached=True, raw=row[8], call_id=row[9])
+        return Completion(
+            text=row[0],
+            provider=row[1],
+            model=row[2],
+            prompt_tokens=row[3],
+            completion_tokens=row[4],
+            latency_s=row[5],
+            retries=row[6],
+            cost_usd=row[7],
+            cached=True,
+            raw=row[8],
+            call_id=row[9],
+        )
 
     def record(self, call) -> int:
         """Log one call; returns its id."""
@@ -731,7 +914,12 @@ class CallLog:
     def flush(self) -> None:
         if not self.pending:
             return
-        self.store._insert("llm_calls", self._arrow([{c: getattr(call, c) for c in self._COLUMNS} | {"created_at": call.timestamp} for call in self.pending]))
+        self.store._insert(
+            "llm_calls",
+            self._arrow(
+                [{c: getattr(call, c) for c in self._COLUMNS} | {"created_at": call.timestamp} for call in self.pending]
+            ),
+        )
         self.pending.clear()
         self._journal.truncate(0)
 
@@ -745,20 +933,32 @@ class CallLog:
     def batch_opened(self, record, provider: str, model: str, base_url: str | None) -> None:
         """Store a batch's requests before the provider is asked to run them (status 'submitting')."""
         reqs = record.requests
-        requests = pa.table({"local_id": [record.local_id] * len(reqs), "cache_key": [r.cache_key for r in reqs],
-                             "purpose": [r.purpose for r in reqs], "feature": pa.array([r.feature for r in reqs], pa.int64()),
-                             "system": [r.system for r in reqs], "user": [r.user for r in reqs],
-                             "params": [json.dumps(r.params, sort_keys=True) for r in reqs]})
+        requests = pa.table(
+            {
+                "local_id": [record.local_id] * len(reqs),
+                "cache_key": [r.cache_key for r in reqs],
+                "purpose": [r.purpose for r in reqs],
+                "feature": pa.array([r.feature for r in reqs], pa.int64()),
+                "system": [r.system for r in reqs],
+                "user": [r.user for r in reqs],
+                "params": [json.dumps(r.params, sort_keys=True) for r in reqs],
+            }
+        )
         with self.store._transaction():
-            self.store.con.execute("INSERT INTO llm_batches VALUES (?, NULL, ?, ?, ?, ?, 'submitting', ?, ?, NULL, NULL)",
-                                   [record.local_id, provider, model, base_url, self.run_id, len(reqs), record.submitted_at])
+            self.store.con.execute(
+                "INSERT INTO llm_batches VALUES (?, NULL, ?, ?, ?, ?, 'submitting', ?, ?, NULL, NULL)",
+                [record.local_id, provider, model, base_url, self.run_id, len(reqs), record.submitted_at],
+            )
             self.store._insert("llm_batch_requests", requests)
 
     def batch_update(self, local_id: str, status: str, batch_id: str | None = None, detail: str | None = None) -> None:
         """'submitted' (with the provider's id), or how it ended: 'ended', 'failed', 'lost'."""
         ended = _now() if status != "submitted" else None
-        self.store.con.execute("UPDATE llm_batches SET status = ?, batch_id = coalesce(?, batch_id), detail = coalesce(?, detail), "
-                               "ended_at = ? WHERE local_id = ?", [status, batch_id, detail, ended, local_id])
+        self.store.con.execute(
+            "UPDATE llm_batches SET status = ?, batch_id = coalesce(?, batch_id), detail = coalesce(?, detail), "
+            "ended_at = ? WHERE local_id = ?",
+            [status, batch_id, detail, ended, local_id],
+        )
 
     def open_batches(self, provider: str, model: str, base_url: str | None) -> list:
         """The batches of this endpoint and model that were submitted (or being submitted) and not collected."""
@@ -767,13 +967,23 @@ class CallLog:
         rows = self.store.con.execute(
             "SELECT local_id, batch_id, status, submitted_at FROM llm_batches WHERE provider = ? AND model = ? "
             "AND base_url IS NOT DISTINCT FROM ? AND status IN ('submitting', 'submitted') ORDER BY submitted_at",
-            [provider, model, base_url]).fetchall()
+            [provider, model, base_url],
+        ).fetchall()
         out = []
         for local_id, batch_id, status, submitted_at in rows:
-            reqs = self.store.con.execute('SELECT cache_key, purpose, feature, system, "user", params FROM llm_batch_requests '
-                                          "WHERE local_id = ?", [local_id]).fetchall()
-            out.append(BatchRecord(local_id, [BatchRequest(k, p, f, sy, u, json.loads(pa_)) for k, p, f, sy, u, pa_ in reqs],
-                                   submitted_at, batch_id, status))
+            reqs = self.store.con.execute(
+                'SELECT cache_key, purpose, feature, system, "user", params FROM llm_batch_requests WHERE local_id = ?',
+                [local_id],
+            ).fetchall()
+            out.append(
+                BatchRecord(
+                    local_id,
+                    [BatchRequest(k, p, f, sy, u, json.loads(pa_)) for k, p, f, sy, u, pa_ in reqs],
+                    submitted_at,
+                    batch_id,
+                    status,
+                )
+            )
         return out
 
     @classmethod
@@ -784,13 +994,20 @@ class CallLog:
 
 # ------------------------------------------------------------------------------------- the web app's reads
 
+
 class Browser:
     """The queries of `autointerp serve`, over one read-only connection: every one bounded (LIMIT/OFFSET,
     a page's feature ids, or aggregates with a fixed number of rows), its parameters bound ($name). The
     only text spliced into SQL is chosen from the fixed fragments below (_TABLE_FILTERS, SORT_KEYS).
     Unlike Store(read_only=True), an older schema is refused rather than upgraded: a browser writes nothing."""
 
-    SORT_KEYS = {"feature": "f.feature", "density": "f.density", "activation": "f.max_activation", "score": "s.value", "label": "x.label"}
+    SORT_KEYS = {
+        "feature": "f.feature",
+        "density": "f.density",
+        "activation": "f.max_activation",
+        "score": "s.value",
+        "label": "x.label",
+    }
     TOKEN_IDS_OR = 16  # up to this many ids are tested one by one (list_contains): ~30x faster than list_has_any
 
     _RUNS = "SELECT run_id, model, hookpoint, d_sae, updated_at FROM runs ORDER BY updated_at DESC LIMIT 100"
@@ -809,20 +1026,26 @@ WHERE f.run_id = $run"""
         "token_many": "list_has_any(token_ids, $token_ids)",
         "min": " AND s.value >= $min",
         "low": " AND s.ci_low >= $low",
-        "dead=1": " AND f.dead", "dead=0": " AND NOT f.dead",
-        "dense=1": " AND f.dense", "dense=0": " AND NOT f.dense",
+        "dead=1": " AND f.dead",
+        "dead=0": " AND NOT f.dead",
+        "dense=1": " AND f.dense",
+        "dense=0": " AND NOT f.dense",
     }
 
     def __init__(self, project: str | Path, run_id: str | None = None):
         self.path = db_path(project)
         if not self.path.exists():
-            raise AutointerpError(f"no database at {self.path}", "run `autointerp gather` (or `autointerp run`) for this project first")
+            raise AutointerpError(
+                f"no database at {self.path}", "run `autointerp gather` (or `autointerp run`) for this project first"
+            )
         self.con = _connect(self.path, read_only=True)
         try:
             applied = len(_applied(self.con))
             if applied < SCHEMA_VERSION:
-                raise AutointerpError(f"{self.path} has an older schema than this autointerp reads",
-                                      f"upgrade it once with `autointerp runs --project {Path(project)}`, then serve it")
+                raise AutointerpError(
+                    f"{self.path} has an older schema than this autointerp reads",
+                    f"upgrade it once with `autointerp runs --project {Path(project)}`, then serve it",
+                )
             known = [r[0] for r in self.runs()]
             if not known:
                 raise AutointerpError(f"no run in {self.path}", "run `autointerp gather` first")
@@ -851,25 +1074,56 @@ WHERE f.run_id = $run"""
 
     def explainers(self, run: str) -> list[tuple]:
         """(explainer, labels, latest), the one that labelled most first: the default."""
-        return self._query("""
+        return self._query(
+            """
 SELECT explainer, count(*) AS n, max(created_at) AS latest FROM explanations WHERE run_id = $run
-GROUP BY explainer ORDER BY n DESC, latest DESC, explainer LIMIT 100""", run=run)
+GROUP BY explainer ORDER BY n DESC, latest DESC, explainer LIMIT 100""",
+            run=run,
+        )
 
     def scorers(self, run: str, explainer: str) -> list[str]:
-        return [r[0] for r in self._query("""
+        return [
+            r[0]
+            for r in self._query(
+                """
 SELECT DISTINCT scorer FROM scores WHERE run_id = $run AND explainer = $explainer AND label_source = 'true'
-ORDER BY scorer LIMIT 50""", run=run, explainer=explainer)]
+ORDER BY scorer LIMIT 50""",
+                run=run,
+                explainer=explainer,
+            )
+        ]
 
     def token_ids(self, run: str, token: str) -> list[int]:
         """The vocabulary entries a typed token means: case and the leading space folded."""
-        return [r[0] for r in self._query("""
+        return [
+            r[0]
+            for r in self._query(
+                """
 SELECT token_id FROM vocab
 WHERE run_id = $run AND (token = $token OR lower(trim(coalesce(piece, token))) = lower(trim($token)))
-ORDER BY token_id LIMIT 1000""", run=run, token=token)]
+ORDER BY token_id LIMIT 1000""",
+                run=run,
+                token=token,
+            )
+        ]
 
-    def feature_table(self, run: str, explainer: str | None, scorer: str | None, *, sort: str, descending: bool, limit: int, offset: int,
-                      q: str = "", token_ids: list[int] | None = None, min: float | None = None, low: float | None = None,
-                      dead: bool | None = None, dense: bool | None = None) -> tuple[int, list[tuple]]:
+    def feature_table(
+        self,
+        run: str,
+        explainer: str | None,
+        scorer: str | None,
+        *,
+        sort: str,
+        descending: bool,
+        limit: int,
+        offset: int,
+        q: str = "",
+        token_ids: list[int] | None = None,
+        min: float | None = None,
+        low: float | None = None,
+        dead: bool | None = None,
+        dense: bool | None = None,
+    ) -> tuple[int, list[tuple]]:
         """(features matching, one page of (feature, label, status, density, n_firing, max_activation, dead, dense)).
         token_ids: features whose top windows hold one of them; min and low filter on the scorer's value and interval."""
         args: dict = {"run": run, "explainer": explainer, "scorer": scorer}
@@ -896,97 +1150,155 @@ ORDER BY token_id LIMIT 1000""", run=run, token=token)]
                 filters.append(self._TABLE_FILTERS[f"{name}={int(value)}"])
         where = "".join(filters)
         total = self._query("SELECT count(*)" + self._TABLE_FROM + where, **args)[0][0]
-        rows = self._query("SELECT f.feature, x.label, x.status, f.density, f.n_firing, f.max_activation, f.dead, f.dense"
-                           + self._TABLE_FROM + where
-                           + f"\nORDER BY {self.SORT_KEYS[sort]} {'DESC' if descending else 'ASC'} NULLS LAST, f.feature\nLIMIT $limit OFFSET $offset",
-                           **args, limit=limit, offset=offset)
+        rows = self._query(
+            "SELECT f.feature, x.label, x.status, f.density, f.n_firing, f.max_activation, f.dead, f.dense"
+            + self._TABLE_FROM
+            + where
+            + f"\nORDER BY {self.SORT_KEYS[sort]} {'DESC' if descending else 'ASC'} NULLS LAST, f.feature\nLIMIT $limit OFFSET $offset",
+            **args,
+            limit=limit,
+            offset=offset,
+        )
         return total, rows
 
     def page_scores(self, run: str, explainer: str, features: list[int]) -> list[tuple]:
         """(feature, scorer, value, ci_low, ci_high, p_value) of the own labels of a page's features."""
-        return self._query("""
+        return self._query(
+            """
 SELECT feature, scorer, max(value), max(ci_low), max(ci_high), max(p_value) FROM scores
 WHERE run_id = $run AND explainer = $explainer AND label_source = 'true' AND feature IN (SELECT unnest($features))
-GROUP BY feature, scorer""", run=run, explainer=explainer, features=features)
+GROUP BY feature, scorer""",
+            run=run,
+            explainer=explainer,
+            features=features,
+        )
 
     def feature(self, run: str, feature: int) -> tuple | None:
         """(feature, n_firing, density, max_activation, mean_activation, dead, dense), or None."""
-        rows = self._query("""
+        rows = self._query(
+            """
 SELECT feature, n_firing, density, max_activation, mean_activation, dead, dense FROM features
-WHERE run_id = $run AND feature = $feature""", run=run, feature=feature)
+WHERE run_id = $run AND feature = $feature""",
+            run=run,
+            feature=feature,
+        )
         return rows[0] if rows else None
 
     def neighbours(self, run: str, feature: int) -> tuple[int | None, int | None]:
-        return self._query("""
+        return self._query(
+            """
 SELECT (SELECT max(feature) FROM features WHERE run_id = $run AND feature < $feature),
-       (SELECT min(feature) FROM features WHERE run_id = $run AND feature > $feature)""", run=run, feature=feature)[0]
+       (SELECT min(feature) FROM features WHERE run_id = $run AND feature > $feature)""",
+            run=run,
+            feature=feature,
+        )[0]
 
     def feature_labels(self, run: str, feature: int) -> list[tuple]:
-        return self._query("""
+        return self._query(
+            """
 SELECT explainer, label, status, error FROM explanations WHERE run_id = $run AND feature = $feature
-ORDER BY created_at DESC, explainer LIMIT 100""", run=run, feature=feature)
+ORDER BY created_at DESC, explainer LIMIT 100""",
+            run=run,
+            feature=feature,
+        )
 
     def feature_scores(self, run: str, feature: int) -> list[tuple]:
-        return self._query("""
+        return self._query(
+            """
 SELECT explainer, scorer, label_source, metric, value, ci_low, ci_high, p_value, n, status, judge, error FROM scores
-WHERE run_id = $run AND feature = $feature ORDER BY explainer, scorer, label_source DESC, metric LIMIT 500""", run=run, feature=feature)
+WHERE run_id = $run AND feature = $feature ORDER BY explainer, scorer, label_source DESC, metric LIMIT 500""",
+            run=run,
+            feature=feature,
+        )
 
     def feature_windows(self, run: str, feature: int) -> list[tuple]:
         """(split, kind, rank, quantile, max_activation, token_ids, activations) of its top and quantile windows."""
-        return self._query("""
+        return self._query(
+            """
 SELECT split, kind, rank, quantile, max_activation, token_ids, activations FROM examples
 WHERE run_id = $run AND feature = $feature AND kind IN ('top', 'quantile')
-ORDER BY kind DESC, split, quantile, rank LIMIT 200""", run=run, feature=feature)
+ORDER BY kind DESC, split, quantile, rank LIMIT 200""",
+            run=run,
+            feature=feature,
+        )
 
     def pieces(self, run: str, ids: list[int]) -> dict[int, str]:
         """Readable text of these token ids."""
         if not ids:
             return {}
-        return dict(self._query("SELECT token_id, coalesce(piece, token) FROM vocab WHERE run_id = $run AND token_id IN (SELECT unnest($ids))",
-                                run=run, ids=ids))
+        return dict(
+            self._query(
+                "SELECT token_id, coalesce(piece, token) FROM vocab WHERE run_id = $run AND token_id IN (SELECT unnest($ids))",
+                run=run,
+                ids=ids,
+            )
+        )
 
     def saturation_summaries(self, run: str) -> list[tuple]:
-        return self._query("""
+        return self._query(
+            """
 SELECT explainer, method, n_labels, n_mapped, n_categories, saturated FROM saturation_summary
-WHERE run_id = $run ORDER BY explainer, method LIMIT 20""", run=run)
+WHERE run_id = $run ORDER BY explainer, method LIMIT 20""",
+            run=run,
+        )
 
     def saturation_curve(self, run: str, explainer: str, method: str, points: int) -> list[tuple]:
         """(step, total, categories, coverage, chao1, chao1_low, chao1_high), thinned to about `points` steps (the last kept)."""
-        return self._query("""
+        return self._query(
+            """
 WITH s AS (SELECT step, total, n_categories, coverage, chao1, chao1_low, chao1_high,
                   count(*) OVER () AS n, row_number() OVER (ORDER BY step) AS i
            FROM saturation_steps WHERE run_id = $run AND explainer = $explainer AND method = $method)
 SELECT step, total, n_categories, coverage, chao1, chao1_low, chao1_high FROM s
 WHERE (i - 1) % greatest(1, ceil(n / $points)::BIGINT) = 0 OR i = n ORDER BY step LIMIT $points + 2""",
-                           run=run, explainer=explainer, method=method, points=points)
+            run=run,
+            explainer=explainer,
+            method=method,
+            points=points,
+        )
 
     def score_summaries(self, run: str, explainer: str) -> list[tuple]:
-        return self._query("""
+        return self._query(
+            """
 SELECT scorer, metric, chance, n_features, n_ok, n_failed, median, q25, q75, n_confident, shuffled_median, gap, gap_low, gap_high, verdict
-FROM score_summaries WHERE run_id = $run AND explainer = $explainer ORDER BY scorer LIMIT 50""", run=run, explainer=explainer)
+FROM score_summaries WHERE run_id = $run AND explainer = $explainer ORDER BY scorer LIMIT 50""",
+            run=run,
+            explainer=explainer,
+        )
 
     def score_histograms(self, run: str, explainer: str, bins: int) -> list[tuple]:
         """(scorer, label_source, lo, hi, bin, count): `bins` bins per scorer over the range both label sources share."""
-        return self._query("""
+        return self._query(
+            """
 WITH v AS (SELECT scorer, label_source, value FROM scores
            WHERE run_id = $run AND explainer = $explainer AND value IS NOT NULL AND isfinite(value)),
      r AS (SELECT scorer, min(value) AS lo, max(value) AS hi FROM v GROUP BY scorer)
 SELECT v.scorer, v.label_source, r.lo, r.hi,
        least($bins - 1, CASE WHEN r.hi > r.lo THEN floor((v.value - r.lo) / (r.hi - r.lo) * $bins) ELSE 0 END)::INTEGER AS bin,
        count(*) AS n
-FROM v JOIN r USING (scorer) GROUP BY ALL ORDER BY v.scorer, v.label_source, bin LIMIT 5000""", run=run, explainer=explainer, bins=bins)
+FROM v JOIN r USING (scorer) GROUP BY ALL ORDER BY v.scorer, v.label_source, bin LIMIT 5000""",
+            run=run,
+            explainer=explainer,
+            bins=bins,
+        )
 
 
 def _effects_arrow(run_id: str, effects: pd.DataFrame | None) -> pa.Table:
-    effects = effects if effects is not None else pd.DataFrame({"feature": [], "kind": [], "rank": [], "token_id": [], "value": []})
-    return pa.table({
-        "run_id": pa.array([run_id] * len(effects), pa.string()),
-        "feature": pa.array(effects.feature.to_numpy(), pa.int32()),
-        "kind": pa.array(effects.kind.astype(str).to_numpy() if len(effects) else [], pa.string()),
-        "rank": pa.array(effects["rank"].to_numpy(), pa.int32()),
-        "token_id": pa.array(effects.token_id.to_numpy(), pa.int32()),
-        "value": pa.array(effects.value.to_numpy(), pa.float64()),
-    })
+    effects = (
+        effects
+        if effects is not None
+        else pd.DataFrame({"feature": [], "kind": [], "rank": [], "token_id": [], "value": []})
+    )
+    return pa.table(
+        {
+            "run_id": pa.array([run_id] * len(effects), pa.string()),
+            "feature": pa.array(effects.feature.to_numpy(), pa.int32()),
+            "kind": pa.array(effects.kind.astype(str).to_numpy() if len(effects) else [], pa.string()),
+            "rank": pa.array(effects["rank"].to_numpy(), pa.int32()),
+            "token_id": pa.array(effects.token_id.to_numpy(), pa.int32()),
+            "value": pa.array(effects.value.to_numpy(), pa.float64()),
+        }
+    )
 
 
 def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
@@ -999,14 +1311,21 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
                 f"{path} is locked by another process" + (f" (PID {holder.group(1)})" if holder else ""),
                 "wait for that process to finish or stop it, or use a different --project directory",
             ) from None
-        raise AutointerpError(f"cannot open {path}: {e}", "check the file is a DuckDB database and that you may read and write it") from None
+        raise AutointerpError(
+            f"cannot open {path}: {e}", "check the file is a DuckDB database and that you may read and write it"
+        ) from None
     except duckdb.Error as e:
-        raise AutointerpError(f"{path} is not a usable DuckDB file: {e}", "move it aside; autointerp will create a new one") from None
+        raise AutointerpError(
+            f"{path} is not a usable DuckDB file: {e}", "move it aside; autointerp will create a new one"
+        ) from None
 
 
 def _applied(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Names of the migrations this database has, in order."""
-    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+    tables = {
+        r[0]
+        for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()
+    }
     if "schema_migrations" in tables:
         return [r[0] for r in con.execute("SELECT name FROM schema_migrations ORDER BY version").fetchall()]
     if "meta" not in tables:
@@ -1014,7 +1333,10 @@ def _applied(con: duckdb.DuckDBPyConnection) -> list[str]:
     row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
     version = int(row[0][0]) if row else 1
     if version != 1:
-        raise AutointerpError(f"database schema version {version} has no migration record", "open it with the autointerp version that wrote it")
+        raise AutointerpError(
+            f"database schema version {version} has no migration record",
+            "open it with the autointerp version that wrote it",
+        )
     return [MIGRATIONS[0][0]]  # written before migrations were recorded: the initial schema
 
 
@@ -1026,7 +1348,8 @@ def _check_known(applied: list[str], path: Path) -> None:
         unknown = [a for a in applied if a not in known]
         raise AutointerpError(
             f"{path} was written by a newer autointerp than this one ({__version__}): it has schema migrations "
-            + (", ".join(repr(a) for a in unknown) if unknown else "in an order") + " this version does not know",
+            + (", ".join(repr(a) for a in unknown) if unknown else "in an order")
+            + " this version does not know",
             "upgrade autointerp (pip install -U autointerp) to open it; nothing in the file was changed",
         )
 
@@ -1049,7 +1372,9 @@ def migrate(con: duckdb.DuckDBPyConnection, path: Path) -> list[str]:
     applied = _applied(con)
     _check_known(applied, path)
     done = []
-    con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR, applied_at TIMESTAMP)")
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR, applied_at TIMESTAMP)"
+    )
     recorded = {r[0] for r in con.execute("SELECT version FROM schema_migrations").fetchall()}
     for version, (name, sql) in enumerate(MIGRATIONS, 1):
         if version <= len(applied) and version in recorded:
@@ -1105,4 +1430,6 @@ def _list_array(column: pd.Series, value_type: pa.DataType) -> pa.Array:
     present = [np.asarray(v) for v in items if v is not None]
     flat = np.concatenate(present) if present else np.array([])
     mask = pa.array([v is None for v in items])
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, value_type), mask=mask if any(v is None for v in items) else None)
+    return pa.ListArray.from_arrays(
+        pa.array(offsets), pa.array(flat, value_type), mask=mask if any(v is None for v in items) else None
+    )

@@ -28,7 +28,7 @@ class EffectsResult:
     seconds: float
 
 
-def output_effects(model, sae, features: list[int], cfg: "OutputEffectsConfig", progress: bool = True) -> EffectsResult:
+def output_effects(model, sae, features: list[int], cfg: OutputEffectsConfig, progress: bool = True) -> EffectsResult:
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
@@ -42,7 +42,10 @@ def output_effects(model, sae, features: list[int], cfg: "OutputEffectsConfig", 
         logits = model.unembed_directions(directions).cpu()
         top = logits.topk(cfg.k, dim=-1)
         bottom = (-logits).topk(cfg.k, dim=-1)
-        frames += [_frame(part, "promoted", top.indices, top.values), _frame(part, "suppressed", bottom.indices, -bottom.values)]
+        frames += [
+            _frame(part, "promoted", top.indices, top.values),
+            _frame(part, "suppressed", bottom.indices, -bottom.values),
+        ]
         if probe is not None:
             logprobs = amplified_logprobs(model, probe, directions * (cfg.strength * probe.residual_norm))
             change = (logprobs.exp() - clean).mean(dim=1)  # [F, V]: probability gained, averaged over prompts
@@ -50,18 +53,30 @@ def output_effects(model, sae, features: list[int], cfg: "OutputEffectsConfig", 
             frames.append(_frame(part, "amplified", rise.indices, rise.values))
         bar.update(len(part))
     bar.close()
-    settings = {"k": cfg.k, "token_change": cfg.token_change, "strength": cfg.strength,
-                "n_prompts": len(probe.prompts) if probe else 0, "residual_norm": probe.residual_norm if probe else None}
-    return EffectsResult(pd.concat(frames, ignore_index=True) if frames else _frame([], "promoted", torch.empty(0, 0), torch.empty(0, 0)),
-                         settings, time.perf_counter() - start)
+    settings = {
+        "k": cfg.k,
+        "token_change": cfg.token_change,
+        "strength": cfg.strength,
+        "n_prompts": len(probe.prompts) if probe else 0,
+        "residual_norm": probe.residual_norm if probe else None,
+    }
+    return EffectsResult(
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else _frame([], "promoted", torch.empty(0, 0), torch.empty(0, 0)),
+        settings,
+        time.perf_counter() - start,
+    )
 
 
 def _frame(features: list[int], kind: str, indices: torch.Tensor, values: torch.Tensor) -> pd.DataFrame:
     k = indices.shape[1] if indices.ndim == 2 else 0
-    return pd.DataFrame({
-        "feature": [f for f in features for _ in range(k)],
-        "kind": kind,
-        "rank": [r for _ in features for r in range(k)],
-        "token_id": indices.reshape(-1).numpy().astype("int32"),
-        "value": values.reshape(-1).numpy().astype("float64"),
-    })
+    return pd.DataFrame(
+        {
+            "feature": [f for f in features for _ in range(k)],
+            "kind": kind,
+            "rank": [r for _ in features for r in range(k)],
+            "token_id": indices.reshape(-1).numpy().astype("int32"),
+            "value": values.reshape(-1).numpy().astype("float64"),
+        }
+    )

@@ -26,8 +26,10 @@ class Subject:
 
     def feature_max(self, feature: int) -> float:
         if not 0 <= feature < self.sae.d_sae:
-            raise AutointerpError(f"feature {feature} does not exist: the SAE has {self.sae.d_sae:,} features",
-                                  f"pick a feature from 0 to {self.sae.d_sae - 1}")
+            raise AutointerpError(
+                f"feature {feature} does not exist: the SAE has {self.sae.d_sae:,} features",
+                f"pick a feature from 0 to {self.sae.d_sae - 1}",
+            )
         return float(self.max_activation[feature])
 
 
@@ -36,17 +38,26 @@ def load_subject(store, run_id: str | None = None, device: str | None = None) ->
     run = store.run(run_id)
     saved = run["config"].get("model", {})
     known = {f.name for f in fields(ModelConfig)}
-    cfg = ModelConfig(**{k: v for k, v in saved.items() if k in known} | {"name": run["model"], "hookpoint": run["hookpoint"]}
-                      | ({"device": device} if device else {}))
+    cfg = ModelConfig(
+        **{k: v for k, v in saved.items() if k in known}
+        | {"name": run["model"], "hookpoint": run["hookpoint"]}
+        | ({"device": device} if device else {})
+    )
     source = run["sae_source"]
     if not str(source).startswith("hf://") and not Path(source).expanduser().exists() and not is_release(str(source)):
-        raise AutointerpError(f"run '{run['run_id']}' was gathered with the SAE at {source}, which is gone",
-                              "restore the SAE there, or gather the run again")
-    sae = load_sae(source, hookpoint=run["config"].get("sae_hookpoint"), norm_scaling_factor=run["config"].get("sae_norm_scale"))
+        raise AutointerpError(
+            f"run '{run['run_id']}' was gathered with the SAE at {source}, which is gone",
+            "restore the SAE there, or gather the run again",
+        )
+    sae = load_sae(
+        source, hookpoint=run["config"].get("sae_hookpoint"), norm_scaling_factor=run["config"].get("sae_norm_scale")
+    )
     model = SubjectModel(cfg)
     sae = sae.to(model.device)
     fit_sae(model, sae)
     features = store.features(run["run_id"]).sort_values("feature")
     max_activation = torch.zeros(sae.d_sae)
-    max_activation[torch.tensor(features.feature.to_numpy(dtype="int64"))] = torch.tensor(features.max_activation.fillna(0).to_numpy(dtype="float32"))
+    max_activation[torch.tensor(features.feature.to_numpy(dtype="int64"))] = torch.tensor(
+        features.max_activation.fillna(0).to_numpy(dtype="float32")
+    )
     return Subject(model, sae, run["run_id"], max_activation)

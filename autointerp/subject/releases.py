@@ -37,7 +37,9 @@ HUB_MODELS = {
 }
 # SAELens conversions whose files one of autointerp's loaders reads as they are on the hub.
 READABLE_CONVERSIONS = {None: "SAELens", "gemma_2": "Gemma Scope", "dictionary_learning_1": "dictionary_learning"}
-_TL_PREFIX = re.compile(r"^(blocks\.\d+\.(?:hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|hook_mlp_out|attn\.hook_z))(?:$|__)")
+_TL_PREFIX = re.compile(
+    r"^(blocks\.\d+\.(?:hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|hook_mlp_out|attn\.hook_z))(?:$|__)"
+)
 _GEMMA_SCOPE_SITES = {"res": "hook_resid_post", "mlp": "hook_mlp_out", "att": "attn.hook_z"}
 
 
@@ -93,13 +95,17 @@ def resolve_release(release: str, sae_id: str | None) -> ReleaseSAE:
     if sae_id is None:
         if len(saes) != 1:
             ids = list(saes)
-            raise AutointerpError(f"SAELens release '{release}' holds {len(ids)} SAEs; which one?",
-                                  f"pass --sae-id (Python: hookpoint=), e.g. {', '.join(ids[:4])}" + (" ..." if len(ids) > 4 else ""))
+            raise AutointerpError(
+                f"SAELens release '{release}' holds {len(ids)} SAEs; which one?",
+                f"pass --sae-id (Python: hookpoint=), e.g. {', '.join(ids[:4])}" + (" ..." if len(ids) > 4 else ""),
+            )
         sae_id = next(iter(saes))
     if sae_id not in saes:
         close = difflib.get_close_matches(sae_id, list(saes), n=4, cutoff=0.5)
-        raise AutointerpError(f"SAELens release '{release}' has no SAE '{sae_id}'" + (f"; close: {', '.join(close)}" if close else ""),
-                              f"pass one of its {len(saes)} SAE ids (the SAELens pretrained-SAE table lists them), e.g. {next(iter(saes))}")
+        raise AutointerpError(
+            f"SAELens release '{release}' has no SAE '{sae_id}'" + (f"; close: {', '.join(close)}" if close else ""),
+            f"pass one of its {len(saes)} SAE ids (the SAELens pretrained-SAE table lists them), e.g. {next(iter(saes))}",
+        )
     sae = saes[sae_id]
     conversion = sae.get("conversion_func", entry["conversion"])
     if conversion not in READABLE_CONVERSIONS:
@@ -114,6 +120,15 @@ def resolve_release(release: str, sae_id: str | None) -> ReleaseSAE:
     else:
         match = _TL_PREFIX.match(sae_id)
         hookpoint = match.group(1) if match else None
-    return ReleaseSAE(release=release, sae_id=sae_id, repo_id=repo_id, folder=folder, model=hub_model(sae.get("model", entry["model"])),
-                      hookpoint=hookpoint, conversion=conversion, norm_scaling_factor=sae.get("norm_scaling_factor"),
-                      neuronpedia=sae.get("neuronpedia"), overrides=dict(entry["overrides"]))
+    return ReleaseSAE(
+        release=release,
+        sae_id=sae_id,
+        repo_id=repo_id,
+        folder=folder,
+        model=hub_model(sae.get("model", entry["model"])),
+        hookpoint=hookpoint,
+        conversion=conversion,
+        norm_scaling_factor=sae.get("norm_scaling_factor"),
+        neuronpedia=sae.get("neuronpedia"),
+        overrides=dict(entry["overrides"]),
+    )

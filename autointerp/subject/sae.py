@@ -253,8 +253,10 @@ class SAE(nn.Module):
         (factor·x − b_dec) @ W_enc = (x − b_dec/factor) @ (factor·W_enc), and the reconstruction,
         divided by factor to return to raw units, is f @ (W_dec/factor) + b_dec/factor."""
         if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
-            raise AutointerpError(f"norm scaling factor {factor!r} is not a positive finite number",
-                                  "pass the release's norm_scaling_factor (SAELens' pretrained_saes.yaml lists it per SAE)")
+            raise AutointerpError(
+                f"norm scaling factor {factor!r} is not a positive finite number",
+                "pass the release's norm_scaling_factor (SAELens' pretrained_saes.yaml lists it per SAE)",
+            )
         self.W_enc.mul_(factor)
         self.W_dec.div_(factor)
         self.b_dec.div_(factor)
@@ -268,7 +270,9 @@ class SAE(nn.Module):
         row = self.W_dec[feature]
         if self.normalization == "none":
             return amount.to(row.dtype) * row
-        return self._unnormalize(amount.to(row.dtype) * row + self.b_dec, x) - self._unnormalize(self.b_dec.expand_as(x), x)
+        return self._unnormalize(amount.to(row.dtype) * row + self.b_dec, x) - self._unnormalize(
+            self.b_dec.expand_as(x), x
+        )
 
 
 def _check_choice(what: str, value: str, allowed: tuple[str, ...], where: str = "") -> None:
@@ -568,8 +572,14 @@ def _jumprelu_reading_raw_input(need: Callable[[str], Tensor], **kwargs: Any) ->
     """JumpReLU stored as W_enc, b_enc, W_dec, b_dec, threshold, encoding x itself (no b_dec
     subtraction): dictionary_learning's JumpReluAutoEncoder and Gemma Scope alike."""
     return SAE(
-        need("W_enc"), need("b_enc"), need("W_dec"), need("b_dec"),
-        architecture="jumprelu", threshold=need("threshold"), apply_b_dec_to_input=False, **kwargs,
+        need("W_enc"),
+        need("b_enc"),
+        need("W_dec"),
+        need("b_dec"),
+        architecture="jumprelu",
+        threshold=need("threshold"),
+        apply_b_dec_to_input=False,
+        **kwargs,
     )
 
 
@@ -650,11 +660,14 @@ def _sae_subdirectories(root: Path) -> list[str]:
     return found
 
 
-def _load_local(path: Path, hookpoint: str | None, dtype: torch.dtype, overrides: Mapping[str, Any] | None = None) -> SAE:
+def _load_local(
+    path: Path, hookpoint: str | None, dtype: torch.dtype, overrides: Mapping[str, Any] | None = None
+) -> SAE:
     if not path.exists():
         close = close_releases(str(path))
         raise AutointerpError(
-            f"SAE path {path} does not exist and is not a SAELens release name" + (f" (close: {', '.join(close)})" if close else ""),
+            f"SAE path {path} does not exist and is not a SAELens release name"
+            + (f" (close: {', '.join(close)})" if close else ""),
             "check the path; hub folders are written hf://owner/repo[/folder], SAELens releases as the release name with --sae-id",
         )
     if path.is_file():
@@ -744,8 +757,14 @@ def load_sae(
     sae = _load_local(path, hookpoint, work_dtype, release.overrides if release else None)
     if release is not None:
         sae.hook_name = sae.hook_name or release.hookpoint
-        sae.metadata["release"] = {"release": release.release, "sae_id": release.sae_id, "repo_id": release.repo_id,
-                                   "folder": release.folder, "model": release.model, "neuronpedia": release.neuronpedia}
+        sae.metadata["release"] = {
+            "release": release.release,
+            "sae_id": release.sae_id,
+            "repo_id": release.repo_id,
+            "folder": release.folder,
+            "model": release.model,
+            "neuronpedia": release.neuronpedia,
+        }
         sae.metadata.setdefault("model_name", release.model)
     _apply_norm_scale(sae, norm_scaling_factor, release)
     return sae.to(device)
@@ -754,9 +773,11 @@ def load_sae(
 def _apply_norm_scale(sae: SAE, given: float | None, release: ReleaseSAE | None) -> None:
     scaled = sae.metadata.get("normalize_activations") == "expected_average_only_in"
     if given is not None and not scaled:
-        raise AutointerpError(f"a norm scaling factor was given, but {sae.metadata.get('source')} was not trained on scaled "
-                              "activations (normalize_activations is not expected_average_only_in)",
-                              "drop the norm scaling factor (--sae-norm-scale)")
+        raise AutointerpError(
+            f"a norm scaling factor was given, but {sae.metadata.get('source')} was not trained on scaled "
+            "activations (normalize_activations is not expected_average_only_in)",
+            "drop the norm scaling factor (--sae-norm-scale)",
+        )
     if not scaled:
         return
     factor = given if given is not None else (release.norm_scaling_factor if release else None)

@@ -33,13 +33,21 @@ class SteerConfig:
 
     def __post_init__(self) -> None:
         if (self.scale is None) == (self.clamp is None):
-            raise AutointerpError("steering needs exactly one of scale and clamp", "pass --scale S (add S × max activation) or --clamp S (hold the feature at S × max activation)")
+            raise AutointerpError(
+                "steering needs exactly one of scale and clamp",
+                "pass --scale S (add S × max activation) or --clamp S (hold the feature at S × max activation)",
+            )
         for name in ("scale", "clamp", "temperature"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
-                raise AutointerpError(f"steering {name} is {value}", f"pass a finite {name}, e.g. 4 (multiples of the feature's max activation)")
+                raise AutointerpError(
+                    f"steering {name} is {value}",
+                    f"pass a finite {name}, e.g. 4 (multiples of the feature's max activation)",
+                )
         if self.temperature < 0:
-            raise AutointerpError(f"temperature is {self.temperature}", "pass 0 for greedy decoding or a positive temperature")
+            raise AutointerpError(
+                f"temperature is {self.temperature}", "pass 0 for greedy decoding or a positive temperature"
+            )
         if self.max_new_tokens < 1:
             raise AutointerpError(f"max_new_tokens is {self.max_new_tokens}", "pass max_new_tokens >= 1")
         if not self.prompt.strip():
@@ -71,7 +79,9 @@ class SteerResult:
 
 
 def add_edit(sae, feature: int, amount: float):
-    return lambda x: x + sae.feature_delta(feature, torch.full((*x.shape[:-1], 1), amount, device=x.device), x).to(x.dtype)
+    return lambda x: (
+        x + sae.feature_delta(feature, torch.full((*x.shape[:-1], 1), amount, device=x.device), x).to(x.dtype)
+    )
 
 
 def clamp_edit(sae, feature: int, value: float):
@@ -99,14 +109,17 @@ def steer(subject, cfg: SteerConfig) -> SteerResult:
     model.require_causal("steering")
     top = subject.feature_max(cfg.feature)
     if top <= 0:
-        raise AutointerpError(f"feature {cfg.feature} never fired in the gather, so it has no max activation to scale by",
-                              "pick a feature that fires (autointerp show lists them), or one with a label")
+        raise AutointerpError(
+            f"feature {cfg.feature} never fired in the gather, so it has no max activation to scale by",
+            "pick a feature that fires (autointerp show lists them), or one with a label",
+        )
     enc = model.tokenizer(cfg.prompt, return_tensors="pt")
     n_ctx = getattr(model.model.config, "max_position_embeddings", None)
     if n_ctx and enc.input_ids.shape[1] + cfg.max_new_tokens > n_ctx:
         raise AutointerpError(
             f"the prompt is {enc.input_ids.shape[1]:,} tokens and {cfg.max_new_tokens} more are asked for, past the model's context of {n_ctx:,}",
-            "shorten the prompt or lower --max-new-tokens")
+            "shorten the prompt or lower --max-new-tokens",
+        )
     ids, mask = enc.input_ids.to(model.device), enc.attention_mask.to(model.device)
     mode, scale = ("add", cfg.scale) if cfg.scale is not None else ("clamp", cfg.clamp)
     amount = scale * top
@@ -118,16 +131,27 @@ def steer(subject, cfg: SteerConfig) -> SteerResult:
 
     def generate() -> str:
         torch.manual_seed(cfg.seed)
-        sampling = {"do_sample": True, "temperature": cfg.temperature, "top_k": 0, "top_p": 1.0} if cfg.temperature > 0 else {"do_sample": False}
+        sampling = (
+            {"do_sample": True, "temperature": cfg.temperature, "top_k": 0, "top_p": 1.0}
+            if cfg.temperature > 0
+            else {"do_sample": False}
+        )
         with torch.inference_mode():
-            out = model.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=cfg.max_new_tokens,
-                                       pad_token_id=model.tokenizer.pad_token_id or model.tokenizer.eos_token_id, **sampling)
-        return model.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+            out = model.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=cfg.max_new_tokens,
+                pad_token_id=model.tokenizer.pad_token_id or model.tokenizer.eos_token_id,
+                **sampling,
+            )
+        return model.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
     unsteered = generate()
     with model.editing(edit):
         steered = generate()
-    return SteerResult(cfg.feature, cfg.prompt, mode, scale, amount, added_norm, residual_norm, unsteered, steered, cfg.seed)
+    return SteerResult(
+        cfg.feature, cfg.prompt, mode, scale, amount, added_norm, residual_norm, unsteered, steered, cfg.seed
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -173,7 +197,9 @@ def make_probe(model, n_prompts: int | None = None) -> Probe:
 
 
 @torch.inference_mode()
-def amplified_logprobs(model, probe: Probe, vectors: torch.Tensor, rows: int = 256, keep: torch.Tensor | None = None) -> torch.Tensor:
+def amplified_logprobs(
+    model, probe: Probe, vectors: torch.Tensor, rows: int = 256, keep: torch.Tensor | None = None
+) -> torch.Tensor:
     """Next-token log-probabilities [R, P, V] on each neutral prompt with vectors [R, d] added to
     the hookpoint's value at every position, one vector per batch row; with `keep` (token ids),
     only those columns [R, P, len(keep)]."""

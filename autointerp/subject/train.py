@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from autointerp.config import TrainConfig  # noqa: F401  (re-exported)
-from autointerp.gather.corpus import ContextBatch
 from autointerp.errors import AutointerpError
+from autointerp.gather.corpus import ContextBatch
 from autointerp.subject.sae import SAE
 
 
@@ -42,12 +42,16 @@ def held_out_rows(batch: ContextBatch) -> np.ndarray:
     return batch.context_ids % 10 == 9
 
 
-def collect_activations(model, batches: Iterable[ContextBatch], train_tokens: int, holdout_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+def collect_activations(
+    model, batches: Iterable[ContextBatch], train_tokens: int, holdout_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Hookpoint activations of real tokens: held_out_rows go to the held-out set, the rest to training."""
     train, held, n_train, n_held = [], [], 0, 0
     for batch in batches:
         held_rows = held_out_rows(batch)
-        if n_train >= train_tokens or n_held >= holdout_tokens:  # one set is full: run the model only on the other's contexts
+        if (
+            n_train >= train_tokens or n_held >= holdout_tokens
+        ):  # one set is full: run the model only on the other's contexts
             keep = held_rows if n_train >= train_tokens else ~held_rows
             batch, held_rows = batch.take(keep), held_rows[keep]
             if not len(batch.context_ids):
@@ -55,7 +59,10 @@ def collect_activations(model, batches: Iterable[ContextBatch], train_tokens: in
         x = model.activations(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)).float()
         valid = torch.from_numpy(batch.valid).to(x.device)
         to_held = torch.from_numpy(held_rows).to(x.device)
-        for mask, out, room in ((valid & ~to_held[:, None], train, train_tokens - n_train), (valid & to_held[:, None], held, holdout_tokens - n_held)):
+        for mask, out, room in (
+            (valid & ~to_held[:, None], train, train_tokens - n_train),
+            (valid & to_held[:, None], held, holdout_tokens - n_held),
+        ):
             if room > 0:
                 rows = x[mask][:room]
                 out.append(rows)
@@ -93,7 +100,9 @@ class _TopKTrainer(torch.nn.Module):
         return F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum")
 
 
-def train_topk_sae(x_train: torch.Tensor, x_held: torch.Tensor, cfg: TrainConfig, progress: bool = True) -> tuple[SAE, SAEMetrics, dict]:
+def train_topk_sae(
+    x_train: torch.Tensor, x_held: torch.Tensor, cfg: TrainConfig, progress: bool = True
+) -> tuple[SAE, SAEMetrics, dict]:
     """Train on x_train [N, d]; return the folded SAE, its held-out metrics and a training log."""
     from tqdm.auto import tqdm
 
@@ -192,8 +201,13 @@ def loss_recovered(model, sae: SAE, batches: Iterable[ContextBatch], max_context
         clean += w * model.lm_loss(x, m)
         spliced += w * model.lm_loss(x, m, replace=lambda a: sae(a.to(sae.W_dec.dtype)).to(a.dtype))
         zero += w * model.lm_loss(x, m, replace=torch.zeros_like)
-    return {"loss_clean": clean, "loss_spliced": spliced, "loss_zero_ablated": zero,
-            "loss_recovered": (zero - spliced) / (zero - clean) if zero != clean else float("nan"), "loss_contexts": len(input_ids)}
+    return {
+        "loss_clean": clean,
+        "loss_spliced": spliced,
+        "loss_zero_ablated": zero,
+        "loss_recovered": (zero - spliced) / (zero - clean) if zero != clean else float("nan"),
+        "loss_contexts": len(input_ids),
+    }
 
 
 @torch.no_grad()

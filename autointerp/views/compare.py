@@ -34,13 +34,22 @@ class Agreement:
         if self.n < 2:
             return f"agreement {self.a} vs {self.b}: {self.n} feature(s) labelled by both, too few to compare"
         verdict = "agree beyond chance" if self.p_value < 0.05 else "agreement indistinguishable from chance"
-        return (f"agreement {self.a} vs {self.b} on {self.n} features: label cosine median {self.matched_median:.2f} "
-                f"(different features: {self.mismatched_median:.2f}); nearest-label match {self.match_rate:.0%} "
-                f"(chance {self.chance:.0%}); permutation p = {self.p_value:.3g}: {verdict}")
+        return (
+            f"agreement {self.a} vs {self.b} on {self.n} features: label cosine median {self.matched_median:.2f} "
+            f"(different features: {self.mismatched_median:.2f}); nearest-label match {self.match_rate:.0%} "
+            f"(chance {self.chance:.0%}); permutation p = {self.p_value:.3g}: {verdict}"
+        )
 
 
-def label_agreement(a: str, labels_a: dict[int, str], b: str, labels_b: dict[int, str], embedder=None,
-                    n_permutations: int = 2000, seed: int = 0) -> Agreement:
+def label_agreement(
+    a: str,
+    labels_a: dict[int, str],
+    b: str,
+    labels_b: dict[int, str],
+    embedder=None,
+    n_permutations: int = 2000,
+    seed: int = 0,
+) -> Agreement:
     """Agreement of explainer a's and b's labels (feature → label) on the features both labelled."""
     common = sorted(set(labels_a) & set(labels_b))
     n = len(common)
@@ -61,7 +70,9 @@ def label_agreement(a: str, labels_a: dict[int, str], b: str, labels_b: dict[int
     rng = np.random.default_rng(seed)
     perms = np.array([sims[np.arange(n), rng.permutation(n)].mean() for _ in range(n_permutations)])
     p = (1 + np.sum(perms >= matched.mean())) / (1 + n_permutations)
-    return Agreement(a, b, n, float(np.median(matched)), float(np.median(mismatched)), match_rate, 1 / n, float(p), n_permutations)
+    return Agreement(
+        a, b, n, float(np.median(matched)), float(np.median(mismatched)), match_rate, 1 / n, float(p), n_permutations
+    )
 
 
 def sample_lines(store, run_id: str, sample: str, main: str, embedder=None) -> list[str]:
@@ -76,15 +87,22 @@ def sample_lines(store, run_id: str, sample: str, main: str, embedder=None) -> l
     cells: dict[int, list[str]] = {}
     for r in head.itertuples():
         value = "—" if r.status != "ok" else f"{r.value:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"
-        cells.setdefault(int(r.feature), []).append(f"{r.scorer} {value}" + ("" if r.status == "ok" else f" ({r.status})"))
+        cells.setdefault(int(r.feature), []).append(
+            f"{r.scorer} {value}" + ("" if r.status == "ok" else f" ({r.status})")
+        )
     out = [f"labels by {sample} on its sample of {len(labels)} features, beside {main}:"]
     for r in labels.sort_values("position").itertuples():
         f = int(r.feature)
         mine = repr(r.label) if r.status == "ok" else f"FAILED ({r.error})"
-        out.append(f"  #{f:<6} {mine}  |  {main}: {other_ok.get(f, '—')}  |  " + ("; ".join(cells.get(f, [])) or "not scored"))
+        out.append(
+            f"  #{f:<6} {mine}  |  {main}: {other_ok.get(f, '—')}  |  " + ("; ".join(cells.get(f, [])) or "not scored")
+        )
     failed = labels[labels.status != "ok"]
     kinds = failed.error.fillna("").str.split(":").str[0].value_counts().to_dict()
-    out.append(f"  labels that failed: {len(failed)} of {len(labels)}" + (f" ({', '.join(f'{k} {v}' for k, v in kinds.items())})" if kinds else ""))
+    out.append(
+        f"  labels that failed: {len(failed)} of {len(labels)}"
+        + (f" ({', '.join(f'{k} {v}' for k, v in kinds.items())})" if kinds else "")
+    )
     mine_ok = {int(r.feature): str(r.label) for r in labels[labels.status == "ok"].itertuples()}
     out.append("  " + label_agreement(sample, mine_ok, main, other_ok, embedder=embedder).line())
     return out

@@ -17,14 +17,14 @@ import json
 import math
 import re
 import time
-import tomllib
-from importlib.resources import files
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import tomllib
 from matplotlib import rc_context
 from matplotlib.figure import Figure
 
@@ -32,10 +32,10 @@ from autointerp import __version__
 from autointerp.records import Snippet
 from autointerp.store.store import Store
 
-
 # Concepts whose appearance in a label deserves a human look: data/watch.toml, installed with the package.
 DEFAULT_WATCH: dict[str, tuple[str, ...]] = {
-    concept: tuple(terms) for concept, terms in tomllib.loads(files("autointerp.data").joinpath("watch.toml").read_text()).items()
+    concept: tuple(terms)
+    for concept, terms in tomllib.loads(files("autointerp.data").joinpath("watch.toml").read_text()).items()
 }
 
 NOT_SATURATED_YET = "not computed yet — run autointerp saturate"
@@ -49,7 +49,10 @@ MPL_STYLE = {"svg.fonttype": "none", "svg.hashsalt": "autointerp-report", "font.
 class ReportConfig:
     explainer: str | None = None  # whose labels to report; None: the one written last
     n_snippets: int = 3  # top snippets per feature card (the HTML size grows with this)
-    quantile_bins: tuple[int, ...] = (0, 5)  # plus one quantile sample from each of these bins (0: the weakest activations)
+    quantile_bins: tuple[int, ...] = (
+        0,
+        5,
+    )  # plus one quantile sample from each of these bins (0: the weakest activations)
     n_negatives: int = 1  # plus this many verified non-activating windows
     # Feature cards the HTML holds: one card is about 2.6 KB, and past a few thousand the page is
     # slow to open and search (16k cards took 9.9 s, 65k 92 s and 4.7 GB of browser memory); the
@@ -98,7 +101,9 @@ class FeatureCard:
     low_confidence: list[tuple[str, str]] = field(default_factory=list)  # (kind, detail)
     watch: list[str] = field(default_factory=list)
     other_labels: dict[str, str] = field(default_factory=dict)  # explainer → label, for the other explainers of the run
-    effects: dict[str, list[str]] = field(default_factory=dict)  # promoted / suppressed / amplified → tokens, best first
+    effects: dict[str, list[str]] = field(
+        default_factory=dict
+    )  # promoted / suppressed / amplified → tokens, best first
 
 
 @dataclass
@@ -115,7 +120,9 @@ class ReportData:
     usage: pd.DataFrame
     saturation: list[SaturationResult]  # one per merge method; empty until `autointerp saturate` ran
     generated_at: str
-    explainers: list[dict] = field(default_factory=list)  # every explainer of the run: name, labelled, failed, per-scorer summary
+    explainers: list[dict] = field(
+        default_factory=list
+    )  # every explainer of the run: name, labelled, failed, per-scorer summary
     agreements: list = field(default_factory=list)  # compare.Agreement of the shown explainer with each other one
     alpha: float = 0.01  # the significance level the score stage used for "confident"
 
@@ -144,8 +151,12 @@ def low_confidence(card: FeatureCard, cfg: ReportConfig, alpha: float = 0.01) ->
     if main is None:
         reasons.append((f"no {cfg.confidence_scorer}", f"not scored by {cfg.confidence_scorer}"))
     elif main.status == "ok" and not main.p_value < alpha:  # NaN (untested) fails too
-        reasons.append((f"{cfg.confidence_scorer} not above the null",
-                        f"{cfg.confidence_scorer} p = {_num(main.p_value)} against a label unrelated to the activations (needs < {alpha:g})"))
+        reasons.append(
+            (
+                f"{cfg.confidence_scorer} not above the null",
+                f"{cfg.confidence_scorer} p = {_num(main.p_value)} against a label unrelated to the activations (needs < {alpha:g})",
+            )
+        )
     return reasons
 
 
@@ -163,7 +174,9 @@ def saturation_results(store: Store, run_id: str, explainer: str | None) -> list
     if explainer is None or "saturation_summary" not in store.table_names():
         return []
     return [
-        SaturationResult(s, store.saturation_steps(run_id, explainer, s["method"]), store.categories(run_id, explainer, s["method"]))
+        SaturationResult(
+            s, store.saturation_steps(run_id, explainer, s["method"]), store.categories(run_id, explainer, s["method"])
+        )
         for s in store.saturation_summaries(run_id)
         if s["explainer"] == explainer
     ]
@@ -176,14 +189,20 @@ def _explainer_rows(store: Store, run_id: str, names: list[str]) -> list[dict]:
     rows = []
     for name in names:
         labels = store.explanations(run_id, name)
-        rows.append({"explainer": name, "labelled": int((labels.status == "ok").sum()), "failed": int((labels.status != "ok").sum()),
-                     "scores": summarise(store, run_id, name)})
+        rows.append(
+            {
+                "explainer": name,
+                "labelled": int((labels.status == "ok").sum()),
+                "failed": int((labels.status != "ok").sum()),
+                "scores": summarise(store, run_id, name),
+            }
+        )
     return rows
 
 
 def collect(store: Store, run_id: str | None, cfg: ReportConfig) -> ReportData:
-    from autointerp.views.compare import label_agreement
     from autointerp.stages.score.stage import HEADLINE
+    from autointerp.views.compare import label_agreement
 
     run = store.run(run_id)
     run_id = run["run_id"]
@@ -197,20 +216,35 @@ def collect(store: Store, run_id: str | None, cfg: ReportConfig) -> ReportData:
     explainers = _explainer_rows(store, run_id, store.explainers(run_id))
     summary = next((x["scores"] for x in explainers if x["explainer"] == explainer), {})
     alpha = next((v["alpha"] for v in summary.values()), 0.01)
-    others = {x["explainer"]: store.explanations(run_id, x["explainer"]) for x in explainers if x["explainer"] != explainer}
-    other_ok = {name: {int(r.feature): str(r.label) for r in df[df.status == "ok"].itertuples()} for name, df in others.items()}
+    others = {
+        x["explainer"]: store.explanations(run_id, x["explainer"]) for x in explainers if x["explainer"] != explainer
+    }
+    other_ok = {
+        name: {int(r.feature): str(r.label) for r in df[df.status == "ok"].itertuples()} for name, df in others.items()
+    }
     own_ok = {int(f): str(r.label) for f, r in labels[labels.status == "ok"].iterrows()}
     agreements = [label_agreement(explainer, own_ok, name, ok) for name, ok in other_ok.items()] if explainer else []
 
     own = headline[headline.label_source == "true"]
     cells: dict[int, dict[str, ScoreCell]] = {}
     for r in own.itertuples():
-        cells.setdefault(int(r.feature), {})[r.scorer] = ScoreCell(r.metric, r.value, r.ci_low, r.ci_high, int(r.n), r.status, r.p_value)
+        cells.setdefault(int(r.feature), {})[r.scorer] = ScoreCell(
+            r.metric, r.value, r.ci_low, r.ci_high, int(r.n), r.status, r.p_value
+        )
     alive = [int(f) for f in features.feature[~features.dead]]
-    snippets = store.feature_snippets(run_id, alive, split="explain", max_per_kind={"top": cfg.n_snippets, "negative": cfg.n_negatives},
-                                      quantile_bins=cfg.quantile_bins)
-    top = {fs.feature: [s for s in fs.explain if s.kind == "top"] + sorted((s for s in fs.explain if s.kind == "quantile"), key=lambda s: -(s.quantile or 0))
-           + fs.explain_negatives for fs in snippets}
+    snippets = store.feature_snippets(
+        run_id,
+        alive,
+        split="explain",
+        max_per_kind={"top": cfg.n_snippets, "negative": cfg.n_negatives},
+        quantile_bins=cfg.quantile_bins,
+    )
+    top = {
+        fs.feature: [s for s in fs.explain if s.kind == "top"]
+        + sorted((s for s in fs.explain if s.kind == "quantile"), key=lambda s: -(s.quantile or 0))
+        + fs.explain_negatives
+        for fs in snippets
+    }
     patterns = watch_patterns(cfg.watch)
     effects: dict[int, dict[str, list[str]]] = {}
     for r in store.output_effects(run_id).itertuples():
@@ -218,20 +252,43 @@ def collect(store: Store, run_id: str | None, cfg: ReportConfig) -> ReportData:
     cards = []
     for r in features.itertuples():
         f = int(r.feature)
-        card = FeatureCard(f, int(r.n_firing), float(r.density), float(r.max_activation), bool(r.dead), bool(r.dense),
-                           np.asarray(r.histogram), scores=cells.get(f, {}), snippets=top.get(f, []),
-                           other_labels={name: ok[f] for name, ok in other_ok.items() if f in ok}, effects=effects.get(f, {}))
+        card = FeatureCard(
+            f,
+            int(r.n_firing),
+            float(r.density),
+            float(r.max_activation),
+            bool(r.dead),
+            bool(r.dense),
+            np.asarray(r.histogram),
+            scores=cells.get(f, {}),
+            snippets=top.get(f, []),
+            other_labels={name: ok[f] for name, ok in other_ok.items() if f in ok},
+            effects=effects.get(f, {}),
+        )
         if f in labels.index:
             row = labels.loc[f]
-            card.label, card.label_status, card.label_error = (None if pd.isna(v) else str(v) for v in (row.label, row.status, row.error))
+            card.label, card.label_status, card.label_error = (
+                None if pd.isna(v) else str(v) for v in (row.label, row.status, row.error)
+            )
         card.low_confidence = low_confidence(card, cfg, alpha)
         card.watch = [c for c, p in patterns.items() if card.label and p.search(card.label)]
         cards.append(card)
     return ReportData(
-        run=run, db_path=store.path, explainer=explainer, counts=store.table_counts(run_id), cards=cards,
-        headline=headline, summary=summary, judges=judges, prompts=store.prompt_hashes(run_id), usage=store.llm_usage(run_id),
-        saturation=saturation_results(store, run_id, explainer), generated_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        explainers=explainers, agreements=agreements, alpha=alpha,
+        run=run,
+        db_path=store.path,
+        explainer=explainer,
+        counts=store.table_counts(run_id),
+        cards=cards,
+        headline=headline,
+        summary=summary,
+        judges=judges,
+        prompts=store.prompt_hashes(run_id),
+        usage=store.llm_usage(run_id),
+        saturation=saturation_results(store, run_id, explainer),
+        generated_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        explainers=explainers,
+        agreements=agreements,
+        alpha=alpha,
     )
 
 
@@ -257,7 +314,7 @@ def _svg(fig: Figure) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
     text = buf.getvalue()
-    return text[text.index("<svg"):]  # inline: drop the XML prolog and doctype
+    return text[text.index("<svg") :]  # inline: drop the XML prolog and doctype
 
 
 def density_figure(cards: list[FeatureCard], dense_threshold: float | None) -> str | None:
@@ -268,10 +325,16 @@ def density_figure(cards: list[FeatureCard], dense_threshold: float | None) -> s
     ax = fig.subplots()
     ax.hist(np.log10(alive), bins=50, color="#4a6fa5")
     if dense_threshold:
-        ax.axvline(math.log10(dense_threshold), color="#b03030", ls="--", lw=1, label=f"dense above {dense_threshold:g}")
+        ax.axvline(
+            math.log10(dense_threshold), color="#b03030", ls="--", lw=1, label=f"dense above {dense_threshold:g}"
+        )
         ax.legend(frameon=False)
     n_dead = sum(c.dead for c in cards)
-    ax.set(xlabel="log10 firing density (fraction of tokens)", ylabel="features", title=f"firing density of {len(alive):,} alive features ({n_dead:,} dead)")
+    ax.set(
+        xlabel="log10 firing density (fraction of tokens)",
+        ylabel="features",
+        title=f"firing density of {len(alive):,} alive features ({n_dead:,} dead)",
+    )
     return _svg(fig)
 
 
@@ -307,7 +370,9 @@ def saturation_figure(result: SaturationResult) -> str:
     steps = result.steps
     fig = Figure(figsize=(7, 2.8), layout="tight")
     ax = fig.subplots()
-    ax.fill_between(steps.step, steps.chao1_low, steps.chao1_high, color="#d08c2a", alpha=0.25, lw=0, label="Chao1 95% CI")
+    ax.fill_between(
+        steps.step, steps.chao1_low, steps.chao1_high, color="#d08c2a", alpha=0.25, lw=0, label="Chao1 95% CI"
+    )
     ax.plot(steps.step, steps.chao1, color="#d08c2a", lw=1, ls="--", label="Chao1 estimate")
     ax.plot(steps.step, steps.n_categories, color="#4a6fa5", lw=1.5, label="categories (labelling order)")
     rare = result.summary.get("rarefaction")
@@ -352,7 +417,12 @@ class HistogramPNG:
         # Bin i holds activations in (edges[i-1], edges[i]]; the first and last bins are open-ended.
         low = self.edges[lo - 1] if lo > 0 else 0.0
         high = self.edges[hi - 1] if hi - 1 < len(self.edges) else math.inf
-        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(), float(low), float(high), int(shown.max())
+        return (
+            "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(),
+            float(low),
+            float(high),
+            int(shown.max()),
+        )
 
 
 # ----------------------------------------------------------------------------- HTML
@@ -422,14 +492,21 @@ order();filter();document.body.setAttribute('data-js','ready');
 
 
 def _csp() -> str:
-    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(js.encode()).digest()).decode()}'" for js in (TRAP_JS, CARDS_JS))
+    hashes = " ".join(
+        f"'sha256-{base64.b64encode(hashlib.sha256(js.encode()).digest()).decode()}'" for js in (TRAP_JS, CARDS_JS)
+    )
     return f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src {hashes}; base-uri 'none'; form-action 'none'"
 
 
 def _table(header: list[str], rows: list[list[str]], numeric: tuple[int, ...] = ()) -> str:
     """rows hold ready HTML: callers escape every value that came from the database."""
     head = "".join(f"<th>{h}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(r)) + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>"
+        + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(r))
+        + "</tr>"
+        for r in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -441,21 +518,47 @@ def _audit_pairs(d: ReportData) -> list[tuple[str, object]]:
     r = d.run
     provider, _, model = (d.explainer or "—:—").partition(":")
     return [
-        ("run", r["run_id"]), ("created / updated", f"{r['created_at']} / {r['updated_at']}"),
-        ("model", r["model"]), ("hookpoint", f"{r['hookpoint']} → {r['hook_module']}"), ("d_model", r["d_model"]),
-        ("SAE", r["sae_source"]), ("SAE format / architecture", f"{r['sae_format']} / {r['sae_architecture']}"), ("d_sae", r["d_sae"]),
-        ("corpus", r["corpus"]), ("tokens / contexts", f"{r['n_tokens']:,} / {r['n_contexts']:,}"), ("gather time", f"{r['gather_seconds']:.0f} s"),
-        ("labels by (explainer)", d.explainer or "no labels stored"), ("judge provider / model", f"{provider} / {model}"),
+        ("run", r["run_id"]),
+        ("created / updated", f"{r['created_at']} / {r['updated_at']}"),
+        ("model", r["model"]),
+        ("hookpoint", f"{r['hookpoint']} → {r['hook_module']}"),
+        ("d_model", r["d_model"]),
+        ("SAE", r["sae_source"]),
+        ("SAE format / architecture", f"{r['sae_format']} / {r['sae_architecture']}"),
+        ("d_sae", r["d_sae"]),
+        ("corpus", r["corpus"]),
+        ("tokens / contexts", f"{r['n_tokens']:,} / {r['n_contexts']:,}"),
+        ("gather time", f"{r['gather_seconds']:.0f} s"),
+        ("labels by (explainer)", d.explainer or "no labels stored"),
+        ("judge provider / model", f"{provider} / {model}"),
         *[(f"{s} judged by", j) for s, j in d.judges.items()],
-        ("database", d.db_path), ("report by", f"autointerp {__version__}, {d.generated_at}"),
+        ("database", d.db_path),
+        ("report by", f"autointerp {__version__}, {d.generated_at}"),
     ]
 
 
 def _usage_rows(usage: pd.DataFrame) -> tuple[list[list[str]], str]:
-    rows = [[e(str(u.provider)), e(str(u.model)), e(str(u.purpose)), f"{u.calls:,}", f"{u.failed:,}", f"{u.prompt_tokens:,}",
-             f"{u.completion_tokens:,}", _cost(u.cost_usd, u.priced, u.calls)] for u in usage.itertuples()]
-    total = (f"{int(usage.calls.sum()):,} calls, {int(usage.prompt_tokens.sum() + usage.completion_tokens.sum()):,} tokens, "
-             f"cost {_cost(usage.cost_usd.sum(min_count=1), usage.priced.sum(), usage.calls.sum())}") if len(usage) else "no LLM calls logged (the offline judge makes none)"
+    rows = [
+        [
+            e(str(u.provider)),
+            e(str(u.model)),
+            e(str(u.purpose)),
+            f"{u.calls:,}",
+            f"{u.failed:,}",
+            f"{u.prompt_tokens:,}",
+            f"{u.completion_tokens:,}",
+            _cost(u.cost_usd, u.priced, u.calls),
+        ]
+        for u in usage.itertuples()
+    ]
+    total = (
+        (
+            f"{int(usage.calls.sum()):,} calls, {int(usage.prompt_tokens.sum() + usage.completion_tokens.sum()):,} tokens, "
+            f"cost {_cost(usage.cost_usd.sum(min_count=1), usage.priced.sum(), usage.calls.sum())}"
+        )
+        if len(usage)
+        else "no LLM calls logged (the offline judge makes none)"
+    )
     return rows, total
 
 
@@ -472,8 +575,10 @@ def loss_recovered_text(run: dict) -> str:
 
     m = run["sae_metrics"]
     if "loss_recovered" in m:
-        return (f"{_num(m['loss_recovered'])} (next-token loss clean {_num(m['loss_clean'])}, SAE spliced in {_num(m['loss_spliced'])}, "
-                f"zero-ablated {_num(m['loss_zero_ablated'])} nats/token on {m.get('loss_contexts', 0):,} held-out contexts)")
+        return (
+            f"{_num(m['loss_recovered'])} (next-token loss clean {_num(m['loss_clean'])}, SAE spliced in {_num(m['loss_spliced'])}, "
+            f"zero-ablated {_num(m['loss_zero_ablated'])} nats/token on {m.get('loss_contexts', 0):,} held-out contexts)"
+        )
     return "not measured (not a causal LM)" if run["model"] == EMBEDDED_MODEL else "not measured"
 
 
@@ -482,11 +587,16 @@ def _health(d: ReportData) -> list[tuple[str, str]]:
     cards = d.cards
     n = len(cards)
     return [
-        ("L0 (held-out)", _num(m.get("l0"), 1)), ("FVU (held-out)", _num(m.get("fvu"))),
+        ("L0 (held-out)", _num(m.get("l0"), 1)),
+        ("FVU (held-out)", _num(m.get("fvu"))),
         ("dead on held-out tokens", f"{m['dead_fraction']:.1%}" if "dead_fraction" in m else "—"),
-        ("dead over the corpus", f"{sum(c.dead for c in cards) / max(n, 1):.1%} ({sum(c.dead for c in cards):,} of {n:,})"),
+        (
+            "dead over the corpus",
+            f"{sum(c.dead for c in cards) / max(n, 1):.1%} ({sum(c.dead for c in cards):,} of {n:,})",
+        ),
         ("ultra-dense", f"{sum(c.dense for c in cards) / max(n, 1):.1%} ({sum(c.dense for c in cards):,})"),
-        ("loss recovered", loss_recovered_text(d.run)), ("held-out tokens", f"{m['eval_tokens']:,}" if "eval_tokens" in m else "—"),
+        ("loss recovered", loss_recovered_text(d.run)),
+        ("held-out tokens", f"{m['eval_tokens']:,}" if "eval_tokens" in m else "—"),
     ]
 
 
@@ -516,17 +626,44 @@ def _verdict_class(verdict: str) -> str:
     return "good" if verdict.startswith("measures something") else "bad"
 
 
-SCORE_HEADER = ["scorer", "metric", "what it samples", "median", "IQR", "scored", "failed", "undefined", "confident",
-                "controls", "shuffled median", "gap [95% CI]", "verdict"]
+SCORE_HEADER = [
+    "scorer",
+    "metric",
+    "what it samples",
+    "median",
+    "IQR",
+    "scored",
+    "failed",
+    "undefined",
+    "confident",
+    "controls",
+    "shuffled median",
+    "gap [95% CI]",
+    "verdict",
+]
 
 
 def _score_cells(summary: dict[str, dict]) -> list[list[str]]:
     """The scores table as text cells (escaped by the caller for its format)."""
-    return [[s, v["metric"], v["samples"], _num(v["median"]), f"{_num(v['q25'])}–{_num(v['q75'])}", f"{v['n_ok']:,} of {v['n_features']:,}",
-             f"{v['n_failed']:,}", f"{v['n_undefined']:,}", f"{v['n_confident']:,} (p < {v['alpha']:g})",
-             f"{v['n_controls']:,} ({v['control']})", _num(v["shuffled_median"]),
-             f"{_num(v['gap'])} [{_num(v['gap_low'])}, {_num(v['gap_high'])}] over {v['n_pairs']:,} pairs" + (f", {v['n_pairs_undefined']:,} undefined" if v["n_pairs_undefined"] else ""),
-             v["verdict"]] for s, v in summary.items()]
+    return [
+        [
+            s,
+            v["metric"],
+            v["samples"],
+            _num(v["median"]),
+            f"{_num(v['q25'])}–{_num(v['q75'])}",
+            f"{v['n_ok']:,} of {v['n_features']:,}",
+            f"{v['n_failed']:,}",
+            f"{v['n_undefined']:,}",
+            f"{v['n_confident']:,} (p < {v['alpha']:g})",
+            f"{v['n_controls']:,} ({v['control']})",
+            _num(v["shuffled_median"]),
+            f"{_num(v['gap'])} [{_num(v['gap_low'])}, {_num(v['gap_high'])}] over {v['n_pairs']:,} pairs"
+            + (f", {v['n_pairs_undefined']:,} undefined" if v["n_pairs_undefined"] else ""),
+            v["verdict"],
+        ]
+        for s, v in summary.items()
+    ]
 
 
 def _score_rows(summary: dict[str, dict]) -> list[list[str]]:
@@ -545,7 +682,12 @@ def _category_rows(result: SaturationResult, limit: int) -> tuple[list[list[str]
         feats = [int(f) for f in group.feature]
         links = " ".join(f'<a href="#f{f}">#{f}</a>' for f in feats[:8]) + (" …" if len(feats) > 8 else "")
         examples = "; ".join(e(str(label)) for label in group.label[:3])
-        rows.append((len(feats), [e(str(group.code.iloc[0])), f"{len(feats):,}", f"{len(feats) / len(mapped):.1%}", links, examples]))
+        rows.append(
+            (
+                len(feats),
+                [e(str(group.code.iloc[0])), f"{len(feats):,}", f"{len(feats) / len(mapped):.1%}", links, examples],
+            )
+        )
     rows.sort(key=lambda x: -x[0])
     rest = rows[limit:]
     note = f"{len(rest):,} smaller categories ({sum(n for n, _ in rest):,} features) not listed" if rest else ""
@@ -555,17 +697,32 @@ def _category_rows(result: SaturationResult, limit: int) -> tuple[list[list[str]
 def _saturation_facts(result: SaturationResult) -> list[tuple[str, str]]:
     s = result.summary
     v = s["verdict"]
-    facts = [("merge rule", s["merge_rule"]), ("labels", f"{s['n_labels']:,} ({s['n_failed']:,} left unmapped by failed merge calls)")]
+    facts = [
+        ("merge rule", s["merge_rule"]),
+        ("labels", f"{s['n_labels']:,} ({s['n_failed']:,} left unmapped by failed merge calls)"),
+    ]
     if v is None:
         return facts + [("verdict", "no label was mapped to a category")]
     c, x = v["chao1"], s.get("extrapolation") or {}
     return facts + [
         ("verdict", "saturated" if v["saturated"] else "not saturated"),
         ("categories", f"{v['distinct']:,}"),
-        ("Chao1 (95% CI)", f"{c['estimate']:,.1f} [{c['ci_low']:,.1f}, {c['ci_high']:,.1f}], completeness {c['completeness']:.0%}"),
-        ("coverage", f"{_num(v['coverage'])} (target {v['target_coverage']}); next feature opens a new category with p = {_num(1 - v['coverage'])}"),
-        ("labels to reach the target", f"{x['labels_to_target']:,} more" if x.get("labels_to_target") is not None else "never, by extrapolation"),
-        ("Guest ratio of the last run", _num(v["guest_ratio"]) if v["guest_ratio"] is not None else "undefined (too few labels)"),
+        (
+            "Chao1 (95% CI)",
+            f"{c['estimate']:,.1f} [{c['ci_low']:,.1f}, {c['ci_high']:,.1f}], completeness {c['completeness']:.0%}",
+        ),
+        (
+            "coverage",
+            f"{_num(v['coverage'])} (target {v['target_coverage']}); next feature opens a new category with p = {_num(1 - v['coverage'])}",
+        ),
+        (
+            "labels to reach the target",
+            f"{x['labels_to_target']:,} more" if x.get("labels_to_target") is not None else "never, by extrapolation",
+        ),
+        (
+            "Guest ratio of the last run",
+            _num(v["guest_ratio"]) if v["guest_ratio"] is not None else "undefined (too few labels)",
+        ),
     ]
 
 
@@ -576,7 +733,9 @@ def _saturation_html(d: ReportData) -> str:
     for r in d.saturation:
         reasons = "".join(f"<li>{e(x)}</li>" for x in (r.summary["verdict"] or {}).get("reasons", []))
         figure = saturation_figure(r) if len(r.steps) else ""
-        parts.append(f"<h3>{e(r.summary['method'])} merge</h3>" + _kv(_saturation_facts(r)) + f"<ul>{reasons}</ul>" + figure)
+        parts.append(
+            f"<h3>{e(r.summary['method'])} merge</h3>" + _kv(_saturation_facts(r)) + f"<ul>{reasons}</ul>" + figure
+        )
     return "".join(parts)
 
 
@@ -587,7 +746,11 @@ def _categories_html(d: ReportData, limit: int) -> str:
     parts = []
     for r in d.saturation:
         rows, note = _category_rows(r, limit)
-        parts.append(f"<h3>{e(r.summary['method'])} merge</h3><div class=\"scroll\">" + _table(header, rows, (1, 2)) + f'</div><p class="muted">{note}</p>')
+        parts.append(
+            f'<h3>{e(r.summary["method"])} merge</h3><div class="scroll">'
+            + _table(header, rows, (1, 2))
+            + f'</div><p class="muted">{note}</p>'
+        )
     return "".join(parts)
 
 
@@ -606,10 +769,12 @@ def _snippet_html(s: Snippet, max_activation: float) -> str:
 def _histogram_html(hist: tuple[str, float, float, int]) -> str:
     """The activation histogram with its axes: counts up to the tallest bin, activations low to high."""
     uri, low, high, top = hist
-    return (f"<figure class='hist'><span class='yaxis'>{top:,}<br>0</span>"
-            f'<img alt="activation histogram" width="160" height="40" src="{uri}">'
-            f"<span class='xaxis'><span>{low:.3g}</span><span>{high:.3g}</span></span>"
-            f"<figcaption>tokens per activation bin (log-spaced), activation {low:.3g} to {high:.3g}</figcaption></figure>")
+    return (
+        f"<figure class='hist'><span class='yaxis'>{top:,}<br>0</span>"
+        f'<img alt="activation histogram" width="160" height="40" src="{uri}">'
+        f"<span class='xaxis'><span>{low:.3g}</span><span>{high:.3g}</span></span>"
+        f"<figcaption>tokens per activation bin (log-spaced), activation {low:.3g} to {high:.3g}</figcaption></figure>"
+    )
 
 
 SNIPPET_KINDS = {"top": "top", "quantile": "quantile bin", "negative": "no activation"}
@@ -622,34 +787,67 @@ def visible_token(token: str) -> str:
 
 
 def _card_html(c: FeatureCard, hist: tuple[str, float, float, int] | None, scorers: list[str], alpha: float) -> str:
-    flags = (["low"] if c.low_confidence else []) + (["watch"] if c.watch else []) + (["dead"] if c.dead else []) + (["dense"] if c.dense else [])
+    flags = (
+        (["low"] if c.low_confidence else [])
+        + (["watch"] if c.watch else [])
+        + (["dead"] if c.dead else [])
+        + (["dense"] if c.dense else [])
+    )
     flags.append("flagged" if c.low_confidence or c.watch else "clear")
     search = f"#{c.feature} {c.label or ''} {' '.join(c.other_labels.values())} {' '.join(c.watch)}".lower()
     attrs = f'id="f{c.feature}" class="card" data-f="{c.feature}" data-flags="{" ".join(flags)}" data-search="{e(search)}" data-density="{c.density:.6g}" data-max="{c.max_activation:.6g}"'
-    attrs += "".join(f' data-s-{s}="{c.scores[s].value:.4f}"' for s in scorers if s in c.scores and not math.isnan(c.scores[s].value))
-    label = e(c.label) if c.label else f'<span class="muted">{"dead: never fired" if c.dead else e(c.label_status or "not labelled")}</span>'
+    attrs += "".join(
+        f' data-s-{s}="{c.scores[s].value:.4f}"' for s in scorers if s in c.scores and not math.isnan(c.scores[s].value)
+    )
+    label = (
+        e(c.label)
+        if c.label
+        else f'<span class="muted">{"dead: never fired" if c.dead else e(c.label_status or "not labelled")}</span>'
+    )
     badges = "".join(
-        [f'<span class="b low" title="{e("; ".join(d for _, d in c.low_confidence))}">low confidence</span>' if c.low_confidence else ""]
+        [
+            f'<span class="b low" title="{e("; ".join(d for _, d in c.low_confidence))}">low confidence</span>'
+            if c.low_confidence
+            else ""
+        ]
         + [f'<span class="b watch">watch: {e(w)}</span>' for w in c.watch]
-        + ['<span class="b dead">dead</span>' if c.dead else "", '<span class="b dense">dense</span>' if c.dense else ""]
+        + [
+            '<span class="b dead">dead</span>' if c.dead else "",
+            '<span class="b dense">dense</span>' if c.dense else "",
+        ]
     )
     rows = "".join(
         f"<tr><th>{e(s)}</th><td>{_num(v.value)} <span class='muted'>[{_num(v.ci_low)}, {_num(v.ci_high)}] n={v.n}, p={_num(v.p_value, 4)}</span>"
-        + (f" <span class='bad'>{e(v.status)}</span>" if v.status != "ok" else
-           " <span class='good'>confident</span>" if v.p_value < alpha else " <span class='bad'>not above the null</span>") + "</td></tr>"
+        + (
+            f" <span class='bad'>{e(v.status)}</span>"
+            if v.status != "ok"
+            else " <span class='good'>confident</span>"
+            if v.p_value < alpha
+            else " <span class='bad'>not above the null</span>"
+        )
+        + "</td></tr>"
         for s, v in c.scores.items()
     )
     figure = _histogram_html(hist) if hist else ""
     snippets = "".join(
-        f"<div class='kind'>{SNIPPET_KINDS[s.kind]}" + (f" {s.quantile}" if s.kind == "quantile" else "") + "</div>" + _snippet_html(s, c.max_activation)
-        for s in c.snippets)
+        f"<div class='kind'>{SNIPPET_KINDS[s.kind]}"
+        + (f" {s.quantile}" if s.kind == "quantile" else "")
+        + "</div>"
+        + _snippet_html(s, c.max_activation)
+        for s in c.snippets
+    )
     others = "".join(f"<div class='muted'>{e(name)}: {e(label)}</div>" for name, label in c.other_labels.items())
-    effects = "".join(f"<div class='effects'><span class='muted'>{EFFECT_KINDS[kind]}:</span> "
-                      + " ".join(f"<code>{e(visible_token(t))}</code>" for t in tokens) + "</div>"
-                      for kind, tokens in sorted(c.effects.items(), key=lambda kv: list(EFFECT_KINDS).index(kv[0])))
+    effects = "".join(
+        f"<div class='effects'><span class='muted'>{EFFECT_KINDS[kind]}:</span> "
+        + " ".join(f"<code>{e(visible_token(t))}</code>" for t in tokens)
+        + "</div>"
+        for kind, tokens in sorted(c.effects.items(), key=lambda kv: list(EFFECT_KINDS).index(kv[0]))
+    )
     stats = f"density {c.density:.3%} · {c.n_firing:,} firing · max {c.max_activation:.3g}"
-    return (f"<article {attrs}><h3><a href='#f{c.feature}'>#{c.feature}</a>{label}</h3>{badges}"
-            f"{others}<div class='muted'>{stats}</div><table>{rows}</table>{effects}{figure}{snippets}</article>")
+    return (
+        f"<article {attrs}><h3><a href='#f{c.feature}'>#{c.feature}</a>{label}</h3>{badges}"
+        f"{others}<div class='muted'>{stats}</div><table>{rows}</table>{effects}{figure}{snippets}</article>"
+    )
 
 
 def render_html(d: ReportData, cfg: ReportConfig) -> str:
@@ -663,49 +861,100 @@ def _page(d: ReportData, cfg: ReportConfig) -> str:
     run = d.run
     scorers = list(d.summary)
     usage_rows, usage_total = _usage_rows(d.usage)
-    prompt_rows = [[e(str(p.stage)), e(str(p.judge)), e(_text(p.prompt_hash)) if _text(p.prompt_hash) else '<span class="muted">none recorded</span>', f"{p.n:,}"]
-                   for p in d.prompts.itertuples()]
+    prompt_rows = [
+        [
+            e(str(p.stage)),
+            e(str(p.judge)),
+            e(_text(p.prompt_hash)) if _text(p.prompt_hash) else '<span class="muted">none recorded</span>',
+            f"{p.n:,}",
+        ]
+        for p in d.prompts.itertuples()
+    ]
     versions = "".join(f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in run["versions"].items())
     n_low = sum(bool(c.low_confidence) for c in d.cards)
     watched = [c for c in d.cards if c.watch]
-    watch_rows = [[f'<a href="#f{c.feature}">#{c.feature}</a>', e(", ".join(c.watch)), e(c.label or "")] for c in watched]
+    watch_rows = [
+        [f'<a href="#f{c.feature}">#{c.feature}</a>', e(", ".join(c.watch)), e(c.label or "")] for c in watched
+    ]
     reason_counts = pd.Series([k for c in d.cards for k, _ in c.low_confidence], dtype=object).value_counts()
     watch_terms = "; ".join(k + ": " + ", ".join(v) for k, v in cfg.watch.items())
-    sort_options = [("f", "feature index"), ("label", "label A–Z")] + [(f"s-{s}", f"{s} score ↓") for s in scorers] + [("density", "density ↓"), ("max", "max activation ↓")]
+    sort_options = (
+        [("f", "feature index"), ("label", "label A–Z")]
+        + [(f"s-{s}", f"{s} score ↓") for s in scorers]
+        + [("density", "density ↓"), ("max", "max activation ↓")]
+    )
 
     painter = HistogramPNG(HIST_EDGES)
     carded = sorted(d.cards, key=lambda c: (c.dead, c.feature))[: cfg.max_cards]  # alive features first
-    cards = "".join(_card_html(c, None if c.dead else painter.render(c.histogram), scorers, d.alpha) for c in sorted(carded, key=lambda c: c.feature))
+    cards = "".join(
+        _card_html(c, None if c.dead else painter.render(c.histogram), scorers, d.alpha)
+        for c in sorted(carded, key=lambda c: c.feature)
+    )
     left_out = len(d.cards) - len(carded)
-    beyond = (f'<p class="muted">{left_out:,} more features are left out of this page, which holds at most {cfg.max_cards:,} cards '
-              f"(alive features first) so it opens quickly: browse every feature with <code>autointerp serve --project "
-              f"{e(str(d.db_path.parent))}</code>.</p>") if left_out else ""
+    beyond = (
+        (
+            f'<p class="muted">{left_out:,} more features are left out of this page, which holds at most {cfg.max_cards:,} cards '
+            f"(alive features first) so it opens quickly: browse every feature with <code>autointerp serve --project "
+            f"{e(str(d.db_path.parent))}</code>.</p>"
+        )
+        if left_out
+        else ""
+    )
 
     dense_threshold = run["config"].get("gather", {}).get("dense_threshold")
     density_svg = density_figure(d.cards, dense_threshold) or '<p class="muted">no feature fired</p>'
     scores_svg = scores_figure(d.headline, scorers) or ""
     sections = [
-        ("audit", "Audit trail", _kv(_audit_pairs(d))
-         + "<h3>Prompts</h3>" + (_table(["stage", "judge", "prompt hash", "features"], prompt_rows, (3,)) if prompt_rows else '<p class="muted">no labels or scores stored</p>')
-         + f"<h3>LLM usage</h3><p>{e(usage_total)} <span class='muted'>(calls logged for this run)</span></p>"
-         + (_table(["provider", "model", "purpose", "calls", "failed", "prompt tokens", "completion tokens", "cost"], usage_rows, (3, 4, 5, 6, 7)) if usage_rows else "")
-         + f"<h3>Package versions at gather time</h3><table>{versions}</table>"
-         + "<h3>Rows stored</h3>" + _kv([(k, f"{v:,}") for k, v in d.counts.items()])
-         + f"<details><summary>run configuration</summary><pre>{e(json.dumps(run['config'], indent=1, default=str))}</pre></details>"),
+        (
+            "audit",
+            "Audit trail",
+            _kv(_audit_pairs(d))
+            + "<h3>Prompts</h3>"
+            + (
+                _table(["stage", "judge", "prompt hash", "features"], prompt_rows, (3,))
+                if prompt_rows
+                else '<p class="muted">no labels or scores stored</p>'
+            )
+            + f"<h3>LLM usage</h3><p>{e(usage_total)} <span class='muted'>(calls logged for this run)</span></p>"
+            + (
+                _table(
+                    ["provider", "model", "purpose", "calls", "failed", "prompt tokens", "completion tokens", "cost"],
+                    usage_rows,
+                    (3, 4, 5, 6, 7),
+                )
+                if usage_rows
+                else ""
+            )
+            + f"<h3>Package versions at gather time</h3><table>{versions}</table>"
+            + "<h3>Rows stored</h3>"
+            + _kv([(k, f"{v:,}") for k, v in d.counts.items()])
+            + f"<details><summary>run configuration</summary><pre>{e(json.dumps(run['config'], indent=1, default=str))}</pre></details>",
+        ),
         ("health", "SAE health", _kv(_health(d)) + density_svg),
         ("explainers", "Explainers", _explainers_html(d)),
-        ("scores", "Scores", (_table(SCORE_HEADER, _score_rows(d.summary), (3, 5, 6, 7, 8, 9, 10))
-                              + "<p class='muted'>confident: the feature's one-sided permutation test rejects a label unrelated to the activations, "
-                              "on the feature's own snippets. The shuffle control scores a sample of features with another feature's label.</p>"
-                              + scores_svg) if scorers else '<p class="muted">no scores stored — run autointerp score</p>'),
+        (
+            "scores",
+            "Scores",
+            (
+                _table(SCORE_HEADER, _score_rows(d.summary), (3, 5, 6, 7, 8, 9, 10))
+                + "<p class='muted'>confident: the feature's one-sided permutation test rejects a label unrelated to the activations, "
+                "on the feature's own snippets. The shuffle control scores a sample of features with another feature's label.</p>"
+                + scores_svg
+            )
+            if scorers
+            else '<p class="muted">no scores stored — run autointerp score</p>',
+        ),
         ("saturation", "Saturation", _saturation_html(d)),
         ("categories", "Categories", _categories_html(d, cfg.n_categories)),
-        ("flags", "Flags",
-         f"<p>{n_low:,} of {len(d.cards):,} features have a low-confidence label ({e(cfg.confidence_scorer)} not above its permutation null at p &lt; {d.alpha:g}, "
-         "a failed or undefined score, or no label).</p>"
-         + _kv([(k, f"{v:,}") for k, v in reason_counts.items()])
-         + f"<h3>Watch-list hits ({len(watched):,})</h3><p class='muted'>concepts: {e(watch_terms)}</p>"
-         + (_table(["feature", "concepts", "label"], watch_rows) if watch_rows else "<p>none</p>")),
+        (
+            "flags",
+            "Flags",
+            f"<p>{n_low:,} of {len(d.cards):,} features have a low-confidence label ({e(cfg.confidence_scorer)} not above its permutation null at p &lt; {d.alpha:g}, "
+            "a failed or undefined score, or no label).</p>"
+            + _kv([(k, f"{v:,}") for k, v in reason_counts.items()])
+            + f"<h3>Watch-list hits ({len(watched):,})</h3><p class='muted'>concepts: {e(watch_terms)}</p>"
+            + (_table(["feature", "concepts", "label"], watch_rows) if watch_rows else "<p>none</p>"),
+        ),
     ]
     body = "".join(f'<section id="{sid}"><h2>{title}</h2>{content}</section>' for sid, title, content in sections)
     nav = "".join(f'<a href="#{sid}">{title}</a>' for sid, title, _ in sections) + '<a href="#features">Features</a>'
@@ -741,14 +990,34 @@ def _md(text: object) -> str:
 
 def render_markdown(d: ReportData, cfg: ReportConfig, html_name: str) -> str:
     def table(header: list[str], rows: list[list[str]]) -> list[str]:
-        return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+        return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+            "| " + " | ".join(r) + " |" for r in rows
+        ]
 
-    out = [f"# autointerp report — {_md(d.run['run_id'])}", "", f"Generated {d.generated_at} from {_md(d.db_path)}; full report with feature cards: {_md(html_name)}.", "",
-           "## Audit trail", ""]
+    out = [
+        f"# autointerp report — {_md(d.run['run_id'])}",
+        "",
+        f"Generated {d.generated_at} from {_md(d.db_path)}; full report with feature cards: {_md(html_name)}.",
+        "",
+        "## Audit trail",
+        "",
+    ]
     out += table(["", ""], [[_md(k), _md(v)] for k, v in _audit_pairs(d)])
-    out += ["", "Prompt hashes: " + (", ".join(f"{_md(p.stage)} {_md(p.prompt_hash)}" for p in d.prompts.itertuples() if _text(p.prompt_hash)) or "none recorded"),
-            "", "LLM usage (this run): " + _md(_usage_rows(d.usage)[1]), "",
-            "Versions: " + ", ".join(f"{_md(k)} {_md(v)}" for k, v in d.run["versions"].items()), "", "## SAE health", ""]
+    out += [
+        "",
+        "Prompt hashes: "
+        + (
+            ", ".join(f"{_md(p.stage)} {_md(p.prompt_hash)}" for p in d.prompts.itertuples() if _text(p.prompt_hash))
+            or "none recorded"
+        ),
+        "",
+        "LLM usage (this run): " + _md(_usage_rows(d.usage)[1]),
+        "",
+        "Versions: " + ", ".join(f"{_md(k)} {_md(v)}" for k, v in d.run["versions"].items()),
+        "",
+        "## SAE health",
+        "",
+    ]
     out += table(["", ""], [[k, v] for k, v in _health(d)])
     out += ["", "## Scores", ""]
     if d.summary:
@@ -757,19 +1026,36 @@ def render_markdown(d: ReportData, cfg: ReportConfig, html_name: str) -> str:
         out.append("no scores stored — run autointerp score")
     if len(d.explainers) > 1:
         header, rows = _explainer_table(d)
-        out += ["", "## Explainers", ""] + table(header, [[_md(c) for c in r] for r in rows]) + [""] + [f"- {_md(a.line())}" for a in d.agreements]
+        out += (
+            ["", "## Explainers", ""]
+            + table(header, [[_md(c) for c in r] for r in rows])
+            + [""]
+            + [f"- {_md(a.line())}" for a in d.agreements]
+        )
     out += ["", "## Saturation", ""]
     if not d.saturation:
         out.append(NOT_SATURATED_YET)
     for r in d.saturation:
-        out += [f"### {_md(r.summary['method'])} merge", ""] + table(["", ""], [[k, _md(v)] for k, v in _saturation_facts(r)]) + [""]
+        out += (
+            [f"### {_md(r.summary['method'])} merge", ""]
+            + table(["", ""], [[k, _md(v)] for k, v in _saturation_facts(r)])
+            + [""]
+        )
     n_low = sum(bool(c.low_confidence) for c in d.cards)
     watched = [c for c in d.cards if c.watch]
-    out += ["", "## Flags", "", f"- {n_low:,} of {len(d.cards):,} features have a low-confidence label "
-            f"({cfg.confidence_scorer} not above its permutation null at p < {d.alpha:g}, a failed or undefined score, or no label).",
-            f"- {len(watched):,} labels mention a watch-list concept ({', '.join(_md(k) for k in cfg.watch)}).", ""]
+    out += [
+        "",
+        "## Flags",
+        "",
+        f"- {n_low:,} of {len(d.cards):,} features have a low-confidence label "
+        f"({cfg.confidence_scorer} not above its permutation null at p < {d.alpha:g}, a failed or undefined score, or no label).",
+        f"- {len(watched):,} labels mention a watch-list concept ({', '.join(_md(k) for k in cfg.watch)}).",
+        "",
+    ]
     if watched:
-        out += table(["feature", "concepts", "label"], [[str(c.feature), _md(", ".join(c.watch)), _md(c.label)] for c in watched])
+        out += table(
+            ["feature", "concepts", "label"], [[str(c.feature), _md(", ".join(c.watch)), _md(c.label)] for c in watched]
+        )
     return "\n".join(out) + "\n"
 
 
@@ -797,7 +1083,9 @@ def _write_atomic(path: Path, text: str) -> None:
     partial.replace(path)
 
 
-def write_report(project: str | Path, run_id: str | None = None, out: str | Path | None = None, cfg: ReportConfig | None = None) -> ReportFiles:
+def write_report(
+    project: str | Path, run_id: str | None = None, out: str | Path | None = None, cfg: ReportConfig | None = None
+) -> ReportFiles:
     """Read a run from the project's database and write its HTML report and Markdown summary."""
     cfg = cfg or ReportConfig()
     t0 = time.perf_counter()

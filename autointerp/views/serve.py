@@ -37,9 +37,13 @@ if TYPE_CHECKING:
     from autointerp.store.store import Browser
 
 # No script is needed, so none is allowed: stricter than "script-src 'unsafe-inline'".
-CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; script-src 'none'; base-uri 'none'; "
-       "form-action 'self'; frame-ancestors 'none'")
-META_CSP = CSP.replace("; frame-ancestors 'none'", "")  # a saved page keeps the policy; browsers ignore frame-ancestors in <meta>
+CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; script-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+META_CSP = CSP.replace(
+    "; frame-ancestors 'none'", ""
+)  # a saved page keeps the policy; browsers ignore frame-ancestors in <meta>
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
@@ -53,8 +57,6 @@ MAX_SVG_POINTS = 600  # saturation curves are thinned in SQL to about this many 
 HIST_BINS = 20
 
 
-
-
 class BadRequest(Exception):
     """A query string the app cannot serve; the message is shown to the user (escaped)."""
 
@@ -64,6 +66,7 @@ class NotFound(Exception):
 
 
 # ------------------------------------------------------------------------------------- rendering helpers
+
 
 def esc(value) -> str:
     """Text (None → '') escaped for HTML text and for attribute values in double or single quotes."""
@@ -85,7 +88,9 @@ def density_text(d) -> str:
 def score_cell(value, low, high) -> str:
     if value is None or not math.isfinite(value):
         return "<td class='num muted'>—</td>"
-    interval = f" <span class='ci'>[{num(low, 2)}, {num(high, 2)}]</span>" if low is not None and high is not None else ""
+    interval = (
+        f" <span class='ci'>[{num(low, 2)}, {num(high, 2)}]</span>" if low is not None and high is not None else ""
+    )
     return f"<td class='num'>{value:.3f}{interval}</td>"
 
 
@@ -111,25 +116,38 @@ svg{background:#fff;border:1px solid #ddd}svg text{font:11px system-ui,sans-seri
 
 
 def page(title: str, body: str, run: str, runs: list[tuple]) -> str:
-    options = "".join(f"<option value='{esc(r[0])}'{' selected' if r[0] == run else ''}>{esc(r[0])}</option>" for r in runs)
-    nav = (f"<b>autointerp</b> <a href='{href('/', run=run)}'>features</a> <a href='{href('/scores', run=run)}'>scores</a> "
-           f"<a href='{href('/saturation', run=run)}'>saturation</a>"
-           f"<form method='get' action='/'><select name='run' aria-label='run'>{options}</select> <button>open run</button></form>")
-    return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-            f"<meta http-equiv='Content-Security-Policy' content=\"{esc(META_CSP)}\">"
-            f"<title>{esc(title)}</title><style>{STYLE}</style></head>\n"
-            f"<body><header>{nav}</header><main>\n{body}\n</main></body></html>\n")
+    options = "".join(
+        f"<option value='{esc(r[0])}'{' selected' if r[0] == run else ''}>{esc(r[0])}</option>" for r in runs
+    )
+    nav = (
+        f"<b>autointerp</b> <a href='{href('/', run=run)}'>features</a> <a href='{href('/scores', run=run)}'>scores</a> "
+        f"<a href='{href('/saturation', run=run)}'>saturation</a>"
+        f"<form method='get' action='/'><select name='run' aria-label='run'>{options}</select> <button>open run</button></form>"
+    )
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<meta http-equiv='Content-Security-Policy' content=\"{esc(META_CSP)}\">"
+        f"<title>{esc(title)}</title><style>{STYLE}</style></head>\n"
+        f"<body><header>{nav}</header><main>\n{body}\n</main></body></html>\n"
+    )
 
 
 # ------------------------------------------------------------------------------------- SVG charts
+
 
 def tick(v: float) -> str:
     return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
 
 
-def svg_lines(series: list[tuple[str, str, list[tuple[float, float]]]], xlabel: str, ylabel: str,
-              band: list[tuple[float, float, float]] | None = None, width: int = 560, height: int = 260,
-              y_range: tuple[float, float] | None = None) -> str:
+def svg_lines(
+    series: list[tuple[str, str, list[tuple[float, float]]]],
+    xlabel: str,
+    ylabel: str,
+    band: list[tuple[float, float, float]] | None = None,
+    width: int = 560,
+    height: int = 260,
+    y_range: tuple[float, float] | None = None,
+) -> str:
     """Line chart: series of (name, colour, points); band: (x, low, high) drawn shaded behind."""
     pts = [p for _, _, s in series for p in s] + [(x, v) for x, lo, hi in (band or []) for v in (lo, hi)]
     pts = [(x, y) for x, y in pts if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)]
@@ -141,40 +159,65 @@ def svg_lines(series: list[tuple[str, str, list[tuple[float, float]]]], xlabel: 
     left, right, top, bottom = 64, 12, 12, 34
     sx = lambda x: left + (x - x0) / (x1 - x0) * (width - left - right)  # noqa: E731
     sy = lambda y: height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)  # noqa: E731
-    out = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' aria-label='{esc(ylabel)} by {esc(xlabel)}'>"]
-    out.append(f"<line x1='{left}' y1='{height - bottom}' x2='{width - right}' y2='{height - bottom}' stroke='#888'/>"
-               f"<line x1='{left}' y1='{top}' x2='{left}' y2='{height - bottom}' stroke='#888'/>")
+    out = [
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' aria-label='{esc(ylabel)} by {esc(xlabel)}'>"
+    ]
+    out.append(
+        f"<line x1='{left}' y1='{height - bottom}' x2='{width - right}' y2='{height - bottom}' stroke='#888'/>"
+        f"<line x1='{left}' y1='{top}' x2='{left}' y2='{height - bottom}' stroke='#888'/>"
+    )
     for i in range(5):
         yv, xv = y0 + (y1 - y0) * i / 4, x0 + (x1 - x0) * i / 4
-        out.append(f"<text x='{left - 4}' y='{sy(yv) + 4:.1f}' text-anchor='end'>{tick(yv)}</text>"
-                   f"<text x='{sx(xv):.1f}' y='{height - bottom + 14}' text-anchor='{'start' if i == 0 else 'end' if i == 4 else 'middle'}'>{tick(xv)}</text>")
-    out.append(f"<text x='{(left + width - right) / 2}' y='{height - 4}' text-anchor='middle'>{esc(xlabel)}</text>"
-               f"<text x='10' y='{(top + height - bottom) / 2}' transform='rotate(-90 10 {(top + height - bottom) / 2})' "
-               f"text-anchor='middle'>{esc(ylabel)}</text>")
-    good = [(x, lo, hi) for x, lo, hi in (band or []) if None not in (lo, hi) and math.isfinite(lo) and math.isfinite(hi)]
+        out.append(
+            f"<text x='{left - 4}' y='{sy(yv) + 4:.1f}' text-anchor='end'>{tick(yv)}</text>"
+            f"<text x='{sx(xv):.1f}' y='{height - bottom + 14}' text-anchor='{'start' if i == 0 else 'end' if i == 4 else 'middle'}'>{tick(xv)}</text>"
+        )
+    out.append(
+        f"<text x='{(left + width - right) / 2}' y='{height - 4}' text-anchor='middle'>{esc(xlabel)}</text>"
+        f"<text x='10' y='{(top + height - bottom) / 2}' transform='rotate(-90 10 {(top + height - bottom) / 2})' "
+        f"text-anchor='middle'>{esc(ylabel)}</text>"
+    )
+    good = [
+        (x, lo, hi) for x, lo, hi in (band or []) if None not in (lo, hi) and math.isfinite(lo) and math.isfinite(hi)
+    ]
     if good:
-        poly = " ".join(f"{sx(x):.1f},{sy(hi):.1f}" for x, _, hi in good) + " " + " ".join(f"{sx(x):.1f},{sy(lo):.1f}" for x, lo, _ in reversed(good))
+        poly = (
+            " ".join(f"{sx(x):.1f},{sy(hi):.1f}" for x, _, hi in good)
+            + " "
+            + " ".join(f"{sx(x):.1f},{sy(lo):.1f}" for x, lo, _ in reversed(good))
+        )
         out.append(f"<polygon points='{poly}' fill='#9ab' fill-opacity='0.3' stroke='none'/>")
     for k, (name, colour, s) in enumerate(series):
         line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in s if y is not None and math.isfinite(y))
-        out.append(f"<polyline points='{line}' fill='none' stroke='{esc(colour)}' stroke-width='1.8'><title>{esc(name)}</title></polyline>"
-                   f"<text x='{left + 8}' y='{top + 12 + 14 * k}' style='fill:{esc(colour)}'>{esc(name)}</text>")
+        out.append(
+            f"<polyline points='{line}' fill='none' stroke='{esc(colour)}' stroke-width='1.8'><title>{esc(name)}</title></polyline>"
+            f"<text x='{left + 8}' y='{top + 12 + 14 * k}' style='fill:{esc(colour)}'>{esc(name)}</text>"
+        )
     out.append("</svg>")
     return "".join(out)
 
 
-def svg_histogram(title: str, lo: float, hi: float, counts: dict[str, list[int]], colours: dict[str, str],
-                  width: int = 420, height: int = 200) -> str:
+def svg_histogram(
+    title: str,
+    lo: float,
+    hi: float,
+    counts: dict[str, list[int]],
+    colours: dict[str, str],
+    width: int = 420,
+    height: int = 200,
+) -> str:
     """Bars of counts per label source over HIST_BINS bins of [lo, hi]; sources drawn side by side in each bin."""
     left, right, top, bottom = 44, 10, 22, 30
     peak = max((c for cs in counts.values() for c in cs), default=0) or 1
     bw = (width - left - right) / HIST_BINS
-    out = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' aria-label='{esc(title)}'>"
-           f"<text x='{left}' y='14'>{esc(title)}</text>"
-           f"<line x1='{left}' y1='{height - bottom}' x2='{width - right}' y2='{height - bottom}' stroke='#888'/>"
-           f"<text x='{left - 4}' y='{top + 8}' text-anchor='end'>{peak}</text><text x='{left - 4}' y='{height - bottom}' text-anchor='end'>0</text>"
-           f"<text x='{left}' y='{height - bottom + 14}' text-anchor='middle'>{lo:.3g}</text>"
-           f"<text x='{width - right}' y='{height - bottom + 14}' text-anchor='middle'>{hi:.3g}</text>"]
+    out = [
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' aria-label='{esc(title)}'>"
+        f"<text x='{left}' y='14'>{esc(title)}</text>"
+        f"<line x1='{left}' y1='{height - bottom}' x2='{width - right}' y2='{height - bottom}' stroke='#888'/>"
+        f"<text x='{left - 4}' y='{top + 8}' text-anchor='end'>{peak}</text><text x='{left - 4}' y='{height - bottom}' text-anchor='end'>0</text>"
+        f"<text x='{left}' y='{height - bottom + 14}' text-anchor='middle'>{lo:.3g}</text>"
+        f"<text x='{width - right}' y='{height - bottom + 14}' text-anchor='middle'>{hi:.3g}</text>"
+    ]
     sources = list(counts)
     for k, source in enumerate(sources):
         sub = bw / len(sources)
@@ -184,20 +227,26 @@ def svg_histogram(title: str, lo: float, hi: float, counts: dict[str, list[int]]
             h = c / peak * (height - top - bottom)
             x = left + b * bw + k * sub
             a, z = lo + (hi - lo) * b / HIST_BINS, lo + (hi - lo) * (b + 1) / HIST_BINS
-            out.append(f"<rect x='{x:.1f}' y='{height - bottom - h:.1f}' width='{max(sub - 1, 1):.1f}' height='{h:.1f}' "
-                       f"fill='{esc(colours.get(source, '#888'))}'><title>{esc(source)} [{a:.3g}, {z:.3g}): {c}</title></rect>")
+            out.append(
+                f"<rect x='{x:.1f}' y='{height - bottom - h:.1f}' width='{max(sub - 1, 1):.1f}' height='{h:.1f}' "
+                f"fill='{esc(colours.get(source, '#888'))}'><title>{esc(source)} [{a:.3g}, {z:.3g}): {c}</title></rect>"
+            )
     for k, source in enumerate(sources):
-        out.append(f"<text x='{width - right - 4}' y='{top + 12 * k + 4}' text-anchor='end' style='fill:{esc(colours.get(source, '#888'))}'>"
-                   f"{esc('own labels' if source == 'true' else source + ' control')}</text>")
+        out.append(
+            f"<text x='{width - right - 4}' y='{top + 12 * k + 4}' text-anchor='end' style='fill:{esc(colours.get(source, '#888'))}'>"
+            f"{esc('own labels' if source == 'true' else source + ' control')}</text>"
+        )
     out.append("</svg>")
     return "".join(out)
 
 
 # ------------------------------------------------------------------------------------- pages
 
+
 @dataclass
 class TableQuery:
     """The feature table's query string, validated."""
+
     run: str
     explainer: str | None
     scorer: str | None
@@ -213,7 +262,24 @@ class TableQuery:
     per: int
 
     def link(self, **changes) -> str:
-        p = {k: getattr(self, k) for k in ("run", "explainer", "scorer", "q", "token", "sort", "order", "min", "low", "dead", "dense", "page", "per")}
+        p = {
+            k: getattr(self, k)
+            for k in (
+                "run",
+                "explainer",
+                "scorer",
+                "q",
+                "token",
+                "sort",
+                "order",
+                "min",
+                "low",
+                "dead",
+                "dense",
+                "page",
+                "per",
+            )
+        }
         p.update(changes)
         if p["page"] == 1:
             p["page"] = None
@@ -290,11 +356,21 @@ class App:
         scorer = _one(params, "scorer") or (scorers[0] if scorers else None)
         if scorer is not None and scorer not in scorers:
             raise BadRequest(f"no scores by {scorer!r} for explainer {explainer!r}")
-        t = TableQuery(run=run, explainer=explainer, scorer=scorer, q=_one(params, "q"), token=_one(params, "token"),
-                       sort=_choice(params, "sort", tuple(self.db.SORT_KEYS), "feature"), order=_choice(params, "order", ("", "asc", "desc"), ""),
-                       min=_float(params, "min"), low=_float(params, "low"), dead=_choice(params, "dead", ("", "1", "0"), ""),
-                       dense=_choice(params, "dense", ("", "1", "0"), ""), page=_int(params, "page", 1, 1, 10**9),
-                       per=_int(params, "per", DEFAULT_PER_PAGE, 1, MAX_PER_PAGE))
+        t = TableQuery(
+            run=run,
+            explainer=explainer,
+            scorer=scorer,
+            q=_one(params, "q"),
+            token=_one(params, "token"),
+            sort=_choice(params, "sort", tuple(self.db.SORT_KEYS), "feature"),
+            order=_choice(params, "order", ("", "asc", "desc"), ""),
+            min=_float(params, "min"),
+            low=_float(params, "low"),
+            dead=_choice(params, "dead", ("", "1", "0"), ""),
+            dense=_choice(params, "dense", ("", "1", "0"), ""),
+            page=_int(params, "page", 1, 1, 10**9),
+            per=_int(params, "per", DEFAULT_PER_PAGE, 1, MAX_PER_PAGE),
+        )
         if t.sort == "score" and scorer is None:
             raise BadRequest("there are no scores to sort by")
         if not t.order:
@@ -302,69 +378,110 @@ class App:
         note, token_ids = "", None
         if t.token:
             token_ids = self.db.token_ids(run, t.token)
-            note = (f"<p class='muted'>token {esc(t.token)!s}: {len(token_ids)} vocabulary entr{'y' if len(token_ids) == 1 else 'ies'} "
-                    "matched; features whose top windows contain one are shown</p>")
+            note = (
+                f"<p class='muted'>token {esc(t.token)!s}: {len(token_ids)} vocabulary entr{'y' if len(token_ids) == 1 else 'ies'} "
+                "matched; features whose top windows contain one are shown</p>"
+            )
         for name in ("min", "low"):
             if getattr(t, name) is not None and scorer is None:
                 raise BadRequest(f"{name} filters on a score, and there are none")
-        total, rows = self.db.feature_table(run, explainer, scorer, sort=t.sort, descending=t.order == "desc", limit=t.per,
-                                            offset=(t.page - 1) * t.per, q=t.q, token_ids=token_ids, min=t.min, low=t.low,
-                                            dead={"": None, "1": True, "0": False}[t.dead], dense={"": None, "1": True, "0": False}[t.dense])
+        total, rows = self.db.feature_table(
+            run,
+            explainer,
+            scorer,
+            sort=t.sort,
+            descending=t.order == "desc",
+            limit=t.per,
+            offset=(t.page - 1) * t.per,
+            q=t.q,
+            token_ids=token_ids,
+            min=t.min,
+            low=t.low,
+            dead={"": None, "1": True, "0": False}[t.dead],
+            dense={"": None, "1": True, "0": False}[t.dense],
+        )
         cells: dict[tuple[int, str], tuple] = {}
         if rows and explainer:
             for f, sc, v, lo, hi, p in self.db.page_scores(run, explainer, [r[0] for r in rows]):
                 cells[f, sc] = (v, lo, hi, p)
-        return page(f"autointerp — {run}", self._index_body(t, rows, total, scorers, explainers, cells, note), run, runs)
+        return page(
+            f"autointerp — {run}", self._index_body(t, rows, total, scorers, explainers, cells, note), run, runs
+        )
 
     def _index_body(self, t: TableQuery, rows, total, scorers, explainers, cells, note) -> str:
         n_features = self.db.n_features(t.run)
-        ex_opts = "".join(f"<option value='{esc(e[0])}'{' selected' if e[0] == t.explainer else ''}>{esc(e[0])} ({e[1]:,})</option>"
-                          for e in explainers)
+        ex_opts = "".join(
+            f"<option value='{esc(e[0])}'{' selected' if e[0] == t.explainer else ''}>{esc(e[0])} ({e[1]:,})</option>"
+            for e in explainers
+        )
         sc_opts = "".join(f"<option{' selected' if s == t.scorer else ''}>{esc(s)}</option>" for s in scorers)
         sort_opts = "".join(f"<option{' selected' if k == t.sort else ''}>{k}</option>" for k in self.db.SORT_KEYS)
         tri = lambda name, v: "".join(  # noqa: E731
             f"<option value='{val}'{' selected' if v == val else ''}>{text}</option>"
-            for val, text in (("", "any"), ("1", f"only {name}"), ("0", f"not {name}")))
-        form = (f"<form class='filters' method='get' action='/'><input type='hidden' name='run' value='{esc(t.run)}'>"
-                f"<label>label contains<input name='q' value='{esc(t.q)}' placeholder='substring'></label>"
-                f"<label>token in top windows<input name='token' value='{esc(t.token)}' placeholder='token'></label>"
-                + (f"<label>explainer<select name='explainer'>{ex_opts}</select></label>" if explainers else "")
-                + (f"<label>score<select name='scorer'>{sc_opts}</select></label>" if scorers else "")
-                + f"<label>min score<input name='min' size='5' value='{esc(num(t.min, 6) if t.min is not None else '')}'></label>"
-                f"<label>interval low ≥<input name='low' size='5' value='{esc(num(t.low, 6) if t.low is not None else '')}'></label>"
-                f"<label>dead<select name='dead'>{tri('dead', t.dead)}</select></label>"
-                f"<label>dense<select name='dense'>{tri('dense', t.dense)}</select></label>"
-                f"<label>sort<select name='sort'>{sort_opts}</select></label>"
-                f"<label>order<select name='order'><option{' selected' if t.order == 'asc' else ''}>asc</option>"
-                f"<option{' selected' if t.order == 'desc' else ''}>desc</option></select></label>"
-                f"<label>per page<input name='per' size='4' value='{t.per}'></label><button>apply</button>"
-                f" <a href='{href('/', run=t.run)}'>reset</a></form>")
+            for val, text in (("", "any"), ("1", f"only {name}"), ("0", f"not {name}"))
+        )
+        form = (
+            f"<form class='filters' method='get' action='/'><input type='hidden' name='run' value='{esc(t.run)}'>"
+            f"<label>label contains<input name='q' value='{esc(t.q)}' placeholder='substring'></label>"
+            f"<label>token in top windows<input name='token' value='{esc(t.token)}' placeholder='token'></label>"
+            + (f"<label>explainer<select name='explainer'>{ex_opts}</select></label>" if explainers else "")
+            + (f"<label>score<select name='scorer'>{sc_opts}</select></label>" if scorers else "")
+            + f"<label>min score<input name='min' size='5' value='{esc(num(t.min, 6) if t.min is not None else '')}'></label>"
+            f"<label>interval low ≥<input name='low' size='5' value='{esc(num(t.low, 6) if t.low is not None else '')}'></label>"
+            f"<label>dead<select name='dead'>{tri('dead', t.dead)}</select></label>"
+            f"<label>dense<select name='dense'>{tri('dense', t.dense)}</select></label>"
+            f"<label>sort<select name='sort'>{sort_opts}</select></label>"
+            f"<label>order<select name='order'><option{' selected' if t.order == 'asc' else ''}>asc</option>"
+            f"<option{' selected' if t.order == 'desc' else ''}>desc</option></select></label>"
+            f"<label>per page<input name='per' size='4' value='{t.per}'></label><button>apply</button>"
+            f" <a href='{href('/', run=t.run)}'>reset</a></form>"
+        )
         first = (t.page - 1) * t.per
         shown = f"{first + 1:,}–{first + len(rows):,}" if rows else "none"
         pages = max(1, -(-total // t.per))
-        pager = (f"<nav class='pager'><span id='matched' data-total='{total}'>{total:,} of {n_features:,} features match; showing {shown}</span>"
-                 + (f"<a rel='prev' href='{t.link(page=t.page - 1)}'>← previous</a>" if t.page > 1 else "")
-                 + f"<span>page {t.page:,} of {pages:,}</span>"
-                 + (f"<a rel='next' href='{t.link(page=t.page + 1)}'>next →</a>" if t.page < pages else "") + "</nav>")
+        pager = (
+            f"<nav class='pager'><span id='matched' data-total='{total}'>{total:,} of {n_features:,} features match; showing {shown}</span>"
+            + (f"<a rel='prev' href='{t.link(page=t.page - 1)}'>← previous</a>" if t.page > 1 else "")
+            + f"<span>page {t.page:,} of {pages:,}</span>"
+            + (f"<a rel='next' href='{t.link(page=t.page + 1)}'>next →</a>" if t.page < pages else "")
+            + "</nav>"
+        )
 
         def sort_link(key: str, text: str, scorer: str | None = None) -> str:
             active = t.sort == key and (scorer is None or scorer == t.scorer)
-            order = ("asc" if t.order == "desc" else "desc") if active else ("asc" if key in ("feature", "label") else "desc")
+            order = (
+                ("asc" if t.order == "desc" else "desc")
+                if active
+                else ("asc" if key in ("feature", "label") else "desc")
+            )
             arrow = (" ▼" if t.order == "desc" else " ▲") if active else ""
-            return f"<a href='{t.link(sort=key, order=order, page=1, scorer=scorer or t.scorer)}'>{esc(text)}{arrow}</a>"
+            return (
+                f"<a href='{t.link(sort=key, order=order, page=1, scorer=scorer or t.scorer)}'>{esc(text)}{arrow}</a>"
+            )
 
-        head = ("<tr><th class='num'>" + sort_link("feature", "feature") + "</th><th>" + sort_link("label", "label") + "</th><th>explainer</th>"
-                + "".join(f"<th class='num'>{sort_link('score', s, s)}</th>" for s in scorers)
-                + f"<th class='num'>{sort_link('density', 'density')}</th><th>flags</th></tr>")
+        head = (
+            "<tr><th class='num'>"
+            + sort_link("feature", "feature")
+            + "</th><th>"
+            + sort_link("label", "label")
+            + "</th><th>explainer</th>"
+            + "".join(f"<th class='num'>{sort_link('score', s, s)}</th>" for s in scorers)
+            + f"<th class='num'>{sort_link('density', 'density')}</th><th>flags</th></tr>"
+        )
         body = []
         for feature, label, status, density, _n, _max, dead, dense in rows:
             flags = " ".join(f"<span class='flag'>{n}</span>" for n, on in (("dead", dead), ("dense", dense)) if on)
-            label_html = (f"<span class='lbl'>{esc(label)}</span>" if label is not None and status == "ok"
-                          else f"<span class='muted'>{esc(status) if status else 'no label'}</span>")
-            body.append(f"<tr class='row' data-feature='{feature}'><td class='num'><a href='{href(f'/feature/{feature}', run=t.run)}'>{feature}</a></td>"
-                        f"<td>{label_html}</td><td class='muted'>{esc(t.explainer) if label is not None else ''}</td>"
-                        + "".join(score_cell(*cells.get((feature, s), (None, None, None, None))[:3]) for s in scorers)
-                        + f"<td class='num'>{density_text(density)}</td><td>{flags}</td></tr>")
+            label_html = (
+                f"<span class='lbl'>{esc(label)}</span>"
+                if label is not None and status == "ok"
+                else f"<span class='muted'>{esc(status) if status else 'no label'}</span>"
+            )
+            body.append(
+                f"<tr class='row' data-feature='{feature}'><td class='num'><a href='{href(f'/feature/{feature}', run=t.run)}'>{feature}</a></td>"
+                f"<td>{label_html}</td><td class='muted'>{esc(t.explainer) if label is not None else ''}</td>"
+                + "".join(score_cell(*cells.get((feature, s), (None, None, None, None))[:3]) for s in scorers)
+                + f"<td class='num'>{density_text(density)}</td><td>{flags}</td></tr>"
+            )
         table = f"<table id='features'><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>"
         empty = "" if rows else "<p class='muted' id='empty'>no feature matches</p>"
         return f"<h1>{esc(t.run)}</h1>{form}{note}{pager}{table}{empty}{pager if len(rows) > 20 else ''}"
@@ -383,12 +500,24 @@ class App:
         examples = self.db.feature_windows(run, index)
         pieces = self.db.pieces(run, sorted({i for ex in examples for i in (ex[5] or [])}))
 
-        nav = ((f"<a rel='prev' href='{href(f'/feature/{prev_f}', run=run)}'>← {prev_f}</a> " if prev_f is not None else "")
-               + f"<a href='{href('/', run=run)}'>all features</a>"
-               + (f" <a rel='next' href='{href(f'/feature/{next_f}', run=run)}'>{next_f} →</a>" if next_f is not None else ""))
-        stats = (f"<table class='stats'><tr><th>firing</th><td class='num'>{n_firing:,}</td><th>density</th><td class='num'>{density_text(density)}</td>"
-                 f"<th>max activation</th><td class='num'>{num(max_act)}</td><th>mean activation</th><td class='num'>{num(mean_act)}</td>"
-                 f"<th>flags</th><td>{' '.join(n for n, on in (('dead', dead), ('dense', dense)) if on) or '—'}</td></tr></table>")
+        nav = (
+            (
+                f"<a rel='prev' href='{href(f'/feature/{prev_f}', run=run)}'>← {prev_f}</a> "
+                if prev_f is not None
+                else ""
+            )
+            + f"<a href='{href('/', run=run)}'>all features</a>"
+            + (
+                f" <a rel='next' href='{href(f'/feature/{next_f}', run=run)}'>{next_f} →</a>"
+                if next_f is not None
+                else ""
+            )
+        )
+        stats = (
+            f"<table class='stats'><tr><th>firing</th><td class='num'>{n_firing:,}</td><th>density</th><td class='num'>{density_text(density)}</td>"
+            f"<th>max activation</th><td class='num'>{num(max_act)}</td><th>mean activation</th><td class='num'>{num(mean_act)}</td>"
+            f"<th>flags</th><td>{' '.join(n for n, on in (('dead', dead), ('dense', dense)) if on) or '—'}</td></tr></table>"
+        )
 
         # Labels of every explainer side by side, each with its own scores (own labels) and the shuffled control.
         scorers = sorted({s[1] for s in scores})
@@ -396,14 +525,20 @@ class App:
         control = {(s[0], s[1]): s for s in scores if s[2] == "shuffled"}
         explainers = [lab[0] for lab in labels] + sorted({s[0] for s in scores} - {lab[0] for lab in labels})
         by_explainer = {lab[0]: lab for lab in labels}
-        head = "<tr><th>explainer</th><th>label</th>" + "".join(f"<th class='num'>{esc(s)}</th>" for s in scorers) + "</tr>"
+        head = (
+            "<tr><th>explainer</th><th>label</th>"
+            + "".join(f"<th class='num'>{esc(s)}</th>" for s in scorers)
+            + "</tr>"
+        )
         lines = []
         for ex in explainers:
             _, label, status, error = by_explainer.get(ex, (ex, None, None, None))
             if status == "ok":
                 label_html = f"<span class='lbl'>{esc(label)}</span>"
             else:
-                label_html = f"<span class='bad'>{esc(status or 'no label')}</span>" + (f" <span class='muted'>{esc(error)}</span>" if error else "")
+                label_html = f"<span class='bad'>{esc(status or 'no label')}</span>" + (
+                    f" <span class='muted'>{esc(error)}</span>" if error else ""
+                )
             tds = []
             for s in scorers:
                 r = own.get((ex, s))
@@ -412,13 +547,22 @@ class App:
                     continue
                 _, _, _, metric, v, lo, hi, p, n, st, judge, err = r
                 c = control.get((ex, s))
-                extra = (f"<div class='ci detail'>{esc(metric)}, n={n if n is not None else '—'}, p={num(p, 3)}"
-                         + (f", control {num(c[4])}" if c is not None else "") + (f", judge {esc(judge)}" if judge else "")
-                         + (f", <span class='bad'>{esc(st)}: {esc(err)}</span>" if st not in (None, "ok") else "") + "</div>")
+                extra = (
+                    f"<div class='ci detail'>{esc(metric)}, n={n if n is not None else '—'}, p={num(p, 3)}"
+                    + (f", control {num(c[4])}" if c is not None else "")
+                    + (f", judge {esc(judge)}" if judge else "")
+                    + (f", <span class='bad'>{esc(st)}: {esc(err)}</span>" if st not in (None, "ok") else "")
+                    + "</div>"
+                )
                 tds.append(score_cell(v, lo, hi)[:-5] + extra + "</td>")
-            lines.append(f"<tr data-explainer='{esc(ex)}'><td class='muted'>{esc(ex)}</td><td>{label_html}</td>{''.join(tds)}</tr>")
-        labels_html = (f"<table id='labels'><thead>{head}</thead><tbody>{''.join(lines)}</tbody></table>" if lines
-                       else "<p class='muted'>no labels stored — run autointerp explain</p>")
+            lines.append(
+                f"<tr data-explainer='{esc(ex)}'><td class='muted'>{esc(ex)}</td><td>{label_html}</td>{''.join(tds)}</tr>"
+            )
+        labels_html = (
+            f"<table id='labels'><thead>{head}</thead><tbody>{''.join(lines)}</tbody></table>"
+            if lines
+            else "<p class='muted'>no labels stored — run autointerp explain</p>"
+        )
 
         def window(ex) -> str:
             split, kind, rank, quantile, peak_act, token_ids, acts = ex
@@ -430,8 +574,10 @@ class App:
                 a = acts[i] if acts is not None and i < len(acts) and acts[i] is not None else 0.0
                 if a > 0:
                     alpha = min(1.0, 0.15 + 0.85 * a / top)
-                    spans.append(f"<span class='tok act{' peak' if i == peak_i else ''}' style='background:rgba(255,140,0,{alpha:.2f})' "
-                                 f"title='{a:.3f}'>{text}</span>")
+                    spans.append(
+                        f"<span class='tok act{' peak' if i == peak_i else ''}' style='background:rgba(255,140,0,{alpha:.2f})' "
+                        f"title='{a:.3f}'>{text}</span>"
+                    )
                 else:
                     spans.append(text)
             what = f"{esc(split)} #{rank}" if kind == "top" else f"{esc(split)} quantile {quantile} #{rank}"
@@ -439,9 +585,15 @@ class App:
 
         tops = [window(ex) for ex in examples if ex[1] == "top"]
         quantiles = [window(ex) for ex in examples if ex[1] == "quantile"]
-        body = (f"<h1>feature {feature}</h1><p>{nav}</p>{stats}<h2>labels and scores</h2>{labels_html}"
-                f"<h2>top windows</h2>{''.join(tops) or '<p class=muted>no windows stored</p>'}"
-                + (f"<details><summary>quantile samples ({len(quantiles)})</summary>{''.join(quantiles)}</details>" if quantiles else ""))
+        body = (
+            f"<h1>feature {feature}</h1><p>{nav}</p>{stats}<h2>labels and scores</h2>{labels_html}"
+            f"<h2>top windows</h2>{''.join(tops) or '<p class=muted>no windows stored</p>'}"
+            + (
+                f"<details><summary>quantile samples ({len(quantiles)})</summary>{''.join(quantiles)}</details>"
+                if quantiles
+                else ""
+            )
+        )
         return page(f"feature {feature} — {run}", body, run, runs)
 
     # -- /saturation
@@ -453,16 +605,31 @@ class App:
         for explainer, method, n_labels, n_mapped, n_categories, saturated in summaries:
             curve = self.db.saturation_curve(run, explainer, method, MAX_SVG_POINTS)
             steps = [c[0] for c in curve]
-            chart = svg_lines([("categories", "#c60", list(zip(steps, [c[2] for c in curve]))),
-                               ("Chao1 estimate", "#357", list(zip(steps, [c[4] for c in curve])))],
-                              "labels seen", "distinct categories", band=[(c[0], c[5], c[6]) for c in curve])
-            cover = svg_lines([("coverage", "#383", list(zip(steps, [c[3] for c in curve])))], "labels seen", "coverage",
-                              width=380, y_range=(0.0, 1.0))
+            chart = svg_lines(
+                [
+                    ("categories", "#c60", list(zip(steps, [c[2] for c in curve]))),
+                    ("Chao1 estimate", "#357", list(zip(steps, [c[4] for c in curve]))),
+                ],
+                "labels seen",
+                "distinct categories",
+                band=[(c[0], c[5], c[6]) for c in curve],
+            )
+            cover = svg_lines(
+                [("coverage", "#383", list(zip(steps, [c[3] for c in curve])))],
+                "labels seen",
+                "coverage",
+                width=380,
+                y_range=(0.0, 1.0),
+            )
             verdict = "<b>saturated</b>" if saturated else "not saturated yet"
-            parts.append(f"<section class='sat'><h2>{esc(explainer)} · {esc(method)}</h2><p>{verdict}: {n_categories or 0:,} categories from "
-                         f"{n_mapped or 0:,} mapped of {n_labels or 0:,} labels ({len(curve):,} points drawn)</p>"
-                         f"<div class='grid'>{chart}{cover}</div></section>")
-        body = "<h1>saturation</h1>" + ("".join(parts) or "<p class='muted'>no saturation stored — run autointerp saturate</p>")
+            parts.append(
+                f"<section class='sat'><h2>{esc(explainer)} · {esc(method)}</h2><p>{verdict}: {n_categories or 0:,} categories from "
+                f"{n_mapped or 0:,} mapped of {n_labels or 0:,} labels ({len(curve):,} points drawn)</p>"
+                f"<div class='grid'>{chart}{cover}</div></section>"
+            )
+        body = "<h1>saturation</h1>" + (
+            "".join(parts) or "<p class='muted'>no saturation stored — run autointerp saturate</p>"
+        )
         return page(f"saturation — {run}", body, run, runs)
 
     # -- /scores
@@ -470,28 +637,52 @@ class App:
     def scores(self, params: dict) -> str:
         run, runs = self._run(params)
         explainer, explainers = self._explainer(params, run)
-        links = " ".join(f"<a href='{href('/scores', run=run, explainer=e[0])}'>{'<b>' + esc(e[0]) + '</b>' if e[0] == explainer else esc(e[0])}</a>"
-                         for e in explainers)
+        links = " ".join(
+            f"<a href='{href('/scores', run=run, explainer=e[0])}'>{'<b>' + esc(e[0]) + '</b>' if e[0] == explainer else esc(e[0])}</a>"
+            for e in explainers
+        )
         if explainer is None:
-            return page(f"scores — {run}", "<h1>scores</h1><p class='muted'>no labels stored — run autointerp explain</p>", run, runs)
+            return page(
+                f"scores — {run}",
+                "<h1>scores</h1><p class='muted'>no labels stored — run autointerp explain</p>",
+                run,
+                runs,
+            )
         summaries = self.db.score_summaries(run, explainer)
         hist: dict[str, dict] = {}
         for scorer, source, lo, hi, b, n in self.db.score_histograms(run, explainer, HIST_BINS):
             h = hist.setdefault(scorer, {"lo": lo, "hi": hi, "counts": {}})
             h["counts"].setdefault(source, [0] * HIST_BINS)[b] += n
-        charts = "".join(svg_histogram(f"{s} ({sum(h['counts'].get('true', [])):,} features)", h["lo"], h["hi"],
-                                       dict(sorted(h["counts"].items(), key=lambda kv: kv[0] != "true")),
-                                       {"true": "#e8871e", "shuffled": "#8a9bb0"}) for s, h in hist.items())
-        head = ("<tr><th>scorer</th><th>metric</th><th class='num'>chance</th><th class='num'>features</th><th class='num'>ok</th>"
-                "<th class='num'>failed</th><th class='num'>median [q25, q75]</th><th class='num'>confident</th>"
-                "<th class='num'>control median</th><th class='num'>gap [interval]</th><th>verdict</th></tr>")
+        charts = "".join(
+            svg_histogram(
+                f"{s} ({sum(h['counts'].get('true', [])):,} features)",
+                h["lo"],
+                h["hi"],
+                dict(sorted(h["counts"].items(), key=lambda kv: kv[0] != "true")),
+                {"true": "#e8871e", "shuffled": "#8a9bb0"},
+            )
+            for s, h in hist.items()
+        )
+        head = (
+            "<tr><th>scorer</th><th>metric</th><th class='num'>chance</th><th class='num'>features</th><th class='num'>ok</th>"
+            "<th class='num'>failed</th><th class='num'>median [q25, q75]</th><th class='num'>confident</th>"
+            "<th class='num'>control median</th><th class='num'>gap [interval]</th><th>verdict</th></tr>"
+        )
         rows = "".join(
             f"<tr><td>{esc(r[0])}</td><td>{esc(r[1])}</td><td class='num'>{num(r[2])}</td><td class='num'>{num(r[3])}</td>"
             f"<td class='num'>{num(r[4])}</td><td class='num'>{num(r[5])}</td>{score_cell(r[6], r[7], r[8])}<td class='num'>{num(r[9])}</td>"
-            f"<td class='num'>{num(r[10])}</td>{score_cell(r[11], r[12], r[13])}<td>{esc(r[14])}</td></tr>" for r in summaries)
-        table = f"<table id='summaries'><thead>{head}</thead><tbody>{rows}</tbody></table>" if summaries else "<p class='muted'>no score summaries stored</p>"
-        body = (f"<h1>scores</h1><p>explainer: {links}</p>{table}<h2>distributions</h2>"
-                f"<div class='grid'>{charts or '<p class=muted>no scores stored — run autointerp score</p>'}</div>")
+            f"<td class='num'>{num(r[10])}</td>{score_cell(r[11], r[12], r[13])}<td>{esc(r[14])}</td></tr>"
+            for r in summaries
+        )
+        table = (
+            f"<table id='summaries'><thead>{head}</thead><tbody>{rows}</tbody></table>"
+            if summaries
+            else "<p class='muted'>no score summaries stored</p>"
+        )
+        body = (
+            f"<h1>scores</h1><p>explainer: {links}</p>{table}<h2>distributions</h2>"
+            f"<div class='grid'>{charts or '<p class=muted>no scores stored — run autointerp score</p>'}</div>"
+        )
         return page(f"scores — {run}", body, run, runs)
 
 
@@ -511,7 +702,12 @@ class Handler(BaseHTTPRequestHandler):
         self._respond(send_body=False)
 
     def _refuse(self) -> None:
-        self._send(HTTPStatus.METHOD_NOT_ALLOWED, "<p>this server is read-only: GET and HEAD only</p>", True, {"Allow": "GET, HEAD"})
+        self._send(
+            HTTPStatus.METHOD_NOT_ALLOWED,
+            "<p>this server is read-only: GET and HEAD only</p>",
+            True,
+            {"Allow": "GET, HEAD"},
+        )
 
     do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
 
@@ -566,9 +762,11 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def _error_page(title: str, message: str) -> str:
-    return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-            f"<title>{esc(title)}</title><style>{STYLE}</style></head><body><main><h1>{esc(title)}</h1>"
-            f"<p class='bad'>{esc(message)}</p><p><a href='/'>back to the features</a></p></main></body></html>\n")
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{esc(title)}</title><style>{STYLE}</style></head><body><main><h1>{esc(title)}</h1>"
+        f"<p class='bad'>{esc(message)}</p><p><a href='/'>back to the features</a></p></main></body></html>\n"
+    )
 
 
 class Server(ThreadingHTTPServer):
@@ -581,7 +779,11 @@ class Server(ThreadingHTTPServer):
         if host in ("0.0.0.0", "::", ""):
             self.allowed_hosts = None  # listening on every interface: any name may be used to reach it
         else:
-            names = {host.lower(), "localhost", "127.0.0.1", "[::1]"} if host in ("127.0.0.1", "localhost", "::1") else {host.lower()}
+            names = (
+                {host.lower(), "localhost", "127.0.0.1", "[::1]"}
+                if host in ("127.0.0.1", "localhost", "::1")
+                else {host.lower()}
+            )
             self.allowed_hosts = {f"{n}:{bound}" for n in names} | ({f"{n}" for n in names} if bound == 80 else set())
 
     @property
@@ -594,7 +796,9 @@ class Server(ThreadingHTTPServer):
         self.db.close()
 
 
-def make_server(project: str | Path, run_id: str | None = None, host: str = "127.0.0.1", port: int = 8765, quiet: bool = False) -> Server:
+def make_server(
+    project: str | Path, run_id: str | None = None, host: str = "127.0.0.1", port: int = 8765, quiet: bool = False
+) -> Server:
     """A server over the project's database, bound but not yet serving (port 0: a free port). Call
     serve_forever() (in a thread, for tests), then shutdown() and server_close()."""
     from autointerp.store.store import Browser
@@ -604,7 +808,9 @@ def make_server(project: str | Path, run_id: str | None = None, host: str = "127
         return Server(db, host, port, quiet)
     except OSError as e:
         db.close()
-        raise AutointerpError(f"cannot listen on {host}:{port}: {e.strerror or e}", "pass another --port (or --port 0 for any free one)") from None
+        raise AutointerpError(
+            f"cannot listen on {host}:{port}: {e.strerror or e}", "pass another --port (or --port 0 for any free one)"
+        ) from None
 
 
 def serve_in_thread(server: Server) -> threading.Thread:
@@ -615,9 +821,13 @@ def serve_in_thread(server: Server) -> threading.Thread:
 
 # ------------------------------------------------------------------------------------- command line
 
+
 def cmd_serve(args: argparse.Namespace) -> None:
     server = make_server(args.project, args.run_id, args.host, args.port, quiet=args.quiet)
-    print(f"serving {server.db.path} (run {server.db.default_run}) read-only at {server.url}\npress Ctrl-C to stop", flush=True)
+    print(
+        f"serving {server.db.path} (run {server.db.default_run}) read-only at {server.url}\npress Ctrl-C to stop",
+        flush=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -629,22 +839,25 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def add_parser(sub) -> argparse.ArgumentParser:
     """Add `serve` to an argparse subparsers object (cli.build_parser's `sub`)."""
     p = sub.add_parser(
-        "serve", help="browse a project's features, labels, scores and saturation in a local web app (read-only)",
+        "serve",
+        help="browse a project's features, labels, scores and saturation in a local web app (read-only)",
         description="A local web app over the project's DuckDB file, opened read-only: a paged, sortable feature table with label "
-                    "and token search, one page per feature with every explainer's label, scores with intervals and the top windows, "
-                    "and the saturation and score-distribution plots. Nothing is written; while it runs no stage can write the "
-                    "project, so stop it (Ctrl-C) before the next stage.",
+        "and token search, one page per feature with every explainer's label, scores with intervals and the top windows, "
+        "and the saturation and score-distribution plots. Nothing is written; while it runs no stage can write the "
+        "project, so stop it (Ctrl-C) before the next stage.",
         epilog="examples:\n"
-               "  autointerp serve                                   # http://127.0.0.1:8765/ over ./project\n"
-               "  autointerp serve --project runs/gemma --port 9000 --quiet\n"
-               "  autointerp serve --run-id r1 --port 0              # any free port\n"
-               "pages: /  /feature/<index>  /scores  /saturation   (e.g. /?q=python&sort=score&scorer=detection, /?token=def)\n",
+        "  autointerp serve                                   # http://127.0.0.1:8765/ over ./project\n"
+        "  autointerp serve --project runs/gemma --port 9000 --quiet\n"
+        "  autointerp serve --run-id r1 --port 0              # any free port\n"
+        "pages: /  /feature/<index>  /scores  /saturation   (e.g. /?q=python&sort=score&scorer=detection, /?token=def)\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--project", default="project", help="directory holding the DuckDB file (default: %(default)s)")
     p.add_argument("--run-id", help="the run shown first (default: the latest run)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
-    p.add_argument("--port", type=int, default=8765, help="port to listen on, 0 for any free one (default: %(default)s)")
+    p.add_argument(
+        "--port", type=int, default=8765, help="port to listen on, 0 for any free one (default: %(default)s)"
+    )
     p.add_argument("--quiet", action="store_true", help="no line per request")
     p.set_defaults(func=cmd_serve)
     return p

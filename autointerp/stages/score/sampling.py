@@ -28,7 +28,7 @@ class HeldOut:
     def active(self) -> list[Snippet]:
         return self.top + self.quantile
 
-    def take(self, n_active: int, n_negative: int) -> "HeldOut":
+    def take(self, n_active: int, n_negative: int) -> HeldOut:
         """A smaller sample keeping the strata balanced: about half top, half quantile."""
         n_top = min(len(self.top), (n_active + 1) // 2)
         n_quantile = min(len(self.quantile), n_active - n_top)

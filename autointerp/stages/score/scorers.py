@@ -13,15 +13,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
-from autointerp.stats import metrics
 from autointerp.judges.judge import Judge, label_terms, map_bounded
 from autointerp.records import DetectionTask, FuzzTask, JudgeAnswer, SimulationTask
 from autointerp.stages.score.sampling import HeldOut, fuzz_snippets
+from autointerp.stats import metrics
 
 
 @dataclass
@@ -75,8 +76,14 @@ def _judged(answers: list[JudgeAnswer], estimate: metrics.Estimate) -> Outcome:
     failed = sum(not a.ok for a in answers)
     if failed:  # a score on the prompts that happened to be answered is not this scorer's score
         estimate = metrics.Estimate(math.nan, math.nan, math.nan, 0, estimate.method)
-    return Outcome(estimate, failed, len(answers), _failure_text(answers), hashes[0] if hashes else None,
-                   [a.call_id for a in answers if a.call_id is not None])
+    return Outcome(
+        estimate,
+        failed,
+        len(answers),
+        _failure_text(answers),
+        hashes[0] if hashes else None,
+        [a.call_id for a in answers if a.call_id is not None],
+    )
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -105,7 +112,9 @@ class _Classifying:
         if len(y_pred) != len(y_true):
             estimate = metrics.Estimate(math.nan, math.nan, math.nan, 0, "none")
         else:
-            estimate = metrics.classification_scores(y_true, y_pred, n_boot=cfg.n_boot, seed=item.seed)["balanced_accuracy"]
+            estimate = metrics.classification_scores(y_true, y_pred, n_boot=cfg.n_boot, seed=item.seed)[
+                "balanced_accuracy"
+            ]
         return _judged(list(answers), estimate)
 
 
@@ -113,8 +122,10 @@ class Detection(_Classifying):
     name = "detection"
 
     def samples(self, cfg) -> str:
-        return (f"{cfg.n_top} highest and {cfg.n_strata} quantile windows (one per activation stratum) against "
-                f"{cfg.n_negative} verified non-activating windows, score split, shuffled, {cfg.per_prompt} per prompt, unmarked")
+        return (
+            f"{cfg.n_top} highest and {cfg.n_strata} quantile windows (one per activation stratum) against "
+            f"{cfg.n_negative} verified non-activating windows, score split, shuffled, {cfg.per_prompt} per prompt, unmarked"
+        )
 
     def _pairs(self, held: HeldOut, rng) -> list:
         return [(s, True) for s in held.active] + [(s, False) for s in held.negatives]
@@ -127,9 +138,11 @@ class Fuzzing(_Classifying):
     name = "fuzzing"
 
     def samples(self, cfg) -> str:
-        return ("the detection sample with tokens marked: half of the top and half of the quantile windows with their "
-                "true activating tokens, the other activating windows and every negative with marks on inactive tokens; "
-                "correct = true marks")
+        return (
+            "the detection sample with tokens marked: half of the top and half of the quantile windows with their "
+            "true activating tokens, the other activating windows and every negative with marks on inactive tokens; "
+            "correct = true marks"
+        )
 
     def _pairs(self, held: HeldOut, rng) -> list:
         return [(m, m.correct) for m in fuzz_snippets(held, rng)]
@@ -146,8 +159,10 @@ class Simulation:
 
     def samples(self, cfg) -> str:
         n = cfg.n_simulation
-        return (f"{n} activating windows (half top, half quantile) and {n} verified negatives in one prompt; Pearson r of "
-                "predicted vs true activations pooled over tokens, interval and null over whole windows")
+        return (
+            f"{n} activating windows (half top, half quantile) and {n} verified negatives in one prompt; Pearson r of "
+            "predicted vs true activations pooled over tokens, interval and null over whole windows"
+        )
 
     async def score(self, items: Sequence[Item], judge: Judge, cfg) -> list[Outcome]:
         return await map_bounded(lambda item: self._one(item, judge, cfg), list(items), judge.concurrency)
@@ -224,7 +239,7 @@ class Intervention:
         self.labels = list(labels)
         self._baseline = None  # (settings, probe, token ids, random directions' mean log-probs [n, len(tokens)])
 
-    def bind(self, subject, labels: Sequence[str] = ()) -> "Intervention":
+    def bind(self, subject, labels: Sequence[str] = ()) -> Intervention:
         """A scorer for this subject; `labels` (all that will be scored) let the random baseline run once."""
         return Intervention(subject, labels)
 
@@ -235,9 +250,11 @@ class Intervention:
         return f"intervention:{self.subject.model.cfg.name}" if self.subject else "intervention"
 
     def samples(self, cfg) -> str:
-        return (f"{cfg.n_intervention} neutral prompts; the mean next-token log-probability of the label's tokens with the feature's "
-                f"decoder direction added at the hookpoint ({cfg.intervention_strength:g} × the median residual norm), ranked against "
-                f"{cfg.n_random_directions} random directions of the same norm; share beaten, Wilson interval, exact rank test")
+        return (
+            f"{cfg.n_intervention} neutral prompts; the mean next-token log-probability of the label's tokens with the feature's "
+            f"decoder direction added at the hookpoint ({cfg.intervention_strength:g} × the median residual norm), ranked against "
+            f"{cfg.n_random_directions} random directions of the same norm; share beaten, Wilson interval, exact rank test"
+        )
 
     def _random_baseline(self, cfg, tokens: set[int]):
         import torch  # here, not at load: only this scorer runs the subject model
@@ -247,10 +264,19 @@ class Intervention:
         key = (cfg.n_intervention, cfg.intervention_strength, cfg.n_random_directions, cfg.seed)
         if self._baseline is None or self._baseline[0] != key or not tokens <= set(self._baseline[2].tolist()):
             model = self.subject.model
-            probe = self._baseline[1] if self._baseline and self._baseline[0] == key else make_probe(model, cfg.n_intervention)
+            probe = (
+                self._baseline[1]
+                if self._baseline and self._baseline[0] == key
+                else make_probe(model, cfg.n_intervention)
+            )
             known = set(self._baseline[2].tolist()) if self._baseline and self._baseline[0] == key else set()
-            keep = torch.tensor(sorted(known | tokens | {t for label in self.labels for t in label_token_ids(model.tokenizer, label)}), dtype=torch.long)
-            vectors = random_directions(cfg.n_random_directions, model.width, cfg.seed) * (cfg.intervention_strength * probe.residual_norm)
+            keep = torch.tensor(
+                sorted(known | tokens | {t for label in self.labels for t in label_token_ids(model.tokenizer, label)}),
+                dtype=torch.long,
+            )
+            vectors = random_directions(cfg.n_random_directions, model.width, cfg.seed) * (
+                cfg.intervention_strength * probe.residual_norm
+            )
             self._baseline = (key, probe, keep, amplified_logprobs(model, probe, vectors, keep=keep))
         _, probe, keep, lp = self._baseline
         return probe, {int(t): i for i, t in enumerate(keep)}, lp
@@ -267,13 +293,21 @@ class Intervention:
         probe, column, random_lp = self._random_baseline(cfg, {t for ts in tokens.values() for t in ts})
         features = sorted({item.feature for item in items})
         keep = torch.tensor(list(column), dtype=torch.long)
-        steered = amplified_logprobs(model, probe, unit_directions(sae, features) * (cfg.intervention_strength * probe.residual_norm), keep=keep)
+        steered = amplified_logprobs(
+            model, probe, unit_directions(sae, features) * (cfg.intervention_strength * probe.residual_norm), keep=keep
+        )
         row = {f: i for i, f in enumerate(features)}
         out = []
         for item in items:
             cols = [column[t] for t in tokens[item.feature]]
             if not cols:
-                out.append(Outcome(metrics.Estimate(math.nan, math.nan, math.nan, 0, "wilson"), asked=1, error="the label names no term to look for"))
+                out.append(
+                    Outcome(
+                        metrics.Estimate(math.nan, math.nan, math.nan, 0, "wilson"),
+                        asked=1,
+                        error="the label names no term to look for",
+                    )
+                )
                 continue
             effect = torch.logsumexp(steered[row[item.feature]][:, cols], dim=-1).mean()
             null = torch.logsumexp(random_lp[:, :, cols], dim=-1).mean(dim=1)  # [n_random]

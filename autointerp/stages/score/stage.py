@@ -22,15 +22,30 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from autointerp.stats import metrics
 from autointerp.config import check_strength
 from autointerp.errors import AutointerpError
 from autointerp.judges.judge import Judge
-from autointerp.store.store import Store
 from autointerp.stages.score.sampling import HeldOut, derangement, fuzz_snippets, held_out
 from autointerp.stages.score.scorers import CHANCE, HEADLINE, INPUT_SCORERS, SCORERS, Item, Outcome, Scorer
+from autointerp.stats import metrics
+from autointerp.store.store import Store
 
-__all__ = ["ScoreConfig", "ScoreSummary", "score", "select_scored", "load_held_out", "summarise", "write_summaries", "SCORERS", "INPUT_SCORERS", "HEADLINE", "CHANCE", "held_out", "fuzz_snippets", "HeldOut"]
+__all__ = [
+    "ScoreConfig",
+    "ScoreSummary",
+    "score",
+    "select_scored",
+    "load_held_out",
+    "summarise",
+    "write_summaries",
+    "SCORERS",
+    "INPUT_SCORERS",
+    "HEADLINE",
+    "CHANCE",
+    "held_out",
+    "fuzz_snippets",
+    "HeldOut",
+]
 
 CONTROL_MODES = ("sample", "all", "none")
 
@@ -64,11 +79,26 @@ class ScoreConfig:
         if unknown:
             raise AutointerpError(f"unknown scorer(s) {sorted(unknown)}", f"choose from {', '.join(SCORERS)}")
         if self.shuffle_control not in CONTROL_MODES:
-            raise AutointerpError(f"unknown shuffle control {self.shuffle_control!r}", f"use one of {', '.join(CONTROL_MODES)}")
+            raise AutointerpError(
+                f"unknown shuffle control {self.shuffle_control!r}", f"use one of {', '.join(CONTROL_MODES)}"
+            )
         if not 0 < self.alpha < 1:
             raise AutointerpError(f"alpha is {self.alpha}", "pass a significance level between 0 and 1, e.g. 0.01")
         check_strength("intervention strength", self.intervention_strength)
-        for name in ("n_top", "n_strata", "n_negative", "per_prompt", "n_simulation", "n_embedding", "n_intervention", "n_random_directions", "control_start", "n_boot", "n_permutations", "chunk"):
+        for name in (
+            "n_top",
+            "n_strata",
+            "n_negative",
+            "per_prompt",
+            "n_simulation",
+            "n_embedding",
+            "n_intervention",
+            "n_random_directions",
+            "control_start",
+            "n_boot",
+            "n_permutations",
+            "chunk",
+        ):
             if getattr(self, name) < 1:
                 raise AutointerpError(f"ScoreConfig.{name} is {getattr(self, name)}", f"set {name} to 1 or more")
 
@@ -89,14 +119,19 @@ class ScoreSummary:
 
 def summary_line(scorer: str, s: dict) -> str:
     f = lambda x: "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"  # noqa: E731
-    line = (f"  {scorer:<10} {s['metric']} median {f(s['median'])} (IQR {f(s['q25'])}–{f(s['q75'])}) over {s['n_ok']:,} of {s['n_features']:,} features"
-            + (f"; {s['n_failed']:,} failed" if s["n_failed"] else "") + (f"; {s['n_undefined']:,} undefined" if s["n_undefined"] else "")
-            + f"; confident {s['n_confident']:,} (one-sided permutation test, p < {s['alpha']:g})")
+    line = (
+        f"  {scorer:<10} {s['metric']} median {f(s['median'])} (IQR {f(s['q25'])}–{f(s['q75'])}) over {s['n_ok']:,} of {s['n_features']:,} features"
+        + (f"; {s['n_failed']:,} failed" if s["n_failed"] else "")
+        + (f"; {s['n_undefined']:,} undefined" if s["n_undefined"] else "")
+        + f"; confident {s['n_confident']:,} (one-sided permutation test, p < {s['alpha']:g})"
+    )
     if s["n_controls"]:
-        line += (f"; shuffle control on {s['n_controls']:,} features: shuffled median {f(s['shuffled_median'])}, gap {f(s['gap'])} "
-                 f"[{f(s['gap_low'])}, {f(s['gap_high'])}] over {s['n_pairs']:,} pairs"
-                 + (f" ({s['n_pairs_undefined']:,} left out: a score undefined or failed)" if s["n_pairs_undefined"] else "")
-                 + f" — {s['verdict']}")
+        line += (
+            f"; shuffle control on {s['n_controls']:,} features: shuffled median {f(s['shuffled_median'])}, gap {f(s['gap'])} "
+            f"[{f(s['gap_low'])}, {f(s['gap_high'])}] over {s['n_pairs']:,} pairs"
+            + (f" ({s['n_pairs_undefined']:,} left out: a score undefined or failed)" if s["n_pairs_undefined"] else "")
+            + f" — {s['verdict']}"
+        )
         if s["calls_saved"]:
             line += f"; {s['calls_saved']:,} judge calls saved by sampling the control"
     else:
@@ -104,12 +139,28 @@ def summary_line(scorer: str, s: dict) -> str:
     return line
 
 
-def _rows(scorer: str, judge_name: str, source: str, pairs: list[tuple[int, int]], outcomes: list[Outcome]) -> list[dict]:
+def _rows(
+    scorer: str, judge_name: str, source: str, pairs: list[tuple[int, int]], outcomes: list[Outcome]
+) -> list[dict]:
     return [
-        {"feature": f, "judge": judge_name, "label_source": source, "label_feature": other, "metric": SCORERS[scorer].metric,
-         "value": o.estimate.value, "ci_low": o.estimate.ci_low, "ci_high": o.estimate.ci_high, "n": o.estimate.n,
-         "method": o.estimate.method, "p_value": o.estimate.p_value, "status": o.status, "n_failed": o.failed,
-         "error": o.error, "prompt_hash": o.prompt_hash, "call_ids": o.call_ids}
+        {
+            "feature": f,
+            "judge": judge_name,
+            "label_source": source,
+            "label_feature": other,
+            "metric": SCORERS[scorer].metric,
+            "value": o.estimate.value,
+            "ci_low": o.estimate.ci_low,
+            "ci_high": o.estimate.ci_high,
+            "n": o.estimate.n,
+            "method": o.estimate.method,
+            "p_value": o.estimate.p_value,
+            "status": o.status,
+            "n_failed": o.failed,
+            "error": o.error,
+            "prompt_hash": o.prompt_hash,
+            "call_ids": o.call_ids,
+        }
         for (f, other), o in zip(pairs, outcomes)
     ]
 
@@ -122,7 +173,13 @@ def _control_partners(features: list[int], labels: dict[int, str], seed: int) ->
     for f in same:  # swap with a random other feature's partner when that fixes both
         for g in rng.permutation(features):
             g = int(g)
-            if g != f and partner[g] != f and labels[partner[g]] != labels[f] and labels[partner[f]] != labels[g] and partner[f] != g:
+            if (
+                g != f
+                and partner[g] != f
+                and labels[partner[g]] != labels[f]
+                and labels[partner[f]] != labels[g]
+                and partner[f] != g
+            ):
                 partner[f], partner[g] = partner[g], partner[f]
                 break
     return partner
@@ -132,18 +189,32 @@ def select_scored(labelled, cfg: ScoreConfig) -> list[int]:
     """The labelled features to score: the chosen ones (cfg.features), then a seeded sample."""
     features = sorted(labelled) if cfg.features is None else sorted(set(cfg.features) & set(labelled))
     if cfg.sample is not None and cfg.sample < len(features):
-        features = sorted(int(f) for f in np.random.default_rng(cfg.sample_seed).choice(features, cfg.sample, replace=False))
+        features = sorted(
+            int(f) for f in np.random.default_rng(cfg.sample_seed).choice(features, cfg.sample, replace=False)
+        )
     return features
 
 
 def load_held_out(store: Store, run_id: str, features: list[int], cfg: ScoreConfig) -> dict[int, HeldOut]:
     """Each feature's held-out sample (score split only); features without snippets are left out."""
-    return {fs.feature: held_out(fs, cfg.n_top, cfg.n_strata, cfg.n_negative, cfg.seed)
-            for fs in store.feature_snippets(run_id, features, split="score", max_per_kind={"top": cfg.n_top, "negative": cfg.n_negative})}
+    return {
+        fs.feature: held_out(fs, cfg.n_top, cfg.n_strata, cfg.n_negative, cfg.seed)
+        for fs in store.feature_snippets(
+            run_id, features, split="score", max_per_kind={"top": cfg.n_top, "negative": cfg.n_negative}
+        )
+    }
 
 
-async def score(store: Store, run_id: str, explainer: str, judge: Judge, cfg: ScoreConfig, call_log=None, progress: bool = True,
-                subject=None) -> ScoreSummary:
+async def score(
+    store: Store,
+    run_id: str,
+    explainer: str,
+    judge: Judge,
+    cfg: ScoreConfig,
+    call_log=None,
+    progress: bool = True,
+    subject=None,
+) -> ScoreSummary:
     """Score every successfully labelled feature of `explainer` with each configured scorer, run the
     shuffle control, and store the rows and each scorer's summary. Scorers that intervene on the
     model (intervention) use `subject` (subject.Subject), loaded from the run record when None."""
@@ -160,7 +231,10 @@ async def score(store: Store, run_id: str, explainer: str, judge: Judge, cfg: Sc
             subject = load_subject(store, run_id)
         subject.model.require_causal("the intervention scorer")
         every_label = [labels[f] for f in features]
-        scorers = {name: s.bind(subject, every_label) if getattr(s, "needs_subject", False) else s for name, s in scorers.items()}
+        scorers = {
+            name: s.bind(subject, every_label) if getattr(s, "needs_subject", False) else s
+            for name, s in scorers.items()
+        }
     names = {name: (s.judge_name() if not s.uses_judge else judge.name) for name, s in scorers.items()}
     bar = tqdm(total=len(features) * len(scorers), desc="score", unit="feat", disable=not progress)
     held: dict[int, HeldOut] = {}
@@ -178,7 +252,13 @@ async def score(store: Store, run_id: str, explainer: str, judge: Judge, cfg: Sc
                     bar.update(len(items))
                 if call_log is not None:
                     call_log.flush()  # the calls first: a score never points at a call the log lacks
-                store.write_scores(run_id, explainer, name, pd.DataFrame(_rows(name, names[name], source, pairs, outcomes)), label_source=source)
+                store.write_scores(
+                    run_id,
+                    explainer,
+                    name,
+                    pd.DataFrame(_rows(name, names[name], source, pairs, outcomes)),
+                    label_source=source,
+                )
 
     store.delete_scores(run_id, explainer, list(scorers), "shuffled")  # a control of older labels would not be this one
     await run(features, "true", {})
@@ -200,13 +280,17 @@ async def score(store: Store, run_id: str, explainer: str, judge: Judge, cfg: Sc
     return ScoreSummary(explainer, judge.name, write_summaries(store, run_id, explainer, names, cfg))
 
 
-def write_summaries(store: Store, run_id: str, explainer: str, judges: dict[str, str], cfg: ScoreConfig) -> dict[str, dict]:
+def write_summaries(
+    store: Store, run_id: str, explainer: str, judges: dict[str, str], cfg: ScoreConfig
+) -> dict[str, dict]:
     """Summarise the stored rows of each scorer (scorer → the judge named in its rows) and store the summaries."""
     out = {}
     for name, judge_name in judges.items():
         scorer = SCORERS[name]
         rows = store.scores(run_id, explainer, name)
-        n_features = int(rows[rows.label_source == "true"].feature.nunique())  # every feature scored, however it came out
+        n_features = int(
+            rows[rows.label_source == "true"].feature.nunique()
+        )  # every feature scored, however it came out
         row = _summary(rows, scorer, cfg, n_features)
         out[name] = row | {"scorer": name, "judge": judge_name, "samples": scorer.samples(cfg)}
     store.write_score_summaries(run_id, explainer, pd.DataFrame(out.values()))
@@ -245,21 +329,44 @@ def _summary(rows: pd.DataFrame, scorer: Scorer, cfg: ScoreConfig, n_features: i
     ok = own[own.status == "ok"]
     values = ok.value
     both = _paired(rows)
-    gap = metrics.shuffle_gap(both.t[both.ok], both.s[both.ok], n_boot=cfg.n_boot, seed=cfg.seed) if both.ok.any() else None
+    gap = (
+        metrics.shuffle_gap(both.t[both.ok], both.s[both.ok], n_boot=cfg.n_boot, seed=cfg.seed)
+        if both.ok.any()
+        else None
+    )
     n_controls = len(both)
     quantile = lambda q: float(values.quantile(q)) if len(values) else math.nan  # noqa: E731
     return {
-        "metric": scorer.metric, "chance": scorer.chance, "n_features": n_features, "n_ok": int(len(ok)),
-        "n_failed": int((own.status == "failed").sum()), "n_undefined": int((own.status == "undefined").sum()),
-        "median": quantile(0.5), "q25": quantile(0.25), "q75": quantile(0.75),
-        "n_confident": int((ok.p_value < cfg.alpha).sum()), "alpha": cfg.alpha,
-        "control": cfg.shuffle_control, "n_controls": int(n_controls), "n_pairs": int(both.ok.sum()),
+        "metric": scorer.metric,
+        "chance": scorer.chance,
+        "n_features": n_features,
+        "n_ok": int(len(ok)),
+        "n_failed": int((own.status == "failed").sum()),
+        "n_undefined": int((own.status == "undefined").sum()),
+        "median": quantile(0.5),
+        "q25": quantile(0.25),
+        "q75": quantile(0.75),
+        "n_confident": int((ok.p_value < cfg.alpha).sum()),
+        "alpha": cfg.alpha,
+        "control": cfg.shuffle_control,
+        "n_controls": int(n_controls),
+        "n_pairs": int(both.ok.sum()),
         "n_pairs_undefined": int((~both.ok).sum()),
         "shuffled_median": float(both.s[both.ok].median()) if both.ok.any() else math.nan,
-        "gap": gap.value if gap else math.nan, "gap_low": gap.ci_low if gap else math.nan, "gap_high": gap.ci_high if gap else math.nan,
-        "verdict": metrics.gap_verdict(gap) if gap else ("no shuffle control" if cfg.shuffle_control == "none" else "undefined: no controlled feature has both scores defined"),
+        "gap": gap.value if gap else math.nan,
+        "gap_low": gap.ci_low if gap else math.nan,
+        "gap_high": gap.ci_high if gap else math.nan,
+        "verdict": metrics.gap_verdict(gap)
+        if gap
+        else (
+            "no shuffle control"
+            if cfg.shuffle_control == "none"
+            else "undefined: no controlled feature has both scores defined"
+        ),
         # Judge requests a control of every feature would have made on top (offline judge's too: its "calls" cost time, not money).
-        "calls_saved": (n_features - n_controls) * scorer.prompts_per_feature(cfg) if cfg.shuffle_control == "sample" else 0,
+        "calls_saved": (n_features - n_controls) * scorer.prompts_per_feature(cfg)
+        if cfg.shuffle_control == "sample"
+        else 0,
     }
 
 
