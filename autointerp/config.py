@@ -1,10 +1,18 @@
-"""Every stage's settings as typed dataclasses with defaults that work, importable without torch
-or an LLM SDK (the CLI builds its flags from them in well under a second). The stages re-export
-the ones they read: `autointerp.gather.collect.GatherConfig` is this module's."""
+"""Every setting of every stage, as typed dataclasses: each field's default and its help text are
+written here and nowhere else. The CLI builds its flags from these fields (cli.py), and the Python
+API takes the same dataclasses (`autointerp.pipeline.run(RunConfig(...))`). Importable without
+torch or an LLM SDK, so that `autointerp --help` answers at once.
+
+A field made with `setting(default, help)` is a flag of the commands that take its dataclass:
+`--name-with-dashes`, or the `flag` it names. Fields made with plain defaults are for the Python
+API only (internals such as chunk sizes).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
 
 from autointerp.errors import AutointerpError
 
@@ -13,15 +21,36 @@ EMBEDDED_HOOKPOINT = "encoder.layer.2"  # resid_post of block 2 of 6: the middle
 EMBEDDED_LM = "embedded:SmolLM2-135M-Instruct"  # a causal LM: loss recovered, steering, output effects
 EMBEDDED_LM_HOOKPOINT = "blocks.15.hook_resid_post"  # block 15 of 30
 EMBEDDED_HOOKPOINTS = {EMBEDDED_MODEL: EMBEDDED_HOOKPOINT, EMBEDDED_LM: EMBEDDED_LM_HOOKPOINT}
-DEFAULT_CORPUS = "pydoc"
 METHODS = ("embedding", "codebook")
-# Cosine threshold for the embedding rule. On a sample of hand-written labels, paraphrases of one
-# concept scored 0.59–0.87 (most >= 0.78) and distinct but related concepts up to 0.76 ("opening"
-# vs "closing parenthesis"); on 1,024 offline labels of the demo run the median nearest-neighbour
-# cosine is 0.77. 0.8 keeps related concepts apart at the price of some unmerged paraphrases. That
-# error adds false singletons, which make the stage call saturation later, never earlier.
-DEFAULT_THRESHOLD = 0.8
+CONTROL_MODES = ("sample", "all", "none")
+OUTPUT_EFFECTS = ("full", "projection", "none")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
+OFFLINE = "offline"  # the judge that needs no LLM: --judge offline
+
+
+def setting(
+    default: Any = MISSING,
+    help: str = "",
+    *,
+    flag: str | None = None,
+    choices=None,
+    parse=None,
+    factory=MISSING,
+    metavar: str | None = None,
+) -> Any:
+    """A dataclass field that is also a command-line flag: its one default and one help text.
+    flag: the flag's name when it is not the field's (without dashes); parse: turns the flag's text
+    into the value (default: the field's type); choices: the values allowed."""
+    meta = {"help": help, "flag": flag, "choices": choices, "parse": parse, "metavar": metavar}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def default_of(cls: type, name: str) -> Any:
+    """A field's default, read without building the dataclass (building validates)."""
+    f = next(f for f in fields(cls) if f.name == name)
+    return f.default_factory() if f.default is MISSING else f.default
 
 
 def at_least(owner: str, **values: tuple[object, int]) -> None:
@@ -32,12 +61,57 @@ def at_least(owner: str, **values: tuple[object, int]) -> None:
             raise AutointerpError(f"{flag} is {value!r} ({owner}.{name})", f"pass {flag} {minimum} or more")
 
 
+def check_strength(what: str, value: float) -> None:
+    """An amplification strength: a positive, finite multiple of the hookpoint's median norm."""
+    if not (math.isfinite(value) and value > 0):
+        raise AutointerpError(f"{what} is {value}", "pass a positive finite multiple of the residual norm, e.g. 0.5")
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    """'a, b,c' → ('a', 'b', 'c')."""
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def feature_spec(text: str) -> list[int]:
+    """'0-99,512' → [0, …, 99, 512]. A ValueError names the fix; the CLI shows it as a usage error."""
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        lo, sep, hi = part.partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise ValueError(f"{text!r} is not a list of feature indices and ranges; write e.g. 0-99,512")
+        first, last = int(lo), int(hi) if sep else int(lo)
+        if last < first:
+            raise ValueError(f"range {part!r} runs backwards; write the smaller index first")
+        out.extend(range(first, last + 1))
+    return list(dict.fromkeys(out))
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"{value} is not a positive number")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- gather
+
+
 @dataclass
 class ModelConfig:
-    name: str = EMBEDDED_MODEL  # hub id, local directory, or one of the embedded models
-    hookpoint: str | None = None  # None: an embedded model's middle layer; required for any other model
-    device: str = "auto"  # "auto" picks cuda when present
-    dtype: str = "float32"
+    name: str = setting(
+        EMBEDDED_MODEL,
+        "hub id, local directory, or embedded:SmolLM2-135M-Instruct, the embedded causal LM; unset: the model the "
+        "SAE's config names, and without --sae the embedded all-MiniLM-L6-v2",
+        flag="model",
+    )
+    hookpoint: str | None = setting(
+        None,
+        "module path or TransformerLens name; unset: the SAE's own, and without --sae an embedded model's middle "
+        "layer (encoder.layer.2, blocks.15.hook_resid_post)",
+    )
+    device: str = setting("auto", "cpu, cuda, cuda:1 ...; auto picks cuda when present")
+    dtype: str = setting("float32", "model dtype: float32, bfloat16, float16, float64; unset: the SAE's, else float32")
     revision: str | None = None
 
     def __post_init__(self) -> None:
@@ -56,12 +130,14 @@ class ModelConfig:
 
 @dataclass
 class CorpusConfig:
-    source: str = DEFAULT_CORPUS  # path, "pydoc", or "hf:<dataset>[:<config>]"
-    text_field: str = "text"  # JSONL / Parquet / HF column holding the text
+    source: str = setting(
+        "pydoc", "file/dir of .txt/.jsonl/.parquet, 'pydoc', or hf:<dataset>[:<config>]", flag="corpus"
+    )
+    text_field: str = setting("text", "JSONL/Parquet/HF field with the text")
     split: str = "train"  # HF dataset split
-    context_length: int = 128  # tokens per context, special tokens included
-    max_tokens: int | None = 1_000_000  # stop after this many content tokens
-    encoding: str = "utf-8"
+    context_length: int = setting(128, "tokens per context, special tokens included")
+    max_tokens: int | None = setting(1_000_000, "stop after this many corpus tokens")
+    encoding: str = setting("utf-8", "text file encoding")
 
     def __post_init__(self) -> None:
         import codecs
@@ -76,20 +152,25 @@ class CorpusConfig:
             ) from None
 
 
+DEFAULT_CORPUS = default_of(CorpusConfig, "source")
+
+
 @dataclass
 class GatherConfig:
-    n_top: int = 50  # max-activating windows per feature per split
-    n_bins: int = 10  # activation-quantile bins
-    per_bin: int = 5  # quantile samples per bin per split
-    n_negative: int = 50  # verified non-activating windows per feature per split
-    window: int = 32  # tokens per example window
+    n_top: int = setting(50, "max-activating windows per feature per split")
+    n_bins: int = setting(10, "activation-quantile bins")
+    per_bin: int = setting(5, "quantile samples per bin per split")
+    n_negative: int = setting(50, "verified non-activating windows per feature per split")
+    window: int = setting(32, "tokens per example window")
     tokens_before_peak: int | None = None  # None: W/2 for bidirectional models, 3W/4 for causal ones
     explain_fraction: float = 0.5  # share of contexts in the explain split
     dense_threshold: float = 0.1  # firing density above which a feature is flagged ultra-dense
-    batch_size: int | None = None  # contexts per batch; None sizes it to memory
-    seed: int = 0
-    memory_gib: float | None = (
-        None  # budget for the example banks; more features than fit are gathered in passes (None: half the free memory)
+    batch_size: int | None = setting(None, "contexts per batch; unset: sized to memory")
+    seed: int = setting(0, "seed of the example sampling and of SAE training")
+    memory_gib: float | None = setting(
+        None,
+        "memory for the example banks; a dictionary whose banks do not fit is gathered in passes over the corpus, "
+        "one per shard of features; unset: half the free memory",
     )
 
     def __post_init__(self) -> None:
@@ -122,17 +203,17 @@ class GatherConfig:
 
 @dataclass
 class TrainConfig:
-    n_features: int = 4096
-    k: int = 32
+    n_features: int = setting(4096, "latents of the SAE trained when --sae is omitted")
+    k: int = setting(32, "active latents per token")
     aux_k: int | None = None  # None: d_in // 2
     aux_coef: float = 1 / 32
     lr: float = 5e-4
     batch_tokens: int = 4096
-    epochs: int = 3
-    train_tokens: int = 400_000  # activations kept in memory for training
+    epochs: int = setting(3, "passes over the training tokens")
+    train_tokens: int = setting(400_000, "activations kept in memory for training")
     holdout_tokens: int = 40_000  # held out for FVU, L0 and dead fraction
     dead_after_tokens: int = 200_000  # a latent silent this long counts as dead for AuxK
-    seed: int = 0
+    seed: int = setting(0, "seed of the example sampling and of SAE training")
 
     def __post_init__(self) -> None:
         at_least(
@@ -150,19 +231,373 @@ class TrainConfig:
 
 
 @dataclass
+class OutputEffectsConfig:
+    """Output-centric descriptions, computed for causal LMs right after the gather (effects.py)."""
+
+    mode: str = setting(
+        "full",
+        "per feature: tokens its direction promotes and suppresses (projection) and, with full, the tokens "
+        "amplifying it makes likelier on neutral prompts",
+        flag="output_effects",
+        choices=OUTPUT_EFFECTS,
+    )
+    k: int = 10  # tokens kept per feature and kind
+    strength: float = setting(
+        0.5, "amplification norm, as a multiple of the hookpoint's median norm", flag="effects_strength"
+    )
+    n_prompts: int = setting(
+        8, "neutral prompts (data/neutral_prompts.txt) the amplification runs on", flag="effects_prompts"
+    )
+    chunk: int = 64  # features per batch
+
+    def __post_init__(self) -> None:
+        if self.mode not in OUTPUT_EFFECTS:
+            raise AutointerpError(f"unknown output effects {self.mode!r}", f"use one of {', '.join(OUTPUT_EFFECTS)}")
+        for name in ("k", "n_prompts", "chunk"):
+            if getattr(self, name) < 1:
+                raise AutointerpError(
+                    f"OutputEffectsConfig.{name} is {getattr(self, name)}", f"set {name} to 1 or more"
+                )
+        check_strength("output-effects strength", self.strength)
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "none"
+
+    @property
+    def token_change(self) -> bool:
+        """Also amplify each feature on the neutral prompts (one forward per prompt and feature)."""
+        return self.mode == "full"
+
+
+# ----------------------------------------------------------------------------------------------- judge
+
+
+def _provider_help() -> str:
+    from autointerp.llm.providers import PROVIDERS
+
+    return "; ".join(f"{name}: {spec.help}" for name, spec in PROVIDERS.items())
+
+
+def _provider_choices() -> tuple[str, ...]:
+    from autointerp.llm.providers import PROVIDERS
+
+    return (OFFLINE, *PROVIDERS)
+
+
+@dataclass
+class LLMConfig:
+    provider: str = setting(
+        OFFLINE, "who labels and scores: offline needs no LLM", flag="judge", choices=_provider_choices
+    )
+    model: str = setting(
+        "", "e.g. gpt-4o-mini, claude-haiku-4-5, llama3.1 (required for LLM judges but local)", flag="judge_model"
+    )
+    base_url: str | None = setting(
+        None,
+        "server root for openai_compatible (vLLM, Ollama, llama.cpp, OpenRouter), e.g. http://localhost:8000/v1; as "
+        "the SDK expects it: '.../v1' for OpenAI, the host root for Anthropic",
+    )
+    api_key_env: str | None = setting(None, "environment variable holding the key; unset: the provider's")
+    # None → 0 for OpenAI-style providers, omitted for Anthropic, whose API (version
+    # 2026-10-21, sent by anthropic SDK 2.x) rejects sampling parameters with a 400.
+    temperature: float | None = None
+    max_tokens: int = 1024  # upper bound; each task asks for no more than its answer needs
+    structured_output: str | None = setting(
+        None,
+        "constrain answers to each task's JSON schema: json_schema (OpenAI, vLLM, llama-server), json_object "
+        "(llama-cpp-python), off; unset: the provider's default",
+        choices=("off", "json_schema", "json_object"),
+    )
+    timeout_s: float | None = setting(
+        None, "seconds per request; unset: the provider's (60; 600 for local)", flag="timeout"
+    )
+    max_retries: int = setting(5, "retries of a failed request")
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+    concurrency: int | None = setting(None, "requests in flight; unset: the provider's (8; 1 for local)")
+    requests_per_minute: float | None = setting(None, "requests-per-minute limit", flag="rpm")
+    tokens_per_minute: float | None = setting(None, "tokens-per-minute limit", flag="tpm")
+    # This many failed calls in a row, with no success between, stop the stage (a dead server, a
+    # revoked key): failing every remaining feature slowly helps nobody.
+    max_consecutive_failures: int = 10
+    prices_file: str | None = setting(
+        None,
+        'TOML price table, lines like "gpt-4o-mini" = [0.15, 0.60] (USD per million prompt, completion tokens) '
+        "under [models], added to the shipped data/prices.toml",
+        flag="prices",
+    )
+    prices: dict[str, tuple[float, float]] = field(default_factory=dict)  # unset: data/prices.toml (+ prices_file)
+    local_threads: int | None = setting(None, "CPU threads of the local judge's server; unset: one per core")
+    local_context: int = 4096  # provider "local": the server's context window in tokens
+    # The provider's batch API (llm/batch.py): half the price, answers within the provider's 24 hours.
+    batch: bool = setting(
+        False,
+        "send explain and score requests through the provider's batch API (OpenAI Batch API, Anthropic Message "
+        "Batches): half the price, answers within 24 hours; a killed run collects its batches when re-run",
+    )
+    batch_poll_s: float = setting(30.0, "seconds between looks at a running batch", flag="batch_poll")
+    batch_chunk: int = setting(
+        8192,
+        "with --batch, features per batch round: each stage reads, submits and stores this many at a time",
+        parse=positive_int,
+    )
+    batch_idle_s: float = 1.0  # a queue no request has joined for this long goes out as a batch
+    batch_max_requests: int = 50_000  # per batch (the providers allow 50,000 and 100,000)
+
+    def __post_init__(self) -> None:
+        from autointerp.llm.prices import DEFAULT_PRICES, load_prices
+        from autointerp.llm.providers import PROVIDERS, STRUCTURED_OUTPUT, check_base_url
+
+        if self.provider not in PROVIDERS:
+            raise AutointerpError(f"unknown LLM provider {self.provider!r}", f"use one of {', '.join(PROVIDERS)}")
+        spec = PROVIDERS[self.provider]
+        if spec.served_model is not None:  # the provider serves one model of its own
+            self.model = self.model or spec.served_model
+            if self.model != spec.served_model:
+                raise AutointerpError(
+                    f"provider {self.provider!r} serves only {spec.served_model}, not {self.model!r}",
+                    "leave --judge-model unset, or serve your model yourself and use --judge openai_compatible "
+                    "--base-url ...",
+                )
+        elif not self.model:
+            raise AutointerpError(
+                f"provider {self.provider!r} needs a model name",
+                "pass --judge-model, e.g. gpt-4o-mini or claude-haiku-4-5",
+            )
+        if spec.base_url == "managed" and self.base_url is not None:
+            raise AutointerpError(
+                f"provider {self.provider!r} starts its own server",
+                "leave --base-url unset, or use --judge openai_compatible for a server of yours",
+            )
+        if spec.base_url == "required" and not self.base_url:
+            raise AutointerpError(
+                f"provider {self.provider!r} needs a base_url",
+                "set --base-url to the server's OpenAI-style root, e.g. http://localhost:8000/v1",
+            )
+        if self.base_url is not None:
+            check_base_url(self.base_url)
+        if not spec.takes_temperature and self.temperature is not None:
+            raise AutointerpError(
+                f"the {self.provider} API rejects the temperature parameter",
+                f"leave temperature unset for provider {self.provider!r}",
+            )
+        if spec.takes_temperature and self.temperature is None:
+            self.temperature = 0.0
+        if self.api_key_env is None:
+            self.api_key_env = spec.key_env
+        self.structured_output = self.structured_output or spec.structured_output
+        if self.structured_output not in STRUCTURED_OUTPUT:
+            raise AutointerpError(
+                f"unknown structured output mode {self.structured_output!r}",
+                f"use one of {', '.join(STRUCTURED_OUTPUT)}",
+            )
+        if self.structured_output not in spec.answer_formats:
+            raise AutointerpError(
+                f"provider {self.provider!r} takes no {self.structured_output} answer format",
+                f"use one of {', '.join(spec.answer_formats)} (--structured-output)",
+            )
+        if self.batch and not spec.batch_api:
+            raise AutointerpError(f"provider {self.provider!r} has no batch API", "leave --batch off for it")
+        self.concurrency = spec.concurrency if self.concurrency is None else self.concurrency
+        self.timeout_s = spec.timeout_s if self.timeout_s is None else self.timeout_s
+        if not self.prices:
+            self.prices = dict(DEFAULT_PRICES) if self.prices_file is None else load_prices(self.prices_file)
+        for name in (
+            "max_tokens",
+            "timeout_s",
+            "concurrency",
+            "requests_per_minute",
+            "tokens_per_minute",
+            "max_consecutive_failures",
+            "local_threads",
+            "local_context",
+            "batch_poll_s",
+            "batch_idle_s",
+            "batch_max_requests",
+            "batch_chunk",
+        ):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise AutointerpError(f"LLMConfig.{name} must be positive, got {value}", f"set {name} above 0")
+        if self.max_retries < 0:
+            raise AutointerpError(f"LLMConfig.max_retries must be >= 0, got {self.max_retries}", "set max_retries >= 0")
+
+    @property
+    def name(self) -> str:
+        """provider:model, how results name their judge."""
+        return f"{self.provider}:{self.model}"
+
+    def request_params(self, max_tokens: int | None = None, schema: dict | None = None) -> dict[str, object]:
+        """The parameters of one request besides its messages; all of them go into the cache key.
+        max_tokens: the task's own bound (capped by the configured one); schema: the answer's JSON schema,
+        sent as response_format when structured output is on."""
+        params: dict[str, object] = {
+            "max_tokens": min(max_tokens or self.max_tokens, self.max_tokens),
+            "temperature": self.temperature,
+        }
+        if schema is not None and self.structured_output == "json_schema":
+            params["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "answer", "schema": dict(schema)},
+            }
+        elif schema is not None and self.structured_output == "json_object":
+            params["response_format"] = {"type": "json_object", "schema": dict(schema)}
+        return params
+
+    @property
+    def params(self) -> dict[str, object]:
+        """The parameters of a request with no task bound and no schema."""
+        return self.request_params()
+
+    def price(self) -> tuple[float, float] | None:
+        from autointerp.llm.prices import price_of
+
+        return price_of(self.prices, self.model)
+
+
+# ------------------------------------------------------------------------------------ explain, score
+
+
+@dataclass
+class ExplainConfig:
+    n_top: int | None = None  # max-activating explain snippets shown (None: the judge's default, its provider's)
+    n_quantile: int | None = None  # plus quantile samples, spread over the bins
+    context: int | None = None  # tokens kept each side of a snippet's marked tokens (None: the judge's; 0: all)
+    show_activations: bool = False  # list each marked token with its activation 0-10 under its example
+    n_negative: int = 10  # negatives (used by judges that contrast, e.g. the offline one)
+    features: list[int] | None = setting(
+        None, "only these features: indices and ranges, e.g. 0-99,512", parse=feature_spec
+    )
+    max_features: int | None = setting(None, "label only the first N chosen features", parse=positive_int)
+    sample: int | None = setting(None, "a seeded random sample of N of the chosen features")
+    seed: int = setting(0, "seed of that sample", flag="sample_seed")
+    redo: bool = setting(
+        False, "label again features this judge labelled before (default: keep them and label the rest)"
+    )
+    chunk: int = 512  # features per store write (and per stop-rule check)
+    # Stop labelling once saturation coverage reaches this target (None: label every feature).
+    stop_coverage: float | None = setting(None, "stop labelling once category coverage reaches this (e.g. 0.95)")
+    stop_min_labels: int = 100
+    stop_threshold: float = 0.8  # label-embedding similarity that merges two labels into one category
+
+    def for_judge(self, provider: str | None) -> ExplainConfig:
+        """This config with the judge's defaults filled in where none was given: a provider's own
+        (the registry's explain_snippets), else the full set an API model reads."""
+        from dataclasses import replace
+
+        from autointerp.llm.providers import FULL_SNIPPETS, PROVIDERS
+
+        spec = PROVIDERS.get(provider) if provider else None
+        top, quantile, context = spec.explain_snippets if spec else FULL_SNIPPETS
+        return replace(
+            self,
+            n_top=top if self.n_top is None else self.n_top,
+            n_quantile=quantile if self.n_quantile is None else self.n_quantile,
+            context=(context or 0) if self.context is None else self.context,
+        )
+
+
+def _scorer_names() -> tuple[str, ...]:
+    from autointerp.stages.score.scorers import SCORERS
+
+    return tuple(SCORERS)
+
+
+@dataclass
+class ScoreConfig:
+    scorers: tuple[str, ...] | None = setting(
+        None,
+        "comma-separated subset of detection,fuzzing,simulation,embedding,intervention; unset: every scorer that "
+        "reads only inputs, all but intervention, which runs the subject model, a causal LM, per feature",
+        parse=comma_list,
+    )
+    n_top: int = 5  # held-out highest windows per feature
+    n_strata: int = 5  # plus one window per activation stratum of the quantile bins
+    n_negative: int = 10  # held-out verified negatives per feature
+    per_prompt: int = 10  # snippets per detection / fuzzing prompt
+    n_simulation: int = 4  # activating snippets simulated (plus as many negatives)
+    n_embedding: int = 6  # activating snippets (plus as many negatives) per embedding AUROC
+    n_intervention: int = setting(
+        16, "neutral prompts the intervention scorer amplifies on", flag="intervention_prompts"
+    )
+    intervention_strength: float = 0.5  # added norm, as a multiple of the hookpoint's median norm on those prompts
+    n_random_directions: int = 255  # the intervention scorer's null: p = 1/256 at best, below alpha = 0.01
+    alpha: float = setting(0.01, "a label is confident when its permutation test gives p below this")
+    shuffle_control: str = setting(
+        "sample",
+        "score a sample of features (until the gap is known to ±0.03), every feature, or none against another "
+        "feature's label",
+        choices=CONTROL_MODES,
+    )
+    control_half_width: float = 0.03
+    control_start: int = 64  # features in the first control batch
+    n_boot: int = 500
+    n_permutations: int = 500
+    seed: int = 0
+    chunk: int = 512
+    features: list[int] | None = setting(
+        None, "only these features: indices and ranges, e.g. 0-99,512", parse=feature_spec
+    )
+    sample: int | None = setting(None, "a seeded random sample of N of the chosen features")
+    sample_seed: int = setting(0, "seed of that sample")
+
+    def __post_init__(self) -> None:
+        from autointerp.stages.score.scorers import INPUT_SCORERS, SCORERS
+
+        self.scorers = INPUT_SCORERS if self.scorers is None else tuple(self.scorers)
+        unknown = set(self.scorers) - set(SCORERS)
+        if unknown:
+            raise AutointerpError(f"unknown scorer(s) {sorted(unknown)}", f"choose from {', '.join(SCORERS)}")
+        if self.shuffle_control not in CONTROL_MODES:
+            raise AutointerpError(
+                f"unknown shuffle control {self.shuffle_control!r}", f"use one of {', '.join(CONTROL_MODES)}"
+            )
+        if not 0 < self.alpha < 1:
+            raise AutointerpError(f"alpha is {self.alpha}", "pass a significance level between 0 and 1, e.g. 0.01")
+        check_strength("intervention strength", self.intervention_strength)
+        for name in (
+            "n_top",
+            "n_strata",
+            "n_negative",
+            "per_prompt",
+            "n_simulation",
+            "n_embedding",
+            "n_intervention",
+            "n_random_directions",
+            "control_start",
+            "n_boot",
+            "n_permutations",
+            "chunk",
+        ):
+            if getattr(self, name) < 1:
+                raise AutointerpError(f"ScoreConfig.{name} is {getattr(self, name)}", f"set {name} to 1 or more")
+
+
+# Cosine threshold for the embedding rule. On a sample of hand-written labels, paraphrases of one
+# concept scored 0.59–0.87 (most >= 0.78) and distinct but related concepts up to 0.76 ("opening"
+# vs "closing parenthesis"); on 1,024 offline labels of the demo run the median nearest-neighbour
+# cosine is 0.77. 0.8 keeps related concepts apart at the price of some unmerged paraphrases. That
+# error adds false singletons, which make the stage call saturation later, never earlier.
+DEFAULT_THRESHOLD = 0.8
+
+
+@dataclass
 class SaturationConfig:
-    method: str = "embedding"  # "embedding" (offline) or "codebook" (needs an LLM judge)
-    threshold: float = DEFAULT_THRESHOLD  # cosine similarity, method "embedding"
+    method: str = setting("embedding", "embedding clustering (offline) or LLM codebook reduction", choices=METHODS)
+    threshold: float = setting(DEFAULT_THRESHOLD, "label similarity that merges into one category (method embedding)")
     codebook_batch: int = 25  # labels per judge call, method "codebook"
-    its_window: int = 100  # labels in the rolling ITS window
-    guest_base: int = 100  # Guest: the first `base` labels are the base
-    guest_run: int = 50  # Guest: run length R
-    guest_threshold: float = 0.05  # Guest: saturated when a run adds <= this share of the base's categories
-    target_coverage: float = 0.95  # verdict and stop rule
+    its_window: int = setting(100, "labels in the rolling ITS window")
+    guest_base: int = setting(100, "Guest: the first this many labels are the base")
+    guest_run: int = setting(50, "Guest: run length")
+    guest_threshold: float = setting(
+        0.05, "Guest: saturated when a run adds at most this share of the base's categories"
+    )
+    target_coverage: float = setting(0.95, "the coverage the verdict and the stop rule ask for")
     min_labels: int = 100  # the stop rule never fires before this many labels
     next_m: int = 100  # report expected new categories in the next m labels (capped at n, where Good–Toulmin holds)
-    n_boot: int = 200  # shuffled orders
-    seed: int = 0
+    n_boot: int = setting(200, "shuffled orders")
+    seed: int = setting(0, "seed of the shuffled orders")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -181,29 +616,186 @@ class SaturationConfig:
         good_toulmin({"x": 1}, self.next_m)
 
 
-def check_strength(what: str, value: float) -> None:
-    """An amplification strength: a positive, finite multiple of the hookpoint's median norm."""
-    import math
+# --------------------------------------------------------------------------------------------- views
 
-    if not (math.isfinite(value) and value > 0):
-        raise AutointerpError(f"{what} is {value}", "pass a positive finite multiple of the residual norm, e.g. 0.5")
+
+def _watch_list() -> dict[str, tuple[str, ...]]:
+    from importlib.resources import files
+
+    import tomllib
+
+    table = tomllib.loads(files("autointerp.data").joinpath("watch.toml").read_text())
+    return {concept: tuple(terms) for concept, terms in table.items()}
 
 
 @dataclass
-class OutputEffectsConfig:
-    """Output-centric descriptions, computed for causal LMs right after the gather (effects.py)."""
+class ReportConfig:
+    explainer: str | None = setting(None, "whose labels the cards show; unset: the one written last")
+    out: str | None = setting(None, "an .html file or a directory; unset: <project>/reports/")
+    n_snippets: int = 3  # top snippets per feature card (the HTML size grows with this)
+    quantile_bins: tuple[int, ...] = (0, 5)  # plus one quantile sample from each bin (0: the weakest activations)
+    n_negatives: int = 1  # plus this many verified non-activating windows
+    # Feature cards the HTML holds: one card is about 2.6 KB, and past a few thousand the page is
+    # slow to open and search (16k cards took 9.9 s, 65k 92 s and 4.7 GB of browser memory); the
+    # rest are browsed with `autointerp serve`. Figures and flags always count every feature.
+    max_cards: int = 4096
+    n_categories: int = 100  # largest categories listed; the long tail of singletons is only counted
+    confidence_scorer: str = "detection"  # whose per-feature null test decides a low-confidence flag
+    watch: dict[str, tuple[str, ...]] = field(default_factory=_watch_list)  # data/watch.toml
 
-    enabled: bool = True
-    k: int = 10  # tokens kept per feature and kind
-    token_change: bool = True  # also amplify each feature on the neutral prompts (one forward per prompt and feature)
-    strength: float = 0.5  # added norm, as a multiple of the hookpoint's median norm on the neutral prompts
-    n_prompts: int = 8  # neutral prompts (data/neutral_prompts.txt) for the token change
-    chunk: int = 64  # features per batch
+
+def _export_formats() -> tuple[str, ...]:
+    from autointerp.export.writers import FORMATS
+
+    return tuple(FORMATS)
+
+
+@dataclass
+class ExportConfig:
+    formats: tuple[str, ...] = setting(
+        ("parquet", "neuronpedia", "openai"),
+        "comma-separated subset of parquet,neuronpedia,neuronpedia-upload,neuronpedia-bulk,openai",
+        flag="format",
+        parse=comma_list,
+    )
+    out: str | None = setting(None, "directory; unset: <project>/exports/<run id>/")
+    n_activations: int = 20  # max-activating windows per feature in the Neuronpedia export
+    chunk: int = 1024  # features read from the store at a time
+    explainer: str | None = setting(None, "whose labels the Neuronpedia formats carry; unset: the one written last")
+    model_id: str | None = setting(
+        None, "Neuronpedia model id for neuronpedia-upload and -bulk; unset: from the run's model", flag="np_model_id"
+    )
+    source: str | None = setting(
+        None,
+        "Neuronpedia source for neuronpedia-upload and -bulk, e.g. 6-res-jb; unset: <layer>-autointerp",
+        flag="np_source",
+    )
+    bulk_batch: int = setting(1024, "features per batch file of neuronpedia-bulk", flag="np_batch")
 
     def __post_init__(self) -> None:
-        for name in ("k", "n_prompts", "chunk"):
-            if getattr(self, name) < 1:
+        self.formats = tuple(self.formats)
+        at_least("ExportConfig", np_batch=(self.bulk_batch, 1))
+
+
+@dataclass
+class SteerConfig:
+    feature: int = setting(0, "the feature to steer with")
+    prompt: str = setting("I think that", "text to continue")
+    scale: float | None = setting(None, "add the decoder direction × this many max activations")
+    clamp: float | None = setting(None, "or hold the feature at this many max activations")
+    max_new_tokens: int = setting(40, "tokens generated")
+    temperature: float = setting(0.0, "0 for greedy")
+    seed: int = setting(0, "sampling seed, the same for both continuations")
+    device: str | None = setting(None, "cpu, cuda ...; unset: as gathered")
+
+    def __post_init__(self) -> None:
+        if (self.scale is None) == (self.clamp is None):
+            raise AutointerpError(
+                "steering needs exactly one of scale and clamp",
+                "pass --scale S (add S × max activation) or --clamp S (hold the feature at S × max activation)",
+            )
+        for name in ("scale", "clamp", "temperature"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
                 raise AutointerpError(
-                    f"OutputEffectsConfig.{name} is {getattr(self, name)}", f"set {name} to 1 or more"
+                    f"steering {name} is {value}",
+                    f"pass a finite {name}, e.g. 4 (multiples of the feature's max activation)",
                 )
-        check_strength("output-effects strength", self.strength)
+        if self.temperature < 0:
+            raise AutointerpError(
+                f"temperature is {self.temperature}", "pass 0 for greedy decoding or a positive temperature"
+            )
+        if self.max_new_tokens < 1:
+            raise AutointerpError(f"max_new_tokens is {self.max_new_tokens}", "pass max_new_tokens >= 1")
+        if not self.prompt.strip():
+            raise AutointerpError("the steering prompt is empty", "pass a prompt, e.g. --prompt 'I think that'")
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+@dataclass
+class RunConfig:
+    project: str = setting("project", "directory holding the DuckDB file and trained SAEs")
+    run_id: str | None = setting(
+        None, "name of the run; unset: for a new gather, derived from model, hookpoint and SAE, else the latest run"
+    )
+    model: ModelConfig = field(default_factory=ModelConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    sae: str | None = setting(
+        None,
+        "SAE directory/file, hf://owner/repo[/folder], or a SAELens release name such as "
+        "gemma-scope-2b-pt-res-canonical; unset: train a TopK SAE on the spot",
+    )
+    sae_id: str | None = setting(
+        None,
+        "the SAE of a release (SAELens sae_id, e.g. layer_12/width_16k/canonical), or of a folder holding several "
+        "(sparsify: its hookpoint)",
+    )
+    sae_norm_scale: float | None = setting(
+        None,
+        "for SAEs trained on activations scaled to a fixed norm whose files lack the factor (releases list their own)",
+    )
+    train: TrainConfig = field(default_factory=TrainConfig)
+    gather: GatherConfig = field(default_factory=GatherConfig)
+    effects: OutputEffectsConfig = field(default_factory=OutputEffectsConfig)  # causal LMs only
+    eval_tokens: int = 40_000  # held-out tokens for FVU / L0 / dead fraction of a given SAE
+    judge: LLMConfig | None = None  # None: the offline judge
+    explainer: str | None = setting(
+        None, "whose labels to score or saturate, e.g. local:qwen2.5-coder-1.5b-instruct-q4_k_m; unset: the judge's own"
+    )
+    keys_file: str | None = setting(None, 'TOML file with lines like openai = "sk-..." (environment variables win)')
+    prompt_dir: str | None = setting(None, "directory with your own prompt files; unset: the shipped prompts")
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    saturation: SaturationConfig = field(default_factory=SaturationConfig)
+    # A second explainer for a seeded random sample of the features, labelled, scored and saturated
+    # beside the main judge's labels, and compared with them (the embedded default: the local LLM).
+    sample_judge: LLMConfig | None = None
+    sample_size: int = setting(16, "features in the sample the second judge labels")
+    sample_score: ScoreConfig = field(
+        default_factory=lambda: ScoreConfig(scorers=("detection", "embedding"), n_top=3, n_strata=2, n_negative=5)
+    )
+    intervention_sample: int = setting(
+        256, "causal LMs: score this many of the labels by intervention, a seeded sample (0: none)"
+    )
+    regather: bool = setting(
+        False, "gather again even when this run was gathered with the same settings (its labels and scores are dropped)"
+    )
+    progress: bool = True
+
+    def resolved_run_id(self) -> str:
+        import re
+        from pathlib import Path
+
+        from autointerp.subject.releases import is_release
+
+        if self.run_id:
+            return self.run_id
+        model = {EMBEDDED_MODEL: "minilm", EMBEDDED_LM: "smollm2"}.get(self.model.name) or Path(self.model.name).name
+        sae = "trained" if self.sae is None else Path(self.sae.rstrip("/")).name
+        if self.sae is not None and self.sae_id and is_release(self.sae):  # one release holds many SAEs of a layer
+            sae += f"-{self.sae_id}"
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{model}-{self.model.hookpoint}-{sae}")
+
+
+@dataclass
+class ShowConfig:
+    feature: int = setting(0, "the feature index")
+    explainer: str | None = setting(None, "only this explainer's label; unset: every explainer's")
+    n: int = setting(5, "top windows to print")
+
+
+@dataclass
+class LogsConfig:
+    purpose: str | None = setting(None, "only calls for this task: explain, detection, fuzzing, simulation, codebook")
+    feature: int | None = setting(None, "only calls about this feature")
+    n: int = setting(10, "how many")
+    full: bool = setting(False, "also print the prompts and parameters, and whole answers")
+
+
+@dataclass
+class ServeConfig:
+    host: str = setting("127.0.0.1", "address to listen on; 127.0.0.1 is this machine only")
+    port: int = setting(8765, "port to listen on, 0 for any free one")
+    quiet: bool = setting(False, "no line per request")

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import platform
-import re
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -18,63 +17,23 @@ import pyarrow.compute
 import torch
 
 from autointerp import __version__
+from autointerp.config import (
+    ModelConfig,
+    RunConfig,
+)
 from autointerp.errors import AutointerpError
-from autointerp.gather.collect import HIST_EDGES, GatherConfig, auto_batch_size, fit_sae, run_gather
-from autointerp.gather.corpus import CorpusConfig, iter_contexts, iter_documents
+from autointerp.gather.collect import HIST_EDGES, auto_batch_size, fit_sae, run_gather
+from autointerp.gather.corpus import iter_contexts, iter_documents
 from autointerp.gather.distributed import group, rank_device, world
-from autointerp.llm.client import LLMConfig
-from autointerp.stages.explain import ExplainConfig, ExplainSummary, explain
-from autointerp.stages.saturate import SaturationConfig, SaturationSummary, saturate
-from autointerp.stages.score.stage import ScoreConfig, ScoreSummary, score
+from autointerp.llm.providers import PROVIDERS
+from autointerp.stages.explain import ExplainSummary, explain
+from autointerp.stages.saturate import SaturationSummary, saturate
+from autointerp.stages.score.stage import ScoreSummary, score
 from autointerp.store.store import RunRecord, Store, db_path, remove_database
-from autointerp.subject.effects import OutputEffectsConfig, output_effects
-from autointerp.subject.model import EMBEDDED_LM, EMBEDDED_MODEL, ModelConfig, SubjectModel, keep_freed_memory
-from autointerp.subject.releases import is_release
+from autointerp.subject.effects import output_effects
+from autointerp.subject.model import SubjectModel, keep_freed_memory
 from autointerp.subject.sae import SAE, load_sae, save_saelens
-from autointerp.subject.train import TrainConfig, collect_activations, evaluate_sae, loss_recovered, train_topk_sae
-
-
-@dataclass
-class RunConfig:
-    project: str = "project"  # directory holding the DuckDB file and trained SAEs
-    run_id: str | None = None  # None: derived from model, hookpoint and SAE
-    model: ModelConfig = field(default_factory=ModelConfig)
-    corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    sae: str | None = None  # local path, hf://owner/repo[/folder] or a SAELens release name; None trains one
-    sae_hookpoint: str | None = None  # which SAE of a folder holding several (sparsify), or a release's SAE id
-    sae_norm_scale: float | None = None  # SAEs trained on scaled activations whose files lack the factor
-    train: TrainConfig = field(default_factory=TrainConfig)
-    gather: GatherConfig = field(default_factory=GatherConfig)
-    effects: OutputEffectsConfig = field(default_factory=OutputEffectsConfig)  # causal LMs only
-    eval_tokens: int = 40_000  # held-out tokens for FVU / L0 / dead fraction of a given SAE
-    judge: LLMConfig | None = None  # None: the offline judge
-    explainer: str | None = None  # whose labels score and saturate read (None: the judge's own)
-    keys_file: str | None = None  # TOML file of provider = "key" (environment variables win)
-    prompt_dir: str | None = None  # your own prompt files instead of prompts/
-    explain: ExplainConfig = field(default_factory=ExplainConfig)
-    score: ScoreConfig = field(default_factory=ScoreConfig)
-    saturation: SaturationConfig = field(default_factory=SaturationConfig)
-    # A second explainer for a seeded random sample of the features, labelled, scored and saturated
-    # beside the main judge's labels, and compared with them (the embedded default: the local LLM).
-    sample_judge: LLMConfig | None = None
-    sample_size: int = 16
-    sample_score: ScoreConfig = field(
-        default_factory=lambda: ScoreConfig(scorers=("detection", "embedding"), n_top=3, n_strata=2, n_negative=5)
-    )
-    # Causal LMs: the intervention scorer on a seeded sample of the main judge's labels (it runs the model per feature).
-    intervention_sample: int = 256
-    progress: bool = True
-
-    def resolved_run_id(self) -> str:
-        if self.run_id:
-            return self.run_id
-        model = {EMBEDDED_MODEL: "minilm", EMBEDDED_LM: "smollm2"}.get(self.model.name) or Path(self.model.name).name
-        sae = "trained" if self.sae is None else Path(self.sae.rstrip("/")).name
-        if (
-            self.sae is not None and self.sae_hookpoint and is_release(self.sae)
-        ):  # one release holds many SAEs of a layer
-            sae += f"-{self.sae_hookpoint}"
-        return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{model}-{self.model.hookpoint}-{sae}")
+from autointerp.subject.train import collect_activations, evaluate_sae, loss_recovered, train_topk_sae
 
 
 @dataclass
@@ -110,7 +69,8 @@ class GatherSummary:
             f"database: {self.db_path}",
             f"run: {self.run_id}",
             f"corpus: {self.n_tokens:,} tokens in {self.n_contexts:,} contexts",
-            f"features: {self.n_features:,} ({self.n_features - self.n_dead:,} alive, {self.n_dead:,} dead, {self.n_dense:,} ultra-dense)",
+            f"features: {self.n_features:,} ({self.n_features - self.n_dead:,} alive, {self.n_dead:,} dead, "
+            f"{self.n_dense:,} ultra-dense)",
             f"examples stored: {self.n_examples:,}",
             health,
             timing,
@@ -138,7 +98,7 @@ def load_configured_sae(cfg: RunConfig) -> SAE | None:
     wrong path, release or SAE id fails in seconds rather than after the model has loaded."""
     if cfg.sae is None:
         return None
-    return load_sae(cfg.sae, hookpoint=cfg.sae_hookpoint, norm_scaling_factor=cfg.sae_norm_scale)
+    return load_sae(cfg.sae, sae_id=cfg.sae_id, norm_scaling_factor=cfg.sae_norm_scale)
 
 
 def model_for_sae(
@@ -146,14 +106,17 @@ def model_for_sae(
     name: str | None = None,
     hookpoint: str | None = None,
     dtype: str | None = None,
-    device: str = "auto",
+    device: str | None = None,
 ) -> ModelConfig:
     """The subject model of an SAE: each of name, hookpoint and dtype not given is taken from the
-    SAE's own config (its release, cfg.json or trainer config); without an SAE, the embedded default."""
+    SAE's own config (its release, cfg.json or trainer config); without an SAE, or where the SAE
+    says nothing, ModelConfig's defaults (the embedded model)."""
+
+    def model(**chosen) -> ModelConfig:
+        return ModelConfig(**{k: v for k, v in chosen.items() if v is not None})
+
     if sae is None:
-        return ModelConfig(
-            **{"name": name or EMBEDDED_MODEL, "hookpoint": hookpoint, "device": device, "dtype": dtype or "float32"}
-        )
+        return model(name=name, hookpoint=hookpoint, device=device, dtype=dtype)
     from autointerp.subject.releases import hub_model
 
     source = sae.metadata.get("source", "the SAE")
@@ -168,9 +131,9 @@ def model_for_sae(
             "pass --hookpoint (list them with `autointerp hookpoints --model ...`)",
         )
     if dtype is None:
-        source_dtype = str(sae.metadata.get("source_dtype") or "float32").removeprefix("torch.")
-        dtype = source_dtype if source_dtype in ("float32", "float16", "bfloat16") else "float32"
-    return ModelConfig(name=name or hub_model(named), hookpoint=hookpoint or sae.hook_name, device=device, dtype=dtype)
+        source_dtype = str(sae.metadata.get("source_dtype") or "").removeprefix("torch.")
+        dtype = source_dtype if source_dtype in ("float32", "float16", "bfloat16") else None
+    return model(name=name or hub_model(named), hookpoint=hookpoint or sae.hook_name, device=device, dtype=dtype)
 
 
 def prepare_sae(cfg: RunConfig, model: SubjectModel, run_id: str, sae: SAE | None = None) -> tuple[SAE, str, dict]:
@@ -182,7 +145,8 @@ def prepare_sae(cfg: RunConfig, model: SubjectModel, run_id: str, sae: SAE | Non
         fit_sae(model, sae)
         if sae.hook_name and sae.hook_name not in (model.hook.name, model.hook.module_path):
             warnings.warn(
-                f"the SAE names hookpoint '{sae.hook_name}' but you read '{model.hook.name}'; make sure they are the same place"
+                f"the SAE names hookpoint '{sae.hook_name}' but you read '{model.hook.name}'; make sure they are the "
+                "same place"
             )
         return sae, cfg.sae, {}
     x_train, x_held = collect_activations(
@@ -219,7 +183,7 @@ GATHER_FIELDS = (
     "model",
     "corpus",
     "sae",
-    "sae_hookpoint",
+    "sae_id",
     "sae_norm_scale",
     "train",
     "gather",
@@ -229,6 +193,17 @@ GATHER_FIELDS = (
 
 
 def gather_settings(config: dict) -> dict:
+    """The settings that decide a gather, from a stored config or asdict(RunConfig). Configs stored
+    before the settings were renamed (sae_hookpoint → sae_id; output effects enabled and token_change
+    → mode) are read under today's names, so that their gathers stay current."""
+    config = dict(config)
+    if "sae_hookpoint" in config:
+        config.setdefault("sae_id", config.pop("sae_hookpoint"))
+    effects = dict(config.get("effects") or {})
+    if "enabled" in effects:
+        enabled, token_change = effects.pop("enabled"), effects.pop("token_change", True)
+        effects["mode"] = "none" if not enabled else "full" if token_change else "projection"
+        config["effects"] = {"mode": effects.pop("mode"), **effects}
     return json.loads(json.dumps({k: config.get(k) for k in GATHER_FIELDS}, default=str))
 
 
@@ -272,7 +247,8 @@ def gather(cfg: RunConfig, reuse: bool = False, sae: SAE | None = None) -> Gathe
     if w.distributed and cfg.sae is None:
         raise AutointerpError(
             "a distributed gather needs an SAE to read: training one runs in a single process",
-            "train it first with `autointerp gather` in one process (it is saved under PROJECT/saes/), then pass --sae that directory",
+            "train it first with `autointerp gather` in one process (it is saved under PROJECT/saes/), then pass --sae "
+            "that directory",
         )
     if not 0 < cfg.gather.window <= cfg.corpus.context_length:
         raise AutointerpError(
@@ -405,7 +381,7 @@ async def acheck_judge(cfg: RunConfig) -> None:
     from autointerp.llm.client import MemoryCallStore, load_keys, make_client
 
     load_prompts(cfg.prompt_dir)
-    if cfg.judge.provider == "local":
+    if PROVIDERS[cfg.judge.provider].runs_locally:
         from autointerp.llm.local import preflight
 
         preflight()
@@ -548,8 +524,9 @@ def run(cfg: RunConfig, reuse_gather: bool = True, echo=print, sae: SAE | None =
     """The whole pipeline: check the judges, gather (kept when already stored with the same
     settings), explain, score, saturate, then the same for the sample judge if any, and the report.
     Each stage's summary is passed to `echo` as it finishes."""
+    from autointerp.config import ReportConfig
     from autointerp.views.compare import sample_lines
-    from autointerp.views.report import ReportConfig, write_report
+    from autointerp.views.report import write_report
 
     if world().is_root:  # under torchrun the other ranks only gather
         check_judge(cfg)  # a wrong key, base URL or missing local model fails before minutes of gathering

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import torch
 
-from autointerp.gather.corpus import CorpusConfig, iter_contexts, iter_documents
-from autointerp.subject.model import ModelConfig, SubjectModel
+from autointerp.config import CorpusConfig, ModelConfig, TrainConfig
+from autointerp.gather.corpus import iter_contexts, iter_documents
+from autointerp.subject.model import SubjectModel
 from autointerp.subject.sae import load_sae
-from autointerp.subject.train import TrainConfig, collect_activations, train_topk_sae
+from autointerp.subject.train import collect_activations, train_topk_sae
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
 

@@ -126,7 +126,8 @@ def main_bench() -> None:
     lines = [
         "# Cost estimate against the billed run (stand-in server, gpt-4o-mini prices)",
         "",
-        f"Embedded default, {args.max_tokens:,} corpus tokens, the first {args.features} alive features labelled and scored "
+        f"Embedded default, {args.max_tokens:,} corpus tokens, the first {args.features} alive features labelled and "
+        "scored "
         "(detection, fuzzing, simulation, embedding; shuffle control in sample mode).",
         "",
         "`autointerp estimate` printed:",
@@ -148,7 +149,8 @@ def main_bench() -> None:
     ]
     if bpe:
         lines.append(
-            f"The same prompts counted by SmolLM2's BPE tokenizer: {bpe['prompt']:,} prompt and {bpe['completion']:,} completion tokens."
+            f"The same prompts counted by SmolLM2's BPE tokenizer: {bpe['prompt']:,} prompt and {bpe['completion']:,} "
+            "completion tokens."
         )
     (REPORTS / "estimate_vs_billed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -42,9 +42,12 @@ cfg = GatherConfig(memory_gib=budget)
 batch = auto_batch_size(corpus.context_length, n, model.device)
 shards = feature_shards(cfg, n, model.device)
 start = time.perf_counter()
-result = run_gather(model, sae, lambda: iter_contexts(iter_documents(corpus), model.tokenizer, corpus, batch), cfg, progress=False)
+result = run_gather(
+    model, sae, lambda: iter_contexts(iter_documents(corpus), model.tokenizer, corpus, batch), cfg, progress=False
+)
 seconds = time.perf_counter() - start
-print(json.dumps({"features": n, "tokens": result.n_tokens, "passes": len(shards), "bank_gib": cfg.bank_bytes(n) / 2**30,
+print(json.dumps({"features": n, "tokens": result.n_tokens, "passes": len(shards),
+                  "bank_gib": cfg.bank_bytes(n) / 2**30,
                   "shard_gib": cfg.bank_bytes(shards[0][1] - shards[0][0]) / 2**30, "batch_contexts": batch,
                   "seconds": round(seconds, 1), "tokens_per_s": round(result.n_tokens * len(shards) / seconds),
                   "examples": result.examples.num_rows, "alive": int((~result.features.dead).sum()),
@@ -69,9 +72,8 @@ def cost_model_lines(rows: list[dict]) -> list[str]:
         "both proportional to the features in the pass).",
         "",
         "The rest, peak RSS minus one pass's banks (the model; the SAE weights, 2 × F × d × 4 bytes; one batch's "
-        "feature activations, batch tokens × F × 4 bytes, with batches that auto_batch_size shrinks as F grows; Python): "
-        + ", ".join(f"{r['features']:,}: {o:.2f} GiB" for r, o in zip(measured, overhead))
-        + ".",
+        "feature activations, batch tokens × F × 4 bytes, with batches that auto_batch_size shrinks as F grows; "
+        "Python): " + ", ".join(f"{r['features']:,}: {o:.2f} GiB" for r, o in zip(measured, overhead)) + ".",
     ]
 
 
@@ -103,7 +105,8 @@ def main() -> None:
         + ("budget: half the free memory" if args.memory_gib is None else f"budget {args.memory_gib:g} GiB")
         + ")",
         "",
-        "| features | passes | banks (GiB, all) | banks per pass (GiB) | peak RSS (GiB) | seconds | tokens/s per pass | examples |",
+        "| features | passes | banks (GiB, all) | banks per pass (GiB) | peak RSS (GiB) | seconds | tokens/s per pass "
+        "| examples |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -111,7 +114,8 @@ def main() -> None:
             lines.append(f"| {r['features']:,} | error: {r['error']} |||||||")
         else:
             lines.append(
-                f"| {r['features']:,} | {r['passes']} | {r['bank_gib']:.2f} | {r['shard_gib']:.2f} | {r['peak_rss_gib']:.2f} | "
+                f"| {r['features']:,} | {r['passes']} | {r['bank_gib']:.2f} | {r['shard_gib']:.2f} | "
+                f"{r['peak_rss_gib']:.2f} | "
                 f"{r['seconds']} | {r['tokens_per_s']:,} | {r['examples']:,} |"
             )
     lines += ["", *cost_model_lines(rows)]

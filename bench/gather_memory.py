@@ -19,8 +19,8 @@ from common import embedded_model, machine, sae_for, write_report
 
 
 def one_run(sae_dir: str, tokens: int, project: str) -> None:
-    from autointerp.gather.corpus import CorpusConfig
-    from autointerp.pipeline import RunConfig, gather
+    from autointerp.config import CorpusConfig, RunConfig
+    from autointerp.pipeline import gather
 
     cfg = RunConfig(
         project=project,
@@ -79,7 +79,8 @@ def main() -> None:
             f"| {r['tokens']:,} | {r['peak_rss_bytes'] / 2**20:,.0f} | {r['gather_s']:.0f} | {r['examples']:,} |\n"
             for r in rows
         )
-        + f"\n**peak RSS ratio {ratio:.3f}** for {large['tokens'] / small['tokens']:.1f}× the tokens (target: within 10%). Machine: {machine()}\n\n"
+        + f"\n**peak RSS ratio {ratio:.3f}** for {large['tokens'] / small['tokens']:.1f}× the tokens (target: within "
+        f"10%). Machine: {machine()}\n\n"
         "Why it is bounded: per feature and split the gather keeps fixed-size banks (top, quantile reservoir, "
         "negative reservoir) of windows, plus running sums; each batch is read through its nonzero activations only; "
         "the corpus is tokenised and packed a chunk at a time. Freed batch buffers stay in the process for reuse "

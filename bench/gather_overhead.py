@@ -17,8 +17,9 @@ import time
 import torch
 from common import embedded_model, machine, sae_for, write_report
 
-from autointerp.gather.collect import GatherConfig, Gatherer, auto_batch_size
-from autointerp.gather.corpus import CorpusConfig, iter_contexts, iter_documents
+from autointerp.config import CorpusConfig, GatherConfig
+from autointerp.gather.collect import Gatherer, auto_batch_size
+from autointerp.gather.corpus import iter_contexts, iter_documents
 from autointerp.subject.model import keep_freed_memory
 
 
@@ -97,11 +98,15 @@ def main() -> None:
     md = (
         f"# Gather overhead ({device})\n\n"
         f"{n_tokens:,} tokens of the embedded corpus, all-MiniLM-L6-v2 read at encoder.layer.2, "
-        f"{sae.architecture} SAE with {sae.d_sae} latents, batches of {batch_size} contexts × {cfg.context_length} tokens.\n\n"
+        f"{sae.architecture} SAE with {sae.d_sae} latents, batches of {batch_size} contexts × {cfg.context_length} "
+        "tokens.\n\n"
         f"| pass | median s | runs |\n|---|---|---|\n"
-        f"| floor (forward to hookpoint + sparse SAE encode) | {statistics.median(floors):.2f} | {', '.join(f'{x:.2f}' for x in floors)} |\n"
-        f"| gather (floor + all bookkeeping + finish) | {statistics.median(gathers):.2f} | {', '.join(f'{x:.2f}' for x in gathers)} |\n\n"
-        f"**ratio of medians {ratio:.3f}**, median of per-repeat ratios {paired:.3f} (target ≤ 1.15); gather throughput {payload['gather_tokens_per_s']:,.0f} tokens/s. "
+        f"| floor (forward to hookpoint + sparse SAE encode) | {statistics.median(floors):.2f} | "
+        f"{', '.join(f'{x:.2f}' for x in floors)} |\n"
+        f"| gather (floor + all bookkeeping + finish) | {statistics.median(gathers):.2f} | "
+        f"{', '.join(f'{x:.2f}' for x in gathers)} |\n\n"
+        f"**ratio of medians {ratio:.3f}**, median of per-repeat ratios {paired:.3f} (target ≤ 1.15); gather "
+        f"throughput {payload['gather_tokens_per_s']:,.0f} tokens/s. "
         f"Machine: {machine()}\n"
     )
     write_report(a.name or f"gather_overhead_{device}", payload, md)

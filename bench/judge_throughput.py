@@ -29,9 +29,9 @@ from common import machine, write_report  # noqa: E402
 from standin_responder import TaskResponder  # noqa: E402
 from standin_server import StandinServer  # noqa: E402
 
+from autointerp.config import ExplainConfig, LLMConfig  # noqa: E402
 from autointerp.judges.judge import make_judge, map_bounded  # noqa: E402
-from autointerp.llm.client import LLMConfig  # noqa: E402
-from autointerp.stages.explain import ExplainConfig, explain_task, select_features  # noqa: E402
+from autointerp.stages.explain import explain_task, select_features  # noqa: E402
 from autointerp.store.store import CallLog, Store  # noqa: E402
 
 KEY = "sk-bench"
@@ -145,14 +145,16 @@ def main() -> None:
     cost = measure_cost(a.project, run_id, a.cost_features)
     md = [
         "# Judge throughput and cost (stand-in server)\n",
-        f"Real OpenAI client against the local stand-in (its own process) with {a.latency * 1000:.0f} ms per request, every call "
+        f"Real OpenAI client against the local stand-in (its own process) with {a.latency * 1000:.0f} ms per request, "
+        "every call "
         "checked against and logged to the DuckDB response cache as in the explain stage; explain prompts "
         f"built from `{a.project}` ({len(tasks)} features available).\n",
         "| concurrency | features | seconds | features/min | ideal/min | fraction of ideal | max in flight |",
         "|---|---|---|---|---|---|---|",
     ]
     md += [
-        f"| {r['concurrency']} | {r['features']} | {r['seconds']:.2f} | {r['per_min']:,.0f} | {r['ideal_per_min']:,.0f} | "
+        f"| {r['concurrency']} | {r['features']} | {r['seconds']:.2f} | {r['per_min']:,.0f} | "
+        f"{r['ideal_per_min']:,.0f} | "
         f"{r['fraction_of_ideal']:.3f} | {r['max_in_flight']} |"
         for r in rows
     ]
@@ -161,11 +163,13 @@ def main() -> None:
         f"Target: ≥ 0.90 of ideal at concurrency 32 — measured {rows[-1]['fraction_of_ideal']:.3f}.",
         "",
         f"## Tokens and cost per feature ({a.cost_features} features, shuffle control included in scoring)\n",
-        "| stage | prompts/feature | prompt tokens/feature | completion tokens/feature | $ per 1M features (gpt-4o-mini) | delphi published |",
+        "| stage | prompts/feature | prompt tokens/feature | completion tokens/feature | $ per 1M features "
+        "(gpt-4o-mini) | delphi published |",
         "|---|---|---|---|---|---|",
     ]
     md += [
-        f"| {k} | {v['prompts']:.2f} | {v['prompt_tokens']:,.0f} | {v['completion_tokens']:,.0f} | ${v['usd_per_million']:,.0f} | "
+        f"| {k} | {v['prompts']:.2f} | {v['prompt_tokens']:,.0f} | {v['completion_tokens']:,.0f} | "
+        f"${v['usd_per_million']:,.0f} | "
         f"{'$' + format(DELPHI[k], ',') if k in DELPHI else '—'} |"
         for k, v in cost.items()
     ]
@@ -188,8 +192,8 @@ def measure_cost(project: str, run_id: str, n_features: int) -> dict:
     import shutil
     import tempfile
 
-    from autointerp.pipeline import RunConfig, label_and_score
-    from autointerp.stages.score.stage import ScoreConfig
+    from autointerp.config import RunConfig, ScoreConfig
+    from autointerp.pipeline import label_and_score
 
     with tempfile.TemporaryDirectory() as tmp, StandinServer(api_key=KEY, responder=TaskResponder()) as server:
         shutil.copy(Path(project) / "autointerp.duckdb", Path(tmp) / "autointerp.duckdb")

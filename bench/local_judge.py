@@ -25,13 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
+from autointerp.config import ExplainConfig, LLMConfig, ScoreConfig
 from autointerp.judges.judge import LLMJudge, map_bounded
 from autointerp.judges.prompts import load_prompts
-from autointerp.llm.client import LLMConfig, MemoryCallStore, make_client
+from autointerp.llm.client import MemoryCallStore, make_client
 from autointerp.llm.local import LOCAL_MODEL, LocalServer, default_threads, model_path
 from autointerp.records import DetectionTask, FuzzTask, SimulationTask
-from autointerp.stages.explain import ExplainConfig, explain_task, select_features
-from autointerp.stages.score.stage import ScoreConfig, fuzz_snippets, held_out
+from autointerp.stages.explain import explain_task, select_features
+from autointerp.stages.score.stage import fuzz_snippets, held_out
 from autointerp.store.store import Store
 
 
@@ -142,14 +143,16 @@ def write(result: dict, reports: Path) -> None:
         "",
         f"{result['model']}, llama-cpp-python server, {result['threads']} threads; {result['machine']}.",
         "",
-        f"Prompt processing {s['prompt_tokens_per_s']:.0f} tokens/s; generation {s['generation_tokens_per_s']:.1f} tokens/s.",
+        f"Prompt processing {s['prompt_tokens_per_s']:.0f} tokens/s; generation {s['generation_tokens_per_s']:.1f} "
+        "tokens/s.",
         "",
         "| concurrency | features | seconds | features per minute | parsed | prompt tokens | completion tokens |",
         "|---|---|---|---|---|---|---|",
     ]
     for c, t in result["throughput"].items():
         lines.append(
-            f"| {c} | {t['features']} | {t['seconds']:.1f} | {t['features_per_minute']:.1f} | {t['parsed']}/{t['features']} | {t['prompt_tokens']:,} | {t['completion_tokens']:,} |"
+            f"| {c} | {t['features']} | {t['seconds']:.1f} | {t['features_per_minute']:.1f} | "
+            f"{t['parsed']}/{t['features']} | {t['prompt_tokens']:,} | {t['completion_tokens']:,} |"
         )
     lines += [
         "",

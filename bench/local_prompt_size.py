@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from autointerp.config import ExplainConfig, LLMConfig
 from autointerp.judges.judge import make_judge
-from autointerp.llm.client import LLMConfig, MemoryCallStore
+from autointerp.llm.client import MemoryCallStore
 from autointerp.records import DetectionTask
-from autointerp.stages.explain import ExplainConfig, explain_task, select_features
+from autointerp.stages.explain import explain_task, select_features
 from autointerp.stats.embed import Embedder
 from autointerp.stats.metrics import auroc
 from autointerp.store.store import Store
@@ -120,17 +121,21 @@ def write(out: dict, reports: Path) -> None:
     lines = [
         "# Local judge: label quality against prompt size",
         "",
-        f"Qwen2.5-Coder-1.5B-Instruct Q4_K_M through llama-cpp-python on this machine's CPU; {len(out['features'])} features of the demo "
-        "(seeded sample); scores on held-out snippets, each beside the same feature scored with another feature's label.",
+        f"Qwen2.5-Coder-1.5B-Instruct Q4_K_M through llama-cpp-python on this machine's CPU; {len(out['features'])} "
+        "features of the demo "
+        "(seeded sample); scores on held-out snippets, each beside the same feature scored with another feature's "
+        "label.",
         "",
-        "| variant | parsed | prompt tokens (median) | seconds per label (median) | embedding AUROC own / wrong label | detection own / wrong label |",
+        "| variant | parsed | prompt tokens (median) | seconds per label (median) | embedding AUROC own / wrong label "
+        "| detection own / wrong label |",
         "|---|---|---|---|---|---|",
     ]
     fmt = lambda x: "—" if x is None else f"{x:.3f}"  # noqa: E731
     for name, v in out["variants"].items():
         lines.append(
             f"| {name} | {v['parsed']} | {v['prompt_tokens_median']:.0f} | {v['seconds_median']:.1f} | "
-            f"{fmt(v['embedding_auroc_median'])} / {fmt(v['embedding_auroc_wrong_label_median'])} | {fmt(v['detection_median'])} / {fmt(v['detection_wrong_label_median'])} |"
+            f"{fmt(v['embedding_auroc_median'])} / {fmt(v['embedding_auroc_wrong_label_median'])} | "
+            f"{fmt(v['detection_median'])} / {fmt(v['detection_wrong_label_median'])} |"
         )
     lines += ["", "Labels per variant:", ""]
     for name, v in out["variants"].items():

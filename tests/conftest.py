@@ -88,7 +88,8 @@ def tiny_model_dir(tmp_path_factory, byte_bpe_tokenizer):
 
 @pytest.fixture(scope="session")
 def pipeline_setup(tmp_path_factory, tiny_model_dir):
-    """(root, corpus path, tiny GPT-2 dir): a JSONL corpus of pydoc topics and a 16-latent SAE saved in SAELens format."""
+    """(root, corpus path, tiny GPT-2 dir): a JSONL corpus of pydoc topics and a 16-latent SAE
+    saved in SAELens format."""
     import json
     from pydoc_data.topics import topics
 
@@ -107,10 +108,7 @@ def pipeline_setup(tmp_path_factory, tiny_model_dir):
 
 def pipeline_config(setup, project, **overrides):
     """A RunConfig gathering the pipeline_setup corpus with small banks into `project`."""
-    from autointerp.gather.collect import GatherConfig
-    from autointerp.gather.corpus import CorpusConfig
-    from autointerp.pipeline import RunConfig
-    from autointerp.subject.model import ModelConfig
+    from autointerp.config import CorpusConfig, GatherConfig, ModelConfig, RunConfig
 
     root, corpus, model = setup
     base = dict(

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autointerp.gather.corpus import CorpusConfig, iter_contexts, iter_documents
-from autointerp.subject.model import EMBEDDED_MODEL, ModelConfig, SubjectModel
+from autointerp.config import EMBEDDED_MODEL, CorpusConfig, ModelConfig
+from autointerp.gather.corpus import iter_contexts, iter_documents
+from autointerp.subject.model import SubjectModel
 from autointerp.subject.sae import SAE, save_saelens
 
 HOOKPOINT = "encoder.layer.2"

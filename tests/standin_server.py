@@ -12,8 +12,9 @@ Faults are consumed one per request, in order; when the queue is empty requests 
 answered normally. The batch endpoints (OpenAI's /v1/files + /v1/batches, Anthropic's
 /v1/messages/batches) run a batch when it has been polled `batch_polls` times; batch faults
 (`inject_batch`) make the next batch expire part-way or fail. `batch_billed` lists every request
-of every batch created (a provider runs them all, polled or not), `batch_runs` those answered. `latency_s` adds a fixed delay to every request (requests are served
-concurrently, one thread each), and `max_in_flight` records the peak concurrency.
+of every batch created (a provider runs them all, polled or not), `batch_runs` those answered.
+`latency_s` adds a fixed delay to every request (requests are served concurrently, one thread
+each), and `max_in_flight` records the peak concurrency.
 """
 
 from __future__ import annotations

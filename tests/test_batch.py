@@ -10,8 +10,9 @@ import json
 import pytest
 from standin_server import BatchFault, Fault, StandinServer
 
+from autointerp.config import LLMConfig
 from autointerp.errors import AutointerpError
-from autointerp.llm.client import LLMConfig, MemoryCallStore, cache_key, make_client
+from autointerp.llm.client import MemoryCallStore, cache_key, make_client
 
 KEY = "sk-batch-test"
 PRICE = (2.0, 6.0)  # USD per million prompt, completion tokens
@@ -293,7 +294,8 @@ def test_a_batch_run_through_the_cli_survives_a_kill_and_a_resubmit_with_no_requ
     with duckdb.connect(str(project / "autointerp.duckdb"), read_only=True) as db:
         statuses = db.execute("SELECT status, count(*) FROM llm_batches GROUP BY 1").fetchall()
         n_calls, n_keys, cost, expected = db.execute(
-            "SELECT count(*), count(DISTINCT cache_key), sum(cost_usd), sum(0.5 * (prompt_tokens * 2.0 + completion_tokens * 6.0) / 1e6) "
+            "SELECT count(*), count(DISTINCT cache_key), sum(cost_usd), sum(0.5 * (prompt_tokens * 2.0 + "
+            "completion_tokens * 6.0) / 1e6) "
             "FROM llm_calls WHERE error IS NULL"
         ).fetchone()
         labelled = db.execute("SELECT count(*) FROM explanations WHERE status = 'ok'").fetchone()[0]

@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from autointerp import __version__
-from autointerp.cli import _feature_spec, build_parser
+from autointerp.cli import build_parser
+from autointerp.config import feature_spec
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
@@ -24,7 +25,8 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 def test_building_the_parser_loads_no_torch_and_no_llm_sdk():
     code = (
         "import sys, autointerp.cli as c; c.build_parser(); "
-        "print([m for m in ('torch', 'transformers', 'openai', 'anthropic', 'scipy', 'duckdb', 'pandas') if m in sys.modules])"
+        "print([m for m in ('torch', 'transformers', 'openai', 'anthropic', 'scipy', 'duckdb', 'pandas') if m in "
+        "sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -32,7 +34,8 @@ def test_building_the_parser_loads_no_torch_and_no_llm_sdk():
 
 def test_reporting_scoring_and_exporting_load_no_llm_sdk_until_a_client_is_made():
     code = (
-        "import sys, autointerp.views.report, autointerp.stages.score.stage, autointerp.export.writers, autointerp.judges; "
+        "import sys, autointerp.views.report, autointerp.stages.score.stage, autointerp.export.writers, "
+        "autointerp.judges.judge; "
         "print([m for m in ('torch', 'openai', 'anthropic') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -42,10 +45,9 @@ def test_reporting_scoring_and_exporting_load_no_llm_sdk_until_a_client_is_made(
 def test_version_and_every_subcommand_has_a_description_and_examples():
     out = cli("--version")
     assert out.returncode == 0 and out.stdout.strip() == f"autointerp {__version__}"
-    parser = build_parser()
-    commands = parser._subparsers._group_actions[0].choices
-    for name, sub in commands.items():
-        assert sub.description and "examples:" in sub.epilog, name
+    _, commands = build_parser()
+    for name, c in commands.items():
+        assert c.parser.description and "examples:" in c.parser.epilog, name
 
 
 def test_each_stage_shows_only_its_own_flags():
@@ -61,8 +63,8 @@ def test_each_stage_shows_only_its_own_flags():
 
 
 def test_feature_lists_and_ranges():
-    assert _feature_spec("0-3,7, 5") == [0, 1, 2, 3, 7, 5]
-    assert _feature_spec("4") == [4]
+    assert feature_spec("0-3,7, 5") == [0, 1, 2, 3, 7, 5]
+    assert feature_spec("4") == [4]
     bad = cli("explain", "--features", "3-1")
     assert bad.returncode == 2 and "runs backwards" in bad.stderr
     bad = cli("explain", "--features", "a,b")
@@ -176,7 +178,7 @@ sample_judge = "none"
 
     stored = tomllib.loads(written.read_text())
     assert (
-        stored["n_top"] == 3 and stored["window"] == 8 and stored["scorers"] == "detection" and "config" not in stored
+        stored["n_top"] == 3 and stored["window"] == 8 and stored["scorers"] == ["detection"] and "config" not in stored
     )
     again = cli("run", "--config", str(written), "--quiet", "--scorers", "embedding")  # flags given as well win
     assert (
@@ -201,14 +203,14 @@ def test_example_configs_are_package_data_and_parse_into_the_run_they_describe(m
     import tomllib
 
     import autointerp.pipeline
-    from autointerp.cli import _config_defaults, _judged, _run_config
+    from autointerp.cli import _judged, parse, run_config
     from autointerp.subject.releases import resolve_release
 
     # The hub is out of reach here: the release's directory entry stands in for its downloaded SAE.
     def release_sae(cfg):
         if cfg.sae is None:
             return None
-        r = resolve_release(cfg.sae, cfg.sae_hookpoint)
+        r = resolve_release(cfg.sae, cfg.sae_id)
         return SimpleNamespace(metadata={"release": {"model": r.model}}, hook_name=r.hookpoint)
 
     monkeypatch.setattr(autointerp.pipeline, "load_configured_sae", release_sae)
@@ -219,21 +221,14 @@ def test_example_configs_are_package_data_and_parse_into_the_run_they_describe(m
         "gpt2-small-res-jb.toml": ("openai-community/gpt2", "blocks.8.hook_resid_pre", "float32"),
         "smollm2-local.toml": ("embedded:SmolLM2-135M-Instruct", "blocks.15.hook_resid_post", "float32"),
     }
-    parser = build_parser()
     for path in examples:
-        args = parser.parse_args(["run", "--config", str(path)])
-        defaults = _config_defaults(parser, args)
-        parser._subparsers._group_actions[0].choices["run"].set_defaults(**defaults)
-        args = parser.parse_args(["run", "--config", str(path)])
-        cfg, _ = _run_config(args)
+        args = parse(["run", "--config", str(path)])
+        cfg, _ = run_config(args)
         cfg = _judged(cfg, args)
         data = tomllib.loads(path.read_text())
-        assert (cfg.project, cfg.sae, cfg.sae_hookpoint) == (data["project"], data.get("sae"), data.get("sae_id")), (
-            path.name
-        )
+        assert (cfg.project, cfg.sae, cfg.sae_id) == (data["project"], data.get("sae"), data.get("sae_id")), path.name
         assert (cfg.model.name, cfg.model.hookpoint, cfg.model.dtype) == expected[path.name], path.name
         assert (cfg.judge is None) == (data["judge"] == "offline")
-        parser = build_parser()  # defaults set above stay on a parser: a fresh one for the next file
 
 
 def test_model_hookpoint_and_dtype_come_from_the_sae_and_a_bad_sae_fails_before_the_model(

@@ -9,8 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from autointerp.config import CorpusConfig
 from autointerp.errors import AutointerpError
-from autointerp.gather.corpus import CorpusConfig, iter_contexts, iter_documents
+from autointerp.gather.corpus import iter_contexts, iter_documents
 
 DOCS = [
     "alpha beta gamma delta. " * 12,

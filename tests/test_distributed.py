@@ -129,7 +129,7 @@ def test_two_ranks_with_gloo_gather_what_one_process_gathers(pipeline_setup, one
 def test_three_ranks_in_feature_shards_merge_the_same(pipeline_setup, one_process, tmp_path):
     """An odd world (one rank waits a round of the merge tree) and a memory budget that splits the
     16 features into passes: still the one-process gather."""
-    from autointerp.gather.collect import GatherConfig
+    from autointerp.config import GatherConfig
 
     _, want = one_process
     banks = GatherConfig(n_top=3, n_bins=2, per_bin=2, n_negative=3, window=8).bank_bytes(6)

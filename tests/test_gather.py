@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from autointerp.gather.collect import HIST_EDGES, GatherConfig, Gatherer, run_gather, split_of
-from autointerp.gather.corpus import CorpusConfig, iter_contexts, iter_documents
-from autointerp.subject.model import ModelConfig, SubjectModel
+from autointerp.config import CorpusConfig, GatherConfig, ModelConfig
+from autointerp.gather.collect import HIST_EDGES, Gatherer, run_gather, split_of
+from autointerp.gather.corpus import iter_contexts, iter_documents
+from autointerp.subject.model import SubjectModel
 from autointerp.subject.sae import SAE
 
 CONTEXT = 32

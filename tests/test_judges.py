@@ -13,6 +13,7 @@ import pytest
 from standin_responder import GARBAGE, TaskResponder
 from standin_server import Fault, StandinServer
 
+from autointerp.config import LLMConfig
 from autointerp.errors import AutointerpError
 from autointerp.judges.judge import LLMJudge, OfflineJudge, Term, label_terms, make_judge
 from autointerp.judges.prompts import (
@@ -29,7 +30,7 @@ from autointerp.judges.prompts import (
     parse_simulation,
     simulation_fields,
 )
-from autointerp.llm.client import LLMConfig, MemoryCallStore
+from autointerp.llm.client import MemoryCallStore
 from autointerp.records import DetectionTask, ExplainTask, FuzzTask, MarkedSnippet, SimulationTask, Snippet
 
 KEY = "sk-test-judges-0123456789"

@@ -13,10 +13,10 @@ from email.utils import format_datetime
 import pytest
 from standin_server import Fault, StandinServer, find_leaks
 
+from autointerp.config import LLMConfig
 from autointerp.errors import AutointerpError
 from autointerp.llm.client import (
     Completion,
-    LLMConfig,
     MemoryCallStore,
     Secret,
     cache_key,

@@ -154,7 +154,8 @@ def test_kill_during_explain_then_rerun_score_saturate_report_export(pipeline_se
         "SELECT count(*) FILTER (WHERE scorer = 'detection' AND len(call_ids) > 0) FROM scores"
     ).fetchone()[0]
     dangling = con.execute(
-        "SELECT count(*) FROM explanations e WHERE call_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM llm_calls c WHERE c.call_id = e.call_id)"
+        "SELECT count(*) FROM explanations e WHERE call_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM llm_calls c WHERE "
+        "c.call_id = e.call_id)"
     ).fetchone()[0]
     con.close()
     assert linked[0] == linked[1] > 0 and scored > 0 and dangling == 0

@@ -10,9 +10,10 @@ import sys
 
 import pytest
 
+from autointerp.config import LLMConfig
 from autointerp.errors import AutointerpError
 from autointerp.llm import local
-from autointerp.llm.client import LLMConfig, MemoryCallStore, make_client
+from autointerp.llm.client import MemoryCallStore, make_client
 from autointerp.llm.local import LocalModel, LocalServer, model_path
 
 
@@ -95,7 +96,8 @@ def test_a_server_that_dies_at_start_is_reported_with_its_log(tmp_path):
 
 
 def test_a_server_that_crashes_names_the_portable_rebuild(tmp_path):
-    """llama.cpp built with -march=native segfaults in its AMX kernels on some Xeons (seen on this project's machines)."""
+    """llama.cpp built with -march=native segfaults in its AMX kernels on some Xeons (seen on this
+    project's machines)."""
 
     class Crashing(FakeServer):
         script = "import os, signal; print('INFO: Uvicorn running', flush=True); os.kill(os.getpid(), signal.SIGSEGV)"
@@ -113,7 +115,8 @@ def test_a_server_that_comes_up_is_waited_for_and_stopped(tmp_path):
             "from http.server import BaseHTTPRequestHandler, HTTPServer\n"
             "class H(BaseHTTPRequestHandler):\n"
             "    def do_GET(self):\n"
-            "        self.send_response(200); self.send_header('content-length', '2'); self.end_headers(); self.wfile.write(b'{}')\n"
+            "        self.send_response(200); self.send_header('content-length', '2'); self.end_headers(); "
+            "self.wfile.write(b'{}')\n"
             "HTTPServer(('127.0.0.1', PORT), H).serve_forever()\n"
         )
 

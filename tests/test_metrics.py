@@ -78,7 +78,8 @@ def test_classification_hand_values():
     f1 = s["f1"]
     assert f1.n == 10 and f1.method == "stratified bootstrap percentile" and f1.ci_low <= f1.value <= f1.ci_high
     # Balanced accuracy: TPR 3/4, TNR 5/6, adjusted to 4/6 and 6/8:
-    # centre (4/6 + 6/8)/2 = 0.708333; half = 1.96/2·sqrt((4/6)(2/6)/6 + (6/8)(2/8)/8) = 0.980·sqrt(0.0604745) = 0.240998
+    # centre (4/6 + 6/8)/2 = 0.708333; half = 1.96/2·sqrt((4/6)(2/6)/6 + (6/8)(2/8)/8) = 0.980·sqrt(0.0604745) =
+    # 0.240998
     ba = s["balanced_accuracy"]
     assert ba.method == "adjusted wald (+1/+1 per class)" and ba.n == 10
     assert (ba.ci_low, ba.ci_high) == (

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from autointerp.config import ModelConfig
 from autointerp.errors import AutointerpError
-from autointerp.subject.model import ModelConfig, SubjectModel
+from autointerp.subject.model import SubjectModel
 
 FAMILIES = ["gpt2", "llama", "gemma2", "gpt_neox", "bert"]
 LAYER_PATH = {

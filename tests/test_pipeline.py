@@ -13,12 +13,12 @@ import torch
 from conftest import pipeline_config
 
 from autointerp.cli import main as cli_main
+from autointerp.config import GatherConfig, TrainConfig
 from autointerp.errors import AutointerpError
-from autointerp.gather.collect import GatherConfig
 from autointerp.pipeline import gather
 from autointerp.store.store import Store
 from autointerp.subject.sae import SAE, load_sae, save_saelens
-from autointerp.subject.train import TrainConfig, evaluate_sae, train_topk_sae
+from autointerp.subject.train import evaluate_sae, train_topk_sae
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from planted import build
 
-from autointerp.gather.corpus import CorpusConfig
+from autointerp.config import CorpusConfig
 from autointerp.judges.judge import Term, label_terms, norm
 from autointerp.store.store import Store
 

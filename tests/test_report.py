@@ -17,12 +17,12 @@ import pyarrow as pa
 import pytest
 from conftest import pipeline_config
 
-from autointerp.stages.score.stage import ScoreConfig, write_summaries
+from autointerp.config import ReportConfig, ScoreConfig
+from autointerp.stages.score.stage import write_summaries
 from autointerp.store.store import CallLog, RunRecord, Store
 from autointerp.views.report import (
     NOT_SATURATED_YET,
     FeatureCard,
-    ReportConfig,
     ScoreCell,
     loss_recovered_text,
     low_confidence,
@@ -294,7 +294,7 @@ def test_report_of_a_run_not_labelled_yet(tmp_path):
 
 
 def test_loss_recovered_says_why_it_is_missing_where_known():
-    from autointerp.subject.model import EMBEDDED_MODEL
+    from autointerp.config import EMBEDDED_MODEL
 
     assert loss_recovered_text({"model": EMBEDDED_MODEL, "sae_metrics": {}}) == "not measured (not a causal LM)"
     assert loss_recovered_text({"model": "gpt2", "sae_metrics": {}}) == "not measured"
@@ -306,7 +306,8 @@ def test_loss_recovered_says_why_it_is_missing_where_known():
         "loss_contexts": 64,
     }
     assert loss_recovered_text({"model": "gpt2", "sae_metrics": measured}) == (
-        "0.912 (next-token loss clean 3.100, SAE spliced in 3.750, zero-ablated 10.500 nats/token on 64 held-out contexts)"
+        "0.912 (next-token loss clean 3.100, SAE spliced in 3.750, zero-ablated 10.500 nats/token on 64 held-out "
+        "contexts)"
     )
 
 
@@ -352,9 +353,9 @@ def real_run(pipeline_setup, tmp_path_factory):
     """A real gather → explain → score → saturate run of a tiny GPT-2 and a 16-latent SAE, offline."""
     import asyncio
 
+    from autointerp.config import SaturationConfig, ScoreConfig
     from autointerp.pipeline import gather, label_and_score
-    from autointerp.stages.saturate import SaturationConfig, saturate
-    from autointerp.stages.score.stage import ScoreConfig
+    from autointerp.stages.saturate import saturate
 
     project = tmp_path_factory.mktemp("real")
     cfg = pipeline_config(pipeline_setup, project)
@@ -453,7 +454,8 @@ def test_a_second_explainer_is_shown_beside_the_first_with_their_agreement(tmp_p
                 }
             ),
         )
-        # An embedding-scorer row stores no prompt hash (NULL): the report of an LLM-labelled run crashed on it in 0.1.0.
+        # An embedding-scorer row stores no prompt hash (NULL): the report of an LLM-labelled run crashed on it in
+        # 0.1.0.
         store.write_scores(
             RUN,
             "local:small",
@@ -510,7 +512,8 @@ def test_a_large_run_keeps_the_page_small_and_points_to_the_browser(real_run, tm
     how to browse the rest; the figures still count every feature."""
     import duckdb
 
-    from autointerp.views.report import ReportConfig, write_report
+    from autointerp.config import ReportConfig
+    from autointerp.views.report import write_report
 
     con = duckdb.connect(str(real_run / "autointerp.duckdb"), read_only=True)
     alive = [

@@ -416,14 +416,14 @@ def test_sparsify_root_with_hookpoints(tmp_path):
     for hook in ("layers.3", "layers.5"):
         params[hook] = sparsify_params(rng, False)
         w.write_sparsify(tmp_path / "root" / hook, sparsify_cfg("topk", False, False), params[hook])
-    sae = load_sae(tmp_path / "root", hookpoint="layers.5")
+    sae = load_sae(tmp_path / "root", sae_id="layers.5")
     assert sae.hook_name == "layers.5"
     check(sae, x, *ref_sparsify(x, params["layers.5"], "topk", False))
     with pytest.raises(AutointerpError) as e:
         load_sae(tmp_path / "root")
     assert "layers.3" in str(e.value) and "layers.5" in str(e.value) and "hookpoint=" in e.value.fix
     with pytest.raises(AutointerpError) as e:
-        load_sae(tmp_path / "root", hookpoint="layers.9")
+        load_sae(tmp_path / "root", sae_id="layers.9")
     assert "layers.3" in str(e.value) and "hookpoint" in e.value.fix
 
 
@@ -634,7 +634,7 @@ def test_hub_sparsify_hookpoint(tmp_path, hf_cache):
     for hook, p in params.items():
         w.write_sparsify(tmp_path / "repo" / hook, sparsify_cfg("topk", False, False), p)
     w.write_hf_cache(hf_cache, "EleutherAI/sae-test", tmp_path / "repo")
-    sae = load_sae("hf://EleutherAI/sae-test", hookpoint="layers.1")
+    sae = load_sae("hf://EleutherAI/sae-test", sae_id="layers.1")
     assert sae.hook_name == "layers.1"
     check(sae, x, *ref_sparsify(x, params["layers.1"], "topk", False))
 
@@ -651,7 +651,10 @@ def test_hub_env_variables_in_fresh_process(tmp_path):
     w.write_saelens(tmp_path / "repo" / "sae", v6_cfg("standard"), saelens_params(rng, "standard"))
     w.write_hf_cache(tmp_path / "cache", "owner/repo", tmp_path / "repo")
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
-    code = "from autointerp.subject.sae import load_sae; s = load_sae('hf://owner/repo/sae'); print(s.architecture, s.d_sae)"
+    code = (
+        "from autointerp.subject.sae import load_sae; "
+        "s = load_sae('hf://owner/repo/sae'); print(s.architecture, s.d_sae)"
+    )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
     )
@@ -742,7 +745,7 @@ def test_error_shape_mismatch(tmp_path):
     p = saelens_params(rng, "standard")
     for i, (key, bad) in enumerate([("W_dec", normal(rng, D_SAE, D_IN + 1)), ("b_dec", normal(rng, D_IN - 1))]):
         d = w.write_saelens(tmp_path / str(i), v6_cfg("standard"), {**p, key: bad})
-        expect_error(lambda: load_sae(d), key, "shape", str(d), fix="re-download")
+        expect_error(lambda d=d: load_sae(d), key, "shape", str(d), fix="re-download")
     d = w.write_saelens(tmp_path / "cfg", {**v6_cfg("standard"), "d_sae": 64}, p)
     expect_error(lambda: load_sae(d), "d_sae=64", fix="re-export")
     b = base_params(rng)
@@ -762,7 +765,9 @@ def test_error_unknown_architecture(tmp_path):
         (v6_cfg("standard", "batch_norm"), "'batch_norm'"),
     ]
     for i, (cfg, name) in enumerate(cases):
-        expect_error(lambda: load_sae(w.write_saelens(tmp_path / str(i), cfg, p)), name, "supported:", fix="one of")
+        expect_error(
+            lambda i=i, cfg=cfg: load_sae(w.write_saelens(tmp_path / str(i), cfg, p)), name, "supported:", fix="one of"
+        )
     d = w.write_sparsify(tmp_path / "sp", sparsify_cfg("softmax", False, False), sparsify_params(rng, False))
     expect_error(lambda: load_sae(d), "'softmax'", "topk, groupmax")
     cfg = dictionary_learning_config("MatryoshkaBatchTopKSAE")
@@ -800,8 +805,9 @@ def _hidden_state(model, ids: torch.Tensor, index: int) -> np.ndarray:
 @pytest.mark.parametrize("family,applied", [("gpt2", True), ("llama", False)])
 def test_center_writing_weights_follows_transformer_lens(tmp_path, tiny_model_dir, family, applied):
     """TransformerLens centres the residual stream of LayerNorm models only (RMSNorm ones untouched)."""
+    from autointerp.config import ModelConfig
     from autointerp.gather.collect import fit_sae
-    from autointerp.subject.model import ModelConfig, SubjectModel
+    from autointerp.subject.model import SubjectModel
 
     model = SubjectModel(ModelConfig(name=tiny_model_dir(family), hookpoint="blocks.1.hook_resid_post", device="cpu"))
     rng = np.random.default_rng(40)
@@ -841,8 +847,9 @@ def test_center_writing_weights_follows_transformer_lens(tmp_path, tiny_model_di
 
 
 def test_transcoder_refused_when_paired_with_the_model(tmp_path, tiny_model_dir):
+    from autointerp.config import ModelConfig
     from autointerp.gather.collect import fit_sae
-    from autointerp.subject.model import ModelConfig, SubjectModel
+    from autointerp.subject.model import SubjectModel
 
     model = SubjectModel(ModelConfig(name=tiny_model_dir("gpt2"), hookpoint="blocks.1.hook_resid_post", device="cpu"))
     rng = np.random.default_rng(41)
@@ -876,7 +883,7 @@ def test_norm_scaling_factor_errors(tmp_path):
     expect_error(lambda: load_sae(scaled), "expected_average_only_in", fix="--sae-norm-scale")
     expect_error(lambda: load_sae(plain, norm_scaling_factor=0.5), "not trained on scaled", fix="drop")
     for bad in (0.0, -1.0, float("nan")):
-        expect_error(lambda: load_sae(scaled, norm_scaling_factor=bad), "not a positive finite number")
+        expect_error(lambda bad=bad: load_sae(scaled, norm_scaling_factor=bad), "not a positive finite number")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -890,7 +897,7 @@ def test_release_saelens_gpt2_applies_the_release_overrides(tmp_path, hf_cache):
     cfg = pre6_cfg(hook_point="blocks.8.hook_resid_pre")
     w.write_saelens(tmp_path / "repo" / "blocks.8.hook_resid_pre", cfg, p)
     w.write_hf_cache(hf_cache, "jbloom/GPT2-Small-SAEs-Reformatted", tmp_path / "repo")
-    sae = load_sae("gpt2-small-res-jb", hookpoint="blocks.8.hook_resid_pre")
+    sae = load_sae("gpt2-small-res-jb", sae_id="blocks.8.hook_resid_pre")
     check(sae, x, *ref_saelens(x, p, "standard"))
     assert sae.metadata["center_writing_weights"] is True
     assert sae.metadata["release"]["model"] == "openai-community/gpt2"
@@ -904,7 +911,7 @@ def test_release_norm_scaling_factor_comes_from_the_directory(tmp_path, hf_cache
     cfg = v6_cfg("standard", "expected_average_only_in")
     w.write_saelens(tmp_path / "repo" / folder, cfg, p)
     w.write_hf_cache(hf_cache, "jbloom/Gemma-2b-Residual-Stream-SAEs", tmp_path / "repo")
-    sae = load_sae("gemma-2b-res-jb", hookpoint="blocks.12.hook_resid_post")
+    sae = load_sae("gemma-2b-res-jb", sae_id="blocks.12.hook_resid_post")
     factor = 0.21381938399317255  # SAELens pretrained_saes.yaml, gemma-2b-res-jb blocks.12.hook_resid_post
     xf = f64(x)
     f_ref = relu((xf * factor - p["b_dec"]) @ f64(p["W_enc"]) + p["b_enc"])
@@ -917,7 +924,7 @@ def test_release_gemma_scope_canonical(tmp_path, hf_cache):
     p, x = gemma_scope_params(rng, lower=False), inputs(rng)
     w.write_gemma_scope_npz(tmp_path / "repo" / "layer_12" / "width_16k" / "average_l0_82", p)
     w.write_hf_cache(hf_cache, "google/gemma-scope-2b-pt-res", tmp_path / "repo")
-    sae = load_sae("gemma-scope-2b-pt-res-canonical", hookpoint="layer_12/width_16k/canonical")
+    sae = load_sae("gemma-scope-2b-pt-res-canonical", sae_id="layer_12/width_16k/canonical")
     check(sae, x, *ref_jumprelu_no_bdec(x, p))
     # The snapshot path lacks the repository's name; the hookpoint comes from the directory.
     assert sae.hook_name == "blocks.12.hook_resid_post"
@@ -927,13 +934,13 @@ def test_release_gemma_scope_canonical(tmp_path, hf_cache):
 def test_release_errors(hf_cache):
     expect_error(lambda: load_sae("gemma-scope-2b-pt-res-canonical"), "holds 58 SAEs", fix="--sae-id")
     expect_error(
-        lambda: load_sae("gemma-scope-2b-pt-res-canonical", hookpoint="layer_12/width_16k/canonicl"),
+        lambda: load_sae("gemma-scope-2b-pt-res-canonical", sae_id="layer_12/width_16k/canonicl"),
         "no SAE 'layer_12/width_16k/canonicl'",
         "layer_12/width_16k/canonical",
     )
-    expect_error(lambda: load_sae("llama_scope_lxr_8x", hookpoint="l0r_8x"), "llama_scope", fix="save_model")
+    expect_error(lambda: load_sae("llama_scope_lxr_8x", sae_id="l0r_8x"), "llama_scope", fix="save_model")
     expect_error(lambda: load_sae("gemma-scope-2b-pt-res-canonicl"), "close: gemma-scope-2b-pt-res-canonical")
     # Found in the directory but not downloaded: the hub error names the repository.
     expect_error(
-        lambda: load_sae("gpt2-small-res-jb", hookpoint="blocks.0.hook_resid_pre"), "jbloom/GPT2-Small-SAEs-Reformatted"
+        lambda: load_sae("gpt2-small-res-jb", sae_id="blocks.0.hook_resid_pre"), "jbloom/GPT2-Small-SAEs-Reformatted"
     )

@@ -16,11 +16,11 @@ import pytest
 from standin_responder import GARBAGE, CodebookResponder
 from standin_server import StandinServer
 
+from autointerp.config import LLMConfig, SaturationConfig
 from autointerp.errors import AutointerpError
 from autointerp.judges.judge import OfflineJudge, make_judge
 from autointerp.judges.prompts import load_prompt
-from autointerp.llm.client import LLMConfig
-from autointerp.stages.saturate import CoverageStop, SaturationConfig, saturate
+from autointerp.stages.saturate import CoverageStop, saturate
 from autointerp.stats.saturation import saturation_step_table, saturation_verdict, stop_rule
 from autointerp.store.store import CallLog, Store
 

@@ -4,7 +4,6 @@ never writes the database."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import html
 import re
@@ -22,7 +21,7 @@ import pyarrow as pa
 import pytest
 
 from autointerp.store.store import DB_NAME, RunRecord, Store
-from autointerp.views.serve import CSP, add_parser, make_server, serve_in_thread
+from autointerp.views.serve import CSP, make_server, serve_in_thread
 
 RUN = "big"
 EXPLAINER = "standin:judge-1"
@@ -479,25 +478,27 @@ def test_a_read_only_server_never_writes_the_database(project):
 
 
 def test_parser_flags_and_a_light_import():
-    parser = argparse.ArgumentParser(prog="autointerp")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = add_parser(sub)
+    from autointerp.cli import build_parser, parse
+
+    parser, commands = build_parser()
+    p = commands["serve"].parser
     assert p.epilog.startswith("examples:\n") and p.description
-    a = parser.parse_args(["serve"])
-    assert (a.project, a.run_id, a.host, a.port, a.quiet) == (
-        "project",
-        None,
-        "127.0.0.1",
-        8765,
-        False,
-    ) and a.func.__name__ == "cmd_serve"
-    a = parser.parse_args(["serve", "--project", "p", "--run-id", "r", "--host", "0.0.0.0", "--port", "0", "--quiet"])
+    a = parse(["serve"])
+    assert (a.project, a.run_id, a.host, a.port, a.quiet) == (None,) * 5 and a.func.__name__ == "cmd_serve"
+    from autointerp.cli import _where
+    from autointerp.config import ServeConfig
+    from autointerp.flags import build
+
+    assert _where(a) == ("project", None)
+    assert build(ServeConfig, a) == ServeConfig("127.0.0.1", 8765, False)  # the defaults, written once
+    a = parse(["serve", "--project", "p", "--run-id", "r", "--host", "0.0.0.0", "--port", "0", "--quiet"])
     assert (a.project, a.run_id, a.host, a.port, a.quiet) == ("p", "r", "0.0.0.0", 0, True)
     heavy = subprocess.run(
         [
             sys.executable,
             "-c",
-            "import sys, autointerp.serve; print(sorted(m for m in ('duckdb', 'pandas', 'torch', 'numpy') if m in sys.modules))",
+            "import sys, autointerp.views.serve; "
+            "print(sorted(m for m in ('duckdb', 'pandas', 'torch', 'numpy') if m in sys.modules))",
         ],
         capture_output=True,
         text=True,
@@ -609,11 +610,7 @@ def test_the_command_serves_until_interrupted(tmp_path):
     from test_report import build_project
 
     project = build_project(tmp_path / "p", with_labels=False)
-    code = (
-        "import argparse, sys; from autointerp.views.serve import add_parser; p = argparse.ArgumentParser(); "
-        "s = p.add_subparsers(); add_parser(s); "
-        "a = p.parse_args(sys.argv[1:]); a.func(a)"
-    )
+    code = "import sys; from autointerp.cli import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "serve", "--project", str(project), "--port", "0", "--quiet"],
         stdout=subprocess.PIPE,
@@ -633,7 +630,8 @@ def test_the_command_serves_until_interrupted(tmp_path):
         [sys.executable, "-c", code, "serve", "--project", str(tmp_path / "none")], capture_output=True, text=True
     )
     assert (
-        missing.returncode == 1
-        and "AutointerpError: no database at" in missing.stderr
+        missing.returncode == 2
+        and "error: no database at" in missing.stderr
+        and "Traceback" not in missing.stderr
         and not (tmp_path / "none").exists()
     )

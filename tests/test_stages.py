@@ -11,13 +11,13 @@ from conftest import pipeline_config
 from standin_responder import TaskResponder
 from standin_server import Fault, StandinServer
 
+from autointerp.config import ExplainConfig, LLMConfig, ScoreConfig
 from autointerp.errors import AutointerpError
 from autointerp.judges.judge import OfflineJudge
-from autointerp.llm.client import LLMConfig
 from autointerp.pipeline import gather, label_and_score
 from autointerp.records import JudgeAnswer
-from autointerp.stages.explain import ExplainConfig, explain
-from autointerp.stages.score.stage import ScoreConfig, score
+from autointerp.stages.explain import explain
+from autointerp.stages.score.stage import score
 from autointerp.store.store import Store
 
 KEY = "sk-stages-secret-0123456789"
@@ -287,7 +287,7 @@ def test_a_run_of_failed_calls_stops_the_stage_keeping_what_was_answered(pipelin
 
 
 def test_regathering_a_run_drops_labels_that_describe_the_old_examples(pipeline_setup, fresh_project):
-    from autointerp.gather.collect import GatherConfig
+    from autointerp.config import GatherConfig
 
     with Store(fresh_project) as store:
         _run(store, OfflineJudge(), scorers=("detection",))

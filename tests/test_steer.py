@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from autointerp.config import ModelConfig, SteerConfig
 from autointerp.errors import AutointerpError
 from autointerp.subject.load import Subject
-from autointerp.subject.model import ModelConfig, SubjectModel
+from autointerp.subject.model import SubjectModel
 from autointerp.subject.sae import SAE
-from autointerp.subject.steer import SteerConfig, add_edit, clamp_edit, steer
+from autointerp.subject.steer import add_edit, clamp_edit, steer
 
 
 def _subject(model_dir: str, hookpoint: str, d_sae: int = 8, seed: int = 0) -> Subject:
@@ -183,8 +184,8 @@ def _planted_subject(tiny_model_dir, targets: list[int], n_random: int) -> Subje
 
 
 def test_intervention_scorer_finds_a_planted_output_feature_and_gives_random_ones_chance(tiny_model_dir):
+    from autointerp.config import ScoreConfig
     from autointerp.stages.score.scorers import SCORERS, Item, label_token_ids
-    from autointerp.stages.score.stage import ScoreConfig
 
     tok_text = ["object", "class", "value", "function"]
     subject = _subject(tiny_model_dir("llama"), "blocks.2.hook_resid_post")

@@ -26,11 +26,12 @@ def _check_views(store: Store, run_id: str) -> None:
         "SELECT peak FROM examples WHERE run_id = ? ORDER BY feature, split, kind, context_id", [run_id]
     ).fetchall()
     assert len(rows) == len(snippets) == len(examples) > 0
-    for feature, split, kind, context, text, peak_token in rows:
+    for feature, split, kind, context, text, _peak_token in rows:
         s = snippets[feature, split, kind, context]
         assert text.strip() == s.text.strip()  # a WordPiece snippet's first word has no leading space in the records
     peaks = store.con.execute(
-        "SELECT e.peak, e.token_ids, t.peak_token FROM examples e JOIN snippet_text t USING (run_id, feature, split, kind, rank, context_id) "
+        "SELECT e.peak, e.token_ids, t.peak_token FROM examples e JOIN snippet_text t USING (run_id, feature, split, "
+        "kind, rank, context_id) "
         "WHERE run_id = ? AND kind <> 'negative' LIMIT 50",
         [run_id],
     ).fetchall()

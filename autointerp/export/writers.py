@@ -29,11 +29,11 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from autointerp.config import ExportConfig
 from autointerp.errors import AutointerpError
 from autointerp.store.store import Store
 from autointerp.views.report import file_stem
@@ -41,16 +41,6 @@ from autointerp.views.report import file_stem
 FORMATS = ("parquet", "neuronpedia", "neuronpedia-upload", "neuronpedia-bulk", "openai")
 UPLOAD_BATCH = 128  # features per request: the most Neuronpedia's upload-batch endpoint takes
 METHOD_NAME = "autointerp"  # Neuronpedia's methodName for labels written by this package
-
-
-@dataclass
-class ExportConfig:
-    n_activations: int = 20  # max-activating windows per feature in the Neuronpedia export
-    chunk: int = 1024  # features read from the store at a time
-    explainer: str | None = None  # whose labels the Neuronpedia formats carry (None: the one written last)
-    model_id: str | None = None  # Neuronpedia model id (None: from the run's model name)
-    source: str | None = None  # Neuronpedia source, e.g. "6-res-jb" (None: "<layer>-autointerp")
-    bulk_batch: int = 1024  # features per batch file of the bulk export
 
 
 def _finite(x: float | None) -> float | None:
@@ -285,7 +275,8 @@ def _write_bulk(store: Store, run_id: str, cfg: ExportConfig, out: Path) -> list
 
 
 def read_neuronpedia_bulk(root: str | Path) -> dict[str, list[dict]]:
-    """Every row of a bulk export (the directory holding features/, activations/, explanations/), by kind, in batch order."""
+    """Every row of a bulk export (the directory holding features/, activations/, explanations/),
+    by kind, in batch order."""
     import gzip
 
     out = {}

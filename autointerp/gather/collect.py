@@ -212,7 +212,8 @@ def check_bank_memory(cfg: GatherConfig, n_features: int, device: torch.device) 
     if need > 0.8 * free:
         slots = cfg.n_top + cfg.n_bins * cfg.per_bin + cfg.n_negative
         raise AutointerpError(
-            f"the example banks need {need / 2**30:,.1f} GiB ({n_features:,} features × 2 splits × {slots:,} windows of "
+            f"the example banks need {need / 2**30:,.1f} GiB ({n_features:,} features × 2 splits × {slots:,} windows "
+            "of "
             f"{cfg.window} tokens), but {free / 2**30:,.1f} GiB is free on {device}",
             "pass a smaller --n-top, --per-bin, --n-negative or --window",
         )
@@ -305,11 +306,13 @@ class Gatherer:
             firing = peaks > 0
             ids_s = torch.from_numpy(batch.context_ids).to(dev)[rows_s]
             self.banks[s, "top"].offer(
-                tie_broken(torch.where(firing, peaks, -torch.inf), ids_s), lambda f, c: ctx.peak_window(f, rows_s[c])
+                tie_broken(torch.where(firing, peaks, -torch.inf), ids_s),
+                lambda f, c, rows_s=rows_s: ctx.peak_window(f, rows_s[c]),
             )
             rand = sample_keys(self.cfg.seed, 0, self.feature_ids, ids_s)
             self.banks[s, "quantile"].offer(
-                tie_broken(torch.where(firing, rand, -torch.inf), ids_s), lambda f, c: ctx.peak_window(f, rows_s[c])
+                tie_broken(torch.where(firing, rand, -torch.inf), ids_s),
+                lambda f, c, rows_s=rows_s: ctx.peak_window(f, rows_s[c]),
             )
             if n_grid == 0:
                 continue
@@ -320,7 +323,9 @@ class Gatherer:
             rand = sample_keys(self.cfg.seed, 2, self.feature_ids, ids_s)
             self.banks[s, "negative"].offer(
                 tie_broken(torch.where(quiet, rand, -torch.inf), ids_s),
-                lambda f, c: ctx.fixed_window(rows_s[c], neg_start_t[rows_s[c], w[c]], neg_len_t[rows_s[c], w[c]]),
+                lambda f, c, rows_s=rows_s, w=w: ctx.fixed_window(
+                    rows_s[c], neg_start_t[rows_s[c], w[c]], neg_len_t[rows_s[c], w[c]]
+                ),
             )
 
     def absorb(self, other: Gatherer) -> None:
@@ -620,7 +625,7 @@ def run_gather(
     results = []
     for k, (lo, hi) in enumerate(shards):
 
-        def fresh():
+        def fresh(lo=lo, hi=hi):
             return Gatherer(hi - lo, cfg, model.device, model.is_causal, first_feature=lo)
 
         gatherer = fresh()

@@ -6,8 +6,8 @@ One interface (`Judge`), two implementations, chosen by `make_judge`:
 - `LLMJudge` renders a prompt file (see prompts.py), sends it through an `LLMClient` and
   parses the answer. A failed call gives error "api: ...", an unreadable answer
   "parse: ..."; either way value is None and the raw text is kept. There is no
-  placeholder label and no default prediction. Provider "local" also owns the server
-  it talks to (local.py) and stops it on close.
+  placeholder label and no default prediction. A provider that runs locally also owns the
+  server it talks to (llm/local.py) and stops it on close.
 - `OfflineJudge` needs no LLM. It labels a feature by the tokens that most distinguish
   its activating positions, and scores a label by matching the tokens it names.
 
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from autointerp.config import LLMConfig
 from autointerp.errors import AutointerpError
 from autointerp.judges.prompts import (
     ParseError,
@@ -52,7 +53,8 @@ from autointerp.judges.prompts import (
     parse_simulation,
     simulation_fields,
 )
-from autointerp.llm.client import CallStore, LLMClient, LLMConfig, Secret, make_client
+from autointerp.llm.client import CallStore, LLMClient, Secret, make_client
+from autointerp.llm.providers import PROVIDERS
 from autointerp.records import DetectionTask, ExplainTask, FuzzTask, JudgeAnswer, SimulationTask, Snippet
 
 T = TypeVar("T")
@@ -446,11 +448,11 @@ def make_judge(
     server_log: Path | None = None,
 ) -> Judge:
     """The offline judge when no LLM is configured, else an LLMJudge over make_client(config, store, keys).
-    Provider "local" first assembles and checks its model and starts its server (log in server_log)."""
+    A provider that runs locally first assembles and checks its model and starts its server (log in server_log)."""
     if config is None:
         return OfflineJudge()
     prompts = load_prompts(prompt_dir)  # a broken prompt file fails before any call is paid for
-    if config.provider != "local":
+    if not PROVIDERS[config.provider].runs_locally:
         return LLMJudge(make_client(config, store, keys), config, prompts)
     from dataclasses import replace
 
@@ -465,7 +467,7 @@ def make_judge(
     ).start()
     try:
         served = replace(config, base_url=None)
-        served.base_url = server.base_url  # set after validation: "local" refuses a user-given base URL
+        served.base_url = server.base_url  # set after validation: a managed server refuses a user-given base URL
         client = make_client(served, store, keys, fatal=server.died)
         return LLMJudge(client, config, prompts, on_close=server.stop)
     except BaseException:

@@ -400,9 +400,9 @@ def parse_simulation(text: str, lengths: Sequence[int]) -> list[list[int]]:
 
 
 def parse_codebook(text: str, n: int) -> list[str]:
-    """The codebook answer: a JSON list of n non-empty strings (in {"codes": [...]}), the code of each new label in order
-    (surrounding whitespace stripped). Codes longer than LABEL_MAX_CHARS are an error: a judge that
-    pastes whole paragraphs is not merging."""
+    """The codebook answer: a JSON list of n non-empty strings (in {"codes": [...]}), the code of
+    each new label in order (surrounding whitespace stripped). Codes longer than LABEL_MAX_CHARS are
+    an error: a judge that pastes whole paragraphs is not merging."""
 
     def check(value: list) -> list[str]:
         if len(value) != n:

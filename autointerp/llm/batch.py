@@ -464,7 +464,8 @@ class BatchClient(LLMClient):
         return n_ok, first_error
 
     def _fail(self, record: BatchRecord, exc: BaseException) -> None:
-        """Whoever waits on this batch gets the error (the ledger keeps the batch for a re-run where it may still end)."""
+        """Whoever waits on this batch gets the error (the ledger keeps the batch for a re-run where it
+        may still end)."""
         for r in record.requests:
             if (future := self._waiting.pop(r.cache_key, None)) is not None and not future.done():
                 future.set_exception(exc)

@@ -36,20 +36,20 @@ import hashlib
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from importlib.resources import files
 from pathlib import Path
 from typing import Protocol
 
 import tomllib
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+from autointerp.config import LLMConfig
 from autointerp.errors import AutointerpError
-from autointerp.llm.providers import PROVIDERS, STRUCTURED_OUTPUT
+from autointerp.llm.prices import SNAPSHOT_SUFFIX
+from autointerp.llm.providers import PROVIDERS
 
 log = logging.getLogger(__name__)
 
@@ -57,43 +57,6 @@ log = logging.getLogger(__name__)
 # Local servers (vLLM, Ollama) ignore the key, but the OpenAI SDK insists on one.
 PLACEHOLDER_KEY = "no-key"
 
-
-def read_prices(text: str, where: str) -> dict[str, tuple[float, float]]:
-    """USD per million (input, output) tokens by model, from a [models] table of model = [input, output]."""
-    try:
-        table = tomllib.loads(text).get("models")
-    except tomllib.TOMLDecodeError as e:
-        raise AutointerpError(
-            f"price table {where} is not valid TOML: {e}",
-            'write lines like "gpt-4o-mini" = [0.15, 0.60] under [models]',
-        ) from None
-    if not isinstance(table, dict):
-        raise AutointerpError(
-            f"price table {where} has no [models] table", 'write lines like "gpt-4o-mini" = [0.15, 0.60] under [models]'
-        )
-    out = {}
-    for model, p in table.items():
-        if not (isinstance(p, list) and len(p) == 2 and all(isinstance(x, (int, float)) and x >= 0 for x in p)):
-            raise AutointerpError(
-                f"price table {where}: {model} = {p!r} is not [input, output] USD per million tokens",
-                f'write "{model}" = [input, output], two non-negative numbers',
-            )
-        out[model] = (float(p[0]), float(p[1]))
-    return out
-
-
-def load_prices(path: str | Path) -> dict[str, tuple[float, float]]:
-    """The package's price table with the models of the TOML file at path added or replaced."""
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise AutointerpError(f"cannot read price table {path}: {e.strerror}", "check the path of --prices") from None
-    return DEFAULT_PRICES | read_prices(text, str(path))
-
-
-# USD per million (input, output) tokens: data/prices.toml, installed with the package.
-DEFAULT_PRICES = read_prices(files("autointerp.data").joinpath("prices.toml").read_text(), "data/prices.toml")
-_SNAPSHOT_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
 CONFIG_STATUSES = frozenset({401, 403, 404})  # the same for every call: stop the run
@@ -140,163 +103,11 @@ def load_keys(path: str | Path) -> dict[str, Secret]:
         if provider not in PROVIDERS or PROVIDERS[provider].key_env is None or not isinstance(value, str):
             raise AutointerpError(
                 f"keys file {path} has an unexpected entry {provider!r}",
-                f'use only string entries named {", ".join(n for n, p in PROVIDERS.items() if p.key_env)}, e.g. openai = "sk-..."',
+                f"use only string entries named {', '.join(n for n, p in PROVIDERS.items() if p.key_env)}, e.g. openai "
+                '= "sk-..."',
             )
         keys[provider] = Secret(value, f"{path} [{provider}]")
     return keys
-
-
-@dataclass
-class LLMConfig:
-    provider: str
-    model: str = ""  # required, except for provider "local" (the embedded model)
-    base_url: str | None = None  # as the SDK expects it: ".../v1" for OpenAI, host root for Anthropic
-    api_key_env: str | None = None  # None → the provider's variable (PROVIDERS)
-    # None → 0 for OpenAI-style providers, omitted for Anthropic, whose API (version
-    # 2026-10-21, sent by anthropic SDK 2.x) rejects sampling parameters with a 400.
-    temperature: float | None = None
-    max_tokens: int = 1024  # upper bound; each task asks for no more than its answer needs
-    # Constrain answers to each task's JSON schema: "json_schema" (OpenAI, vLLM, llama.cpp's
-    # llama-server), "json_object" (llama-cpp-python's server), "off"; None: the provider's default.
-    structured_output: str | None = None
-    timeout_s: float = 60.0
-    max_retries: int = 5
-    backoff_initial_s: float = 1.0
-    backoff_max_s: float = 60.0
-    concurrency: int = 8
-    requests_per_minute: float | None = None
-    tokens_per_minute: float | None = None
-    # This many failed calls in a row, with no success between, stop the stage (a dead server, a
-    # revoked key): failing every remaining feature slowly helps nobody.
-    max_consecutive_failures: int = 10
-    prices: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_PRICES))
-    local_threads: int | None = None  # provider "local": CPU threads of the server (None: one per core)
-    local_context: int = 4096  # provider "local": the server's context window in tokens
-    # The provider's batch API (batch.py): half the price, answers within the provider's 24 hours.
-    batch: bool = False
-    batch_poll_s: float = 30.0  # between two looks at a running batch
-    batch_idle_s: float = 1.0  # a queue no request has joined for this long goes out as a batch
-    batch_max_requests: int = 50_000  # per batch (the providers allow 50,000 and 100,000)
-
-    def __post_init__(self) -> None:
-        if self.provider not in PROVIDERS:
-            raise AutointerpError(f"unknown LLM provider {self.provider!r}", f"use one of {', '.join(PROVIDERS)}")
-        spec = PROVIDERS[self.provider]
-        if spec.base_url == "managed":
-            from autointerp.llm.local import LOCAL_MODEL
-
-            self.model = self.model or LOCAL_MODEL.name
-            if self.model != LOCAL_MODEL.name:
-                raise AutointerpError(
-                    f"provider 'local' serves only {LOCAL_MODEL.name}, not {self.model!r}",
-                    "leave --judge-model unset, or serve your model yourself and use --judge openai_compatible --base-url ...",
-                )
-            if self.base_url is not None:
-                raise AutointerpError(
-                    "provider 'local' starts its own server",
-                    "leave --base-url unset, or use --judge openai_compatible for a server of yours",
-                )
-        elif not self.model:
-            raise AutointerpError(
-                f"provider {self.provider!r} needs a model name",
-                "pass --judge-model, e.g. gpt-4o-mini or claude-haiku-4-5",
-            )
-        if spec.base_url == "required" and not self.base_url:
-            raise AutointerpError(
-                f"provider {self.provider!r} needs a base_url",
-                "set --base-url to the server's OpenAI-style root, e.g. http://localhost:8000/v1",
-            )
-        if self.base_url is not None:
-            check_base_url(self.base_url)
-        if self.provider == "anthropic" and self.temperature is not None:
-            raise AutointerpError(
-                "the Anthropic API (version 2026-10-21) rejects the temperature parameter",
-                "leave temperature unset for provider 'anthropic'",
-            )
-        if spec.protocol != "anthropic" and self.temperature is None:
-            self.temperature = 0.0
-        if self.api_key_env is None:
-            self.api_key_env = spec.key_env
-        self.structured_output = self.structured_output or spec.structured_output
-        if self.structured_output not in STRUCTURED_OUTPUT:
-            raise AutointerpError(
-                f"unknown structured output mode {self.structured_output!r}",
-                f"use one of {', '.join(STRUCTURED_OUTPUT)}",
-            )
-        if spec.protocol == "anthropic" and self.structured_output != "off":
-            raise AutointerpError(
-                "the Anthropic Messages API takes no response_format",
-                "leave structured output off for provider 'anthropic'",
-            )
-        if self.batch and spec.base_url == "managed":
-            raise AutointerpError("the local judge's server has no batch API", "leave --batch off for --judge local")
-        for name in (
-            "max_tokens",
-            "timeout_s",
-            "concurrency",
-            "requests_per_minute",
-            "tokens_per_minute",
-            "max_consecutive_failures",
-            "local_threads",
-            "local_context",
-            "batch_poll_s",
-            "batch_idle_s",
-            "batch_max_requests",
-        ):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise AutointerpError(f"LLMConfig.{name} must be positive, got {value}", f"set {name} above 0")
-        if self.max_retries < 0:
-            raise AutointerpError(f"LLMConfig.max_retries must be >= 0, got {self.max_retries}", "set max_retries >= 0")
-
-    @property
-    def name(self) -> str:
-        """provider:model, how results name their judge."""
-        return f"{self.provider}:{self.model}"
-
-    def request_params(self, max_tokens: int | None = None, schema: Mapping | None = None) -> dict[str, object]:
-        """The parameters of one request besides its messages; all of them go into the cache key.
-        max_tokens: the task's own bound (capped by the configured one); schema: the answer's JSON schema,
-        sent as response_format when structured output is on."""
-        params: dict[str, object] = {
-            "max_tokens": min(max_tokens or self.max_tokens, self.max_tokens),
-            "temperature": self.temperature,
-        }
-        if schema is not None and self.structured_output == "json_schema":
-            params["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": "answer", "schema": dict(schema)},
-            }
-        elif schema is not None and self.structured_output == "json_object":
-            params["response_format"] = {"type": "json_object", "schema": dict(schema)}
-        return params
-
-    @property
-    def params(self) -> dict[str, object]:
-        """The parameters of a request with no task bound and no schema."""
-        return self.request_params()
-
-    def price(self) -> tuple[float, float] | None:
-        if self.model in self.prices:
-            return self.prices[self.model]
-        return self.prices.get(_SNAPSHOT_SUFFIX.sub("", self.model))
-
-
-def check_base_url(url: str) -> None:
-    """An http(s) URL with a host, else an error naming the fix (before any request is made)."""
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(url)
-        port = parts.port  # raises on a port that is not a number
-    except ValueError:
-        parts, port = None, None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise AutointerpError(
-            f"base URL {url!r} is not an http:// or https:// URL with a host",
-            "pass the server's root, e.g. --base-url http://localhost:8000/v1",
-        )
-    del port
 
 
 def _canonical_json(value: object) -> str:
@@ -464,7 +275,8 @@ class RunTotals:
             f" (+{self.unpriced_calls:,} calls of unknown price)" if self.unpriced_calls else ""
         )
         return (
-            f"LLM calls: {self.calls:,} ({self.cache_hits:,} from cache, {self.failures:,} failed, {self.retries:,} retries); "
+            f"LLM calls: {self.calls:,} ({self.cache_hits:,} from cache, {self.failures:,} failed, {self.retries:,} "
+            "retries); "
             f"tokens billed: {self.prompt_tokens:,} prompt + {self.completion_tokens:,} completion; cost {cost}"
         )
 
@@ -675,7 +487,7 @@ class _SDKClient(LLMClient):
             cfg.base_url is None
             and models
             and cfg.model not in models
-            and _SNAPSHOT_SUFFIX.sub("", cfg.model) not in models
+            and SNAPSHOT_SUFFIX.sub("", cfg.model) not in models
         ):
             close = [m for m in models if cfg.model.split("-")[0] in m][:8]
             raise AutointerpError(
@@ -763,7 +575,8 @@ class _SDKClient(LLMClient):
         self._failed_in_a_row += 1
         if self._failed_in_a_row >= cfg.max_consecutive_failures:
             raise AutointerpError(
-                f"{self._failed_in_a_row} {cfg.provider} calls failed in a row, none answered between them (last: {completion.error})",
+                f"{self._failed_in_a_row} {cfg.provider} calls failed in a row, none answered between them (last: "
+                f"{completion.error})",
                 "check the server, base URL and key; answers so far are stored, so re-running the command resumes",
             )
         return completion

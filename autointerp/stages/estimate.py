@@ -21,14 +21,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from autointerp.config import ExplainConfig, LLMConfig, ScoreConfig
 from autointerp.errors import AutointerpError
 from autointerp.judges.judge import LLMJudge
 from autointerp.judges.prompts import load_prompts
 from autointerp.llm.batch import BATCH_DISCOUNT
-from autointerp.llm.client import Completion, LLMClient, LLMConfig, RunTotals
-from autointerp.stages.explain import ExplainConfig, explain_tasks, select_features
+from autointerp.llm.client import Completion, LLMClient, RunTotals
+from autointerp.stages.explain import explain_tasks, select_features
 from autointerp.stages.score.scorers import SCORERS, Item
-from autointerp.stages.score.stage import ScoreConfig, load_held_out, select_scored
+from autointerp.stages.score.stage import load_held_out, select_scored
 from autointerp.store.store import Store
 
 TYPICAL_LABEL = "the name of a function argument in Python documentation"
@@ -169,16 +170,18 @@ class CostEstimate:
         width = max(len(r[0]) for r in rows)
         out = [
             f"cost estimate for run {self.run_id}, judge {self.judge} at {price}; no call made",
-            f"  {'stage':<{width}}  {'calls':>9}  {'prompt tokens':>14}  {'completion tokens':>17}  {'cost':>10}  {'with --batch':>12}",
+            f"  {'stage':<{width}}  {'calls':>9}  {'prompt tokens':>14}  {'completion tokens':>17}"
+            f"  {'cost':>10}  {'with --batch':>12}",
         ]
         for stage, t, note, batched in rows:
             out.append(
-                f"  {stage:<{width}}  {t.calls:>9,}  {t.prompt_tokens:>14,}  {t.completion_tokens:>17,}  {money(self.cost(t)):>10}"
-                f"  {money(batched):>12}" + (f"  ({note})" if note else "")
+                f"  {stage:<{width}}  {t.calls:>9,}  {t.prompt_tokens:>14,}  {t.completion_tokens:>17,}"
+                f"  {money(self.cost(t)):>10}  {money(batched):>12}" + (f"  ({note})" if note else "")
             )
         if self.price is not None:
             out.append(
-                "  with --batch: the provider's batch API at half the price (the codebook's calls stay live), answers within 24 hours"
+                "  with --batch: the provider's batch API at half the price (the codebook's calls stay live), answers "
+                "within 24 hours"
             )
         return out
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
+from autointerp.config import ExplainConfig
 from autointerp.judges.judge import Judge, map_bounded
 from autointerp.judges.prompts import activation_marks
 from autointerp.records import ExplainTask, FeatureSnippets, JudgeAnswer, Snippet
@@ -20,40 +21,6 @@ from autointerp.store.store import Store
 
 # Prompt sizes by judge: a 1.5B model on two CPU cores reads ~50 tokens/s, so its prompt is the
 # budget (measured in bench/local_judge.py); an API model reads the full set.
-SNIPPET_DEFAULTS = {"local": (8, 4, 8), None: (10, 10, None)}  # provider → (n_top, n_quantile, context)
-
-
-@dataclass
-class ExplainConfig:
-    n_top: int | None = None  # max-activating explain snippets shown (None: the judge's default, SNIPPET_DEFAULTS)
-    n_quantile: int | None = None  # plus quantile samples, spread over the bins
-    context: int | None = (
-        None  # tokens kept on each side of a snippet's marked tokens (None: the judge's default; 0: whole window)
-    )
-    show_activations: bool = False  # list each marked token with its activation 0-10 under its example
-    n_negative: int = 10  # negatives (used by judges that contrast, e.g. the offline one)
-    features: list[int] | None = None  # None: every alive feature
-    max_features: int | None = None
-    sample: int | None = None  # a seeded random sample of this many of the chosen features
-    seed: int = 0
-    redo: bool = False  # label again the features this explainer has labelled already
-    chunk: int = 512  # features per store write (and per stop-rule check)
-    # Stop labelling once saturation coverage reaches this target (None: label every feature).
-    stop_coverage: float | None = None
-    stop_min_labels: int = 100
-    stop_threshold: float = 0.8  # label-embedding similarity that merges two labels into one category
-
-    def for_judge(self, provider: str | None) -> ExplainConfig:
-        """This config with the judge's defaults filled in where none was given."""
-        from dataclasses import replace
-
-        top, quantile, context = SNIPPET_DEFAULTS.get(provider, SNIPPET_DEFAULTS[None])
-        return replace(
-            self,
-            n_top=top if self.n_top is None else self.n_top,
-            n_quantile=quantile if self.n_quantile is None else self.n_quantile,
-            context=(context or 0) if self.context is None else self.context,
-        )
 
 
 @dataclass

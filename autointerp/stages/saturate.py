@@ -15,7 +15,7 @@ as the labels arrived. A failed codebook call (API error or an answer that does 
 leaves its whole batch unmapped, stored with the error and the raw answer, and those labels
 count in no figure: a guessed category would be a made-up data point.
 
-The figures come from `autointerp.saturation`. Loose or strict merging moves all of them (false
+The figures come from `autointerp.stats.saturation`. Loose or strict merging moves all of them (false
 singletons inflate Chao1 and lower coverage), so the merge rule is stored with every row.
 """
 
@@ -80,7 +80,8 @@ class SaturationSummary:
         if v.fully_labelled:
             return [
                 head,
-                f"fully labelled: {v.n_labels:,}{population} labelled, {v.distinct:,} categories; every figure is exact, no new category can appear",
+                f"fully labelled: {v.n_labels:,}{population} labelled, {v.distinct:,} categories; every figure is "
+                "exact, no new category can appear",
                 f"verdict: {'saturated' if v.saturated else 'not saturated'} ({'; '.join(v.reasons)})",
             ]
         reach = (
@@ -99,14 +100,21 @@ class SaturationSummary:
         if self.stop_at is None:
             stop = f"stop rule (coverage {v.target_coverage}, at least {cfg.min_labels} labels): never reached"
         else:
-            stop = f"stop rule (coverage {v.target_coverage}, at least {cfg.min_labels} labels): stops after {self.stop_at:,} labels, {v.n_labels - self.stop_at:,} fewer judge calls"
+            stop = (
+                f"stop rule (coverage {v.target_coverage}, at least {cfg.min_labels} labels): "
+                f"stops after {self.stop_at:,} labels, {v.n_labels - self.stop_at:,} fewer judge calls"
+            )
         return [
             head,
-            f"categories: {v.distinct:,} in {v.n_labels:,} labels{population}; Chao1 {c.estimate:,.1f} (95% CI {c.ci_low:,.1f}–{c.ci_high:,.1f}), completeness {c.completeness:.0%}",
-            f"coverage {v.coverage:.3f}: the next feature opens a new category with probability {1 - v.coverage:.3f}; coverage {v.target_coverage} {reach}",
+            f"categories: {v.distinct:,} in {v.n_labels:,} labels{population}; Chao1 {c.estimate:,.1f} (95% CI "
+            f"{c.ci_low:,.1f}–{c.ci_high:,.1f}), completeness {c.completeness:.0%}",
+            f"coverage {v.coverage:.3f}: the next feature opens a new category with probability {1 - v.coverage:.3f}; "
+            f"coverage {v.target_coverage} {reach}",
             f"expected new categories in the next {self.next_m:,} labels: {self.expected_new:.1f}",
-            f"Guest (base {v.base}, run {v.run}, threshold {v.threshold:.0%}): {guest} in labelling order; saturated in {b.saturated_fraction:.0%} of {b.n_boot} shuffled orders{spread}",
-            f"rolling ITS over the last {window} labels: {self.its_final:.3f} in labelling order, {its.median:.3f} (95% {its.low:.3f}–{its.high:.3f}) over shuffled orders",
+            f"Guest (base {v.base}, run {v.run}, threshold {v.threshold:.0%}): {guest} in labelling order; saturated "
+            f"in {b.saturated_fraction:.0%} of {b.n_boot} shuffled orders{spread}",
+            f"rolling ITS over the last {window} labels: {self.its_final:.3f} in labelling order, {its.median:.3f} "
+            f"(95% {its.low:.3f}–{its.high:.3f}) over shuffled orders",
             stop,
             f"verdict: {'saturated' if v.saturated else 'not saturated'} ({'; '.join(v.reasons)})",
         ]
@@ -389,5 +397,6 @@ class CoverageStop:
         return self.stopped_at is not None
 
     def saved_calls(self, total_features: int) -> int:
-        """Judge calls not made: total_features (what the pass would have labelled) minus calls made; 0 if never stopped."""
+        """Judge calls not made: total_features (what the pass would have labelled) minus calls made;
+        0 if never stopped."""
         return max(0, total_features - self.calls) if self.stopped_at is not None else 0

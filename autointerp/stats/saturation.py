@@ -705,7 +705,8 @@ def saturation_verdict(
     if not isinstance(merge_rule, str) or not merge_rule.strip():
         raise AutointerpError(
             "merge_rule is empty",
-            "describe how categories were merged and how strictly, e.g. 'LLM merge, temperature 0, near-duplicates only'",
+            "describe how categories were merged and how strictly, e.g. 'LLM merge, temperature 0, near-duplicates "
+            "only'",
         )
     counts = counts_from_labels(labels)
     n, s_obs, f1, f2 = _summary(counts)
@@ -719,7 +720,8 @@ def saturation_verdict(
         # Nothing is unseen, so coverage is met exactly; whether new categories had stopped appearing
         # is still the Guest criterion's to say.
         reasons = [
-            f"fully labelled: all {n} alive features have a label, so {s_obs} categories is exact and no new one can appear"
+            f"fully labelled: all {n} alive features have a label, so {s_obs} categories is exact and no new one can "
+            "appear"
         ]
         coverage_ok = True
     if guest is None:

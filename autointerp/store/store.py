@@ -40,8 +40,11 @@ UPDATE vocab SET piece = CASE styles.style
     WHEN 'wordpiece' THEN CASE WHEN vocab.token LIKE '##%' THEN substr(vocab.token, 3) ELSE ' ' || vocab.token END
     WHEN 'bytelevel' THEN replace(replace(replace(vocab.token, 'Ġ', ' '), 'Ċ', chr(10)), 'ĉ', chr(9))
     ELSE replace(vocab.token, '▁', ' ') END
-FROM (SELECT run_id, CASE WHEN wp >= bl AND wp >= sp THEN 'wordpiece' WHEN bl >= sp THEN 'bytelevel' ELSE 'sentencepiece' END AS style
-      FROM (SELECT run_id, count(*) FILTER (WHERE token LIKE '##%') AS wp, count(*) FILTER (WHERE contains(token, 'Ġ')) AS bl,
+FROM (SELECT run_id,
+             CASE WHEN wp >= bl AND wp >= sp THEN 'wordpiece' WHEN bl >= sp THEN 'bytelevel' ELSE 'sentencepiece' END
+             AS style
+      FROM (SELECT run_id, count(*) FILTER (WHERE token LIKE '##%') AS wp,
+                   count(*) FILTER (WHERE contains(token, 'Ġ')) AS bl,
                    count(*) FILTER (WHERE contains(token, '▁')) AS sp
             FROM vocab WHERE token_id < 50000 AND run_id IN ({runs}) GROUP BY run_id)) AS styles
 WHERE vocab.run_id = styles.run_id;
@@ -51,17 +54,21 @@ _HEADLINES = ("detection", "fuzzing", "simulation", "embedding", "intervention")
 VIEWS = (
     """
 CREATE OR REPLACE VIEW feature_summary AS
-SELECT f.run_id, x.explainer, f.feature, x.label, x.status AS label_status, f.density, f.max_activation, f.n_firing, f.dead, f.dense,
+SELECT f.run_id, x.explainer, f.feature, x.label, x.status AS label_status, f.density, f.max_activation, f.n_firing,
+    f.dead, f.dense,
 """
     + ",\n".join(
-        f"    max(s.value) FILTER (WHERE s.scorer = '{n}') AS {n}, max(s.ci_low) FILTER (WHERE s.scorer = '{n}') AS {n}_low, "
-        f"max(s.ci_high) FILTER (WHERE s.scorer = '{n}') AS {n}_high, max(s.p_value) FILTER (WHERE s.scorer = '{n}') AS {n}_p"
+        f"    max(s.value) FILTER (WHERE s.scorer = '{n}') AS {n}, max(s.ci_low) FILTER (WHERE s.scorer = '{n}') AS "
+        f"{n}_low, "
+        f"max(s.ci_high) FILTER (WHERE s.scorer = '{n}') AS {n}_high, max(s.p_value) FILTER (WHERE s.scorer = '{n}') "
+        f"AS {n}_p"
         for n in _HEADLINES
     )
     + """
 FROM features f
 LEFT JOIN explanations x ON x.run_id = f.run_id AND x.feature = f.feature
-LEFT JOIN scores s ON s.run_id = f.run_id AND s.feature = f.feature AND s.explainer = x.explainer AND s.label_source = 'true'
+LEFT JOIN scores s
+    ON s.run_id = f.run_id AND s.feature = f.feature AND s.explainer = x.explainer AND s.label_source = 'true'
 GROUP BY ALL;
 CREATE OR REPLACE VIEW snippet_text AS
 SELECT e.run_id, e.feature, e.split, e.kind, e.rank, e.quantile, e.max_activation, e.context_id, e.doc_id, e.doc_offset,
@@ -188,7 +195,9 @@ CREATE TABLE score_summaries (
     (
         "output effects",
         """
-CREATE TABLE output_effects (run_id VARCHAR, feature INTEGER, kind VARCHAR, rank INTEGER, token_id INTEGER, value DOUBLE);
+CREATE TABLE output_effects (
+    run_id VARCHAR, feature INTEGER, kind VARCHAR, rank INTEGER, token_id INTEGER, value DOUBLE
+);
 ALTER TABLE runs ADD COLUMN output_effects JSON;
 """,
     ),
@@ -390,7 +399,8 @@ class Store:
         return out
 
     def output_effects(self, run_id: str, features: list[int] | None = None) -> pd.DataFrame:
-        """feature, kind (promoted | suppressed | amplified), rank, token_id, token, value; empty when none were computed."""
+        """feature, kind (promoted | suppressed | amplified), rank, token_id, token, value; empty when
+        none were computed."""
         where = "" if features is None else "AND e.feature IN (SELECT UNNEST(?::INTEGER[]))"
         args = [run_id] + ([list(map(int, features))] if features is not None else [])
         return self.con.execute(
@@ -464,11 +474,13 @@ class Store:
         self.con.register("wanted", pa.table({"feature": pa.array(features, pa.int32())}))
         try:
             stats = self.con.execute(
-                "SELECT feature, max_activation, density FROM features WHERE run_id = ? AND feature IN (SELECT feature FROM wanted) ORDER BY feature",
+                "SELECT feature, max_activation, density FROM features WHERE run_id = ? AND feature IN (SELECT feature "
+                "FROM wanted) ORDER BY feature",
                 [run_id],
             ).fetchall()
             ex = self.con.execute(
-                f"SELECT feature, split, kind, context_id, token_ids, activations, max_activation, quantile FROM examples WHERE {where}{qualify} ORDER BY feature, split, kind, rank",
+                "SELECT feature, split, kind, context_id, token_ids, activations, max_activation, quantile FROM "
+                f"examples WHERE {where}{qualify} ORDER BY feature, split, kind, rank",
                 args,
             ).fetchall()
         finally:
@@ -503,7 +515,8 @@ class Store:
             try:
                 kept = dict(
                     self.con.execute(
-                        "SELECT feature, position FROM explanations WHERE run_id = ? AND explainer = ? AND feature IN (SELECT feature FROM incoming_features)",
+                        "SELECT feature, position FROM explanations WHERE run_id = ? AND explainer = ? AND feature IN "
+                        "(SELECT feature FROM incoming_features)",
                         [run_id, explainer],
                     ).fetchall()
                 )
@@ -544,7 +557,8 @@ class Store:
     def write_scores(
         self, run_id: str, explainer: str, scorer: str, rows: pd.DataFrame, label_source: str = "true"
     ) -> None:
-        """Replace this scorer's rows of one label source (own labels, "true", or the control, "shuffled") for these features."""
+        """Replace this scorer's rows of one label source (own labels, "true", or the control,
+        "shuffled") for these features."""
         frame = rows.assign(run_id=run_id, explainer=explainer, scorer=scorer, created_at=_now())
         calls = frame.pop("call_ids") if "call_ids" in frame else pd.Series([[]] * len(frame))
         table = pa.Table.from_pandas(frame, preserve_index=False).append_column(
@@ -553,7 +567,8 @@ class Store:
         self._replace(
             "scores",
             table,
-            "run_id = ? AND explainer = ? AND scorer = ? AND label_source = ? AND feature IN (SELECT feature FROM incoming)",
+            "run_id = ? AND explainer = ? AND scorer = ? AND label_source = ? AND feature IN (SELECT feature FROM "
+            "incoming)",
             [run_id, explainer, scorer, label_source],
         )
 
@@ -651,7 +666,8 @@ class Store:
     def saturation_labels(self, run_id: str, explainer: str) -> pd.DataFrame:
         """The labels this explainer produced for the run (failures left out), in labelling order."""
         return self.con.execute(
-            "SELECT feature, label FROM explanations WHERE run_id = ? AND explainer = ? AND status = 'ok' ORDER BY position",
+            "SELECT feature, label FROM explanations WHERE run_id = ? AND explainer = ? AND status = 'ok' ORDER BY "
+            "position",
             [run_id, explainer],
         ).df()
 
@@ -739,7 +755,8 @@ class Store:
     def table_names(self) -> list[str]:
         """Every table in the file, so later stages' tables (saturation) are exported without a list to keep."""
         rows = self.con.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' AND table_type = 'BASE TABLE' ORDER BY 1"
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' AND table_type = 'BASE "
+            "TABLE' ORDER BY 1"
         ).fetchall()
         return [r[0] for r in rows]
 
@@ -767,8 +784,10 @@ class Store:
     def prompt_hashes(self, run_id: str) -> pd.DataFrame:
         """Which prompt files produced this run's labels and scores: stage, explainer, judge, prompt_hash, rows."""
         return self.con.execute(
-            "SELECT 'explain' AS stage, explainer, explainer AS judge, prompt_hash, count(*) AS n FROM explanations WHERE run_id = ? GROUP BY ALL "
-            "UNION ALL SELECT scorer, explainer, judge, prompt_hash, count(DISTINCT feature) FROM scores WHERE run_id = ? GROUP BY ALL "
+            "SELECT 'explain' AS stage, explainer, explainer AS judge, prompt_hash, count(*) AS n FROM explanations "
+            "WHERE run_id = ? GROUP BY ALL "
+            "UNION ALL SELECT scorer, explainer, judge, prompt_hash, count(DISTINCT feature) FROM scores WHERE run_id "
+            "= ? GROUP BY ALL "
             "ORDER BY stage, explainer, judge, prompt_hash",
             [run_id, run_id],
         ).df()
@@ -781,8 +800,10 @@ class Store:
         """
         where, args = ("WHERE run_id = ?", [run_id]) if run_id is not None else ("", [])
         return self.con.execute(
-            "SELECT run_id, provider, model, purpose, count(*) AS calls, count(*) FILTER (WHERE error IS NOT NULL) AS failed, "
-            "coalesce(sum(prompt_tokens), 0) AS prompt_tokens, coalesce(sum(completion_tokens), 0) AS completion_tokens, "
+            "SELECT run_id, provider, model, purpose, count(*) AS calls, count(*) FILTER (WHERE error IS NOT NULL) AS "
+            "failed, "
+            "coalesce(sum(prompt_tokens), 0) AS prompt_tokens, coalesce(sum(completion_tokens), 0) AS "
+            "completion_tokens, "
             f"sum(cost_usd) AS cost_usd, count(cost_usd) AS priced FROM llm_calls {where} GROUP BY ALL ORDER BY ALL",
             args,
         ).df()
@@ -872,7 +893,8 @@ class CallLog:
             if call.cache_key == cache_key and call.error is None:
                 return call.as_completion(cached=True)
         row = self.store._one(
-            "SELECT response, provider, model, prompt_tokens, completion_tokens, latency_s, retries, cost_usd, raw, call_id "
+            "SELECT response, provider, model, prompt_tokens, completion_tokens, latency_s, retries, cost_usd, raw, "
+            "call_id "
             "FROM llm_calls WHERE cache_key = ? AND error IS NULL ORDER BY created_at DESC LIMIT 1",
             [cache_key],
         )
@@ -1021,7 +1043,8 @@ LEFT JOIN (SELECT feature, max(value) AS value, max(ci_low) AS ci_low FROM score
 WHERE f.run_id = $run"""
     _TABLE_FILTERS = {  # name → fragment; each is added when its parameter is given
         "q": " AND contains(lower(x.label), lower($q))",
-        "token": " AND f.feature IN (SELECT DISTINCT feature FROM examples WHERE run_id = $run AND kind = 'top' AND ({match}))",
+        "token": " AND f.feature IN (SELECT DISTINCT feature FROM examples WHERE run_id = $run AND kind = 'top' AND "
+        "({match}))",
         "token_one": "list_contains(token_ids, $t{i})",
         "token_many": "list_has_any(token_ids, $token_ids)",
         "min": " AND s.value >= $min",
@@ -1124,8 +1147,9 @@ ORDER BY token_id LIMIT 1000""",
         dead: bool | None = None,
         dense: bool | None = None,
     ) -> tuple[int, list[tuple]]:
-        """(features matching, one page of (feature, label, status, density, n_firing, max_activation, dead, dense)).
-        token_ids: features whose top windows hold one of them; min and low filter on the scorer's value and interval."""
+        """(features matching, one page of (feature, label, status, density, n_firing, max_activation,
+        dead, dense)). token_ids: features whose top windows hold one of them; min and low filter on
+        the scorer's value and interval."""
         args: dict = {"run": run, "explainer": explainer, "scorer": scorer}
         filters = []
         if q:
@@ -1154,7 +1178,8 @@ ORDER BY token_id LIMIT 1000""",
             "SELECT f.feature, x.label, x.status, f.density, f.n_firing, f.max_activation, f.dead, f.dense"
             + self._TABLE_FROM
             + where
-            + f"\nORDER BY {self.SORT_KEYS[sort]} {'DESC' if descending else 'ASC'} NULLS LAST, f.feature\nLIMIT $limit OFFSET $offset",
+            + f"\nORDER BY {self.SORT_KEYS[sort]} {'DESC' if descending else 'ASC'} NULLS LAST, f.feature\nLIMIT "
+            "$limit OFFSET $offset",
             **args,
             limit=limit,
             offset=offset,
@@ -1228,7 +1253,8 @@ ORDER BY kind DESC, split, quantile, rank LIMIT 200""",
             return {}
         return dict(
             self._query(
-                "SELECT token_id, coalesce(piece, token) FROM vocab WHERE run_id = $run AND token_id IN (SELECT unnest($ids))",
+                "SELECT token_id, coalesce(piece, token) FROM vocab WHERE run_id = $run AND token_id IN (SELECT "
+                "unnest($ids))",
                 run=run,
                 ids=ids,
             )
@@ -1243,7 +1269,8 @@ WHERE run_id = $run ORDER BY explainer, method LIMIT 20""",
         )
 
     def saturation_curve(self, run: str, explainer: str, method: str, points: int) -> list[tuple]:
-        """(step, total, categories, coverage, chao1, chao1_low, chao1_high), thinned to about `points` steps (the last kept)."""
+        """(step, total, categories, coverage, chao1, chao1_low, chao1_high), thinned to about `points`
+        steps (the last kept)."""
         return self._query(
             """
 WITH s AS (SELECT step, total, n_categories, coverage, chao1, chao1_low, chao1_high,
@@ -1260,21 +1287,24 @@ WHERE (i - 1) % greatest(1, ceil(n / $points)::BIGINT) = 0 OR i = n ORDER BY ste
     def score_summaries(self, run: str, explainer: str) -> list[tuple]:
         return self._query(
             """
-SELECT scorer, metric, chance, n_features, n_ok, n_failed, median, q25, q75, n_confident, shuffled_median, gap, gap_low, gap_high, verdict
+SELECT scorer, metric, chance, n_features, n_ok, n_failed, median, q25, q75, n_confident,
+       shuffled_median, gap, gap_low, gap_high, verdict
 FROM score_summaries WHERE run_id = $run AND explainer = $explainer ORDER BY scorer LIMIT 50""",
             run=run,
             explainer=explainer,
         )
 
     def score_histograms(self, run: str, explainer: str, bins: int) -> list[tuple]:
-        """(scorer, label_source, lo, hi, bin, count): `bins` bins per scorer over the range both label sources share."""
+        """(scorer, label_source, lo, hi, bin, count): `bins` bins per scorer over the range both label
+        sources share."""
         return self._query(
             """
 WITH v AS (SELECT scorer, label_source, value FROM scores
            WHERE run_id = $run AND explainer = $explainer AND value IS NOT NULL AND isfinite(value)),
      r AS (SELECT scorer, min(value) AS lo, max(value) AS hi FROM v GROUP BY scorer)
 SELECT v.scorer, v.label_source, r.lo, r.hi,
-       least($bins - 1, CASE WHEN r.hi > r.lo THEN floor((v.value - r.lo) / (r.hi - r.lo) * $bins) ELSE 0 END)::INTEGER AS bin,
+       least($bins - 1,
+             CASE WHEN r.hi > r.lo THEN floor((v.value - r.lo) / (r.hi - r.lo) * $bins) ELSE 0 END)::INTEGER AS bin,
        count(*) AS n
 FROM v JOIN r USING (scorer) GROUP BY ALL ORDER BY v.scorer, v.label_source, bin LIMIT 5000""",
             run=run,

@@ -50,7 +50,9 @@ def load_subject(store, run_id: str | None = None, device: str | None = None) ->
             "restore the SAE there, or gather the run again",
         )
     sae = load_sae(
-        source, hookpoint=run["config"].get("sae_hookpoint"), norm_scaling_factor=run["config"].get("sae_norm_scale")
+        source,
+        sae_id=run["config"].get("sae_id", run["config"].get("sae_hookpoint")),
+        norm_scaling_factor=run["config"].get("sae_norm_scale"),
     )
     model = SubjectModel(cfg)
     sae = sae.to(model.device)

@@ -104,14 +104,17 @@ def resolve_release(release: str, sae_id: str | None) -> ReleaseSAE:
         close = difflib.get_close_matches(sae_id, list(saes), n=4, cutoff=0.5)
         raise AutointerpError(
             f"SAELens release '{release}' has no SAE '{sae_id}'" + (f"; close: {', '.join(close)}" if close else ""),
-            f"pass one of its {len(saes)} SAE ids (the SAELens pretrained-SAE table lists them), e.g. {next(iter(saes))}",
+            f"pass one of its {len(saes)} SAE ids (the SAELens pretrained-SAE table lists them), e.g. "
+            f"{next(iter(saes))}",
         )
     sae = saes[sae_id]
     conversion = sae.get("conversion_func", entry["conversion"])
     if conversion not in READABLE_CONVERSIONS:
         raise AutointerpError(
-            f"SAELens release '{release}' is stored in a layout SAELens converts with '{conversion}', which autointerp does not read",
-            "convert it with SAELens once (SAE.from_pretrained(release, sae_id)[0].save_model('dir')) and pass --sae dir",
+            f"SAELens release '{release}' is stored in a layout SAELens converts with '{conversion}', which autointerp "
+            "does not read",
+            "convert it with SAELens once (SAE.from_pretrained(release, sae_id)[0].save_model('dir')) and pass --sae "
+            "dir",
         )
     repo_id = sae.get("repo_id", entry["repo_id"])
     folder = sae["path"]

@@ -392,9 +392,11 @@ def _load_saelens(d: Path, dtype: torch.dtype, overrides: Mapping[str, Any] | No
     cfg = {**cfg, **overrides}
     if get("hook_head_index") is not None:
         raise AutointerpError(
-            f"{cfg_file} reads attention head {get('hook_head_index')} of {get('hook_name') or get('hook_point')} alone "
+            f"{cfg_file} reads attention head {get('hook_head_index')} of {get('hook_name') or get('hook_point')} "
+            "alone "
             "(hook_head_index); autointerp encodes and splices whole hookpoints",
-            "use an SAE trained on the whole hook (hook_head_index null), e.g. on attn.hook_z with reshape_activations hook_z",
+            "use an SAE trained on the whole hook (hook_head_index null), e.g. on attn.hook_z with reshape_activations "
+            "hook_z",
         )
     raw = _read_safetensors(weights_file)
     t = _tensors(raw, dtype)
@@ -559,8 +561,10 @@ def _load_dictionary_learning(d: Path, dtype: torch.dtype) -> SAE:
         raise AutointerpError(
             f"the BatchTopKSAE in {weights_file} has no threshold (-1: never set by training), so its "
             "activations are not defined per token",
-            "set the threshold buffer in ae.pt to the one training would have estimated (the mean over training batches of "
-            "the smallest activation batch top-k kept), or re-export the SAE as AutoEncoderTopK to encode per token with "
+            "set the threshold buffer in ae.pt to the one training would have estimated (the mean over training "
+            "batches of "
+            "the smallest activation batch top-k kept), or re-export the SAE as AutoEncoderTopK to encode per token "
+            "with "
             f"top-k (k={k})",
         )
     if dict_class == "BatchTopKSAE":
@@ -668,7 +672,8 @@ def _load_local(
         raise AutointerpError(
             f"SAE path {path} does not exist and is not a SAELens release name"
             + (f" (close: {', '.join(close)})" if close else ""),
-            "check the path; hub folders are written hf://owner/repo[/folder], SAELens releases as the release name with --sae-id",
+            "check the path; hub folders are written hf://owner/repo[/folder], SAELens releases as the release name "
+            "with --sae-id",
         )
     if path.is_file():
         if path.suffix == ".pt" and not (path.name == "ae.pt" and (path.parent / "config.json").exists()):
@@ -728,13 +733,13 @@ def load_sae(
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str | None = None,
-    hookpoint: str | None = None,
+    sae_id: str | None = None,
     norm_scaling_factor: float | None = None,
 ) -> SAE:
     """Load an SAE from a local file/directory, hf://owner/repo[/folder], or a SAELens release name
-    (then hookpoint is its SAE id, as SAELens' sae_id), detecting the format.
+    (then sae_id names one of its SAEs, as SAELens' sae_id), detecting the format.
 
-    hookpoint picks one SAE folder when the source holds several (e.g. a sparsify root).
+    sae_id picks one SAE folder when the source holds several (e.g. a sparsify root, by hookpoint).
     norm_scaling_factor: for SAEs trained on scaled activations (normalize_activations
     expected_average_only_in); a release supplies its own. Weights are float32 unless dtype is
     given; the result is for inference (no gradients).
@@ -748,13 +753,13 @@ def load_sae(
     text = os.fspath(source)
     release = None
     if text.startswith("hf://"):
-        path = _download(text, hookpoint)
+        path = _download(text, sae_id)
     elif not Path(text).expanduser().exists() and is_release(text):
-        release = resolve_release(text, hookpoint)
-        path, hookpoint = _download(release.hub_source, None), None
+        release = resolve_release(text, sae_id)
+        path, sae_id = _download(release.hub_source, None), None
     else:
         path = Path(text).expanduser()
-    sae = _load_local(path, hookpoint, work_dtype, release.overrides if release else None)
+    sae = _load_local(path, sae_id, work_dtype, release.overrides if release else None)
     if release is not None:
         sae.hook_name = sae.hook_name or release.hookpoint
         sae.metadata["release"] = {

@@ -13,45 +13,12 @@ The unsteered continuation is generated with the same seed, so any difference is
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
+from autointerp.config import SteerConfig
 from autointerp.errors import AutointerpError
-
-
-@dataclass
-class SteerConfig:
-    feature: int = 0
-    prompt: str = "I think that"
-    scale: float | None = None  # add the decoder direction, in multiples of the feature's max activation
-    clamp: float | None = None  # or hold the feature at this multiple of its max activation
-    max_new_tokens: int = 40
-    temperature: float = 0.0  # 0: greedy
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if (self.scale is None) == (self.clamp is None):
-            raise AutointerpError(
-                "steering needs exactly one of scale and clamp",
-                "pass --scale S (add S × max activation) or --clamp S (hold the feature at S × max activation)",
-            )
-        for name in ("scale", "clamp", "temperature"):
-            value = getattr(self, name)
-            if value is not None and not math.isfinite(value):
-                raise AutointerpError(
-                    f"steering {name} is {value}",
-                    f"pass a finite {name}, e.g. 4 (multiples of the feature's max activation)",
-                )
-        if self.temperature < 0:
-            raise AutointerpError(
-                f"temperature is {self.temperature}", "pass 0 for greedy decoding or a positive temperature"
-            )
-        if self.max_new_tokens < 1:
-            raise AutointerpError(f"max_new_tokens is {self.max_new_tokens}", "pass max_new_tokens >= 1")
-        if not self.prompt.strip():
-            raise AutointerpError("the steering prompt is empty", "pass a prompt, e.g. --prompt 'I think that'")
 
 
 @dataclass
@@ -71,7 +38,8 @@ class SteerResult:
         what = "added" if self.mode == "add" else "clamped at"
         return [
             f"feature {self.feature}: {what} {self.scale:g} × max activation = {self.activation:.3g}; "
-            f"vector norm {self.added_norm:.3g} = {self.added_norm / self.residual_norm:.2f} × the median residual norm ({self.residual_norm:.3g}) on the prompt",
+            f"vector norm {self.added_norm:.3g} = {self.added_norm / self.residual_norm:.2f} × the median residual "
+            f"norm ({self.residual_norm:.3g}) on the prompt",
             f"prompt:    {self.prompt}",
             f"unsteered: {self.unsteered}",
             f"steered:   {self.steered}",
@@ -117,7 +85,8 @@ def steer(subject, cfg: SteerConfig) -> SteerResult:
     n_ctx = getattr(model.model.config, "max_position_embeddings", None)
     if n_ctx and enc.input_ids.shape[1] + cfg.max_new_tokens > n_ctx:
         raise AutointerpError(
-            f"the prompt is {enc.input_ids.shape[1]:,} tokens and {cfg.max_new_tokens} more are asked for, past the model's context of {n_ctx:,}",
+            f"the prompt is {enc.input_ids.shape[1]:,} tokens and {cfg.max_new_tokens} more are asked for, past the "
+            f"model's context of {n_ctx:,}",
             "shorten the prompt or lower --max-new-tokens",
         )
     ids, mask = enc.input_ids.to(model.device), enc.attention_mask.to(model.device)
@@ -209,7 +178,7 @@ def amplified_logprobs(
     for start in range(0, len(vectors), rows):
         part = vectors[start : start + rows]
         for p, ids in enumerate(probe.ids):
-            with model.editing(lambda x: x + part[:, None, :].to(x.dtype)):
+            with model.editing(lambda x, part=part: x + part[:, None, :].to(x.dtype)):
                 lp = _last_logits(model, ids.expand(len(part), -1)).log_softmax(-1).cpu()
             out[start : start + len(part), p] = lp if keep is None else lp[:, keep]
     return out

@@ -122,7 +122,7 @@ def train_topk_sae(
     bar = tqdm(total=steps, desc="train SAE", disable=not progress)
     log = []
     step = 0
-    for epoch in range(cfg.epochs):
+    for _epoch in range(cfg.epochs):
         order = torch.randperm(n, generator=g).to(device)
         for i in range(0, n, cfg.batch_tokens):
             x = (x_train[order[i : i + cfg.batch_tokens]] - mu) / scale

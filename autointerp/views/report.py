@@ -19,48 +19,23 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import tomllib
 from matplotlib import rc_context
 from matplotlib.figure import Figure
 
 from autointerp import __version__
+from autointerp.config import ReportConfig
 from autointerp.records import Snippet
 from autointerp.store.store import Store
-
-# Concepts whose appearance in a label deserves a human look: data/watch.toml, installed with the package.
-DEFAULT_WATCH: dict[str, tuple[str, ...]] = {
-    concept: tuple(terms)
-    for concept, terms in tomllib.loads(files("autointerp.data").joinpath("watch.toml").read_text()).items()
-}
 
 NOT_SATURATED_YET = "not computed yet — run autointerp saturate"
 
 # Figures are built on bare matplotlib Figures (no pyplot, no backend switch) under these settings only:
 # text stays text in the SVG (smaller, in the page's font) and a fixed hash salt makes ids, so the file, reproducible.
 MPL_STYLE = {"svg.fonttype": "none", "svg.hashsalt": "autointerp-report", "font.size": 9}
-
-
-@dataclass
-class ReportConfig:
-    explainer: str | None = None  # whose labels to report; None: the one written last
-    n_snippets: int = 3  # top snippets per feature card (the HTML size grows with this)
-    quantile_bins: tuple[int, ...] = (
-        0,
-        5,
-    )  # plus one quantile sample from each of these bins (0: the weakest activations)
-    n_negatives: int = 1  # plus this many verified non-activating windows
-    # Feature cards the HTML holds: one card is about 2.6 KB, and past a few thousand the page is
-    # slow to open and search (16k cards took 9.9 s, 65k 92 s and 4.7 GB of browser memory); the
-    # rest are browsed with `autointerp serve`. Figures and flags always count every feature.
-    max_cards: int = 4096
-    n_categories: int = 100  # largest categories listed; the long tail of singletons is only counted
-    confidence_scorer: str = "detection"  # whose per-feature null test decides a low-confidence flag
-    watch: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_WATCH))
 
 
 @dataclass
@@ -154,7 +129,8 @@ def low_confidence(card: FeatureCard, cfg: ReportConfig, alpha: float = 0.01) ->
         reasons.append(
             (
                 f"{cfg.confidence_scorer} not above the null",
-                f"{cfg.confidence_scorer} p = {_num(main.p_value)} against a label unrelated to the activations (needs < {alpha:g})",
+                f"{cfg.confidence_scorer} p = {_num(main.p_value)} against a label unrelated to the activations (needs "
+                f"< {alpha:g})",
             )
         )
     return reasons
@@ -164,7 +140,9 @@ def low_confidence(card: FeatureCard, cfg: ReportConfig, alpha: float = 0.01) ->
 class SaturationResult:
     """What the saturation stage stored for one explainer and merge method."""
 
-    summary: dict  # Store.saturation_summaries row: method, merge_rule, n_labels, n_failed, verdict, bootstrap, rarefaction, extrapolation
+    # Store.saturation_summaries row: method, merge_rule, n_labels, n_failed, verdict, bootstrap,
+    # rarefaction, extrapolation
+    summary: dict
     steps: pd.DataFrame  # Store.saturation_steps: step, n_categories, coverage, chao1, chao1_low, chao1_high, ...
     categories: pd.DataFrame  # Store.categories: feature, label, category, code, status, ...
 
@@ -366,7 +344,8 @@ def scores_figure(headline: pd.DataFrame, scorers: list[str]) -> str | None:
 
 
 def saturation_figure(result: SaturationResult) -> str:
-    """Categories against labels in labelling order, with the Chao1 band, the order-free rarefaction curve and coverage."""
+    """Categories against labels in labelling order, with the Chao1 band, the order-free
+    rarefaction curve and coverage."""
     steps = result.steps
     fig = Figure(figsize=(7, 2.8), layout="tight")
     ax = fig.subplots()
@@ -435,14 +414,16 @@ main{max-width:1200px;margin:auto;padding:0 1.2em 3em}
 nav{position:sticky;top:0;background:#fff;border-bottom:1px solid #ddd;padding:.4em 1.2em;z-index:2}
 nav a{margin-right:1em}
 section{background:#fff;border:1px solid #e3e3e3;border-radius:6px;padding:.6em 1.2em;margin:1em 0}
-table{border-collapse:collapse;margin:.4em 0}td,th{border-bottom:1px solid #eee;padding:.15em .6em;text-align:left;vertical-align:top}
+table{border-collapse:collapse;margin:.4em 0}
+td,th{border-bottom:1px solid #eee;padding:.15em .6em;text-align:left;vertical-align:top}
 th{font-weight:600}.num{text-align:right;font-variant-numeric:tabular-nums}
 .muted{color:#777}.bad{color:#a02020;font-weight:600}.good{color:#1d6b3a;font-weight:600}
 svg{max-width:100%;height:auto}.scroll{max-height:30em;overflow:auto}
 #controls{display:flex;gap:.8em;flex-wrap:wrap;align-items:center;margin:.5em 0}
 #controls input{flex:1;min-width:14em;padding:.3em}
 #cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:.7em}
-.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.5em .7em;content-visibility:auto;contain-intrinsic-size:auto 300px}
+.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.5em .7em;
+content-visibility:auto;contain-intrinsic-size:auto 300px}
 .card[hidden]{display:none}
 .card h3{font-size:14px;margin:0 0 .2em}.card h3 a{color:#555;margin-right:.4em}
 .b{display:inline-block;font-size:11px;border-radius:3px;padding:0 .4em;margin:0 .3em .2em 0}
@@ -452,7 +433,8 @@ svg{max-width:100%;height:auto}.scroll{max-height:30em;overflow:auto}
 .hist{display:grid;grid-template-columns:auto 160px;gap:0 .3em;margin:.3em 0;font-size:10px;color:#777}
 .hist .yaxis{text-align:right;line-height:30px}.hist .xaxis{grid-column:2;display:flex;justify-content:space-between}
 .hist figcaption{grid-column:1/3}.kind{font-size:10px;color:#777;margin-top:.3em}
-.snip{font:12px/1.5 ui-monospace,monospace;white-space:pre-wrap;word-break:break-word;background:#f6f6f6;padding:.2em .4em;margin:.3em 0}
+.snip{font:12px/1.5 ui-monospace,monospace;white-space:pre-wrap;word-break:break-word;
+background:#f6f6f6;padding:.2em .4em;margin:.3em 0}
 mark{background:none;color:inherit;border-radius:2px}
 """ + "".join(f".a{k}{{background:rgba(230,110,0,{k / 10:.1f})}}" for k in range(1, 10))
 
@@ -463,7 +445,8 @@ if(box&&seen.length){box.hidden=false;box.textContent=seen.join('\\n');}}
 function put(m){seen.push(String(m));show();}
 window.addEventListener('error',function(ev){put('error: '+ev.message+' at '+ev.filename+':'+ev.lineno);});
 window.addEventListener('unhandledrejection',function(ev){put('unhandled rejection: '+ev.reason);});
-document.addEventListener('securitypolicyviolation',function(ev){put('blocked by CSP: '+ev.violatedDirective+' '+ev.blockedURI);});
+document.addEventListener('securitypolicyviolation',function(ev){
+put('blocked by CSP: '+ev.violatedDirective+' '+ev.blockedURI);});
 document.addEventListener('DOMContentLoaded',show);})();
 """
 
@@ -471,12 +454,15 @@ document.addEventListener('DOMContentLoaded',show);})();
 CARDS_JS = """
 (function(){
 var box=document.getElementById('cards'),cards=Array.prototype.slice.call(box.children);
-var q=document.getElementById('q'),only=document.getElementById('only'),sort=document.getElementById('sort'),shown=document.getElementById('shown');
+var q=document.getElementById('q'),only=document.getElementById('only'),sort=document.getElementById('sort'),
+shown=document.getElementById('shown');
 function filter(){var needle=q.value.trim().toLowerCase(),want=only.value,n=0;
-cards.forEach(function(c){var ok=(!needle||c.getAttribute('data-search').indexOf(needle)>=0)&&(!want||(' '+c.getAttribute('data-flags')+' ').indexOf(' '+want+' ')>=0);
+cards.forEach(function(c){var ok=(!needle||c.getAttribute('data-search').indexOf(needle)>=0)&&
+(!want||(' '+c.getAttribute('data-flags')+' ').indexOf(' '+want+' ')>=0);
 c.hidden=!ok;if(ok)n++;});shown.textContent=n;}
 function order(){var key=sort.value,desc=key!=='f'&&key!=='label';
-function val(c){if(key==='label')return c.getAttribute('data-search');var v=parseFloat(c.getAttribute('data-'+key));return isNaN(v)?null:v;}
+function val(c){if(key==='label')return c.getAttribute('data-search');
+var v=parseFloat(c.getAttribute('data-'+key));return isNaN(v)?null:v;}
 var keyed=cards.map(function(c){return [val(c),+c.getAttribute('data-f'),c];});
 keyed.sort(function(a,b){if(a[0]===b[0])return a[1]-b[1];if(a[0]===null)return 1;if(b[0]===null)return -1;
 var d=a[0]<b[0]?-1:1;return desc?-d:d;});
@@ -495,7 +481,10 @@ def _csp() -> str:
     hashes = " ".join(
         f"'sha256-{base64.b64encode(hashlib.sha256(js.encode()).digest()).decode()}'" for js in (TRAP_JS, CARDS_JS)
     )
-    return f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src {hashes}; base-uri 'none'; form-action 'none'"
+    return (
+        f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src {hashes}; "
+        "base-uri 'none'; form-action 'none'"
+    )
 
 
 def _table(header: list[str], rows: list[list[str]], numeric: tuple[int, ...] = ()) -> str:
@@ -553,7 +542,8 @@ def _usage_rows(usage: pd.DataFrame) -> tuple[list[list[str]], str]:
     ]
     total = (
         (
-            f"{int(usage.calls.sum()):,} calls, {int(usage.prompt_tokens.sum() + usage.completion_tokens.sum()):,} tokens, "
+            f"{int(usage.calls.sum()):,} calls, {int(usage.prompt_tokens.sum() + usage.completion_tokens.sum()):,} "
+            "tokens, "
             f"cost {_cost(usage.cost_usd.sum(min_count=1), usage.priced.sum(), usage.calls.sum())}"
         )
         if len(usage)
@@ -571,13 +561,15 @@ def _cost(cost: float, priced: int, calls: int) -> str:
 def loss_recovered_text(run: dict) -> str:
     """Loss recovered needs a causal LM's next-token loss. The run stores no architecture, so the reason
     is given only where it is known: the embedded default is a sentence encoder."""
-    from autointerp.subject.model import EMBEDDED_MODEL
+    from autointerp.config import EMBEDDED_MODEL
 
     m = run["sae_metrics"]
     if "loss_recovered" in m:
         return (
-            f"{_num(m['loss_recovered'])} (next-token loss clean {_num(m['loss_clean'])}, SAE spliced in {_num(m['loss_spliced'])}, "
-            f"zero-ablated {_num(m['loss_zero_ablated'])} nats/token on {m.get('loss_contexts', 0):,} held-out contexts)"
+            f"{_num(m['loss_recovered'])} (next-token loss clean {_num(m['loss_clean'])}, SAE spliced in "
+            f"{_num(m['loss_spliced'])}, "
+            f"zero-ablated {_num(m['loss_zero_ablated'])} nats/token on {m.get('loss_contexts', 0):,} held-out "
+            "contexts)"
         )
     return "not measured (not a causal LM)" if run["model"] == EMBEDDED_MODEL else "not measured"
 
@@ -713,7 +705,8 @@ def _saturation_facts(result: SaturationResult) -> list[tuple[str, str]]:
         ),
         (
             "coverage",
-            f"{_num(v['coverage'])} (target {v['target_coverage']}); next feature opens a new category with p = {_num(1 - v['coverage'])}",
+            f"{_num(v['coverage'])} (target {v['target_coverage']}); next feature opens a new category with p = "
+            f"{_num(1 - v['coverage'])}",
         ),
         (
             "labels to reach the target",
@@ -763,7 +756,8 @@ def _snippet_html(s: Snippet, max_activation: float) -> str:
             parts.append(f'<mark class="a{strength}" title="{a:.3g}">{text}</mark>')
         else:
             parts.append(text)
-    return f'<p class="snip" title="{e(s.split)} split, context {s.context_id}, peak {s.max_activation:.3g}">{"".join(parts)}</p>'
+    title = f"{e(s.split)} split, context {s.context_id}, peak {s.max_activation:.3g}"
+    return f'<p class="snip" title="{title}">{"".join(parts)}</p>'
 
 
 def _histogram_html(hist: tuple[str, float, float, int]) -> str:
@@ -795,7 +789,10 @@ def _card_html(c: FeatureCard, hist: tuple[str, float, float, int] | None, score
     )
     flags.append("flagged" if c.low_confidence or c.watch else "clear")
     search = f"#{c.feature} {c.label or ''} {' '.join(c.other_labels.values())} {' '.join(c.watch)}".lower()
-    attrs = f'id="f{c.feature}" class="card" data-f="{c.feature}" data-flags="{" ".join(flags)}" data-search="{e(search)}" data-density="{c.density:.6g}" data-max="{c.max_activation:.6g}"'
+    attrs = (
+        f'id="f{c.feature}" class="card" data-f="{c.feature}" data-flags="{" ".join(flags)}" '
+        f'data-search="{e(search)}" data-density="{c.density:.6g}" data-max="{c.max_activation:.6g}"'
+    )
     attrs += "".join(
         f' data-s-{s}="{c.scores[s].value:.4f}"' for s in scorers if s in c.scores and not math.isnan(c.scores[s].value)
     )
@@ -817,7 +814,8 @@ def _card_html(c: FeatureCard, hist: tuple[str, float, float, int] | None, score
         ]
     )
     rows = "".join(
-        f"<tr><th>{e(s)}</th><td>{_num(v.value)} <span class='muted'>[{_num(v.ci_low)}, {_num(v.ci_high)}] n={v.n}, p={_num(v.p_value, 4)}</span>"
+        f"<tr><th>{e(s)}</th><td>{_num(v.value)} <span class='muted'>[{_num(v.ci_low)}, {_num(v.ci_high)}] n={v.n}, "
+        f"p={_num(v.p_value, 4)}</span>"
         + (
             f" <span class='bad'>{e(v.status)}</span>"
             if v.status != "ok"
@@ -893,7 +891,8 @@ def _page(d: ReportData, cfg: ReportConfig) -> str:
     left_out = len(d.cards) - len(carded)
     beyond = (
         (
-            f'<p class="muted">{left_out:,} more features are left out of this page, which holds at most {cfg.max_cards:,} cards '
+            f'<p class="muted">{left_out:,} more features are left out of this page, which holds at most '
+            f"{cfg.max_cards:,} cards "
             f"(alive features first) so it opens quickly: browse every feature with <code>autointerp serve --project "
             f"{e(str(d.db_path.parent))}</code>.</p>"
         )
@@ -928,7 +927,8 @@ def _page(d: ReportData, cfg: ReportConfig) -> str:
             + f"<h3>Package versions at gather time</h3><table>{versions}</table>"
             + "<h3>Rows stored</h3>"
             + _kv([(k, f"{v:,}") for k, v in d.counts.items()])
-            + f"<details><summary>run configuration</summary><pre>{e(json.dumps(run['config'], indent=1, default=str))}</pre></details>",
+            + "<details><summary>run "
+            f"configuration</summary><pre>{e(json.dumps(run['config'], indent=1, default=str))}</pre></details>",
         ),
         ("health", "SAE health", _kv(_health(d)) + density_svg),
         ("explainers", "Explainers", _explainers_html(d)),
@@ -937,9 +937,10 @@ def _page(d: ReportData, cfg: ReportConfig) -> str:
             "Scores",
             (
                 _table(SCORE_HEADER, _score_rows(d.summary), (3, 5, 6, 7, 8, 9, 10))
-                + "<p class='muted'>confident: the feature's one-sided permutation test rejects a label unrelated to the activations, "
-                "on the feature's own snippets. The shuffle control scores a sample of features with another feature's label.</p>"
-                + scores_svg
+                + "<p class='muted'>confident: the feature's one-sided permutation test rejects a label unrelated to "
+                "the activations, "
+                "on the feature's own snippets. The shuffle control scores a sample of features with another feature's "
+                "label.</p>" + scores_svg
             )
             if scorers
             else '<p class="muted">no scores stored — run autointerp score</p>',
@@ -949,7 +950,8 @@ def _page(d: ReportData, cfg: ReportConfig) -> str:
         (
             "flags",
             "Flags",
-            f"<p>{n_low:,} of {len(d.cards):,} features have a low-confidence label ({e(cfg.confidence_scorer)} not above its permutation null at p &lt; {d.alpha:g}, "
+            f"<p>{n_low:,} of {len(d.cards):,} features have a low-confidence label ({e(cfg.confidence_scorer)} not "
+            f"above its permutation null at p &lt; {d.alpha:g}, "
             "a failed or undefined score, or no label).</p>"
             + _kv([(k, f"{v:,}") for k, v in reason_counts.items()])
             + f"<h3>Watch-list hits ({len(watched):,})</h3><p class='muted'>concepts: {e(watch_terms)}</p>"
@@ -959,9 +961,12 @@ def _page(d: ReportData, cfg: ReportConfig) -> str:
     body = "".join(f'<section id="{sid}"><h2>{title}</h2>{content}</section>' for sid, title, content in sections)
     nav = "".join(f'<a href="#{sid}">{title}</a>' for sid, title, _ in sections) + '<a href="#features">Features</a>'
     controls = (
-        '<div id="controls"><input id="q" type="search" placeholder="search labels, #feature, watch concept" aria-label="search">'
-        '<select id="only" aria-label="show"><option value="">all features</option><option value="flagged">flagged</option>'
-        '<option value="low">low confidence</option><option value="watch">watch-list hits</option><option value="clear">not flagged</option>'
+        '<div id="controls"><input id="q" type="search" placeholder="search labels, #feature, watch concept" '
+        'aria-label="search">'
+        '<select id="only" aria-label="show"><option value="">all features</option><option '
+        'value="flagged">flagged</option>'
+        '<option value="low">low confidence</option><option value="watch">watch-list hits</option><option '
+        'value="clear">not flagged</option>'
         '<option value="dead">dead</option></select><select id="sort" aria-label="sort">'
         + "".join(f'<option value="{k}">{v}</option>' for k, v in sort_options)
         + f'</select><span><span id="shown">{len(carded):,}</span> of {len(carded):,} shown</span></div>{beyond}'
@@ -1048,7 +1053,8 @@ def render_markdown(d: ReportData, cfg: ReportConfig, html_name: str) -> str:
         "## Flags",
         "",
         f"- {n_low:,} of {len(d.cards):,} features have a low-confidence label "
-        f"({cfg.confidence_scorer} not above its permutation null at p < {d.alpha:g}, a failed or undefined score, or no label).",
+        f"({cfg.confidence_scorer} not above its permutation null at p < {d.alpha:g}, a failed or undefined score, or "
+        "no label).",
         f"- {len(watched):,} labels mention a watch-list concept ({', '.join(_md(k) for k in cfg.watch)}).",
         "",
     ]

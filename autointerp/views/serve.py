@@ -17,7 +17,6 @@ store, and with it duckdb, when the server opens the database), so building the 
 
 from __future__ import annotations
 
-import argparse
 import html
 import math
 import re
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from autointerp.config import ServeConfig
 from autointerp.errors import AutointerpError
 
 if TYPE_CHECKING:
@@ -104,12 +104,18 @@ STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
 header{background:#253040;color:#fff;padding:.5em 1em;display:flex;gap:1.5em;align-items:baseline;flex-wrap:wrap}
 header a{color:#cde}header b{font-size:1.1em}main{padding:1em}
-table{border-collapse:collapse;background:#fff}th,td{border-bottom:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}
-th{background:#eef1f5;position:sticky;top:0}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-.ci{color:#777;font-size:.85em}.muted{color:#888}.bad{color:#a00}.flag{font-size:.8em;padding:0 .3em;border-radius:3px;background:#eee}
-form.filters{display:flex;gap:.8em;flex-wrap:wrap;align-items:end;margin-bottom:1em}form.filters label{display:flex;flex-direction:column;font-size:.85em}
-.pager{margin:.8em 0;display:flex;gap:1em}.win{font-family:ui-monospace,monospace;white-space:pre-wrap;background:#fff;border:1px solid #ddd;
-padding:.3em .5em;margin:.2em 0}.tok{border-radius:2px}.peak{outline:1px solid #c60}.grid{display:flex;gap:1.5em;flex-wrap:wrap}
+table{border-collapse:collapse;background:#fff}
+th,td{border-bottom:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}
+th{background:#eef1f5;position:sticky;top:0}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+.ci{color:#777;font-size:.85em}.muted{color:#888}.bad{color:#a00}
+.flag{font-size:.8em;padding:0 .3em;border-radius:3px;background:#eee}
+form.filters{display:flex;gap:.8em;flex-wrap:wrap;align-items:end;margin-bottom:1em}
+form.filters label{display:flex;flex-direction:column;font-size:.85em}
+.pager{margin:.8em 0;display:flex;gap:1em}
+.win{font-family:ui-monospace,monospace;white-space:pre-wrap;background:#fff;border:1px solid #ddd;
+padding:.3em .5em;margin:.2em 0}
+.tok{border-radius:2px}.peak{outline:1px solid #c60}.grid{display:flex;gap:1.5em;flex-wrap:wrap}
 .detail{white-space:normal;max-width:20em;margin-left:auto}#labels td:nth-child(2){min-width:16em;max-width:32em}
 svg{background:#fff;border:1px solid #ddd}svg text{font:11px system-ui,sans-serif;fill:#444}
 """
@@ -120,9 +126,11 @@ def page(title: str, body: str, run: str, runs: list[tuple]) -> str:
         f"<option value='{esc(r[0])}'{' selected' if r[0] == run else ''}>{esc(r[0])}</option>" for r in runs
     )
     nav = (
-        f"<b>autointerp</b> <a href='{href('/', run=run)}'>features</a> <a href='{href('/scores', run=run)}'>scores</a> "
+        f"<b>autointerp</b> <a href='{href('/', run=run)}'>features</a> <a "
+        f"href='{href('/scores', run=run)}'>scores</a> "
         f"<a href='{href('/saturation', run=run)}'>saturation</a>"
-        f"<form method='get' action='/'><select name='run' aria-label='run'>{options}</select> <button>open run</button></form>"
+        f"<form method='get' action='/'><select name='run' aria-label='run'>{options}</select> <button>open "
+        "run</button></form>"
     )
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
@@ -160,7 +168,8 @@ def svg_lines(
     sx = lambda x: left + (x - x0) / (x1 - x0) * (width - left - right)  # noqa: E731
     sy = lambda y: height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)  # noqa: E731
     out = [
-        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' aria-label='{esc(ylabel)} by {esc(xlabel)}'>"
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' "
+        f"aria-label='{esc(ylabel)} by {esc(xlabel)}'>"
     ]
     out.append(
         f"<line x1='{left}' y1='{height - bottom}' x2='{width - right}' y2='{height - bottom}' stroke='#888'/>"
@@ -170,7 +179,8 @@ def svg_lines(
         yv, xv = y0 + (y1 - y0) * i / 4, x0 + (x1 - x0) * i / 4
         out.append(
             f"<text x='{left - 4}' y='{sy(yv) + 4:.1f}' text-anchor='end'>{tick(yv)}</text>"
-            f"<text x='{sx(xv):.1f}' y='{height - bottom + 14}' text-anchor='{'start' if i == 0 else 'end' if i == 4 else 'middle'}'>{tick(xv)}</text>"
+            f"<text x='{sx(xv):.1f}' y='{height - bottom + 14}' "
+            f"text-anchor='{'start' if i == 0 else 'end' if i == 4 else 'middle'}'>{tick(xv)}</text>"
         )
     out.append(
         f"<text x='{(left + width - right) / 2}' y='{height - 4}' text-anchor='middle'>{esc(xlabel)}</text>"
@@ -190,7 +200,8 @@ def svg_lines(
     for k, (name, colour, s) in enumerate(series):
         line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in s if y is not None and math.isfinite(y))
         out.append(
-            f"<polyline points='{line}' fill='none' stroke='{esc(colour)}' stroke-width='1.8'><title>{esc(name)}</title></polyline>"
+            f"<polyline points='{line}' fill='none' stroke='{esc(colour)}' "
+            f"stroke-width='1.8'><title>{esc(name)}</title></polyline>"
             f"<text x='{left + 8}' y='{top + 12 + 14 * k}' style='fill:{esc(colour)}'>{esc(name)}</text>"
         )
     out.append("</svg>")
@@ -211,10 +222,12 @@ def svg_histogram(
     peak = max((c for cs in counts.values() for c in cs), default=0) or 1
     bw = (width - left - right) / HIST_BINS
     out = [
-        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' aria-label='{esc(title)}'>"
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' "
+        f"aria-label='{esc(title)}'>"
         f"<text x='{left}' y='14'>{esc(title)}</text>"
         f"<line x1='{left}' y1='{height - bottom}' x2='{width - right}' y2='{height - bottom}' stroke='#888'/>"
-        f"<text x='{left - 4}' y='{top + 8}' text-anchor='end'>{peak}</text><text x='{left - 4}' y='{height - bottom}' text-anchor='end'>0</text>"
+        f"<text x='{left - 4}' y='{top + 8}' text-anchor='end'>{peak}</text><text x='{left - 4}' y='{height - bottom}' "
+        "text-anchor='end'>0</text>"
         f"<text x='{left}' y='{height - bottom + 14}' text-anchor='middle'>{lo:.3g}</text>"
         f"<text x='{width - right}' y='{height - bottom + 14}' text-anchor='middle'>{hi:.3g}</text>"
     ]
@@ -233,7 +246,8 @@ def svg_histogram(
             )
     for k, source in enumerate(sources):
         out.append(
-            f"<text x='{width - right - 4}' y='{top + 12 * k + 4}' text-anchor='end' style='fill:{esc(colours.get(source, '#888'))}'>"
+            f"<text x='{width - right - 4}' y='{top + 12 * k + 4}' text-anchor='end' "
+            f"style='fill:{esc(colours.get(source, '#888'))}'>"
             f"{esc('own labels' if source == 'true' else source + ' control')}</text>"
         )
     out.append("</svg>")
@@ -379,7 +393,8 @@ class App:
         if t.token:
             token_ids = self.db.token_ids(run, t.token)
             note = (
-                f"<p class='muted'>token {esc(t.token)!s}: {len(token_ids)} vocabulary entr{'y' if len(token_ids) == 1 else 'ies'} "
+                f"<p class='muted'>token {esc(t.token)!s}: {len(token_ids)} vocabulary "
+                f"entr{'y' if len(token_ids) == 1 else 'ies'} "
                 "matched; features whose top windows contain one are shown</p>"
             )
         for name in ("min", "low"):
@@ -426,8 +441,10 @@ class App:
             f"<label>token in top windows<input name='token' value='{esc(t.token)}' placeholder='token'></label>"
             + (f"<label>explainer<select name='explainer'>{ex_opts}</select></label>" if explainers else "")
             + (f"<label>score<select name='scorer'>{sc_opts}</select></label>" if scorers else "")
-            + f"<label>min score<input name='min' size='5' value='{esc(num(t.min, 6) if t.min is not None else '')}'></label>"
-            f"<label>interval low ≥<input name='low' size='5' value='{esc(num(t.low, 6) if t.low is not None else '')}'></label>"
+            + "<label>min score<input name='min' size='5' "
+            f"value='{esc(num(t.min, 6) if t.min is not None else '')}'></label>"
+            "<label>interval low ≥<input name='low' size='5' "
+            f"value='{esc(num(t.low, 6) if t.low is not None else '')}'></label>"
             f"<label>dead<select name='dead'>{tri('dead', t.dead)}</select></label>"
             f"<label>dense<select name='dense'>{tri('dense', t.dense)}</select></label>"
             f"<label>sort<select name='sort'>{sort_opts}</select></label>"
@@ -440,7 +457,8 @@ class App:
         shown = f"{first + 1:,}–{first + len(rows):,}" if rows else "none"
         pages = max(1, -(-total // t.per))
         pager = (
-            f"<nav class='pager'><span id='matched' data-total='{total}'>{total:,} of {n_features:,} features match; showing {shown}</span>"
+            f"<nav class='pager'><span id='matched' data-total='{total}'>{total:,} of {n_features:,} features match; "
+            f"showing {shown}</span>"
             + (f"<a rel='prev' href='{t.link(page=t.page - 1)}'>← previous</a>" if t.page > 1 else "")
             + f"<span>page {t.page:,} of {pages:,}</span>"
             + (f"<a rel='next' href='{t.link(page=t.page + 1)}'>next →</a>" if t.page < pages else "")
@@ -477,7 +495,8 @@ class App:
                 else f"<span class='muted'>{esc(status) if status else 'no label'}</span>"
             )
             body.append(
-                f"<tr class='row' data-feature='{feature}'><td class='num'><a href='{href(f'/feature/{feature}', run=t.run)}'>{feature}</a></td>"
+                f"<tr class='row' data-feature='{feature}'><td class='num'><a "
+                f"href='{href(f'/feature/{feature}', run=t.run)}'>{feature}</a></td>"
                 f"<td>{label_html}</td><td class='muted'>{esc(t.explainer) if label is not None else ''}</td>"
                 + "".join(score_cell(*cells.get((feature, s), (None, None, None, None))[:3]) for s in scorers)
                 + f"<td class='num'>{density_text(density)}</td><td>{flags}</td></tr>"
@@ -513,10 +532,13 @@ class App:
                 else ""
             )
         )
+        flag_text = " ".join(n for n, on in (("dead", dead), ("dense", dense)) if on) or "—"
         stats = (
-            f"<table class='stats'><tr><th>firing</th><td class='num'>{n_firing:,}</td><th>density</th><td class='num'>{density_text(density)}</td>"
-            f"<th>max activation</th><td class='num'>{num(max_act)}</td><th>mean activation</th><td class='num'>{num(mean_act)}</td>"
-            f"<th>flags</th><td>{' '.join(n for n, on in (('dead', dead), ('dense', dense)) if on) or '—'}</td></tr></table>"
+            f"<table class='stats'><tr><th>firing</th><td class='num'>{n_firing:,}</td><th>density</th><td "
+            f"class='num'>{density_text(density)}</td>"
+            f"<th>max activation</th><td class='num'>{num(max_act)}</td><th>mean activation</th><td "
+            f"class='num'>{num(mean_act)}</td>"
+            f"<th>flags</th><td>{flag_text}</td></tr></table>"
         )
 
         # Labels of every explainer side by side, each with its own scores (own labels) and the shuffled control.
@@ -556,7 +578,8 @@ class App:
                 )
                 tds.append(score_cell(v, lo, hi)[:-5] + extra + "</td>")
             lines.append(
-                f"<tr data-explainer='{esc(ex)}'><td class='muted'>{esc(ex)}</td><td>{label_html}</td>{''.join(tds)}</tr>"
+                f"<tr data-explainer='{esc(ex)}'><td "
+                f"class='muted'>{esc(ex)}</td><td>{label_html}</td>{''.join(tds)}</tr>"
             )
         labels_html = (
             f"<table id='labels'><thead>{head}</thead><tbody>{''.join(lines)}</tbody></table>"
@@ -575,13 +598,15 @@ class App:
                 if a > 0:
                     alpha = min(1.0, 0.15 + 0.85 * a / top)
                     spans.append(
-                        f"<span class='tok act{' peak' if i == peak_i else ''}' style='background:rgba(255,140,0,{alpha:.2f})' "
+                        f"<span class='tok act{' peak' if i == peak_i else ''}' "
+                        f"style='background:rgba(255,140,0,{alpha:.2f})' "
                         f"title='{a:.3f}'>{text}</span>"
                     )
                 else:
                     spans.append(text)
             what = f"{esc(split)} #{rank}" if kind == "top" else f"{esc(split)} quantile {quantile} #{rank}"
-            return f"<div class='win' data-kind='{esc(kind)}'><span class='muted'>{what} · max {num(peak_act)}</span>\n{''.join(spans)}</div>"
+            caption = f"<span class='muted'>{what} · max {num(peak_act)}</span>"
+            return f"<div class='win' data-kind='{esc(kind)}'>{caption}\n{''.join(spans)}</div>"
 
         tops = [window(ex) for ex in examples if ex[1] == "top"]
         quantiles = [window(ex) for ex in examples if ex[1] == "quantile"]
@@ -623,7 +648,8 @@ class App:
             )
             verdict = "<b>saturated</b>" if saturated else "not saturated yet"
             parts.append(
-                f"<section class='sat'><h2>{esc(explainer)} · {esc(method)}</h2><p>{verdict}: {n_categories or 0:,} categories from "
+                f"<section class='sat'><h2>{esc(explainer)} · {esc(method)}</h2><p>{verdict}: {n_categories or 0:,} "
+                "categories from "
                 f"{n_mapped or 0:,} mapped of {n_labels or 0:,} labels ({len(curve):,} points drawn)</p>"
                 f"<div class='grid'>{chart}{cover}</div></section>"
             )
@@ -638,7 +664,8 @@ class App:
         run, runs = self._run(params)
         explainer, explainers = self._explainer(params, run)
         links = " ".join(
-            f"<a href='{href('/scores', run=run, explainer=e[0])}'>{'<b>' + esc(e[0]) + '</b>' if e[0] == explainer else esc(e[0])}</a>"
+            f"<a href='{href('/scores', run=run, explainer=e[0])}'>"
+            f"{'<b>' + esc(e[0]) + '</b>' if e[0] == explainer else esc(e[0])}</a>"
             for e in explainers
         )
         if explainer is None:
@@ -664,13 +691,16 @@ class App:
             for s, h in hist.items()
         )
         head = (
-            "<tr><th>scorer</th><th>metric</th><th class='num'>chance</th><th class='num'>features</th><th class='num'>ok</th>"
+            "<tr><th>scorer</th><th>metric</th><th class='num'>chance</th><th class='num'>features</th><th "
+            "class='num'>ok</th>"
             "<th class='num'>failed</th><th class='num'>median [q25, q75]</th><th class='num'>confident</th>"
             "<th class='num'>control median</th><th class='num'>gap [interval]</th><th>verdict</th></tr>"
         )
         rows = "".join(
-            f"<tr><td>{esc(r[0])}</td><td>{esc(r[1])}</td><td class='num'>{num(r[2])}</td><td class='num'>{num(r[3])}</td>"
-            f"<td class='num'>{num(r[4])}</td><td class='num'>{num(r[5])}</td>{score_cell(r[6], r[7], r[8])}<td class='num'>{num(r[9])}</td>"
+            f"<tr><td>{esc(r[0])}</td><td>{esc(r[1])}</td><td class='num'>{num(r[2])}</td><td "
+            f"class='num'>{num(r[3])}</td>"
+            f"<td class='num'>{num(r[4])}</td><td class='num'>{num(r[5])}</td>{score_cell(r[6], r[7], r[8])}<td "
+            f"class='num'>{num(r[9])}</td>"
             f"<td class='num'>{num(r[10])}</td>{score_cell(r[11], r[12], r[13])}<td>{esc(r[14])}</td></tr>"
             for r in summaries
         )
@@ -716,7 +746,8 @@ class Handler(BaseHTTPRequestHandler):
         server: Server = self.server  # type: ignore[assignment]
         host = (self.headers.get("Host") or "").lower()
         if host and server.allowed_hosts is not None and host not in server.allowed_hosts:
-            # A page elsewhere resolving its own name to this address (DNS rebinding) reaches the server under a foreign Host.
+            # A page elsewhere resolving its own name to this address (DNS rebinding) reaches the server under a foreign
+            # Host.
             self._send(HTTPStatus.MISDIRECTED_REQUEST, f"<p>unexpected Host {esc(host)}</p>", send_body)
             return
         url = urlsplit(self.path)
@@ -822,8 +853,9 @@ def serve_in_thread(server: Server) -> threading.Thread:
 # ------------------------------------------------------------------------------------- command line
 
 
-def cmd_serve(args: argparse.Namespace) -> None:
-    server = make_server(args.project, args.run_id, args.host, args.port, quiet=args.quiet)
+def serve(project: str, run_id: str | None, cfg: ServeConfig) -> None:
+    """Serve the project until Ctrl-C (`autointerp serve`)."""
+    server = make_server(project, run_id, cfg.host, cfg.port, quiet=cfg.quiet)
     print(
         f"serving {server.db.path} (run {server.db.default_run}) read-only at {server.url}\npress Ctrl-C to stop",
         flush=True,
@@ -834,30 +866,3 @@ def cmd_serve(args: argparse.Namespace) -> None:
         print("stopped", file=sys.stderr)
     finally:
         server.server_close()
-
-
-def add_parser(sub) -> argparse.ArgumentParser:
-    """Add `serve` to an argparse subparsers object (cli.build_parser's `sub`)."""
-    p = sub.add_parser(
-        "serve",
-        help="browse a project's features, labels, scores and saturation in a local web app (read-only)",
-        description="A local web app over the project's DuckDB file, opened read-only: a paged, sortable feature table with label "
-        "and token search, one page per feature with every explainer's label, scores with intervals and the top windows, "
-        "and the saturation and score-distribution plots. Nothing is written; while it runs no stage can write the "
-        "project, so stop it (Ctrl-C) before the next stage.",
-        epilog="examples:\n"
-        "  autointerp serve                                   # http://127.0.0.1:8765/ over ./project\n"
-        "  autointerp serve --project runs/gemma --port 9000 --quiet\n"
-        "  autointerp serve --run-id r1 --port 0              # any free port\n"
-        "pages: /  /feature/<index>  /scores  /saturation   (e.g. /?q=python&sort=score&scorer=detection, /?token=def)\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--project", default="project", help="directory holding the DuckDB file (default: %(default)s)")
-    p.add_argument("--run-id", help="the run shown first (default: the latest run)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
-    p.add_argument(
-        "--port", type=int, default=8765, help="port to listen on, 0 for any free one (default: %(default)s)"
-    )
-    p.add_argument("--quiet", action="store_true", help="no line per request")
-    p.set_defaults(func=cmd_serve)
-    return p

@@ -66,7 +66,8 @@ def feature_lines(
             alpha = summaries[x.explainer].get(s.scorer, {}).get("alpha", 0.01)
             verdict = s.status if s.status != "ok" else ("confident" if s.p_value < alpha else "not above the null")
             lines.append(
-                f"    {s.scorer:<12} {s.metric} {_fmt(s.value)} [{_fmt(s.ci_low)}, {_fmt(s.ci_high)}] n={int(s.n)} p={_fmt(s.p_value)} {verdict}"
+                f"    {s.scorer:<12} {s.metric} {_fmt(s.value)} [{_fmt(s.ci_low)}, {_fmt(s.ci_high)}] n={int(s.n)} "
+                f"p={_fmt(s.p_value)} {verdict}"
             )
     effects = store.output_effects(run_id, [feature])
     for kind, group in effects.groupby("kind", sort=False):

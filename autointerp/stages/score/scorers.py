@@ -124,7 +124,8 @@ class Detection(_Classifying):
     def samples(self, cfg) -> str:
         return (
             f"{cfg.n_top} highest and {cfg.n_strata} quantile windows (one per activation stratum) against "
-            f"{cfg.n_negative} verified non-activating windows, score split, shuffled, {cfg.per_prompt} per prompt, unmarked"
+            f"{cfg.n_negative} verified non-activating windows, score split, shuffled, {cfg.per_prompt} per prompt, "
+            "unmarked"
         )
 
     def _pairs(self, held: HeldOut, rng) -> list:
@@ -193,7 +194,10 @@ class Embedding:
 
     def samples(self, cfg) -> str:
         n = cfg.n_embedding
-        return f"{n} activating windows (half top, half quantile) and {n} verified negatives; AUROC of label–window cosine similarity"
+        return (
+            f"{n} activating windows (half top, half quantile) and {n} verified negatives; "
+            "AUROC of label–window cosine similarity"
+        )
 
     def judge_name(self) -> str:
         e = self._embedder()
@@ -251,9 +255,12 @@ class Intervention:
 
     def samples(self, cfg) -> str:
         return (
-            f"{cfg.n_intervention} neutral prompts; the mean next-token log-probability of the label's tokens with the feature's "
-            f"decoder direction added at the hookpoint ({cfg.intervention_strength:g} × the median residual norm), ranked against "
-            f"{cfg.n_random_directions} random directions of the same norm; share beaten, Wilson interval, exact rank test"
+            f"{cfg.n_intervention} neutral prompts; the mean next-token log-probability of the label's tokens with the "
+            "feature's "
+            f"decoder direction added at the hookpoint ({cfg.intervention_strength:g} × the median residual norm), "
+            "ranked against "
+            f"{cfg.n_random_directions} random directions of the same norm; share beaten, Wilson interval, exact rank "
+            "test"
         )
 
     def _random_baseline(self, cfg, tokens: set[int]):

@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from autointerp.config import check_strength
-from autointerp.errors import AutointerpError
+from autointerp.config import ScoreConfig
 from autointerp.judges.judge import Judge
 from autointerp.stages.score.sampling import HeldOut, derangement, fuzz_snippets, held_out
 from autointerp.stages.score.scorers import CHANCE, HEADLINE, INPUT_SCORERS, SCORERS, Item, Outcome, Scorer
@@ -47,61 +46,6 @@ __all__ = [
     "HeldOut",
 ]
 
-CONTROL_MODES = ("sample", "all", "none")
-
-
-@dataclass
-class ScoreConfig:
-    scorers: tuple[str, ...] = INPUT_SCORERS  # "intervention" too on a causal LM (it runs the subject model)
-    n_top: int = 5  # held-out highest windows per feature
-    n_strata: int = 5  # plus one window per activation stratum of the quantile bins
-    n_negative: int = 10  # held-out verified negatives per feature
-    per_prompt: int = 10  # snippets per detection / fuzzing prompt
-    n_simulation: int = 4  # activating snippets simulated (plus as many negatives)
-    n_embedding: int = 6  # activating snippets (plus as many negatives) per embedding AUROC
-    n_intervention: int = 16  # neutral prompts the intervention scorer amplifies each feature on
-    intervention_strength: float = 0.5  # added norm, as a multiple of the hookpoint's median norm on those prompts
-    n_random_directions: int = 255  # the intervention scorer's null: p = 1/256 at best, below alpha = 0.01
-    alpha: float = 0.01  # a label is confident when its one-sided permutation p-value is below this
-    shuffle_control: str = "sample"  # "sample" (until the gap is known to ±control_half_width), "all" or "none"
-    control_half_width: float = 0.03
-    control_start: int = 64  # features in the first control batch
-    n_boot: int = 500
-    n_permutations: int = 500
-    seed: int = 0
-    chunk: int = 512
-    features: list[int] | None = None  # only these of the labelled features (None: all)
-    sample: int | None = None  # a seeded random sample of this many of them
-    sample_seed: int = 0
-
-    def __post_init__(self) -> None:
-        unknown = set(self.scorers) - set(SCORERS)
-        if unknown:
-            raise AutointerpError(f"unknown scorer(s) {sorted(unknown)}", f"choose from {', '.join(SCORERS)}")
-        if self.shuffle_control not in CONTROL_MODES:
-            raise AutointerpError(
-                f"unknown shuffle control {self.shuffle_control!r}", f"use one of {', '.join(CONTROL_MODES)}"
-            )
-        if not 0 < self.alpha < 1:
-            raise AutointerpError(f"alpha is {self.alpha}", "pass a significance level between 0 and 1, e.g. 0.01")
-        check_strength("intervention strength", self.intervention_strength)
-        for name in (
-            "n_top",
-            "n_strata",
-            "n_negative",
-            "per_prompt",
-            "n_simulation",
-            "n_embedding",
-            "n_intervention",
-            "n_random_directions",
-            "control_start",
-            "n_boot",
-            "n_permutations",
-            "chunk",
-        ):
-            if getattr(self, name) < 1:
-                raise AutointerpError(f"ScoreConfig.{name} is {getattr(self, name)}", f"set {name} to 1 or more")
-
 
 @dataclass
 class ScoreSummary:
@@ -120,14 +64,16 @@ class ScoreSummary:
 def summary_line(scorer: str, s: dict) -> str:
     f = lambda x: "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"  # noqa: E731
     line = (
-        f"  {scorer:<10} {s['metric']} median {f(s['median'])} (IQR {f(s['q25'])}–{f(s['q75'])}) over {s['n_ok']:,} of {s['n_features']:,} features"
+        f"  {scorer:<10} {s['metric']} median {f(s['median'])} (IQR {f(s['q25'])}–{f(s['q75'])}) over {s['n_ok']:,} of "
+        f"{s['n_features']:,} features"
         + (f"; {s['n_failed']:,} failed" if s["n_failed"] else "")
         + (f"; {s['n_undefined']:,} undefined" if s["n_undefined"] else "")
         + f"; confident {s['n_confident']:,} (one-sided permutation test, p < {s['alpha']:g})"
     )
     if s["n_controls"]:
         line += (
-            f"; shuffle control on {s['n_controls']:,} features: shuffled median {f(s['shuffled_median'])}, gap {f(s['gap'])} "
+            f"; shuffle control on {s['n_controls']:,} features: shuffled median {f(s['shuffled_median'])}, gap "
+            f"{f(s['gap'])} "
             f"[{f(s['gap_low'])}, {f(s['gap_high'])}] over {s['n_pairs']:,} pairs"
             + (f" ({s['n_pairs_undefined']:,} left out: a score undefined or failed)" if s["n_pairs_undefined"] else "")
             + f" — {s['verdict']}"
@@ -363,7 +309,8 @@ def _summary(rows: pd.DataFrame, scorer: Scorer, cfg: ScoreConfig, n_features: i
             if cfg.shuffle_control == "none"
             else "undefined: no controlled feature has both scores defined"
         ),
-        # Judge requests a control of every feature would have made on top (offline judge's too: its "calls" cost time, not money).
+        # Judge requests a control of every feature would have made on top (offline judge's too: its "calls" cost time,
+        # not money).
         "calls_saved": (n_features - n_controls) * scorer.prompts_per_feature(cfg)
         if cfg.shuffle_control == "sample"
         else 0,
