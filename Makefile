@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q --disable-pip-version-check --no-cache-dir -e '.[test,local,lm]'
 	touch $@
 
-.PHONY: install demo demo-llm demo-lm test bench
+.PHONY: install demo demo-llm demo-lm test test-fast lint format bench
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -30,6 +30,17 @@ demo-lm: $(VENV)/.installed   # a causal LM as subject: loss recovered, output e
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+test-fast: $(VENV)/.installed   # everyday work: the suite without the tests marked slow (under three minutes)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(VENV)/.installed   # CI runs this before the tests
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 bench: $(VENV)/.installed
 	cd bench && ../$(PY) gather_overhead.py

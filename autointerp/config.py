@@ -329,7 +329,7 @@ class LLMConfig:
     )
     prices: dict[str, tuple[float, float]] = field(default_factory=dict)  # unset: data/prices.toml (+ prices_file)
     local_threads: int | None = setting(None, "CPU threads of the local judge's server; unset: one per core")
-    local_context: int = 4096  # provider "local": the server's context window in tokens
+    local_context: int = 4096  # a local server's context window in tokens
     # The provider's batch API (llm/batch.py): half the price, answers within the provider's 24 hours.
     batch: bool = setting(
         False,
@@ -498,12 +498,6 @@ class ExplainConfig:
         )
 
 
-def _scorer_names() -> tuple[str, ...]:
-    from autointerp.stages.score.scorers import SCORERS
-
-    return tuple(SCORERS)
-
-
 @dataclass
 class ScoreConfig:
     scorers: tuple[str, ...] | None = setting(
@@ -642,12 +636,6 @@ class ReportConfig:
     n_categories: int = 100  # largest categories listed; the long tail of singletons is only counted
     confidence_scorer: str = "detection"  # whose per-feature null test decides a low-confidence flag
     watch: dict[str, tuple[str, ...]] = field(default_factory=_watch_list)  # data/watch.toml
-
-
-def _export_formats() -> tuple[str, ...]:
-    from autointerp.export.writers import FORMATS
-
-    return tuple(FORMATS)
 
 
 @dataclass

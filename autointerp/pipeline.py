@@ -29,7 +29,7 @@ from autointerp.llm.providers import PROVIDERS
 from autointerp.stages.explain import ExplainSummary, explain
 from autointerp.stages.saturate import SaturationSummary, saturate
 from autointerp.stages.score.stage import ScoreSummary, score
-from autointerp.store.store import RunRecord, Store, db_path, remove_database
+from autointerp.store import RunRecord, Store, db_path, remove_database
 from autointerp.subject.effects import output_effects
 from autointerp.subject.model import SubjectModel, keep_freed_memory
 from autointerp.subject.sae import SAE, load_sae, save_saelens
@@ -378,7 +378,8 @@ async def acheck_judge(cfg: RunConfig) -> None:
     if cfg.judge is None:
         return
     from autointerp.judges.prompts import load_prompts
-    from autointerp.llm.client import MemoryCallStore, load_keys, make_client
+    from autointerp.llm.client import MemoryCallStore, load_keys
+    from autointerp.llm.connect import make_client
 
     load_prompts(cfg.prompt_dir)
     if PROVIDERS[cfg.judge.provider].runs_locally:
@@ -402,7 +403,7 @@ async def _with_judge(cfg: RunConfig, run_id: str | None, stages):
     `stages(store, run_id, judge, log)`; the judge is closed and the log written after."""
     from autointerp.judges.judge import make_judge
     from autointerp.llm.client import load_keys
-    from autointerp.store.store import CallLog
+    from autointerp.store import CallLog
 
     store = Store(cfg.project, create=False)
     try:

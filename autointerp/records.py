@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -60,8 +60,18 @@ class MarkedSnippet:
     correct: bool  # True when the marks are the real activating tokens
 
 
+class JudgeTask:
+    """Something a judge is asked. `prompt` names the task: its prompt file, its row in
+    judges.prompts.TASKS (what the prompt is filled with and the answer's format) and the purpose
+    its calls are logged under."""
+
+    prompt: ClassVar[str]
+    feature: int | None
+
+
 @dataclass
-class ExplainTask:
+class ExplainTask(JudgeTask):
+    prompt: ClassVar[str] = "explain"
     feature: int
     snippets: list[Snippet]  # activating explain-split snippets
     negatives: list[Snippet]  # explain-split negatives (contrast for judges that use it)
@@ -70,24 +80,40 @@ class ExplainTask:
 
 
 @dataclass
-class DetectionTask:
+class LabelTask(JudgeTask):
+    """Test a label: from the label alone the judge predicts something about each snippet."""
+
     feature: int
     label: str
+    snippets: list
+
+
+@dataclass
+class DetectionTask(LabelTask):
+    prompt: ClassVar[str] = "detection"
     snippets: list[Snippet]  # activating and negative, shuffled; the judge sees no activations
 
 
 @dataclass
-class FuzzTask:
-    feature: int
-    label: str
+class FuzzTask(LabelTask):
+    prompt: ClassVar[str] = "fuzzing"
     snippets: list[MarkedSnippet]
 
 
 @dataclass
-class SimulationTask:
-    feature: int
-    label: str
+class SimulationTask(LabelTask):
+    prompt: ClassVar[str] = "simulation"
     snippets: list[Snippet]  # the judge predicts 0–10 per token
+
+
+@dataclass
+class CodebookTask(JudgeTask):
+    """The code of each new label: one of `codes` (the codebook so far) or a new one."""
+
+    prompt: ClassVar[str] = "codebook"
+    labels: list[str]
+    codes: list[str]
+    feature: None = None  # about no one feature
 
 
 @dataclass

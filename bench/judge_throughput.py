@@ -32,7 +32,7 @@ from standin_server import StandinServer  # noqa: E402
 from autointerp.config import ExplainConfig, LLMConfig  # noqa: E402
 from autointerp.judges.judge import make_judge, map_bounded  # noqa: E402
 from autointerp.stages.explain import explain_task, select_features  # noqa: E402
-from autointerp.store.store import CallLog, Store  # noqa: E402
+from autointerp.store import CallLog, Store  # noqa: E402
 
 KEY = "sk-bench"
 PRICE_IN, PRICE_OUT = 0.15, 0.60  # gpt-4o-mini, USD per million tokens

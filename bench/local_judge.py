@@ -28,12 +28,13 @@ import numpy as np
 from autointerp.config import ExplainConfig, LLMConfig, ScoreConfig
 from autointerp.judges.judge import LLMJudge, map_bounded
 from autointerp.judges.prompts import load_prompts
-from autointerp.llm.client import MemoryCallStore, make_client
+from autointerp.llm.client import MemoryCallStore
+from autointerp.llm.connect import make_client
 from autointerp.llm.local import LOCAL_MODEL, LocalServer, default_threads, model_path
 from autointerp.records import DetectionTask, FuzzTask, SimulationTask
 from autointerp.stages.explain import explain_task, select_features
 from autointerp.stages.score.stage import fuzz_snippets, held_out
-from autointerp.store.store import Store
+from autointerp.store import Store
 
 
 def judge_on(server: LocalServer, concurrency: int, structured: str = "json_object") -> LLMJudge:

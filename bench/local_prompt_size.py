@@ -28,7 +28,7 @@ from autointerp.records import DetectionTask
 from autointerp.stages.explain import explain_task, select_features
 from autointerp.stats.embed import Embedder
 from autointerp.stats.metrics import auroc
-from autointerp.store.store import Store
+from autointerp.store import Store
 
 VARIANTS = {
     # name: (n_top, n_quantile, context, activation lists)

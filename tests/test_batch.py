@@ -12,7 +12,8 @@ from standin_server import BatchFault, Fault, StandinServer
 
 from autointerp.config import LLMConfig
 from autointerp.errors import AutointerpError
-from autointerp.llm.client import MemoryCallStore, cache_key, make_client
+from autointerp.llm.client import MemoryCallStore, cache_key
+from autointerp.llm.connect import make_client
 
 KEY = "sk-batch-test"
 PRICE = (2.0, 6.0)  # USD per million prompt, completion tokens

@@ -32,14 +32,33 @@ def test_building_the_parser_loads_no_torch_and_no_llm_sdk():
     assert out.stdout.strip() == "[]"
 
 
-def test_reporting_scoring_and_exporting_load_no_llm_sdk_until_a_client_is_made():
+def test_reporting_scoring_and_exporting_load_no_llm_sdk_until_a_client_is_made(tmp_path):
+    """A report, every export format and `show` of a stored run, in a fresh interpreter: they read the
+    store and load neither torch, the gather nor an LLM SDK (importing the score stage and the judges
+    does not either)."""
+    from test_report import build_project  # tests/ is on sys.path under pytest's default import mode
+
+    project = build_project(tmp_path / "p")
     code = (
-        "import sys, autointerp.views.report, autointerp.stages.score.stage, autointerp.export.writers, "
-        "autointerp.judges.judge; "
-        "print([m for m in ('torch', 'openai', 'anthropic') if m in sys.modules])"
+        "import sys\n"
+        "import autointerp.judges.judge, autointerp.stages.score.stage\n"
+        "from autointerp.export import FORMATS, export\n"
+        "from autointerp.store import Store\n"
+        "from autointerp.views.report import write_report\n"
+        "from autointerp.views.show import feature_lines\n"
+        "project = sys.argv[1]\n"
+        "files = write_report(project)\n"
+        "written = export(project, formats=FORMATS)\n"
+        "with Store(project, read_only=True) as store:\n"
+        "    lines = feature_lines(store, None, 0)\n"
+        "print(files.n_features, sorted(written), len(lines) > 2)\n"
+        "print([m for m in ('torch', 'transformers', 'openai', 'anthropic', 'autointerp.gather') if m in sys.modules])"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    out = subprocess.run([sys.executable, "-c", code, str(project)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    done, loaded = out.stdout.strip().splitlines()
+    assert done == "6 ['neuronpedia', 'neuronpedia-bulk', 'neuronpedia-upload', 'openai', 'parquet'] True"
+    assert loaded == "[]"
 
 
 def test_version_and_every_subcommand_has_a_description_and_examples():
@@ -103,7 +122,7 @@ def test_another_explainers_labels_are_scored_saturated_and_reported_without_its
 
     import pandas as pd
 
-    from autointerp.store.store import Store
+    from autointerp.store import Store
 
     shutil.copytree(gathered, tmp_path / "p")
     project = str(tmp_path / "p")
@@ -237,7 +256,7 @@ def test_model_hookpoint_and_dtype_come_from_the_sae_and_a_bad_sae_fails_before_
     import torch
 
     from autointerp.cli import main
-    from autointerp.store.store import Store
+    from autointerp.store import Store
     from autointerp.subject.sae import SAE, save_saelens
 
     root, corpus, model = pipeline_setup
@@ -310,7 +329,7 @@ def test_gpt2_workflow_by_saelens_release_name_through_the_hub_cache(pipeline_se
     import sae_writers as w
     import torch
 
-    from autointerp.store.store import Store
+    from autointerp.store import Store
     from autointerp.subject.sae import SAE, save_saelens
 
     root, corpus, model = pipeline_setup

@@ -11,8 +11,9 @@ import pytest
 from test_report import HOSTILE_LABEL, INJECTION, RUN, SCRIPT_TOKEN, build_project, real_run  # noqa: F401 (real_run is a fixture)
 
 from autointerp.errors import AutointerpError
-from autointerp.export.writers import METHOD_NAME, export
-from autointerp.store.store import Store
+from autointerp.export import export
+from autointerp.export.neuronpedia import METHOD_NAME
+from autointerp.store import Store
 
 # neuron_explainer's fast_dataclasses rebuild each object from its "dataclass_name" and these fields.
 OPENAI_FIELDS = {
@@ -240,7 +241,7 @@ def test_bulk_export_reads_back_as_the_store_holds_it(real_run, tmp_path):
     import duckdb
 
     from autointerp.config import ExportConfig
-    from autointerp.export.writers import read_neuronpedia_bulk
+    from autointerp.export import read_neuronpedia_bulk
 
     written = export(
         real_run,

@@ -21,9 +21,9 @@ from autointerp.llm.client import (
     Secret,
     cache_key,
     load_keys,
-    make_client,
     parse_retry_after,
 )
+from autointerp.llm.connect import make_client
 
 KEY = "sk-test-9f8e7d6c5b4a39281706"
 WRONG_KEY = "sk-wrong-0a1b2c3d4e5f60718293"
@@ -314,7 +314,7 @@ def test_cache_hit_makes_no_request(server):
 
 
 def test_database_cache_serves_earlier_sessions_and_answers_misses_without_a_query(server, tmp_path):
-    from autointerp.store.store import CallLog, Store
+    from autointerp.store import CallLog, Store
 
     cfg = config(server)
     with Store(tmp_path) as store:
@@ -441,7 +441,7 @@ def test_key_never_appears_in_results_records_errors_or_logs(monkeypatch, caplog
 def test_a_cache_hit_from_the_database_leaves_the_log_writable(server, tmp_path):
     """0.1.0 read a hit with fetchone(), which leaves duckdb's result open: the next write of the
     log raised 'connection has an unfinished result', so an interrupted explain could never finish."""
-    from autointerp.store.store import CallLog, Store
+    from autointerp.store import CallLog, Store
 
     cfg = config(server)
     with Store(tmp_path) as store:

@@ -13,7 +13,8 @@ import pytest
 from autointerp.config import LLMConfig
 from autointerp.errors import AutointerpError
 from autointerp.llm import local
-from autointerp.llm.client import MemoryCallStore, make_client
+from autointerp.llm.client import MemoryCallStore
+from autointerp.llm.connect import make_client
 from autointerp.llm.local import LocalModel, LocalServer, model_path
 
 

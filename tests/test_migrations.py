@@ -7,10 +7,11 @@ import shutil
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 import pytest
 
 from autointerp.errors import AutointerpError
-from autointerp.store.store import DB_NAME, MIGRATIONS, SCHEMA_VERSION, Store
+from autointerp.store import DB_NAME, MIGRATIONS, SCHEMA_VERSION, Store
 
 FIXTURE = Path(__file__).parent / "fixtures" / "db_schema_v1"
 TABLES = (
@@ -29,10 +30,10 @@ TABLES = (
 )
 
 
-def v1_project(tmp_path: Path) -> Path:
-    """The fixture database (main at 56c3d4b, schema version 1) rebuilt from its CSV export."""
+def load_fixture(tmp_path: Path, name: str) -> Path:
+    """A project whose database is rebuilt from a fixture's CSV export (tests/fixtures/<name>)."""
     data = tmp_path / "export"
-    shutil.copytree(FIXTURE, data)
+    shutil.copytree(FIXTURE.parent / name, data)
     load = (data / "load.sql").read_text().replace("{DIR}", str(data))
     project = tmp_path / "p"
     project.mkdir()
@@ -41,6 +42,11 @@ def v1_project(tmp_path: Path) -> Path:
     con.execute(load)
     con.close()
     return project
+
+
+def v1_project(tmp_path: Path) -> Path:
+    """The fixture database (main at 56c3d4b, schema version 1) rebuilt from its CSV export."""
+    return load_fixture(tmp_path, FIXTURE.name)
 
 
 def counts(path: Path) -> dict[str, int]:
@@ -82,15 +88,35 @@ def test_a_schema_1_database_upgrades_in_place_and_keeps_every_row(tmp_path):
 
 
 def test_an_upgraded_database_takes_new_labels_reports_and_exports(tmp_path):
-    from autointerp.export.writers import export
+    from autointerp.export import export
     from autointerp.views.report import write_report
 
     project = v1_project(tmp_path)
-    files = write_report(project, "r1")  # a read-only command upgrades first
-    assert "openai_compatible:standin" in files.html.read_text() or "offline:token-stats-v1" in files.html.read_text()
-    assert export(project, "r1", formats=("neuronpedia",))["neuronpedia"][0].stat().st_size > 0
+    html = write_report(project, "r1").html.read_text()  # a read-only command upgrades first
+    assert "openai_compatible:standin" in html and "offline:token-stats-v1" in html
+    relabelled = {3: "relabelled three", 0: "relabelled zero"}
     with Store(project) as store:
         assert store.con.execute("SELECT count(*) FROM schema_migrations").fetchall() == [(SCHEMA_VERSION,)]
+        before = store.explanations("r1", "offline:token-stats-v1").set_index("feature")
+        other = store.explanations("r1", "openai_compatible:standin")
+        labels = list(relabelled.values())
+        store.write_explanations(
+            "r1",
+            "offline:token-stats-v1",
+            pd.DataFrame(
+                {"feature": list(relabelled), "label": labels, "status": "ok", "error": None, "raw": labels}
+                | {"prompt_hash": "new", "n_snippets": 7, "call_id": None}
+            ),
+        )
+        after = store.explanations("r1", "offline:token-stats-v1").set_index("feature")
+        assert after.label[list(relabelled)].to_dict() == relabelled
+        unchanged = after.index.difference(list(relabelled))
+        assert len(unchanged) == 14 and after.label[unchanged].equals(before.label[unchanged])
+        assert after.position.equals(before.position)  # relabelled features keep their place in the labelling order
+        pd.testing.assert_frame_equal(store.explanations("r1", "openai_compatible:standin"), other)
+    assert "relabelled three" in write_report(project, "r1").html.read_text()
+    (exported,) = export(project, "r1", formats=("neuronpedia",))["neuronpedia"]
+    assert "relabelled three" in exported.read_text()
 
 
 def test_a_database_from_a_newer_autointerp_is_refused_and_left_as_it_is(tmp_path):

@@ -16,7 +16,7 @@ from autointerp.cli import main as cli_main
 from autointerp.config import GatherConfig, TrainConfig
 from autointerp.errors import AutointerpError
 from autointerp.pipeline import gather
-from autointerp.store.store import Store
+from autointerp.store import Store
 from autointerp.subject.sae import SAE, load_sae, save_saelens
 from autointerp.subject.train import evaluate_sae, train_topk_sae
 

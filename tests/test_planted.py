@@ -14,7 +14,7 @@ from planted import build
 
 from autointerp.config import CorpusConfig
 from autointerp.judges.judge import Term, label_terms, norm
-from autointerp.store.store import Store
+from autointerp.store import Store
 
 TOKENS = 200_000
 

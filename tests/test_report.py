@@ -19,7 +19,7 @@ from conftest import pipeline_config
 
 from autointerp.config import ReportConfig, ScoreConfig
 from autointerp.stages.score.stage import write_summaries
-from autointerp.store.store import CallLog, RunRecord, Store
+from autointerp.store import CallLog, RunRecord, Store
 from autointerp.views.report import (
     NOT_SATURATED_YET,
     FeatureCard,
@@ -91,8 +91,9 @@ def _examples() -> pa.Table:
     return pa.Table.from_pylist(rows)
 
 
-def build_project(root: Path, with_labels: bool = True) -> Path:
-    """A small run written through the Store API, with hostile text in tokens, labels and errors."""
+def build_project(root: Path, with_labels: bool = True, histogram_edges: list[float] | None = None) -> Path:
+    """A small run written through the Store API, with hostile text in tokens, labels and errors; its
+    features' histograms have 66 bins, so histogram_edges, when given, are 65 edges."""
     hist = np.zeros(66, np.int64)
     hist[30:36] = [1, 4, 9, 6, 3, 1]
     features = pd.DataFrame(
@@ -125,6 +126,7 @@ def build_project(root: Path, with_labels: bool = True) -> Path:
         sae_metrics={"fvu": 0.25, "l0": 3.0, "dead_fraction": 0.1, "eval_tokens": 500},
         n_tokens=1000,
         n_contexts=120,
+        histogram_edges=histogram_edges or [],
     )
     with Store(root) as store:
         store.write_gather(run, features, _examples(), contexts, documents, VOCAB)
@@ -293,6 +295,16 @@ def test_report_of_a_run_not_labelled_yet(tmp_path):
     assert _card_flags(page)[0] == {"low", "flagged"} and _card_flags(page)[5] == {"dead", "clear"}
 
 
+def test_histogram_axes_come_from_the_edges_stored_with_the_run(report, tmp_path):
+    _, page, _ = report
+    assert page.count("this run stored no bin edges") == N_FEATURES - 1  # none stored: no range is invented
+    edges = [round(0.1 * (k + 1), 1) for k in range(65)]  # 0.1, 0.2 … 6.5, unlike the gather's log-spaced edges
+    project = build_project(tmp_path / "p", with_labels=False, histogram_edges=edges)
+    page = write_report(project, out=tmp_path / "out").html.read_text(encoding="utf-8")
+    # The histograms fill bins 30 to 35, which hold activations from edges[29] to edges[35].
+    assert page.count("activation 3 to 3.6</figcaption>") == N_FEATURES - 1 and "stored no bin edges" not in page
+
+
 def test_loss_recovered_says_why_it_is_missing_where_known():
     from autointerp.config import EMBEDDED_MODEL
 
@@ -343,9 +355,9 @@ def test_low_confidence_reasons():
     card.scores["detection"] = ScoreCell(
         "balanced_accuracy", 1.0, float("nan"), float("nan"), 1, "ok"
     )  # untested: not trusted
-    assert [k for k, _ in low_confidence(card, cfg)] == ["detection not above the null"]
+    assert [k for k, _ in low_confidence(card, cfg, alpha=0.01)] == ["detection not above the null"]
     card.scores = {"simulation": ScoreCell("pearson", float("nan"), float("nan"), float("nan"), 0, "failed")}
-    assert [k for k, _ in low_confidence(card, cfg)] == ["simulation failed", "no detection"]
+    assert [k for k, _ in low_confidence(card, cfg, alpha=0.01)] == ["simulation failed", "no detection"]
 
 
 @pytest.fixture(scope="module")

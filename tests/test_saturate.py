@@ -22,7 +22,7 @@ from autointerp.judges.judge import OfflineJudge, make_judge
 from autointerp.judges.prompts import load_prompt
 from autointerp.stages.saturate import CoverageStop, saturate
 from autointerp.stats.saturation import saturation_step_table, saturation_verdict, stop_rule
-from autointerp.store.store import CallLog, Store
+from autointerp.store import CallLog, Store
 
 RUN, EXPLAINER = "run-1", "standin:labeller"
 KEY = "sk-test-saturate-0123456789"

@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from autointerp.store.store import DB_NAME, RunRecord, Store
+from autointerp.store import DB_NAME, RunRecord, Store
 from autointerp.views.serve import CSP, make_server, serve_in_thread
 
 RUN = "big"

@@ -18,7 +18,7 @@ from autointerp.pipeline import gather, label_and_score
 from autointerp.records import JudgeAnswer
 from autointerp.stages.explain import explain
 from autointerp.stages.score.stage import score
-from autointerp.store.store import Store
+from autointerp.store import Store
 
 KEY = "sk-stages-secret-0123456789"
 

@@ -1,7 +1,10 @@
 """Judges: write a label for a feature, test a label by detection, fuzzing and simulation, and
 merge labels into a codebook (saturation).
 
-One interface (`Judge`), two implementations, chosen by `make_judge`:
+One interface (`Judge`), two implementations, chosen by `make_judge`. Every task goes through
+`ask(task)`, which reads what to do off the task's row in prompts.TASKS (the built-in tasks
+also have names of their own: explain, detect, fuzz, simulate, codebook), so a new task needs
+no new method here.
 
 - `LLMJudge` renders a prompt file (see prompts.py), sends it through an `LLMClient` and
   parses the answer. A failed call gives error "api: ...", an unreadable answer
@@ -9,7 +12,8 @@ One interface (`Judge`), two implementations, chosen by `make_judge`:
   placeholder label and no default prediction. A provider that runs locally also owns the
   server it talks to (llm/local.py) and stops it on close.
 - `OfflineJudge` needs no LLM. It labels a feature by the tokens that most distinguish
-  its activating positions, and scores a label by matching the tokens it names.
+  its activating positions, and scores a label by matching the tokens it names (the tasks in
+  OFFLINE_PREDICTIONS; any other gets an error answer).
 
 Offline label format (readable by people, read back by `label_terms`):
 
@@ -32,30 +36,33 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from autointerp.config import LLMConfig
 from autointerp.errors import AutointerpError
 from autointerp.judges.prompts import (
+    TASKS,
     ParseError,
     Prompt,
     activation_marks,
     answer_budget,
     answer_schema,
-    codebook_fields,
-    detection_fields,
-    explain_fields,
-    fuzzing_fields,
     load_prompts,
-    parse_binary_list,
-    parse_codebook,
-    parse_label,
-    parse_simulation,
-    simulation_fields,
 )
-from autointerp.llm.client import CallStore, LLMClient, Secret, make_client
+from autointerp.llm.client import CallStore, LLMClient, Secret
+from autointerp.llm.connect import make_client
 from autointerp.llm.providers import PROVIDERS
-from autointerp.records import DetectionTask, ExplainTask, FuzzTask, JudgeAnswer, SimulationTask, Snippet
+from autointerp.records import (
+    CodebookTask,
+    DetectionTask,
+    ExplainTask,
+    FuzzTask,
+    JudgeAnswer,
+    JudgeTask,
+    LabelTask,
+    SimulationTask,
+    Snippet,
+)
 
 T = TypeVar("T")
 A = TypeVar("A")
@@ -71,6 +78,9 @@ class Judge(Protocol):
 
     async def check(self) -> None:
         """Raise AutointerpError now if the judge cannot work (bad key, unreachable server)."""
+
+    async def ask(self, task: JudgeTask) -> JudgeAnswer:
+        """Any task of prompts.TASKS: the entry point a new scorer's task goes through."""
 
     async def explain(self, task: ExplainTask) -> JudgeAnswer[str]: ...
 
@@ -89,7 +99,27 @@ class Judge(Protocol):
     async def aclose(self) -> None: ...
 
 
-class LLMJudge:
+class NamedTasks:
+    """The built-in tasks under their own names, each of them `ask`: the stages call these, and a
+    judge that treats one task differently overrides just that one."""
+
+    async def explain(self, task: ExplainTask) -> JudgeAnswer[str]:
+        return await self.ask(task)
+
+    async def detect(self, task: DetectionTask) -> JudgeAnswer[list[bool]]:
+        return await self.ask(task)
+
+    async def fuzz(self, task: FuzzTask) -> JudgeAnswer[list[bool]]:
+        return await self.ask(task)
+
+    async def simulate(self, task: SimulationTask) -> JudgeAnswer[list[list[int]]]:
+        return await self.ask(task)
+
+    async def codebook(self, labels: Sequence[str], codes: Sequence[str]) -> JudgeAnswer[list[str]]:
+        return await self.ask(CodebookTask(list(labels), list(codes)))
+
+
+class LLMJudge(NamedTasks):
     """A judge that asks an LLM. Concurrency, rate limits, retries and caching are the client's."""
 
     def __init__(
@@ -126,58 +156,16 @@ class LLMJudge:
     async def check(self) -> None:
         await self.client.check()
 
-    async def explain(self, task: ExplainTask) -> JudgeAnswer[str]:
+    async def ask(self, task: JudgeTask) -> JudgeAnswer:
+        form = TASKS[task.prompt]
+        shape = form.shape(task)
         return await self._ask(
-            "explain",
+            task.prompt,
             task.feature,
-            explain_fields(task),
-            parse_label,
-            answer_schema("explain"),
-            answer_budget("explain"),
-        )
-
-    async def detect(self, task: DetectionTask) -> JudgeAnswer[list[bool]]:
-        n = len(task.snippets)
-        return await self._ask(
-            "detection",
-            task.feature,
-            detection_fields(task),
-            lambda text: parse_binary_list(text, n),
-            answer_schema("detection", n=n),
-            answer_budget("detection", n=n),
-        )
-
-    async def fuzz(self, task: FuzzTask) -> JudgeAnswer[list[bool]]:
-        n = len(task.snippets)
-        return await self._ask(
-            "fuzzing",
-            task.feature,
-            fuzzing_fields(task),
-            lambda text: parse_binary_list(text, n),
-            answer_schema("fuzzing", n=n),
-            answer_budget("fuzzing", n=n),
-        )
-
-    async def simulate(self, task: SimulationTask) -> JudgeAnswer[list[list[int]]]:
-        lengths = [len(s.tokens) for s in task.snippets]
-        return await self._ask(
-            "simulation",
-            task.feature,
-            simulation_fields(task),
-            lambda text: parse_simulation(text, lengths),
-            answer_schema("simulation", lengths=lengths),
-            answer_budget("simulation", lengths=lengths),
-        )
-
-    async def codebook(self, labels: Sequence[str], codes: Sequence[str]) -> JudgeAnswer[list[str]]:
-        n = len(labels)
-        return await self._ask(
-            "codebook",
-            None,
-            codebook_fields(labels, codes),
-            lambda text: parse_codebook(text, n),
-            answer_schema("codebook", n=n),
-            answer_budget("codebook", n=n),
+            form.fields(task),
+            lambda text: form.parse(text, **shape),
+            answer_schema(task.prompt, **shape),
+            answer_budget(task.prompt, **shape),
         )
 
     def usage(self) -> str | None:
@@ -370,7 +358,18 @@ def explain_terms(snippets: Sequence[Snippet], negatives: Sequence[Snippet]) -> 
     return chosen
 
 
-class OfflineJudge:
+# What the offline judge predicts for each label-testing task (records.LabelTask), from the terms
+# its label names; a task missing here gets an error answer from it.
+OFFLINE_PREDICTIONS: dict[str, Callable[[Any, list[Term]], object]] = {
+    "detection": lambda task, terms: [any(match_positions(s.tokens, terms)) for s in task.snippets],
+    "fuzzing": lambda task, terms: [marks_correct(m.snippet.tokens, m.marked, terms) for m in task.snippets],
+    "simulation": lambda task, terms: [
+        [10 if hit else 0 for hit in match_positions(s.tokens, terms)] for s in task.snippets
+    ],
+}
+
+
+class OfflineJudge(NamedTasks):
     """Deterministic token-statistics judge; see the module docstring for its label format."""
 
     name = "offline:token-stats-v1"
@@ -396,19 +395,15 @@ class OfflineJudge:
         label = format_label(terms)
         return JudgeAnswer(label, raw=label)
 
-    async def detect(self, task: DetectionTask) -> JudgeAnswer[list[bool]]:
-        return self._answer(task.label, lambda terms: [any(match_positions(s.tokens, terms)) for s in task.snippets])
-
-    async def fuzz(self, task: FuzzTask) -> JudgeAnswer[list[bool]]:
-        return self._answer(
-            task.label, lambda terms: [marks_correct(m.snippet.tokens, m.marked, terms) for m in task.snippets]
-        )
-
-    async def simulate(self, task: SimulationTask) -> JudgeAnswer[list[list[int]]]:
-        return self._answer(
-            task.label,
-            lambda terms: [[10 if hit else 0 for hit in match_positions(s.tokens, terms)] for s in task.snippets],
-        )
+    async def ask(self, task: JudgeTask) -> JudgeAnswer:
+        if isinstance(task, ExplainTask):
+            return await self.explain(task)
+        if isinstance(task, CodebookTask):
+            return await self.codebook(task.labels, task.codes)
+        predict = OFFLINE_PREDICTIONS.get(task.prompt)
+        if predict is None or not isinstance(task, LabelTask):
+            return JudgeAnswer(None, raw="", error=f"offline: the offline judge cannot answer '{task.prompt}' tasks")
+        return self._answer(task.label, lambda terms: predict(task, terms))
 
     def _answer(self, label: str, predict: Callable[[list[Term]], T]) -> JudgeAnswer[T]:
         terms = label_terms(label)

@@ -10,7 +10,7 @@ repository's `prompts/` folder) or in a folder of your own (`directory=`). A fil
     === user ===
     the user message, with {placeholders}
 
-`{name}` is filled by `Prompt.render` when `name` is one of the task's FIELDS; any other
+`{name}` is filled by `Prompt.render` when `name` is one of the task's fields (TASKS); any other
 brace is literal. `Prompt.hash` is the SHA-256 of the file's bytes, stored with every
 answer so results from edited prompts never mix silently with the originals.
 
@@ -28,6 +28,9 @@ never return a default:
 - simulation: {"activations": [one list per snippet of integers 0–10, one per token]}.
 - codebook: {"codes": [one string per new label]}.
 The last JSON list of the right shape wins, so code fences, prose or a bare list around it are fine.
+
+A task is a row of TASKS, named like its prompt file: a new one is a row here (its fields and its
+answer's format) and a file in the prompt folder.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 from itertools import groupby
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from autointerp.errors import AutointerpError
 from autointerp.records import DetectionTask, ExplainTask, FuzzTask, SimulationTask, Snippet
@@ -50,21 +53,6 @@ from autointerp.records import DetectionTask, ExplainTask, FuzzTask, SimulationT
 T = TypeVar("T")
 
 DEFAULT_DIR = Path(str(files("autointerp.prompt_files")))
-PROMPT_NAMES = ("explain", "detection", "fuzzing", "simulation", "codebook")
-FIELDS = {
-    "explain": {"examples", "frequent"},
-    "detection": {"label", "snippets", "n"},
-    "fuzzing": {"label", "snippets", "n"},
-    "simulation": {"label", "snippets", "n"},
-    "codebook": {"codebook", "labels", "n"},
-}
-REQUIRED = {
-    "explain": {"examples"},
-    "detection": {"label", "snippets"},
-    "fuzzing": {"label", "snippets"},
-    "simulation": {"label", "snippets"},
-    "codebook": {"codebook", "labels"},
-}
 
 MARK_FRACTION = 0.3  # a token is marked when its activation is ≥ this × its snippet's max
 LABEL_MAX_CHARS = 200
@@ -137,11 +125,11 @@ def load_prompt(name: str, directory: str | Path | None = None) -> Prompt:
     if not system.strip() or not user.strip():
         raise invalid("the system or the user part is empty")
     prompt = Prompt(name, version.group(1), system, user, hashlib.sha256(data).hexdigest(), path)
-    if name in FIELDS:
+    if (task := TASKS.get(name)) is not None:
         used = prompt.placeholders()
-        if unknown := used - FIELDS[name]:
-            raise invalid(f"unknown placeholders {sorted(unknown)}; '{name}' has {sorted(FIELDS[name])}")
-        if missing := REQUIRED[name] - used:
+        if unknown := used - task.placeholders:
+            raise invalid(f"unknown placeholders {sorted(unknown)}; '{name}' has {sorted(task.placeholders)}")
+        if missing := task.required - used:
             raise invalid(f"it never uses {sorted(missing)}, so the judge would not see them")
     return prompt
 
@@ -161,36 +149,31 @@ def _exactly(items: dict, n: int) -> dict:
     return {"type": "array", "items": items, "minItems": n, "maxItems": n}
 
 
-def answer_schema(name: str, *, n: int = 0, lengths: Sequence[int] = ()) -> dict:
-    """The JSON schema of a task's answer (n: snippets or labels; lengths: tokens per simulated snippet)."""
-    if name == "explain":
-        prop, value = "label", {"type": "string", "minLength": 1, "maxLength": LABEL_MAX_CHARS}
-    elif name in ("detection", "fuzzing"):
-        prop, value = "answers", _exactly(_BIT, n)
-    elif name == "simulation":
-        rows = [_exactly(_LEVEL, k) for k in lengths]
-        prop, value = (
-            "activations",
-            {"type": "array", "prefixItems": rows, "items": False, "minItems": len(rows), "maxItems": len(rows)},
-        )
-    elif name == "codebook":
-        prop, value = "codes", _exactly({"type": "string", "minLength": 1, "maxLength": LABEL_MAX_CHARS}, n)
-    else:
-        raise ValueError(name)
-    return {"type": "object", "properties": {prop: value}, "required": [prop], "additionalProperties": False}
+def _label_value() -> dict:
+    return {"type": "string", "minLength": 1, "maxLength": LABEL_MAX_CHARS}
 
 
-def answer_budget(name: str, *, n: int = 0, lengths: Sequence[int] = ()) -> int:
+def _activation_rows(lengths: Sequence[int]) -> dict:
+    rows = [_exactly(_LEVEL, k) for k in lengths]
+    return {"type": "array", "prefixItems": rows, "items": False, "minItems": len(rows), "maxItems": len(rows)}
+
+
+def answer_schema(name: str, **shape: object) -> dict:
+    """The JSON schema of a task's answer; `shape` is its size (TaskFormat.shape: n snippets or labels,
+    or lengths, the tokens of each simulated snippet)."""
+    task = TASKS[name]
+    return {
+        "type": "object",
+        "properties": {task.answer_key: task.answer_value(**shape)},
+        "required": [task.answer_key],
+        "additionalProperties": False,
+    }
+
+
+def answer_budget(name: str, **shape: object) -> int:
     """Completion tokens a task's answer may take: twice its size, for models that wrap it in a
     code fence or a sentence. A model that loops stops here instead of at the configured bound."""
-    size = {
-        "explain": 60,
-        "detection": 8 + 3 * n,
-        "fuzzing": 8 + 3 * n,
-        "simulation": 8 + 3 * sum(lengths) + 2 * len(lengths),
-        "codebook": 8 + 30 * n,
-    }[name]
-    return 2 * size + 32
+    return 2 * TASKS[name].answer_size(**shape) + 32
 
 
 # --- what goes in ----------------------------------------------------------------------
@@ -414,3 +397,83 @@ def parse_codebook(text: str, n: int) -> list[str]:
         return [v.strip() for v in value]
 
     return _last_valid(text, check)
+
+
+# --- the tasks -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskFormat:
+    """One judge task's side of its prompt file: the fields it fills in and the shape of the answer.
+
+    `shape(task)` is the answer's size as keyword arguments (none, `n` or `lengths`), passed on to
+    `answer_value`, `answer_size` and `parse`."""
+
+    placeholders: frozenset[str]  # the fields a prompt file may use
+    required: frozenset[str]  # the fields it must use, or the judge would not see them
+    fields: Callable[[Any], dict[str, object]]  # task → the text of each field
+    shape: Callable[[Any], dict[str, Any]]
+    answer_key: str  # the answer object's one property
+    answer_value: Callable[..., dict]  # shape → the JSON schema of its value
+    answer_size: Callable[..., int]  # shape → tokens of the bare answer
+    parse: Callable[..., Any]  # (text, **shape) → the value; ParseError when it has another shape
+
+
+def _snippet_count(task: Any) -> dict[str, Any]:
+    return {"n": len(task.snippets)}
+
+
+# Every judge task by prompt name (records.JudgeTask.prompt): the judge asks each through this row.
+TASKS: dict[str, TaskFormat] = {
+    "explain": TaskFormat(
+        frozenset({"examples", "frequent"}),
+        frozenset({"examples"}),
+        explain_fields,
+        lambda task: {},
+        "label",
+        _label_value,
+        lambda: 60,
+        parse_label,
+    ),
+    "detection": TaskFormat(
+        frozenset({"label", "snippets", "n"}),
+        frozenset({"label", "snippets"}),
+        detection_fields,
+        _snippet_count,
+        "answers",
+        lambda n: _exactly(_BIT, n),
+        lambda n: 8 + 3 * n,
+        parse_binary_list,
+    ),
+    "fuzzing": TaskFormat(
+        frozenset({"label", "snippets", "n"}),
+        frozenset({"label", "snippets"}),
+        fuzzing_fields,
+        _snippet_count,
+        "answers",
+        lambda n: _exactly(_BIT, n),
+        lambda n: 8 + 3 * n,
+        parse_binary_list,
+    ),
+    "simulation": TaskFormat(
+        frozenset({"label", "snippets", "n"}),
+        frozenset({"label", "snippets"}),
+        simulation_fields,
+        lambda task: {"lengths": [len(s.tokens) for s in task.snippets]},
+        "activations",
+        _activation_rows,
+        lambda lengths: 8 + 3 * sum(lengths) + 2 * len(lengths),
+        parse_simulation,
+    ),
+    "codebook": TaskFormat(
+        frozenset({"codebook", "labels", "n"}),
+        frozenset({"codebook", "labels"}),
+        lambda task: codebook_fields(task.labels, task.codes),
+        lambda task: {"n": len(task.labels)},
+        "codes",
+        lambda n: _exactly(_label_value(), n),
+        lambda n: 8 + 30 * n,
+        parse_codebook,
+    ),
+}
+PROMPT_NAMES = tuple(TASKS)

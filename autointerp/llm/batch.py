@@ -34,15 +34,15 @@ from autointerp.llm.client import (
     AnthropicClient,
     BatchRecord,
     BatchRequest,
+    CallFailed,
     Completion,
     LLMCall,
     LLMClient,
     OpenAIChatClient,
-    _CallFailed,
-    _canonical_json,
-    _SDKClient,
-    _server_message,
+    SDKClient,
     cache_key,
+    canonical_json,
+    server_message,
 )
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class OpenAIBatches(BatchEndpoint):
     running = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
 
     def __init__(self, live: OpenAIChatClient):
-        self.live, self.sdk = live, live._sdk
+        self.live, self.sdk = live, live.sdk
 
     async def submit(self, record: BatchRecord) -> str:
         lines = (
@@ -164,7 +164,7 @@ class OpenAIBatches(BatchEndpoint):
                 else:
                     out[row["custom_id"]] = (
                         None,
-                        f"{response.get('status_code')}: {_server_message(json.dumps(response.get('body')))}",
+                        f"{response.get('status_code')}: {server_message(json.dumps(response.get('body')))}",
                     )
         return out
 
@@ -175,7 +175,7 @@ class AnthropicBatches(BatchEndpoint):
     max_requests = 100_000
 
     def __init__(self, live: AnthropicClient):
-        self.live, self.sdk = live, live._sdk
+        self.live, self.sdk = live, live.sdk
 
     async def submit(self, record: BatchRecord) -> str:
         # Message Batches carry no metadata, so an interrupted creation cannot be found again (find: None).
@@ -218,7 +218,7 @@ class BatchClient(LLMClient):
     """complete() through a provider's batch API; the live client beside it serves LIVE_PURPOSES,
     check(), the request bodies and the parsing of answers."""
 
-    def __init__(self, live: _SDKClient, endpoint: BatchEndpoint):
+    def __init__(self, live: SDKClient, endpoint: BatchEndpoint):
         self.live, self.endpoint = live, endpoint
         self.config, self.store = live.config, live.store
         self.totals = live.totals  # one bill for live and batch calls
@@ -424,7 +424,7 @@ class BatchClient(LLMClient):
             if body is not None:
                 raw = json.dumps(body, ensure_ascii=False)
                 try:
-                    text, prompt_tokens, completion_tokens = self.live._parse(body)
+                    text, prompt_tokens, completion_tokens = self.live.parse(body)
                 except (KeyError, IndexError, TypeError, ValueError, AttributeError):
                     error = "malformed response body (unexpected JSON shape)"
             if error is None and (known := self.store.lookup(r.cache_key)) is not None:
@@ -435,7 +435,7 @@ class BatchClient(LLMClient):
                 cost = None
                 if price is not None and prompt_tokens is not None and completion_tokens is not None:
                     cost = BATCH_DISCOUNT * (prompt_tokens * price[0] + completion_tokens * price[1]) / 1e6
-                scrub = self.live._scrub
+                scrub = self.live.scrub
                 call = LLMCall(
                     cache_key=r.cache_key,
                     provider=cfg.provider,
@@ -444,7 +444,7 @@ class BatchClient(LLMClient):
                     feature=r.feature,
                     system=r.system,
                     user=r.user,
-                    params=_canonical_json(r.params),
+                    params=canonical_json(r.params),
                     response=scrub(text),
                     raw=scrub(raw),
                     prompt_tokens=prompt_tokens,
@@ -485,19 +485,19 @@ class BatchClient(LLMClient):
             except self.live.errors.transport as exc:
                 if gone and getattr(exc, "status_code", None) == 404:
                     raise _BatchGone() from None
-                raise self.live._classify(exc) from None
+                raise self.live.classify(exc) from None
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(cfg.max_retries + 1),
-            wait=self.live._wait,
+            wait=self.live.retry_wait,
             reraise=True,
-            retry=retry_if_exception(lambda e: isinstance(e, _CallFailed) and e.retryable),
+            retry=retry_if_exception(lambda e: isinstance(e, CallFailed) and e.retryable),
         )
         try:
             async for step in retrying:
                 with step:
                     return await attempt()
-        except _CallFailed as exc:
+        except CallFailed as exc:
             error = AutointerpError(
                 f"could not {what} at {cfg.base_url or cfg.provider}: {exc.reason}",
                 "batches already submitted are in the project's ledger: re-run the command to collect them",
@@ -507,6 +507,5 @@ class BatchClient(LLMClient):
         raise AssertionError("unreachable")
 
 
-def make_batch_client(live: _SDKClient) -> BatchClient:
-    endpoint = AnthropicBatches(live) if isinstance(live, AnthropicClient) else OpenAIBatches(live)
-    return BatchClient(live, endpoint)
+# The batch API of each wire protocol (Provider.protocol), for the providers whose batch_api is set.
+BATCH_ENDPOINTS: dict[str, type[BatchEndpoint]] = {"openai": OpenAIBatches, "anthropic": AnthropicBatches}

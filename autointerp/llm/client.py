@@ -35,13 +35,12 @@ import email.utils
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import tomllib
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
@@ -110,13 +109,14 @@ def load_keys(path: str | Path) -> dict[str, Secret]:
     return keys
 
 
-def _canonical_json(value: object) -> str:
+def canonical_json(value: object) -> str:
+    """Sorted keys, no spaces, UTF-8 kept: the form hashed into cache keys and stored as a call's params."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def cache_key(provider: str, model: str, system: str, user: str, params: Mapping[str, object]) -> str:
     payload = {"provider": provider, "model": model, "system": system, "user": user, "params": dict(params)}
-    return hashlib.sha256(_canonical_json(payload).encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
 
 
 @dataclass
@@ -364,8 +364,8 @@ class _Reply:
     raw: str
 
 
-class _CallFailed(Exception):
-    """A failed attempt: retryable (transient) or final for this call only."""
+class CallFailed(Exception):
+    """A failed attempt: retryable (transient) or final for this call only (also raised by batch.py)."""
 
     def __init__(self, reason: str, retryable: bool, retry_after: float | None = None, raw: str = ""):
         super().__init__(reason)
@@ -414,7 +414,7 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
-def _server_message(response_text: str) -> str:
+def server_message(response_text: str) -> str:
     """error.message from either provider's error body, else the body itself."""
     try:
         return str(json.loads(response_text)["error"]["message"])
@@ -422,10 +422,15 @@ def _server_message(response_text: str) -> str:
         return response_text[:300]
 
 
-class _SDKClient(LLMClient):
-    """Cache, concurrency, rate limits, retries and the call log around one SDK request."""
+class SDKClient(LLMClient):
+    """Cache, concurrency, rate limits, retries and the call log around one SDK request.
+
+    Besides complete() and check(), a BatchClient (batch.py) uses the public rest: `sdk`, `errors`,
+    `body`, `parse`, `scrub`, `classify` and `retry_wait`, so that batch answers are built, parsed,
+    scrubbed and retried exactly as live ones."""
 
     errors: SDKErrors  # set by each SDK's client once it has imported its SDK
+    sdk: Any  # the official SDK's async client (openai.AsyncOpenAI, anthropic.AsyncAnthropic), set likewise
 
     def __init__(
         self, config: LLMConfig, store: CallStore, key: Secret | None, fatal: Callable[[], str | None] | None = None
@@ -453,14 +458,15 @@ class _SDKClient(LLMClient):
         """Send one request through the SDK; return the raw response body."""
 
     @abc.abstractmethod
-    def _parse(self, body: dict) -> tuple[str, int | None, int | None]:
+    def parse(self, body: dict) -> tuple[str, int | None, int | None]:
         """(text, prompt tokens, completion tokens) from a decoded response body."""
 
     @abc.abstractmethod
     async def _list_models(self) -> list[str]:
         """The model ids the endpoint lists (raises the SDK's errors)."""
 
-    def _scrub(self, text: str) -> str:
+    def scrub(self, text: str) -> str:
+        """The text with this client's API key replaced by '***'."""
         return self._key.scrub(text) if self._key else text
 
     async def check(self) -> None:
@@ -474,7 +480,7 @@ class _SDKClient(LLMClient):
         except self.errors.transport as exc:
             if isinstance(exc, self.errors.status) and exc.status_code in (404, 405):
                 return  # a server without a model list; the first call will tell
-            failure = self._classify(exc)
+            failure = self.classify(exc)
             if isinstance(failure, AutointerpError):
                 raise failure from None
             raise AutointerpError(
@@ -546,8 +552,8 @@ class _SDKClient(LLMClient):
             started = time.monotonic()  # latency counts from here: queueing for a slot is not the API's
             retrying = AsyncRetrying(
                 stop=stop_after_attempt(cfg.max_retries + 1),
-                wait=self._wait,
-                retry=retry_if_exception(lambda exc: isinstance(exc, _CallFailed) and exc.retryable),
+                wait=self.retry_wait,
+                retry=retry_if_exception(lambda exc: isinstance(exc, CallFailed) and exc.retryable),
                 before_sleep=lambda state: self._log_retry(state, purpose, feature),
                 reraise=True,
             )
@@ -558,7 +564,7 @@ class _SDKClient(LLMClient):
                 async for attempt in retrying:
                     with attempt:
                         reply = await self._attempt(system, user, params)
-            except _CallFailed as exc:
+            except CallFailed as exc:
                 error = exc.reason
                 reply = _Reply("", None, None, exc.raw)
             except AutointerpError as exc:
@@ -602,7 +608,7 @@ class _SDKClient(LLMClient):
         if price is not None and reply.prompt_tokens is not None and reply.completion_tokens is not None:
             cost = (reply.prompt_tokens * price[0] + reply.completion_tokens * price[1]) / 1e6
         completion = Completion(
-            text=self._scrub(reply.text),
+            text=self.scrub(reply.text),
             provider=cfg.provider,
             model=cfg.model,
             prompt_tokens=reply.prompt_tokens,
@@ -611,8 +617,8 @@ class _SDKClient(LLMClient):
             retries=retries,
             cost_usd=cost,
             cached=False,
-            raw=self._scrub(reply.raw),
-            error=self._scrub(error) if error is not None else None,
+            raw=self.scrub(reply.raw),
+            error=self.scrub(error) if error is not None else None,
         )
         completion.call_id = self.store.record(
             LLMCall(
@@ -623,7 +629,7 @@ class _SDKClient(LLMClient):
                 feature=feature,
                 system=system,
                 user=user,
-                params=_canonical_json(params),
+                params=canonical_json(params),
                 response=completion.text,
                 raw=completion.raw,
                 prompt_tokens=completion.prompt_tokens,
@@ -638,11 +644,11 @@ class _SDKClient(LLMClient):
         self.totals.add(completion)
         return completion
 
-    def _wait(self, state: RetryCallState) -> float:
+    def retry_wait(self, state: RetryCallState) -> float:
         """Exponential backoff with jitter, but never shorter than the server's Retry-After."""
         backoff = self._backoff(state)
         exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, _CallFailed) and exc.retry_after is not None:
+        if isinstance(exc, CallFailed) and exc.retry_after is not None:
             return max(backoff, min(exc.retry_after, RETRY_AFTER_CAP_S))
         return backoff
 
@@ -653,7 +659,7 @@ class _SDKClient(LLMClient):
             "%s %s: %s; retry %d in %.2fs (purpose=%s, feature=%s)",
             self.config.provider,
             self.config.model,
-            self._scrub(str(exc)),
+            self.scrub(str(exc)),
             state.attempt_number,
             wait,
             purpose,
@@ -671,9 +677,9 @@ class _SDKClient(LLMClient):
             async with asyncio.timeout(self.config.timeout_s):
                 body = await self._request(system, user, params)
         except self.errors.transport as exc:
-            failure = self._classify(exc)
+            failure = self.classify(exc)
             if (
-                isinstance(failure, _CallFailed)
+                isinstance(failure, CallFailed)
                 and isinstance(exc, self.errors.connection)
                 and (reason := self._fatal())
             ):
@@ -686,33 +692,33 @@ class _SDKClient(LLMClient):
         try:
             decoded = json.loads(body)
         except ValueError:
-            raise _CallFailed("malformed response body (not JSON)", retryable=True, raw=body) from None
+            raise CallFailed("malformed response body (not JSON)", retryable=True, raw=body) from None
         try:
-            text, prompt_tokens, completion_tokens = self._parse(decoded)
+            text, prompt_tokens, completion_tokens = self.parse(decoded)
         except (KeyError, IndexError, TypeError, ValueError, AttributeError):
-            raise _CallFailed("malformed response body (unexpected JSON shape)", retryable=False, raw=body) from None
+            raise CallFailed("malformed response body (unexpected JSON shape)", retryable=False, raw=body) from None
         if self._tpm and prompt_tokens is not None and completion_tokens is not None:
             self._tpm.adjust(prompt_tokens + completion_tokens - estimate)
         return _Reply(text, prompt_tokens, completion_tokens, body)
 
-    def _classify(self, exc: Exception) -> Exception:
-        """Map an SDK/transport exception to _CallFailed, or AutointerpError for errors every call would get."""
+    def classify(self, exc: Exception) -> Exception:
+        """Map an SDK/transport exception to CallFailed, or AutointerpError for errors every call would get."""
         if isinstance(exc, self.errors.timeout):
-            return _CallFailed("timeout", retryable=True)
+            return CallFailed("timeout", retryable=True)
         if isinstance(exc, self.errors.connection):
             cause = exc.__cause__
             detail = f"{type(cause).__name__}: {cause}" if cause else str(exc)
-            return _CallFailed(self._scrub(f"connection error ({detail})"), retryable=True)
+            return CallFailed(self.scrub(f"connection error ({detail})"), retryable=True)
         assert isinstance(exc, self.errors.status)
         status, body = exc.status_code, exc.response.text
         if status in RETRY_STATUSES:
-            return _CallFailed(str(status), True, parse_retry_after(exc.response.headers), raw=body)
-        message = self._scrub(_server_message(body))
+            return CallFailed(str(status), True, parse_retry_after(exc.response.headers), raw=body)
+        message = self.scrub(server_message(body))
         if status in CONFIG_STATUSES:
             return self._config_error(status, message)
         # A 400 is about this request (too long a prompt, content the server will not take): fail
         # this call only. If every call gets it, the consecutive-failure bound stops the stage.
-        return _CallFailed(f"{status}: {message}", retryable=False, raw=self._scrub(body))
+        return CallFailed(f"{status}: {message}", retryable=False, raw=self.scrub(body))
 
     def _config_error(self, status: int, message: str) -> AutointerpError:
         cfg = self.config
@@ -731,7 +737,7 @@ class _SDKClient(LLMClient):
         )
 
 
-class OpenAIChatClient(_SDKClient):
+class OpenAIChatClient(SDKClient):
     """OpenAI Chat Completions; also any OpenAI-compatible server (vLLM, Ollama, llama.cpp) via base_url."""
 
     def __init__(
@@ -741,7 +747,7 @@ class OpenAIChatClient(_SDKClient):
         import openai
 
         self.errors = SDKErrors.of(openai)
-        self._sdk = openai.AsyncOpenAI(
+        self.sdk = openai.AsyncOpenAI(
             api_key=key.reveal() if key else PLACEHOLDER_KEY,
             base_url=config.base_url,
             timeout=config.timeout_s,
@@ -760,11 +766,11 @@ class OpenAIChatClient(_SDKClient):
         # The SDK's generic post (same auth, base URL and transport as chat.completions.create)
         # skips create()'s typed-parameter transform, ~1 ms of CPU per call: at 32 calls in
         # flight that is the difference between keeping up with the server and not.
-        return await self._sdk.post(
+        return await self.sdk.post(
             "/chat/completions", body=self.body(system, user, params), cast_to=str
         )  # str: the raw body
 
-    def _parse(self, body: dict) -> tuple[str, int | None, int | None]:
+    def parse(self, body: dict) -> tuple[str, int | None, int | None]:
         text = body["choices"][0]["message"]["content"]
         if not isinstance(text, str):
             raise ValueError("choices[0].message.content")
@@ -772,13 +778,13 @@ class OpenAIChatClient(_SDKClient):
         return text, usage.get("prompt_tokens"), usage.get("completion_tokens")
 
     async def _list_models(self) -> list[str]:
-        return [m["id"] for m in json.loads(await self._sdk.get("/models", cast_to=str)).get("data", [])]
+        return [m["id"] for m in json.loads(await self.sdk.get("/models", cast_to=str)).get("data", [])]
 
     async def aclose(self) -> None:
-        await self._sdk.close()
+        await self.sdk.close()
 
 
-class AnthropicClient(_SDKClient):
+class AnthropicClient(SDKClient):
     """Anthropic Messages API, system prompt as the top-level `system` field."""
 
     def __init__(
@@ -788,7 +794,7 @@ class AnthropicClient(_SDKClient):
         import anthropic
 
         self.errors = SDKErrors.of(anthropic)
-        self._sdk = anthropic.AsyncAnthropic(
+        self.sdk = anthropic.AsyncAnthropic(
             api_key=key.reveal() if key else PLACEHOLDER_KEY,  # never let the SDK go hunting for one
             base_url=config.base_url,
             timeout=config.timeout_s,
@@ -805,10 +811,10 @@ class AnthropicClient(_SDKClient):
         }
 
     async def _request(self, system: str, user: str, params: Mapping[str, object]) -> str:
-        response = await self._sdk.messages.with_raw_response.create(**self.body(system, user, params))
+        response = await self.sdk.messages.with_raw_response.create(**self.body(system, user, params))
         return response.http_response.text
 
-    def _parse(self, body: dict) -> tuple[str, int | None, int | None]:
+    def parse(self, body: dict) -> tuple[str, int | None, int | None]:
         blocks = [block["text"] for block in body["content"] if block.get("type") == "text"]
         if not blocks:
             raise ValueError("content[].text")
@@ -816,37 +822,13 @@ class AnthropicClient(_SDKClient):
         return "".join(blocks), usage.get("input_tokens"), usage.get("output_tokens")
 
     async def _list_models(self) -> list[str]:
-        return [m["id"] for m in json.loads(await self._sdk.get("/v1/models", cast_to=str)).get("data", [])]
+        return [m["id"] for m in json.loads(await self.sdk.get("/v1/models", cast_to=str)).get("data", [])]
 
     async def aclose(self) -> None:
-        await self._sdk.close()
+        await self.sdk.close()
 
 
-def resolve_key(config: LLMConfig, keys: Mapping[str, Secret] | None = None) -> Secret | None:
-    """The key from $config.api_key_env, else from `keys` (see load_keys), else None."""
-    if config.api_key_env and (value := os.environ.get(config.api_key_env)):
-        return Secret(value, f"${config.api_key_env}")
-    return (keys or {}).get(config.provider)
-
-
-def make_client(
-    config: LLMConfig,
-    store: CallStore,
-    keys: Mapping[str, Secret] | None = None,
-    fatal: Callable[[], str | None] | None = None,
-) -> LLMClient:
-    """The client for config.provider. Use it within one event loop; `await client.aclose()` after.
-    A missing key that the provider requires is refused here, before any request."""
-    spec = PROVIDERS[config.provider]
-    key = resolve_key(config, keys)
-    if key is None and spec.key_required:
-        raise AutointerpError(
-            f"no API key for provider {config.provider!r}",
-            f'export {config.api_key_env}=<key>, or add {config.provider} = "<key>" to a keys file (--keys-file)',
-        )
-    cls = AnthropicClient if spec.protocol == "anthropic" else OpenAIChatClient
-    if config.batch:
-        from autointerp.llm.batch import make_batch_client
-
-        return make_batch_client(cls(config, store, key, fatal))
-    return cls(config, store, key, fatal)
+# The live client of each wire protocol (Provider.protocol). A provider speaking one of these is one
+# entry in providers.py; a new protocol is a new SDKClient subclass registered here (and, for batch
+# support, a BatchEndpoint in batch.py's BATCH_ENDPOINTS).
+CLIENTS: dict[str, type[SDKClient]] = {"openai": OpenAIChatClient, "anthropic": AnthropicClient}

@@ -1,10 +1,11 @@
 """The LLM providers a judge can use, registered in this one place, with what each can do as data.
 
-Adding a provider is one entry here (plus a client class in client.py when it speaks a new wire
-protocol). Nothing outside this registry asks for a provider by name: the CLI's --judge choices,
-the keys file's entries, default concurrency and timeout, the local server, batch support and
-the explain prompt's size all come from these fields. Kept free of SDK imports so that the CLI can
-list the providers without loading the clients.
+Adding a provider is one entry here; one that speaks a new wire protocol also needs its client class
+in client.py's CLIENTS (and, for a batch API, its endpoint in batch.py's BATCH_ENDPOINTS). Nothing
+outside this registry asks for a provider by name: the CLI's --judge choices, the keys file's
+entries, default concurrency and timeout, the local server, batch support and the explain prompt's
+size all come from these fields. Kept free of SDK imports so that the CLI can list the providers
+without loading the clients.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from autointerp.errors import AutointerpError
-from autointerp.llm.local import LOCAL_MODEL
+from autointerp.llm.local import INSTALL_HINT, LOCAL_MODEL
 
 STRUCTURED_OUTPUT = ("off", "json_schema", "json_object")
 # Explain-prompt size (max-activating snippets, quantile snippets, tokens kept each side; None: the
@@ -26,18 +27,25 @@ class Provider:
 
     name: str = ""
     help: str = ""
-    protocol: str = "openai"  # "openai" (Chat Completions) or "anthropic" (Messages)
+    protocol: str = "openai"  # a key of client.CLIENTS: "openai" (Chat Completions) or "anthropic" (Messages)
     key_env: str | None = None  # the environment variable read by default; None: the provider takes no key
     key_required: bool = False
     base_url: str = "sdk"  # "sdk": the SDK's default unless given; "required": must be given; "managed": ours
     structured_output: str = "off"  # default answer constraint
     answer_formats: tuple[str, ...] = STRUCTURED_OUTPUT  # the answer constraints the API takes
     takes_temperature: bool = True  # False: the API rejects sampling parameters; none is sent
-    batch_api: bool = False  # has a batch API at half price (llm/batch.py)
+    batch_api: bool = False  # has a batch API at half price (its protocol's entry in batch.BATCH_ENDPOINTS)
     served_model: str | None = None  # the one model a managed server runs (the judge model is fixed)
     concurrency: int = 8  # requests in flight unless --concurrency says otherwise
     timeout_s: float = 60.0  # seconds per request unless --timeout says otherwise
     explain_snippets: tuple[int, int, int | None] = FULL_SNIPPETS
+    needs_modules: tuple[str, ...] = ()  # importable only once its optional install is done
+    install: str = ""  # the command that installs those modules
+
+    def installed(self) -> bool:
+        import importlib.util
+
+        return all(importlib.util.find_spec(name) is not None for name in self.needs_modules)
 
     @property
     def runs_locally(self) -> bool:
@@ -86,6 +94,8 @@ PROVIDERS: dict[str, Provider] = {
             concurrency=1,
             timeout_s=600.0,
             explain_snippets=(8, 4, 8),
+            needs_modules=("llama_cpp", *LOCAL_MODEL.parts),
+            install=INSTALL_HINT,
         ),
     )
 }

@@ -30,7 +30,7 @@ from autointerp.llm.client import Completion, LLMClient, RunTotals
 from autointerp.stages.explain import explain_tasks, select_features
 from autointerp.stages.score.scorers import SCORERS, Item
 from autointerp.stages.score.stage import load_held_out, select_scored
-from autointerp.store.store import Store
+from autointerp.store import Store
 
 TYPICAL_LABEL = "the name of a function argument in Python documentation"
 _PIECES = re.compile(r"[A-Za-z]+|\d+|[^\sA-Za-z\d]")

@@ -17,7 +17,7 @@ from autointerp.judges.judge import Judge, map_bounded
 from autointerp.judges.prompts import activation_marks
 from autointerp.records import ExplainTask, FeatureSnippets, JudgeAnswer, Snippet
 from autointerp.stages.saturate import CoverageStop
-from autointerp.store.store import Store
+from autointerp.store import Store
 
 # Prompt sizes by judge: a 1.5B model on two CPU cores reads ~50 tokens/s, so its prompt is the
 # budget (measured in bench/local_judge.py); an API model reads the full set.

@@ -44,7 +44,7 @@ from autointerp.stats.saturation import (
     saturation_verdict,
     stop_rule,
 )
-from autointerp.store.store import Store
+from autointerp.store import Store
 
 RAREFACTION_POINTS = 200  # the order-free curve is stored on at most this many sample sizes
 

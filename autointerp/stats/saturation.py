@@ -2,7 +2,7 @@
 
 Each labelled SAE feature is an *individual* and its category a *species*.
 After n labels there are S_obs distinct categories and f_k categories seen
-exactly k times. Formulas follow /work/shared/reference/saturation.md:
+exactly k times. Formulas, each from the work named beside it:
 
 * ITS (De Paoli & Mathis): cumulative totals T_k, uniques U_k, U/T and ΔU/ΔT.
 * Guest, Namey & Chen (2020): new categories in a run / categories in the base.

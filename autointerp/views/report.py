@@ -17,6 +17,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,9 +28,10 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 
 from autointerp import __version__
-from autointerp.config import ReportConfig
+from autointerp.config import ReportConfig, ScoreConfig, default_of
 from autointerp.records import Snippet
-from autointerp.store.store import Store
+from autointerp.store import Store
+from autointerp.views.text import file_stem, visible_token
 
 NOT_SATURATED_YET = "not computed yet — run autointerp saturate"
 
@@ -99,7 +101,7 @@ class ReportData:
         default_factory=list
     )  # every explainer of the run: name, labelled, failed, per-scorer summary
     agreements: list = field(default_factory=list)  # compare.Agreement of the shown explainer with each other one
-    alpha: float = 0.01  # the significance level the score stage used for "confident"
+    alpha: float = default_of(ScoreConfig, "alpha")  # the level the score stage used for "confident"
 
 
 # ----------------------------------------------------------------------------- reading
@@ -113,7 +115,7 @@ def watch_patterns(watch: dict[str, tuple[str, ...]]) -> dict[str, re.Pattern]:
     return {concept: re.compile("|".join(term(t) for t in terms), re.IGNORECASE) for concept, terms in watch.items()}
 
 
-def low_confidence(card: FeatureCard, cfg: ReportConfig, alpha: float = 0.01) -> list[tuple[str, str]]:
+def low_confidence(card: FeatureCard, cfg: ReportConfig, alpha: float) -> list[tuple[str, str]]:
     """Why this feature's label should not be trusted yet; empty when nothing is wrong. A label is
     trusted when the confidence scorer's one-sided permutation test rejects "the label says nothing
     about which snippets are active" at alpha, on this feature's own snippets."""
@@ -193,7 +195,7 @@ def collect(store: Store, run_id: str | None, cfg: ReportConfig) -> ReportData:
     judges = {s: str(headline[headline.scorer == s].judge.iloc[0]) for s in scorers}
     explainers = _explainer_rows(store, run_id, store.explainers(run_id))
     summary = next((x["scores"] for x in explainers if x["explainer"] == explainer), {})
-    alpha = next((v["alpha"] for v in summary.values()), 0.01)
+    alpha = next((v["alpha"] for v in summary.values()), default_of(ScoreConfig, "alpha"))
     others = {
         x["explainer"]: store.explanations(run_id, x["explainer"]) for x in explainers if x["explainer"] != explainer
     }
@@ -373,16 +375,18 @@ class HistogramPNG:
     about a second of drawing, where a fresh figure each would take a minute.
     """
 
-    def __init__(self, edges: np.ndarray):
-        self.edges = edges
+    def __init__(self, edges: Sequence[float] | None):
+        """edges: the bin edges stored with the run; None or empty for a run gathered before they were stored."""
+        self.edges = edges if edges is not None and len(edges) else None
         self.fig = Figure(figsize=(1.6, 0.4), dpi=100)
         self.ax = self.fig.add_axes((0, 0, 1, 1))
         self.ax.set_axis_off()
         self.steps = self.ax.stairs([1.0], [0.0, 1.0], fill=True, color="#d07020")
 
-    def render(self, counts: np.ndarray) -> tuple[str, float, float, int] | None:
+    def render(self, counts: np.ndarray) -> tuple[str, float | None, float | None, int] | None:
         """(data URI, lowest and highest activation of the shown bins, the tallest bin's count), or
-        None for a feature that never fired."""
+        None for a feature that never fired. The activations are None where the run stored no edges
+        that fit these counts."""
         nonzero = np.flatnonzero(counts)
         if not len(nonzero):
             return None
@@ -393,15 +397,13 @@ class HistogramPNG:
         self.ax.set_ylim(0, shown.max())
         buf = io.BytesIO()
         self.fig.savefig(buf, format="png", metadata={"Software": None})
+        uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+        if self.edges is None or len(counts) != len(self.edges) + 1:
+            return uri, None, None, int(shown.max())
         # Bin i holds activations in (edges[i-1], edges[i]]; the first and last bins are open-ended.
         low = self.edges[lo - 1] if lo > 0 else 0.0
         high = self.edges[hi - 1] if hi - 1 < len(self.edges) else math.inf
-        return (
-            "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(),
-            float(low),
-            float(high),
-            int(shown.max()),
-        )
+        return uri, float(low), float(high), int(shown.max())
 
 
 # ----------------------------------------------------------------------------- HTML
@@ -760,13 +762,18 @@ def _snippet_html(s: Snippet, max_activation: float) -> str:
     return f'<p class="snip" title="{title}">{"".join(parts)}</p>'
 
 
-def _histogram_html(hist: tuple[str, float, float, int]) -> str:
-    """The activation histogram with its axes: counts up to the tallest bin, activations low to high."""
+def _histogram_html(hist: tuple[str, float | None, float | None, int]) -> str:
+    """The activation histogram with its axes: counts up to the tallest bin, activations low to high
+    (left out for a run that stored no bin edges)."""
     uri, low, high, top = hist
-    return (
+    head = (
         f"<figure class='hist'><span class='yaxis'>{top:,}<br>0</span>"
         f'<img alt="activation histogram" width="160" height="40" src="{uri}">'
-        f"<span class='xaxis'><span>{low:.3g}</span><span>{high:.3g}</span></span>"
+    )
+    if low is None or high is None:
+        return head + "<figcaption>tokens per activation bin (this run stored no bin edges)</figcaption></figure>"
+    return (
+        head + f"<span class='xaxis'><span>{low:.3g}</span><span>{high:.3g}</span></span>"
         f"<figcaption>tokens per activation bin (log-spaced), activation {low:.3g} to {high:.3g}</figcaption></figure>"
     )
 
@@ -775,12 +782,9 @@ SNIPPET_KINDS = {"top": "top", "quantile": "quantile bin", "negative": "no activ
 EFFECT_KINDS = {"promoted": "promotes", "suppressed": "suppresses", "amplified": "amplified, makes likelier"}
 
 
-def visible_token(token: str) -> str:
-    """A vocabulary entry as read: byte-level BPE's space and newline marks shown as the characters."""
-    return token.replace("Ġ", "␣").replace("▁", "␣").replace("Ċ", "⏎")
-
-
-def _card_html(c: FeatureCard, hist: tuple[str, float, float, int] | None, scorers: list[str], alpha: float) -> str:
+def _card_html(
+    c: FeatureCard, hist: tuple[str, float | None, float | None, int] | None, scorers: list[str], alpha: float
+) -> str:
     flags = (
         (["low"] if c.low_confidence else [])
         + (["watch"] if c.watch else [])
@@ -854,8 +858,6 @@ def render_html(d: ReportData, cfg: ReportConfig) -> str:
 
 
 def _page(d: ReportData, cfg: ReportConfig) -> str:
-    from autointerp.gather.collect import HIST_EDGES  # the per-feature histogram's bin edges
-
     run = d.run
     scorers = list(d.summary)
     usage_rows, usage_total = _usage_rows(d.usage)
@@ -882,7 +884,7 @@ def _page(d: ReportData, cfg: ReportConfig) -> str:
         + [("density", "density ↓"), ("max", "max activation ↓")]
     )
 
-    painter = HistogramPNG(HIST_EDGES)
+    painter = HistogramPNG(run["histogram_edges"])
     carded = sorted(d.cards, key=lambda c: (c.dead, c.feature))[: cfg.max_cards]  # alive features first
     cards = "".join(
         _card_html(c, None if c.dead else painter.render(c.histogram), scorers, d.alpha)
@@ -1066,11 +1068,6 @@ def render_markdown(d: ReportData, cfg: ReportConfig, html_name: str) -> str:
 
 
 # ----------------------------------------------------------------------------- entry point
-
-
-def file_stem(run_id: str) -> str:
-    """A run id made safe as a file name (user-given ids may hold '/' or spaces)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", run_id)
 
 
 def report_paths(project: str | Path, run_id: str, out: str | Path | None) -> tuple[Path, Path]:

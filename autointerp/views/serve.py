@@ -34,7 +34,7 @@ from autointerp.config import ServeConfig
 from autointerp.errors import AutointerpError
 
 if TYPE_CHECKING:
-    from autointerp.store.store import Browser
+    from autointerp.store import Browser
 
 # No script is needed, so none is allowed: stricter than "script-src 'unsafe-inline'".
 CSP = (
@@ -832,7 +832,7 @@ def make_server(
 ) -> Server:
     """A server over the project's database, bound but not yet serving (port 0: a free port). Call
     serve_forever() (in a thread, for tests), then shutdown() and server_close()."""
-    from autointerp.store.store import Browser
+    from autointerp.store import Browser
 
     db = Browser(project, run_id)
     try:

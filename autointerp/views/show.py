@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 
 from autointerp.errors import AutointerpError
-from autointerp.store.store import Store
-from autointerp.views.report import visible_token
+from autointerp.store import Store
+from autointerp.views.text import visible_token
 
 
 def _fmt(x) -> str:

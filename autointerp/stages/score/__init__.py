@@ -1,1 +1,1 @@
-"""Score stage: the stage (stage.py), held-out sampling (sampling.py) and the scorers (scorers.py)."""
+"""Score stage: the stage (stage.py), held-out sampling (sampling.py) and the scorers, one module each (scorers/)."""

@@ -1,7 +1,7 @@
 """Score stage: check each label by predicting activations on held-out snippets.
 
 Only score-split snippets and score-split verified negatives are ever shown (sampling.py): the
-explain split never reaches a scorer. Each scorer (scorers.py) gives every labelled feature its
+explain split never reaches a scorer. Each scorer (scorers/) gives every labelled feature its
 headline metric with a 95% interval and a per-feature null test: a label is *confident* when
 its p-value against the permutation null (what a label unrelated to the activations scores on
 the same snippets) is below `alpha`.
@@ -170,17 +170,15 @@ async def score(
     labels = {int(r.feature): r.label for r in labels_df.itertuples() if r.status == "ok"}
     features = select_scored(labels, cfg)
     scorers: dict[str, Scorer] = {name: SCORERS[name] for name in cfg.scorers}
-    if any(getattr(s, "needs_subject", False) for s in scorers.values()):
+    if any(s.needs_subject for s in scorers.values()):
         if subject is None:
             from autointerp.subject.load import load_subject
 
             subject = load_subject(store, run_id)
-        subject.model.require_causal("the intervention scorer")
+        needing = [name for name, s in scorers.items() if s.needs_subject]
+        subject.model.require_causal(f"the {' and '.join(needing)} scorer")
         every_label = [labels[f] for f in features]
-        scorers = {
-            name: s.bind(subject, every_label) if getattr(s, "needs_subject", False) else s
-            for name, s in scorers.items()
-        }
+        scorers = {name: s.bind(subject, every_label) if s.needs_subject else s for name, s in scorers.items()}
     names = {name: (s.judge_name() if not s.uses_judge else judge.name) for name, s in scorers.items()}
     bar = tqdm(total=len(features) * len(scorers), desc="score", unit="feat", disable=not progress)
     held: dict[int, HeldOut] = {}
@@ -206,6 +204,7 @@ async def score(
                     label_source=source,
                 )
 
+    store.ensure_score_columns(list(scorers))  # a scorer newer than the database gets its feature_summary columns
     store.delete_scores(run_id, explainer, list(scorers), "shuffled")  # a control of older labels would not be this one
     await run(features, "true", {})
     bar.close()

@@ -1,84 +1,42 @@
-"""Exports of one run for other tools, read from the DuckDB file alone.
+"""Neuronpedia's three formats, all built from one feature record per feature of the run and all
+carrying one explainer's labels: `ExportConfig.explainer`, else the one written last.
 
-- parquet: every table of the database as `<table>.parquet` (this run's rows; meta and llm_calls whole,
-  as they carry no run id), streamed batch by batch so memory stays flat.
-- neuronpedia: one Neuronpedia feature object a line, every feature of the run:
+- neuronpedia: `neuronpedia.jsonl`, one Neuronpedia feature object a line, every feature of the run:
   {index, density, activations: [{tokens, values}], explanations: [{text, methodName, modelName}],
   topLogits, bottomLogits: [{token, value}] (the vocabulary projection of a causal LM's features, else null)}.
-- neuronpedia-upload: the request bodies Neuronpedia's client sends to `upload-batch`
-  (`FeatureRequest.upload_batch`): {modelId, source, features: [...]} in files of at most 128
-  features, each activation with quantileMin, quantileMax and quantileFraction: null for the top
-  windows; for a sample of an equal-count activation-quantile bin, the range of the bin's stored
-  samples' peaks and 1 / number of bins.
+- neuronpedia-upload: `neuronpedia_upload/batch-NNNNN.json`, the request bodies Neuronpedia's client
+  sends to `upload-batch` (`FeatureRequest.upload_batch`): {modelId, source, features: [...]} in files
+  of at most 128 features, each activation with quantileMin, quantileMax and quantileFraction: null
+  for the top windows; for a sample of an equal-count activation-quantile bin, the range of the bin's
+  stored samples' peaks and 1 / number of bins.
 - neuronpedia-bulk: the layout of Neuronpedia's bulk exports, which readers of its datasets load:
-  <modelId>/<source>/{features,activations,explanations}/batch-N.jsonl.gz, N from 0, each batch the
-  rows of `bulk_batch` consecutive features. features rows {modelId, layer, index, hookName,
-  maxActApprox, frac_nonzero, pos_str, pos_values, neg_str, neg_values}; activations rows, one per
-  window, {id, modelId, layer, index, tokens, values, maxValue, maxValueTokenIndex, minValue,
+  `neuronpedia_bulk/<modelId>/<source>/{features,activations,explanations}/batch-N.jsonl.gz`, N from
+  0, each batch the rows of `bulk_batch` consecutive features. features rows {modelId, layer, index,
+  hookName, maxActApprox, frac_nonzero, pos_str, pos_values, neg_str, neg_values}; activations rows,
+  one per window, {id, modelId, layer, index, tokens, values, maxValue, maxValueTokenIndex, minValue,
   binMin, binMax, binContains}; explanations rows {id, modelId, layer, index, description, typeName,
   explanationModelName}. As Neuronpedia writes them, layer is the source id and index a string.
-All three carry one explainer's labels: `ExportConfig.explainer`, else the one written last.
-- openai: OpenAI automated-interpretability `NeuronSimulationResults` records, one a line: the label of each
-  explainer as a `ScoredExplanation` whose `ev_correlation_score` is our simulation scorer's Pearson r.
-  Per-sequence simulations are not stored, so `scored_sequence_simulations` is empty. The
-  `dataclass_name` keys let neuron_explainer's `fast_dataclasses.loads` rebuild the objects.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
-import math
-import re
 from pathlib import Path
-
-import pyarrow.parquet as pq
 
 from autointerp.config import ExportConfig
 from autointerp.errors import AutointerpError
-from autointerp.store.store import Store
-from autointerp.views.report import file_stem
+from autointerp.export.base import labels_by_feature, layer_index, write_jsonl
+from autointerp.store import Store
 
-FORMATS = ("parquet", "neuronpedia", "neuronpedia-upload", "neuronpedia-bulk", "openai")
 UPLOAD_BATCH = 128  # features per request: the most Neuronpedia's upload-batch endpoint takes
 METHOD_NAME = "autointerp"  # Neuronpedia's methodName for labels written by this package
-
-
-def _finite(x: float | None) -> float | None:
-    """JSON has no NaN: an undefined score becomes null."""
-    return None if x is None or math.isnan(x) else float(x)
+BULK_KINDS = ("features", "activations", "explanations")
 
 
 def _short(x: float) -> float:
     # Six significant digits: float32 activations gain nothing from a float64's seventeen.
     return float(f"{x:.6g}")
-
-
-def layer_index(hookpoint: str) -> int | None:
-    """The layer number in a hookpoint name (blocks.8.hook_resid_pre → 8), for OpenAI's NeuronId."""
-    found = re.search(r"\d+", hookpoint)
-    return int(found.group()) if found else None
-
-
-def export_parquet(store: Store, run_id: str, out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name in store.table_names():
-        reader = store.table_reader(name, run_id)
-        path = out / f"{name}.parquet"
-        with pq.ParquetWriter(path, reader.schema) as writer:
-            for batch in reader:
-                writer.write_batch(batch)
-        paths.append(path)
-    return paths
-
-
-def _labels_by_feature(store: Store, run_id: str, explainer: str | None = None) -> dict[int, list]:
-    """feature → its successful labels (rows with explainer and label), one per explainer, or only `explainer`'s."""
-    labels = store.explanations(run_id, explainer)
-    out: dict[int, list] = {}
-    for x in labels[labels.status == "ok"].itertuples():
-        out.setdefault(int(x.feature), []).append(x)
-    return out
 
 
 def _chosen_explainer(store: Store, run_id: str, cfg: ExportConfig) -> str | None:
@@ -107,7 +65,7 @@ def neuronpedia_records(store: Store, run_id: str, cfg: ExportConfig, upload: bo
     """One Neuronpedia feature dict per feature of the run, dead ones included (no activations); with
     upload, the top windows and the quantile samples with their quantile fields."""
     explainer = _chosen_explainer(store, run_id, cfg)
-    labels = _labels_by_feature(store, run_id, explainer) if explainer else {}
+    labels = labels_by_feature(store, run_id, explainer) if explainer else {}
     features = store.features(run_id)
     n_bins = int(store.run(run_id)["config"].get("gather", {}).get("n_bins") or 1)
     for start in range(0, len(features), cfg.chunk):
@@ -148,33 +106,6 @@ def neuronpedia_records(store: Store, run_id: str, cfg: ExportConfig, upload: bo
                 "topLogits": logits.get((f, "promoted")),
                 "bottomLogits": logits.get((f, "suppressed")),
             }
-
-
-def openai_records(store: Store, run_id: str):
-    """One NeuronSimulationResults dict per labelled feature."""
-    layer = layer_index(store.run(run_id)["hookpoint"])
-    scores = store.scores(run_id)
-    pearson = scores[(scores.scorer == "simulation") & (scores.metric == "pearson") & (scores.label_source == "true")]
-    r = {(x.explainer, int(x.feature)): x.value for x in pearson.itertuples()}
-    for feature, labels in sorted(_labels_by_feature(store, run_id).items()):
-        yield {
-            "dataclass_name": "NeuronSimulationResults",
-            "neuron_id": {"dataclass_name": "NeuronId", "layer_index": layer, "neuron_index": feature},
-            "scored_explanations": [
-                {
-                    "dataclass_name": "ScoredExplanation",
-                    "explanation": x.label,
-                    "scored_simulation": {
-                        "dataclass_name": "ScoredSimulation",
-                        "scored_sequence_simulations": [],
-                        "ev_correlation_score": _finite(r.get((x.explainer, feature))),
-                        "rsquared_score": None,
-                        "absolute_dev_explained_score": None,
-                    },
-                }
-                for x in labels
-            ],
-        }
 
 
 def neuronpedia_model_id(run: dict) -> str:
@@ -248,25 +179,38 @@ def _in_batches(records, size: int):
         yield batch
 
 
-def _write_bulk(store: Store, run_id: str, cfg: ExportConfig, out: Path) -> list[Path]:
-    import gzip
+def write_features(store: Store, run_id: str, cfg: ExportConfig, root: Path) -> list[Path]:
+    return [write_jsonl(root / "neuronpedia.jsonl", neuronpedia_records(store, run_id, cfg))]
 
+
+def write_upload_batches(store: Store, run_id: str, cfg: ExportConfig, root: Path) -> list[Path]:
+    head = neuronpedia_head(store.run(run_id), cfg)
+    out = root / "neuronpedia_upload"
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for n, batch in enumerate(_in_batches(neuronpedia_records(store, run_id, cfg, upload=True), UPLOAD_BATCH), 1):
+        path = out / f"batch-{n:05d}.json"
+        path.write_text(json.dumps(head | {"features": batch}, ensure_ascii=False, allow_nan=False), encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def write_bulk(store: Store, run_id: str, cfg: ExportConfig, root: Path) -> list[Path]:
     run = store.run(run_id)
     head = neuronpedia_head(run, cfg)
-    root = out / head["modelId"] / head["source"]
-    kinds = ("features", "activations", "explanations")
-    for kind in kinds:
-        (root / kind).mkdir(parents=True, exist_ok=True)
+    bulk = root / "neuronpedia_bulk" / head["modelId"] / head["source"]
+    for kind in BULK_KINDS:
+        (bulk / kind).mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
     for n, batch in enumerate(_in_batches(neuronpedia_records(store, run_id, cfg, upload=True), cfg.bulk_batch)):
-        rows: dict[str, list[dict]] = {kind: [] for kind in kinds}
+        rows: dict[str, list[dict]] = {kind: [] for kind in BULK_KINDS}
         for record in batch:
             feature, activations, explanations = bulk_rows(record, head, run["hookpoint"])
             rows["features"].append(feature)
             rows["activations"].extend(activations)
             rows["explanations"].extend(explanations)
-        for kind in kinds:
-            path = root / kind / f"batch-{n}.jsonl.gz"
+        for kind in BULK_KINDS:
+            path = bulk / kind / f"batch-{n}.jsonl.gz"
             with gzip.open(path, "wt", encoding="utf-8") as f:
                 for row in rows[kind]:
                     f.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
@@ -277,61 +221,11 @@ def _write_bulk(store: Store, run_id: str, cfg: ExportConfig, out: Path) -> list
 def read_neuronpedia_bulk(root: str | Path) -> dict[str, list[dict]]:
     """Every row of a bulk export (the directory holding features/, activations/, explanations/),
     by kind, in batch order."""
-    import gzip
-
     out = {}
-    for kind in ("features", "activations", "explanations"):
+    for kind in BULK_KINDS:
         files = sorted(Path(root, kind).glob("batch-*.jsonl.gz"), key=lambda p: int(p.name.split("-")[1].split(".")[0]))
         out[kind] = []
         for path in files:
             with gzip.open(path, "rt", encoding="utf-8") as f:
                 out[kind].extend(json.loads(line) for line in f)
     return out
-
-
-def _write_upload_batches(store: Store, run_id: str, cfg: ExportConfig, out: Path) -> list[Path]:
-    head = neuronpedia_head(store.run(run_id), cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for n, batch in enumerate(_in_batches(neuronpedia_records(store, run_id, cfg, upload=True), UPLOAD_BATCH), 1):
-        path = out / f"batch-{n:05d}.json"
-        path.write_text(json.dumps(head | {"features": batch}, ensure_ascii=False, allow_nan=False), encoding="utf-8")
-        paths.append(path)
-    return paths
-
-
-def _write_jsonl(path: Path, records) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
-    return path
-
-
-def export(
-    project: str | Path,
-    run_id: str | None = None,
-    out: str | Path | None = None,
-    formats: tuple[str, ...] = FORMATS,
-    cfg: ExportConfig | None = None,
-) -> dict[str, list[Path]]:
-    """Write the chosen formats for one run (default: the latest) under out (default <project>/exports/<run_id>/)."""
-    unknown = set(formats) - set(FORMATS)
-    if unknown:
-        raise AutointerpError(f"unknown export format(s) {sorted(unknown)}", f"choose from {', '.join(FORMATS)}")
-    cfg = cfg or ExportConfig()
-    with Store(project, read_only=True) as store:
-        run_id = store.run(run_id)["run_id"]
-        root = Path(out) if out is not None else Path(project) / "exports" / file_stem(run_id)
-        written: dict[str, list[Path]] = {}
-        if "parquet" in formats:
-            written["parquet"] = export_parquet(store, run_id, root / "parquet")
-        if "neuronpedia" in formats:
-            written["neuronpedia"] = [_write_jsonl(root / "neuronpedia.jsonl", neuronpedia_records(store, run_id, cfg))]
-        if "neuronpedia-upload" in formats:
-            written["neuronpedia-upload"] = _write_upload_batches(store, run_id, cfg, root / "neuronpedia_upload")
-        if "neuronpedia-bulk" in formats:
-            written["neuronpedia-bulk"] = _write_bulk(store, run_id, cfg, root / "neuronpedia_bulk")
-        if "openai" in formats:
-            written["openai"] = [_write_jsonl(root / "openai_explanations.jsonl", openai_records(store, run_id))]
-    return written

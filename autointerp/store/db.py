@@ -1,0 +1,88 @@
+"""The database file of a project: where it lives, opening it, and the write helpers every store
+module goes through (all-or-nothing transactions, bulk Arrow inserts)."""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager, nullcontext
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from autointerp.errors import AutointerpError
+
+DB_NAME = "autointerp.duckdb"
+
+
+def db_path(project: str | Path) -> Path:
+    return Path(project) / DB_NAME
+
+
+def connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """Open the file, turning DuckDB's errors (a lock held by another process, not a database) into
+    ones that say what to do."""
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as e:
+        if "lock" in str(e).lower():
+            holder = re.search(r"PID (\d+)", str(e))
+            raise AutointerpError(
+                f"{path} is locked by another process" + (f" (PID {holder.group(1)})" if holder else ""),
+                "wait for that process to finish or stop it, or use a different --project directory",
+            ) from None
+        raise AutointerpError(
+            f"cannot open {path}: {e}", "check the file is a DuckDB database and that you may read and write it"
+        ) from None
+    except duckdb.Error as e:
+        raise AutointerpError(
+            f"{path} is not a usable DuckDB file: {e}", "move it aside; autointerp will create a new one"
+        ) from None
+
+
+def utc_now() -> datetime:
+    """The timestamp stored in created_at columns: UTC, without a zone (DuckDB TIMESTAMP)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection):
+    """All or nothing: a failure rolls back, so what was stored before stays."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+
+
+def insert_rows(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
+    """Bulk-insert an Arrow table by column name."""
+    con.register("incoming", table)
+    try:
+        con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM incoming")
+    finally:
+        con.unregister("incoming")
+
+
+def replace_rows(
+    con: duckdb.DuckDBPyConnection, name: str, table: pa.Table, where: str, args: list, own_transaction: bool = True
+) -> None:
+    """Delete the rows `where` selects (it may refer to the incoming table) and insert the new ones;
+    in a transaction of its own unless own_transaction is False (the caller holds one)."""
+    with transaction(con) if own_transaction else nullcontext():
+        con.register("incoming", table)
+        try:
+            con.execute(f"DELETE FROM {name} WHERE {where}", args)
+            con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM incoming")
+        finally:
+            con.unregister("incoming")
+
+
+def first_row(con: duckdb.DuckDBPyConnection, sql: str, args: list | None = None) -> tuple | None:
+    """The first row of a query, or None. Fetches to the end: duckdb refuses other work on a
+    connection while a result is unfinished (a fetchone() leaves it so)."""
+    rows = con.execute(sql, args or []).fetchall()
+    return rows[0] if rows else None
