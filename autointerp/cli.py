@@ -138,6 +138,9 @@ def _judged(cfg: RunConfig, a: argparse.Namespace) -> RunConfig:
     if hasattr(a, "scorers"):
         scored = SCORE_FLAGS + (SELECTION if not hasattr(a, "redo") else ())  # `run` scores what it labelled
         cfg.score = build(ScoreConfig, a, scored)
+        from autointerp.stages.score.scorers import chosen
+
+        chosen(cfg.score.scorers)  # an unknown scorer fails here, before the gather
     if cfg.judge is not None and cfg.judge.batch:  # few large batches: each round waits on the provider
         cfg.explain = replace(cfg.explain, chunk=max(cfg.explain.chunk, cfg.judge.batch_chunk))
         cfg.score = replace(cfg.score, chunk=max(cfg.score.chunk, cfg.judge.batch_chunk))

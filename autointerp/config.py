@@ -537,12 +537,9 @@ class ScoreConfig:
     sample_seed: int = setting(0, "seed of that sample")
 
     def __post_init__(self) -> None:
-        from autointerp.stages.score.scorers import INPUT_SCORERS, SCORERS
-
-        self.scorers = INPUT_SCORERS if self.scorers is None else tuple(self.scorers)
-        unknown = set(self.scorers) - set(SCORERS)
-        if unknown:
-            raise AutointerpError(f"unknown scorer(s) {sorted(unknown)}", f"choose from {', '.join(SCORERS)}")
+        # The names are checked against the scorer registry by the stage (scorers.chosen), which
+        # the CLI calls before any work: config stays below the stages.
+        self.scorers = None if self.scorers is None else tuple(self.scorers)
         if self.shuffle_control not in CONTROL_MODES:
             raise AutointerpError(
                 f"unknown shuffle control {self.shuffle_control!r}", f"use one of {', '.join(CONTROL_MODES)}"

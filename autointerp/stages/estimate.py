@@ -28,7 +28,7 @@ from autointerp.judges.prompts import load_prompts
 from autointerp.llm.batch import BATCH_DISCOUNT
 from autointerp.llm.client import Completion, LLMClient, RunTotals
 from autointerp.stages.explain import explain_tasks, select_features
-from autointerp.stages.score.scorers import SCORERS, Item
+from autointerp.stages.score.scorers import SCORERS, Item, chosen
 from autointerp.stages.score.stage import load_held_out, select_scored
 from autointerp.store import Store
 
@@ -256,7 +256,7 @@ async def _score_stages(
 ) -> None:
     features = select_scored(labels, cfg)
     light = replace(cfg, n_boot=1, n_permutations=1)  # the metrics are not wanted, only the prompts
-    asking = [name for name in cfg.scorers if SCORERS[name].uses_judge]
+    asking = [name for name in chosen(cfg.scorers) if SCORERS[name].uses_judge]
     per_scorer: dict[str, Tally] = {}
     for start in range(0, len(features), cfg.chunk):
         part = features[start : start + cfg.chunk]
@@ -271,7 +271,7 @@ async def _score_stages(
         tally = per_scorer.get(name, Tally())
         out.stages.append(StageEstimate(f"score {name} ({n:,} features)", tally))
         control.add(tally)
-    for name in cfg.scorers:
+    for name in chosen(cfg.scorers):
         if not SCORERS[name].uses_judge:
             out.stages.append(StageEstimate(f"score {name}", Tally(), "no judge calls: runs locally"))
     if cfg.shuffle_control == "none" or n < 2 or not asking:

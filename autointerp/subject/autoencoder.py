@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from autointerp.errors import AutointerpError
-from autointerp.subject.formats import FORMATS
 
 ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu", "gated", "groupmax")
 ACTIVATIONS = ("relu", "tanh-relu")  # only meaningful for the standard architecture
@@ -65,7 +64,6 @@ class SAE(nn.Module):
         check_choice("architecture", architecture, ARCHITECTURES, where)
         check_choice("activation", activation, ACTIVATIONS, where)
         check_choice("normalization", normalization, NORMALIZATIONS, where)
-        check_choice("format", format, FORMATS, where)
         if W_enc.ndim != 2:
             raise shape_error(f"W_enc must be 2-D [d_in, d_sae] but has shape {tuple(W_enc.shape)}{where}")
         self.d_in, self.d_sae = (int(n) for n in W_enc.shape)

@@ -25,7 +25,7 @@ import pandas as pd
 from autointerp.config import ScoreConfig
 from autointerp.judges.judge import Judge
 from autointerp.stages.score.sampling import HeldOut, derangement, fuzz_snippets, held_out
-from autointerp.stages.score.scorers import CHANCE, HEADLINE, INPUT_SCORERS, SCORERS, Item, Outcome, Scorer
+from autointerp.stages.score.scorers import CHANCE, HEADLINE, INPUT_SCORERS, SCORERS, Item, Outcome, Scorer, chosen
 from autointerp.stats import metrics
 from autointerp.store.store import Store
 
@@ -169,7 +169,7 @@ async def score(
     labels_df = store.explanations(run_id, explainer)
     labels = {int(r.feature): r.label for r in labels_df.itertuples() if r.status == "ok"}
     features = select_scored(labels, cfg)
-    scorers: dict[str, Scorer] = {name: SCORERS[name] for name in cfg.scorers}
+    scorers: dict[str, Scorer] = {name: SCORERS[name] for name in chosen(cfg.scorers)}
     if any(s.needs_subject for s in scorers.values()):
         if subject is None:
             from autointerp.subject.load import load_subject

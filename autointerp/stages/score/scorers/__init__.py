@@ -8,6 +8,9 @@ judge also needs its task in judges.prompts.TASKS and a prompt file of that name
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from autointerp.errors import AutointerpError
 from autointerp.stages.score.scorers.base import Item, Outcome, Scorer
 from autointerp.stages.score.scorers.detection import Detection
 from autointerp.stages.score.scorers.embedding import Embedding
@@ -20,4 +23,15 @@ INPUT_SCORERS = tuple(name for name, s in SCORERS.items() if not s.needs_subject
 HEADLINE = {name: s.metric for name, s in SCORERS.items()}
 CHANCE = {s.metric: s.chance for s in SCORERS.values()}
 
-__all__ = ["SCORERS", "INPUT_SCORERS", "HEADLINE", "CHANCE", "Item", "Outcome", "Scorer", "label_token_ids"]
+
+def chosen(names: Sequence[str] | None) -> tuple[str, ...]:
+    """The scorers a ScoreConfig names, INPUT_SCORERS when it names none; an unknown name is refused."""
+    if names is None:
+        return INPUT_SCORERS
+    unknown = sorted(set(names) - set(SCORERS))
+    if unknown:
+        raise AutointerpError(f"unknown scorer(s) {unknown}", f"choose from {', '.join(SCORERS)} (--scorers)")
+    return tuple(names)
+
+
+__all__ = ["SCORERS", "chosen", "INPUT_SCORERS", "HEADLINE", "CHANCE", "Item", "Outcome", "Scorer", "label_token_ids"]
