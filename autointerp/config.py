@@ -458,6 +458,14 @@ class LLMConfig:
 
 # ------------------------------------------------------------------------------------ explain, score
 
+# Cosine threshold for the embedding rule. On a sample of hand-written labels, paraphrases of one
+# concept scored 0.59–0.87 (most >= 0.78) and distinct but related concepts up to 0.76 ("opening"
+# vs "closing parenthesis"); on 1,024 offline labels of the demo run the median nearest-neighbour
+# cosine is 0.77. 0.8 keeps related concepts apart at the price of some unmerged paraphrases. That
+# error adds false singletons, which make the stage call saturation later, never earlier.
+DEFAULT_THRESHOLD = 0.8
+MIN_LABELS = 100  # the stop rule never fires before this many labels (explain's stop and saturate's verdict)
+
 
 @dataclass
 class ExplainConfig:
@@ -478,8 +486,8 @@ class ExplainConfig:
     chunk: int = 512  # features per store write (and per stop-rule check)
     # Stop labelling once saturation coverage reaches this target (None: label every feature).
     stop_coverage: float | None = setting(None, "stop labelling once category coverage reaches this (e.g. 0.95)")
-    stop_min_labels: int = 100
-    stop_threshold: float = 0.8  # label-embedding similarity that merges two labels into one category
+    stop_min_labels: int = MIN_LABELS
+    stop_threshold: float = DEFAULT_THRESHOLD  # label-embedding similarity that merges two labels into one category
 
     def for_judge(self, provider: str | None) -> ExplainConfig:
         """This config with the judge's defaults filled in where none was given: a provider's own
@@ -565,14 +573,6 @@ class ScoreConfig:
                 raise AutointerpError(f"ScoreConfig.{name} is {getattr(self, name)}", f"set {name} to 1 or more")
 
 
-# Cosine threshold for the embedding rule. On a sample of hand-written labels, paraphrases of one
-# concept scored 0.59–0.87 (most >= 0.78) and distinct but related concepts up to 0.76 ("opening"
-# vs "closing parenthesis"); on 1,024 offline labels of the demo run the median nearest-neighbour
-# cosine is 0.77. 0.8 keeps related concepts apart at the price of some unmerged paraphrases. That
-# error adds false singletons, which make the stage call saturation later, never earlier.
-DEFAULT_THRESHOLD = 0.8
-
-
 @dataclass
 class SaturationConfig:
     method: str = setting("embedding", "embedding clustering (offline) or LLM codebook reduction", choices=METHODS)
@@ -585,7 +585,7 @@ class SaturationConfig:
         0.05, "Guest: saturated when a run adds at most this share of the base's categories"
     )
     target_coverage: float = setting(0.95, "the coverage the verdict and the stop rule ask for")
-    min_labels: int = 100  # the stop rule never fires before this many labels
+    min_labels: int = MIN_LABELS
     next_m: int = 100  # report expected new categories in the next m labels (capped at n, where Good–Toulmin holds)
     n_boot: int = setting(200, "shuffled orders")
     seed: int = setting(0, "seed of the shuffled orders")

@@ -27,7 +27,8 @@ import torch
 from autointerp.config import CorpusConfig, GatherConfig
 from autointerp.gather.corpus import iter_contexts, iter_documents
 from autointerp.gather.collect import auto_batch_size, feature_shards, run_gather
-from autointerp.subject.model import ModelConfig, SubjectModel
+from autointerp.config import ModelConfig
+from autointerp.subject.model import SubjectModel
 from autointerp.subject.sae import SAE
 
 n, tokens, budget = int(sys.argv[1]), int(sys.argv[2]), (float(sys.argv[3]) if sys.argv[3] != "none" else None)

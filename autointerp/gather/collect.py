@@ -29,7 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from autointerp.config import GatherConfig  # noqa: F401  (re-exported)
+from autointerp.config import GatherConfig
 from autointerp.errors import AutointerpError
 from autointerp.gather.corpus import ContextBatch
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autointerp.config import DEFAULT_CORPUS, CorpusConfig  # noqa: F401  (re-exported)
+from autointerp.config import DEFAULT_CORPUS, CorpusConfig
 from autointerp.errors import AutointerpError
 
 

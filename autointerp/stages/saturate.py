@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from autointerp.config import DEFAULT_THRESHOLD, METHODS, SaturationConfig  # noqa: F401  (re-exported)
+from autointerp.config import DEFAULT_THRESHOLD, MIN_LABELS, SaturationConfig
 from autointerp.errors import AutointerpError
 from autointerp.judges.judge import Judge
 from autointerp.stats.embed import Embedder, cluster_labels
@@ -365,8 +365,8 @@ class CoverageStop:
 
     def __init__(
         self,
-        target: float = 0.95,
-        min_labels: int = 100,
+        target: float,
+        min_labels: int = MIN_LABELS,
         threshold: float = DEFAULT_THRESHOLD,
         embedder: Embedder | None = None,
     ):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from autointerp.config import OutputEffectsConfig  # noqa: F401  (re-exported)
+from autointerp.config import OutputEffectsConfig
 from autointerp.subject.steer import amplified_logprobs, make_probe, unit_directions
 
 

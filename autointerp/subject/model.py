@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from autointerp.config import EMBEDDED_HOOKPOINT, EMBEDDED_LM, EMBEDDED_MODEL, ModelConfig  # noqa: F401  (re-exported)
+from autointerp.config import EMBEDDED_LM, EMBEDDED_MODEL, ModelConfig, default_of
 from autointerp.errors import AutointerpError
 
 
@@ -223,7 +223,9 @@ def _looks_like_a_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
-def load_transformers(name: str, device: torch.device, dtype: str = "float32", revision: str | None = None):
+def load_transformers(
+    name: str, device: torch.device, dtype: str = default_of(ModelConfig, "dtype"), revision: str | None = None
+):
     """(model, tokenizer, hf_config, is_causal) for a hub id, a local directory or an embedded model."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from autointerp.config import TrainConfig  # noqa: F401  (re-exported)
+from autointerp.config import TrainConfig
 from autointerp.errors import AutointerpError
 from autointerp.gather.corpus import ContextBatch
 from autointerp.subject.sae import SAE

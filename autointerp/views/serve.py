@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from autointerp.config import ServeConfig
+from autointerp.config import ServeConfig, default_of
 from autointerp.errors import AutointerpError
 
 if TYPE_CHECKING:
@@ -828,7 +828,11 @@ class Server(ThreadingHTTPServer):
 
 
 def make_server(
-    project: str | Path, run_id: str | None = None, host: str = "127.0.0.1", port: int = 8765, quiet: bool = False
+    project: str | Path,
+    run_id: str | None = None,
+    host: str = default_of(ServeConfig, "host"),
+    port: int = default_of(ServeConfig, "port"),
+    quiet: bool = False,
 ) -> Server:
     """A server over the project's database, bound but not yet serving (port 0: a free port). Call
     serve_forever() (in a thread, for tests), then shutdown() and server_close()."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from autointerp.config import ShowConfig, default_of
 from autointerp.errors import AutointerpError
 from autointerp.store import Store
 from autointerp.views.text import visible_token
@@ -29,7 +30,13 @@ def highlight(tokens, values, peak: float, colour: bool) -> str:
 
 
 def feature_lines(
-    store: Store, run_id: str | None, feature: int, *, explainer: str | None = None, n: int = 5, colour: bool = False
+    store: Store,
+    run_id: str | None,
+    feature: int,
+    *,
+    explainer: str | None = None,
+    n: int = default_of(ShowConfig, "n"),
+    colour: bool = False,
 ) -> list[str]:
     run = store.run(run_id)
     run_id = run["run_id"]
