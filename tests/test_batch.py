@@ -223,6 +223,7 @@ def test_codebook_calls_stay_live_and_the_local_judge_refuses_batches(monkeypatc
         LLMConfig(provider="local", batch=True)
 
 
+@pytest.mark.slow
 def test_a_batch_run_through_the_cli_survives_a_kill_and_a_resubmit_with_no_request_paid_twice(
     pipeline_setup, tmp_path
 ):

@@ -103,6 +103,7 @@ def gathered(pipeline_setup, tmp_path_factory):
     return project
 
 
+@pytest.mark.slow
 def test_selection_labels_and_scores_only_the_chosen_features(gathered, tmp_path):
     import shutil
 
@@ -117,6 +118,7 @@ def test_selection_labels_and_scores_only_the_chosen_features(gathered, tmp_path
     assert "Loading" not in scored.stderr  # --quiet silences the libraries' bars too
 
 
+@pytest.mark.slow
 def test_another_explainers_labels_are_scored_saturated_and_reported_without_its_key(gathered, tmp_path):
     import shutil
 
@@ -164,6 +166,7 @@ def test_another_explainers_labels_are_scored_saturated_and_reported_without_its
     assert "OPENAI_API_KEY" not in os.environ
 
 
+@pytest.mark.slow
 def test_a_run_writes_its_settings_back_and_a_config_file_repeats_it(pipeline_setup, tmp_path):
     root, corpus, model = pipeline_setup
     config = tmp_path / "run.toml"
@@ -322,6 +325,7 @@ def test_model_hookpoint_and_dtype_come_from_the_sae_and_a_bad_sae_fails_before_
     assert "does not name the model" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_gpt2_workflow_by_saelens_release_name_through_the_hub_cache(pipeline_setup, tmp_path):
     """`--sae gpt2-small-res-jb --sae-id ...` as a user writes it: the release resolves to its hub
     repository, the model (openai-community/gpt2, here a tiny GPT-2 put in the HF cache under that id)

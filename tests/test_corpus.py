@@ -61,6 +61,7 @@ def test_max_tokens_caps_the_corpus(sources, byte_bpe_tokenizer):
     assert sum(int(b.valid.sum()) for b in batches) == 50
 
 
+@pytest.mark.slow
 def test_embedded_default_is_python_documentation():
     docs = iter_documents(CorpusConfig())
     first = [next(docs) for _ in range(3)]

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here runs whole CLI workflows, processes or the benchmark
+
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 EXAMPLE_KEY = ["feature", "split", "kind", "rank"]
 

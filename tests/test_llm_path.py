@@ -17,6 +17,8 @@ import pytest
 from standin_responder import CodebookResponder
 from standin_server import StandinServer
 
+pytestmark = pytest.mark.slow  # every test here runs whole CLI workflows, processes or the benchmark
+
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 

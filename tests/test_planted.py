@@ -16,6 +16,8 @@ from autointerp.config import CorpusConfig
 from autointerp.judges.judge import Term, label_terms, norm
 from autointerp.store import Store
 
+pytestmark = pytest.mark.slow  # every test here runs whole CLI workflows, processes or the benchmark
+
 TOKENS = 200_000
 
 

@@ -230,6 +230,7 @@ def test_intervention_scorer_finds_a_planted_output_feature_and_gives_random_one
     assert blank.status == "undefined" and "names no term" in blank.error
 
 
+@pytest.mark.slow
 def test_causal_lm_path_through_the_cli(pipeline_setup, tmp_path, capsys):
     """gather (loss recovered, output effects) → explain → score with intervention → report → export → steer."""
     import json
