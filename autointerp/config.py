@@ -28,6 +28,9 @@ DTYPES = ("float32", "bfloat16", "float16", "float64")
 OFFLINE = "offline"  # the judge that needs no LLM: --judge offline
 
 
+POSITIVE = "positive"  # the lower bound of a float setting unless it names another
+
+
 def setting(
     default: Any = MISSING,
     help: str = "",
@@ -37,14 +40,53 @@ def setting(
     parse=None,
     factory=MISSING,
     metavar: str | None = None,
+    minimum: float | str | None = POSITIVE,
+    maximum: float | None = None,
 ) -> Any:
     """A dataclass field that is also a command-line flag: its one default and one help text.
     flag: the flag's name when it is not the field's (without dashes); parse: turns the flag's text
-    into the value (default: the field's type); choices: the values allowed."""
-    meta = {"help": help, "flag": flag, "choices": choices, "parse": parse, "metavar": metavar}
+    into the value (default: the field's type); choices: the values allowed. A number must be finite
+    and lie in [minimum, maximum]: by default a whole number is at least 1 and a float above 0;
+    minimum=None allows any finite number (check_numbers)."""
+    meta = {
+        "help": help,
+        "flag": flag,
+        "choices": choices,
+        "parse": parse,
+        "metavar": metavar,
+        "minimum": minimum,
+        "maximum": maximum,
+    }
     if factory is not MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def check_numbers(cfg: Any) -> None:
+    """Every numeric setting of a config (from a flag, a config file or Python): a number of the
+    field's kind, finite, within its bounds. NaN, infinities, floats for whole numbers and out-of-range
+    values are refused, naming the flag, before any work."""
+    for f in fields(cfg):
+        kind = str(f.type).split("|")[0].strip()
+        value = getattr(cfg, f.name)
+        if "help" not in f.metadata or kind not in ("int", "float") or value is None:
+            continue
+        flag = "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
+        where = f"{flag} is {value!r} ({type(cfg).__name__}.{f.name})"
+        whole = kind == "int"
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+            raise AutointerpError(where, f"pass {flag} as {'a whole number' if whole else 'a number'}")
+        if not math.isfinite(value):
+            raise AutointerpError(where, f"pass a finite number as {flag}")
+        low, high = f.metadata.get("minimum"), f.metadata.get("maximum")
+        if low == POSITIVE:
+            low = 1 if whole else None
+            if not whole and not value > 0:
+                raise AutointerpError(where, f"pass a positive {flag}")
+        if low is not None and value < low:
+            raise AutointerpError(where, f"pass {flag} {low} or more")
+        if high is not None and value > high:
+            raise AutointerpError(where, f"pass {flag} {high} or less")
 
 
 def default_of(cls: type, name: str) -> Any:
@@ -115,6 +157,7 @@ class ModelConfig:
     revision: str | None = None
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         if self.hookpoint is None:
             if self.name not in EMBEDDED_HOOKPOINTS:
                 raise AutointerpError(
@@ -135,11 +178,12 @@ class CorpusConfig:
     )
     text_field: str = setting("text", "JSONL/Parquet/HF field with the text")
     split: str = "train"  # HF dataset split
-    context_length: int = setting(128, "tokens per context, special tokens included")
+    context_length: int = setting(128, "tokens per context, special tokens included", minimum=2)
     max_tokens: int | None = setting(1_000_000, "stop after this many corpus tokens")
     encoding: str = setting("utf-8", "text file encoding")
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         import codecs
 
         at_least("CorpusConfig", context_length=(self.context_length, 2), max_tokens=(self.max_tokens, 1))
@@ -166,7 +210,7 @@ class GatherConfig:
     explain_fraction: float = 0.5  # share of contexts in the explain split
     dense_threshold: float = 0.1  # firing density above which a feature is flagged ultra-dense
     batch_size: int | None = setting(None, "contexts per batch; unset: sized to memory")
-    seed: int = setting(0, "seed of the example sampling and of SAE training")
+    seed: int = setting(0, "seed of the example sampling and of SAE training", minimum=0, maximum=2**32 - 1)
     memory_gib: float | None = setting(
         None,
         "memory for the example banks; a dictionary whose banks do not fit is gathered in passes over the corpus, "
@@ -174,6 +218,7 @@ class GatherConfig:
     )
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         if self.memory_gib is not None and not self.memory_gib > 0:
             raise AutointerpError(
                 f"--memory-gib is {self.memory_gib}", "pass a positive number of GiB, e.g. --memory-gib 8"
@@ -213,9 +258,10 @@ class TrainConfig:
     train_tokens: int = setting(400_000, "activations kept in memory for training")
     holdout_tokens: int = 40_000  # held out for FVU, L0 and dead fraction
     dead_after_tokens: int = 200_000  # a latent silent this long counts as dead for AuxK
-    seed: int = setting(0, "seed of the example sampling and of SAE training")
+    seed: int = setting(0, "seed of the example sampling and of SAE training", minimum=0, maximum=2**32 - 1)
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         at_least(
             "TrainConfig",
             n_features=(self.n_features, 1),
@@ -232,7 +278,7 @@ class TrainConfig:
 
 @dataclass
 class OutputEffectsConfig:
-    """Output-centric descriptions, computed for causal LMs right after the gather (effects.py)."""
+    """Output-centric descriptions, computed for causal LMs right after the gather (subject/effects.py)."""
 
     mode: str = setting(
         "full",
@@ -251,6 +297,7 @@ class OutputEffectsConfig:
     chunk: int = 64  # features per batch
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         if self.mode not in OUTPUT_EFFECTS:
             raise AutointerpError(f"unknown output effects {self.mode!r}", f"use one of {', '.join(OUTPUT_EFFECTS)}")
         for name in ("k", "n_prompts", "chunk"):
@@ -312,7 +359,7 @@ class LLMConfig:
     timeout_s: float | None = setting(
         None, "seconds per request; unset: the provider's (60; 600 for local)", flag="timeout"
     )
-    max_retries: int = setting(5, "retries of a failed request")
+    max_retries: int = setting(5, "retries of a failed request", minimum=0)
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
     concurrency: int | None = setting(None, "requests in flight; unset: the provider's (8; 1 for local)")
@@ -346,6 +393,7 @@ class LLMConfig:
     batch_max_requests: int = 50_000  # per batch (the providers allow 50,000 and 100,000)
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         from autointerp.llm.prices import DEFAULT_PRICES, load_prices
         from autointerp.llm.providers import PROVIDERS, STRUCTURED_OUTPUT, check_base_url
 
@@ -479,15 +527,20 @@ class ExplainConfig:
     )
     max_features: int | None = setting(None, "label only the first N chosen features", parse=positive_int)
     sample: int | None = setting(None, "a seeded random sample of N of the chosen features")
-    seed: int = setting(0, "seed of that sample", flag="sample_seed")
+    seed: int = setting(0, "seed of that sample", flag="sample_seed", minimum=0, maximum=2**32 - 1)
     redo: bool = setting(
         False, "label again features this judge labelled before (default: keep them and label the rest)"
     )
     chunk: int = 512  # features per store write (and per stop-rule check)
     # Stop labelling once saturation coverage reaches this target (None: label every feature).
-    stop_coverage: float | None = setting(None, "stop labelling once category coverage reaches this (e.g. 0.95)")
+    stop_coverage: float | None = setting(
+        None, "stop labelling once category coverage reaches this (e.g. 0.95)", maximum=1
+    )
     stop_min_labels: int = MIN_LABELS
     stop_threshold: float = DEFAULT_THRESHOLD  # label-embedding similarity that merges two labels into one category
+
+    def __post_init__(self) -> None:
+        check_numbers(self)
 
     def for_judge(self, provider: str | None) -> ExplainConfig:
         """This config with the judge's defaults filled in where none was given: a provider's own
@@ -542,9 +595,10 @@ class ScoreConfig:
         None, "only these features: indices and ranges, e.g. 0-99,512", parse=feature_spec
     )
     sample: int | None = setting(None, "a seeded random sample of N of the chosen features")
-    sample_seed: int = setting(0, "seed of that sample")
+    sample_seed: int = setting(0, "seed of that sample", minimum=0, maximum=2**32 - 1)
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         # The names are checked against the scorer registry by the stage (scorers.chosen), which
         # the CLI calls before any work: config stays below the stages.
         self.scorers = None if self.scorers is None else tuple(self.scorers)
@@ -576,21 +630,24 @@ class ScoreConfig:
 @dataclass
 class SaturationConfig:
     method: str = setting("embedding", "embedding clustering (offline) or LLM codebook reduction", choices=METHODS)
-    threshold: float = setting(DEFAULT_THRESHOLD, "label similarity that merges into one category (method embedding)")
+    threshold: float = setting(
+        DEFAULT_THRESHOLD, "label similarity that merges into one category (method embedding)", maximum=1
+    )
     codebook_batch: int = 25  # labels per judge call, method "codebook"
     its_window: int = setting(100, "labels in the rolling ITS window")
     guest_base: int = setting(100, "Guest: the first this many labels are the base")
     guest_run: int = setting(50, "Guest: run length")
     guest_threshold: float = setting(
-        0.05, "Guest: saturated when a run adds at most this share of the base's categories"
+        0.05, "Guest: saturated when a run adds at most this share of the base's categories", minimum=0
     )
-    target_coverage: float = setting(0.95, "the coverage the verdict and the stop rule ask for")
+    target_coverage: float = setting(0.95, "the coverage the verdict and the stop rule ask for", maximum=1)
     min_labels: int = MIN_LABELS
     next_m: int = 100  # report expected new categories in the next m labels (capped at n, where Good–Toulmin holds)
     n_boot: int = setting(200, "shuffled orders")
-    seed: int = setting(0, "seed of the shuffled orders")
+    seed: int = setting(0, "seed of the shuffled orders", minimum=0, maximum=2**32 - 1)
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         if self.method not in METHODS:
             raise AutointerpError(f"unknown saturation method {self.method!r}", f"use one of {', '.join(METHODS)}")
         if self.codebook_batch < 1:
@@ -634,6 +691,9 @@ class ReportConfig:
     confidence_scorer: str = "detection"  # whose per-feature null test decides a low-confidence flag
     watch: dict[str, tuple[str, ...]] = field(default_factory=_watch_list)  # data/watch.toml
 
+    def __post_init__(self) -> None:
+        check_numbers(self)
+
 
 @dataclass
 class ExportConfig:
@@ -658,22 +718,24 @@ class ExportConfig:
     bulk_batch: int = setting(1024, "features per batch file of neuronpedia-bulk", flag="np_batch")
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         self.formats = tuple(self.formats)
         at_least("ExportConfig", np_batch=(self.bulk_batch, 1))
 
 
 @dataclass
 class SteerConfig:
-    feature: int = setting(0, "the feature to steer with")
+    feature: int = setting(0, "the feature to steer with", minimum=0)
     prompt: str = setting("I think that", "text to continue")
-    scale: float | None = setting(None, "add the decoder direction × this many max activations")
-    clamp: float | None = setting(None, "or hold the feature at this many max activations")
+    scale: float | None = setting(None, "add the decoder direction × this many max activations", minimum=None)
+    clamp: float | None = setting(None, "or hold the feature at this many max activations", minimum=None)
     max_new_tokens: int = setting(40, "tokens generated")
-    temperature: float = setting(0.0, "0 for greedy")
-    seed: int = setting(0, "sampling seed, the same for both continuations")
+    temperature: float = setting(0.0, "0 for greedy", minimum=0)
+    seed: int = setting(0, "sampling seed, the same for both continuations", minimum=0, maximum=2**32 - 1)
     device: str | None = setting(None, "cpu, cuda ...; unset: as gathered")
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         if (self.scale is None) == (self.clamp is None):
             raise AutointerpError(
                 "steering needs exactly one of scale and clamp",
@@ -742,12 +804,15 @@ class RunConfig:
         default_factory=lambda: ScoreConfig(scorers=("detection", "embedding"), n_top=3, n_strata=2, n_negative=5)
     )
     intervention_sample: int = setting(
-        256, "causal LMs: score this many of the labels by intervention, a seeded sample (0: none)"
+        256, "causal LMs: score this many of the labels by intervention, a seeded sample (0: none)", minimum=0
     )
     regather: bool = setting(
         False, "gather again even when this run was gathered with the same settings (its labels and scores are dropped)"
     )
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_numbers(self)
 
     def resolved_run_id(self) -> str:
         import re
@@ -766,21 +831,30 @@ class RunConfig:
 
 @dataclass
 class ShowConfig:
-    feature: int = setting(0, "the feature index")
+    feature: int = setting(0, "the feature index", minimum=0)
     explainer: str | None = setting(None, "only this explainer's label; unset: every explainer's")
     n: int = setting(5, "top windows to print")
+
+    def __post_init__(self) -> None:
+        check_numbers(self)
 
 
 @dataclass
 class LogsConfig:
     purpose: str | None = setting(None, "only calls for this task: explain, detection, fuzzing, simulation, codebook")
-    feature: int | None = setting(None, "only calls about this feature")
+    feature: int | None = setting(None, "only calls about this feature", minimum=0)
     n: int = setting(10, "how many")
     full: bool = setting(False, "also print the prompts and parameters, and whole answers")
+
+    def __post_init__(self) -> None:
+        check_numbers(self)
 
 
 @dataclass
 class ServeConfig:
     host: str = setting("127.0.0.1", "address to listen on; 127.0.0.1 is this machine only")
-    port: int = setting(8765, "port to listen on, 0 for any free one")
+    port: int = setting(8765, "port to listen on, 0 for any free one", minimum=0, maximum=65535)
     quiet: bool = setting(False, "no line per request")
+
+    def __post_init__(self) -> None:
+        check_numbers(self)
