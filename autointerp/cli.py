@@ -233,6 +233,12 @@ def cmd_label(a: argparse.Namespace) -> None:
         cfg, run_id, explain_stage=a.command == "explain", score_stage=a.command == "score"
     )
     print("\n".join((explained.lines() if explained else []) + (scored.lines() if scored else [])))
+    if explained is not None and explained.n_failed and not explained.n_ok:  # none of the work asked was done
+        raise AutointerpError(
+            f"no feature was labelled: all {explained.n_failed:,} answers failed",
+            "read the answers with `autointerp logs --purpose explain --full` (each failure is stored with its "
+            "reason); another --judge-model or your own prompts (--prompt-dir) may answer in the form asked",
+        )
 
 
 def cmd_saturate(a: argparse.Namespace) -> None:

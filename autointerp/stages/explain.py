@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from autointerp.config import ExplainConfig
+from autointerp.errors import AutointerpError
 from autointerp.judges.judge import Judge, map_bounded
 from autointerp.judges.prompts import activation_marks
 from autointerp.records import ExplainTask, FeatureSnippets, JudgeAnswer, Snippet
@@ -89,6 +90,15 @@ def explain_task(fs: FeatureSnippets, cfg: ExplainConfig) -> ExplainTask:
 def select_features(store: Store, run_id: str, cfg: ExplainConfig) -> list[int]:
     """The features to label, in labelling order: the given ones or every alive one, the first
     max_features of them, then a seeded random sample (kept in feature order)."""
+    if cfg.features is not None:
+        d_sae = int(store.run(run_id)["d_sae"])
+        beyond = [f for f in cfg.features if f >= d_sae]
+        if beyond:
+            shown = ", ".join(map(str, beyond[:5])) + (" …" if len(beyond) > 5 else "")
+            raise AutointerpError(
+                f"--features names {shown}, but run {run_id} has {d_sae:,} features (0-{d_sae - 1})",
+                f"pick indices below {d_sae:,}",
+            )
     chosen = cfg.features if cfg.features is not None else store.alive_features(run_id, include_dense=True)
     if cfg.max_features is not None:
         chosen = chosen[: cfg.max_features]
