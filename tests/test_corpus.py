@@ -125,3 +125,63 @@ def test_hf_dataset_goes_through_datasets(monkeypatch):
     assert [d.text for d in docs] == DOCS
     assert calls == {"name": "org/corpus", "config": "en", "split": "validation", "streaming": True}
     assert docs[0].name == "org/corpus/validation#0"
+
+
+def test_a_lone_surrogate_in_json_becomes_a_replacement_character(tmp_path, byte_bpe_tokenizer):
+    (tmp_path / "s.jsonl").write_text('{"text": "broken \\ud800 pair,' + " plain text" * 20 + '"}\n')
+    cfg = CorpusConfig(source=str(tmp_path / "s.jsonl"), context_length=16)
+    (doc,) = iter_documents(cfg)
+    assert doc.text == "broken \ufffd pair," + " plain text" * 20
+    batches = list(iter_contexts(iter_documents(cfg), byte_bpe_tokenizer, cfg, 4))
+    ids = np.concatenate([b.input_ids[b.valid] for b in batches])
+    assert list(ids) == byte_bpe_tokenizer(doc.text, add_special_tokens=False)["input_ids"]
+
+
+class Spy:
+    """The tokenizer, recording how many characters each text it is given has."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.seen = tokenizer, []
+
+    def __call__(self, texts, **kw):
+        if isinstance(texts, list):
+            self.seen.extend(len(t) for t in texts)
+        return self.tokenizer(texts, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_a_long_line_is_tokenised_a_piece_at_a_time_with_the_same_tokens(tmp_path, byte_bpe_tokenizer):
+    words = [f"w{i % 97} x{i % 13}" for i in range(6000)]
+    line = " ".join(words)  # one 60 KB document on one line
+    (tmp_path / "long.txt").write_text(line)
+    spy = Spy(byte_bpe_tokenizer)
+    cfg = CorpusConfig(source=str(tmp_path / "long.txt"), context_length=64)
+    batches = list(iter_contexts(iter_documents(cfg), spy, cfg, 16, doc_chunk_chars=5_000))
+    ids = np.concatenate([b.input_ids[b.valid] for b in batches])
+    offsets = np.concatenate([b.doc_offsets[b.valid] for b in batches])
+    expected = byte_bpe_tokenizer(line, add_special_tokens=False)["input_ids"]  # the whole line at once
+    assert list(ids) == expected and list(offsets) == list(range(len(expected)))
+    assert max(spy.seen) <= 5_000 < len(line)  # no call saw more than a piece
+
+
+def test_the_budget_stops_reading_a_long_line_early(tmp_path, byte_bpe_tokenizer):
+    (tmp_path / "huge.txt").write_text("word " * 400_000)  # 2 MB on one line
+    spy = Spy(byte_bpe_tokenizer)
+    cfg = CorpusConfig(source=str(tmp_path / "huge.txt"), context_length=64, max_tokens=2_000)
+    batches = list(iter_contexts(iter_documents(cfg), spy, cfg, 16, doc_chunk_chars=20_000))
+    assert sum(int(b.valid.sum()) for b in batches) == 2_000
+    assert sum(spy.seen) <= 2 * 20_000 + 10  # a piece or two read, not 2 MB
+
+
+def test_an_unreachable_hugging_face_dataset_is_a_clear_error(monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'org/corpus' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(AutointerpError) as e:
+        list(iter_documents(CorpusConfig(source="hf:org/corpus")))
+    assert "cannot read the Hugging Face dataset 'org/corpus'" in e.value.problem and "local" in e.value.fix

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import itertools
 import json
 import sys
 import sysconfig
@@ -79,8 +80,18 @@ def iter_documents(cfg: CorpusConfig) -> Iterator[Document]:
     doc_id = 0
     for name, text in texts:
         if text and text.strip():
-            yield Document(doc_id, name, text)
+            yield Document(doc_id, name, _encodable(text))
             doc_id += 1
+
+
+def _encodable(text: str) -> str:
+    """The text, with lone surrogates (JSON allows "\\ud800"; UTF-8 does not) replaced by U+FFFD, which
+    tokenizers and the store take."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def _local_files(path: Path, cfg: CorpusConfig) -> Iterator[tuple[str, str]]:
@@ -154,8 +165,19 @@ def _hf_dataset(spec: str, cfg: CorpusConfig) -> Iterator[tuple[str, str]]:
     import datasets
 
     name, _, config = spec.partition(":")
-    ds = datasets.load_dataset(name, config or None, split=cfg.split, streaming=True)
-    for row_no, row in enumerate(ds):
+    try:
+        ds = datasets.load_dataset(name, config or None, split=cfg.split, streaming=True)
+        rows = iter(ds)
+        first = next(rows, None)
+    except Exception as e:  # the hub client raises many types: offline, not found, gated, a bad split
+        raise AutointerpError(
+            f"cannot read the Hugging Face dataset {name!r} (split {cfg.split}): {type(e).__name__}: {e}",
+            "check the dataset name and that the hub is reachable (or that HF_DATASETS_OFFLINE=1 has it "
+            "cached), or pass a local .jsonl/.parquet/.txt corpus",
+        ) from None
+    if first is None:
+        return
+    for row_no, row in enumerate(itertools.chain([first], rows)):
         if cfg.text_field not in row:
             raise AutointerpError(
                 f"dataset {name} has no '{cfg.text_field}' field (found: {sorted(row)})",
@@ -266,6 +288,7 @@ def iter_contexts(
     total = 0
     pending: list[tuple[list[int], list[int], list[int]]] = []
     n_contexts = 0
+    last_doc, next_offset = None, 0  # a long document is tokenised in pieces; offsets run on across them
 
     def emit(final: bool) -> Iterator[ContextBatch]:
         nonlocal n_contexts
@@ -278,19 +301,23 @@ def iter_contexts(
                 n_contexts += len(pending)
                 pending.clear()
 
-    for doc_chunk in _chunked(documents, doc_chunk_chars):
-        encoded = tokenizer([d.text for d in doc_chunk], add_special_tokens=False)["input_ids"]
-        for doc, ids in zip(doc_chunk, encoded):
+    pieces = ((doc, piece) for doc in documents for piece in _pieces(doc.text, doc_chunk_chars))
+    for chunk in _chunked(pieces, doc_chunk_chars):
+        encoded = tokenizer([piece for _, piece in chunk], add_special_tokens=False)["input_ids"]
+        for (doc, _), ids in zip(chunk, encoded):
             if total >= limit:
                 break
             ids = ids[: limit - total]
-            if buf_ids and special.separator:
-                buf_ids.extend(special.separator)
-                buf_doc.append(-1)
-                buf_off.append(-1)
+            if doc.doc_id != last_doc:
+                if buf_ids and special.separator:
+                    buf_ids.extend(special.separator)
+                    buf_doc.append(-1)
+                    buf_off.append(-1)
+                last_doc, next_offset = doc.doc_id, 0
             buf_ids.extend(ids)
             buf_doc.extend([doc.doc_id] * len(ids))
-            buf_off.extend(range(len(ids)))
+            buf_off.extend(range(next_offset, next_offset + len(ids)))
+            next_offset += len(ids)
             total += len(ids)
         yield from emit(final=False)
         if total >= limit:
@@ -303,12 +330,23 @@ def iter_contexts(
     yield from emit(final=True)
 
 
-def _chunked(documents: Iterator[Document], max_chars: int) -> Iterator[list[Document]]:
-    chunk: list[Document] = []
+def _pieces(text: str, max_chars: int) -> Iterator[str]:
+    """A document in pieces of at most max_chars, cut at whitespace where there is some: a 10 MB
+    line is tokenised a piece at a time, so memory follows the token budget, not the longest line."""
+    while len(text) > max_chars:
+        cut = text.rfind(" ", max_chars // 2, max_chars)
+        cut = max_chars if cut <= 0 else cut
+        yield text[:cut]
+        text = text[cut:]
+    yield text
+
+
+def _chunked(pieces: Iterator[tuple[Document, str]], max_chars: int) -> Iterator[list[tuple[Document, str]]]:
+    chunk: list[tuple[Document, str]] = []
     size = 0
-    for doc in documents:
-        chunk.append(doc)
-        size += len(doc.text)
+    for doc, piece in pieces:
+        chunk.append((doc, piece))
+        size += len(piece)
         if size >= max_chars:
             yield chunk
             chunk, size = [], 0
