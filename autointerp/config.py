@@ -727,8 +727,12 @@ class ExportConfig:
 class SteerConfig:
     feature: int = setting(0, "the feature to steer with", minimum=0)
     prompt: str = setting("I think that", "text to continue")
-    scale: float | None = setting(None, "add the decoder direction × this many max activations", minimum=None)
-    clamp: float | None = setting(None, "or hold the feature at this many max activations", minimum=None)
+    # Beyond a thousand max activations the residual stream is nothing but the direction (and
+    # float16 overflows): the continuation says nothing about the feature.
+    scale: float | None = setting(
+        None, "add the decoder direction × this many max activations", minimum=-1000, maximum=1000
+    )
+    clamp: float | None = setting(None, "or hold the feature at this many max activations", minimum=-1000, maximum=1000)
     max_new_tokens: int = setting(40, "tokens generated")
     temperature: float = setting(0.0, "0 for greedy", minimum=0)
     seed: int = setting(0, "sampling seed, the same for both continuations", minimum=0, maximum=2**32 - 1)

@@ -263,6 +263,7 @@ class SubjectModel:
         self.tokenizer.model_max_length = 1 << 40
         self.is_causal = causal
         self.model_type = hf_config.model_type
+        self.max_positions = getattr(hf_config, "max_position_embeddings", None)  # None: no fixed limit
         self.hook = resolve_hookpoint(self.model, hf_config, cfg.hookpoint)
         self._module = self.model.get_submodule(self.hook.module_path)
         self.width = self._probe_width()

@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 
 from autointerp import __version__
 from autointerp.config import ReportConfig, ScoreConfig, default_of
+from autointerp.errors import AutointerpError
 from autointerp.records import Snippet
 from autointerp.store import Store
 from autointerp.views.text import file_stem, visible_token
@@ -1095,7 +1096,13 @@ def write_report(
     with Store(project, read_only=True) as store:
         data = collect(store, run_id, cfg)
     page, markdown = report_paths(project, data.run["run_id"], out)
-    page.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(page, render_html(data, cfg))
-    _write_atomic(markdown, render_markdown(data, cfg, page.name))
+    try:
+        page.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(page, render_html(data, cfg))
+        _write_atomic(markdown, render_markdown(data, cfg, page.name))
+    except OSError as e:  # a read-only project, an --out in a folder that is not ours
+        raise AutointerpError(
+            f"cannot write the report to {page.parent}: {e.strerror or e}",
+            "pass --out with a file or directory you can write, or make the project writable",
+        ) from None
     return ReportFiles(page, markdown, time.perf_counter() - t0, len(data.cards))
