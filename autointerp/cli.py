@@ -437,6 +437,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
         cmd_gather,
     )
     _add_gather_flags(c)
+    c.settings(RunConfig, ("regather",))
 
     c = command(
         "explain",
@@ -612,10 +613,20 @@ def config_file_settings(path: str, command: str, c: Command) -> dict:
 
 
 def write_config(path: Path, args: argparse.Namespace) -> None:
-    """The settings a command was given, as a TOML file `--config` takes back."""
+    """The settings a command was given, as a TOML file `--config` takes back. A setting holding a URL
+    with a user or password (or a secret-looking query parameter) is left out, and a comment shows
+    it redacted: the file never holds a secret, and a rerun asks for it again."""
+    from autointerp.llm.redact import redacted
+
     lines = [f"# autointerp {args.command}: rerun with `autointerp {args.command} --config {path}`"]
     for key, value in sorted(vars(args).items()):
         if key in ("func", "command", "config") or value is None:
+            continue
+        if (shown := redacted(value)) != value:
+            lines.append(
+                f"# {key} = {json.dumps(shown)} is left out: it holds a password or token; "
+                f"pass --{key.replace('_', '-')} again when rerunning"
+            )
             continue
         lines.append(f"{key} = {json.dumps(value)}")  # JSON strings, numbers, booleans and lists are TOML too
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -26,10 +26,12 @@ from autointerp.gather.collect import HIST_EDGES, auto_batch_size, fit_sae, run_
 from autointerp.gather.corpus import iter_contexts, iter_documents
 from autointerp.gather.distributed import group, rank_device, world
 from autointerp.llm.providers import PROVIDERS
+from autointerp.llm.redact import redacted
 from autointerp.stages.explain import ExplainSummary, explain
 from autointerp.stages.saturate import SaturationSummary, saturate
 from autointerp.stages.score.stage import ScoreSummary, score
 from autointerp.store import RunRecord, Store, db_path, remove_database
+from autointerp.store.store import derived_loss
 from autointerp.subject.effects import output_effects
 from autointerp.subject.model import SubjectModel, keep_freed_memory
 from autointerp.subject.sae import SAE, load_sae, save_saelens
@@ -90,6 +92,12 @@ def package_versions() -> dict[str, str]:
 def _batches(cfg: RunConfig, model: SubjectModel, n_features: int, ranks: int = 1):
     """The corpus in batches; with several ranks each batch holds every rank's share of about batch_size contexts."""
     batch_size = cfg.gather.batch_size or auto_batch_size(cfg.corpus.context_length, n_features, model.device)
+    if model.max_positions is not None and cfg.corpus.context_length > model.max_positions:
+        raise AutointerpError(
+            f"--context-length {cfg.corpus.context_length} is longer than {model.cfg.name} reads "
+            f"({model.max_positions} positions)",
+            f"pass --context-length {model.max_positions} or less",
+        )
     return iter_contexts(iter_documents(cfg.corpus), model.tokenizer, cfg.corpus, batch_size * ranks)
 
 
@@ -236,10 +244,56 @@ def stored_gather(cfg: RunConfig) -> GatherSummary | None:
         )
 
 
-def gather(cfg: RunConfig, reuse: bool = False, sae: SAE | None = None) -> GatherSummary | None:
-    """Model → SAE (loaded or trained) → one streaming gather pass → the store. With reuse, a run
-    already gathered with the same settings is kept as it is (and its labels and scores with it).
-    sae: the configured SAE when the caller has loaded it already (see load_configured_sae).
+def _changed_settings(stored, wanted, prefix: str = "") -> list[str]:
+    """The settings that differ between two gather_settings, as "gather.n_top 3 → 2"."""
+    if isinstance(stored, dict) and isinstance(wanted, dict):
+        return [
+            change
+            for key in sorted(set(stored) | set(wanted), key=str)
+            for change in _changed_settings(stored.get(key), wanted.get(key), f"{prefix}{key}.")
+        ]
+
+    def short(value) -> str:
+        text = json.dumps(value)
+        return text if len(text) <= 40 else text[:39] + "…"
+
+    return [f"{prefix.rstrip('.')} {short(stored)} → {short(wanted)}"] if stored != wanted else []
+
+
+def regather_refusal(cfg: RunConfig) -> AutointerpError | None:
+    """Why gathering this run again must not go ahead: it would delete the labels, scores and
+    saturation stored for the run's present examples, and cfg.regather does not confirm that. None
+    when nothing would be lost."""
+    if cfg.regather or not db_path(cfg.project).exists():
+        return None
+    run_id = cfg.resolved_run_id()
+    with Store(cfg.project) as store:
+        if run_id not in set(store.runs().run_id):
+            return None
+        lost = derived_loss(store.derived_counts(run_id))
+        if not lost:
+            return None
+        changed = _changed_settings(gather_settings(store.run(run_id)["config"]), gather_settings(asdict(cfg)))
+    why = (
+        f"other settings ({'; '.join(changed[:5])}{'; …' if len(changed) > 5 else ''})"
+        if changed
+        else "the same settings"
+    )
+    return AutointerpError(
+        f"run '{run_id}' holds {lost} made from its stored examples; gathering it again with {why} would delete them",
+        "to delete them, gather again with --regather (`autointerp gather --regather` or `autointerp run --regather`; "
+        "Python: RunConfig(regather=True)); to keep them, pass a new --run-id"
+        + ("" if changed else ", or leave out reuse=False to keep the stored gather"),
+    )
+
+
+def gather(cfg: RunConfig, reuse: bool = True, sae: SAE | None = None) -> GatherSummary | None:
+    """Model → SAE (loaded or trained) → one streaming gather pass → the store. With reuse (unless
+    cfg.regather), a run already gathered with the same settings is kept as it is, and its labels
+    and scores with it. Gathering a run again deletes what was derived from its old examples
+    (labels, scores, saturation): without cfg.regather to confirm it, such a gather is refused
+    before any work. sae: the configured SAE when the caller has loaded it already (see
+    load_configured_sae).
 
     Under torchrun (WORLD_SIZE > 1) every rank gathers its share of the contexts and rank 0 merges
     them, evaluates the SAE and writes the store; the other ranks return None."""
@@ -255,12 +309,25 @@ def gather(cfg: RunConfig, reuse: bool = False, sae: SAE | None = None) -> Gathe
             f"example windows of {cfg.gather.window} tokens do not fit in contexts of {cfg.corpus.context_length}",
             f"use --window between 1 and {cfg.corpus.context_length}, or a longer --context-length",
         )
+    if sae is not None:
+        sae.check_finite()  # a given SAE as one loaded here (load_sae checks its own)
     model_cfg = replace(cfg.model, device=rank_device(cfg.model.device, w))
     with group(w, torch.device(model_cfg.device if model_cfg.device.startswith("cuda") else "cpu")) as g:
-        stored = stored_gather(cfg) if reuse and w.is_root else None
-        if g is not None and g.broadcast(stored is not None):
-            return stored
-        if stored is not None:
+        stored, refusal = None, None
+        if w.is_root:  # rank 0 owns the store, and decides for every rank
+            try:
+                stored = stored_gather(cfg) if reuse and not cfg.regather else None
+                refusal = regather_refusal(cfg) if stored is None else None
+            except AutointerpError as e:  # e.g. a locked database or another application's file
+                refusal = e
+        plan = "keep" if stored is not None else "refuse" if refusal is not None else "gather"
+        if g is not None:
+            plan = g.broadcast(plan)
+        if plan == "refuse":
+            if refusal is not None:
+                raise refusal
+            return None
+        if plan == "keep":
             return stored
         return _gather(cfg, model_cfg, sae, g)
 
@@ -316,7 +383,7 @@ def _gather(cfg: RunConfig, model_cfg: ModelConfig, sae: SAE | None, g) -> Gathe
             sae_architecture=sae.architecture,
             d_sae=sae.d_sae,
             corpus=cfg.corpus.source,
-            config=asdict(cfg),
+            config=redacted(asdict(cfg)),  # a base URL's password stays out of the database
             versions=package_versions(),
             sae_metrics=metrics,
             n_tokens=result.n_tokens,
@@ -326,7 +393,16 @@ def _gather(cfg: RunConfig, model_cfg: ModelConfig, sae: SAE | None, g) -> Gathe
             histogram_edges=HIST_EDGES.tolist(),
         )
         t = time.perf_counter()
-        store.write_gather(run, result.features, result.examples, result.contexts, documents, vocab, effects)
+        store.write_gather(
+            run,
+            result.features,
+            result.examples,
+            result.contexts,
+            documents,
+            vocab,
+            effects,
+            drop_derived=cfg.regather,  # labels written since regather_refusal looked are not lost either
+        )
         timings["store"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         f = result.features

@@ -145,3 +145,135 @@ def test_newer_database_is_refused_and_left_as_it_was(project, tmp_path, capsys)
         err = capsys.readouterr().err
         assert "newer autointerp" in err and "upgrade autointerp" in err and "Traceback" not in err, err
     assert _schema(newer) == before
+
+
+# ------------------------------------------------------------------ a database file autointerp cannot use
+
+
+def _foreign_duckdb(path) -> None:
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE customers (id INTEGER, name VARCHAR)")
+    con.execute("INSERT INTO customers VALUES (1, 'Ada')")
+    con.close()
+
+
+def _sqlite(path) -> None:
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE notes (body TEXT)")
+    con.commit()
+    con.close()
+
+
+def _truncated_copy(project, keep=None):
+    def write(path) -> None:
+        data = (project / "autointerp.duckdb").read_bytes()
+        path.write_bytes(data[: keep or len(data) // 2])
+
+    return write
+
+
+DATABASE_CASES = {
+    # case: (writes the file, what the error says, what the fix says)
+    "another-applications-duckdb": (
+        lambda project: _foreign_duckdb,
+        "was not written by autointerp: it holds 1 table (customers)",
+        "point --project at a directory of autointerp's",
+    ),
+    "sqlite": (lambda project: _sqlite, "is a SQLite database, not a DuckDB one", "move the file out of the project"),
+    "truncated-duckdb": (_truncated_copy, "is truncated", "restore the file from a backup"),
+    "duckdb-headers-only": (lambda project: _truncated_copy(project, 3 * 4096), "is truncated", "from a backup"),
+    "empty-file": (
+        lambda project: lambda path: path.write_bytes(b""),
+        "not a DuckDB database (the file is empty)",
+        "creates its database where none is",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(DATABASE_CASES))
+def test_a_database_file_autointerp_cannot_use_is_refused_and_left_byte_identical(
+    pipeline_setup, project, tmp_path, capsys, case
+):
+    make, message, fix = DATABASE_CASES[case]
+    where = tmp_path / "p"
+    where.mkdir()
+    db = where / "autointerp.duckdb"
+    make(project)(db)
+    before = db.read_bytes()
+    commands = (["runs"], ["explain", "--judge", "offline"], ["report"], ["export"])
+    for argv in (*[[*c[:1], "--project", str(where), *c[1:]] for c in commands], gather_argv(pipeline_setup, where)):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        problem, _, said_fix = err.partition("\n  fix: ")
+        assert str(db) in problem and message in problem and fix in said_fix and "Traceback" not in err, (argv, err)
+        assert db.read_bytes() == before, argv
+        assert sorted(p.name for p in where.iterdir()) == ["autointerp.duckdb"], argv  # no WAL, nothing added
+
+
+# ------------------------------------------------------------------ an SAE whose weights cannot be used
+
+
+def _damaged_sae(pipeline_setup, tmp_path, change):
+    """A copy of the pipeline SAE with its tensors changed by `change`, written with safetensors itself."""
+    from safetensors.torch import load_file, save_file
+
+    root, *_ = pipeline_setup
+    out = tmp_path / "damaged"
+    shutil.copytree(root / "sae", out)
+    tensors = load_file(out / "sae_weights.safetensors")
+    change(tensors)
+    save_file(tensors, out / "sae_weights.safetensors")
+    return out
+
+
+def _nan_decoder(t):
+    t["W_dec"] = t["W_dec"].fill_(float("nan"))  # 16 × 32 entries
+
+
+def _one_inf_in_the_encoder(t):
+    t["W_enc"][3, 5] = float("inf")
+
+
+def _int32_weights(t):
+    t.update({k: v.to(__import__("torch").int32) for k, v in t.items()})
+
+
+def _truncated(tmp_path_out):
+    data = (tmp_path_out / "sae_weights.safetensors").read_bytes()
+    (tmp_path_out / "sae_weights.safetensors").write_bytes(data[: len(data) * 2 // 3])
+
+
+SAE_CASES = {
+    "nan-decoder": (_nan_decoder, None, "W_dec in {sae} has 512 of 512 entries NaN or infinite", "re-download"),
+    "inf-in-encoder": (_one_inf_in_the_encoder, None, "W_enc in {sae} has 1 of 512 entries NaN or infinite", ""),
+    "int32-weights": (
+        _int32_weights,
+        None,
+        "'W_enc' in {sae}/sae_weights.safetensors holds int32 values, not a floating-point type",
+        "floating-point weights",
+    ),
+    "truncated-file": (lambda t: None, _truncated, "cannot read {sae}/sae_weights.safetensors", "truncated or corrupt"),
+}
+
+
+@pytest.mark.parametrize("case", list(SAE_CASES))
+def test_an_sae_with_unusable_weights_is_refused_before_the_model_loads_and_the_stored_run_stays(
+    pipeline_setup, project, tmp_path, capsys, case
+):
+    change, after, message, fix = SAE_CASES[case]
+    sae = _damaged_sae(pipeline_setup, tmp_path, change)
+    if after is not None:
+        after(sae)
+    kept = tmp_path / "kept"
+    shutil.copytree(project, kept)
+    before = (kept / "autointerp.duckdb").read_bytes()
+    for model in (pipeline_setup[2], "no/such-model"):  # with no model to load, the SAE is refused all the same
+        argv = gather_argv(pipeline_setup, kept, sae=str(sae), run_id="r1", model=model)
+        assert main([*argv, "--regather"]) == 2  # even confirmed, the stored run is not replaced by it
+        err = capsys.readouterr().err
+        problem, _, said_fix = err.partition("\n  fix: ")
+        assert message.format(sae=sae) in problem and fix in said_fix, err
+        assert "Traceback" not in err and "no/such-model" not in err, err
+        assert (kept / "autointerp.duckdb").read_bytes() == before

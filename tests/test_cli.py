@@ -392,3 +392,23 @@ def test_gpt2_workflow_by_saelens_release_name_through_the_hub_cache(pipeline_se
     assert (run["model"], run["hookpoint"]) == ("openai-community/gpt2", "blocks.1.hook_resid_pre")
     assert run["run_id"].endswith("gpt2-small-res-jb-blocks.1.hook_resid_pre")
     assert "explained" in out.stdout and "report:" in out.stdout
+
+
+def test_a_written_config_never_holds_a_password_from_a_url(tmp_path):
+    import tomllib
+
+    from autointerp.cli import parse, write_config
+
+    secret_url, plain_url = "http://user:s3cret-pw@llm.example:8000/v1", "http://localhost:8000/v1"
+    given = ["run", "--judge", "openai_compatible", "--judge-model", "m", "--n-top", "7"]
+    path = tmp_path / "p" / "configs" / "r.toml"
+    write_config(path, parse([*given, "--base-url", secret_url, "--corpus", "https://h.example/c.txt?token=t0ken"]))
+    text = path.read_text()
+    assert "s3cret-pw" not in text and "t0ken" not in text and "user:" not in text
+    assert '# base_url = "http://***@llm.example:8000/v1" is left out' in text and "--base-url again" in text
+    stored = tomllib.loads(text)
+    assert "base_url" not in stored and "corpus" not in stored and stored["n_top"] == 7
+    again = parse(["run", "--config", str(path), "--base-url", secret_url])  # the rerun the comment asks for
+    assert (again.base_url, again.n_top, again.judge_model) == (secret_url, 7, "m")
+    write_config(path, parse([*given, "--base-url", plain_url]))  # a URL without secrets is kept as given
+    assert tomllib.loads(path.read_text())["base_url"] == plain_url

@@ -298,3 +298,68 @@ def test_bulk_export_reads_back_as_the_store_holds_it(real_run, tmp_path):
     assert {x["explanationModelName"] for x in rows["explanations"]} == {"token-stats-v1"} and len(
         {x["id"] for x in rows["explanations"]}
     ) == len(labels)
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"model_id": "ABSOLUTE"},  # replaced by an absolute path outside the output folder
+        {"model_id": "../../../escaped"},
+        {"model_id": ".."},
+        {"model_id": "a/b"},
+        {"model_id": "a\\b"},
+        {"source": "../../escaped"},
+        {"source": "ABSOLUTE"},
+        {"model_id": "m", "source": "."},
+    ],
+)
+def test_a_bulk_id_that_would_write_outside_the_output_folder_is_refused(real_run, tmp_path, given):
+    from autointerp.config import ExportConfig
+
+    outside = tmp_path / "outside"
+    given = {k: str(outside / "x") if v == "ABSOLUTE" else v for k, v in given.items()}
+    out = tmp_path / "a" / "b" / "c" / "out"
+    flag = "--np-model-id" if "model_id" in given and given["model_id"] != "m" else "--np-source"
+    with pytest.raises(AutointerpError) as err:
+        export(real_run, out=out, formats=("parquet", "neuronpedia-bulk"), cfg=ExportConfig(**given))
+    assert flag in str(err.value) and "letters, digits" in err.value.fix
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == []  # nothing written anywhere
+
+
+def test_the_export_command_refuses_an_escaping_model_id_without_a_traceback(real_run, tmp_path, capsys):
+    from autointerp.cli import main
+
+    out = tmp_path / "out"
+    argv = ["export", "--project", str(real_run), "--out", str(out), "--format", "neuronpedia-bulk"]
+    assert main([*argv, "--np-model-id", "../../../escaped"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --np-model-id '../../../escaped' is not a plain name") and "Traceback" not in err
+    assert not out.exists() and not (tmp_path / "escaped").exists()
+    assert main([*argv, "--np-model-id", "gpt2-small", "--np-source", "6-res-jb"]) == 0  # a plain id is written
+    assert (out / "neuronpedia_bulk" / "gpt2-small" / "6-res-jb" / "features" / "batch-0.jsonl.gz").is_file()
+
+
+def test_a_link_inside_the_output_folder_cannot_carry_the_bulk_export_elsewhere(real_run, tmp_path):
+    from autointerp.config import ExportConfig
+
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / "neuronpedia_bulk").mkdir(parents=True)
+    (out / "neuronpedia_bulk" / "m").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(AutointerpError, match="outside"):
+        export(real_run, out=out, formats=("neuronpedia-bulk",), cfg=ExportConfig(model_id="m", source="s"))
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_model_id_taken_from_the_run_is_always_a_plain_name():
+    from autointerp.export.neuronpedia import neuronpedia_model_id
+
+    named = {
+        m: neuronpedia_model_id({"model": m}) for m in ("EleutherAI/pythia-70m", "../x/..", "<model>", "/a/My Model/")
+    }
+    assert named == {
+        "EleutherAI/pythia-70m": "pythia-70m",
+        "../x/..": "model",
+        "<model>": "model",
+        "/a/My Model/": "my-model",
+    }

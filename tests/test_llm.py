@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import logging
@@ -295,6 +296,10 @@ def test_bad_keys_file_errors_do_not_echo_its_content(tmp_path):
     with pytest.raises(AutointerpError, match="unexpected entry 'gemini'") as info:
         load_keys(path)
     assert KEY not in str(info.value)
+    path.write_bytes(b"openai = \"" + KEY.encode() + b"\"\n\x9e\xff\x00 binary")  # not text at all
+    with pytest.raises(AutointerpError, match="is not UTF-8 text") as info:
+        load_keys(path)
+    assert KEY not in str(info.value)
 
 
 # --- cache -------------------------------------------------------------------------------
@@ -456,3 +461,73 @@ def test_a_cache_hit_from_the_database_leaves_the_log_writable(server, tmp_path)
         rows = store.con.execute('SELECT call_id, "user" FROM llm_calls ORDER BY call_id').fetchall()
     assert hit.cached and hit.call_id == 1 and not fresh.cached and fresh.call_id == 2
     assert rows == [(1, "first"), (2, "second")]
+
+
+# --- a password in the base URL never leaks --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ("http://user:secret@host/v1", "http://***@host/v1"),
+        ("see https://tok@h.example:8000/v1/models now", "see https://***@h.example:8000/v1/models now"),
+        ("http://u:p@ss@host/v1", "http://***@host/v1"),  # an unencoded '@' in the password
+        ("HTTP://U:P@HOST", "HTTP://***@HOST"),
+        ("http://host/v1?api_key=abc&x=1", "http://host/v1?api_key=***&x=1"),
+        ("http://localhost:8000/v1", "http://localhost:8000/v1"),  # nothing secret: unchanged
+        ("mail me at a@b.example", "mail me at a@b.example"),  # not a URL
+    ],
+)
+def test_redact_urls_hides_user_password_and_secret_query_values(text, shown):
+    from autointerp.llm.redact import redact_urls, redacted
+
+    assert redact_urls(text) == shown
+    assert redacted({"judge": {"base_url": text, "n": 3}, "xs": (text,)}) == {
+        "judge": {"base_url": shown, "n": 3},
+        "xs": (shown,),
+    }
+
+
+def test_a_password_in_the_base_url_never_appears_in_errors_records_or_logs(server, monkeypatch, caplog):
+    import socket
+
+    caplog.set_level(logging.DEBUG)  # the HTTP library logs every request's full URL at INFO
+    password = "pa55word-in-the-url"
+    monkeypatch.setenv("OPENAI_COMPATIBLE_API_KEY", KEY)
+
+    def cfg(url: str) -> LLMConfig:
+        with_password = url.replace("http://", f"http://user:{password}@")
+        return LLMConfig(
+            provider="openai_compatible", model=OPENAI_MODEL, base_url=with_password, max_retries=0, timeout_s=2.0
+        )
+
+    def check(c: LLMConfig) -> None:
+        async def go() -> None:
+            client = make_client(c, store)
+            try:
+                await client.check()
+            finally:
+                await client.aclose()
+
+        asyncio.run(go())
+
+    store = MemoryCallStore()
+    # The HTTP library sends the URL's user and password as Basic auth; the stand-in wants the key: 401.
+    with pytest.raises(AutointerpError) as rejected:
+        one(cfg(server.openai_base_url), store)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    with pytest.raises(AutointerpError) as unreachable:
+        check(cfg(dead))
+    assert unreachable.value.problem.startswith(f"cannot reach {dead.replace('http://', 'http://***@')}:")
+    failed = one(cfg(dead), store)
+    assert not failed.ok and "connection error" in failed.error
+    assert "HTTP Request: POST http://***@127.0.0.1" in caplog.text  # the URL was logged, redacted
+    assert not find_leaks(password, rejected.value, unreachable.value, failed, *store.calls)
+    assert password not in caplog.text
+    client = make_client(cfg(dead), store)
+    basic = base64.b64encode(f"user:{password}".encode()).decode()
+    said = client.scrub(f"at http://user:{password}@h/v1, sent Basic {basic}; {password}")
+    assert said == "at http://***@h/v1, sent Basic ***; ***"
+    asyncio.run(client.aclose())

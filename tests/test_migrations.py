@@ -129,3 +129,40 @@ def test_a_database_from_a_newer_autointerp_is_refused_and_left_as_it_is(tmp_pat
             Store(tmp_path, read_only=read_only)
         assert "'from the future'" in info.value.problem and "pip install -U autointerp" in info.value.fix
     assert (tmp_path / DB_NAME).read_bytes() == before
+
+
+FOREIGN_SCHEMAS = {
+    "a table": ["CREATE TABLE customers (id INTEGER)"],
+    "a table in another schema": ["CREATE SCHEMA app", "CREATE TABLE app.orders (id INTEGER)"],
+    "a view and a meta table": ["CREATE TABLE meta (k VARCHAR, v VARCHAR)", "CREATE VIEW v AS SELECT 1 AS one"],
+    "another tool's schema_migrations": ["CREATE TABLE schema_migrations (version VARCHAR PRIMARY KEY)"],
+    "other migrations under that name": [
+        "CREATE TABLE schema_migrations (version INTEGER, name VARCHAR, applied_at TIMESTAMP)",
+        "INSERT INTO schema_migrations VALUES (1, 'create_users', now())",
+    ],
+}
+
+
+@pytest.mark.parametrize("case", list(FOREIGN_SCHEMAS))
+def test_a_database_another_application_wrote_is_refused_and_left_byte_identical(tmp_path, case):
+    path = tmp_path / DB_NAME
+    con = duckdb.connect(str(path))
+    for sql in FOREIGN_SCHEMAS[case]:
+        con.execute(sql)
+    con.close()
+    before = path.read_bytes()
+    for read_only in (True, False):
+        with pytest.raises(AutointerpError, match="was not written by autointerp") as info:
+            Store(tmp_path, read_only=read_only)
+        assert str(path) in info.value.problem and "--project" in info.value.fix
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [DB_NAME]
+
+
+def test_an_empty_duckdb_file_becomes_a_project_database_and_a_longer_file_is_not_called_truncated(tmp_path):
+    duckdb.connect(str(tmp_path / DB_NAME)).close()  # a DuckDB file with no table: nothing to lose
+    with Store(tmp_path) as store:
+        assert store.runs().empty
+    with open(tmp_path / DB_NAME, "ab") as f:  # bytes past the blocks its header records (free space)
+        f.write(b"\0" * 262_144)
+    with Store(tmp_path, read_only=True) as store:
+        assert store.runs().empty

@@ -252,3 +252,109 @@ def test_loss_recovered_is_one_for_an_exact_sae_and_zero_for_an_empty_one(setup)
     assert m["loss_zero_ablated"] != m["loss_clean"]  # an untrained model barely depends on its input, but does
     assert m["loss_recovered"] == pytest.approx(1.0, abs=1e-4)
     assert loss_recovered(model, empty, batches())["loss_recovered"] == pytest.approx(0.0, abs=1e-6)
+
+
+# ------------------------------------------------------------------ gathering a labelled run again
+
+DERIVED = ("explanations", "scores", "score_summaries", "categories", "saturation_steps", "saturation_summary")
+
+
+def _gather_argv(setup, project, *extra: str) -> list[str]:
+    root, corpus, model = setup
+    return [
+        *("gather", "--quiet", "--project", str(project), "--run-id", "r1", "--model", model, "--device", "cpu"),
+        *("--hookpoint", "blocks.1.hook_resid_post", "--sae", str(root / "sae"), "--corpus", corpus),
+        *("--context-length", "32", "--n-top", "3", "--n-bins", "2", "--per-bin", "2", "--n-negative", "3"),
+        *("--window", "8", "--batch-size", "4", *extra),
+    ]
+
+
+def _rows(project) -> dict[str, int]:
+    """Rows per table, read with DuckDB itself."""
+    import duckdb
+
+    con = duckdb.connect(str(project / "autointerp.duckdb"), read_only=True)
+    try:
+        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in (*DERIVED, "examples")}
+    finally:
+        con.close()
+
+
+@pytest.fixture
+def labelled(setup, tmp_path):
+    """A project gathered through the CLI, then labelled, scored and saturated by the offline judge."""
+    project = tmp_path / "p"
+    assert cli_main(_gather_argv(setup, project)) == 0
+    for stage in (["explain"], ["score", "--scorers", "detection"], ["saturate"]):
+        assert cli_main([*stage, "--project", str(project), "--judge", "offline", "--quiet"]) == 0
+    rows = _rows(project)
+    assert all(rows[t] > 0 for t in ("explanations", "scores", "categories", "saturation_steps")), rows
+    return project, rows
+
+
+def test_repeating_the_gather_command_of_a_labelled_run_keeps_its_labels(setup, labelled, capsys):
+    project, before = labelled
+    capsys.readouterr()
+    assert cli_main(_gather_argv(setup, project)) == 0  # the very command it was gathered with
+    assert "gather: kept the stored one" in capsys.readouterr().out
+    assert _rows(project) == before
+
+
+def test_a_gather_that_would_delete_labels_refuses_until_confirmed(setup, labelled, capsys):
+    project, before = labelled
+    capsys.readouterr()
+    assert cli_main(_gather_argv(setup, project, "--n-top", "2")) == 2
+    err = capsys.readouterr().err
+    saturation = before["categories"] + before["saturation_steps"] + before["saturation_summary"]
+    for said in (
+        f"{before['explanations']} labels",
+        f"{before['scores']} scores",
+        f"{saturation} saturation rows",
+        "gather.n_top 3 → 2",
+        "fix: to delete them, gather again with --regather",
+        "--run-id",
+    ):
+        assert said in err, err
+    assert "Traceback" not in err
+    assert _rows(project) == before
+    assert cli_main(_gather_argv(setup, project, "--n-top", "2", "--regather")) == 0  # confirmed
+    after = _rows(project)
+    assert all(after[t] == 0 for t in DERIVED) and after["examples"] > 0
+    with Store(project, read_only=True) as store:
+        assert store.run("r1")["config"]["gather"]["n_top"] == 2
+
+
+def test_labels_written_after_the_check_are_not_deleted_either(setup, labelled, monkeypatch):
+    """The store refuses, inside the write's transaction, a gather that was not confirmed and would
+    delete labels: those of another command that labelled the run between the check and the write."""
+    import autointerp.pipeline
+
+    project, before = labelled
+    monkeypatch.setattr(autointerp.pipeline, "regather_refusal", lambda cfg: None)
+    with pytest.raises(AutointerpError, match="now holds .* labels.*nothing was stored[\\s\\S]*--regather"):
+        gather(_config(setup, project, gather=GatherConfig(n_top=2, n_bins=2, per_bin=2, n_negative=3, window=8)))
+    assert _rows(project) == before
+
+
+def test_run_regather_still_gathers_again_and_relabels(setup, labelled, capsys):
+    project, before = labelled
+    root, corpus, model = setup
+    argv = _gather_argv(setup, project, "--n-top", "2")
+    argv[0] = "run"
+    judged = ["--judge", "offline", "--sample-judge", "none", "--intervention-sample", "0", "--scorers", "detection"]
+    assert cli_main([*argv, *judged]) == 2  # unconfirmed: refused before any gathering
+    assert "would delete them" in capsys.readouterr().err and _rows(project) == before
+    assert cli_main([*argv, *judged, "--regather"]) == 0
+    with Store(project, read_only=True) as store:
+        assert store.run("r1")["config"]["gather"]["n_top"] == 2
+        assert len(store.explanations("r1")) == before["explanations"]  # labelled again, from the new examples
+
+
+def test_load_sae_refuses_weights_that_are_not_finite_floats_naming_the_tensor(tmp_path):
+    weights = [torch.randn(32, 16), torch.zeros(16), torch.randn(16, 32), torch.zeros(32)]
+    weights[3][7] = float("nan")
+    save_saelens(SAE(*weights), tmp_path / "nan_b_dec", hook_name="x", model_name="tiny")
+    with pytest.raises(AutointerpError, match="b_dec in .*nan_b_dec has 1 of 32 entries NaN or infinite"):
+        load_sae(tmp_path / "nan_b_dec")
+    with pytest.raises(AutointerpError, match="W_enc holds int32 values, not a floating-point type"):
+        SAE(torch.zeros(32, 16, dtype=torch.int32), *weights[1:])

@@ -56,3 +56,27 @@ def test_steering_strengths_that_only_overflow_are_refused(tmp_path, capsys, how
     assert main(["steer", "--project", str(tmp_path / "p"), "--feature", "1", how, "1e30"]) == 2
     err = capsys.readouterr().err
     assert f"{how} is 1e+30" in err and "1000 or less" in err
+
+
+def test_a_truncated_model_file_is_refused_naming_the_model(pipeline_setup, tmp_path, capsys):
+    import shutil
+
+    root, corpus, model = pipeline_setup
+    broken = tmp_path / "model"
+    shutil.copytree(model, broken)
+    weights = next(broken.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    argv = [
+        "gather",
+        "--project",
+        str(tmp_path / "p"),
+        "--model",
+        str(broken),
+        "--hookpoint",
+        "blocks.1.hook_resid_post",
+    ]
+    argv += ["--corpus", corpus, "--n-features", "16", "--k", "4", "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"cannot load the weights or tokenizer of model '{broken}'" in err and "Traceback" not in err
+    assert not (tmp_path / "p" / "autointerp.duckdb").exists()

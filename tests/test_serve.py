@@ -635,3 +635,107 @@ def test_the_command_serves_until_interrupted(tmp_path):
         and "Traceback" not in missing.stderr
         and not (tmp_path / "none").exists()
     )
+
+
+def _status_for_host(server, host: str) -> int:
+    """The status of a request to the server (through 127.0.0.1) that carries this Host header."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+    try:
+        conn.request("GET", "/favicon.ico", headers={"Host": host})  # 204 when the Host is accepted
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_a_loopback_server_answers_only_its_loopback_names_on_its_port(server):
+    port = server.server_address[1]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", f"LOCALHOST.:{port}"):
+        assert _status_for_host(server, host) == 204, host
+    for host in (
+        f"evil.example:{port}",
+        f"127.0.0.1:{port + 1}",  # the right name on another port: a different origin
+        "localhost",  # no port means 80
+        f"192.0.2.7:{port}",  # an address of another machine
+        f"localhost.evil.example:{port}",
+        f"localhost:{port}:1",
+        f"[::1:{port}",
+    ):
+        assert _status_for_host(server, host) == 421, host
+
+
+def test_a_server_on_every_interface_answers_its_own_names_and_addresses_but_not_foreign_names(tmp_path):
+    import socket
+
+    from test_report import build_project
+
+    srv = make_server(build_project(tmp_path / "p", with_labels=False), host="0.0.0.0", port=0, quiet=True)
+    thread = serve_in_thread(srv)
+    try:
+        port = srv.server_address[1]
+        for host in (f"localhost:{port}", f"{socket.gethostname()}:{port}", f"192.0.2.7:{port}", f"[::1]:{port}"):
+            assert _status_for_host(srv, host) == 204, host
+        for host in (f"evil.example:{port}", f"192.0.2.7:{port + 1}", f"{socket.gethostname()}.evil.example:{port}"):
+            assert _status_for_host(srv, host) == 421, host
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
+
+
+def test_serving_beyond_loopback_warns_and_loopback_does_not(tmp_path):
+    import signal
+
+    from test_report import build_project
+
+    project = build_project(tmp_path / "p", with_labels=False)
+    code = "import sys; from autointerp.cli import main; sys.exit(main(sys.argv[1:]))"
+    stderr = {}
+    for host in ("0.0.0.0", "127.0.0.1"):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, "serve", "--project", str(project), "--host", host, "--port", "0", "--quiet"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert "read-only at http://" in proc.stdout.readline()
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(20) == 0
+            stderr[host] = proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    warned = stderr["0.0.0.0"]
+    assert warned.startswith("warning: listening on 0.0.0.0") and "anyone who can reach port" in warned
+    assert "127.0.0.1" in warned and "ssh -L" in warned  # how to restrict it
+    assert "warning" not in stderr["127.0.0.1"]
+
+
+def test_a_port_in_use_is_a_clear_error_naming_the_port_and_the_fix(tmp_path, capsys):
+    import socket
+
+    from test_report import build_project
+
+    from autointerp.cli import main
+    from autointerp.errors import AutointerpError
+
+    project = build_project(tmp_path / "p", with_labels=False)
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        with pytest.raises(AutointerpError) as e:
+            make_server(project, port=port, quiet=True)
+        assert f"port {port}" in e.value.problem and "in use" in e.value.problem
+        assert "--port 0" in e.value.fix
+        assert main(["serve", "--project", str(project), "--port", str(port), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert f"error: port {port} on 127.0.0.1 is already in use" in err and "--port" in err
+        assert "Traceback" not in err and "AttributeError" not in err
+        srv = make_server(project, port=0, quiet=True)  # the database was closed again: it opens
+        srv.server_close()
+    finally:
+        holder.close()

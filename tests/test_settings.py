@@ -22,10 +22,7 @@ CONFIGS = [
     if name.endswith("Config") and isinstance(getattr(config, name), type) and settings_of(getattr(config, name))
 ]
 NUMERIC = [
-    (cls, f)
-    for cls in CONFIGS
-    for f in settings_of(cls)
-    if str(f.type).split("|")[0].strip() in ("int", "float")
+    (cls, f) for cls in CONFIGS for f in settings_of(cls) if str(f.type).split("|")[0].strip() in ("int", "float")
 ]
 
 

@@ -298,7 +298,9 @@ def test_regathering_a_run_drops_labels_that_describe_the_old_examples(pipeline_
     with Store(fresh_project, read_only=True) as store:
         assert len(store.explanations("r1"))
     gather(
-        replace(cfg, gather=GatherConfig(n_top=2, n_bins=2, per_bin=2, n_negative=3, window=8, batch_size=4)),
+        replace(
+            cfg, gather=GatherConfig(n_top=2, n_bins=2, per_bin=2, n_negative=3, window=8, batch_size=4), regather=True
+        ),
         reuse=True,
     )
     with Store(fresh_project, read_only=True) as store:

@@ -43,6 +43,8 @@ def export(
     with Store(project, read_only=True) as store:
         run_id = store.run(run_id)["run_id"]
         root = Path(out) if out is not None else Path(project) / "exports" / file_stem(run_id)
+        if "neuronpedia-bulk" in formats:  # refuse a bad id before any format is written
+            neuronpedia.bulk_dir(root, neuronpedia.neuronpedia_head(store.run(run_id), cfg), cfg)
         return {name: write(store, run_id, cfg, root) for name, write in WRITERS.items() if name in formats}
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 from autointerp.config import ExportConfig
@@ -32,6 +33,7 @@ from autointerp.store import Store
 UPLOAD_BATCH = 128  # features per request: the most Neuronpedia's upload-batch endpoint takes
 METHOD_NAME = "autointerp"  # Neuronpedia's methodName for labels written by this package
 BULK_KINDS = ("features", "activations", "explanations")
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a Neuronpedia id, and one folder name on every OS
 
 
 def _short(x: float) -> float:
@@ -109,8 +111,9 @@ def neuronpedia_records(store: Store, run_id: str, cfg: ExportConfig, upload: bo
 
 
 def neuronpedia_model_id(run: dict) -> str:
-    name = run["model"].removeprefix("embedded:")
-    return Path(name.rstrip("/")).name.lower()
+    """The run's model's last path part, lower case, as a plain name (other characters become '-')."""
+    name = Path(run["model"].removeprefix("embedded:").rstrip("/")).name.lower()
+    return re.sub(r"[^a-z0-9._-]+", "-", name).strip(".-_") or "model"
 
 
 def neuronpedia_head(run: dict, cfg: ExportConfig) -> dict:
@@ -120,6 +123,30 @@ def neuronpedia_head(run: dict, cfg: ExportConfig) -> dict:
         "modelId": cfg.model_id or neuronpedia_model_id(run),
         "source": cfg.source or f"{'' if layer is None else layer}-autointerp".lstrip("-"),
     }
+
+
+def bulk_dir(root: Path, head: dict, cfg: ExportConfig) -> Path:
+    """root/neuronpedia_bulk/<modelId>/<source>, once each id is checked to be one plain folder name
+    (letters, digits, '.', '_', '-'; not starting with '.'), so that no id (absolute, with '..' or a
+    separator) puts files outside root."""
+    base = root / "neuronpedia_bulk"
+    for key, flag, given in (("modelId", "--np-model-id", cfg.model_id), ("source", "--np-source", cfg.source)):
+        name = head[key]
+        if not PLAIN_NAME.fullmatch(name):
+            what = f"{flag} {name!r}" if given is not None else f"the Neuronpedia {key} {name!r} taken from the run"
+            raise AutointerpError(
+                f"{what} is not a plain name: neuronpedia-bulk writes into a folder of that name under {base}, "
+                "and a path there (absolute, with '..' or '/') would write elsewhere",
+                f"pass {flag} with letters, digits, '.', '_' and '-' only (not starting with '.'), e.g. "
+                f"{'gpt2-small' if key == 'modelId' else '6-res-jb'}",
+            )
+    path = base / head["modelId"] / head["source"]
+    if not path.resolve().is_relative_to(base.resolve()):  # a symlink in the way; names alone cannot
+        raise AutointerpError(
+            f"{path} resolves to {path.resolve()}, outside {base}",
+            f"remove the link at {path} or pass another --out",
+        )
+    return path
 
 
 def bulk_rows(record: dict, head: dict, hook_name: str) -> tuple[dict, list[dict], list[dict]]:
@@ -198,7 +225,7 @@ def write_upload_batches(store: Store, run_id: str, cfg: ExportConfig, root: Pat
 def write_bulk(store: Store, run_id: str, cfg: ExportConfig, root: Path) -> list[Path]:
     run = store.run(run_id)
     head = neuronpedia_head(run, cfg)
-    bulk = root / "neuronpedia_bulk" / head["modelId"] / head["source"]
+    bulk = bulk_dir(root, head, cfg)
     for kind in BULK_KINDS:
         (bulk / kind).mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []

@@ -22,12 +22,14 @@ MARK_FRACTION of its snippet's max.
 Answer formats: JSON, one schema per task (`answer_schema`), which judges with structured output
 send as the response format so the answer cannot take another shape. Parsers raise ParseError,
 never return a default:
-- explain: {"label": "..."}; a last line `Label: ...` is read too (markdown and enclosing quotes
-  stripped). Empty or longer than LABEL_MAX_CHARS is an error.
+- explain: {"label": "..."}; without one, a line `Label: ...` is read too (markdown and enclosing
+  quotes stripped). Empty or longer than LABEL_MAX_CHARS is an error.
 - detection, fuzzing: {"answers": [0/1 (or true/false), one per snippet]}.
 - simulation: {"activations": [one list per snippet of integers 0–10, one per token]}.
 - codebook: {"codes": [one string per new label]}.
-The last JSON list of the right shape wins, so code fences, prose or a bare list around it are fine.
+The first answer of the right shape wins (the first JSON list, or the first label object, else the
+first `Label:` line), so code fences, prose or a bare list around it are fine, and a later one (the
+judge quoting text from the corpus, where anyone may have written `{"label": ...}`) is ignored.
 
 A task is a row of TASKS, named like its prompt file: a new one is a row here (its fields and its
 answer's format) and a file in the prompt folder.
@@ -301,12 +303,14 @@ def _check_label(label: str) -> str:
 
 
 def parse_label(text: str) -> str:
-    """The label of a {"label": ...} object (the last one), else of the last line starting 'Label:'."""
+    """The label of the first {"label": ...} object whose label is valid (not empty, not too long),
+    else of the first line starting 'Label:'. A later object or line is ignored: a judge may quote
+    corpus text, and corpus text may hold a label of its own."""
     labels = [v["label"] for v in _json_values(text, "{") if isinstance(v, dict) and isinstance(v.get("label"), str)]
     if labels:
-        return _check_label(_unwrap(labels[-1]))
+        return _first_valid(labels, lambda label: _check_label(_unwrap(label)))
     lines = text.splitlines()
-    for i in reversed(range(len(lines))):
+    for i in range(len(lines)):
         line = lines[i].strip().lstrip("#>-*_ ")
         if not line.lower().startswith("label:"):
             continue
@@ -339,18 +343,24 @@ def _json_lists(text: str) -> list[list]:
     return [v for v in _json_values(text, "[") if isinstance(v, list)]
 
 
-def _last_valid(text: str, check: Callable[[list], T]) -> T:
-    """The last JSON list that passes `check`; else the reason the last list fails."""
-    lists = _json_lists(text)
-    if not lists:
-        raise ParseError("no JSON list in the answer")
+def _first_valid(values: list, check: Callable[[Any], T]) -> T:
+    """The first value that passes `check`; else the reason the first one fails."""
     error = None
-    for value in reversed(lists):
+    for value in values:
         try:
             return check(value)
         except ParseError as exc:
             error = error or exc
     raise error
+
+
+def _first_valid_list(text: str, check: Callable[[list], T]) -> T:
+    """The first JSON list in the text that passes `check` (later ones, such as quoted corpus text,
+    are ignored); else the reason the first list fails."""
+    lists = _json_lists(text)
+    if not lists:
+        raise ParseError("no JSON list in the answer")
+    return _first_valid(lists, check)
 
 
 def _is_int(value: object) -> bool:
@@ -365,7 +375,7 @@ def parse_binary_list(text: str, n: int) -> list[bool]:
             raise ParseError("the list holds values other than 0 and 1")
         return [bool(v) for v in value]
 
-    return _last_valid(text, check)
+    return _first_valid_list(text, check)
 
 
 def parse_simulation(text: str, lengths: Sequence[int]) -> list[list[int]]:
@@ -379,7 +389,7 @@ def parse_simulation(text: str, lengths: Sequence[int]) -> list[list[int]]:
                 raise ParseError(f"snippet {k}'s answer holds values that are not integers 0–10")
         return [list(row) for row in value]
 
-    return _last_valid(text, check)
+    return _first_valid_list(text, check)
 
 
 def parse_codebook(text: str, n: int) -> list[str]:
@@ -396,7 +406,7 @@ def parse_codebook(text: str, n: int) -> list[str]:
             raise ParseError(f"a code is longer than {LABEL_MAX_CHARS} characters")
         return [v.strip() for v in value]
 
-    return _last_valid(text, check)
+    return _first_valid_list(text, check)
 
 
 # --- the tasks -------------------------------------------------------------------------

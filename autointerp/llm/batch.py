@@ -44,6 +44,7 @@ from autointerp.llm.client import (
     canonical_json,
     server_message,
 )
+from autointerp.llm.redact import redact_urls
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -307,7 +308,7 @@ class BatchClient(LLMClient):
     async def _submit_and_collect(self, record: BatchRecord) -> None:
         cfg = self.config
         try:
-            self.store.batch_opened(record, cfg.provider, cfg.model, cfg.base_url)
+            self.store.batch_opened(record, cfg.provider, cfg.model, redact_urls(cfg.base_url or "") or None)
             try:
                 record.batch_id = await self._retrying("create a batch", lambda: self.endpoint.submit(record))
             except AutointerpError as exc:
@@ -330,7 +331,7 @@ class BatchClient(LLMClient):
             return
         self._resumed = True
         cfg = self.config
-        for record in self.store.open_batches(cfg.provider, cfg.model, cfg.base_url):
+        for record in self.store.open_batches(cfg.provider, cfg.model, redact_urls(cfg.base_url or "") or None):
             for r in record.requests:
                 if r.cache_key not in self._waiting and self.store.lookup(r.cache_key) is None:
                     self._waiting[r.cache_key] = asyncio.get_running_loop().create_future()
@@ -499,7 +500,7 @@ class BatchClient(LLMClient):
                     return await attempt()
         except CallFailed as exc:
             error = AutointerpError(
-                f"could not {what} at {cfg.base_url or cfg.provider}: {exc.reason}",
+                f"could not {what} at {redact_urls(cfg.base_url or cfg.provider)}: {exc.reason}",
                 "batches already submitted are in the project's ledger: re-run the command to collect them",
             )
             error.definitive = not exc.retryable

@@ -8,7 +8,10 @@ raise `AutointerpError` at once, and so does a run of `max_consecutive_failures`
 `check()` reaches the endpoint before any work, so a wrong URL or key fails in seconds.
 
 API keys live only inside `Secret` and the SDK client. Every string that leaves this
-module (errors, logs, raw bodies, texts) is scrubbed of the key first.
+module (errors, logs, raw bodies, texts) is scrubbed of the key first, and of the user and
+password of a base URL (http://user:pw@host/v1, see `url_secrets`); the HTTP libraries' own
+request logs get `redact_urls` as a logging filter. Code that stores or prints a config uses
+`redacted` (every URL's user, password and secret-looking query values as '***').
 
 Keys file (`load_keys`): TOML, one top-level string per provider, e.g.
 
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import base64
 import email.utils
 import hashlib
 import json
@@ -49,6 +53,7 @@ from autointerp.config import LLMConfig
 from autointerp.errors import AutointerpError
 from autointerp.llm.prices import SNAPSHOT_SUFFIX
 from autointerp.llm.providers import PROVIDERS
+from autointerp.llm.redact import redact_urls
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +89,48 @@ class Secret:
         return "***"
 
 
+def url_secrets(url: str | None) -> list[str]:
+    """The secret parts of a URL as they may appear in text (its user:password followed by '@', and
+    alone its user:password and password when 8 characters or longer; as written and
+    percent-decoded; and base64-encoded as the HTTP library sends it in a Basic Authorization
+    header), longest first, for scrubbing messages that quote them."""
+    from urllib.parse import unquote, urlsplit
+
+    if not url:
+        return []
+    userinfo = urlsplit(url).netloc.rpartition("@")[0]
+    if not userinfo:
+        return []
+    parts = {f"{userinfo}@", f"{unquote(userinfo)}@"}  # as a URL quotes them
+    # Alone too, unless short enough to be a common word (scrubbed from every answer, it would blank text).
+    password = userinfo.partition(":")[2]
+    parts |= {p for p in (userinfo, unquote(userinfo), password, unquote(password)) if len(p) >= 8}
+    parts.add(base64.b64encode(unquote(userinfo).encode()).decode())  # as sent: Authorization: Basic <this>
+    return sorted(parts, key=len, reverse=True)
+
+
+class RedactURLs(logging.Filter):
+    """Rewrites each record of the logger it is on with redact_urls: the HTTP libraries under the SDKs
+    log every request's full URL (INFO), user and password included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "@" in message or "=" in message:
+            record.msg, record.args = redact_urls(message), None
+        return True
+
+
+URL_LOGGERS = ("httpx", "httpx2", "httpcore", "openai", "anthropic")  # the libraries that log request URLs
+
+
+def redact_url_logs() -> None:
+    """Put a RedactURLs filter on the loggers of the HTTP libraries and SDKs (once)."""
+    for name in URL_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactURLs) for f in logger.filters):
+            logger.addFilter(RedactURLs())
+
+
 def load_keys(path: str | Path) -> dict[str, Secret]:
     """Read a TOML keys file (see module docstring) into provider → Secret."""
     path = Path(path)
@@ -91,6 +138,10 @@ def load_keys(path: str | Path) -> dict[str, Secret]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise AutointerpError(f"cannot read keys file {path}: {exc.strerror}", "check the path") from None
+    except UnicodeDecodeError:  # a binary file, or one in another encoding; its bytes are not echoed
+        raise AutointerpError(
+            f"keys file {path} is not UTF-8 text", 'write a UTF-8 TOML file with lines like openai = "sk-..."'
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message gives only line and column, never the file's content.
         raise AutointerpError(
@@ -439,6 +490,9 @@ class SDKClient(LLMClient):
         self.store = store
         self.totals = RunTotals()
         self._key = key
+        self._url_secrets = url_secrets(config.base_url)
+        if self._url_secrets:
+            redact_url_logs()
         # Asked after a connection error: a reason to stop at once (the local server died), or None.
         self._fatal = fatal or (lambda: None)
         self._slots = asyncio.Semaphore(config.concurrency)
@@ -466,14 +520,17 @@ class SDKClient(LLMClient):
         """The model ids the endpoint lists (raises the SDK's errors)."""
 
     def scrub(self, text: str) -> str:
-        """The text with this client's API key replaced by '***'."""
-        return self._key.scrub(text) if self._key else text
+        """The text with this client's API key, and the user and password of its base URL, replaced by '***'."""
+        text = self._key.scrub(text) if self._key else text
+        for secret in self._url_secrets:
+            text = text.replace(secret, "***@" if secret.endswith("@") else "***")
+        return text
 
     async def check(self) -> None:
         """Reach the endpoint with this key before any work: a wrong base URL, a dead server or a
         rejected key raises AutointerpError naming the fix. Costs one model-list request, no tokens."""
         cfg = self.config
-        where = cfg.base_url or f"the {cfg.provider} API"
+        where = redact_urls(cfg.base_url) if cfg.base_url else f"the {cfg.provider} API"
         try:
             async with asyncio.timeout(cfg.timeout_s):
                 models = await self._list_models()

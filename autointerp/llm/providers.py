@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from autointerp.errors import AutointerpError
 from autointerp.llm.local import INSTALL_HINT, LOCAL_MODEL
+from autointerp.llm.redact import redact_urls
 
 STRUCTURED_OUTPUT = ("off", "json_schema", "json_object")
 # Explain-prompt size (max-activating snippets, quantile snippets, tokens kept each side; None: the
@@ -112,7 +113,7 @@ def check_base_url(url: str) -> None:
         parts, port = None, None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise AutointerpError(
-            f"base URL {url!r} is not an http:// or https:// URL with a host",
+            f"base URL {redact_urls(url)!r} is not an http:// or https:// URL with a host",
             "pass the server's root, e.g. --base-url http://localhost:8000/v1",
         )
     del port

@@ -55,7 +55,7 @@ WHERE f.run_id = $run"""
             )
         self.con = connect(self.path, read_only=True)
         try:
-            applied = len(applied_migrations(self.con))
+            applied = len(applied_migrations(self.con, self.path))
             if applied < SCHEMA_VERSION:
                 raise AutointerpError(
                     f"{self.path} has an older schema than this autointerp reads",

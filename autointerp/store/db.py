@@ -20,11 +20,49 @@ def db_path(project: str | Path) -> Path:
     return Path(project) / DB_NAME
 
 
-def connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
-    """Open the file, turning DuckDB's errors (a lock held by another process, not a database) into
-    ones that say what to do."""
+# A DuckDB file begins with three 4 KiB headers (the first holds the magic bytes "DUCK" after an
+# 8-byte checksum); its blocks follow.
+_HEADERS = 3 * 4096
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_MOVE = "point --project at a directory of autointerp's (or a new one), or move the file out of the project directory"
+
+
+def check_file(path: Path) -> int | None:
+    """Refuse, before DuckDB opens it, a file that is not a DuckDB database (DuckDB would try to
+    download an extension to read a SQLite one). Returns its size (None: no file). Only reads it."""
     try:
-        return duckdb.connect(str(path), read_only=read_only)
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(16)
+    except FileNotFoundError:
+        return None  # a new database
+    except OSError as e:
+        raise AutointerpError(
+            f"cannot read {path}: {e.strerror}", "check that the file is yours and that you may read and write it"
+        ) from None
+    if head.startswith(_SQLITE_MAGIC):
+        raise AutointerpError(f"{path} is a SQLite database, not a DuckDB one; autointerp did not write it", _MOVE)
+    if head[8:12] != b"DUCK":
+        raise AutointerpError(
+            f"{path} is not a DuckDB database" + (" (the file is empty)" if size == 0 else ""),
+            _MOVE + "; autointerp creates its database where none is",
+        )
+    return size
+
+
+def _truncated(path: Path, size: int, detail: str = "") -> AutointerpError:
+    return AutointerpError(
+        f"{path} is truncated ({size:,} bytes{detail}): an interrupted copy or a full disk?",
+        "restore the file from a backup or copy it again; else move it aside and gather again (it was left as it was)",
+    )
+
+
+def connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """Open the file, turning DuckDB's errors (a lock held by another process, not a database, a
+    truncated one) into ones that say what to do."""
+    size = check_file(path)
+    try:
+        con = duckdb.connect(str(path), read_only=read_only)
     except duckdb.IOException as e:
         if "lock" in str(e).lower():
             holder = re.search(r"PID (\d+)", str(e))
@@ -32,6 +70,8 @@ def connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
                 f"{path} is locked by another process" + (f" (PID {holder.group(1)})" if holder else ""),
                 "wait for that process to finish or stop it, or use a different --project directory",
             ) from None
+        if size is not None and "could not read enough bytes" in str(e).lower():
+            raise _truncated(path, size) from None
         raise AutointerpError(
             f"cannot open {path}: {e}", "check the file is a DuckDB database and that you may read and write it"
         ) from None
@@ -39,6 +79,14 @@ def connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         raise AutointerpError(
             f"{path} is not a usable DuckDB file: {e}", "move it aside; autointerp will create a new one"
         ) from None
+    if size is not None:  # a truncated file opens, and fails at the first read of a lost block
+        used, block_size = first_row(
+            con, "SELECT used_blocks, block_size FROM pragma_database_size() WHERE database_name = current_database()"
+        ) or (0, 0)
+        if _HEADERS + used * block_size > size:
+            con.close()
+            raise _truncated(path, size, f", short of the {used} blocks of {block_size:,} bytes it uses")
+    return con
 
 
 def utc_now() -> datetime:

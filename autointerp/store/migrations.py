@@ -316,16 +316,34 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def applied_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """Names of the migrations this database has, in order."""
-    tables = {
-        r[0]
-        for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()
-    }
+def applied_migrations(con: duckdb.DuckDBPyConnection, path: Path | None = None) -> list[str]:
+    """Names of the migrations this database has, in order. A database with tables but no record of
+    autointerp's schema (another application's file) is refused before anything is written to it."""
+    found = con.execute(
+        "SELECT table_schema, table_name FROM information_schema.tables WHERE table_catalog = current_database() "
+        "ORDER BY table_schema != 'main', table_name"
+    ).fetchall()
+    tables = {name for schema, name in found if schema == "main"}
     if "schema_migrations" in tables:
-        return [r[0] for r in con.execute("SELECT name FROM schema_migrations ORDER BY version").fetchall()]
-    if "meta" not in tables:
+        columns = {
+            r[0]
+            for r in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_catalog = current_database() "
+                "AND table_schema = 'main' AND table_name = 'schema_migrations'"
+            ).fetchall()
+        }
+        applied = (
+            [r[0] for r in con.execute("SELECT name FROM schema_migrations ORDER BY version").fetchall()]
+            if {"version", "name"} <= columns
+            else None
+        )
+        if applied is None or (applied and applied[0] != MIGRATIONS[0][0]):
+            raise _foreign(path, found)
+        return applied
+    if not found:
         return []  # a new file
+    if not {"meta", "runs"} <= tables:  # the tables every autointerp database has had since the first
+        raise _foreign(path, found)
     row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
     version = int(row[0][0]) if row else 1
     if version != 1:
@@ -334,6 +352,16 @@ def applied_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
             "open it with the autointerp version that wrote it",
         )
     return [MIGRATIONS[0][0]]  # written before migrations were recorded: the initial schema
+
+
+def _foreign(path: Path | None, tables: list[tuple[str, str]]) -> AutointerpError:
+    names = [name if schema == "main" else f"{schema}.{name}" for schema, name in tables]
+    return AutointerpError(
+        f"{path or 'the database'} was not written by autointerp: it holds {len(names)} table"
+        f"{'s' if len(names) != 1 else ''} ({', '.join(names[:6])}{', …' if len(names) > 6 else ''}) and no record "
+        "of autointerp's schema; it was left as it was",
+        "point --project at a directory of autointerp's (or a new one), or move the file out of the project directory",
+    )
 
 
 def _check_known(applied: list[str], path: Path) -> None:
@@ -356,7 +384,7 @@ def pending_migrations(path: Path) -> bool:
         return False
     con = connect(path, read_only=True)
     try:
-        applied = applied_migrations(con)
+        applied = applied_migrations(con, path)
         _check_known(applied, path)
         return len(applied) < len(MIGRATIONS)
     finally:
@@ -366,7 +394,7 @@ def pending_migrations(path: Path) -> bool:
 def migrate(con: duckdb.DuckDBPyConnection, path: Path) -> list[str]:
     """Apply the migrations this database lacks, each in one transaction with its record; returns their names.
     A database from a newer autointerp is refused and left as it is."""
-    applied = applied_migrations(con)
+    applied = applied_migrations(con, path)
     _check_known(applied, path)
     done = []
     con.execute(

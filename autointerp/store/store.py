@@ -69,6 +69,23 @@ def remove_database(project: str | Path) -> None:
         pass  # other files (configs, reports) stay
 
 
+def derived_loss(counts: dict[str, int]) -> str:
+    """Store.derived_counts in words ("16 labels, 96 scores, 4 score summaries and 32 saturation rows");
+    "" when there are none."""
+    saturation = sum(counts.get(t, 0) for t in ("categories", "saturation_steps", "saturation_summary"))
+    parts = [
+        f"{n:,} {one if n == 1 else many}"
+        for n, one, many in (
+            (counts.get("explanations", 0), "label", "labels"),
+            (counts.get("scores", 0), "score", "scores"),
+            (counts.get("score_summaries", 0), "score summary", "score summaries"),
+            (saturation, "saturation row", "saturation rows"),
+        )
+        if n
+    ]
+    return " and ".join([", ".join(parts[:-1]), parts[-1]]) if len(parts) > 1 else "".join(parts)
+
+
 def _writable(directory: Path) -> bool:
     return os.access(directory, os.W_OK | os.X_OK)
 
@@ -124,8 +141,11 @@ class Store:
         documents: pd.DataFrame,
         vocab: list[str],
         effects: pd.DataFrame | None = None,
+        drop_derived: bool = True,
     ) -> None:
-        """Replace everything the gather stage stored for `run.run_id`, atomically."""
+        """Replace everything the gather stage stored for `run.run_id`, atomically, with the rows derived
+        from its old examples (labels, scores, saturation). drop_derived=False refuses, storing nothing,
+        when there are such rows (they may have appeared since the caller looked: see derived_counts)."""
         tables = {
             "features": _features_arrow(run.run_id, features),
             "examples": _examples_arrow(run.run_id, examples),
@@ -150,6 +170,11 @@ class Store:
         }
         now = utc_now()
         with transaction(self.con):
+            if not drop_derived and (lost := derived_loss(self.derived_counts(run.run_id))):
+                raise AutointerpError(
+                    f"run '{run.run_id}' now holds {lost}, which a new gather would delete; nothing was stored",
+                    "re-run with --regather (Python: RunConfig(regather=True)) to delete them, or pass a new --run-id",
+                )
             created = first_row(self.con, "SELECT created_at FROM runs WHERE run_id = ?", [run.run_id])
             self.con.execute("DELETE FROM runs WHERE run_id = ?", [run.run_id])
             row = asdict(run)
@@ -521,6 +546,12 @@ class Store:
     def table_counts(self, run_id: str) -> dict[str, int]:
         return {
             t: first_row(self.con, f"SELECT count(*) FROM {t} WHERE run_id = ?", [run_id])[0] for t in GATHER_TABLES
+        }
+
+    def derived_counts(self, run_id: str) -> dict[str, int]:
+        """Rows of each table derived from a run's examples (DERIVED_TABLES): what a new gather of it deletes."""
+        return {
+            t: first_row(self.con, f"SELECT count(*) FROM {t} WHERE run_id = ?", [run_id])[0] for t in DERIVED_TABLES
         }
 
     def table_names(self) -> list[str]:

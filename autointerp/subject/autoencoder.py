@@ -118,12 +118,27 @@ class SAE(nn.Module):
             self.register_parameter("W_skip", None)
 
     def _param(self, name: str, value: Tensor, shape: tuple[int, ...], where: str) -> None:
+        if not value.is_floating_point():
+            raise not_float_error(name, value.dtype, where)
         if tuple(value.shape) != shape:
             raise shape_error(
                 f"{name} has shape {tuple(value.shape)} but W_enc [d_in={self.d_in}, d_sae={self.d_sae}] "
                 f"requires {shape}{where}"
             )
         self.register_parameter(name, nn.Parameter(value.detach().contiguous(), requires_grad=False))
+
+    def check_finite(self) -> None:
+        """Refuse weights with NaN or infinite entries (a diverged training run, a broken export): every
+        activation or reconstruction they touch would be NaN, and the SAE's metrics with it."""
+        for name, value in self.named_parameters():
+            bad = sum(int((~torch.isfinite(part)).sum()) for part in value.detach().reshape(-1).split(1 << 24))
+            if bad:
+                where = f" in {self.metadata['source']}" if "source" in self.metadata else ""
+                raise AutointerpError(
+                    f"{name}{where} has {bad:,} of {value.numel():,} entries NaN or infinite",
+                    "the weights are damaged (a diverged training run or a broken export): re-download or re-export "
+                    "the SAE, or use another checkpoint",
+                )
 
     def extra_repr(self) -> str:
         return (
@@ -246,6 +261,15 @@ def check_choice(what: str, value: str, allowed: tuple[str, ...], where: str = "
             f"unknown {what} {value!r}{where}; supported: {', '.join(allowed)}",
             f"use one of the supported {what} values, or convert the SAE to one of them",
         )
+
+
+def not_float_error(name: str, dtype: torch.dtype, where: str = "") -> AutointerpError:
+    """The error for a weight tensor stored in a dtype that is not a floating-point type."""
+    return AutointerpError(
+        f"{name}{where} holds {str(dtype).removeprefix('torch.')} values, not a floating-point type "
+        "(float32, float16, bfloat16, float64)",
+        "re-export the SAE with floating-point weights (its training library saves them so)",
+    )
 
 
 def shape_error(problem: str) -> AutointerpError:

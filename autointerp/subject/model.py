@@ -227,6 +227,7 @@ def load_transformers(
     name: str, device: torch.device, dtype: str = default_of(ModelConfig, "dtype"), revision: str | None = None
 ):
     """(model, tokenizer, hf_config, is_causal) for a hub id, a local directory or an embedded model."""
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     path = embedded_model_path(name) if name.startswith("embedded:") else name
@@ -245,8 +246,16 @@ def load_transformers(
         ) from None
     causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in (hf_config.architectures or []))
     loader = AutoModelForCausalLM if causal else AutoModel
-    model = loader.from_pretrained(path, dtype=getattr(torch, dtype), **kwargs).to(device).eval()
-    return model, AutoTokenizer.from_pretrained(path, **kwargs), hf_config, causal
+    try:
+        model = loader.from_pretrained(path, dtype=getattr(torch, dtype), **kwargs).to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # a truncated or foreign weights file
+        raise AutointerpError(
+            f"cannot load the weights or tokenizer of model '{name}': {type(e).__name__}: {str(e).splitlines()[0]}",
+            "the files may be truncated or from another model: download the model again (or re-save it with "
+            "save_pretrained) and check the directory holds its weights and tokenizer",
+        ) from None
+    return model, tokenizer, hf_config, causal
 
 
 class SubjectModel:

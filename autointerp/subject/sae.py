@@ -140,6 +140,7 @@ def load_sae(
         }
         sae.metadata.setdefault("model_name", release.model)
     _apply_norm_scale(sae, norm_scaling_factor, release)
+    sae.check_finite()  # NaN weights would gather NaN activations and report NaN metrics
     return sae.to(device)
 
 

@@ -13,13 +13,27 @@ Content-Security-Policy forbids scripts and every outside resource, so hostile c
 
 Its queries are store.Browser's. This module imports only the standard library at import time (the
 store, and with it duckdb, when the server opens the database), so building the command-line parser stays fast.
+
+Who may reach it: by default it listens on 127.0.0.1, this machine only. Bound to any other address it
+prints a warning to stderr, since labels and corpus text are then served to anyone who can reach the
+port. Every request's Host header must name the server as it was bound, with the bound port (no port:
+80), or it is refused with 421 (a foreign page resolving its own name to this address, DNS rebinding,
+reaches the server under a foreign name):
+  - bound to a loopback address or localhost: localhost, 127.0.0.1, [::1] and the bound host;
+  - bound to another name or address: that name or address only;
+  - bound to every interface (0.0.0.0, ::): the loopback names, this machine's host name and fully
+    qualified name, and any IP address literal (rebinding needs a name, so an address is safe).
+To browse under another name, bind to it: --host <that name>.
 """
 
 from __future__ import annotations
 
+import errno
 import html
+import ipaddress
 import math
 import re
+import socket
 import sys
 import threading
 import time
@@ -744,11 +758,16 @@ class Handler(BaseHTTPRequestHandler):
     def _respond(self, send_body: bool) -> None:
         started = time.perf_counter()
         server: Server = self.server  # type: ignore[assignment]
-        host = (self.headers.get("Host") or "").lower()
-        if host and server.allowed_hosts is not None and host not in server.allowed_hosts:
+        host = self.headers.get("Host") or ""
+        if not server.host_allowed(host):
             # A page elsewhere resolving its own name to this address (DNS rebinding) reaches the server under a foreign
-            # Host.
-            self._send(HTTPStatus.MISDIRECTED_REQUEST, f"<p>unexpected Host {esc(host)}</p>", send_body)
+            # Host (see the module's docstring for the names allowed).
+            self._send(
+                HTTPStatus.MISDIRECTED_REQUEST,
+                f"<p>unexpected Host {esc(host)}: this server answers to {esc(server.host_rule)}; to browse under "
+                "another name, start it with --host &lt;that name&gt;</p>",
+                send_body,
+            )
             return
         url = urlsplit(self.path)
         params = parse_qs(url.query, keep_blank_values=True)
@@ -800,22 +819,85 @@ def _error_page(title: str, message: str) -> str:
     )
 
 
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding to host keeps the server on this machine (localhost, 127.0.0.0/8, ::1)."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def split_host(header: str) -> tuple[str, int | None] | None:
+    """A Host header as (lower-case name without brackets or trailing dot, port or None); None if malformed."""
+    header = header.strip().lower()
+    if header.startswith("["):  # [v6]:port
+        name, close, rest = header[1:].partition("]")
+        if not close or (rest and not rest.startswith(":")):
+            return None
+        port_text = rest[1:] if rest else None
+    else:
+        name, colon, port_text = header.partition(":")
+        port_text = port_text if colon else None
+    if port_text is not None and not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
+        return None
+    return name.rstrip("."), (int(port_text) if port_text is not None else None)
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _own_names() -> set[str]:
+    """This machine's host name and fully qualified name (lower case)."""
+    names = set()
+    for get in (socket.gethostname, socket.getfqdn):
+        try:
+            names.add(get().lower().rstrip("."))
+        except OSError:
+            pass
+    return names - {""}
+
+
 class Server(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, db: Browser, host: str, port: int, quiet: bool = False):
-        super().__init__((host, port), Handler)
+        if ":" in host:  # an IPv6 address (:: is every interface)
+            self.address_family = socket.AF_INET6
+        super().__init__((host.strip("[]"), port), Handler)
         self.db, self.app, self.quiet = db, App(db), quiet
-        bound = self.server_address[1]
-        if host in ("0.0.0.0", "::", ""):
-            self.allowed_hosts = None  # listening on every interface: any name may be used to reach it
+        self.port = self.server_address[1]
+        self.wildcard = host in WILDCARD_HOSTS
+        bound = host.lower().strip("[]").rstrip(".")
+        if self.wildcard:
+            self.names = set(LOOPBACK_NAMES) | _own_names()
+            self.host_rule = f"{', '.join(sorted(self.names))} or an IP address, port {self.port}"
         else:
-            names = (
-                {host.lower(), "localhost", "127.0.0.1", "[::1]"}
-                if host in ("127.0.0.1", "localhost", "::1")
-                else {host.lower()}
-            )
-            self.allowed_hosts = {f"{n}:{bound}" for n in names} | ({f"{n}" for n in names} if bound == 80 else set())
+            self.names = ({bound} | LOOPBACK_NAMES) if is_loopback(host) else {bound}
+            self.host_rule = f"{', '.join(sorted(self.names))}, port {self.port}"
+
+    def host_allowed(self, header: str) -> bool:
+        """Whether a request's Host header names this server (the rule in the module's docstring).
+        A request without one (HTTP/1.0) is served: browsers always send it."""
+        if not header:
+            return True
+        parts = split_host(header)
+        if parts is None:
+            return False
+        name, port = parts
+        if (80 if port is None else port) != self.port:
+            return False
+        return name in self.names or (self.wildcard and _is_ip(name))
 
     @property
     def url(self) -> str:
@@ -824,7 +906,9 @@ class Server(ThreadingHTTPServer):
 
     def server_close(self) -> None:
         super().server_close()
-        self.db.close()
+        db = getattr(self, "db", None)  # unset when binding failed: make_server closes it then
+        if db is not None:
+            db.close()
 
 
 def make_server(
@@ -843,9 +927,17 @@ def make_server(
         return Server(db, host, port, quiet)
     except OSError as e:
         db.close()
-        raise AutointerpError(
-            f"cannot listen on {host}:{port}: {e.strerror or e}", "pass another --port (or --port 0 for any free one)"
-        ) from None
+        if e.errno == errno.EADDRINUSE:
+            raise AutointerpError(
+                f"port {port} on {host or '0.0.0.0'} is already in use (another `autointerp serve` or another program)",
+                "pass another --port, or --port 0 for any free one (the address is printed), or stop what holds it",
+            ) from None
+        fix = "pass another --port (or --port 0 for any free one)"
+        if isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL:
+            fix = (
+                "pass an address of this machine to --host: 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
+            )
+        raise AutointerpError(f"cannot listen on {host}:{port}: {e.strerror or e}", fix) from None
 
 
 def serve_in_thread(server: Server) -> threading.Thread:
@@ -860,11 +952,21 @@ def serve_in_thread(server: Server) -> threading.Thread:
 def serve(project: str, run_id: str | None, cfg: ServeConfig) -> None:
     """Serve the project until Ctrl-C (`autointerp serve`)."""
     server = make_server(project, run_id, cfg.host, cfg.port, quiet=cfg.quiet)
-    print(
-        f"serving {server.db.path} (run {server.db.default_run}) read-only at {server.url}\npress Ctrl-C to stop",
-        flush=True,
-    )
-    try:
+    if not is_loopback(cfg.host):
+        port = server.port
+        print(
+            f"warning: listening on {cfg.host or '0.0.0.0'}, not this machine only: anyone who can reach port {port} "
+            f"can read {server.db.path} (labels, scores and corpus text), without a password. To keep it private, "
+            f"serve on 127.0.0.1 (the default) and browse from elsewhere through `ssh -L {port}:127.0.0.1:{port} "
+            "<this machine>`, or allow only trusted addresses to this port in a firewall.",
+            file=sys.stderr,
+            flush=True,
+        )
+    try:  # the announcement inside: a Ctrl-C right after it stops the server as cleanly
+        print(
+            f"serving {server.db.path} (run {server.db.default_run}) read-only at {server.url}\npress Ctrl-C to stop",
+            flush=True,
+        )
         server.serve_forever()
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)

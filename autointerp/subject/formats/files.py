@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from autointerp.errors import AutointerpError
-from autointerp.subject.autoencoder import shape_error
+from autointerp.subject.autoencoder import not_float_error, shape_error
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -60,8 +60,12 @@ def unreadable(path: Path, error: object) -> AutointerpError:
 
 
 def require(mapping: Mapping[str, Any], key: str, file: Path, label: str | None = None) -> Any:
-    """mapping[key], or an error naming the key and the file it should be in."""
+    """mapping[key], or an error naming the key and the file it should be in (or, for a tensor that
+    float_tensors left out, its dtype)."""
     if key not in mapping:
+        dtype = getattr(mapping, "not_float", {}).get(key)
+        if dtype is not None:
+            raise not_float_error(repr(label or key), dtype, f" in {file}")
         raise missing_key(file, label or key)
     return mapping[key]
 
@@ -73,9 +77,21 @@ def missing_key(file: Path, key: str) -> AutointerpError:
     )
 
 
-def float_tensors(raw: Mapping[str, Any], dtype: torch.dtype) -> dict[str, Tensor]:
+class FloatTensors(dict):
+    """A state dict's floating-point tensors; the dtypes of its other tensors are kept in not_float,
+    so that `require` names the dtype of a weight stored as integers instead of calling it missing."""
+
+    def __init__(self, tensors: dict[str, Tensor], not_float: dict[str, torch.dtype]):
+        super().__init__(tensors)
+        self.not_float = not_float
+
+
+def float_tensors(raw: Mapping[str, Any], dtype: torch.dtype) -> FloatTensors:
     """The floating-point tensors of a state dict, converted to the working dtype."""
-    return {k: v.to(dtype) for k, v in raw.items() if isinstance(v, Tensor) and v.is_floating_point()}
+    return FloatTensors(
+        {k: v.to(dtype) for k, v in raw.items() if isinstance(v, Tensor) and v.is_floating_point()},
+        {k: v.dtype for k, v in raw.items() if isinstance(v, Tensor) and not v.is_floating_point()},
+    )
 
 
 def source_dtype(raw: Mapping[str, Any]) -> str | None:

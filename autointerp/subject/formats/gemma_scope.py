@@ -39,7 +39,7 @@ def load(d: Path, dtype: torch.dtype, overrides: Mapping[str, Any] | None = None
         weights_file, config = d / "params.safetensors", read_json(d / "config.json")
         raw = read_safetensors(weights_file)
     # Gemma Scope 2 (npz) uses W_enc/W_dec, Gemma Scope 3 (safetensors) w_enc/w_dec.
-    t = {k.lower(): v for k, v in float_tensors(raw, dtype).items()}
+    t = float_tensors({k.lower(): v for k, v in raw.items()}, dtype)
 
     def need(key: str) -> Tensor:
         return require(t, key.lower(), weights_file, key)

@@ -32,9 +32,9 @@ def load(path: Path, dtype: torch.dtype, overrides: Mapping[str, Any] | None = N
         check_choice("OpenAI TopK postact_fn", state.get("postact_fn", "ReLU"), ("ReLU",), f" in {path}")
     return SAE(
         require(t, "encoder.weight", path).T,
-        t["latent_bias"],
+        require(t, "latent_bias", path),
         require(t, "decoder.weight", path).T,
-        t["pre_bias"],
+        require(t, "pre_bias", path),
         architecture="topk" if k else "standard",
         k=k,
         normalization="layer_norm" if k else "none",  # OpenAI normalises exactly when TopK is used

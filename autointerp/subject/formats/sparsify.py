@@ -31,7 +31,7 @@ def load(d: Path, dtype: torch.dtype, overrides: Mapping[str, Any] | None = None
     encoder = require(t, "encoder.weight", weights_file)
     if encoder.ndim == 2:
         check_config_dims(cfg, cfg_file, encoder.shape[1], encoder.shape[0])
-    W_skip = t.get("W_skip")
+    W_skip = require(t, "W_skip", weights_file) if "W_skip" in raw else None
     if cfg.get("skip_connection") and W_skip is None:
         raise missing_key(weights_file, "W_skip")
     transcode = bool(cfg.get("transcode", False))
