@@ -296,7 +296,7 @@ def test_bad_keys_file_errors_do_not_echo_its_content(tmp_path):
     with pytest.raises(AutointerpError, match="unexpected entry 'gemini'") as info:
         load_keys(path)
     assert KEY not in str(info.value)
-    path.write_bytes(b"openai = \"" + KEY.encode() + b"\"\n\x9e\xff\x00 binary")  # not text at all
+    path.write_bytes(b'openai = "' + KEY.encode() + b'"\n\x9e\xff\x00 binary')  # not text at all
     with pytest.raises(AutointerpError, match="is not UTF-8 text") as info:
         load_keys(path)
     assert KEY not in str(info.value)
