@@ -36,6 +36,7 @@ from autointerp.subject.effects import output_effects
 from autointerp.subject.model import SubjectModel, keep_freed_memory
 from autointerp.subject.sae import SAE, load_sae, save_saelens
 from autointerp.subject.train import collect_activations, evaluate_sae, loss_recovered, train_topk_sae
+from autointerp.views.compare import store_agreements
 
 
 @dataclass
@@ -515,6 +516,8 @@ async def alabel_and_score(
             if explain_stage
             else None
         )
+        if explained is not None:  # the report reads these rather than embedding labels itself
+            store_agreements(store, run_id, explained.explainer)
         scored = None
         if score_stage:
             explainer = explained.explainer if explained else (cfg.explainer or judge.name)

@@ -540,3 +540,46 @@ def test_a_large_run_keeps_the_page_small_and_points_to_the_browser(real_run, tm
     shown = [int(f) for f in re.findall(r'id="f(\d+)" class="card"', page)]
     assert shown == alive[:5]
     assert f"{n_features - 5:,} more features are left out" in page and "autointerp serve --project" in page
+
+
+def test_the_report_reads_agreements_stored_with_the_labels_and_loads_no_embedding_model(tmp_path):
+    """The agreement between explainers is computed where the labels are written (store_agreements);
+    the report reads it, so a run with two explainers is reported without torch. Labels changed
+    afterwards make the stored row stale, and the report computes that pair again."""
+    import subprocess
+    import sys
+
+    from autointerp.views.compare import label_agreement, ok_labels, store_agreements
+
+    project = build_project(tmp_path)
+    other = {0: "cats on mats", 1: "instructions to ignore", 2: "guns and firearms", 4: "deceptive promises made"}
+    frame = pd.DataFrame(
+        {"feature": list(other), "label": list(other.values()), "status": ["ok"] * 4, "error": [None] * 4}
+        | {"raw": ["r"] * 4, "prompt_hash": ["x"] * 4, "n_snippets": [4] * 4}
+    )
+    with Store(project) as store:
+        store.write_explanations(RUN, "local:small", frame)
+        stored = store_agreements(store, RUN, "local:small")
+        expected = label_agreement(EXPLAINER, ok_labels(store, RUN, EXPLAINER), "local:small", other)
+    assert {(x.a, x.b) for x in stored} == {("local:small", EXPLAINER), (EXPLAINER, "local:small")}
+    code = (
+        "import sys; from autointerp.views.report import write_report; "
+        f"f = write_report({str(project)!r}, {RUN!r}); "
+        "print([m for m in ('torch', 'transformers') if m in sys.modules]); print(f.markdown.read_text())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded, markdown = out.split("\n", 1)
+    assert loaded == "[]"  # the stored agreement was read: no embedding model
+    assert figures(expected) in markdown  # and it is the one computed from the labels, independently here
+
+    relabelled = {0: "dogs", 1: "orders", 2: "knives", 4: "lies"}
+    with Store(project) as store:  # relabelled: the stored agreement no longer describes the labels
+        store.write_explanations(RUN, "local:small", frame.assign(label=list(relabelled.values())))
+        now = label_agreement(EXPLAINER, ok_labels(store, RUN, EXPLAINER), "local:small", relabelled)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded, markdown = out.split("\n", 1)
+    assert "torch" in loaded and figures(now) in markdown and figures(expected) != figures(now)
+
+
+def figures(agreement) -> str:
+    return f"label cosine median {agreement.matched_median:.2f} (different features: {agreement.mismatched_median:.2f})"

@@ -235,6 +235,19 @@ CREATE TABLE llm_batch_requests (
     # in migration 6: a scorer added later gets its columns in existing databases. The view is
     # rebuilt from the table.
     ("score columns", _score_columns),
+    # How far two explainers' labels agree (views/compare.py), computed where the labels are written
+    # and read by the report, which so needs no embedding model. `digest` identifies the two label
+    # sets it was computed on: relabelled features make the row stale, and the report recomputes.
+    (
+        "label agreements",
+        """
+CREATE TABLE label_agreements (
+    run_id VARCHAR, a VARCHAR, b VARCHAR, digest VARCHAR, n INTEGER, matched_median DOUBLE,
+    mismatched_median DOUBLE, match_rate DOUBLE, chance DOUBLE, p_value DOUBLE, n_permutations INTEGER,
+    created_at TIMESTAMP, PRIMARY KEY (run_id, a, b)
+);
+""",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

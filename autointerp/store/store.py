@@ -365,6 +365,29 @@ class Store:
             sql, args = sql + " AND explainer = ?", args + [explainer]
         return self.con.execute(sql + " ORDER BY feature", args).df()
 
+    def write_agreement(self, run_id: str, digest: str, agreement: dict) -> None:
+        """Store the agreement of explainers agreement["a"] and ["b"] (compare.Agreement's fields),
+        computed on the label sets `digest` names, replacing an earlier one of the same pair."""
+        row = {"run_id": run_id, "digest": digest, **agreement, "created_at": utc_now()}
+        columns = ", ".join(row)
+        with transaction(self.con):
+            self.con.execute(
+                "DELETE FROM label_agreements WHERE run_id = ? AND a = ? AND b = ?", [run_id, row["a"], row["b"]]
+            )
+            self.con.execute(
+                f"INSERT INTO label_agreements ({columns}) VALUES ({', '.join('?' * len(row))})", list(row.values())
+            )
+
+    def agreement(self, run_id: str, a: str, b: str, digest: str) -> dict | None:
+        """The stored agreement of a and b computed on the label sets `digest` names, else None."""
+        cur = self.con.execute(
+            "SELECT a, b, n, matched_median, mismatched_median, match_rate, chance, p_value, n_permutations "
+            "FROM label_agreements WHERE run_id = ? AND a = ? AND b = ? AND digest = ?",
+            [run_id, a, b, digest],
+        )
+        row = cur.fetchone()
+        return None if row is None else dict(zip([d[0] for d in cur.description], row))
+
     def explainers(self, run_id: str) -> list[str]:
         return [
             r[0]

@@ -41,6 +41,44 @@ class Agreement:
         )
 
 
+def labels_digest(labels_a: dict[int, str], labels_b: dict[int, str]) -> str:
+    """Names the two label sets an agreement was computed on (a stored agreement is used only for them)."""
+    import hashlib
+    import json
+
+    text = json.dumps([sorted(labels_a.items()), sorted(labels_b.items())], ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def store_agreements(store, run_id: str, explainer: str, embedder=None) -> list[Agreement]:
+    """Compute and store how far `explainer` agrees with every other explainer of the run, both ways,
+    so that the report reads them instead of loading an embedding model."""
+    from dataclasses import asdict
+
+    labels = {name: ok_labels(store, run_id, name) for name in store.explainers(run_id)}
+    if explainer not in labels:
+        return []
+    if embedder is None and len(labels) > 1:
+        from autointerp.stats.embed import Embedder
+
+        embedder = Embedder()
+    out = []
+    for other in labels:
+        if other == explainer:
+            continue
+        for a, b in ((explainer, other), (other, explainer)):
+            agreement = label_agreement(a, labels[a], b, labels[b], embedder=embedder)
+            store.write_agreement(run_id, labels_digest(labels[a], labels[b]), asdict(agreement))
+            out.append(agreement)
+    return out
+
+
+def ok_labels(store, run_id: str, explainer: str) -> dict[int, str]:
+    """An explainer's labels that were written (feature → label), failures left out."""
+    df = store.explanations(run_id, explainer)
+    return {int(r.feature): str(r.label) for r in df[df.status == "ok"].itertuples()}
+
+
 def label_agreement(
     a: str,
     labels_a: dict[int, str],
