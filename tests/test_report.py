@@ -560,7 +560,7 @@ def test_the_report_reads_agreements_stored_with_the_labels_and_loads_no_embeddi
     with Store(project) as store:
         store.write_explanations(RUN, "local:small", frame)
         stored = store_agreements(store, RUN, "local:small")
-        expected = label_agreement(EXPLAINER, ok_labels(store, RUN, EXPLAINER), "local:small", other)
+        expected = label_agreement(EXPLAINER, ok_labels(store.explanations(RUN, EXPLAINER)), "local:small", other)
     assert {(x.a, x.b) for x in stored} == {("local:small", EXPLAINER), (EXPLAINER, "local:small")}
     code = (
         "import sys; from autointerp.views.report import write_report; "
@@ -575,7 +575,7 @@ def test_the_report_reads_agreements_stored_with_the_labels_and_loads_no_embeddi
     relabelled = {0: "dogs", 1: "orders", 2: "knives", 4: "lies"}
     with Store(project) as store:  # relabelled: the stored agreement no longer describes the labels
         store.write_explanations(RUN, "local:small", frame.assign(label=list(relabelled.values())))
-        now = label_agreement(EXPLAINER, ok_labels(store, RUN, EXPLAINER), "local:small", relabelled)
+        now = label_agreement(EXPLAINER, ok_labels(store.explanations(RUN, EXPLAINER)), "local:small", relabelled)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     loaded, markdown = out.split("\n", 1)
     assert "torch" in loaded and figures(now) in markdown and figures(expected) != figures(now)

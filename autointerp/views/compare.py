@@ -55,7 +55,7 @@ def store_agreements(store, run_id: str, explainer: str, embedder=None) -> list[
     so that the report reads them instead of loading an embedding model."""
     from dataclasses import asdict
 
-    labels = {name: ok_labels(store, run_id, name) for name in store.explainers(run_id)}
+    labels = {name: ok_labels(store.explanations(run_id, name)) for name in store.explainers(run_id)}
     if explainer not in labels:
         return []
     if embedder is None and len(labels) > 1:
@@ -73,10 +73,17 @@ def store_agreements(store, run_id: str, explainer: str, embedder=None) -> list[
     return out
 
 
-def ok_labels(store, run_id: str, explainer: str) -> dict[int, str]:
-    """An explainer's labels that were written (feature → label), failures left out."""
-    df = store.explanations(run_id, explainer)
-    return {int(r.feature): str(r.label) for r in df[df.status == "ok"].itertuples()}
+def ok_labels(explanations) -> dict[int, str]:
+    """The labels of an explanations frame (Store.explanations) that were written: feature → label,
+    failures left out."""
+    return {int(r.feature): str(r.label) for r in explanations[explanations.status == "ok"].itertuples()}
+
+
+def agreement(store, run_id: str, a: str, labels_a: dict[int, str], b: str, labels_b: dict[int, str]) -> Agreement:
+    """The agreement of a's and b's labels: the one stored when they were written (store_agreements),
+    else, for labels changed since, computed here (which loads the embedding model)."""
+    stored = store.agreement(run_id, a, b, labels_digest(labels_a, labels_b))
+    return Agreement(**stored) if stored else label_agreement(a, labels_a, b, labels_b)
 
 
 def label_agreement(
@@ -113,13 +120,12 @@ def label_agreement(
     )
 
 
-def sample_lines(store, run_id: str, sample: str, main: str, embedder=None) -> list[str]:
+def sample_lines(store, run_id: str, sample: str, main: str) -> list[str]:
     """The sample explainer's labels beside the main explainer's, each with its scores, then the agreement."""
     from autointerp.stages.score.stage import HEADLINE
 
     labels = store.explanations(run_id, sample)
-    other = store.explanations(run_id, main)
-    other_ok = {int(r.feature): str(r.label) for r in other[other.status == "ok"].itertuples()}
+    other_ok = ok_labels(store.explanations(run_id, main))
     scores = store.scores(run_id, sample)
     head = scores[(scores.metric == scores.scorer.map(HEADLINE)) & (scores.label_source == "true")]
     cells: dict[int, list[str]] = {}
@@ -141,6 +147,5 @@ def sample_lines(store, run_id: str, sample: str, main: str, embedder=None) -> l
         f"  labels that failed: {len(failed)} of {len(labels)}"
         + (f" ({', '.join(f'{k} {v}' for k, v in kinds.items())})" if kinds else "")
     )
-    mine_ok = {int(r.feature): str(r.label) for r in labels[labels.status == "ok"].itertuples()}
-    out.append("  " + label_agreement(sample, mine_ok, main, other_ok, embedder=embedder).line())
+    out.append("  " + agreement(store, run_id, sample, ok_labels(labels), main, other_ok).line())
     return out

@@ -183,7 +183,7 @@ def _explainer_rows(store: Store, run_id: str, names: list[str]) -> list[dict]:
 
 def collect(store: Store, run_id: str | None, cfg: ReportConfig) -> ReportData:
     from autointerp.stages.score.stage import HEADLINE
-    from autointerp.views.compare import Agreement, label_agreement, labels_digest
+    from autointerp.views.compare import agreement, ok_labels
 
     run = store.run(run_id)
     run_id = run["run_id"]
@@ -200,15 +200,12 @@ def collect(store: Store, run_id: str | None, cfg: ReportConfig) -> ReportData:
     others = {
         x["explainer"]: store.explanations(run_id, x["explainer"]) for x in explainers if x["explainer"] != explainer
     }
-    other_ok = {
-        name: {int(r.feature): str(r.label) for r in df[df.status == "ok"].itertuples()} for name, df in others.items()
-    }
-    own_ok = {int(f): str(r.label) for f, r in labels[labels.status == "ok"].iterrows()}
-    agreements = []
-    for name, ok in other_ok.items() if explainer else ():
-        stored = store.agreement(run_id, explainer, name, labels_digest(own_ok, ok))
-        # Computed where the labels were written; only labels changed since then are embedded here.
-        agreements.append(Agreement(**stored) if stored else label_agreement(explainer, own_ok, name, ok))
+    other_ok = {name: ok_labels(df) for name, df in others.items()}
+    own_ok = ok_labels(labels.reset_index())
+    # Read as stored when the labels were written; only labels changed since are embedded here.
+    agreements = (
+        [agreement(store, run_id, explainer, own_ok, name, ok) for name, ok in other_ok.items()] if explainer else []
+    )
 
     own = headline[headline.label_source == "true"]
     cells: dict[int, dict[str, ScoreCell]] = {}
