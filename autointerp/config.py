@@ -186,7 +186,6 @@ class CorpusConfig:
         check_numbers(self)
         import codecs
 
-        at_least("CorpusConfig", context_length=(self.context_length, 2), max_tokens=(self.max_tokens, 1))
         try:
             codecs.lookup(self.encoding)
         except LookupError:
@@ -219,19 +218,6 @@ class GatherConfig:
 
     def __post_init__(self) -> None:
         check_numbers(self)
-        if self.memory_gib is not None and not self.memory_gib > 0:
-            raise AutointerpError(
-                f"--memory-gib is {self.memory_gib}", "pass a positive number of GiB, e.g. --memory-gib 8"
-            )
-        at_least(
-            "GatherConfig",
-            n_top=(self.n_top, 1),
-            n_bins=(self.n_bins, 1),
-            per_bin=(self.per_bin, 1),
-            n_negative=(self.n_negative, 1),
-            window=(self.window, 1),
-            batch_size=(self.batch_size, 1),
-        )
         if not 0 < self.explain_fraction < 1:
             raise AutointerpError(
                 f"explain_fraction is {self.explain_fraction}",
@@ -262,14 +248,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_numbers(self)
-        at_least(
-            "TrainConfig",
-            n_features=(self.n_features, 1),
-            k=(self.k, 1),
-            epochs=(self.epochs, 1),
-            train_tokens=(self.train_tokens, 1),
-            batch_tokens=(self.batch_tokens, 1),
-        )
+        at_least("TrainConfig", batch_tokens=(self.batch_tokens, 1))  # the settings are checked above
         if self.k > self.n_features:
             raise AutointerpError(
                 f"--k {self.k} is more than --n-features {self.n_features}", "pass --k at most --n-features"
@@ -300,12 +279,11 @@ class OutputEffectsConfig:
         check_numbers(self)
         if self.mode not in OUTPUT_EFFECTS:
             raise AutointerpError(f"unknown output effects {self.mode!r}", f"use one of {', '.join(OUTPUT_EFFECTS)}")
-        for name in ("k", "n_prompts", "chunk"):
+        for name in ("k", "chunk"):  # the settings are checked above
             if getattr(self, name) < 1:
                 raise AutointerpError(
                     f"OutputEffectsConfig.{name} is {getattr(self, name)}", f"set {name} to 1 or more"
                 )
-        check_strength("output-effects strength", self.strength)
 
     @property
     def enabled(self) -> bool:
@@ -451,25 +429,11 @@ class LLMConfig:
         self.timeout_s = spec.timeout_s if self.timeout_s is None else self.timeout_s
         if not self.prices:
             self.prices = dict(DEFAULT_PRICES) if self.prices_file is None else load_prices(self.prices_file)
-        for name in (
-            "max_tokens",
-            "timeout_s",
-            "concurrency",
-            "requests_per_minute",
-            "tokens_per_minute",
-            "max_consecutive_failures",
-            "local_threads",
-            "local_context",
-            "batch_poll_s",
-            "batch_idle_s",
-            "batch_max_requests",
-            "batch_chunk",
-        ):
+        # The settings are checked above (check_numbers); these are the Python API's own.
+        for name in ("max_tokens", "max_consecutive_failures", "local_context", "batch_idle_s", "batch_max_requests"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise AutointerpError(f"LLMConfig.{name} must be positive, got {value}", f"set {name} above 0")
-        if self.max_retries < 0:
-            raise AutointerpError(f"LLMConfig.max_retries must be >= 0, got {self.max_retries}", "set max_retries >= 0")
 
     @property
     def name(self) -> str:
@@ -616,7 +580,6 @@ class ScoreConfig:
             "per_prompt",
             "n_simulation",
             "n_embedding",
-            "n_intervention",
             "n_random_directions",
             "control_start",
             "n_boot",
@@ -720,7 +683,6 @@ class ExportConfig:
     def __post_init__(self) -> None:
         check_numbers(self)
         self.formats = tuple(self.formats)
-        at_least("ExportConfig", np_batch=(self.bulk_batch, 1))
 
 
 @dataclass
@@ -745,19 +707,6 @@ class SteerConfig:
                 "steering needs exactly one of scale and clamp",
                 "pass --scale S (add S × max activation) or --clamp S (hold the feature at S × max activation)",
             )
-        for name in ("scale", "clamp", "temperature"):
-            value = getattr(self, name)
-            if value is not None and not math.isfinite(value):
-                raise AutointerpError(
-                    f"steering {name} is {value}",
-                    f"pass a finite {name}, e.g. 4 (multiples of the feature's max activation)",
-                )
-        if self.temperature < 0:
-            raise AutointerpError(
-                f"temperature is {self.temperature}", "pass 0 for greedy decoding or a positive temperature"
-            )
-        if self.max_new_tokens < 1:
-            raise AutointerpError(f"max_new_tokens is {self.max_new_tokens}", "pass max_new_tokens >= 1")
         if not self.prompt.strip():
             raise AutointerpError("the steering prompt is empty", "pass a prompt, e.g. --prompt 'I think that'")
 
