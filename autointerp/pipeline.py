@@ -211,8 +211,7 @@ def gather_settings(config: dict) -> dict:
     effects = dict(config.get("effects") or {})
     if "enabled" in effects:
         enabled, token_change = effects.pop("enabled"), effects.pop("token_change", True)
-        effects["mode"] = "none" if not enabled else "full" if token_change else "projection"
-        config["effects"] = {"mode": effects.pop("mode"), **effects}
+        config["effects"] = {"mode": "none" if not enabled else "full" if token_change else "projection", **effects}
     return json.loads(json.dumps({k: config.get(k) for k in GATHER_FIELDS}, default=str))
 
 

@@ -358,3 +358,19 @@ def test_load_sae_refuses_weights_that_are_not_finite_floats_naming_the_tensor(t
         load_sae(tmp_path / "nan_b_dec")
     with pytest.raises(AutointerpError, match="W_enc holds int32 values, not a floating-point type"):
         SAE(torch.zeros(32, 16, dtype=torch.int32), *weights[1:])
+
+
+def test_configs_stored_before_the_renames_read_as_todays_settings():
+    """A run stored by 0.1.0 said sae_hookpoint and output effects enabled/token_change; read under
+    today's names its gather is still current, so a repeated command keeps it and its labels."""
+    from dataclasses import asdict
+
+    from autointerp.config import OutputEffectsConfig, RunConfig
+    from autointerp.pipeline import gather_settings
+
+    today = asdict(RunConfig(sae_id="layer_3", effects=OutputEffectsConfig(mode="projection")))
+    stored = {k: v for k, v in today.items() if k != "sae_id"} | {"sae_hookpoint": "layer_3"}
+    stored["effects"] = {"enabled": True, "k": 10, "token_change": False, "strength": 0.5, "n_prompts": 8, "chunk": 64}
+    assert gather_settings(stored) == gather_settings(today)
+    stored["effects"]["enabled"] = False  # none is not projection
+    assert gather_settings(stored) != gather_settings(today)
