@@ -10,7 +10,9 @@ API only (internals such as chunk sizes).
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import re
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
@@ -107,6 +109,18 @@ def check_strength(what: str, value: float) -> None:
     """An amplification strength: a positive, finite multiple of the hookpoint's median norm."""
     if not (math.isfinite(value) and value > 0):
         raise AutointerpError(f"{what} is {value}", "pass a positive finite multiple of the residual norm, e.g. 0.5")
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\.?")
+
+
+def _is_host(name: str) -> bool:
+    """A DNS name or an IP address (IPv6 with or without brackets)."""
+    try:
+        ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return bool(_HOST_NAME.fullmatch(name))
+    return True
 
 
 def comma_list(text: str) -> tuple[str, ...]:
@@ -807,7 +821,23 @@ class LogsConfig:
 class ServeConfig:
     host: str = setting("127.0.0.1", "address to listen on; 127.0.0.1 is this machine only")
     port: int = setting(8765, "port to listen on, 0 for any free one", minimum=0, maximum=65535)
+    allow_hosts: tuple[str, ...] = setting(
+        (),
+        "more names the server answers to (comma-separated), such as a reverse proxy's or this machine's DNS name; "
+        "requests under any other Host are refused, so a foreign web page cannot reach the server by DNS rebinding",
+        flag="allow-host",
+        parse=comma_list,
+        metavar="NAMES",
+    )
     quiet: bool = setting(False, "no line per request")
 
     def __post_init__(self) -> None:
         check_numbers(self)
+        self.allow_hosts = tuple(self.allow_hosts)
+        for name in self.allow_hosts:
+            if not _is_host(name):
+                raise AutointerpError(
+                    f"--allow-host {name!r} is not a host name",
+                    "give names or addresses only, without scheme, port, path or wildcard: --allow-host "
+                    "atlas.example.org,10.0.0.5",
+                )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import platform
+import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, replace
@@ -431,17 +433,33 @@ def _gather(cfg: RunConfig, model_cfg: ModelConfig, sae: SAE | None, g) -> Gathe
 
 def run_sync(coro):
     """Run a coroutine to the end from sync code, also where an event loop already runs (Jupyter):
-    there it runs on a fresh loop in a worker thread, since asyncio.run refuses to nest."""
+    there it runs on a fresh loop in a worker thread, since asyncio.run refuses to nest.
+
+    Ctrl-C raises KeyboardInterrupt at once, as it does in synchronous code. asyncio.run's own
+    handler only cancels the main task, which takes effect at its next await: after the whole of
+    a long computation between two awaits (embedding a chunk's windows took 9 s here, minutes on a
+    busy machine). Unwinding from anywhere is safe: the store writes in transactions, the call
+    journal line by line, and asyncio then cancels the requests in flight and runs their cleanup."""
     import asyncio
 
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)
+        if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+            return asyncio.run(coro)
+        previous = signal.signal(signal.SIGINT, _interrupt_now)  # not default_int_handler: asyncio leaves it be
+        try:
+            return asyncio.run(coro)
+        finally:
+            signal.signal(signal.SIGINT, previous)
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coro).result()
+
+
+def _interrupt_now(signum, frame):
+    raise KeyboardInterrupt
 
 
 def server_log(cfg: RunConfig) -> Path:

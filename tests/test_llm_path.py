@@ -187,6 +187,33 @@ def test_interrupt_message_tells_what_was_kept(pipeline_setup, tmp_path):
     assert len(calls(project)) >= 2  # the answered ones (the one in flight may be lost)
 
 
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_takes_effect_within_seconds_while_the_judge_is_still_answering(pipeline_setup, tmp_path, stop):
+    """A slow judge (the local one takes half a minute an answer on some CPUs) holds requests open for
+    long: Ctrl-C, or SIGTERM, must not wait for them."""
+    project = tmp_path / "p"
+    assert cli("gather", *gather_args(pipeline_setup, project)).returncode == 0
+    with StandinServer(api_key=None, responder=CodebookResponder(), latency_s=12) as server:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "autointerp.cli", "explain", "--project", str(project), *judge_args(server)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        while not server.calls:  # a request is in flight
+            assert proc.poll() is None
+            time.sleep(0.02)
+        time.sleep(0.5)
+        sent = time.monotonic()
+        proc.send_signal(stop)
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - sent
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert took < 5, f"{took:.1f} s from the signal to the exit"
+
+
 def test_wheel_carries_its_prompts_and_runs_an_llm_judge(pipeline_setup, tmp_path):
     """Build the wheel, install it into a fresh virtual environment (dependencies from this one,
     the package itself only from the wheel), and label a gathered run through it."""

@@ -129,6 +129,28 @@ def test_a_server_that_comes_up_is_waited_for_and_stopped(tmp_path):
     assert server.process.poll() is not None and "exited" in server.died()
 
 
+def test_a_server_busy_with_a_request_is_stopped_within_seconds(tmp_path):
+    """uvicorn's graceful exit waits for the completion in flight; a Ctrl-C must not wait with it."""
+    import time
+
+    class Stubborn(FakeServer):
+        script = (
+            "import signal\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "from http.server import BaseHTTPRequestHandler, HTTPServer\n"
+            "class H(BaseHTTPRequestHandler):\n"
+            "    def do_GET(self):\n"
+            "        self.send_response(200); self.send_header('content-length', '2'); self.end_headers(); "
+            "self.wfile.write(b'{}')\n"
+            "HTTPServer(('127.0.0.1', PORT), H).serve_forever()\n"
+        )
+
+    server = Stubborn(tmp_path / "m.gguf", alias="m", log_path=tmp_path / "log", startup_timeout_s=30).start()
+    started = time.monotonic()
+    server.stop()
+    assert server.process.poll() is not None and time.monotonic() - started < local.STOP_GRACE_S + 2
+
+
 def test_a_judge_whose_server_died_stops_at_once_instead_of_retrying(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -374,3 +374,31 @@ def test_configs_stored_before_the_renames_read_as_todays_settings():
     assert gather_settings(stored) == gather_settings(today)
     stored["effects"]["enabled"] = False  # none is not projection
     assert gather_settings(stored) != gather_settings(today)
+
+
+def test_ctrl_c_interrupts_a_long_computation_between_two_awaits_at_once():
+    """A stage computes for long between awaits (the embedding scorer embeds a whole chunk's windows):
+    asyncio's own Ctrl-C handler would only cancel the task at the next await, after all of it."""
+    script = textwrap.dedent(
+        """
+        import asyncio, os, signal, threading, time
+        from autointerp.pipeline import run_sync
+
+        async def stage():
+            await asyncio.sleep(0)
+            end = time.monotonic() + 20
+            while time.monotonic() < end:  # 20 s of work with no await
+                pass
+
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        started = time.monotonic()
+        try:
+            run_sync(stage())
+        except KeyboardInterrupt:
+            print(f"interrupted after {time.monotonic() - started:.1f} s")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("interrupted after") and float(done.stdout.split()[2]) < 3, done.stdout

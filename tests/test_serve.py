@@ -490,7 +490,7 @@ def test_parser_flags_and_a_light_import():
     from autointerp.flags import build
 
     assert _where(a) == ("project", None)
-    assert build(ServeConfig, a) == ServeConfig("127.0.0.1", 8765, False)  # the defaults, written once
+    assert build(ServeConfig, a) == ServeConfig("127.0.0.1", 8765, (), False)  # the defaults, written once
     a = parse(["serve", "--project", "p", "--run-id", "r", "--host", "0.0.0.0", "--port", "0", "--quiet"])
     assert (a.project, a.run_id, a.host, a.port, a.quiet) == ("p", "r", "0.0.0.0", 0, True)
     heavy = subprocess.run(
@@ -739,3 +739,36 @@ def test_a_port_in_use_is_a_clear_error_naming_the_port_and_the_fix(tmp_path, ca
         srv.server_close()
     finally:
         holder.close()
+
+
+def test_allowed_host_names_are_answered_and_others_still_refused(tmp_path):
+    """--allow-host adds names (a reverse proxy's); it opens nothing else, and a malformed name is refused."""
+    from test_report import build_project
+
+    from autointerp.cli import parse
+    from autointerp.config import ServeConfig
+    from autointerp.flags import build
+
+    project = build_project(tmp_path / "p", with_labels=False)
+    cfg = build(ServeConfig, parse(["serve", "--port", "0", "--allow-host", "Atlas.Example.org., 10.0.0.5"]))
+    assert cfg.allow_hosts == ("Atlas.Example.org.", "10.0.0.5")
+    srv = make_server(project, host=cfg.host, port=cfg.port, quiet=True, allow_hosts=cfg.allow_hosts)
+    thread = serve_in_thread(srv)
+    try:
+        port = srv.server_address[1]
+        for host in (f"atlas.example.org:{port}", f"10.0.0.5:{port}", f"localhost:{port}"):
+            assert _status_for_host(srv, host) == 204, host
+        for host in (f"evil.example:{port}", f"atlas.example.org.evil.example:{port}", f"atlas.example.org:{port + 1}"):
+            assert _status_for_host(srv, host) == 421, host
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
+    for bad in ("*", "http://atlas.example.org", "atlas.example.org:8080", "a b"):
+        done = subprocess.run(
+            [sys.executable, "-m", "autointerp.cli", "serve", "--project", str(project), "--allow-host", bad],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2 and "is not a host name" in done.stderr and "Traceback" not in done.stderr, bad

@@ -17,7 +17,9 @@ answer so results from edited prompts never mix silently with the originals.
 Text shown to a judge: tokens are joined into text with newlines written as `\\n`, and
 marked tokens are wrapped `<<like this>>` (adjacent ones share one span; a span's leading
 whitespace stays outside it). Explain marks every token whose activation is at least
-MARK_FRACTION of its snippet's max.
+MARK_FRACTION of its snippet's max. The shipped prompts fence corpus text between `<corpus>` and
+`</corpus>` lines and tell the judge it is data; a closing tag inside the text, written by
+the corpus or formed by a mark, is defused (`<\\/corpus>`), so corpus text never leaves the fence.
 
 Answer formats: JSON, one schema per task (`answer_schema`), which judges with structured output
 send as the response format so the answer cannot take another shape. Parsers raise ParseError,
@@ -196,8 +198,16 @@ def normalise(activation: float, feature_max: float) -> int:
     return max(0, min(10, math.floor(10 * activation / feature_max + 1e-9)))
 
 
+_FENCE_CLOSE = re.compile(r"</(corpus)", re.IGNORECASE)
+
+
 def _escape(token: str) -> str:
     return token.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def fenced(text: str) -> str:
+    """Corpus text as it may stand inside the prompt's <corpus> fence: unable to close it."""
+    return _FENCE_CLOSE.sub(r"<\\/\1", text)
 
 
 def mark_text(tokens: Sequence[str], marked: Sequence[bool]) -> str:
@@ -213,11 +223,11 @@ def mark_text(tokens: Sequence[str], marked: Sequence[bool]) -> str:
             continue
         body = text.lstrip()  # a run's leading space stays outside the marks
         out.append(f"{text[: len(text) - len(body)]}<<{body}>>" if body else f"<<{text}>>")
-    return "".join(out)
+    return fenced("".join(out))  # after marking: a mark before "/corpus" would form the closing tag
 
 
 def _quoted(token: str) -> str:
-    return json.dumps(token, ensure_ascii=False)
+    return fenced(json.dumps(token, ensure_ascii=False))
 
 
 FREQUENT = 5  # the most often marked tokens listed under the examples

@@ -132,6 +132,9 @@ def preflight(model: LocalModel = LOCAL_MODEL) -> Path:
     return model_path(model)
 
 
+STOP_GRACE_S = 2.0  # seconds the server has to exit on SIGTERM before it is killed
+
+
 def _die_with_parent() -> None:
     """In the server's process before it starts (Linux): end it when autointerp's process ends, even
     by SIGKILL, which runs no cleanup. Elsewhere stop() and the atexit hook are all there is."""
@@ -305,7 +308,9 @@ class LocalServer:
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(10)
+                # Short: the server keeps no state, and uvicorn's graceful exit would wait for the completion in
+                # flight (half a minute on a slow CPU) while the user waits for Ctrl-C to take effect.
+                self.process.wait(STOP_GRACE_S)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()

@@ -23,7 +23,8 @@ reaches the server under a foreign name):
   - bound to another name or address: that name or address only;
   - bound to every interface (0.0.0.0, ::): the loopback names, this machine's host name and fully
     qualified name, and any IP address literal (rebinding needs a name, so an address is safe).
-To browse under another name, bind to it: --host <that name>.
+To browse under other names too (a reverse proxy's, a DNS name of this machine), list them with
+--allow-host; or bind to the name: --host <that name>.
 """
 
 from __future__ import annotations
@@ -765,7 +766,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(
                 HTTPStatus.MISDIRECTED_REQUEST,
                 f"<p>unexpected Host {esc(host)}: this server answers to {esc(server.host_rule)}; to browse under "
-                "another name, start it with --host &lt;that name&gt;</p>",
+                "another name, list it with --allow-host &lt;that name&gt;</p>",
                 send_body,
             )
             return
@@ -871,7 +872,7 @@ def _own_names() -> set[str]:
 class Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, db: Browser, host: str, port: int, quiet: bool = False):
+    def __init__(self, db: Browser, host: str, port: int, quiet: bool = False, allow_hosts: tuple[str, ...] = ()):
         if ":" in host:  # an IPv6 address (:: is every interface)
             self.address_family = socket.AF_INET6
         super().__init__((host.strip("[]"), port), Handler)
@@ -881,10 +882,11 @@ class Server(ThreadingHTTPServer):
         bound = host.lower().strip("[]").rstrip(".")
         if self.wildcard:
             self.names = set(LOOPBACK_NAMES) | _own_names()
-            self.host_rule = f"{', '.join(sorted(self.names))} or an IP address, port {self.port}"
         else:
             self.names = ({bound} | LOOPBACK_NAMES) if is_loopback(host) else {bound}
-            self.host_rule = f"{', '.join(sorted(self.names))}, port {self.port}"
+        self.names |= {name.lower().strip("[]").rstrip(".") for name in allow_hosts}
+        ip_rule = " or an IP address" if self.wildcard else ""
+        self.host_rule = f"{', '.join(sorted(self.names))}{ip_rule}, port {self.port}"
 
     def host_allowed(self, header: str) -> bool:
         """Whether a request's Host header names this server (the rule in the module's docstring).
@@ -917,6 +919,7 @@ def make_server(
     host: str = default_of(ServeConfig, "host"),
     port: int = default_of(ServeConfig, "port"),
     quiet: bool = False,
+    allow_hosts: tuple[str, ...] = (),
 ) -> Server:
     """A server over the project's database, bound but not yet serving (port 0: a free port). Call
     serve_forever() (in a thread, for tests), then shutdown() and server_close()."""
@@ -924,7 +927,7 @@ def make_server(
 
     db = Browser(project, run_id)
     try:
-        return Server(db, host, port, quiet)
+        return Server(db, host, port, quiet, allow_hosts)
     except OSError as e:
         db.close()
         if e.errno == errno.EADDRINUSE:
@@ -951,7 +954,7 @@ def serve_in_thread(server: Server) -> threading.Thread:
 
 def serve(project: str, run_id: str | None, cfg: ServeConfig) -> None:
     """Serve the project until Ctrl-C (`autointerp serve`)."""
-    server = make_server(project, run_id, cfg.host, cfg.port, quiet=cfg.quiet)
+    server = make_server(project, run_id, cfg.host, cfg.port, quiet=cfg.quiet, allow_hosts=cfg.allow_hosts)
     if not is_loopback(cfg.host):
         port = server.port
         print(
