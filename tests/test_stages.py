@@ -336,3 +336,53 @@ def test_the_shuffle_control_samples_features_until_the_gap_is_known_well_enough
     assert strict["n_controls"] == n and strict["calls_saved"] == 0  # ±0.001 needs every feature
     assert everyone["n_controls"] == n and everyone["control"] == "all"
     assert stored.n_controls == n and stored.verdict == everyone["verdict"]  # the summary is stored as computed
+
+
+def test_a_rerun_keeps_the_scores_of_the_same_label_judge_and_settings(fresh_project):
+    """After Ctrl-C, or a finished stage, the re-run asks only what it lacks: a relabelled feature (and the
+    control rows that show its label) is scored anew, a failed score is asked again, other settings re-score."""
+    judge = SpyJudge()
+    cfg = ScoreConfig(scorers=("detection", "fuzzing"), n_boot=50, shuffle_control="all")
+
+    def scored(c=cfg):
+        judge.seen.clear()
+        summary = asyncio.run(score(store, "r1", explainer, judge, c, progress=False))
+        return summary, {(kind, t.feature) for kind, t in judge.seen}
+
+    with Store(fresh_project) as store:
+        explainer = asyncio.run(explain(store, "r1", judge, ExplainConfig(), progress=False)).explainer
+        first, asked = scored()
+        rows = store.scores("r1").drop(columns="created_at")
+        labels = store.explanations("r1", explainer)
+        features = sorted(labels[labels.status == "ok"].feature)
+        assert len(features) >= 3 and {f for _, f in asked} == set(features) and not first.reused
+
+        again, asked = scored()
+        assert asked == set() and again.reused == {"detection": len(features), "fuzzing": len(features)}
+        assert rows.equals(store.scores("r1").drop(columns="created_at"))
+        assert again.per_scorer["detection"]["median"] == first.per_scorer["detection"]["median"]
+
+        f = features[0]
+        relabel = labels[labels.feature == f].assign(label='token "zzz"')
+        store.write_explanations(
+            "r1", explainer, relabel.drop(columns=["run_id", "explainer", "position", "created_at"])
+        )
+        shown_f = rows[(rows.label_source == "shuffled") & (rows.label_feature == f)].feature.unique().tolist()
+        _, asked = scored()
+        assert {g for _, g in asked} == {f, *shown_f}  # its own score, and the control that shows its label
+
+        broken = store.scores("r1")
+        g = features[1]
+        store.write_scores(
+            "r1",
+            explainer,
+            "detection",
+            broken[(broken.feature == g) & (broken.scorer == "detection") & (broken.label_source == "true")]
+            .drop(columns=["run_id", "explainer", "scorer", "created_at"])
+            .assign(status="failed"),
+        )
+        _, asked = scored()
+        assert asked == {("detect", g)}
+
+        _, asked = scored(replace(cfg, n_top=cfg.n_top - 1))
+        assert {g for _, g in asked} == set(features)

@@ -248,6 +248,9 @@ CREATE TABLE label_agreements (
 );
 """,
     ),
+    # What a score row was computed from (the label, the judge and its prompts, the scorer's settings) as
+    # one digest: a re-run keeps the rows whose digest it would compute again instead of scoring them anew.
+    ("score keys", "ALTER TABLE scores ADD COLUMN score_key VARCHAR;"),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -422,12 +422,26 @@ class Store:
         with transaction(self.con):
             return add_score_columns(self.con, list(scorers))
 
-    def delete_scores(self, run_id: str, explainer: str, scorers: list[str], label_source: str) -> None:
+    def delete_scores(
+        self, run_id: str, explainer: str, scorers: list[str], label_source: str, keep: list[int] | None = None
+    ) -> None:
+        """Delete these scorers' rows of one label source, but those of the features in `keep`."""
         for scorer in scorers:
             self.con.execute(
-                "DELETE FROM scores WHERE run_id = ? AND explainer = ? AND scorer = ? AND label_source = ?",
-                [run_id, explainer, scorer, label_source],
+                "DELETE FROM scores WHERE run_id = ? AND explainer = ? AND scorer = ? AND label_source = ? AND NOT "
+                "list_contains(?, feature)",
+                [run_id, explainer, scorer, label_source, [int(f) for f in keep or []]],
             )
+
+    def score_keys(self, run_id: str, explainer: str, scorer: str, label_source: str) -> dict[int, str]:
+        """Feature → the key of its stored score, for the rows that came out ok or undefined (a failed score
+        is asked again)."""
+        rows = self.con.execute(
+            "SELECT feature, score_key FROM scores WHERE run_id = ? AND explainer = ? AND scorer = ? AND "
+            "label_source = ? AND status IN ('ok', 'undefined') AND score_key IS NOT NULL",
+            [run_id, explainer, scorer, label_source],
+        ).fetchall()
+        return {int(f): key for f, key in rows}
 
     def scores(self, run_id: str, explainer: str | None = None, scorer: str | None = None) -> pd.DataFrame:
         sql, args = "SELECT * FROM scores WHERE run_id = ?", [run_id]

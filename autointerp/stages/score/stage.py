@@ -16,8 +16,11 @@ never dropped silently.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -53,9 +56,13 @@ class ScoreSummary:
     judge: str
     per_scorer: dict[str, dict] = field(default_factory=dict)  # the score_summaries rows, by scorer
     usage: str = ""  # LLM calls, tokens and cost, when an LLM judge ran
+    reused: dict[str, int] = field(default_factory=dict)  # scorer → features whose stored score was kept
 
     def lines(self) -> list[str]:
         out = [f"scores of {self.explainer} labels (judge {self.judge}):"]
+        if self.reused:
+            kept = ", ".join(f"{n:,} {scorer}" for scorer, n in self.reused.items())
+            out.append(f"  kept the stored scores of the same labels, judge and settings: {kept}")
         for scorer, s in self.per_scorer.items():
             out.append(summary_line(scorer, s))
         return out + ([self.usage] if self.usage else [])
@@ -86,7 +93,12 @@ def summary_line(scorer: str, s: dict) -> str:
 
 
 def _rows(
-    scorer: str, judge_name: str, source: str, pairs: list[tuple[int, int]], outcomes: list[Outcome]
+    scorer: str,
+    judge_name: str,
+    source: str,
+    pairs: list[tuple[int, int]],
+    outcomes: list[Outcome],
+    keys: list[str],
 ) -> list[dict]:
     return [
         {
@@ -106,9 +118,28 @@ def _rows(
             "error": o.error,
             "prompt_hash": o.prompt_hash,
             "call_ids": o.call_ids,
+            "score_key": key,
         }
-        for (f, other), o in zip(pairs, outcomes)
+        for (f, other), o, key in zip(pairs, outcomes, keys)
     ]
+
+
+# Settings that choose which features and scorers are scored, or only read the stored rows (the summary's
+# significance level, the control's size): a score row stays valid whatever they are.
+_NOT_IN_KEY = frozenset(
+    {"scorers", "features", "sample", "sample_seed", "shuffle_control", "control_half_width", "control_start", "chunk"}
+    | {"alpha"}
+)
+
+
+def score_key(label: str, scorer: str, judge: str, judge_settings: dict | None, cfg: ScoreConfig) -> str:
+    """What a score row is computed from, as one digest: the label, the scorer, the judge (with its model,
+    prompts and sampling when the scorer asks it) and the settings that shape the held-out sample and the
+    statistics. The held-out windows themselves are the gather's, which a re-gather that changes them
+    deletes with the scores."""
+    settings = {k: v for k, v in sorted(asdict(cfg).items()) if k not in _NOT_IN_KEY}
+    text = json.dumps([label, scorer, judge, judge_settings, settings], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _control_partners(features: list[int], labels: dict[int, str], seed: int) -> dict[int, int]:
@@ -182,47 +213,70 @@ async def score(
     names = {name: (s.judge_name() if not s.uses_judge else judge.name) for name, s in scorers.items()}
     bar = tqdm(total=len(features) * len(scorers), desc="score", unit="feat", disable=not progress)
     held: dict[int, HeldOut] = {}
+    reused: dict[str, int] = dict.fromkeys(scorers, 0)
+
+    def key_of(name: str, label: str) -> str:
+        return score_key(label, name, names[name], judge.settings if scorers[name].uses_judge else None, cfg)
 
     async def run(batch: list[int], source: str, partner: dict[int, int]) -> None:
+        stored = {name: store.score_keys(run_id, explainer, name, source) for name in scorers}
         for start in range(0, len(batch), cfg.chunk):
             part = batch[start : start + cfg.chunk]
-            held.update(load_held_out(store, run_id, [f for f in part if f not in held], cfg))
-            part = [f for f in part if f in held]
-            pairs = [(f, partner.get(f, f)) for f in part]
-            items = [Item(f, labels[other], held[f], f) for f, other in pairs]
+            keys = {name: {f: key_of(name, labels[partner.get(f, f)]) for f in part} for name in scorers}
+            # A row computed from the same label, judge and settings is kept: a re-run resumes.
+            todo = {name: [f for f in part if stored[name].get(f) != keys[name][f]] for name in scorers}
+            wanted = {f for fs in todo.values() for f in fs}
+            held.update(load_held_out(store, run_id, [f for f in wanted if f not in held], cfg))
             for name, scorer in scorers.items():
-                outcomes = await scorer.score(items, judge, cfg)
+                pairs = [(f, partner.get(f, f)) for f in todo[name] if f in held]
                 if source == "true":
-                    bar.update(len(items))
+                    reused[name] += len(part) - len(todo[name])
+                    bar.update(len(part) - len(pairs))
+                if not pairs:
+                    continue
+                outcomes = await scorer.score([Item(f, labels[other], held[f], f) for f, other in pairs], judge, cfg)
+                if source == "true":
+                    bar.update(len(pairs))
                 if call_log is not None:
                     call_log.flush()  # the calls first: a score never points at a call the log lacks
-                store.write_scores(
-                    run_id,
-                    explainer,
-                    name,
-                    pd.DataFrame(_rows(name, names[name], source, pairs, outcomes)),
-                    label_source=source,
-                )
+                rows = _rows(name, names[name], source, pairs, outcomes, [keys[name][f] for f, _ in pairs])
+                store.write_scores(run_id, explainer, name, pd.DataFrame(rows), label_source=source)
 
     store.ensure_score_columns(list(scorers))  # a scorer newer than the database gets its feature_summary columns
-    store.delete_scores(run_id, explainer, list(scorers), "shuffled")  # a control of older labels would not be this one
     await run(features, "true", {})
     bar.close()
     n_controls = 0
     if cfg.shuffle_control != "none" and len(features) >= 2:
         partner = _control_partners(features, {f: labels[f] for f in features}, cfg.seed)
         order = [features[i] for i in np.random.default_rng(cfg.seed).permutation(len(features))]
+        expected = {n: (lambda f, n=n: key_of(n, labels[partner[f]]) if f in partner else None) for n in scorers}
+        _drop_stale_controls(store, run_id, explainer, expected)
         target = len(features) if cfg.shuffle_control == "all" else min(cfg.control_start, len(features))
         while n_controls < target:
             await run(order[n_controls:target], "shuffled", partner)
             n_controls = target
             if target == len(features):
                 break
-            needed = _control_size_needed(store, run_id, explainer, list(scorers), cfg)
+            needed = _control_size_needed(store, run_id, explainer, list(scorers), cfg, set(order[:n_controls]))
             if needed <= n_controls:
                 break
             target = min(len(features), max(needed, n_controls + cfg.control_start))
-    return ScoreSummary(explainer, judge.name, write_summaries(store, run_id, explainer, names, cfg))
+        # Controls of an earlier, larger plan would be counted in the summary: this control is order[:n_controls].
+        store.delete_scores(run_id, explainer, list(scorers), "shuffled", keep=order[:n_controls])
+    else:
+        store.delete_scores(run_id, explainer, list(scorers), "shuffled")  # a control of older labels is not this one
+    per_scorer = write_summaries(store, run_id, explainer, names, cfg)
+    return ScoreSummary(explainer, judge.name, per_scorer, reused={name: n for name, n in reused.items() if n})
+
+
+def _drop_stale_controls(store: Store, run_id: str, explainer: str, expected: dict[str, Callable]) -> None:
+    """Delete the control rows this control would not compute again (another partner's label, other settings).
+    expected: scorer → (feature → the key its control row would have, None for a feature not in this control)."""
+    for name, expect in expected.items():
+        stored = store.score_keys(run_id, explainer, name, "shuffled")
+        store.delete_scores(
+            run_id, explainer, [name], "shuffled", keep=[f for f, k in stored.items() if expect(f) == k]
+        )
 
 
 def write_summaries(
@@ -251,12 +305,15 @@ def _paired(rows: pd.DataFrame) -> pd.DataFrame:
     return both
 
 
-def _control_size_needed(store: Store, run_id: str, explainer: str, scorers: list[str], cfg: ScoreConfig) -> int:
+def _control_size_needed(
+    store: Store, run_id: str, explainer: str, scorers: list[str], cfg: ScoreConfig, controlled: set[int]
+) -> int:
     """Controlled features enough to bring every scorer's gap interval within ±control_half_width, from the
-    spread of the paired differences so far (normal approximation, 10% margin)."""
+    spread of the paired differences so far over the `controlled` features (normal approximation, 10% margin)."""
     needed = 0
     for name in scorers:
         both = _paired(store.scores(run_id, explainer, name))
+        both = both[both.index.isin(controlled)]
         diff = (both.t - both.s)[both.ok].to_numpy()
         if len(diff) < 2:
             continue
