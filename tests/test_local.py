@@ -77,6 +77,17 @@ def test_a_taken_port_and_a_missing_server_package_are_clear_errors(tmp_path, mo
     assert "autointerp[local]" in info.value.fix
 
 
+# A stand-in server that answers every GET with {} (the readiness probe included).
+SERVING = (
+    "from http.server import BaseHTTPRequestHandler, HTTPServer\n"
+    "class H(BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        self.send_response(200); self.send_header('content-length', '2'); self.end_headers(); "
+    "self.wfile.write(b'{}')\n"
+    "HTTPServer(('127.0.0.1', PORT), H).serve_forever()\n"
+)
+
+
 class FakeServer(LocalServer):
     """A LocalServer whose process is a little Python script instead of llama.cpp."""
 
@@ -112,14 +123,7 @@ def test_a_server_that_crashes_names_the_portable_rebuild(tmp_path):
 
 def test_a_server_that_comes_up_is_waited_for_and_stopped(tmp_path):
     class Serving(FakeServer):
-        script = (
-            "from http.server import BaseHTTPRequestHandler, HTTPServer\n"
-            "class H(BaseHTTPRequestHandler):\n"
-            "    def do_GET(self):\n"
-            "        self.send_response(200); self.send_header('content-length', '2'); self.end_headers(); "
-            "self.wfile.write(b'{}')\n"
-            "HTTPServer(('127.0.0.1', PORT), H).serve_forever()\n"
-        )
+        script = SERVING
 
     server = Serving(tmp_path / "m.gguf", alias="m", log_path=tmp_path / "log", startup_timeout_s=30).start()
     try:
@@ -134,16 +138,7 @@ def test_a_server_busy_with_a_request_is_stopped_within_seconds(tmp_path):
     import time
 
     class Stubborn(FakeServer):
-        script = (
-            "import signal\n"
-            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-            "from http.server import BaseHTTPRequestHandler, HTTPServer\n"
-            "class H(BaseHTTPRequestHandler):\n"
-            "    def do_GET(self):\n"
-            "        self.send_response(200); self.send_header('content-length', '2'); self.end_headers(); "
-            "self.wfile.write(b'{}')\n"
-            "HTTPServer(('127.0.0.1', PORT), H).serve_forever()\n"
-        )
+        script = "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + SERVING
 
     server = Stubborn(tmp_path / "m.gguf", alias="m", log_path=tmp_path / "log", startup_timeout_s=30).start()
     started = time.monotonic()
