@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -127,19 +126,32 @@ def _rows(
 # Settings that choose which features and scorers are scored, or only read the stored rows (the summary's
 # significance level, the control's size): a score row stays valid whatever they are.
 _NOT_IN_KEY = frozenset(
-    {"scorers", "features", "sample", "sample_seed", "shuffle_control", "control_half_width", "control_start", "chunk"}
-    | {"alpha"}
+    {
+        "scorers",
+        "features",
+        "sample",
+        "sample_seed",
+        "shuffle_control",
+        "control_half_width",
+        "control_start",
+        "chunk",
+        "alpha",
+    }
 )
 
 
-def score_key(label: str, scorer: str, judge: str, judge_settings: dict | None, cfg: ScoreConfig) -> str:
-    """What a score row is computed from, as one digest: the label, the scorer, the judge (with its model,
-    prompts and sampling when the scorer asks it) and the settings that shape the held-out sample and the
-    statistics. The held-out windows themselves are the gather's, which a re-gather that changes them
-    deletes with the scores."""
-    settings = {k: v for k, v in sorted(asdict(cfg).items()) if k not in _NOT_IN_KEY}
-    text = json.dumps([label, scorer, judge, judge_settings, settings], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+def key_context(scorer: str, judge: str, judge_settings: dict | None, cfg: ScoreConfig) -> str:
+    """All but the label that a score row is computed from, as canonical JSON: the scorer, the judge (with
+    its model, prompts and sampling when the scorer asks it) and the settings that shape the held-out sample
+    and the statistics. The held-out windows themselves are the gather's, which a re-gather that changes
+    them deletes with the scores."""
+    settings = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_KEY}
+    return json.dumps([scorer, judge, judge_settings, settings], sort_keys=True, default=str)
+
+
+def score_key(label: str, context: str) -> str:
+    """A score row's key: the digest of its label and its key_context."""
+    return hashlib.sha256(json.dumps([label, context]).encode()).hexdigest()
 
 
 def _control_partners(features: list[int], labels: dict[int, str], seed: int) -> dict[int, int]:
@@ -215,8 +227,13 @@ async def score(
     held: dict[int, HeldOut] = {}
     reused: dict[str, int] = dict.fromkeys(scorers, 0)
 
+    contexts = {
+        name: key_context(name, names[name], judge.settings if s.uses_judge else None, cfg)
+        for name, s in scorers.items()
+    }
+
     def key_of(name: str, label: str) -> str:
-        return score_key(label, name, names[name], judge.settings if scorers[name].uses_judge else None, cfg)
+        return score_key(label, contexts[name])
 
     async def run(batch: list[int], source: str, partner: dict[int, int]) -> None:
         stored = {name: store.score_keys(run_id, explainer, name, source) for name in scorers}
@@ -249,8 +266,10 @@ async def score(
     if cfg.shuffle_control != "none" and len(features) >= 2:
         partner = _control_partners(features, {f: labels[f] for f in features}, cfg.seed)
         order = [features[i] for i in np.random.default_rng(cfg.seed).permutation(len(features))]
-        expected = {n: (lambda f, n=n: key_of(n, labels[partner[f]]) if f in partner else None) for n in scorers}
-        _drop_stale_controls(store, run_id, explainer, expected)
+        for name in scorers:  # drop the control rows this control would not compute again
+            stored = store.score_keys(run_id, explainer, name, "shuffled")
+            valid = [f for f, k in stored.items() if f in partner and k == key_of(name, labels[partner[f]])]
+            store.delete_scores(run_id, explainer, [name], "shuffled", keep=valid)
         target = len(features) if cfg.shuffle_control == "all" else min(cfg.control_start, len(features))
         while n_controls < target:
             await run(order[n_controls:target], "shuffled", partner)
@@ -267,16 +286,6 @@ async def score(
         store.delete_scores(run_id, explainer, list(scorers), "shuffled")  # a control of older labels is not this one
     per_scorer = write_summaries(store, run_id, explainer, names, cfg)
     return ScoreSummary(explainer, judge.name, per_scorer, reused={name: n for name, n in reused.items() if n})
-
-
-def _drop_stale_controls(store: Store, run_id: str, explainer: str, expected: dict[str, Callable]) -> None:
-    """Delete the control rows this control would not compute again (another partner's label, other settings).
-    expected: scorer → (feature → the key its control row would have, None for a feature not in this control)."""
-    for name, expect in expected.items():
-        stored = store.score_keys(run_id, explainer, name, "shuffled")
-        store.delete_scores(
-            run_id, explainer, [name], "shuffled", keep=[f for f, k in stored.items() if expect(f) == k]
-        )
 
 
 def write_summaries(
