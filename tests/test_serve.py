@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -314,12 +315,20 @@ def project(tmp_path_factory, data):
 
 @pytest.fixture(scope="module")
 def server(project):
-    srv = make_server(project, port=0, quiet=True)
+    with running(make_server(project, port=0, quiet=True)) as srv:
+        yield srv
+
+
+@contextmanager
+def running(srv):
+    """The server serving in a thread until the block ends, then shut down and closed."""
     thread = serve_in_thread(srv)
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join(5)
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
 
 
 def fetch(url: str, method: str = "GET") -> tuple[int, dict, str, float]:
@@ -671,17 +680,12 @@ def test_a_server_on_every_interface_answers_its_own_names_and_addresses_but_not
     from test_report import build_project
 
     srv = make_server(build_project(tmp_path / "p", with_labels=False), host="0.0.0.0", port=0, quiet=True)
-    thread = serve_in_thread(srv)
-    try:
+    with running(srv):
         port = srv.server_address[1]
         for host in (f"localhost:{port}", f"{socket.gethostname()}:{port}", f"192.0.2.7:{port}", f"[::1]:{port}"):
             assert _status_for_host(srv, host) == 204, host
         for host in (f"evil.example:{port}", f"192.0.2.7:{port + 1}", f"{socket.gethostname()}.evil.example:{port}"):
             assert _status_for_host(srv, host) == 421, host
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join(5)
 
 
 def test_serving_beyond_loopback_warns_and_loopback_does_not(tmp_path):
@@ -753,17 +757,12 @@ def test_allowed_host_names_are_answered_and_others_still_refused(tmp_path):
     cfg = build(ServeConfig, parse(["serve", "--port", "0", "--allow-host", "Atlas.Example.org., 10.0.0.5"]))
     assert cfg.allow_hosts == ("Atlas.Example.org.", "10.0.0.5")
     srv = make_server(project, host=cfg.host, port=cfg.port, quiet=True, allow_hosts=cfg.allow_hosts)
-    thread = serve_in_thread(srv)
-    try:
+    with running(srv):
         port = srv.server_address[1]
         for host in (f"atlas.example.org:{port}", f"10.0.0.5:{port}", f"localhost:{port}"):
             assert _status_for_host(srv, host) == 204, host
         for host in (f"evil.example:{port}", f"atlas.example.org.evil.example:{port}", f"atlas.example.org:{port + 1}"):
             assert _status_for_host(srv, host) == 421, host
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join(5)
     for bad in ("*", "http://atlas.example.org", "atlas.example.org:8080", "a b"):
         done = subprocess.run(
             [sys.executable, "-m", "autointerp.cli", "serve", "--project", str(project), "--allow-host", bad],
