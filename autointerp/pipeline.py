@@ -445,7 +445,10 @@ def run_sync(coro):
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        # Only the main thread gets signals; and a Ctrl-C the caller ignores (a background job) stays ignored.
+        if threading.current_thread() is not threading.main_thread() or (
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        ):
             return asyncio.run(coro)
         previous = signal.signal(signal.SIGINT, _interrupt_now)  # not default_int_handler: asyncio leaves it be
         try:

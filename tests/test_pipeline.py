@@ -390,6 +390,7 @@ def test_ctrl_c_interrupts_a_long_computation_between_two_awaits_at_once():
             while time.monotonic() < end:  # 20 s of work with no await
                 pass
 
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if started in the background
         threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
         started = time.monotonic()
         try:

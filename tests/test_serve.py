@@ -8,6 +8,7 @@ import hashlib
 import html
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -625,6 +626,7 @@ def test_the_command_serves_until_interrupted(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_ctrl_c_as_in_a_terminal,
     )
     try:
         first = proc.stdout.readline()
@@ -644,6 +646,11 @@ def test_the_command_serves_until_interrupted(tmp_path):
         and "Traceback" not in missing.stderr
         and not (tmp_path / "none").exists()
     )
+
+
+def _ctrl_c_as_in_a_terminal() -> None:
+    """In the child: a background job starts with SIGINT ignored, and children inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _status_for_host(server, host: str) -> int:
@@ -702,6 +709,7 @@ def test_serving_beyond_loopback_warns_and_loopback_does_not(tmp_path):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=_ctrl_c_as_in_a_terminal,
         )
         try:
             assert "read-only at http://" in proc.stdout.readline()
