@@ -655,7 +655,7 @@ def _watch_list() -> dict[str, tuple[str, ...]]:
 
 @dataclass
 class ReportConfig:
-    explainer: str | None = setting(None, "whose labels the cards show; unset: the one written last")
+    explainer: str | None = setting(None, "whose labels the cards show; unset: the one that labelled the most features")
     out: str | None = setting(None, "an .html file or a directory; unset: <project>/reports/")
     n_snippets: int = 3  # top snippets per feature card (the HTML size grows with this)
     quantile_bins: tuple[int, ...] = (0, 5)  # plus one quantile sample from each bin (0: the weakest activations)
@@ -683,7 +683,9 @@ class ExportConfig:
     out: str | None = setting(None, "directory; unset: <project>/exports/<run id>/")
     n_activations: int = 20  # max-activating windows per feature in the Neuronpedia export
     chunk: int = 1024  # features read from the store at a time
-    explainer: str | None = setting(None, "whose labels the Neuronpedia formats carry; unset: the one written last")
+    explainer: str | None = setting(
+        None, "whose labels the Neuronpedia formats carry; unset: the one that labelled the most features"
+    )
     model_id: str | None = setting(
         None, "Neuronpedia model id for neuronpedia-upload and -bulk; unset: from the run's model", flag="np_model_id"
     )

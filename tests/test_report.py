@@ -583,3 +583,29 @@ def test_the_report_reads_agreements_stored_with_the_labels_and_loads_no_embeddi
 
 def figures(agreement) -> str:
     return f"label cosine median {agreement.matched_median:.2f} (different features: {agreement.mismatched_median:.2f})"
+
+
+def test_report_and_export_default_to_the_explainer_that_labelled_the_most_features(tmp_path):
+    """A run whose dictionary one explainer labelled and a later LLM sample labelled two features of: a reader
+    without --explainer gets the dictionary, not the sample written last."""
+    from autointerp.export import export
+
+    project = build_project(tmp_path)
+    sample = pd.DataFrame(
+        {
+            "feature": [0, 1],
+            "label": ["a sampled label", "another sampled label"],
+            "status": ["ok", "ok"],
+            "error": [None, None],
+            "raw": ["r", "r"],
+            "prompt_hash": ["x", "x"],
+            "n_snippets": [4, 4],
+        }
+    )
+    with Store(project) as store:
+        store.write_explanations(RUN, "local:sample", sample)
+    md = write_report(project).markdown.read_text()
+    assert f"| labels by (explainer) | {EXPLAINER} |" in md, md[:2000]
+    written = export(project, out=tmp_path / "out", formats=("neuronpedia",))
+    text = "".join(p.read_text() for p in written["neuronpedia"] if p.suffix in (".json", ".jsonl"))
+    assert "cats sitting" in text and "a sampled label" not in text

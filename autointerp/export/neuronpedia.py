@@ -1,5 +1,5 @@
 """Neuronpedia's three formats, all built from one feature record per feature of the run and all
-carrying one explainer's labels: `ExportConfig.explainer`, else the one written last.
+carrying one explainer's labels: `ExportConfig.explainer`, else the one that labelled the most features.
 
 - neuronpedia: `neuronpedia.jsonl`, one Neuronpedia feature object a line, every feature of the run:
   {index, density, activations: [{tokens, values}], explanations: [{text, methodName, modelName}],
@@ -48,7 +48,7 @@ def _chosen_explainer(store: Store, run_id: str, cfg: ExportConfig) -> str | Non
             f"run '{run_id}' has no labels by {cfg.explainer}",
             f"pass --explainer with one of: {', '.join(known)}" if known else "run `autointerp explain` first",
         )
-    return cfg.explainer or store.latest_explainer(run_id)
+    return cfg.explainer or store.default_explainer(run_id)
 
 
 def _activation(s, quantiles: dict[int, tuple[float, float]] | None, n_bins: int) -> dict:

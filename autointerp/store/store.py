@@ -614,10 +614,13 @@ class Store:
             return self.con.sql(f'SELECT * FROM "{name}" WHERE run_id = ?', params=[run_id]).to_arrow_reader(batch_rows)
         return self.con.sql(f'SELECT * FROM "{name}"').to_arrow_reader(batch_rows)
 
-    def latest_explainer(self, run_id: str) -> str | None:
+    def default_explainer(self, run_id: str) -> str | None:
+        """The explainer that labelled the most features (then the latest): what a reader of the run wants
+        first. The latest alone would be a 16-feature LLM sample beside a fully labelled dictionary."""
         row = first_row(
             self.con,
-            "SELECT explainer FROM explanations WHERE run_id = ? ORDER BY created_at DESC, explainer LIMIT 1",
+            "SELECT explainer FROM explanations WHERE run_id = ? GROUP BY explainer "
+            "ORDER BY count(*) FILTER (status = 'ok') DESC, max(created_at) DESC, explainer LIMIT 1",
             [run_id],
         )
         return row[0] if row else None

@@ -187,7 +187,7 @@ def collect(store: Store, run_id: str | None, cfg: ReportConfig) -> ReportData:
 
     run = store.run(run_id)
     run_id = run["run_id"]
-    explainer = cfg.explainer or store.latest_explainer(run_id)
+    explainer = cfg.explainer or store.default_explainer(run_id)
     features = store.features(run_id)
     labels = store.explanations(run_id, explainer).set_index("feature")  # explainer None: the run has no labels at all
     scores = store.scores(run_id, explainer)
