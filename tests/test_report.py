@@ -609,3 +609,35 @@ def test_report_and_export_default_to_the_explainer_that_labelled_the_most_featu
     written = export(project, out=tmp_path / "out", formats=("neuronpedia",))
     text = "".join(p.read_text() for p in written["neuronpedia"] if p.suffix in (".json", ".jsonl"))
     assert "cats sitting" in text and "a sampled label" not in text
+
+
+def test_the_watch_list_reads_what_a_token_label_says_not_its_runners_up(tmp_path):
+    """A token label's "(also …)" tail lists rarer tokens the feature fires on as well: "lie" there is no
+    hint that the feature is about deception, while "lie" as the label's own token is."""
+    project = build_project(tmp_path)
+    labels = {
+        0: 'token "def" (also "lie", "fake")',
+        1: 'token "lie" (also "def")',
+        2: '"lie" after "a" (also "gun")',
+        4: 'token " Lie"',
+    }
+    with Store(project) as store:
+        store.write_explanations(
+            RUN,
+            "offline:token-stats-v1",
+            pd.DataFrame(
+                {
+                    "feature": list(labels),
+                    "label": list(labels.values()),
+                    "status": ["ok"] * 4,
+                    "error": [None] * 4,
+                    "raw": [""] * 4,
+                    "prompt_hash": ["x"] * 4,
+                    "n_snippets": [4] * 4,
+                }
+            ),
+        )
+    page = write_report(project, cfg=ReportConfig(explainer="offline:token-stats-v1")).html.read_text()
+    watched = {f for f, flags in _card_flags(page).items() if "watch" in flags}
+    assert watched == {1, 2, 4}
+    assert "watch: weapons" not in page

@@ -243,6 +243,17 @@ def format_label(terms: Sequence[Term]) -> str:
 
 _JSON_STRING = r'"(?:[^"\\]|\\.)*"'
 _TERM = re.compile(rf"({_JSON_STRING})(?:\s+after\s+({_JSON_STRING}))?")
+_ALSO_TAIL = re.compile(rf"^((?:token )?{_JSON_STRING}(?: after {_JSON_STRING})?) \(also .*\)$", re.DOTALL)
+
+
+def label_headline(label: str) -> str:
+    """What a label says of its feature: an offline token label without its "(also …)" tail, the rarer
+    tokens it fires on as well; any other label as it is. The report's watch list reads this, so a
+    feature firing on "def" is not flagged for naming "fake" among its runners-up."""
+    whole = _ALSO_TAIL.match(label)
+    return whole.group(1) if whole else label
+
+
 _OTHER_QUOTES = re.compile(r"(?<!\w)'([^']+)'(?!\w)|`([^`]+)`|“([^”]+)”|‘([^’]+)’")
 _STOPWORDS = frozenset(
     "a an the of in on at to for by with from and or as is are be it its this that such like "

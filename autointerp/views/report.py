@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 from autointerp import __version__
 from autointerp.config import ReportConfig, ScoreConfig, default_of
 from autointerp.errors import AutointerpError
+from autointerp.judges.judge import label_headline
 from autointerp.records import Snippet
 from autointerp.store import Store
 from autointerp.views.text import file_stem, visible_token
@@ -253,7 +254,7 @@ def collect(store: Store, run_id: str | None, cfg: ReportConfig) -> ReportData:
                 None if pd.isna(v) else str(v) for v in (row.label, row.status, row.error)
             )
         card.low_confidence = low_confidence(card, cfg, alpha)
-        card.watch = [c for c, p in patterns.items() if card.label and p.search(card.label)]
+        card.watch = [c for c, p in patterns.items() if card.label and p.search(label_headline(card.label))]
         cards.append(card)
     return ReportData(
         run=run,
