@@ -40,6 +40,7 @@ VOCAB = [f"Ġw{i}" for i in range(N_WORDS)] + ["Ġzebra", SCRIPT_TOKEN, IMG_TOKE
 ZEBRA, SCRIPT_ID, IMG_ID = N_WORDS, N_WORDS + 1, N_WORDS + 2
 ZEBRA_TOP = [5, 4242, 65_535]  # the only features with "zebra" in a top window
 ZEBRA_QUANTILE_ONLY = 77  # has it in a quantile sample only: not a match
+ZEBRA_SILENT = 9  # has it in a top window, but is silent there: not a match
 HOSTILE = 3  # label and top windows hostile
 
 
@@ -91,12 +92,17 @@ def _examples(rng: np.random.Generator, data: dict) -> pa.Table:
     acts[np.arange(n_rows), peak] = 4.0
     for feat in ZEBRA_TOP:
         ids[feat * ROWS + 1, 4] = ZEBRA  # explain top #1
+        acts[feat * ROWS + 1, 4] = 2.5  # fires there: at least half the window's peak (4.0)
+    silent = ZEBRA_SILENT * ROWS + 2
+    ids[silent, (peak[silent] + 1) % WINDOW] = ZEBRA
+    acts[silent, (peak[silent] + 1) % WINDOW] = 0.0
     ids[ZEBRA_QUANTILE_ONLY * ROWS + ROWS - 1, 2] = ZEBRA
     ids[HOSTILE * ROWS, 2], ids[HOSTILE * ROWS, 3] = SCRIPT_ID, IMG_ID
     peak[HOSTILE * ROWS] = 2
     acts[HOSTILE * ROWS] = 0.0
     acts[HOSTILE * ROWS, 2:4] = [4.0, 2.0]
     data["top_ids"] = ids.reshape(N, ROWS, WINDOW)[:, : 2 * TOP]  # what a token search must find
+    data["top_acts"] = acts.reshape(N, ROWS, WINDOW)[:, : 2 * TOP]
     kind_i = np.tile(np.arange(ROWS), N)
 
     def lists(values: np.ndarray, typ) -> pa.Array:
@@ -373,13 +379,16 @@ def test_label_search_shows_exactly_the_features_whose_label_contains_the_term(s
     assert shown(page) == [] and "no feature matches" in page
 
 
-def test_token_search_shows_exactly_the_features_with_the_token_in_a_top_window(server, data):
+def test_token_search_shows_exactly_the_features_that_fire_on_the_token_in_a_top_window(server, data):
     page = fetch(server.url + "?token=zebra")[2]
-    assert shown(page) == ZEBRA_TOP and total(page) == len(ZEBRA_TOP)  # not 77: a quantile sample only
+    # Not 77 (a quantile sample only) nor 9 (silent on it): a token near the firing one is no match.
+    assert shown(page) == ZEBRA_TOP and total(page) == len(ZEBRA_TOP)
     assert shown(fetch(server.url + "?token=no-such-token")[2]) == []
     assert shown(fetch(server.url + "?token=%C4%A0zebra")[2]) == ZEBRA_TOP  # the raw vocabulary entry, Ġzebra, too
-    words = fetch(server.url + "?token=w7&per=500")[2]  # a common token: every feature with it in a top window
-    expected = np.nonzero((data["top_ids"] == 7).any(axis=(1, 2)))[0].tolist()
+    words = fetch(server.url + "?token=w7&per=500")[2]  # a common token: every feature firing on it in a top window
+    acts = data["top_acts"]
+    fires = (data["top_ids"] == 7) & (acts >= 0.5 * acts.max(axis=2, keepdims=True))
+    expected = np.nonzero(fires.any(axis=(1, 2)))[0].tolist()
     assert 1000 < len(expected) < N and total(words) == len(expected) and shown(words) == expected[:500]
     # A token search combines with the other filters.
     assert shown(fetch(server.url + "?token=zebra&sort=feature&order=desc")[2]) == ZEBRA_TOP[::-1]

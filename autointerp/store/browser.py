@@ -22,6 +22,9 @@ class Browser:
         "score": "s.value",
         "label": "x.label",
     }
+    # A feature fires on a token of a top window where its activation there is at least this share of the
+    # window's peak: the token search finds features by what they read, not by any word near it.
+    FIRES = 0.5
     TOKEN_IDS_OR = 16  # up to this many ids are tested one by one (list_contains): ~30x faster than list_has_any
 
     _RUNS = "SELECT run_id, model, hookpoint, d_sae, updated_at FROM runs ORDER BY updated_at DESC LIMIT 100"
@@ -35,8 +38,10 @@ LEFT JOIN (SELECT feature, max(value) AS value, max(ci_low) AS ci_low FROM score
 WHERE f.run_id = $run"""
     _TABLE_FILTERS = {  # name → fragment; each is added when its parameter is given
         "q": " AND contains(lower(x.label), lower($q))",
+        # The ids anywhere in a window narrow the rows fast; the feature must then fire on one of them.
         "token": " AND f.feature IN (SELECT DISTINCT feature FROM examples WHERE run_id = $run AND kind = 'top' AND "
-        "({match}))",
+        "({match}) AND len(list_filter(range(1, len(token_ids) + 1), lambda i: list_contains($token_ids, token_ids[i]) "
+        "AND activations[i] >= $fires * list_max(activations))) > 0)",
         "token_one": "list_contains(token_ids, $t{i})",
         "token_many": "list_has_any(token_ids, $token_ids)",
         "min": " AND s.value >= $min",
@@ -140,7 +145,7 @@ ORDER BY token_id LIMIT 1000""",
         dense: bool | None = None,
     ) -> tuple[int, list[tuple]]:
         """(features matching, one page of (feature, label, status, density, n_firing, max_activation,
-        dead, dense)). token_ids: features whose top windows hold one of them; min and low filter on
+        dead, dense)). token_ids: features that fire on one of them in a top window (FIRES); min and low filter on
         the scorer's value and interval."""
         args: dict = {"run": run, "explainer": explainer, "scorer": scorer}
         filters = []
@@ -148,6 +153,7 @@ ORDER BY token_id LIMIT 1000""",
             filters.append(self._TABLE_FILTERS["q"])
             args["q"] = q
         if token_ids is not None:
+            args.update(token_ids=token_ids, fires=self.FIRES)
             if not token_ids:
                 match = "false"
             elif len(token_ids) <= self.TOKEN_IDS_OR:
@@ -155,7 +161,6 @@ ORDER BY token_id LIMIT 1000""",
                 args.update({f"t{i}": tid for i, tid in enumerate(token_ids)})
             else:
                 match = self._TABLE_FILTERS["token_many"]
-                args["token_ids"] = token_ids
             filters.append(self._TABLE_FILTERS["token"].format(match=match))
         for name, value in (("min", min), ("low", low)):
             if value is not None:

@@ -1,7 +1,8 @@
 """`autointerp serve`: a local web app over a project's DuckDB file, read-only, that stays fast at 65,536+ features.
 
 Pages (all server-rendered HTML, no script, nothing loaded from elsewhere):
-  /                 the feature table, one page at a time: sort, filter, search labels (?q=) and tokens (?token=)
+  /                 the feature table, one page at a time: sort, filter, search labels (?q=)
+                    and the tokens features fire on (?token=)
   /feature/<index>  one feature: every explainer's label side by side, scores with intervals, top windows
   /saturation       the saturation curves (inline SVG)
   /scores           score distributions (inline SVG histograms) and the stored summaries
@@ -453,7 +454,7 @@ class App:
         form = (
             f"<form class='filters' method='get' action='/'><input type='hidden' name='run' value='{esc(t.run)}'>"
             f"<label>label contains<input name='q' value='{esc(t.q)}' placeholder='substring'></label>"
-            f"<label>token in top windows<input name='token' value='{esc(t.token)}' placeholder='token'></label>"
+            f"<label>fires on token<input name='token' value='{esc(t.token)}' placeholder='token'></label>"
             + (f"<label>explainer<select name='explainer'>{ex_opts}</select></label>" if explainers else "")
             + (f"<label>score<select name='scorer'>{sc_opts}</select></label>" if scorers else "")
             + "<label>min score<input name='min' size='5' "
