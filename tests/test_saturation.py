@@ -439,3 +439,19 @@ def test_a_fully_labelled_dictionary_is_exact_and_says_so():
     last = saturation_step_table(labels, window=100, base=100, run=50, threshold=0.05, population=8)[-1]
     assert (last.coverage, last.chao1, last.chao1_high, last.expected_new_next_n) == (1.0, 6, 6, 0)
     assert last.its_rolling == pytest.approx(6 / 8)  # the window is all 8 labels, never a wider one
+
+
+def test_the_verdict_says_in_one_line_what_its_figures_mean():
+    """A fully labelled dictionary whose labels are nearly all distinct is "not saturated" beside an exact
+    category count: the line says the labels are too fine to group, not that more labels are needed."""
+    distinct = [f"label {i}" for i in range(300)] + ["shared"] * 20  # 300 singletons of 320 labels
+    fine = saturation_verdict(
+        distinct, target_coverage=0.95, base=100, run=50, threshold=0.05, merge_rule="exact", population=320
+    )
+    assert not fine.saturated and fine.meaning.startswith("labels too fine to group: 301 categories for 320 labels")
+    assert "300 of them a category of one label" in fine.meaning and "exact" in fine.meaning
+    sampled = saturation_verdict(distinct, target_coverage=0.95, base=100, run=50, threshold=0.05, merge_rule="exact")
+    assert "exact" not in sampled.meaning and "probability 0.94" in sampled.meaning  # 1 − coverage: f1/n = 300/320
+    repeating = [f"c{i % 5}" for i in range(400)]  # five concepts, each seen 80 times
+    done = saturation_verdict(repeating, target_coverage=0.95, base=100, run=50, threshold=0.05, merge_rule="exact")
+    assert done.saturated and done.meaning == "new categories had stopped appearing: 5 categories cover the 400 labels"

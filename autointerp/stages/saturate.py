@@ -83,6 +83,7 @@ class SaturationSummary:
                 f"fully labelled: {v.n_labels:,}{population} labelled, {v.distinct:,} categories; every figure is "
                 "exact, no new category can appear",
                 f"verdict: {'saturated' if v.saturated else 'not saturated'} ({'; '.join(v.reasons)})",
+                f"meaning: {v.meaning}",
             ]
         reach = (
             f"after about {self.labels_to_target:,} more labels"
@@ -117,6 +118,7 @@ class SaturationSummary:
             f"(95% {its.low:.3f}–{its.high:.3f}) over shuffled orders",
             stop,
             f"verdict: {'saturated' if v.saturated else 'not saturated'} ({'; '.join(v.reasons)})",
+            f"meaning: {v.meaning}",
         ]
 
 

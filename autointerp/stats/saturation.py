@@ -676,10 +676,30 @@ class SaturationVerdict:
     threshold: float
     merge_rule: str
     population: int | None = None  # alive features in the dictionary; None: treated as infinite
+    meaning: str = ""  # the figures read in one line, for a reader who does not know Guest or Chao1
 
     @property
     def fully_labelled(self) -> bool:
         return self.population is not None and self.n_labels == self.population
+
+
+def _meaning(n: int, s_obs: int, f1: int, coverage: float, saturated: bool, *, fully_labelled: bool) -> str:
+    """What the verdict's figures say, in one line. "Not saturated" beside an exact count of a fully
+    labelled dictionary reads as a contradiction unless it says why: the labels are too fine to group."""
+    if saturated:
+        return f"new categories had stopped appearing: {s_obs:,} categories cover the {n:,} labels"
+    one_each = f"{s_obs:,} categories for {n:,} labels, {f1:,} of them a category of one label"
+    if 2 * f1 >= n:
+        rest = (
+            "every feature is labelled, so the count is exact; the labels name features one by one rather than "
+            "recurring concepts (a coarser merge rule would group them)"
+            if fully_labelled
+            else f"the next label opens a new category with probability {1 - coverage:.2f}"
+        )
+        return f"labels too fine to group: {one_each}; {rest}"
+    if fully_labelled:
+        return f"every feature is labelled ({one_each}, exact), but new categories kept appearing to the last labels"
+    return f"new categories still appear ({one_each}): the next label opens one with probability {1 - coverage:.2f}"
 
 
 def saturation_verdict(
@@ -733,9 +753,11 @@ def saturation_verdict(
             f"expected Guest ratio of the last run {guest:.4f} {'<=' if guest_ok else '>'} "
             f"threshold {threshold} (base {base}, run {run})"
         )
+    saturated = coverage_ok and guest_ok
     return SaturationVerdict(
-        saturated=coverage_ok and guest_ok,
+        saturated=saturated,
         reasons=tuple(reasons),
+        meaning=_meaning(n, s_obs, f1, coverage, saturated, fully_labelled=population == n),
         n_labels=n,
         distinct=s_obs,
         coverage=coverage,

@@ -260,7 +260,7 @@ ORDER BY kind DESC, split, quantile, rank LIMIT 200""",
     def saturation_summaries(self, run: str) -> list[tuple]:
         return self._query(
             """
-SELECT explainer, method, n_labels, n_mapped, n_categories, saturated FROM saturation_summary
+SELECT explainer, method, n_labels, n_mapped, n_categories, saturated, verdict->>'meaning' FROM saturation_summary
 WHERE run_id = $run ORDER BY explainer, method LIMIT 20""",
             run=run,
         )

@@ -702,7 +702,10 @@ def _saturation_facts(result: SaturationResult) -> list[tuple[str, str]]:
         return facts + [("verdict", "no label was mapped to a category")]
     c, x = v["chao1"], s.get("extrapolation") or {}
     return facts + [
-        ("verdict", "saturated" if v["saturated"] else "not saturated"),
+        (
+            "verdict",
+            ("saturated" if v["saturated"] else "not saturated") + (f": {v['meaning']}" if v.get("meaning") else ""),
+        ),
         ("categories", f"{v['distinct']:,}"),
         (
             "Chao1 (95% CI)",

@@ -643,7 +643,7 @@ class App:
         run, runs = self._run(params)
         summaries = self.db.saturation_summaries(run)
         parts = []
-        for explainer, method, n_labels, n_mapped, n_categories, saturated in summaries:
+        for explainer, method, n_labels, n_mapped, n_categories, saturated, meaning in summaries:
             curve = self.db.saturation_curve(run, explainer, method, MAX_SVG_POINTS)
             steps = [c[0] for c in curve]
             chart = svg_lines(
@@ -667,7 +667,8 @@ class App:
                 f"<section class='sat'><h2>{esc(explainer)} · {esc(method)}</h2><p>{verdict}: {n_categories or 0:,} "
                 "categories from "
                 f"{n_mapped or 0:,} mapped of {n_labels or 0:,} labels ({len(curve):,} points drawn)</p>"
-                f"<div class='grid'>{chart}{cover}</div></section>"
+                + (f"<p>{esc(meaning)}</p>" if meaning else "")
+                + f"<div class='grid'>{chart}{cover}</div></section>"
             )
         body = "<h1>saturation</h1>" + (
             "".join(parts) or "<p class='muted'>no saturation stored — run autointerp saturate</p>"
