@@ -14,8 +14,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute
 import torch
 
 from autointerp import __version__
@@ -27,6 +25,7 @@ from autointerp.errors import AutointerpError
 from autointerp.gather.collect import HIST_EDGES, auto_batch_size, fit_sae, run_gather
 from autointerp.gather.corpus import iter_contexts, iter_documents
 from autointerp.gather.distributed import group, rank_device, world
+from autointerp.gather.text import source_texts
 from autointerp.llm.providers import PROVIDERS
 from autointerp.llm.redact import redacted
 from autointerp.stages.explain import ExplainSummary, explain
@@ -54,6 +53,7 @@ class GatherSummary:
     sae_metrics: dict
     seconds: dict
     reused: bool = False  # the stored gather of the same settings was kept
+    n_without_text: int = 0  # windows whose source text could not be cut out (shown as vocabulary pieces)
     causal: bool = False  # the subject is a causal LM (loss recovered, output effects, intervention)
 
     def lines(self) -> list[str]:
@@ -76,7 +76,13 @@ class GatherSummary:
             f"corpus: {self.n_tokens:,} tokens in {self.n_contexts:,} contexts",
             f"features: {self.n_features:,} ({self.n_features - self.n_dead:,} alive, {self.n_dead:,} dead, "
             f"{self.n_dense:,} ultra-dense)",
-            f"examples stored: {self.n_examples:,}",
+            f"examples stored: {self.n_examples:,}"
+            + (
+                f" ({self.n_without_text:,} shown as vocabulary pieces: the tokenizer gives no character offsets "
+                "or the corpus changed while it was read)"
+                if self.n_without_text
+                else ""
+            ),
             health,
             timing,
         ]
@@ -368,11 +374,11 @@ def _gather(cfg: RunConfig, model_cfg: ModelConfig, sae: SAE | None, g) -> Gathe
             computed = output_effects(model, sae, alive, cfg.effects, progress=cfg.progress)
             effects, effect_settings = computed.rows, computed.settings
             timings["output effects"] = computed.seconds
-        referenced = set(pa.compute.unique(result.examples["doc_id"]).to_pylist())
-        documents = pd.DataFrame(
-            [(d.doc_id, d.name) for d in iter_documents(cfg.corpus) if d.doc_id in referenced],
-            columns=["doc_id", "name"],
-        )
+        t = time.perf_counter()
+        names, texts, ends, without_text = source_texts(result.examples, iter_documents(cfg.corpus), model.tokenizer)
+        examples = result.examples.append_column("text", texts).append_column("text_ends", ends)
+        documents = pd.DataFrame(names, columns=["doc_id", "name"])
+        timings["text"] = time.perf_counter() - t
         vocab = model.tokenizer.convert_ids_to_tokens(list(range(len(model.tokenizer))))
         run = RunRecord(
             run_id=run_id,
@@ -398,7 +404,7 @@ def _gather(cfg: RunConfig, model_cfg: ModelConfig, sae: SAE | None, g) -> Gathe
         store.write_gather(
             run,
             result.features,
-            result.examples,
+            examples,
             result.contexts,
             documents,
             vocab,
@@ -417,6 +423,7 @@ def _gather(cfg: RunConfig, model_cfg: ModelConfig, sae: SAE | None, g) -> Gathe
             n_dead=int(f.dead.sum()),
             n_dense=int(f.dense.sum()),
             n_examples=result.examples.num_rows,
+            n_without_text=without_text,
             sae_metrics=metrics,
             seconds=timings,
             causal=model.is_causal,

@@ -161,3 +161,9 @@ def piece_tables(vocab: list[str], style: str) -> tuple[list[str], list[str]]:
     else:
         pieces = [t.replace("▁", " ") for t in vocab]
     return pieces, pieces
+
+
+def text_pieces(text: str, ends: list[int]) -> tuple[str, ...]:
+    """A window's tokens as the characters each owns in its source text (gather/text.py): they join back
+    to the text exactly, case, spaces and whole words included."""
+    return tuple(text[a:b] for a, b in zip([0, *ends[:-1]], ends))

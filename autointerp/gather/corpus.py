@@ -25,6 +25,8 @@ import numpy as np
 from autointerp.config import DEFAULT_CORPUS, CorpusConfig
 from autointerp.errors import AutointerpError
 
+DOC_CHUNK_CHARS = 200_000  # characters of a document tokenised at once (text.py cuts documents the same way)
+
 
 @dataclass
 class Document:
@@ -264,7 +266,7 @@ def iter_contexts(
     cfg: CorpusConfig,
     batch_size: int,
     *,
-    doc_chunk_chars: int = 200_000,
+    doc_chunk_chars: int = DOC_CHUNK_CHARS,
 ) -> Iterator[ContextBatch]:
     """Tokenise documents and pack them into [batch_size, context_length] batches.
 
@@ -301,7 +303,7 @@ def iter_contexts(
                 n_contexts += len(pending)
                 pending.clear()
 
-    pieces = ((doc, piece) for doc in documents for piece in _pieces(doc.text, doc_chunk_chars))
+    pieces = ((doc, piece) for doc in documents for piece in document_pieces(doc.text, doc_chunk_chars))
     for chunk in _chunked(pieces, doc_chunk_chars):
         encoded = tokenizer([piece for _, piece in chunk], add_special_tokens=False)["input_ids"]
         for (doc, _), ids in zip(chunk, encoded):
@@ -330,7 +332,7 @@ def iter_contexts(
     yield from emit(final=True)
 
 
-def _pieces(text: str, max_chars: int) -> Iterator[str]:
+def document_pieces(text: str, max_chars: int) -> Iterator[str]:
     """A document in pieces of at most max_chars, cut at whitespace where there is some: a 10 MB
     line is tokenised a piece at a time, so memory follows the token budget, not the longest line."""
     while len(text) > max_chars:

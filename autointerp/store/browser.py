@@ -234,10 +234,11 @@ WHERE run_id = $run AND feature = $feature ORDER BY explainer, scorer, label_sou
         )
 
     def feature_windows(self, run: str, feature: int) -> list[tuple]:
-        """(split, kind, rank, quantile, max_activation, token_ids, activations) of its top and quantile windows."""
+        """(split, kind, rank, quantile, max_activation, token_ids, activations, text, text_ends) of its top and
+        quantile windows; text is NULL for windows gathered before the store kept it."""
         return self._query(
             """
-SELECT split, kind, rank, quantile, max_activation, token_ids, activations FROM examples
+SELECT split, kind, rank, quantile, max_activation, token_ids, activations, text, text_ends FROM examples
 WHERE run_id = $run AND feature = $feature AND kind IN ('top', 'quantile')
 ORDER BY kind DESC, split, quantile, rank LIMIT 200""",
             run=run,

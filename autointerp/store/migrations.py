@@ -251,6 +251,27 @@ CREATE TABLE label_agreements (
     # What a score row was computed from (the label, the judge and its prompts, the scorer's settings) as
     # one digest: a re-run keeps the rows whose digest it would compute again instead of scoring them anew.
     ("score keys", "ALTER TABLE scores ADD COLUMN score_key VARCHAR;"),
+    # Each window's source text, cut from its document through the tokenizer's character offsets, and
+    # where each token ends in it (gather/text.py): snippets read as the text they came from. NULL for
+    # windows gathered before, which keep their vocabulary pieces, in snippet_text too.
+    (
+        "window text",
+        """
+ALTER TABLE examples ADD COLUMN text VARCHAR;
+ALTER TABLE examples ADD COLUMN text_ends INTEGER[];
+CREATE OR REPLACE VIEW snippet_text AS
+SELECT e.run_id, e.feature, e.split, e.kind, e.rank, e.quantile, e.max_activation, e.context_id, e.doc_id, e.doc_offset,
+       coalesce(any_value(e.text), string_agg(coalesce(v.piece, v.token), '' ORDER BY t.i)) AS text,
+       coalesce(
+           any_value(e.text[coalesce(e.text_ends[e.peak], 0) + 1:e.text_ends[e.peak + 1]]),
+           max(coalesce(v.piece, v.token)) FILTER (WHERE t.i = e.peak + 1)
+       ) AS peak_token
+FROM examples e
+CROSS JOIN LATERAL (SELECT unnest(e.token_ids) AS token_id, generate_subscripts(e.token_ids, 1) AS i) t
+JOIN vocab v ON v.run_id = e.run_id AND v.token_id = t.token_id
+GROUP BY ALL;
+""",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

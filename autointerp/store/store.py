@@ -262,13 +262,13 @@ class Store:
         max_per_kind: dict[str, int] | None = None,
         quantile_bins: tuple[int, ...] | None = None,
     ) -> list[FeatureSnippets]:
-        """Stored windows of these features as typed records, tokens as display pieces.
+        """Stored windows of these features as typed records, tokens as the text each owns in its source.
 
         split limits to one split; max_per_kind caps rows per (feature, split, kind) by rank,
         so a stage loads only what it shows; quantile_bins keeps, of the quantile samples, only the
         first of each listed bin.
         """
-        from autointerp.records import FeatureSnippets, Snippet, piece_tables, vocab_style
+        from autointerp.records import FeatureSnippets, Snippet, piece_tables, text_pieces, vocab_style
 
         vocab = self.vocab(run_id)
         first, rest = piece_tables(vocab, vocab_style(vocab))
@@ -296,7 +296,8 @@ class Store:
                 [run_id],
             ).fetchall()
             ex = self.con.execute(
-                "SELECT feature, split, kind, context_id, token_ids, activations, max_activation, quantile FROM "
+                "SELECT feature, split, kind, context_id, token_ids, activations, max_activation, quantile, text, "
+                "text_ends FROM "
                 f"examples WHERE {where}{qualify} ORDER BY feature, split, kind, rank",
                 args,
             ).fetchall()
@@ -309,8 +310,11 @@ class Store:
             ("score", False): "score",
             ("score", True): "score_negatives",
         }
-        for feature, split_, kind, ctx, ids, acts, peak, quantile in ex:
-            pieces = (first[ids[0]], *[rest[i] for i in ids[1:]]) if ids else ()
+        for feature, split_, kind, ctx, ids, acts, peak, quantile, text, ends in ex:
+            if text is not None:
+                pieces = text_pieces(text, ends)
+            else:  # gathered before windows kept their text
+                pieces = (first[ids[0]], *[rest[i] for i in ids[1:]]) if ids else ()
             snip = Snippet(
                 feature, split_, kind, ctx, pieces, tuple(acts) if acts is not None else None, peak, quantile
             )

@@ -48,6 +48,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from autointerp.config import ServeConfig, default_of
 from autointerp.errors import AutointerpError
+from autointerp.records import text_pieces
 
 if TYPE_CHECKING:
     from autointerp.store import Browser
@@ -533,7 +534,7 @@ class App:
         labels = self.db.feature_labels(run, index)
         scores = self.db.feature_scores(run, index)
         examples = self.db.feature_windows(run, index)
-        pieces = self.db.pieces(run, sorted({i for ex in examples for i in (ex[5] or [])}))
+        pieces = self.db.pieces(run, sorted({i for ex in examples if ex[7] is None for i in ex[5] or []}))
 
         nav = (
             (
@@ -604,12 +605,13 @@ class App:
         )
 
         def window(ex) -> str:
-            split, kind, rank, quantile, peak_act, token_ids, acts = ex
+            split, kind, rank, quantile, peak_act, token_ids, acts, source, ends = ex
             top = max((a for a in (acts or []) if a is not None), default=0.0) or 1.0
             peak_i = max(range(len(acts)), key=lambda i: acts[i]) if acts else -1
+            shown = text_pieces(source, ends) if source is not None else [pieces.get(t, f"[{t}]") for t in token_ids]
             spans = []
-            for i, tid in enumerate(token_ids or []):
-                text = esc(pieces.get(tid, f"[{tid}]"))
+            for i, piece in enumerate(shown):
+                text = esc(piece)
                 a = acts[i] if acts is not None and i < len(acts) and acts[i] is not None else 0.0
                 if a > 0:
                     alpha = min(1.0, 0.15 + 0.85 * a / top)
