@@ -23,9 +23,9 @@ from autointerp.config import (
 )
 from autointerp.errors import AutointerpError
 from autointerp.gather.collect import HIST_EDGES, auto_batch_size, fit_sae, run_gather
-from autointerp.gather.corpus import iter_contexts, iter_documents
+from autointerp.gather.corpus import CorpusStats, iter_contexts, iter_documents
 from autointerp.gather.distributed import group, rank_device, world
-from autointerp.gather.text import source_texts
+from autointerp.gather.text import drop_repeated_windows, source_texts
 from autointerp.llm.providers import PROVIDERS
 from autointerp.llm.redact import redacted
 from autointerp.stages.explain import ExplainSummary, explain
@@ -54,6 +54,8 @@ class GatherSummary:
     seconds: dict
     reused: bool = False  # the stored gather of the same settings was kept
     n_without_text: int = 0  # windows whose source text could not be cut out (shown as vocabulary pieces)
+    n_repeated_windows: int = 0  # windows dropped because the feature had one of the same text
+    n_repeated_documents: int = 0  # documents skipped as copies of an earlier one
     causal: bool = False  # the subject is a causal LM (loss recovered, output effects, intervention)
 
     def lines(self) -> list[str]:
@@ -73,10 +75,16 @@ class GatherSummary:
         return [
             f"database: {self.db_path}",
             f"run: {self.run_id}",
-            f"corpus: {self.n_tokens:,} tokens in {self.n_contexts:,} contexts",
+            f"corpus: {self.n_tokens:,} tokens in {self.n_contexts:,} contexts"
+            + (f"; {self.n_repeated_documents:,} repeated documents skipped" if self.n_repeated_documents else ""),
             f"features: {self.n_features:,} ({self.n_features - self.n_dead:,} alive, {self.n_dead:,} dead, "
             f"{self.n_dense:,} ultra-dense)",
             f"examples stored: {self.n_examples:,}"
+            + (
+                f" ({self.n_repeated_windows:,} dropped as repeats of a window of the same feature with the same text)"
+                if self.n_repeated_windows
+                else ""
+            )
             + (
                 f" ({self.n_without_text:,} shown as vocabulary pieces: the tokenizer gives no character offsets "
                 "or the corpus changed while it was read)"
@@ -375,8 +383,12 @@ def _gather(cfg: RunConfig, model_cfg: ModelConfig, sae: SAE | None, g) -> Gathe
             effects, effect_settings = computed.rows, computed.settings
             timings["output effects"] = computed.seconds
         t = time.perf_counter()
-        names, texts, ends, without_text = source_texts(result.examples, iter_documents(cfg.corpus), model.tokenizer)
+        corpus_stats = CorpusStats()
+        names, texts, ends, without_text = source_texts(
+            result.examples, iter_documents(cfg.corpus, corpus_stats), model.tokenizer
+        )
         examples = result.examples.append_column("text", texts).append_column("text_ends", ends)
+        examples, repeated_windows = drop_repeated_windows(examples)
         documents = pd.DataFrame(names, columns=["doc_id", "name"])
         timings["text"] = time.perf_counter() - t
         vocab = model.tokenizer.convert_ids_to_tokens(list(range(len(model.tokenizer))))
@@ -422,8 +434,10 @@ def _gather(cfg: RunConfig, model_cfg: ModelConfig, sae: SAE | None, g) -> Gathe
             n_features=len(f),
             n_dead=int(f.dead.sum()),
             n_dense=int(f.dense.sum()),
-            n_examples=result.examples.num_rows,
+            n_examples=examples.num_rows,
             n_without_text=without_text,
+            n_repeated_windows=repeated_windows,
+            n_repeated_documents=corpus_stats.repeated_documents,
             sae_metrics=metrics,
             seconds=timings,
             causal=model.is_causal,

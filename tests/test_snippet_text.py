@@ -162,3 +162,41 @@ def test_a_window_whose_document_changed_since_keeps_no_text(byte_bpe_tokenizer)
     assert ends.to_pylist()[1][-1] == len(text)
     _, texts, _, missing = source_texts(examples, [Document(0, "d", "The return value of café")], byte_bpe_tokenizer)
     assert missing == 2 and texts.to_pylist() == [None, None]
+
+
+def test_one_text_one_window_and_one_document(pipeline_setup, tmp_path):
+    """A passage copied into every document, and a document repeated with other spacing: the copy is read
+    once, and no feature keeps two windows of one text (nor one in each split), ranks without gaps."""
+    from collections import Counter
+    from pydoc_data.topics import topics
+
+    from autointerp.gather.corpus import CorpusStats, iter_documents
+    from autointerp.pipeline import gather
+
+    root, _, model = pipeline_setup
+    passage = " The passage that every document quotes word for word, again and again. "
+    docs = [topics[k][:500] + passage + topics[k][500:800] for k in sorted(topics)[:30]]
+    docs.append("  \n".join(docs[3].split(" ")))  # document 3 again, spaced otherwise
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": d}) for d in docs))
+    stats = CorpusStats()
+    assert len(list(iter_documents(CorpusConfig(source=str(corpus)), stats))) == 30 and stats.repeated_documents == 1
+    cfg = pipeline_config(
+        (root, str(corpus), model),
+        tmp_path / "p",
+        corpus=CorpusConfig(source=str(corpus), context_length=64),
+        gather=GatherConfig(n_top=8, n_bins=2, per_bin=3, n_negative=3, window=24, batch_size=4),
+    )
+    summary = gather(cfg)
+    assert summary.n_repeated_documents == 1 and summary.n_repeated_windows > 0
+    assert f"{summary.n_repeated_windows:,} dropped as repeats" in "\n".join(summary.lines())
+    with Store(tmp_path / "p") as store:
+        rows = store.con.execute(
+            "SELECT feature, split, kind, rank, text FROM examples ORDER BY feature, split, kind, rank"
+        ).fetchall()
+    texts = Counter((f, kind == "negative", " ".join(t.split()).casefold()) for f, _, kind, _, t in rows)
+    assert max(texts.values()) == 1
+    ranks: dict = {}
+    for f, split, kind, rank, _ in rows:
+        ranks.setdefault((f, split, kind), []).append(rank)
+    assert all(r == list(range(len(r))) for r in ranks.values())

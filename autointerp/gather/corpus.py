@@ -63,8 +63,16 @@ def rank_share(batches: Iterable[ContextBatch], rank: int, world: int) -> Iterat
 # ---------------------------------------------------------------- documents
 
 
-def iter_documents(cfg: CorpusConfig) -> Iterator[Document]:
-    """Yield documents from the configured source, skipping empty texts."""
+@dataclass
+class CorpusStats:
+    """What reading the corpus skipped."""
+
+    repeated_documents: int = 0  # documents whose text (whitespace aside) came before
+
+
+def iter_documents(cfg: CorpusConfig, stats: CorpusStats | None = None) -> Iterator[Document]:
+    """Yield documents from the configured source, skipping empty texts and repeats of an earlier
+    document's text (whitespace aside), counted in `stats`."""
     source = cfg.source
     if source == DEFAULT_CORPUS:
         texts = _python_docs()
@@ -80,10 +88,20 @@ def iter_documents(cfg: CorpusConfig) -> Iterator[Document]:
             )
         texts = _local_files(path, cfg)
     doc_id = 0
+    seen: set[bytes] = set()
     for name, text in texts:
-        if text and text.strip():
-            yield Document(doc_id, name, _encodable(text))
-            doc_id += 1
+        if not (text and text.strip()):
+            continue
+        # One text, one document: a copy (a mirrored page, an inherited docstring) would give every
+        # feature firing on it the same window twice, and could put one window in both splits.
+        key = hashlib.blake2b(" ".join(text.split()).encode("utf-8", "replace"), digest_size=8).digest()
+        if key in seen:
+            if stats is not None:
+                stats.repeated_documents += 1
+            continue
+        seen.add(key)
+        yield Document(doc_id, name, _encodable(text))
+        doc_id += 1
 
 
 def _encodable(text: str) -> str:
@@ -191,23 +209,13 @@ def _hf_dataset(spec: str, cfg: CorpusConfig) -> Iterator[tuple[str, str]]:
 def _python_docs() -> Iterator[tuple[str, str]]:
     """Python's bundled documentation: pydoc topics, then standard-library docstrings.
 
-    Docstrings are read with `ast`, never by importing modules, and exact duplicates
-    (inherited or copied docstrings are common) are dropped.
+    Docstrings are read with `ast`, never by importing modules; copies (inherited or copied
+    docstrings are common) are dropped by iter_documents, as in every corpus.
     """
     from pydoc_data.topics import topics
 
-    seen: set[bytes] = set()
-
-    def fresh(text: str) -> bool:
-        key = hashlib.blake2b(" ".join(text.split()).encode(), digest_size=16).digest()
-        if key in seen:
-            return False
-        seen.add(key)
-        return True
-
     for topic in sorted(topics):
-        if fresh(topics[topic]):
-            yield f"pydoc_data.topics:{topic}", topics[topic]
+        yield f"pydoc_data.topics:{topic}", topics[topic]
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     skip = {"site-packages", "test", "tests", "idlelib", "lib2to3", "__pycache__"}
     for path in sorted(stdlib.rglob("*.py")):
@@ -221,7 +229,7 @@ def _python_docs() -> Iterator[tuple[str, str]]:
         for node in ast.walk(tree):
             if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
                 doc = ast.get_docstring(node)
-                if doc and len(doc) > 40 and fresh(doc):
+                if doc and len(doc) > 40:
                     name = module if isinstance(node, ast.Module) else f"{module}.{node.name}"
                     yield name, doc
 

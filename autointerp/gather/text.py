@@ -67,7 +67,10 @@ def source_texts(
     texts: list[str | None] = [None] * len(doc_ids)
     ends: list[list[int] | None] = [None] * len(doc_ids)
     names = []
+    last = max(rows_of, default=-1)
     for doc in documents:
+        if doc.doc_id > last:  # the rest of the corpus lies past the token budget: no window comes from it
+            break
         rows = rows_of.get(doc.doc_id)
         if rows is None:
             continue
@@ -82,3 +85,43 @@ def source_texts(
                 texts[row], ends[row] = window_text(doc.text, spans, start, len(window))
     missing = sum(t is None for t in texts)
     return names, pa.array(texts, pa.string()), pa.array(ends, pa.list_(pa.int32())), missing
+
+
+_SPLIT_ORDER = {"explain": 0, "score": 1}
+_KIND_ORDER = {"top": 0, "quantile": 1, "negative": 2}
+
+
+def drop_repeated_windows(examples: pa.Table) -> tuple[pa.Table, int]:
+    """One text, one window: of a feature's windows with the same text (case and spacing aside; the
+    token ids where no text was kept), only the first is kept, explain split before score (a text in
+    both would not be held out), top before quantile, by rank; ranks are renumbered without gaps.
+    Verified negatives are compared among themselves. Returns the table and how many rows it dropped."""
+    import pandas as pd
+
+    texts = examples["text"].to_pylist()
+    no_text = [i for i, t in enumerate(texts) if t is None]
+    ids = examples["token_ids"].take(pa.array(no_text, pa.int64())).to_pylist() if no_text else []
+    keys: list[object] = [None if t is None else " ".join(t.split()).casefold() for t in texts]
+    for i, window in zip(no_text, ids):
+        keys[i] = tuple(window)
+    frame = pd.DataFrame(
+        {
+            "feature": examples["feature"].to_numpy(),
+            "split": examples["split"].to_pandas().map(_SPLIT_ORDER).to_numpy(),
+            "kind": examples["kind"].to_pandas().map(_KIND_ORDER).to_numpy(),
+            "rank": examples["rank"].to_numpy(),
+            "key": keys,
+        }
+    )
+    frame["negative"] = frame.kind == _KIND_ORDER["negative"]
+    frame = frame.sort_values(["feature", "split", "kind", "rank"], kind="stable")
+    kept = frame[~frame.duplicated(["feature", "negative", "key"])]
+    n_dropped = len(frame) - len(kept)
+    if not n_dropped:
+        return examples, 0
+    rank = kept.groupby(["feature", "split", "kind"]).cumcount().to_numpy()
+    order = np.sort(kept.index.to_numpy())
+    new_rank = pd.Series(rank, index=kept.index).loc[order].to_numpy()
+    table = examples.take(pa.array(order, pa.int64()))
+    column = table.schema.get_field_index("rank")
+    return table.set_column(column, "rank", pa.array(new_rank, pa.int32())), n_dropped
