@@ -9,9 +9,11 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 import torch
@@ -38,6 +40,8 @@ from autointerp.subject.model import SubjectModel, keep_freed_memory
 from autointerp.subject.sae import SAE, load_sae, save_saelens
 from autointerp.subject.train import collect_activations, evaluate_sae, loss_recovered, train_topk_sae
 from autointerp.views.compare import store_agreements
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -552,6 +556,7 @@ async def alabel_and_score(
     """Explain then score a gathered run. Scoring alone scores the labels this judge stored earlier."""
 
     async def stages(store, run_id, judge, log):
+        started = time.perf_counter()
         explained = (
             await explain(store, run_id, judge, cfg.explain, call_log=log, progress=cfg.progress)
             if explain_stage
@@ -559,6 +564,7 @@ async def alabel_and_score(
         )
         if explained is not None:  # the report reads these rather than embedding labels itself
             store_agreements(store, run_id, explained.explainer)
+            explained.seconds = time.perf_counter() - started
         scored = None
         if score_stage:
             explainer = explained.explainer if explained else (cfg.explainer or judge.name)
@@ -571,7 +577,9 @@ async def alabel_and_score(
                         else "run `autointerp explain` first"
                     ),
                 )
+            started = time.perf_counter()
             scored = await score(store, run_id, explainer, judge, cfg.score, call_log=log, progress=cfg.progress)
+            scored.seconds = time.perf_counter() - started
         if usage := judge.usage():  # what this run was billed, both stages together
             (scored or explained).usage = usage
         return explained, scored
@@ -653,11 +661,20 @@ def run(cfg: RunConfig, reuse_gather: bool = True, echo=print, sae: SAE | None =
         check_judge(cfg)  # a wrong key, base URL or missing local model fails before minutes of gathering
         if cfg.sample_judge is not None:
             check_judge(sample_config(cfg))
-    gathered = gather(cfg, reuse=reuse_gather, sae=sae)
+    wall: dict[str, float] = {}  # stage → seconds, printed last: where the time went
+
+    def timed(name: str, stage: Callable[[], T]) -> T:
+        started = time.perf_counter()
+        out = stage()
+        wall[name] = time.perf_counter() - started
+        return out
+
+    gathered = timed("gather", lambda: gather(cfg, reuse=reuse_gather, sae=sae))
     if gathered is None:
         return
     echo("\n".join(gathered.lines()))
     explained, scored = label_and_score(cfg, gathered.run_id)
+    wall |= {"explain": explained.seconds, "score": scored.seconds}
     echo("\n".join(explained.lines() + scored.lines()))
     if gathered.causal and cfg.intervention_sample > 0:
         intervened = replace(
@@ -665,15 +682,32 @@ def run(cfg: RunConfig, reuse_gather: bool = True, echo=print, sae: SAE | None =
             explainer=explained.explainer,
             score=replace(cfg.score, scorers=("intervention",), sample=cfg.intervention_sample, features=None),
         )
-        _, by_intervention = label_and_score(intervened, gathered.run_id, explain_stage=False)
+        _, by_intervention = timed(
+            "intervention", lambda: label_and_score(intervened, gathered.run_id, explain_stage=False)
+        )
         echo("\n".join(by_intervention.lines()[1:]))
-    echo("\n".join(saturate_labels(cfg, gathered.run_id).lines()))
+    echo("\n".join(timed("saturate", lambda: saturate_labels(cfg, gathered.run_id)).lines()))
     if cfg.sample_judge is not None:
         sampled = sample_config(cfg)
         s_explained, s_scored = label_and_score(sampled, gathered.run_id)
+        wall |= {"sample explain": s_explained.seconds, "sample score": s_scored.seconds}
         echo("\n".join(s_explained.lines() + s_scored.lines()))
-        echo("\n".join(saturate_labels(sampled, gathered.run_id).lines()))
+        echo("\n".join(timed("sample saturate", lambda: saturate_labels(sampled, gathered.run_id)).lines()))
         with Store(cfg.project, read_only=True) as store:
             echo("\n".join(sample_lines(store, gathered.run_id, s_explained.explainer, explained.explainer)))
-    files = write_report(cfg.project, gathered.run_id, cfg=ReportConfig(explainer=explained.explainer))
+    report = ReportConfig(explainer=explained.explainer)
+    files = timed("report", lambda: write_report(cfg.project, gathered.run_id, cfg=report))
     echo(f"report: {files.html}\nsummary: {files.markdown}")
+    echo(wall_time_line(wall))
+
+
+def wall_time_line(wall: dict[str, float]) -> str:
+    """'wall time: gather 5m 12s, explain 3s, ...; total 9m 40s'."""
+
+    def clock(seconds: float) -> str:
+        m, s = divmod(round(seconds), 60)
+        return f"{m}m {s:02d}s" if m else f"{s}s"
+
+    return (
+        "wall time: " + ", ".join(f"{k} {clock(v)}" for k, v in wall.items()) + f"; total {clock(sum(wall.values()))}"
+    )

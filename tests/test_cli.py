@@ -4,6 +4,7 @@ another explainer's labels, and quiet runs."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -195,6 +196,12 @@ sample_judge = "none"
 """)
     first = cli("run", "--config", str(config), "--quiet")
     assert first.returncode == 0, first.stderr
+    # The summary ends with where the time went, stage by stage.
+    last = first.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"wall time: gather \d+s, explain \d+s, score \d+s, intervention \d+s, saturate \d+s, report \d+s; total \d+s",
+        last,
+    ), last
     written = tmp_path / "p" / "configs" / "r1.toml"
     import tomllib
 

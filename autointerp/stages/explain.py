@@ -34,6 +34,7 @@ class ExplainSummary:
     saved_calls: int = 0  # judge calls the stop rule saved
     usage: str = ""  # LLM calls, tokens and cost, when an LLM judge ran
     skipped: int = 0  # chosen features this explainer had labelled already
+    seconds: float = 0.0  # wall time of the stage
 
     def lines(self) -> list[str]:
         kinds = ", ".join(f"{k} {v}" for k, v in self.failures.items())

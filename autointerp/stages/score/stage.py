@@ -56,6 +56,7 @@ class ScoreSummary:
     per_scorer: dict[str, dict] = field(default_factory=dict)  # the score_summaries rows, by scorer
     usage: str = ""  # LLM calls, tokens and cost, when an LLM judge ran
     reused: dict[str, int] = field(default_factory=dict)  # scorer → features whose stored score was kept
+    seconds: float = 0.0  # wall time of the stage
 
     def lines(self) -> list[str]:
         out = [f"scores of {self.explainer} labels (judge {self.judge}):"]
