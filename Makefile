@@ -22,7 +22,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/autointerp run
 
 demo-llm: $(VENV)/.installed   # the embedded default with a larger sample labelled by the local LLM
-	$(VENV)/bin/autointerp run --sample-size 64
+	$(VENV)/bin/autointerp run --llm-minutes 30
 
 demo-lm: $(VENV)/.installed   # a causal LM as subject: loss recovered, output effects, intervention scores
 	$(VENV)/bin/autointerp run --project project-lm --model embedded:SmolLM2-135M-Instruct --max-tokens 120000 --n-features 1024 --train-tokens 100000 \

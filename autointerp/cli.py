@@ -104,7 +104,7 @@ def _add_sample_flags(c: Command) -> None:
         help="also label a seeded sample with this judge, beside the main one "
         "(default: local for the embedded default when installed)",
     )
-    c.settings(RunConfig, ("sample_size",))
+    c.settings(RunConfig, ("sample_size", "llm_minutes"))
 
 
 def _add_stored_run(c: Command, quiet: bool = True) -> None:
@@ -152,7 +152,7 @@ def run_config(a: argparse.Namespace):
     from autointerp.pipeline import load_configured_sae, model_for_sae
 
     cfg = RunConfig(
-        **given(RunConfig, a, WHERE + SAE_SOURCE + ("intervention_sample", "regather", "sample_size")),
+        **given(RunConfig, a, WHERE + SAE_SOURCE + ("intervention_sample", "regather", "sample_size", "llm_minutes")),
         corpus=build(CorpusConfig, a),
         train=build(TrainConfig, a),
         gather=build(GatherConfig, a),

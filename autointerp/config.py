@@ -768,7 +768,15 @@ class RunConfig:
     # A second explainer for a seeded random sample of the features, labelled, scored and saturated
     # beside the main judge's labels, and compared with them (the embedded default: the local LLM).
     sample_judge: LLMConfig | None = None
-    sample_size: int = setting(16, "features in the sample the second judge labels")
+    sample_size: int = setting(
+        8, "features in the sample the second judge labels; with --llm-minutes, the least it labels"
+    )
+    llm_minutes: float = setting(
+        5.0,
+        "minutes of the sample judge's time: the run times it on the first --sample-size features and labels as "
+        "many more as fit (0: exactly --sample-size)",
+        minimum=0,
+    )
     sample_score: ScoreConfig = field(
         default_factory=lambda: ScoreConfig(scorers=("detection", "embedding"), n_top=3, n_strata=2, n_negative=5)
     )

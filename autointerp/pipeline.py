@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -689,9 +689,15 @@ def run(cfg: RunConfig, reuse_gather: bool = True, echo=print, sae: SAE | None =
     echo("\n".join(timed("saturate", lambda: saturate_labels(cfg, gathered.run_id)).lines()))
     if cfg.sample_judge is not None:
         sampled = sample_config(cfg)
-        s_explained, s_scored = label_and_score(sampled, gathered.run_id)
-        wall |= {"sample explain": s_explained.seconds, "sample score": s_scored.seconds}
-        echo("\n".join(s_explained.lines() + s_scored.lines()))
+        rounds = []
+        for size in sample_sizes(cfg, gathered.run_id, rounds):
+            sampled = replace(sampled, explain=replace(sampled.explain, sample=size))
+            rounds.append(label_and_score(sampled, gathered.run_id))
+            echo("\n".join(rounds[-1][0].lines() + rounds[-1][1].lines()))
+        s_explained = rounds[-1][0]
+        wall["sample explain"] = sum(e.seconds for e, _ in rounds)
+        wall["sample score"] = sum(sc.seconds for _, sc in rounds)
+        echo(sample_size_line(cfg, rounds))
         echo("\n".join(timed("sample saturate", lambda: saturate_labels(sampled, gathered.run_id)).lines()))
         with Store(cfg.project, read_only=True) as store:
             echo("\n".join(sample_lines(store, gathered.run_id, s_explained.explainer, explained.explainer)))
@@ -699,6 +705,51 @@ def run(cfg: RunConfig, reuse_gather: bool = True, echo=print, sae: SAE | None =
     files = timed("report", lambda: write_report(cfg.project, gathered.run_id, cfg=report))
     echo(f"report: {files.html}\nsummary: {files.markdown}")
     echo(wall_time_line(wall))
+
+
+def sample_sizes(cfg: RunConfig, run_id: str, rounds: list) -> Iterator[int]:
+    """The sample judge's sample, in rounds: cfg.sample_size features, then (with cfg.llm_minutes) as many
+    more as fit in the budget at the pace the first round measured, explain and score together. The
+    samples are nested, so the second round labels only the features it adds. A re-run whose first
+    round found every label stored has no pace to measure: it takes the sample the stored labels show."""
+    yield cfg.sample_size
+    if not cfg.llm_minutes:
+        return
+    (explained, scored), budget = rounds[0], cfg.llm_minutes * 60
+    with Store(cfg.project, read_only=True) as store:
+        alive = len(store.alive_features(run_id, include_dense=True))
+        stored = len(store.explanations(run_id, explained.explainer))
+    if pace := sample_pace(rounds[0]):
+        more = int((budget - explained.seconds - scored.seconds) // pace)
+        size = min(alive, cfg.sample_size + max(more, 0))
+    else:
+        size = min(alive, stored)
+    if size > cfg.sample_size:
+        yield size
+
+
+def sample_pace(first_round: tuple) -> float | None:
+    """Seconds a feature the sample judge took to explain and score in its first round; None when that
+    round found every label stored."""
+    explained, scored = first_round
+    return (explained.seconds + scored.seconds) / explained.n_features if explained.n_features else None
+
+
+def sample_size_line(cfg: RunConfig, rounds: list) -> str:
+    """Which sample the LLM labelled and why: the size the budget chose, from the pace measured."""
+    size = rounds[-1][0].n_features + rounds[-1][0].skipped
+    if not cfg.llm_minutes:
+        return f"LLM sample: {size:,} features (--sample-size {cfg.sample_size}; --llm-minutes 0 fixes it)"
+    if (pace := sample_pace(rounds[0])) is None:
+        return f"LLM sample: {size:,} features, as stored by an earlier run (nothing new to time the judge on)"
+    why = f"the judge took {pace:.0f} s a feature (explain and score) on the first {cfg.sample_size}"
+    if len(rounds) == 1:
+        return (
+            f"LLM sample: {size:,} features, the floor: {why}, so --llm-minutes {cfg.llm_minutes:g} fits no more "
+            "(a faster machine or a larger budget labels more)"
+        )
+    more = size - cfg.sample_size
+    return f"LLM sample: {size:,} features: {why}, so --llm-minutes {cfg.llm_minutes:g} fits {more:,} more"
 
 
 def wall_time_line(wall: dict[str, float]) -> str:

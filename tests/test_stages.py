@@ -386,3 +386,57 @@ def test_a_rerun_keeps_the_scores_of_the_same_label_judge_and_settings(fresh_pro
 
         _, asked = scored(replace(cfg, n_top=cfg.n_top - 1))
         assert {g for _, g in asked} == set(features)
+
+
+@pytest.mark.parametrize("minutes", [0.0001, 1.0])
+def test_the_llm_sample_is_sized_to_its_time_budget(pipeline_setup, fresh_project, keys, minutes):
+    """The sample judge labels --sample-size features, timed; a budget that fits more grows the sample,
+    asking only for the features it adds (the samples are nested); one that does not keeps the floor.
+    A re-run asks for nothing and reports the sample it found stored."""
+    from autointerp.pipeline import run
+
+    with StandinServer(api_key=KEY, responder=TaskResponder(), latency_s=0.05) as server:
+        judge = replace(_judge_config(server, "openai_compatible"), concurrency=1)
+        cfg = pipeline_config(
+            pipeline_setup,
+            fresh_project,
+            score=ScoreConfig(scorers=("detection",), n_boot=50),
+            sample_judge=judge,
+            sample_size=2,
+            llm_minutes=minutes,
+            sample_score=ScoreConfig(scorers=("detection",), n_boot=50),
+            intervention_sample=0,
+        )
+        printed: list[str] = []
+        run(cfg, echo=printed.append)
+        line = next(x for x in "\n".join(printed).splitlines() if x.startswith("LLM sample:"))
+        size = int(line.split()[2])
+        with Store(fresh_project, read_only=True) as store:
+            labelled = len(store.explanations("r1", "openai_compatible:llama3.1"))
+            (explain_calls,) = store.con.execute("SELECT count(*) FROM llm_calls WHERE purpose = 'explain'").fetchone()
+            alive = len(store.alive_features("r1", include_dense=True))
+        if minutes < 0.01:
+            assert size == 2 and "the floor" in line, line
+        else:
+            assert 2 < size <= alive and "fits" in line, line
+        assert labelled == size == explain_calls, (labelled, size, explain_calls)
+        asked = len(server.calls)
+        printed.clear()
+        run(cfg, echo=printed.append)
+        again = next(x for x in "\n".join(printed).splitlines() if x.startswith("LLM sample:"))
+        assert len(server.calls) == asked and again.startswith(f"LLM sample: {size} features, as stored"), again
+
+
+def test_seeded_samples_of_a_large_dictionary_are_nested():
+    """A larger sample holds every feature of a smaller one with the same seed, at any dictionary size
+    (numpy's choice without replacement draws by another algorithm past a few thousand)."""
+    from types import SimpleNamespace
+
+    from autointerp.stages.explain import select_features
+
+    store = SimpleNamespace(run=lambda run_id: {"d_sae": 65_536})
+    features = list(range(65_536))
+    small, large = (
+        set(select_features(store, "r", ExplainConfig(features=features, sample=n, seed=3))) for n in (8, 200)
+    )
+    assert len(small) == 8 and len(large) == 200 and small <= large

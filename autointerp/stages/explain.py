@@ -90,7 +90,7 @@ def explain_task(fs: FeatureSnippets, cfg: ExplainConfig) -> ExplainTask:
 
 def select_features(store: Store, run_id: str, cfg: ExplainConfig) -> list[int]:
     """The features to label, in labelling order: the given ones or every alive one, the first
-    max_features of them, then a seeded random sample (kept in feature order)."""
+    max_features of them, then a seeded random sample (kept in feature order), nested across sizes."""
     if cfg.features is not None:
         d_sae = int(store.run(run_id)["d_sae"])
         beyond = [f for f in cfg.features if f >= d_sae]
@@ -104,7 +104,9 @@ def select_features(store: Store, run_id: str, cfg: ExplainConfig) -> list[int]:
     if cfg.max_features is not None:
         chosen = chosen[: cfg.max_features]
     if cfg.sample is not None and cfg.sample < len(chosen):
-        picked = np.random.default_rng(cfg.seed).choice(len(chosen), cfg.sample, replace=False)
+        # A prefix of one seeded permutation: a larger sample holds every feature of a smaller one, so
+        # growing a sample (RunConfig.llm_minutes) labels only the features added.
+        picked = np.random.default_rng(cfg.seed).permutation(len(chosen))[: cfg.sample]
         chosen = [chosen[i] for i in sorted(picked)]
     return list(chosen)
 
