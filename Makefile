@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q --disable-pip-version-check --no-cache-dir -e '.[test,local,lm]'
 	touch $@
 
-.PHONY: install demo demo-llm demo-lm test test-fast lint format bench
+.PHONY: install demo demo-llm demo-encoder test test-fast lint format bench
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -24,9 +24,9 @@ demo: $(VENV)/.installed
 demo-llm: $(VENV)/.installed   # the embedded default with a larger sample labelled by the local LLM
 	$(VENV)/bin/autointerp run --llm-minutes 30
 
-demo-lm: $(VENV)/.installed   # a causal LM as subject: loss recovered, output effects, intervention scores
-	$(VENV)/bin/autointerp run --project project-lm --model embedded:SmolLM2-135M-Instruct --max-tokens 120000 --n-features 1024 --train-tokens 100000 \
-	    --effects-prompts 4 --intervention-prompts 8 --intervention-sample 128 --sample-judge none
+demo-encoder: $(VENV)/.installed   # the sentence encoder all-MiniLM-L6-v2 as subject, as `make demo` ran before
+	$(VENV)/bin/autointerp run --project project-encoder --model embedded:all-MiniLM-L6-v2 --sample-judge local \
+	    --max-tokens 1000000 --n-features 4096 --train-tokens 400000 --epochs 3
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

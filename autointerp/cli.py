@@ -33,6 +33,7 @@ from autointerp.config import (
     ServeConfig,
     ShowConfig,
     SteerConfig,
+    SteeringExampleConfig,
     TrainConfig,
     default_of,
 )
@@ -201,6 +202,7 @@ def cmd_run(a: argparse.Namespace) -> None:
 
     cfg, sae = run_config(a)
     cfg = _judged(cfg, a)  # a bad judge setting fails here, before minutes of gathering
+    cfg.steering = build(SteeringExampleConfig, a)
     if (sample := _sample_judge(a)) is not None:
         cfg.sample_judge = sample
     write_config(Path(cfg.project) / "configs" / f"{cfg.resolved_run_id()}.toml", a)  # a killed run can be repeated
@@ -274,6 +276,7 @@ def cmd_export(a: argparse.Namespace) -> None:
 
 
 def cmd_steer(a: argparse.Namespace) -> None:
+    from autointerp.stages.steering import steering_row
     from autointerp.store import Store
     from autointerp.subject.load import load_subject
     from autointerp.subject.steer import steer
@@ -282,7 +285,12 @@ def cmd_steer(a: argparse.Namespace) -> None:
     project, run_id = _where(a)
     with Store(project, read_only=True) as store:
         subject = load_subject(store, run_id, device=cfg.device)
-    print("\n".join(steer(subject, cfg).lines()))
+    result = steer(subject, cfg)
+    with Store(project) as store:  # kept for the report, beside the run's own example
+        store.write_steering(
+            subject.run_id, "steer", steering_row(result, None, None, "asked for with autointerp steer")
+        )
+    print("\n".join(result.lines()))
 
 
 def cmd_show(a: argparse.Namespace) -> None:
@@ -409,6 +417,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     _add_score_flags(c, selection=False)
     c.settings(RunConfig, ("regather", "intervention_sample"))
     _add_sample_flags(c)
+    c.settings(SteeringExampleConfig, group=c.parser.add_argument_group("steering example (causal LMs)"))
 
     c = command(
         "estimate",

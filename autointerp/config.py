@@ -18,9 +18,9 @@ from typing import Any
 
 from autointerp.errors import AutointerpError
 
-EMBEDDED_MODEL = "embedded:all-MiniLM-L6-v2"  # a sentence encoder: the default subject
+EMBEDDED_MODEL = "embedded:all-MiniLM-L6-v2"  # a sentence encoder (`make demo-encoder`)
 EMBEDDED_HOOKPOINT = "encoder.layer.2"  # resid_post of block 2 of 6: the middle of the network
-EMBEDDED_LM = "embedded:SmolLM2-135M-Instruct"  # a causal LM: loss recovered, steering, output effects
+EMBEDDED_LM = "embedded:SmolLM2-135M-Instruct"  # the default subject, a causal LM: loss recovered, steering
 EMBEDDED_LM_HOOKPOINT = "blocks.15.hook_resid_post"  # block 15 of 30
 EMBEDDED_HOOKPOINTS = {EMBEDDED_MODEL: EMBEDDED_HOOKPOINT, EMBEDDED_LM: EMBEDDED_LM_HOOKPOINT}
 METHODS = ("embedding", "codebook")
@@ -156,15 +156,15 @@ def positive_int(text: str) -> int:
 @dataclass
 class ModelConfig:
     name: str = setting(
-        EMBEDDED_MODEL,
-        "hub id, local directory, or embedded:SmolLM2-135M-Instruct, the embedded causal LM; unset: the model the "
-        "SAE's config names, and without --sae the embedded all-MiniLM-L6-v2",
+        EMBEDDED_LM,
+        "hub id, local directory, or embedded:all-MiniLM-L6-v2, the embedded sentence encoder; unset: the model "
+        "the SAE's config names, and without --sae the embedded causal LM SmolLM2-135M-Instruct",
         flag="model",
     )
     hookpoint: str | None = setting(
         None,
         "module path or TransformerLens name; unset: the SAE's own, and without --sae an embedded model's middle "
-        "layer (encoder.layer.2, blocks.15.hook_resid_post)",
+        "layer (blocks.15.hook_resid_post, encoder.layer.2)",
     )
     device: str = setting("auto", "cpu, cuda, cuda:1 ...; auto picks cuda when present")
     dtype: str = setting("float32", "model dtype: float32, bfloat16, float16, float64; unset: the SAE's, else float32")
@@ -193,7 +193,7 @@ class CorpusConfig:
     text_field: str = setting("text", "JSONL/Parquet/HF field with the text")
     split: str = "train"  # HF dataset split
     context_length: int = setting(128, "tokens per context, special tokens included", minimum=2)
-    max_tokens: int | None = setting(1_000_000, "stop after this many corpus tokens")
+    max_tokens: int | None = setting(250_000, "stop after this many corpus tokens")
     encoding: str = setting("utf-8", "text file encoding")
 
     def __post_init__(self) -> None:
@@ -248,14 +248,14 @@ class GatherConfig:
 
 @dataclass
 class TrainConfig:
-    n_features: int = setting(4096, "latents of the SAE trained when --sae is omitted")
+    n_features: int = setting(2048, "latents of the SAE trained when --sae is omitted")
     k: int = setting(32, "active latents per token")
     aux_k: int | None = None  # None: d_in // 2
     aux_coef: float = 1 / 32
     lr: float = 5e-4
     batch_tokens: int = 4096
-    epochs: int = setting(3, "passes over the training tokens")
-    train_tokens: int = setting(400_000, "activations kept in memory for training")
+    epochs: int = setting(10, "passes over the training tokens")
+    train_tokens: int = setting(150_000, "activations kept in memory for training")
     holdout_tokens: int = 40_000  # held out for FVU, L0 and dead fraction
     dead_after_tokens: int = 200_000  # a latent silent this long counts as dead for AuxK
     seed: int = setting(0, "seed of the example sampling and of SAE training", minimum=0, maximum=2**32 - 1)
@@ -285,7 +285,7 @@ class OutputEffectsConfig:
         0.5, "amplification norm, as a multiple of the hookpoint's median norm", flag="effects_strength"
     )
     n_prompts: int = setting(
-        8, "neutral prompts (data/neutral_prompts.txt) the amplification runs on", flag="effects_prompts"
+        4, "neutral prompts (data/neutral_prompts.txt) the amplification runs on", flag="effects_prompts"
     )
     chunk: int = 64  # features per batch
 
@@ -620,7 +620,7 @@ class SaturationConfig:
     target_coverage: float = setting(0.95, "the coverage the verdict and the stop rule ask for", maximum=1)
     min_labels: int = MIN_LABELS
     next_m: int = 100  # report expected new categories in the next m labels (capped at n, where Good–Toulmin holds)
-    n_boot: int = setting(200, "shuffled orders")
+    n_boot: int = setting(200, "shuffled orders", maximum=100_000)
     seed: int = setting(0, "seed of the shuffled orders", minimum=0, maximum=2**32 - 1)
 
     def __post_init__(self) -> None:
@@ -636,7 +636,7 @@ class SaturationConfig:
         one = ["x"]
         guest = dict(base=self.guest_base, run=self.guest_run, threshold=self.guest_threshold)
         saturation_step_table(one, window=self.its_window, **guest)
-        bootstrap_orders(one, self.n_boot, self.seed, window=self.its_window, **guest)
+        bootstrap_orders(one, 1, self.seed, window=self.its_window, **guest)  # n_boot: its bounds say enough
         stop_rule(one, self.target_coverage, self.min_labels)
         good_toulmin({"x": 1}, self.next_m)
 
@@ -727,6 +727,33 @@ class SteerConfig:
             raise AutointerpError("the steering prompt is empty", "pass a prompt, e.g. --prompt 'I think that'")
 
 
+@dataclass
+class SteeringExampleConfig:
+    """The run's steering example on a causal LM (stages/steering.py)."""
+
+    candidates: int = setting(
+        8,
+        "causal LMs: steer with up to this many labelled features, naming a topic, to find one whose steered "
+        "continuation shows it (0: no steering example)",
+        flag="steer_candidates",
+        minimum=0,
+    )
+    prompt: str = setting("I think that", "the steering example's prompt", flag="steer_prompt")
+    strength: float = setting(
+        0.5,
+        "the steering example's added norm, as a multiple of the hookpoint's median norm (near 1 the text "
+        "degenerates into repeats)",
+        flag="steer_strength",
+    )
+    max_new_tokens: int = setting(32, "tokens the steering example generates", flag="steer_tokens")
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_numbers(self)
+        if not self.prompt.strip():
+            raise AutointerpError("the steering prompt is empty", "pass a prompt, e.g. --steer-prompt 'I think that'")
+
+
 # ------------------------------------------------------------------------------------------ the run
 
 
@@ -780,8 +807,9 @@ class RunConfig:
     sample_score: ScoreConfig = field(
         default_factory=lambda: ScoreConfig(scorers=("detection", "embedding"), n_top=3, n_strata=2, n_negative=5)
     )
+    steering: SteeringExampleConfig = field(default_factory=SteeringExampleConfig)  # causal LMs only
     intervention_sample: int = setting(
-        256, "causal LMs: score this many of the labels by intervention, a seeded sample (0: none)", minimum=0
+        128, "causal LMs: score this many of the labels by intervention, a seeded sample (0: none)", minimum=0
     )
     regather: bool = setting(
         False, "gather again even when this run was gathered with the same settings (its labels and scores are dropped)"

@@ -70,7 +70,10 @@ class GatherSummary:
             else "SAE health: not evaluated"
         )
         if "loss_recovered" in m:
-            health += f", loss recovered {m['loss_recovered']:.3f}"
+            health += (
+                f", loss recovered {m['loss_recovered']:.3f} (next-token loss clean {m['loss_clean']:.3f}, SAE spliced "
+                f"in {m['loss_spliced']:.3f}, zero-ablated {m['loss_zero_ablated']:.3f} nats/token)"
+            )
         timing = (
             "gather: kept the stored one (same settings; --regather gathers again)"
             if self.reused
@@ -179,7 +182,11 @@ def prepare_sae(cfg: RunConfig, model: SubjectModel, run_id: str, sae: SAE | Non
             )
         return sae, cfg.sae, {}
     x_train, x_held = collect_activations(
-        model, _batches(cfg, model, cfg.train.n_features), cfg.train.train_tokens, cfg.train.holdout_tokens
+        model,
+        _batches(cfg, model, cfg.train.n_features),
+        cfg.train.train_tokens,
+        cfg.train.holdout_tokens,
+        progress=cfg.progress,
     )
     sae, metrics, log = train_topk_sae(x_train, x_held, cfg.train, progress=cfg.progress)
     del x_train
@@ -370,7 +377,13 @@ def _gather(cfg: RunConfig, model_cfg: ModelConfig, sae: SAE | None, g) -> Gathe
         timings["sae"] = time.perf_counter() - t
         ranks = 1 if g is None else g.world.size
         result = run_gather(
-            model, sae, lambda: _batches(cfg, model, sae.d_sae, ranks), cfg.gather, progress=cfg.progress, group=g
+            model,
+            sae,
+            lambda: _batches(cfg, model, sae.d_sae, ranks),
+            cfg.gather,
+            progress=cfg.progress,
+            group=g,
+            expected_tokens=cfg.corpus.max_tokens,
         )
         if not root:
             return None
@@ -654,6 +667,7 @@ def run(cfg: RunConfig, reuse_gather: bool = True, echo=print, sae: SAE | None =
     settings), explain, score, saturate, then the same for the sample judge if any, and the report.
     Each stage's summary is passed to `echo` as it finishes."""
     from autointerp.config import ReportConfig
+    from autointerp.stages.steering import steering_example
     from autointerp.views.compare import sample_lines
     from autointerp.views.report import write_report
 
@@ -701,6 +715,10 @@ def run(cfg: RunConfig, reuse_gather: bool = True, echo=print, sae: SAE | None =
         echo("\n".join(timed("sample saturate", lambda: saturate_labels(sampled, gathered.run_id)).lines()))
         with Store(cfg.project, read_only=True) as store:
             echo("\n".join(sample_lines(store, gathered.run_id, s_explained.explainer, explained.explainer)))
+    if gathered.causal and cfg.steering.candidates:
+        llm_first = ([s_explained.explainer] if cfg.sample_judge is not None else []) + [explained.explainer]
+        example = timed("steering", lambda: steering_example(cfg.project, gathered.run_id, llm_first, cfg.steering))
+        echo("\n".join(example.lines()))
     report = ReportConfig(explainer=explained.explainer)
     files = timed("report", lambda: write_report(cfg.project, gathered.run_id, cfg=report))
     echo(f"report: {files.html}\nsummary: {files.markdown}")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from autointerp.config import CorpusConfig, ModelConfig, TrainConfig
+from autointerp.config import EMBEDDED_MODEL, CorpusConfig, ModelConfig, TrainConfig
 from autointerp.gather.corpus import iter_contexts, iter_documents
 from autointerp.subject.model import SubjectModel
 from autointerp.subject.sae import load_sae
@@ -18,7 +18,7 @@ REPORTS = Path(__file__).resolve().parent.parent / "reports"
 
 
 def embedded_model(device: str = "auto") -> SubjectModel:
-    return SubjectModel(ModelConfig(device=device))
+    return SubjectModel(ModelConfig(name=EMBEDDED_MODEL, device=device))  # the encoder the benchmarks measured
 
 
 def sae_for(model: SubjectModel, sae_path: str | None, n_features: int = 4096):

@@ -27,13 +27,13 @@ import torch
 from autointerp.config import CorpusConfig, GatherConfig
 from autointerp.gather.corpus import iter_contexts, iter_documents
 from autointerp.gather.collect import auto_batch_size, feature_shards, run_gather
-from autointerp.config import ModelConfig
+from autointerp.config import EMBEDDED_MODEL, ModelConfig
 from autointerp.subject.model import SubjectModel
 from autointerp.subject.sae import SAE
 
 n, tokens, budget = int(sys.argv[1]), int(sys.argv[2]), (float(sys.argv[3]) if sys.argv[3] != "none" else None)
 torch.manual_seed(0)
-model = SubjectModel(ModelConfig(device="cpu"))
+model = SubjectModel(ModelConfig(name=EMBEDDED_MODEL, device="cpu"))
 d = model.width
 W_dec = torch.randn(n, d)
 W_dec /= W_dec.norm(dim=1, keepdim=True)

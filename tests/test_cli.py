@@ -199,7 +199,8 @@ sample_judge = "none"
     # The summary ends with where the time went, stage by stage.
     last = first.stdout.strip().splitlines()[-1]
     assert re.fullmatch(
-        r"wall time: gather \d+s, explain \d+s, score \d+s, intervention \d+s, saturate \d+s, report \d+s; total \d+s",
+        r"wall time: gather \d+s, explain \d+s, score \d+s, intervention \d+s, saturate \d+s, steering \d+s, "
+        r"report \d+s; total \d+s",
         last,
     ), last
     written = tmp_path / "p" / "configs" / "r1.toml"

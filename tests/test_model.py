@@ -95,7 +95,9 @@ def test_missing_model_names_the_fix(tmp_path):
 
 
 def test_embedded_model_is_real_minilm():
-    model = SubjectModel(ModelConfig())
+    from autointerp.config import EMBEDDED_MODEL
+
+    model = SubjectModel(ModelConfig(name=EMBEDDED_MODEL))
     assert model.width == 384 and model.model.config.num_hidden_layers == 6
     assert model.tokenizer.convert_ids_to_tokens(model.tokenizer("hello world")["input_ids"]) == [
         "[CLS]",
@@ -106,10 +108,11 @@ def test_embedded_model_is_real_minilm():
 
 
 def test_a_hookpoint_is_required_except_for_the_embedded_models():
-    from autointerp.config import EMBEDDED_LM
+    from autointerp.config import EMBEDDED_LM, EMBEDDED_MODEL
 
     with pytest.raises(AutointerpError, match="no hookpoint given") as err:
         ModelConfig(name="gpt2")
     assert "--hookpoint" in err.value.fix
-    assert ModelConfig().hookpoint == "encoder.layer.2"
-    assert ModelConfig(name=EMBEDDED_LM).hookpoint == "blocks.15.hook_resid_post"
+    assert ModelConfig(name=EMBEDDED_MODEL).hookpoint == "encoder.layer.2"
+    assert ModelConfig().name == EMBEDDED_LM  # the default subject is the causal LM
+    assert ModelConfig().hookpoint == "blocks.15.hook_resid_post"

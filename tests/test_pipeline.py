@@ -370,7 +370,8 @@ def test_configs_stored_before_the_renames_read_as_todays_settings():
 
     today = asdict(RunConfig(sae_id="layer_3", effects=OutputEffectsConfig(mode="projection")))
     stored = {k: v for k, v in today.items() if k != "sae_id"} | {"sae_hookpoint": "layer_3"}
-    stored["effects"] = {"enabled": True, "k": 10, "token_change": False, "strength": 0.5, "n_prompts": 8, "chunk": 64}
+    stored["effects"] = {"enabled": True, "k": 10, "token_change": False, "strength": 0.5, "chunk": 64}
+    stored["effects"]["n_prompts"] = today["effects"]["n_prompts"]
     assert gather_settings(stored) == gather_settings(today)
     stored["effects"]["enabled"] = False  # none is not projection
     assert gather_settings(stored) != gather_settings(today)

@@ -200,3 +200,21 @@ def test_one_text_one_window_and_one_document(pipeline_setup, tmp_path):
     for f, split, kind, rank, _ in rows:
         ranks.setdefault((f, split, kind), []).append(rank)
     assert all(r == list(range(len(r))) for r in ranks.values())
+
+
+def test_vocabulary_entries_read_as_the_tokenizers_own_decoder_reads_them(byte_bpe_tokenizer):
+    """Output effects and token lists show vocabulary entries: byte-level ones decoded from their bytes
+    (what the tokenizer's decoder gives), WordPiece and SentencePiece ones as spelled, ▁ as ␣."""
+    from autointerp.views.text import visible_token
+
+    def marked(text: str) -> str:
+        return text.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥")
+
+    tok = byte_bpe_tokenizer
+    entries = tok.convert_ids_to_tokens(list(range(len(tok))))
+    whole = [t for t in entries if "\ufffd" not in tok.convert_tokens_to_string([t])]
+    assert len(whole) > 300
+    assert [visible_token(t) for t in whole] == [marked(tok.convert_tokens_to_string([t])) for t in whole]
+    pieces = tok.convert_ids_to_tokens(tok(SPICE)["input_ids"])
+    assert any(visible_token(p).startswith("\\x") for p in pieces)  # a multi-byte character split over tokens
+    assert [visible_token(t) for t in ("café", "##ing", "▁the", "<0xE6>")] == ["café", "##ing", "␣the", "<0xE6>"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from html import escape as html_escape
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 
 from autointerp.config import ModelConfig, SteerConfig
 from autointerp.errors import AutointerpError
+from autointerp.stages.steering import says, topic_words
 from autointerp.subject.load import Subject
 from autointerp.subject.model import SubjectModel
 from autointerp.subject.sae import SAE
@@ -281,6 +283,8 @@ def test_causal_lm_path_through_the_cli(pipeline_setup, tmp_path, capsys):
     )
     assert out.returncode == 0, out.stderr
     assert "loss recovered" in out.stdout and "intervention" in out.stdout
+    assert "clean" in out.stdout and "zero-ablated" in out.stdout  # the loss recovered's parts, in nats
+    assert "steering example" in out.stdout and "wall time:" in out.stdout
     con = duckdb.connect(str(tmp_path / "p" / "autointerp.duckdb"), read_only=True)
     kinds = dict(con.execute("SELECT kind, count(DISTINCT feature) FROM output_effects GROUP BY kind").fetchall())
     alive = con.execute("SELECT count(*) FROM features WHERE NOT dead").fetchone()[0]
@@ -292,10 +296,24 @@ def test_causal_lm_path_through_the_cli(pipeline_setup, tmp_path, capsys):
     summary = con.execute("SELECT n_features, metric FROM score_summaries WHERE scorer = 'intervention'").fetchone()
     assert summary == (n_scored, "win_rate")
     metrics = json.loads(con.execute("SELECT sae_metrics FROM runs").fetchone()[0])
+    # The run's steering example: a feature with a topic word in its label, pushed at half the prompt's
+    # median residual norm, the two continuations generated from the same seed.
+    [example] = con.execute(
+        "SELECT feature, explainer, label, added_norm, residual_norm, max_new_tokens, unsteered, steered "
+        "FROM steering WHERE origin = 'run'"
+    ).fetchall()
+    feature_steered, explainer, label, added, residual, tokens, unsteered, steered_text = example
+    stored_label = con.execute(
+        "SELECT label FROM explanations WHERE feature = ? AND explainer = ?", [feature_steered, explainer]
+    ).fetchone()[0]
+    assert label == stored_label and topic_words(label)
+    assert added == pytest.approx(0.5 * residual, rel=1e-3) and tokens == 32
+    assert unsteered and steered_text
     con.close()
     assert {"loss_clean", "loss_spliced", "loss_zero_ablated", "loss_recovered", "l0", "fvu"} <= set(metrics)
     html = next((tmp_path / "p" / "reports").glob("*.html")).read_text()
     assert "promotes:" in html and "suppresses:" in html and "intervention" in html
+    assert "<h2>Steering</h2>" in html and html_escape(steered_text) in html
     assert cli("export", "--project", project, "--format", "neuronpedia").returncode == 0
     rows = [
         json.loads(line)
@@ -333,6 +351,9 @@ def test_causal_lm_path_through_the_cli(pipeline_setup, tmp_path, capsys):
     )
     assert steered.returncode == 0, steered.stderr
     assert "unsteered:" in steered.stdout and "steered:" in steered.stdout and "× max activation" in steered.stdout
+    with duckdb.connect(str(tmp_path / "p" / "autointerp.duckdb"), read_only=True) as con:
+        kept = con.execute("SELECT origin, feature, scale FROM steering ORDER BY created_at").fetchall()
+    assert kept == [("run", feature_steered, pytest.approx(kept[0][2])), ("steer", int(feature), 50.0)]
     assert cli_main(["steer", "--project", project, "--feature", feature, "--scale", "nan"]) == 2
     assert "finite" in capsys.readouterr().err
 
@@ -347,3 +368,14 @@ def test_an_sae_of_another_width_is_refused_before_any_work(tiny_model_dir, tmp_
     with pytest.raises(AutointerpError, match="width 16, but hookpoint 'blocks.1.hook_resid_post' has width 32") as err:
         fit_sae(model, narrow)
     assert "hookpoint the SAE was trained on" in err.value.fix
+
+
+def test_topic_words_are_a_labels_content_words_and_says_matches_their_stems():
+    assert topic_words("Programming languages and the code of them") == ["programming", "languages", "code"]
+    assert topic_words('token "called" (also "named", "titled")') == ["called"]  # not the runners-up
+    assert topic_words('token "," (also "the")') == []  # marks and function words name no topic
+    assert says("She programs in C. Two LANGUAGE files.", ["programming", "languages", "code"]) == [
+        "programming",
+        "languages",
+    ]
+    assert says("the codec", ["code"]) == ["code"] and says("decoded", ["code"]) == []

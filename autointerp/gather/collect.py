@@ -608,10 +608,17 @@ def feature_shards(cfg: GatherConfig, n_features: int, device: torch.device, gro
 
 
 def run_gather(
-    model, sae, batches: Callable[[], Iterable[ContextBatch]], cfg: GatherConfig, progress: bool = True, group=None
+    model,
+    sae,
+    batches: Callable[[], Iterable[ContextBatch]],
+    cfg: GatherConfig,
+    progress: bool = True,
+    group=None,
+    expected_tokens: int | None = None,
 ) -> GatherResult | None:
     """Stream batches through model → SAE → Gatherer. `model` is a SubjectModel, `sae` an SAE on the
     same device, `batches` makes a fresh stream of the corpus for each pass (one per feature shard).
+    expected_tokens (the corpus's token cap, if any) gives the progress bar its total, hence an ETA.
     With a distributed.Group, this rank gathers its share of the contexts and the shares are merged
     into rank 0's result; the other ranks return None."""
     from tqdm.auto import tqdm
@@ -632,7 +639,8 @@ def run_gather(
         label = "gather" if len(shards) == 1 else f"gather, features {lo:,}–{hi - 1:,} (pass {k + 1} of {len(shards)})"
         if group is not None:
             label += f", rank 0 of {group.world.size}"
-        bar = tqdm(desc=label, unit="tok", unit_scale=True, disable=not (progress and root))
+        total = expected_tokens and -(-expected_tokens // (1 if group is None else group.world.size))
+        bar = tqdm(total=total, desc=label, unit="tok", unit_scale=True, disable=not (progress and root))
         stream = batches() if group is None else rank_share(batches(), group.world.rank, group.world.size)
         with torch.inference_mode():
             for batch in stream:

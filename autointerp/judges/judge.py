@@ -255,7 +255,7 @@ def label_headline(label: str) -> str:
 
 
 _OTHER_QUOTES = re.compile(r"(?<!\w)'([^']+)'(?!\w)|`([^`]+)`|“([^”]+)”|‘([^’]+)’")
-_STOPWORDS = frozenset(
+STOPWORDS = frozenset(
     "a an the of in on at to for by with from and or as is are be it its this that such like "
     "token tokens word words after before also feature fires activates text phrase phrases "
     "mention mentions mentioning reference references related e g".split()
@@ -287,7 +287,7 @@ def label_terms(label: str) -> list[Term]:
     if not terms:
         terms = [term for groups in _OTHER_QUOTES.findall(label) for term in _terms_of(next(g for g in groups if g))]
     if not terms:
-        terms = [Term(word) for word in re.findall(r"\w+", label.casefold()) if word not in _STOPWORDS]
+        terms = [Term(word) for word in re.findall(r"\w+", label.casefold()) if word not in STOPWORDS]
     return list(dict.fromkeys(terms))  # unique, in order
 
 

@@ -272,6 +272,20 @@ JOIN vocab v ON v.run_id = e.run_id AND v.token_id = t.token_id
 GROUP BY ALL;
 """,
     ),
+    # Steering experiments (subject/steer.py): a feature's decoder direction pushed into the causal LM,
+    # the steered continuation beside the unsteered one with the same seed. `origin` is "run" for the run's
+    # example (a re-run replaces it) or "steer" for one a user asked for; `label` is the label the feature
+    # was picked by, as it read then, and `why` how it was picked.
+    (
+        "steering",
+        """
+CREATE TABLE steering (
+    run_id VARCHAR, origin VARCHAR, feature INTEGER, explainer VARCHAR, label VARCHAR, why VARCHAR, prompt VARCHAR,
+    mode VARCHAR, scale DOUBLE, activation DOUBLE, added_norm DOUBLE, residual_norm DOUBLE, seed BIGINT,
+    temperature DOUBLE, max_new_tokens INTEGER, unsteered VARCHAR, steered VARCHAR, created_at TIMESTAMP
+);
+""",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

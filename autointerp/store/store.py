@@ -31,7 +31,15 @@ if TYPE_CHECKING:
 GATHER_TABLES = ("features", "examples", "contexts", "documents", "vocab", "output_effects")
 # Tables derived from a run's examples: a new gather of the run deletes them (the LLM call log stays,
 # so labelling the same examples again is served from the cache).
-DERIVED_TABLES = ("explanations", "scores", "score_summaries", "categories", "saturation_steps", "saturation_summary")
+DERIVED_TABLES = (
+    "explanations",
+    "scores",
+    "score_summaries",
+    "categories",
+    "saturation_steps",
+    "saturation_summary",
+    "steering",
+)
 
 
 @dataclass
@@ -80,6 +88,7 @@ def derived_loss(counts: dict[str, int]) -> str:
             (counts.get("scores", 0), "score", "scores"),
             (counts.get("score_summaries", 0), "score summary", "score summaries"),
             (saturation, "saturation row", "saturation rows"),
+            (counts.get("steering", 0), "steering example", "steering examples"),
         )
         if n
     ]
@@ -391,6 +400,27 @@ class Store:
         )
         row = cur.fetchone()
         return None if row is None else dict(zip([d[0] for d in cur.description], row))
+
+    def write_steering(self, run_id: str, origin: str, row: dict) -> None:
+        """Store one steering experiment (the steering table's columns but run_id, origin and created_at).
+        origin "run": the run's example, which replaces the one an earlier run stored; "steer": one a
+        user asked for, kept beside the others."""
+        row = {"run_id": run_id, "origin": origin, **row, "created_at": utc_now()}
+        with transaction(self.con):
+            if origin == "run":
+                self.con.execute("DELETE FROM steering WHERE run_id = ? AND origin = 'run'", [run_id])
+            self.con.execute(
+                f"INSERT INTO steering ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values())
+            )
+
+    def steering(self, run_id: str) -> pd.DataFrame:
+        """The run's steering experiments, newest first (none in a database opened read-only before the
+        migration that adds them)."""
+        if "steering" not in self.table_names():
+            return pd.DataFrame()
+        return self.con.execute(
+            "SELECT * EXCLUDE (run_id) FROM steering WHERE run_id = ? ORDER BY created_at DESC", [run_id]
+        ).df()
 
     def explainers(self, run_id: str) -> list[str]:
         return [

@@ -33,6 +33,8 @@ class SteerResult:
     unsteered: str
     steered: str
     seed: int
+    temperature: float
+    max_new_tokens: int
 
     def lines(self) -> list[str]:
         what = "added" if self.mode == "add" else "clamped at"
@@ -119,8 +121,32 @@ def steer(subject, cfg: SteerConfig) -> SteerResult:
     with model.editing(edit):
         steered = generate()
     return SteerResult(
-        cfg.feature, cfg.prompt, mode, scale, amount, added_norm, residual_norm, unsteered, steered, cfg.seed
+        cfg.feature,
+        cfg.prompt,
+        mode,
+        scale,
+        amount,
+        added_norm,
+        residual_norm,
+        unsteered,
+        steered,
+        cfg.seed,
+        cfg.temperature,
+        cfg.max_new_tokens,
     )
+
+
+def norm_scale(subject, feature: int, prompt: str, strength: float) -> float:
+    """The add-scale (in multiples of the feature's max activation) whose added vector's norm is
+    `strength` × the hookpoint's median norm on `prompt`: one strength for features of any size."""
+    model, sae = subject.model, subject.sae
+    enc = model.tokenizer(prompt, return_tensors="pt")
+    ids, mask = enc.input_ids.to(model.device), enc.attention_mask.to(model.device)
+    with torch.inference_mode():
+        x = model.activations(ids, mask)
+        one = add_edit(sae, feature, subject.feature_max(feature))(x) - x  # one max activation's worth
+    per_max = float(one.float().norm(dim=-1).mean())
+    return strength * content_norm(x, mask) / per_max if per_max > 0 else 0.0
 
 
 # ----------------------------------------------------------------------------

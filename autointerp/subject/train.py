@@ -43,10 +43,15 @@ def held_out_rows(batch: ContextBatch) -> np.ndarray:
 
 
 def collect_activations(
-    model, batches: Iterable[ContextBatch], train_tokens: int, holdout_tokens: int
+    model, batches: Iterable[ContextBatch], train_tokens: int, holdout_tokens: int, progress: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Hookpoint activations of real tokens: held_out_rows go to the held-out set, the rest to training."""
+    from tqdm.auto import tqdm
+
     train, held, n_train, n_held = [], [], 0, 0
+    bar = tqdm(
+        total=train_tokens + holdout_tokens, desc="activations", unit="tok", unit_scale=True, disable=not progress
+    )
     for batch in batches:
         held_rows = held_out_rows(batch)
         if (
@@ -70,8 +75,10 @@ def collect_activations(
                     n_train += len(rows)
                 else:
                     n_held += len(rows)
+        bar.update(min(n_train, train_tokens) + min(n_held, holdout_tokens) - bar.n)
         if n_train >= train_tokens and n_held >= holdout_tokens:
             break
+    bar.close()
     if holdout_tokens > 0 and not held:
         raise AutointerpError(
             "the corpus has fewer than 10 contexts, so no tokens can be held out to evaluate the SAE",

@@ -104,6 +104,7 @@ class ReportData:
     )  # every explainer of the run: name, labelled, failed, per-scorer summary
     agreements: list = field(default_factory=list)  # compare.Agreement of the shown explainer with each other one
     alpha: float = default_of(ScoreConfig, "alpha")  # the level the score stage used for "confident"
+    steering: pd.DataFrame = field(default_factory=pd.DataFrame)  # Store.steering: the run's steering experiments
 
 
 # ----------------------------------------------------------------------------- reading
@@ -272,6 +273,7 @@ def collect(store: Store, run_id: str | None, cfg: ReportConfig) -> ReportData:
         explainers=explainers,
         agreements=agreements,
         alpha=alpha,
+        steering=store.steering(run_id),
     )
 
 
@@ -939,6 +941,7 @@ def _page(d: ReportData, cfg: ReportConfig) -> str:
             f"configuration</summary><pre>{e(json.dumps(run['config'], indent=1, default=str))}</pre></details>",
         ),
         ("health", "SAE health", _kv(_health(d)) + density_svg),
+        *([("steering", "Steering", _steering_html(d))] if len(d.steering) else []),
         ("explainers", "Explainers", _explainers_html(d)),
         (
             "scores",
@@ -992,6 +995,33 @@ def _page(d: ReportData, cfg: ReportConfig) -> str:
     )
 
 
+def steering_facts(row) -> list[tuple[str, str]]:
+    """One steering experiment as (what, text) pairs, the same in HTML and Markdown."""
+    what = "added" if row.mode == "add" else "clamped at"
+    label = _text(row.label)
+    return [
+        ("feature", f"{int(row.feature)}" + (f", labelled {label!r} by {row.explainer}" if label else "")),
+        ("how it was picked", _text(row.why) or "—"),
+        (
+            "edit",
+            f"{what} {row.scale:.3g} × max activation; vector norm {row.added_norm:.3g} = "
+            f"{row.added_norm / row.residual_norm:.2f} × the hookpoint's median norm on the prompt; "
+            f"seed {int(row.seed)}, " + ("greedy" if not row.temperature else f"temperature {row.temperature:g}"),
+        ),
+        ("prompt", str(row.prompt)),
+        ("unsteered", str(row.unsteered)),
+        ("steered", str(row.steered)),
+    ]
+
+
+def _steering_html(d: ReportData) -> str:
+    return (
+        "<p class='muted'>The feature's decoder direction added at the SAE's hookpoint while the model continues the "
+        "prompt; the unsteered continuation has the same seed, so every difference is the edit's.</p>"
+        + "".join(_kv(steering_facts(row)) for row in d.steering.itertuples())
+    )
+
+
 # ----------------------------------------------------------------------------- Markdown
 
 
@@ -1032,6 +1062,10 @@ def render_markdown(d: ReportData, cfg: ReportConfig, html_name: str) -> str:
         "",
     ]
     out += table(["", ""], [[k, v] for k, v in _health(d)])
+    if len(d.steering):
+        out += ["", "## Steering"]
+    for row in d.steering.itertuples():
+        out += [""] + table(["", ""], [[k, _md(v)] for k, v in steering_facts(row)])
     out += ["", "## Scores", ""]
     if d.summary:
         out += table(SCORE_HEADER, [[_md(c) for c in cells] for cells in _score_cells(d.summary)])

@@ -1,0 +1,160 @@
+"""The run's steering example: a labelled feature whose label names a topic, its decoder direction
+pushed into the causal LM (subject/steer.py), the steered continuation beside the unsteered one.
+
+Which feature shows it is not known before trying: a direction can name a topic in its label and
+still only make the model repeat a token. So the stage steers up to `candidates` features whose
+label names a word (free-text labels of the LLM sample first; within one explainer, those whose
+output effects include a label word first, then by detection score) and keeps the first whose
+steered continuation says a word of its label that the unsteered one does not. The strength is one
+unit for all: the added vector's norm as a multiple of the hookpoint's median norm on the prompt
+(steer.py explains why that unit decides fluency). Each try is two short generations; the example
+and how it was picked are stored in `steering`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass
+
+from autointerp.config import SteerConfig, SteeringExampleConfig
+from autointerp.judges.judge import STOPWORDS, label_headline, label_terms
+from autointerp.subject.steer import SteerResult, norm_scale, steer
+
+MIN_WORD = 3  # letters: shorter words ("of", "if") say nothing of a topic
+# Words a label uses that name no topic: the judge's stopwords, pronouns and the like.
+FUNCTION_WORDS = STOPWORDS | frozenset(
+    "she her him his them they their there these those then than what which who when where while not "
+    "but all any some one can has have had was were been being into onto about over under".split()
+)
+
+
+@dataclass
+class Candidate:
+    feature: int
+    explainer: str
+    label: str
+    words: list[str]  # the label's topic words
+
+
+@dataclass
+class SteeringExample:
+    candidate: Candidate | None
+    result: SteerResult | None
+    why: str  # how the feature was picked, or why there is no example
+    tried: int
+    seconds: float
+
+    def lines(self) -> list[str]:
+        if self.result is None or self.candidate is None:
+            return [f"steering example: {self.why}"]
+        c = self.candidate
+        return [
+            f"steering example ({self.seconds:.0f}s): feature {c.feature}, labelled {c.label!r} by {c.explainer}; "
+            f"{self.why}",
+            *("  " + line for line in self.result.lines()),
+        ]
+
+
+def topic_words(label: str) -> list[str]:
+    """The words a label names that could be a topic: alphabetic, at least MIN_WORD letters, not a
+    function word; an offline label's "(also …)" runners-up left out."""
+    words = [t.token for t in label_terms(label_headline(label)) if t.after is None]
+    return [w for w in dict.fromkeys(words) if w.isalpha() and len(w) >= MIN_WORD and w not in FUNCTION_WORDS]
+
+
+def _stem(word: str) -> str:
+    return word[:5] if len(word) > 5 else word  # "programming" matches "program", "programs"
+
+
+def says(text: str, words: list[str]) -> list[str]:
+    """The words (by a 5-letter stem) that occur in text."""
+    found = set(re.findall(r"[^\W\d_]+", text.casefold()))
+    return [w for w in words if any(f.startswith(_stem(w)) for f in found)]
+
+
+def candidates(store, run_id: str, explainers: list[str], limit: int) -> list[Candidate]:
+    """Labelled live features whose label names a topic word: explainers in the order given (the LLM
+    sample first); within one, features that fire on under the dense share of tokens first, then those
+    whose output effects (the tokens their direction promotes, or makes likelier on neutral prompts)
+    include a label word, as they write what they read, then by detection score, best first."""
+    features = store.features(run_id).set_index("feature")
+    dense = features.dense[~features.dead]
+    effects = store.output_effects(run_id)
+    effects = effects[effects.kind.isin(["promoted", "amplified"])]
+    writes = effects.groupby("feature").token.agg(lambda t: " ".join(map(str, t)).replace("Ġ", " "))
+    out: list[Candidate] = []
+    for explainer in explainers:
+        labels = store.explanations(run_id, explainer)
+        labels = labels[(labels.status == "ok") & labels.feature.isin(dense.index)]
+        labels = labels.assign(words=labels.label.map(topic_words))
+        labels = labels[labels.words.map(len) > 0]
+        if labels.empty:
+            continue
+        scores = store.scores(run_id, explainer, "detection")
+        detection = scores[scores.label_source == "true"].groupby("feature").value.first()
+        labels = labels.assign(
+            dense=labels.feature.map(dense).astype(bool),
+            writes=[bool(says(writes.get(f, ""), w)) for f, w in zip(labels.feature, labels.words)],
+            detection=labels.feature.map(detection),
+        ).sort_values(
+            ["dense", "writes", "detection", "feature"], ascending=[True, False, False, True], na_position="last"
+        )
+        for row in labels.itertuples():
+            if all(c.feature != int(row.feature) for c in out):
+                out.append(Candidate(int(row.feature), explainer, row.label, row.words))
+            if len(out) >= limit:
+                return out
+    return out
+
+
+def steering_example(project: str, run_id: str, explainers: list[str], cfg: SteeringExampleConfig) -> SteeringExample:
+    from autointerp.store import Store
+    from autointerp.subject.load import load_subject
+
+    started = time.perf_counter()
+    with Store(project, read_only=True) as store:
+        pool = candidates(store, run_id, explainers, cfg.candidates)
+        subject = load_subject(store, run_id) if pool else None
+    if not pool:
+        return SteeringExample(None, None, "no labelled feature names a topic word", 0, time.perf_counter() - started)
+    best: tuple[int, Candidate, SteerResult, list[str]] | None = None
+    for tried, c in enumerate(pool, 1):
+        scale = norm_scale(subject, c.feature, cfg.prompt, cfg.strength)
+        result = steer(
+            subject,
+            SteerConfig(
+                feature=c.feature, prompt=cfg.prompt, scale=scale, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed
+            ),
+        )
+        gained = [w for w in says(result.steered, c.words) if w not in says(result.unsteered, c.words)]
+        if gained:
+            why = (
+                f"the first of {len(pool)} candidates (labels naming a word; writing it, then best detection first) "
+                "whose steered "
+                f"continuation says {', '.join(repr(w) for w in gained)} and the unsteered one does not "
+                f"({tried} tried)"
+            )
+            return _stored(project, run_id, SteeringExample(c, result, why, tried, time.perf_counter() - started))
+        if best is None:
+            best = (tried, c, result, gained)
+    _, c, result, _ = best
+    why = (
+        f"none of the {len(pool)} candidates' steered continuations says a word of its label; shown: the "
+        "best-scored one"
+    )
+    return _stored(project, run_id, SteeringExample(c, result, why, len(pool), time.perf_counter() - started))
+
+
+def _stored(project: str, run_id: str, example: SteeringExample) -> SteeringExample:
+    from autointerp.store import Store
+
+    c = example.candidate
+    with Store(project) as store:
+        store.write_steering(run_id, "run", steering_row(example.result, c.explainer, c.label, example.why))
+    return example
+
+
+def steering_row(result: SteerResult, explainer: str | None, label: str | None, why: str) -> dict:
+    """The steering table's row for one result."""
+    return asdict(result) | {"explainer": explainer, "label": label, "why": why}
