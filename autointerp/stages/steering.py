@@ -118,7 +118,7 @@ def steering_example(project: str, run_id: str, explainers: list[str], cfg: Stee
         subject = load_subject(store, run_id) if pool else None
     if not pool:
         return SteeringExample(None, None, "no labelled feature names a topic word", 0, time.perf_counter() - started)
-    best: tuple[int, Candidate, SteerResult, list[str]] | None = None
+    first: tuple[Candidate, SteerResult] | None = None  # the best-scored try, shown if none says its label
     for tried, c in enumerate(pool, 1):
         scale = norm_scale(subject, c.feature, cfg.prompt, cfg.strength)
         result = steer(
@@ -136,9 +136,8 @@ def steering_example(project: str, run_id: str, explainers: list[str], cfg: Stee
                 f"({tried} tried)"
             )
             return _stored(project, run_id, SteeringExample(c, result, why, tried, time.perf_counter() - started))
-        if best is None:
-            best = (tried, c, result, gained)
-    _, c, result, _ = best
+        first = first or (c, result)
+    c, result = first
     why = (
         f"none of the {len(pool)} candidates' steered continuations says a word of its label; shown: the "
         "best-scored one"
