@@ -143,6 +143,11 @@ def feature_spec(text: str) -> list[int]:
     return list(dict.fromkeys(out))
 
 
+def bar_or_off(text: str) -> float | None:
+    """'0.9' → 0.9; 'off' → None."""
+    return None if text.strip().casefold() == "off" else float(text)
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -508,6 +513,14 @@ class ExplainConfig:
     seed: int = setting(0, "seed of that sample", flag="sample_seed", minimum=0, maximum=2**32 - 1)
     redo: bool = setting(
         False, "label again features this judge labelled before (default: keep them and label the rest)"
+    )
+    triage: float | None = setting(
+        0.9,
+        "an LLM judge labels only features whose free token label scores below this detection (balanced accuracy, "
+        "on explain-split windows no score reads); the others keep the token label at no call ('off': the LLM "
+        "labels all)",
+        parse=bar_or_off,
+        maximum=1,
     )
     chunk: int = 512  # features per store write (and per stop-rule check)
     # Stop labelling once saturation coverage reaches this target (None: label every feature).

@@ -30,6 +30,7 @@ from autointerp.llm.client import Completion, LLMClient, RunTotals
 from autointerp.stages.explain import explain_tasks, select_features
 from autointerp.stages.score.scorers import SCORERS, Item, chosen
 from autointerp.stages.score.stage import load_held_out, select_scored
+from autointerp.stages.triage import triage
 from autointerp.store import Store
 
 TYPICAL_LABEL = "the name of a function argument in Python documentation"
@@ -209,7 +210,13 @@ async def estimate_costs(
     labels = {int(r.feature): r.label for r in stored.itertuples() if r.status == "ok"}
     if explain_stage:
         cfg = explain_cfg.for_judge(judge_config.provider)
-        chosen = select_features(store, run_id, cfg)
+        routes = None
+        if cfg.triage is not None:  # as explain does: the token route costs no call
+            every = select_features(store, run_id, replace(cfg, sample=None))
+            routes = triage(store, run_id, every, cfg, write=False)
+            if cfg.sample is None:
+                labels |= {f: routes.tests.label[f] for f in routes.token if f in set(every) and f not in labels}
+        chosen = select_features(store, run_id, cfg, exclude=routes.token if routes else ())
         todo = chosen if cfg.redo else [f for f in chosen if f not in labels]
         n_labelled = 0
         for tasks in explain_tasks(store, run_id, todo, cfg):
@@ -218,13 +225,18 @@ async def estimate_costs(
                 labels[task.feature] = TYPICAL_LABEL
             n_labelled += len(tasks)
         skipped = len(chosen) - len(todo)
-        out.stages.append(
-            StageEstimate(
-                f"explain ({n_labelled:,} features)",
-                client.take("explain"),
-                f"{skipped:,} labelled earlier, skipped" if skipped else "",
+        tally = client.take("explain")
+        notes = [f"{skipped:,} labelled earlier, skipped"] if skipped else []
+        if routes is not None:
+            saved = Tally()
+            saved.add(tally, len(routes.token) / max(tally.calls, 1))
+            cost = out.cost(saved)
+            notes.append(
+                f"triage: {len(routes.token):,} of {len(every):,} features keep their token label; "
+                f"{len(routes.token):,} calls saved"
+                + ("" if cost is None or not tally.calls else f", about ${cost:,.2f}")
             )
-        )
+        out.stages.append(StageEstimate(f"explain ({n_labelled:,} features)", tally, "; ".join(notes)))
     if score_stage:
         await _score_stages(out, client, judge, store, run_id, labels, score_cfg)
     if codebook_batch:

@@ -7,17 +7,20 @@ one chunk, and a re-run is served from the response cache.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
-from autointerp.config import ExplainConfig
+from autointerp.config import OFFLINE, ExplainConfig
 from autointerp.errors import AutointerpError
 from autointerp.judges.judge import Judge, map_bounded
 from autointerp.judges.prompts import activation_marks
 from autointerp.records import ExplainTask, FeatureSnippets, JudgeAnswer, Snippet
 from autointerp.stages.saturate import CoverageStop
+from autointerp.stages.triage import Routes, triage
 from autointerp.store import Store
 
 # Prompt sizes by judge: a 1.5B model on two CPU cores reads ~50 tokens/s, so its prompt is the
@@ -35,6 +38,7 @@ class ExplainSummary:
     usage: str = ""  # LLM calls, tokens and cost, when an LLM judge ran
     skipped: int = 0  # chosen features this explainer had labelled already
     seconds: float = 0.0  # wall time of the stage
+    triage: list[str] = field(default_factory=list)  # the routes and what they saved, when triage ran
 
     def lines(self) -> list[str]:
         kinds = ", ".join(f"{k} {v}" for k, v in self.failures.items())
@@ -46,7 +50,7 @@ class ExplainSummary:
         stop = (
             [f"stop rule: coverage target reached; {self.saved_calls:,} judge calls saved"] if self.saved_calls else []
         )
-        return [line] + stop + ([self.usage] if self.usage else [])
+        return self.triage + [line] + stop + ([self.usage] if self.usage else [])
 
 
 def trim(snippet: Snippet, context: int) -> Snippet:
@@ -88,9 +92,10 @@ def explain_task(fs: FeatureSnippets, cfg: ExplainConfig) -> ExplainTask:
     )
 
 
-def select_features(store: Store, run_id: str, cfg: ExplainConfig) -> list[int]:
+def select_features(store: Store, run_id: str, cfg: ExplainConfig, exclude: Collection[int] = ()) -> list[int]:
     """The features to label, in labelling order: the given ones or every alive one, the first
-    max_features of them, then a seeded random sample (kept in feature order), nested across sizes."""
+    max_features of them, less `exclude` (those triage keeps from the LLM), then a seeded random
+    sample (kept in feature order), nested across sizes."""
     if cfg.features is not None:
         d_sae = int(store.run(run_id)["d_sae"])
         beyond = [f for f in cfg.features if f >= d_sae]
@@ -103,6 +108,9 @@ def select_features(store: Store, run_id: str, cfg: ExplainConfig) -> list[int]:
     chosen = cfg.features if cfg.features is not None else store.alive_features(run_id, include_dense=True)
     if cfg.max_features is not None:
         chosen = chosen[: cfg.max_features]
+    if exclude:
+        excluded = set(exclude)
+        chosen = [f for f in chosen if f not in excluded]
     if cfg.sample is not None and cfg.sample < len(chosen):
         # A prefix of one seeded permutation: a larger sample holds every feature of a smaller one, so
         # growing a sample (RunConfig.llm_minutes) labels only the features added.
@@ -142,9 +150,15 @@ async def explain(
 
     cfg = cfg.for_judge(judge.settings.get("provider"))
     explainer = judge.name
-    features = select_features(store, run_id, cfg)
     stored = store.explanations(run_id, explainer)
     done = stored[stored.status == "ok"]
+    routes = None
+    if cfg.triage is not None and judge.settings.get("provider") != OFFLINE:
+        chosen = select_features(store, run_id, replace(cfg, sample=None))
+        routes = triage(store, run_id, chosen, cfg)
+        if cfg.sample is None:  # labelling them all: the token route's labels are this explainer's too
+            _write_token_labels(store, run_id, explainer, routes, chosen, set() if cfg.redo else set(done.feature))
+    features = select_features(store, run_id, cfg, exclude=routes.token if routes else ())
     todo = features if cfg.redo else [f for f in features if f not in set(done.feature.tolist())]
     bar = tqdm(total=len(todo), desc="explain", unit="feat", disable=not progress)
     failures: dict[str, int] = {}
@@ -153,6 +167,8 @@ async def explain(
     stop = CoverageStop(cfg.stop_coverage, cfg.stop_min_labels, cfg.stop_threshold) if cfg.stop_coverage else None
     if stop is not None and len(done) and not cfg.redo:
         stop.add(done.sort_values("position").label.tolist())
+
+    started = time.perf_counter()
 
     def on_done(answer) -> None:
         totals["tokens"] += answer.prompt_tokens + answer.completion_tokens
@@ -177,6 +193,7 @@ async def explain(
                 "prompt_hash": pd.array([a.prompt_hash for a in answers], dtype="string"),
                 "n_snippets": pd.array([len(t.snippets) for t in tasks], dtype="int32"),
                 "call_id": pd.array([a.call_id for a in answers], dtype="Int64"),
+                "route": pd.array(["llm" if routes else None] * len(tasks), dtype="string"),
             }
         )
         if call_log is not None:
@@ -196,4 +213,44 @@ async def explain(
         failures,
         stop.saved_calls(len(features)) if stop else 0,
         skipped=skipped,
+        triage=routes.lines(len(chosen), _saved(routes, n_done, totals["cost"], time.perf_counter() - started))
+        if routes
+        else [],
     )
+
+
+def _write_token_labels(
+    store: Store, run_id: str, explainer: str, routes: Routes, chosen: list[int], labelled: set[int]
+) -> None:
+    """Store the token route's labels under this explainer, as it would label them all: no call, marked
+    route "token"; a feature it labelled already keeps that label."""
+    token = [f for f in chosen if f in set(routes.token) and f not in labelled]
+    if not token:
+        return
+    labels = routes.tests.label.reindex(token)
+    store.write_explanations(
+        run_id,
+        explainer,
+        pd.DataFrame(
+            {
+                "feature": pd.array(token, dtype="int32"),
+                "label": pd.array(labels.tolist(), dtype="string"),
+                "status": "ok",
+                "route": "token",
+            }
+        ),
+    )
+
+
+def _saved(routes: Routes, n_calls: int, cost: float, seconds: float) -> str:
+    """What the token route saved: one explain call a feature, priced at this run's average call."""
+    n = len(routes.token)
+    if not n:
+        return ""
+    if n_calls and cost > 0:
+        worth = f" (about ${n * cost / n_calls:,.2f} at this run's ${cost / n_calls:.4f} a call)"
+    elif n_calls:
+        worth = f" (about {n * seconds / n_calls / 60:,.0f} min at this run's {seconds / n_calls:.1f} s a call)"
+    else:
+        worth = ""
+    return f"{n:,} explain calls saved{worth}"

@@ -3,12 +3,12 @@ pushed into the causal LM (subject/steer.py), the steered continuation beside th
 
 Which feature shows it is not known before trying: a direction can name a topic in its label and
 still only make the model repeat a token. So the stage steers up to `candidates` features whose
-label names a word (free-text labels of the LLM sample first; within one explainer, those whose
-output effects include a label word first, then by detection score) and keeps the first whose
-steered continuation says a word of its label that the unsteered one does not. The strength is one
-unit for all: the added vector's norm as a multiple of the hookpoint's median norm on the prompt
-(steer.py explains why that unit decides fluency). Each try is two short generations; the example
-and how it was picked are stored in `steering`.
+label names a word (those whose output effects include a label word first, as they write what
+they read; then the LLM sample's free-text labels; then by detection score) and keeps the first
+whose steered continuation says a word of its label that the unsteered one does not. The strength
+is one unit for all: the added vector's norm as a multiple of the hookpoint's median norm on the
+prompt (steer.py explains why that unit decides fluency). Each try is one short generation beside
+the unsteered one, generated once; the example and how it was picked are stored in `steering`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import asdict, dataclass
+
+import pandas as pd
 
 from autointerp.config import SteerConfig, SteeringExampleConfig
 from autointerp.judges.judge import STOPWORDS, label_headline, label_terms
@@ -74,17 +76,18 @@ def says(text: str, words: list[str]) -> list[str]:
 
 
 def candidates(store, run_id: str, explainers: list[str], limit: int) -> list[Candidate]:
-    """Labelled live features whose label names a topic word: explainers in the order given (the LLM
-    sample first); within one, features that fire on under the dense share of tokens first, then those
-    whose output effects (the tokens their direction promotes, or makes likelier on neutral prompts)
-    include a label word, as they write what they read, then by detection score, best first."""
+    """Labelled live features whose label names a topic word, best bets first: features that fire on
+    under the dense share of tokens; then those whose output effects (the tokens their direction
+    promotes, or makes likelier on neutral prompts) include a label word, as they write what they read
+    and steering shows it; then by explainer in the order given (the LLM sample first); then by
+    detection score. A feature labelled by two explainers is tried once, under the first."""
     features = store.features(run_id).set_index("feature")
     dense = features.dense[~features.dead]
     effects = store.output_effects(run_id)
     effects = effects[effects.kind.isin(["promoted", "amplified"])]
     writes = effects.groupby("feature").token.agg(lambda t: " ".join(map(str, t)).replace("Ġ", " "))
-    out: list[Candidate] = []
-    for explainer in explainers:
+    pool = []
+    for rank, explainer in enumerate(explainers):
         labels = store.explanations(run_id, explainer)
         labels = labels[(labels.status == "ok") & labels.feature.isin(dense.index)]
         labels = labels.assign(words=labels.label.map(topic_words))
@@ -93,19 +96,28 @@ def candidates(store, run_id: str, explainers: list[str], limit: int) -> list[Ca
             continue
         scores = store.scores(run_id, explainer, "detection")
         detection = scores[scores.label_source == "true"].groupby("feature").value.first()
-        labels = labels.assign(
-            dense=labels.feature.map(dense).astype(bool),
-            writes=[bool(says(writes.get(f, ""), w)) for f, w in zip(labels.feature, labels.words)],
-            detection=labels.feature.map(detection),
-        ).sort_values(
-            ["dense", "writes", "detection", "feature"], ascending=[True, False, False, True], na_position="last"
+        pool.append(
+            labels.assign(
+                explainer=explainer,
+                rank=rank,
+                dense=labels.feature.map(dense).astype(bool),
+                writes=[bool(says(writes.get(f, ""), w)) for f, w in zip(labels.feature, labels.words)],
+                detection=labels.feature.map(detection),
+            )
         )
-        for row in labels.itertuples():
-            if all(c.feature != int(row.feature) for c in out):
-                out.append(Candidate(int(row.feature), explainer, row.label, row.words))
-            if len(out) >= limit:
-                return out
-    return out
+    if not pool:
+        return []
+    ordered = (
+        pd.concat(pool)
+        .sort_values(
+            ["dense", "writes", "rank", "detection", "feature"],
+            ascending=[True, False, True, False, True],
+            na_position="last",
+        )
+        .drop_duplicates("feature")
+        .head(limit)
+    )
+    return [Candidate(int(r.feature), r.explainer, r.label, r.words) for r in ordered.itertuples()]
 
 
 def steering_example(project: str, run_id: str, explainers: list[str], cfg: SteeringExampleConfig) -> SteeringExample:
@@ -118,7 +130,8 @@ def steering_example(project: str, run_id: str, explainers: list[str], cfg: Stee
         subject = load_subject(store, run_id) if pool else None
     if not pool:
         return SteeringExample(None, None, "no labelled feature names a topic word", 0, time.perf_counter() - started)
-    first: tuple[Candidate, SteerResult] | None = None  # the best-scored try, shown if none says its label
+    first: tuple[Candidate, SteerResult] | None = None  # the best bet's try, shown if none says its label
+    unsteered = None  # the same for every feature: generated once
     for tried, c in enumerate(pool, 1):
         scale = norm_scale(subject, c.feature, cfg.prompt, cfg.strength)
         result = steer(
@@ -126,12 +139,14 @@ def steering_example(project: str, run_id: str, explainers: list[str], cfg: Stee
             SteerConfig(
                 feature=c.feature, prompt=cfg.prompt, scale=scale, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed
             ),
+            unsteered,
         )
+        unsteered = result.unsteered
         gained = [w for w in says(result.steered, c.words) if w not in says(result.unsteered, c.words)]
         if gained:
             why = (
-                f"the first of {len(pool)} candidates (labels naming a word; writing it, then best detection first) "
-                "whose steered "
+                f"the first of {len(pool)} candidates (labels naming a word; features writing it first, then the "
+                "LLM's labels, then by detection) whose steered "
                 f"continuation says {', '.join(repr(w) for w in gained)} and the unsteered one does not "
                 f"({tried} tried)"
             )
@@ -140,7 +155,7 @@ def steering_example(project: str, run_id: str, explainers: list[str], cfg: Stee
     c, result = first
     why = (
         f"none of the {len(pool)} candidates' steered continuations says a word of its label; shown: the "
-        "best-scored one"
+        "first one tried"
     )
     return _stored(project, run_id, SteeringExample(c, result, why, len(pool), time.perf_counter() - started))
 

@@ -286,6 +286,20 @@ CREATE TABLE steering (
 );
 """,
     ),
+    # Triage before an LLM explains (stages/triage.py): each feature's free token label and its detection
+    # on explain-split windows the offline explainer did not read, under the key of the windows it read;
+    # `label` NULL when there was nothing to test; `route` as the last triage set it. An LLM explainer's
+    # label carries its route: "token" (the token label kept, no call) or "llm"; NULL without triage.
+    (
+        "triage",
+        """
+CREATE TABLE triage (
+    run_id VARCHAR, key VARCHAR, feature INTEGER, label VARCHAR, value DOUBLE, ci_low DOUBLE, ci_high DOUBLE,
+    n INTEGER, p_value DOUBLE, route VARCHAR, created_at TIMESTAMP
+);
+ALTER TABLE explanations ADD COLUMN route VARCHAR;
+""",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -422,6 +422,36 @@ class Store:
             "SELECT * EXCLUDE (run_id) FROM steering WHERE run_id = ? ORDER BY created_at DESC", [run_id]
         ).df()
 
+    def write_triage(self, run_id: str, key: str, rows: pd.DataFrame) -> None:
+        """Store triage tests and routes (stages/triage.py; rows: feature, label, value, ci_low, ci_high, n,
+        p_value, route) under `key`, replacing those of the same features; tests under another key are
+        dropped, as a re-run with other fitting windows makes them stale."""
+        columns = ["feature", "label", "value", "ci_low", "ci_high", "n", "p_value", "route"]
+        frame = rows.reindex(columns=columns).assign(run_id=run_id, key=key, created_at=utc_now())
+        frame = frame.astype(
+            {"feature": "int32", "label": "string", "route": "string", "n": "Int32"}
+            | dict.fromkeys(["value", "ci_low", "ci_high", "p_value"], "float64")
+        )
+        with transaction(self.con):
+            self.con.execute("DELETE FROM triage WHERE run_id = ? AND key <> ?", [run_id, key])
+            replace_rows(
+                self.con,
+                "triage",
+                pa.Table.from_pandas(frame, preserve_index=False),
+                "run_id = ? AND feature IN (SELECT feature FROM incoming)",
+                [run_id],
+                own_transaction=False,
+            )
+
+    def triage(self, run_id: str, key: str | None = None) -> pd.DataFrame:
+        """The run's triage tests (under `key`, when given), by feature; none before the migration."""
+        if "triage" not in self.table_names():
+            return pd.DataFrame(columns=["feature", "label", "value", "ci_low", "ci_high", "n", "p_value", "route"])
+        sql, args = "SELECT * EXCLUDE (run_id) FROM triage WHERE run_id = ?", [run_id]
+        if key is not None:
+            sql, args = sql + " AND key = ?", args + [key]
+        return self.con.execute(sql + " ORDER BY feature", args).df()
+
     def explainers(self, run_id: str) -> list[str]:
         return [
             r[0]

@@ -73,8 +73,10 @@ def content_norm(acts: torch.Tensor, attention_mask: torch.Tensor) -> float:
     return float(norms.median()) if len(norms) else float(acts.norm(dim=-1).median())
 
 
-def steer(subject, cfg: SteerConfig) -> SteerResult:
-    """The steered and the unsteered continuation of cfg.prompt, with the same seed."""
+def steer(subject, cfg: SteerConfig, unsteered: str | None = None) -> SteerResult:
+    """The steered and the unsteered continuation of cfg.prompt, with the same seed. `unsteered`, when
+    given, is that continuation from an earlier call with the same prompt and generation settings, which
+    no feature changes: a caller trying many features generates it once."""
     model, sae = subject.model, subject.sae
     model.require_causal("steering")
     top = subject.feature_max(cfg.feature)
@@ -117,7 +119,7 @@ def steer(subject, cfg: SteerConfig) -> SteerResult:
             )
         return model.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
-    unsteered = generate()
+    unsteered = generate() if unsteered is None else unsteered
     with model.editing(edit):
         steered = generate()
     return SteerResult(

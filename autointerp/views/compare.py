@@ -148,4 +148,30 @@ def sample_lines(store, run_id: str, sample: str, main: str) -> list[str]:
         + (f" ({', '.join(f'{k} {v}' for k, v in kinds.items())})" if kinds else "")
     )
     out.append("  " + agreement(store, run_id, sample, ok_labels(labels), main, other_ok).line())
+    return out + ["  " + line for line in route_lines(store, run_id, [main, sample])]
+
+
+def route_lines(store, run_id: str, explainers: list[str]) -> list[str]:
+    """Where triage sent the features, and how each explainer's labels of each route score by detection
+    on the score split: the token route is where the free token label held up on the explain split."""
+    routes = store.triage(run_id)
+    if routes.empty:
+        return []
+    token = set(routes.feature[routes.route == "token"])
+    llm = set(routes.feature) - token
+
+    def detection(explainer: str, features: set) -> str:
+        rows = store.scores(run_id, explainer, "detection")
+        rows = rows[(rows.label_source == "true") & (rows.status == "ok") & rows.feature.isin(features)]
+        if rows.empty:
+            return "not scored"
+        v = rows.value
+        return (
+            f"detection median {v.median():.3f} (IQR {v.quantile(0.25):.3f}-{v.quantile(0.75):.3f}) over "
+            f"{len(v):,}, {int((rows.p_value < 0.01).sum()):,} confident (p < 0.01)"
+        )
+
+    out = [f"triage routes: {len(token):,} features to their token label, {len(llm):,} to the LLM"]
+    for explainer in explainers:
+        out.append(f"  {explainer}: token route {detection(explainer, token)}; LLM route {detection(explainer, llm)}")
     return out

@@ -105,6 +105,7 @@ class ReportData:
     agreements: list = field(default_factory=list)  # compare.Agreement of the shown explainer with each other one
     alpha: float = default_of(ScoreConfig, "alpha")  # the level the score stage used for "confident"
     steering: pd.DataFrame = field(default_factory=pd.DataFrame)  # Store.steering: the run's steering experiments
+    routes: list[str] = field(default_factory=list)  # compare.route_lines: triage's routes and how each scores
 
 
 # ----------------------------------------------------------------------------- reading
@@ -185,7 +186,7 @@ def _explainer_rows(store: Store, run_id: str, names: list[str]) -> list[dict]:
 
 def collect(store: Store, run_id: str | None, cfg: ReportConfig) -> ReportData:
     from autointerp.stages.score.stage import HEADLINE
-    from autointerp.views.compare import agreement, ok_labels
+    from autointerp.views.compare import agreement, ok_labels, route_lines
 
     run = store.run(run_id)
     run_id = run["run_id"]
@@ -274,6 +275,7 @@ def collect(store: Store, run_id: str | None, cfg: ReportConfig) -> ReportData:
         agreements=agreements,
         alpha=alpha,
         steering=store.steering(run_id),
+        routes=route_lines(store, run_id, [x["explainer"] for x in explainers]),
     )
 
 
@@ -614,11 +616,16 @@ def _explainer_table(d: ReportData) -> tuple[list[str], list[list[str]]]:
 
 
 def _explainers_html(d: ReportData) -> str:
+    routes = "".join(f"<li>{e(line)}</li>" for line in d.routes)
+    routes = f"<ul>{routes}</ul>" if routes else ""
     if len(d.explainers) < 2:
-        return f'<p class="muted">one explainer ({e(d.explainer or "none")}); label with another judge to compare</p>'
+        return (
+            f'<p class="muted">one explainer ({e(d.explainer or "none")}); label with another judge to compare</p>'
+            + routes
+        )
     header, rows = _explainer_table(d)
     agree = "".join(f"<li>{e(a.line())}</li>" for a in d.agreements)
-    return _table(header, [[e(c) for c in r] for r in rows]) + f"<ul>{agree}</ul>"
+    return _table(header, [[e(c) for c in r] for r in rows]) + f"<ul>{agree}</ul>" + routes
 
 
 def _verdict_class(verdict: str) -> str:
@@ -1079,6 +1086,7 @@ def render_markdown(d: ReportData, cfg: ReportConfig, html_name: str) -> str:
             + [""]
             + [f"- {_md(a.line())}" for a in d.agreements]
         )
+    out += [""] + [f"- {_md(line)}" for line in d.routes] if d.routes else []
     out += ["", "## Saturation", ""]
     if not d.saturation:
         out.append(NOT_SATURATED_YET)

@@ -1,0 +1,131 @@
+"""Triage before the LLM: the free token label, tested on explain-split windows the offline explainer
+did not read, keeps the features it already predicts and sends the rest to the LLM."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import numpy as np
+import pytest
+
+from autointerp.config import ExplainConfig, GatherConfig
+from autointerp.judges.judge import OfflineJudge
+from autointerp.records import FeatureSnippets, JudgeAnswer, Snippet
+from autointerp.stages.explain import explain
+from autointerp.stages.triage import check_token_label, split_windows
+from autointerp.store import Store
+
+WORDS = [" the", " a", " of", " river", " house", " green", " under", " seven", " paper", " quick"]
+
+
+def _window(rng, kind: str, i: int, fires_on: str | None, quantile: int | None = None) -> Snippet:
+    tokens = [str(w) for w in rng.choice(WORDS, 12)]
+    acts = [0.0] * 12
+    if fires_on is not None:
+        at = int(rng.integers(12))
+        tokens[at] = fires_on
+        acts[at] = 5.0 if kind == "top" else 1.0
+    return Snippet(
+        feature=7,
+        split="explain",
+        kind=kind,
+        context_id=i,
+        tokens=tuple(tokens),
+        activations=None if kind == "negative" else tuple(acts),
+        max_activation=max(acts),
+        quantile=quantile,
+    )
+
+
+def _feature(check_hits: int, seed: int = 0) -> FeatureSnippets:
+    """A feature firing on " cat" in the 10 top and 10 quantile windows the offline explainer reads;
+    of the 40 top and 40 quantile windows it does not read, the first `check_hits` of each kind fire
+    on " cat" too, the others on a token that varies. Negatives never hold " cat"."""
+    rng = np.random.default_rng(seed)
+    top = [_window(rng, "top", i, " cat" if i < 10 or i - 10 < check_hits else f" w{i}") for i in range(50)]
+    # Quantile windows are read one bin at a time (bins 0-9, five each): the first of each bin is read.
+    quantile = [
+        _window(
+            rng, "quantile", 100 + 10 * j + b, " cat" if j == 0 or (j - 1) * 10 + b < check_hits else f" q{j}{b}", b
+        )
+        for b in range(10)
+        for j in range(5)
+    ]
+    negatives = [_window(rng, "negative", 1000 + i, None) for i in range(50)]
+    return FeatureSnippets(7, 5.0, 0.01, explain=top + quantile, explain_negatives=negatives)
+
+
+def test_the_token_label_is_tested_on_the_windows_it_was_not_fitted_on():
+    fs = _feature(check_hits=40)
+    shown, active, negatives = split_windows(fs, ExplainConfig())
+    assert {s.context_id for s in shown} & {s.context_id for s in active} == set()
+    assert len(shown) == 20 and len(active) == 80 and len(negatives) == 40  # the offline judge reads 10 + 10 + 10
+    row = check_token_label(fs, ExplainConfig())
+    assert row["label"] == 'token "cat"'
+    assert row["value"] == 1.0 and row["p_value"] < 1e-6
+
+
+@pytest.mark.parametrize("hits", [0, 20, 36])
+def test_its_detection_is_the_balanced_accuracy_of_the_held_back_windows(hits):
+    row = check_token_label(_feature(check_hits=hits), ExplainConfig())
+    # 80 held-back activating windows, `hits` of each kind hold " cat"; no negative does.
+    expected = (2 * hits / 80 + 1.0) / 2
+    assert row["label"] == 'token "cat"' and row["value"] == pytest.approx(expected)
+
+
+class CountingLLM(OfflineJudge):
+    """Stands in for an LLM judge (triage applies to any judge but the offline one): counts its calls."""
+
+    name = "standin:llm"
+    settings = {"provider": "openai_compatible", "model": "standin"}
+
+    def __init__(self):
+        self.asked: list[int] = []
+
+    async def explain(self, task):
+        self.asked.append(task.feature)
+        return JudgeAnswer("a label from the LLM", raw="a label from the LLM")
+
+
+@pytest.fixture
+def project(pipeline_setup, tmp_path_factory, tmp_path):
+    from conftest import pipeline_config
+
+    from autointerp.pipeline import gather
+
+    base = tmp_path_factory.getbasetemp() / "triage-gathered"
+    if not (base / "autointerp.duckdb").exists():  # windows enough to fit on half and test on the rest
+        banks = GatherConfig(n_top=12, n_bins=4, per_bin=3, n_negative=12, window=8, batch_size=4)
+        gather(pipeline_config(pipeline_setup, base, gather=banks))
+    shutil.copy(base / "autointerp.duckdb", tmp_path / "autointerp.duckdb")
+    return tmp_path
+
+
+def _explain(project, cfg: ExplainConfig):
+    judge = CountingLLM()
+    with Store(project) as store:
+        summary = asyncio.run(explain(store, "r1", judge, cfg, progress=False))
+        return judge, summary, store.explanations("r1", judge.name), store.triage("r1")
+
+
+def test_features_whose_token_label_holds_cost_no_call(project):
+    judge, summary, labels, triage = _explain(project, ExplainConfig(triage=0.8))
+    token = set(triage.feature[triage.route == "token"])
+    assert token and set(triage.feature) - token, "the tiny run should have features of both routes"
+    assert set(judge.asked) == set(triage.feature) - token
+    kept = labels[labels.route == "token"].set_index("feature")
+    assert set(kept.index) == token and kept.call_id.isna().all()
+    assert (kept.label == triage.set_index("feature").label.reindex(kept.index)).all()
+    assert (labels[labels.route == "llm"].label == "a label from the LLM").all()
+    assert f"{len(token):,} explain calls saved" in "\n".join(summary.lines())
+    # With triage off, the LLM labels every feature.
+    judge, _, labels, _ = _explain(project, ExplainConfig(triage=None, redo=True))
+    assert set(judge.asked) == set(triage.feature) and (labels.label == "a label from the LLM").all()
+
+
+def test_an_llm_sample_is_drawn_from_the_features_triage_sends_to_it(project):
+    judge, _, labels, triage = _explain(project, ExplainConfig(triage=0.8, sample=3))
+    llm = set(triage.feature[triage.route == "llm"])
+    assert len(judge.asked) == 3 and set(judge.asked) <= llm
+    assert set(labels.feature) == set(judge.asked)  # a sample leaves the token route to the offline labels
