@@ -143,6 +143,21 @@ def feature_spec(text: str) -> list[int]:
     return list(dict.fromkeys(out))
 
 
+# What an explainer may see beside the marked examples (ExplainConfig.views).
+EXPLAIN_VIEWS = ("activations", "contrast", "outputs")
+
+
+def view_list(text: str) -> tuple[str, ...]:
+    """'activations,outputs' → ('activations', 'outputs'); 'none' → ()."""
+    names = comma_list(text)
+    if names == ("none",):
+        return ()
+    unknown = [n for n in names if n not in EXPLAIN_VIEWS]
+    if unknown:
+        raise ValueError(f"unknown view(s) {', '.join(unknown)}; choose from {', '.join(EXPLAIN_VIEWS)}, or none")
+    return names
+
+
 def bar_or_off(text: str) -> float | None:
     """'0.9' → 0.9; 'off' → None."""
     return None if text.strip().casefold() == "off" else float(text)
@@ -503,7 +518,16 @@ class ExplainConfig:
     n_top: int | None = None  # max-activating explain snippets shown (None: the judge's default, its provider's)
     n_quantile: int | None = None  # plus quantile samples, spread over the bins
     context: int | None = None  # tokens kept each side of a snippet's marked tokens (None: the judge's; 0: all)
-    show_activations: bool = False  # list each marked token with its activation 0-10 under its example
+    views: tuple[str, ...] = setting(
+        EXPLAIN_VIEWS,
+        "what the explainer sees beside the marked examples, comma-separated: activations (each marked token's "
+        "activation, 0-10), contrast (explain-split windows where the feature stays silent though they hold its "
+        "most frequent tokens), outputs (causal LMs: the tokens its direction promotes and suppresses, and those "
+        "it makes likelier when amplified); none: the examples alone",
+        parse=view_list,
+    )
+    n_contrast: int = 3  # silent windows shown with the contrast view
+    n_outputs: int = 8  # tokens of each kind shown with the outputs view
     n_negative: int = 10  # negatives (used by judges that contrast, e.g. the offline one)
     features: list[int] | None = setting(
         None, "only these features: indices and ranges, e.g. 0-99,512", parse=feature_spec
@@ -532,6 +556,11 @@ class ExplainConfig:
 
     def __post_init__(self) -> None:
         check_numbers(self)
+        unknown = [v for v in self.views if v not in EXPLAIN_VIEWS]
+        if unknown:
+            raise AutointerpError(
+                f"unknown explainer view(s) {unknown}", f"choose from {', '.join(EXPLAIN_VIEWS)} (--views), or none"
+            )
 
     def for_judge(self, provider: str | None) -> ExplainConfig:
         """This config with the judge's defaults filled in where none was given: a provider's own

@@ -76,7 +76,9 @@ class ExplainTask(JudgeTask):
     snippets: list[Snippet]  # activating explain-split snippets
     negatives: list[Snippet]  # explain-split negatives (contrast for judges that use it)
     max_activation: float
-    show_activations: bool = False  # prompts list each marked token's activation 0-10
+    views: tuple[str, ...] = ()  # what the prompt shows beside the examples (config.EXPLAIN_VIEWS)
+    contrast: list[Snippet] = field(default_factory=list)  # silent windows holding its frequent tokens
+    outputs: dict[str, list[str]] = field(default_factory=dict)  # effect kind → tokens, causal LMs
 
 
 @dataclass

@@ -52,7 +52,8 @@ async def main(args) -> dict:
     out = {"features": features, "variants": {}}
     try:
         for name, (top, quantile, context, with_acts) in VARIANTS.items():
-            cfg = ExplainConfig(n_top=top, n_quantile=quantile, context=context, show_activations=with_acts)
+            views = ("activations",) if with_acts else ()
+            cfg = ExplainConfig(n_top=top, n_quantile=quantile, context=context, views=views)
             rows = []
             for fs in chunk:
                 t0 = time.perf_counter()

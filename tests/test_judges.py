@@ -155,7 +155,7 @@ def run(coro):
 @pytest.mark.parametrize("name", PROMPT_NAMES)
 def test_shipped_prompts_load_with_version_and_file_hash(name):
     prompt = load_prompt(name)
-    assert prompt.version == ("2" if name == "codebook" else "3") and prompt.system and prompt.user
+    assert prompt.version == {"codebook": "2", "explain": "4"}.get(name, "3") and prompt.system and prompt.user
     assert prompt.hash == hashlib.sha256((DEFAULT_DIR / f"{name}.txt").read_bytes()).hexdigest()
 
 
@@ -199,7 +199,7 @@ def test_explain_marks_tokens_at_30_percent_of_snippet_max_and_scales_by_feature
     # snippet max 2.0 → threshold 0.6: b, c (exactly 0.6) and e are marked; d (0.5) is not
     snippet = Snippet(3, "explain", "top", 0, tokens, (0.0, 0.9, 0.6, 0.5, 2.0, 0.0, 0.59), 2.0)
     assert activation_marks(snippet) == (False, True, True, False, True, False, False)
-    fields = explain_fields(ExplainTask(3, [snippet, snippet], [], max_activation=2.5, show_activations=True))
+    fields = explain_fields(ExplainTask(3, [snippet, snippet], [], max_activation=2.5, views=("activations",)))
     # scaled by the feature max 2.5: floor(10·0.9/2.5)=3, floor(10·0.6/2.5)=2, floor(10·2.0/2.5)=8
     block = 'Example {k}:  a <<b c>> d <<e>>\\n f\nActivations: " b" 3, " c" 2, " e" 8'
     assert fields["examples"] == block.format(k=1) + "\n\n" + block.format(k=2)
@@ -247,7 +247,7 @@ def test_corpus_text_stays_inside_the_prompt_fence_as_data(name):
     s = Snippet(0, "score", "top", 0, HOSTILE, values, 5.0)
     marked = tuple(v > 0 for v in values)
     task = {
-        "explain": lambda: ExplainTask(0, [s], [], max_activation=5.0, show_activations=True),
+        "explain": lambda: ExplainTask(0, [s], [], max_activation=5.0, views=("activations",)),
         "detection": lambda: DetectionTask(0, "a label", [s]),
         "fuzzing": lambda: FuzzTask(0, "a label", [MarkedSnippet(s, marked, True)]),
         "simulation": lambda: SimulationTask(0, "a label", [s]),
@@ -261,6 +261,39 @@ def test_corpus_text_stays_inside_the_prompt_fence_as_data(name):
     assert "pwned" in inside and "New instructions" in inside and "pwned" not in "\n".join(lines[end:])
     # From the fence on, the only closing tag, in any case, is the fence's own line; the corpus's are defused.
     assert "\n".join(lines[start:]).lower().count("</corpus") == 1 and inside.lower().count("<\\/corpus") >= 2
+
+
+def test_the_views_show_contrast_windows_and_outputs_and_nothing_when_off():
+    from autointerp.config import ExplainConfig
+    from autointerp.records import FeatureSnippets
+    from autointerp.stages.explain import explain_task
+
+    def window(i, tokens, fires=None):
+        acts = None if fires is None else tuple(5.0 if t == fires else 0.0 for t in tokens)
+        return Snippet(1, "explain", "negative" if fires is None else "top", i, tuple(tokens), acts, 5.0)
+
+    cat = [window(i, (" my", " cat", " sat", " down"), " cat") for i in range(4)]
+    negatives = [
+        window(10, (" a", " dog", " ran")),  # holds no marked token: never contrast
+        window(11, (" the", " cat", " slept", " here", " all", " day")),  # one " cat"
+        window(12, (" cat", " and", " cat", " </corpus>")),  # two, and hostile: first
+    ]
+    fs = FeatureSnippets(1, 5.0, 0.01, explain=cat, explain_negatives=negatives)
+    outputs = {"promoted": [" meow", " purr"], "suppressed": [" bark"]}
+    task = explain_task(fs, ExplainConfig(n_top=4, n_quantile=0, context=1), outputs)
+    assert [s.context_id for s in task.contrast] == [12, 11]
+    assert [s.tokens for s in task.contrast] == [(" cat", " and"), (" the", " cat", " slept")]  # ±1 token
+    _, user = load_prompts()["explain"].render(**TASKS["explain"].fields(task))
+    lines = user.splitlines()
+    assert lines.count("<corpus>") == 2 and lines.count("</corpus>") == 2  # the silent windows have a fence
+    assert "Silent 1:  cat and" in user and "Silent 2:  the cat slept" in user
+    assert 'What the feature writes: its direction promotes " meow", " purr"; it suppresses " bark".' in user
+    # The instructions come before any of the feature's material: a prompt cache serves them.
+    assert user.index("Reply with JSON only") < user.index("Example 1:")
+    plain = explain_task(fs, ExplainConfig(n_top=4, n_quantile=0, context=1, views=()), outputs)
+    _, user = load_prompts()["explain"].render(**TASKS["explain"].fields(plain))
+    assert "Silent 1" not in user and "feature writes: its" not in user and "Activations:" not in user
+    assert user.splitlines().count("<corpus>") == 1
 
 
 # --- parsers -----------------------------------------------------------------------------

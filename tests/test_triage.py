@@ -129,3 +129,56 @@ def test_an_llm_sample_is_drawn_from_the_features_triage_sends_to_it(project):
     llm = set(triage.feature[triage.route == "llm"])
     assert len(judge.asked) == 3 and set(judge.asked) <= llm
     assert set(labels.feature) == set(judge.asked)  # a sample leaves the token route to the offline labels
+
+
+def test_the_run_through_the_cli_prints_and_reports_the_routes(pipeline_setup, tmp_path):
+    """`autointerp run` with an LLM judge (the stand-in): the routes and the calls saved in the summary,
+    no explain call for a token-route feature, the routes in the report, and `estimate` counting them."""
+    import os
+    import subprocess
+    import sys
+
+    import duckdb
+    from standin_responder import TaskResponder
+    from standin_server import StandinServer
+    from test_llm_path import gather_args
+
+    key = "sk-triage-0123456789"
+    project = tmp_path / "p"
+    args = gather_args(pipeline_setup, project)
+    for flag, value in (("--n-top", "12"), ("--n-bins", "4"), ("--per-bin", "3"), ("--n-negative", "12")):
+        args[args.index(flag) + 1] = value
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OPENAI_API_KEY": key}
+    with StandinServer(api_key=key, responder=TaskResponder()) as server:
+        judge = ["--judge", "openai", "--judge-model", "standin-model", "--base-url", server.openai_base_url]
+        common = [*args, *judge, "--triage", "0.8"]
+        run = [*common, "--scorers", "detection", "--sample-judge", "none", "--intervention-sample", "0"]
+        out = subprocess.run(
+            [sys.executable, "-m", "autointerp", "run", *run], capture_output=True, text=True, env=env, timeout=600
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        estimate = subprocess.run(
+            [sys.executable, "-m", "autointerp", "estimate", *common, "--redo"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+    assert estimate.returncode == 0, estimate.stdout + estimate.stderr
+    with duckdb.connect(str(project / "autointerp.duckdb"), read_only=True) as db:
+        routes = dict(db.execute("SELECT feature, route FROM triage").fetchall())
+        explained = {
+            f for (f,) in db.execute("SELECT DISTINCT feature FROM llm_calls WHERE purpose = 'explain'").fetchall()
+        }
+        labels = dict(db.execute("SELECT feature, route FROM explanations WHERE explainer LIKE 'openai:%'").fetchall())
+        scored = {
+            f for (f,) in db.execute("SELECT DISTINCT feature FROM scores WHERE explainer LIKE 'openai:%'").fetchall()
+        }
+    token = {f for f, r in routes.items() if r == "token"}
+    assert token and explained == set(routes) - token and labels == routes
+    assert token <= scored  # both routes are scored alike
+    assert f"triage: {len(token):,} of {len(routes):,} features keep their free token label" in out.stdout
+    assert f"{len(token):,} explain calls saved" in out.stdout
+    html = next((project / "reports").glob("*.html")).read_text()
+    assert f"triage routes: {len(token):,} features keep their token label" in html
+    assert f"triage: {len(token):,} of {len(routes):,} features keep their token label" in estimate.stdout

@@ -233,17 +233,28 @@ def _quoted(token: str) -> str:
 FREQUENT = 5  # the most often marked tokens listed under the examples
 
 
+# How the outputs view words each kind of output effect (subject/effects.py).
+OUTPUT_WORDS = {
+    "promoted": "its direction promotes",
+    "suppressed": "it suppresses",
+    "amplified": "amplified, it makes the model likelier to say",
+}
+
+
 def explain_fields(task: ExplainTask) -> dict[str, object]:
-    """examples: numbered examples with their marks; with task.show_activations, each followed by its
+    """examples: numbered examples with their marks; with the activations view, each followed by its
     marked tokens and their activations 0-10 (scaled by the feature's max). frequent: the marked
-    tokens that recur most often (stripped, case-folded), a hint small models need."""
+    tokens that recur most often (stripped, case-folded), a hint small models need. contrast: with
+    that view, the silent windows holding those tokens, fenced as corpus text. outputs: with that view,
+    the tokens the feature writes. A view with nothing to show renders as nothing."""
     blocks = []
     counts: Counter = Counter()
+    activations = "activations" in task.views
     for k, snippet in enumerate(task.snippets, 1):
         marks = activation_marks(snippet)
         counts.update(t.strip().casefold() for t, m in zip(snippet.tokens, marks) if m and t.strip())
         block = f"Example {k}: {mark_text(snippet.tokens, marks)}"
-        if task.show_activations:
+        if activations:
             listed = [
                 f"{_quoted(tok)} {normalise(a, task.max_activation)}"
                 for tok, a, m in zip(snippet.tokens, snippet.values(), marks)
@@ -252,7 +263,26 @@ def explain_fields(task: ExplainTask) -> dict[str, object]:
             block += f"\nActivations: {', '.join(listed) or 'none'}"
         blocks.append(block)
     frequent = ", ".join(_quoted(t) for t, _ in counts.most_common(FREQUENT)) or "none"
-    return {"examples": ("\n\n" if task.show_activations else "\n").join(blocks), "frequent": frequent}
+    contrast = ""
+    if task.contrast:
+        lines = "\n".join(
+            f"Silent {k}: {mark_text(s.tokens, [False] * len(s.tokens))}" for k, s in enumerate(task.contrast, 1)
+        )
+        contrast = (
+            f"\nThe feature stays silent on these, though they hold the same tokens:\n<corpus>\n{lines}\n</corpus>\n"
+        )
+    said = [
+        f"{OUTPUT_WORDS.get(kind, kind)} {', '.join(_quoted(t) for t in tokens)}"
+        for kind, tokens in task.outputs.items()
+        if tokens
+    ]
+    outputs = f"\nWhat the feature writes: {'; '.join(said)}." if said else ""
+    return {
+        "examples": ("\n\n" if activations else "\n").join(blocks),
+        "frequent": frequent,
+        "contrast": contrast,
+        "outputs": outputs,
+    }
 
 
 def detection_fields(task: DetectionTask) -> dict[str, object]:
@@ -446,7 +476,7 @@ def _snippet_count(task: Any) -> dict[str, Any]:
 # Every judge task by prompt name (records.JudgeTask.prompt): the judge asks each through this row.
 TASKS: dict[str, TaskFormat] = {
     "explain": TaskFormat(
-        frozenset({"examples", "frequent"}),
+        frozenset({"examples", "frequent", "contrast", "outputs"}),
         frozenset({"examples"}),
         explain_fields,
         lambda task: {},

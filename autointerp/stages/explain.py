@@ -8,6 +8,7 @@ one chunk, and a re-run is served from the response cache.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 
@@ -17,11 +18,13 @@ import pandas as pd
 from autointerp.config import OFFLINE, ExplainConfig
 from autointerp.errors import AutointerpError
 from autointerp.judges.judge import Judge, map_bounded
-from autointerp.judges.prompts import activation_marks
+from autointerp.judges.prompts import FREQUENT, activation_marks
 from autointerp.records import ExplainTask, FeatureSnippets, JudgeAnswer, Snippet
 from autointerp.stages.saturate import CoverageStop
 from autointerp.stages.triage import Routes, triage
 from autointerp.store import Store
+
+ALL_NEGATIVES = 1_000_000  # no cap: the contrast view looks through every explain-split negative
 
 # Prompt sizes by judge: a 1.5B model on two CPU cores reads ~50 tokens/s, so its prompt is the
 # budget (measured in bench/local_judge.py); an API model reads the full set.
@@ -82,14 +85,49 @@ def explain_snippets(fs: FeatureSnippets, cfg: ExplainConfig) -> list[Snippet]:
     return [trim(s, cfg.context or 0) for s in top + quantile]
 
 
-def explain_task(fs: FeatureSnippets, cfg: ExplainConfig) -> ExplainTask:
+def contrast_windows(fs: FeatureSnippets, shown: list[Snippet], cfg: ExplainConfig) -> list[Snippet]:
+    """Hard negatives: explain-split windows where the feature stays silent though they hold the tokens
+    it is marked on most often, those holding most of them first, each cut to cfg.context tokens either
+    side of the first such token. None when no silent window holds one."""
+    marked = Counter(
+        t.strip().casefold() for s in shown for t, m in zip(s.tokens, activation_marks(s)) if m and t.strip()
+    )
+    frequent = {t for t, _ in marked.most_common(FREQUENT)}
+    held = [[t.strip().casefold() in frequent for t in s.tokens] for s in fs.explain_negatives]
+    order = sorted((i for i, hits in enumerate(held) if any(hits)), key=lambda i: (-sum(held[i]), i))
+    out = []
+    for i in order[: cfg.n_contrast]:
+        s, first = fs.explain_negatives[i], held[i].index(True)
+        lo, hi = (max(0, first - cfg.context), first + cfg.context + 1) if cfg.context else (0, len(s.tokens))
+        out.append(replace(s, tokens=s.tokens[lo:hi]))
+    return out
+
+
+def explain_task(fs: FeatureSnippets, cfg: ExplainConfig, outputs: dict[str, list[str]] | None = None) -> ExplainTask:
+    """What the explainer is shown of one feature: its examples and, by cfg.views, their activations,
+    contrast windows and (given `outputs`) what it writes."""
+    snippets = explain_snippets(fs, cfg)
     return ExplainTask(
         fs.feature,
-        explain_snippets(fs, cfg),
+        snippets,
         fs.explain_negatives[: cfg.n_negative],
         fs.max_activation,
-        cfg.show_activations,
+        cfg.views,
+        contrast_windows(fs, snippets, cfg) if "contrast" in cfg.views else [],
+        (outputs or {}) if "outputs" in cfg.views else {},
     )
+
+
+def output_tokens(store: Store, run_id: str, features: list[int], cfg: ExplainConfig) -> dict[int, dict]:
+    """feature → effect kind → its top tokens as text (the outputs view; empty without output effects)."""
+    if "outputs" not in cfg.views:
+        return {}
+    effects = store.output_effects(run_id, features)
+    effects = effects[effects["rank"] < cfg.n_outputs]
+    out: dict[int, dict] = {}
+    for (feature, kind), rows in effects.groupby(["feature", "kind"]):
+        out.setdefault(int(feature), {})[kind] = rows.sort_values("rank").piece.tolist()
+    return out
 
 
 def select_features(store: Store, run_id: str, cfg: ExplainConfig, exclude: Collection[int] = ()) -> list[int]:
@@ -122,14 +160,14 @@ def select_features(store: Store, run_id: str, cfg: ExplainConfig, exclude: Coll
 def explain_tasks(store: Store, run_id: str, features: list[int], cfg: ExplainConfig):
     """The explain tasks of `features`, a chunk (cfg.chunk features) at a time, from their explain-split
     snippets; features without any are left out."""
+    negatives = max(cfg.n_negative, ALL_NEGATIVES if "contrast" in cfg.views else 0)
     for start in range(0, len(features), cfg.chunk):
+        part = features[start : start + cfg.chunk]
         chunk = store.feature_snippets(
-            run_id,
-            features[start : start + cfg.chunk],
-            split="explain",
-            max_per_kind={"top": cfg.n_top, "negative": cfg.n_negative},
+            run_id, part, split="explain", max_per_kind={"top": cfg.n_top, "negative": negatives}
         )
-        yield [explain_task(fs, cfg) for fs in chunk if fs.explain]
+        outputs = output_tokens(store, run_id, part, cfg)
+        yield [explain_task(fs, cfg, outputs.get(fs.feature)) for fs in chunk if fs.explain]
 
 
 async def _explain_one(judge: Judge, task: ExplainTask, on_done) -> JudgeAnswer:

@@ -225,12 +225,13 @@ class Store:
         return out
 
     def output_effects(self, run_id: str, features: list[int] | None = None) -> pd.DataFrame:
-        """feature, kind (promoted | suppressed | amplified), rank, token_id, token, value; empty when
-        none were computed."""
+        """feature, kind (promoted | suppressed | amplified), rank, token_id, token, piece (the text it
+        stands for), value; empty when none were computed."""
         where = "" if features is None else "AND e.feature IN (SELECT UNNEST(?::INTEGER[]))"
         args = [run_id] + ([list(map(int, features))] if features is not None else [])
         return self.con.execute(
-            f"""SELECT e.feature, e.kind, e.rank, e.token_id, v.token, e.value FROM output_effects e
+            f"""SELECT e.feature, e.kind, e.rank, e.token_id, v.token, coalesce(v.piece, v.token) AS piece, e.value
+                FROM output_effects e
                 LEFT JOIN vocab v ON v.run_id = e.run_id AND v.token_id = e.token_id
                 WHERE e.run_id = ? {where} ORDER BY e.feature, e.kind, e.rank""",
             args,

@@ -171,7 +171,10 @@ def route_lines(store, run_id: str, explainers: list[str]) -> list[str]:
             f"{len(v):,}, {int((rows.p_value < 0.01).sum()):,} confident (p < 0.01)"
         )
 
-    out = [f"triage routes: {len(token):,} features to their token label, {len(llm):,} to the LLM"]
+    out = [
+        f"triage routes: {len(token):,} features keep their token label ({len(token):,} explain calls saved), "
+        f"{len(llm):,} go to the LLM"
+    ]
     for explainer in explainers:
         out.append(f"  {explainer}: token route {detection(explainer, token)}; LLM route {detection(explainer, llm)}")
     return out
