@@ -361,3 +361,12 @@ def test_95_percent_intervals_cover_the_truth_93_to_97_percent_of_the_time_at_n_
     }
     print("coverage", rates)
     assert all(0.93 <= rate <= 0.97 for rate in rates.values()), rates
+
+
+def test_lift_over_the_floor_is_the_mean_excess_with_nan_left_out():
+    from autointerp.stats.metrics import lift_over
+
+    values = [0.6, 0.8, float("nan"), 1.0, 0.7]
+    e = lift_over(values, 0.5, n_boot=2000, seed=1)
+    assert e.value == pytest.approx(np.mean([0.1, 0.3, 0.5, 0.2])) and e.n == 4
+    assert 0.1 <= e.ci_low < e.value < e.ci_high <= 0.5  # bootstrap means lie within the excesses' range

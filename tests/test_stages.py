@@ -336,6 +336,10 @@ def test_the_shuffle_control_samples_features_until_the_gap_is_known_well_enough
     assert strict["n_controls"] == n and strict["calls_saved"] == 0  # ±0.001 needs every feature
     assert everyone["n_controls"] == n and everyone["control"] == "all"
     assert stored.n_controls == n and stored.verdict == everyone["verdict"]  # the summary is stored as computed
+    # The lift over the floor: the mean own-label score less the constant answer's balanced accuracy, 0.5.
+    own = controlled[(controlled.label_source == "true") & (controlled.status == "ok")].value.to_numpy()
+    assert stored.lift == pytest.approx(own.mean() - 0.5) and stored.chance == 0.5
+    assert stored.lift_low <= stored.lift <= stored.lift_high
 
 
 def test_a_rerun_keeps_the_scores_of_the_same_label_judge_and_settings(fresh_project):

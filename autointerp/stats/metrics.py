@@ -433,6 +433,13 @@ def shuffle_gap(true: Sequence[float], shuffled: Sequence[float], *, n_boot: int
     return Estimate(float(diff.mean()), *_percentile_ci(diff[idx].mean(axis=1)), n, method)
 
 
+def lift_over(values: Sequence[float], floor: float, *, n_boot: int = 1000, seed: int = 0) -> Estimate:
+    """Mean of values − floor over features (NaN left out), with shuffle_gap's bootstrap interval: what a
+    score adds to the trivial answer's (the floor), read with its uncertainty."""
+    v = _floats("values", values, allow_nan=True)
+    return shuffle_gap(v, np.full(len(v), float(floor)), n_boot=n_boot, seed=seed)
+
+
 def gap_verdict(gap: Estimate) -> str:
     """Plain-language reading of a `shuffle_gap` result.
 

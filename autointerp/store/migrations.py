@@ -300,6 +300,18 @@ CREATE TABLE triage (
 ALTER TABLE explanations ADD COLUMN route VARCHAR;
 """,
     ),
+    # Each scorer's lift over its floor: the mean score less what the constant answer scores (the
+    # scorer's chance: balanced accuracy, AUROC and win rate give a constant answer 0.5 exactly), with a
+    # bootstrap 95% interval over features.
+    (
+        "score lift",
+        """
+ALTER TABLE score_summaries ADD COLUMN mean DOUBLE;
+ALTER TABLE score_summaries ADD COLUMN lift DOUBLE;
+ALTER TABLE score_summaries ADD COLUMN lift_low DOUBLE;
+ALTER TABLE score_summaries ADD COLUMN lift_high DOUBLE;
+""",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

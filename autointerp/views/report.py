@@ -642,6 +642,7 @@ SCORE_HEADER = [
     "failed",
     "undefined",
     "confident",
+    "lift over floor [95% CI]",
     "controls",
     "shuffled median",
     "gap [95% CI]",
@@ -662,6 +663,7 @@ def _score_cells(summary: dict[str, dict]) -> list[list[str]]:
             f"{v['n_failed']:,}",
             f"{v['n_undefined']:,}",
             f"{v['n_confident']:,} (p < {v['alpha']:g})",
+            _lift(v),
             f"{v['n_controls']:,} ({v['control']})",
             _num(v["shuffled_median"]),
             f"{_num(v['gap'])} [{_num(v['gap_low'])}, {_num(v['gap_high'])}] over {v['n_pairs']:,} pairs"
@@ -670,6 +672,16 @@ def _score_cells(summary: dict[str, dict]) -> list[list[str]]:
         ]
         for s, v in summary.items()
     ]
+
+
+def _lift(v: dict) -> str:
+    """The mean score less the constant answer's (the scorer's chance), with its interval; — for
+    summaries stored before lifts were."""
+    lift = v.get("lift")
+    if lift is None or math.isnan(lift):
+        return "—"
+    low, high = (_num(v[k]) if math.isnan(v[k]) else f"{v[k]:+.3f}" for k in ("lift_low", "lift_high"))
+    return f"{lift:+.3f} [{low}, {high}] over {_num(v['chance'])}"
 
 
 def _score_rows(summary: dict[str, dict]) -> list[list[str]]:
@@ -954,7 +966,7 @@ def _page(d: ReportData, cfg: ReportConfig) -> str:
             "scores",
             "Scores",
             (
-                _table(SCORE_HEADER, _score_rows(d.summary), (3, 5, 6, 7, 8, 9, 10))
+                _table(SCORE_HEADER, _score_rows(d.summary), (3, 5, 6, 7, 8, 9, 10, 11))
                 + "<p class='muted'>confident: the feature's one-sided permutation test rejects a label unrelated to "
                 "the activations, "
                 "on the feature's own snippets. The shuffle control scores a sample of features with another feature's "

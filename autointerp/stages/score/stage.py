@@ -68,14 +68,25 @@ class ScoreSummary:
         return out + ([self.usage] if self.usage else [])
 
 
+def _missing(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
 def summary_line(scorer: str, s: dict) -> str:
-    f = lambda x: "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"  # noqa: E731
+    f = lambda x: "—" if _missing(x) else f"{x:.3f}"  # noqa: E731
+    signed = lambda x: "—" if _missing(x) else f"{x:+.3f}"  # noqa: E731
     line = (
         f"  {scorer:<10} {s['metric']} median {f(s['median'])} (IQR {f(s['q25'])}–{f(s['q75'])}) over {s['n_ok']:,} of "
         f"{s['n_features']:,} features"
         + (f"; {s['n_failed']:,} failed" if s["n_failed"] else "")
         + (f"; {s['n_undefined']:,} undefined" if s["n_undefined"] else "")
         + f"; confident {s['n_confident']:,} (one-sided permutation test, p < {s['alpha']:g})"
+        + (
+            f"; mean {f(s['mean'])}, lift over the floor {f(s['chance'])} (a trivial answer's): {signed(s['lift'])} "
+            f"[{signed(s['lift_low'])}, {signed(s['lift_high'])}]"
+            if not _missing(s.get("lift"))
+            else ""
+        )
     )
     if s["n_controls"]:
         line += (
@@ -347,6 +358,7 @@ def _summary(rows: pd.DataFrame, scorer: Scorer, cfg: ScoreConfig, n_features: i
         else None
     )
     n_controls = len(both)
+    lift = metrics.lift_over(values, scorer.chance, n_boot=cfg.n_boot, seed=cfg.seed)
     quantile = lambda q: float(values.quantile(q)) if len(values) else math.nan  # noqa: E731
     return {
         "metric": scorer.metric,
@@ -355,6 +367,10 @@ def _summary(rows: pd.DataFrame, scorer: Scorer, cfg: ScoreConfig, n_features: i
         "n_ok": int(len(ok)),
         "n_failed": int((own.status == "failed").sum()),
         "n_undefined": int((own.status == "undefined").sum()),
+        "mean": float(values.mean()) if len(values) else math.nan,
+        "lift": lift.value,
+        "lift_low": lift.ci_low,
+        "lift_high": lift.ci_high,
         "median": quantile(0.5),
         "q25": quantile(0.25),
         "q75": quantile(0.75),
