@@ -583,8 +583,9 @@ class ExplainConfig:
 class ScoreConfig:
     scorers: tuple[str, ...] | None = setting(
         None,
-        "comma-separated subset of detection,fuzzing,simulation,embedding,intervention; unset: every scorer that "
-        "reads only inputs, all but intervention, which runs the subject model, a causal LM, per feature",
+        "comma-separated subset of detection,fuzzing,simulation,embedding,coherence (label-free),intervention; "
+        "unset: every scorer that reads only inputs, all but intervention, which runs the subject model, a causal "
+        "LM, per feature",
         parse=comma_list,
     )
     n_top: int = 5  # held-out highest windows per feature

@@ -2,8 +2,8 @@
 
 1. Views: the same features (the LLM route of the run's triage, a seeded sample) labelled by the
    local judge with each view of ExplainConfig.views (none, each alone, all), every label scored by
-   detection and fuzzing on the score split by the same judge, at the score stage's sizes
-   (ScoreConfig defaults: 5 top + 5 strata windows against 10 negatives). Per view: mean score
+   detection and fuzzing on the score split by the same judge, at the sizes the run scores its LLM
+   sample with (3 top + 2 strata windows against 5 negatives, one prompt). Per view: mean score
    with a bootstrap 95% interval over features, and the paired difference against "none".
 2. Prompt cache: explain and detection prompts at concurrency 1, as shipped (the shared
    instructions first, so llama-cpp-python reuses the previous prompt's KV cache for that prefix)
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autointerp.config import ExplainConfig, LLMConfig, ScoreConfig
+from autointerp.config import ExplainConfig, LLMConfig, RunConfig
 from autointerp.judges.judge import LLMJudge
 from autointerp.judges.prompts import TASKS, load_prompts
 from autointerp.llm.client import MemoryCallStore
@@ -82,7 +82,7 @@ def boot(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
 
 async def views(server, store, run_id, features) -> dict:
     judge = judge_on(server)
-    score_cfg = ScoreConfig()
+    score_cfg = RunConfig().sample_score  # as the run scores its LLM sample: 3 top + 2 strata + 5 negatives
     snippets = {
         fs.feature: held_out(fs, score_cfg.n_top, score_cfg.n_strata, score_cfg.n_negative, score_cfg.seed)
         for fs in store.feature_snippets(run_id, features, split="score")
@@ -214,7 +214,8 @@ def write(result: dict, reports: Path) -> None:
         "## Views",
         "",
         "Each feature labelled with each view; each label scored by detection and fuzzing on the score split "
-        "(5 top + 5 strata windows against 10 negatives) by the same judge. Mean over features with a bootstrap "
+        "(3 top + 2 strata windows against 5 negatives, as the run scores its LLM sample) by the same judge. "
+        "Mean over features with a bootstrap "
         "95% interval; the paired difference against the examples alone.",
         "",
         "| view | labels | prompt tokens | explain s | detection | vs none | fuzzing | vs none |",
@@ -244,8 +245,8 @@ def write(result: dict, reports: Path) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--project", default="project")
-    parser.add_argument("--features", type=int, default=10)
-    parser.add_argument("--cache-features", type=int, default=8)
+    parser.add_argument("--features", type=int, default=8)
+    parser.add_argument("--cache-features", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reports", default=str(Path(__file__).resolve().parent.parent / "reports"))
     args = parser.parse_args()

@@ -289,7 +289,7 @@ def test_the_views_show_contrast_windows_and_outputs_and_nothing_when_off():
     assert "Silent 1:  cat and" in user and "Silent 2:  the cat slept" in user
     assert 'What the feature writes: its direction promotes " meow", " purr"; it suppresses " bark".' in user
     # The instructions come before any of the feature's material: a prompt cache serves them.
-    assert user.index("Reply with JSON only") < user.index("Example 1:")
+    assert user.index("Your label, of at most 12 words") < user.index("Example 1:")
     plain = explain_task(fs, ExplainConfig(n_top=4, n_quantile=0, context=1, views=()), outputs)
     _, user = load_prompts()["explain"].render(**TASKS["explain"].fields(plain))
     assert "Silent 1" not in user and "feature writes: its" not in user and "Activations:" not in user

@@ -41,7 +41,7 @@ def planted_run(tmp_path_factory):
             "--n-top",
             "10",
             "--scorers",
-            "detection,fuzzing",
+            "detection,fuzzing,coherence",
             "--sample-judge",
             "none",
             "--quiet",
@@ -85,6 +85,20 @@ def test_concepts_score_high_and_meaningless_directions_at_chance(planted_run, s
     assert concept >= 0.90 and random <= 0.60 and random_confident <= 0.05
     assert random < plain < concept  # random directions on the sphere carry token identity at this layer
     assert f"  {scorer}" in stdout and "confident" in stdout
+
+
+def test_the_label_free_score_puts_concepts_above_meaningless_directions(planted_run):
+    """Coherence reads no label: concept latents' windows (each holding the planted word) hang together,
+    directions that mean nothing sit at chance and are almost never called coherent."""
+    planted, _, own, stdout, _ = planted_run
+    concept, concept_confident = _medians(own, "coherence", list(planted.concepts))
+    random, random_confident = _medians(own, "coherence", planted.random)
+    print(
+        f"coherence: concepts {concept:.3f} ({concept_confident:.0%} confident), meaningless directions "
+        f"{random:.3f} ({random_confident:.0%} confident)"
+    )
+    assert concept > random and abs(random - 0.5) <= 0.1 and random_confident <= 0.05
+    assert "label-free: no shuffle control" in stdout
 
 
 def test_meaningless_latents_look_doubtful_on_their_cards(planted_run):

@@ -7,6 +7,7 @@ import html
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -358,6 +359,20 @@ def test_low_confidence_reasons():
     assert [k for k, _ in low_confidence(card, cfg, alpha=0.01)] == ["detection not above the null"]
     card.scores = {"simulation": ScoreCell("pearson", float("nan"), float("nan"), float("nan"), 0, "failed")}
     assert [k for k, _ in low_confidence(card, cfg, alpha=0.01)] == ["simulation failed", "no detection"]
+
+
+def test_the_label_free_score_says_whether_the_label_or_the_feature_is_poor():
+    cfg = ReportConfig()
+    card = FeatureCard(0, 10, 0.1, 1.0, False, False, np.zeros(66), label="x", label_status="ok")
+    weak = ScoreCell("balanced_accuracy", 0.6, 0.4, 0.8, 20, "ok", p_value=0.2)
+    strong = ScoreCell("balanced_accuracy", 0.95, 0.8, 1.0, 20, "ok", p_value=0.001)
+    coherent = ScoreCell("auroc", 0.9, 0.7, 1.0, 12, "ok", p_value=0.002)
+    scattered = ScoreCell("auroc", 0.5, 0.2, 0.8, 12, "ok", p_value=0.5)
+    kinds = lambda scores: [k for k, _ in low_confidence(replace(card, scores=scores), cfg, 0.01)]  # noqa: E731
+    assert kinds({"detection": weak, "coherence": coherent})[-1] == "label poor, feature interpretable"
+    assert kinds({"detection": weak, "coherence": scattered})[-1] == "feature not interpretable?"
+    assert kinds({"detection": strong, "coherence": scattered}) == []  # a trusted label stays trusted
+    assert kinds({"detection": weak}) == ["detection not above the null"]  # no coherence, no verdict on it
 
 
 @pytest.fixture(scope="module")

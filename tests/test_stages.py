@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from conftest import pipeline_config
 from standin_responder import TaskResponder
@@ -444,3 +445,43 @@ def test_seeded_samples_of_a_large_dictionary_are_nested():
         set(select_features(store, "r", ExplainConfig(features=features, sample=n, seed=3))) for n in (8, 200)
     )
     assert len(small) == 8 and len(large) == 200 and small <= large
+
+
+def _coherence_by_hand(vectors: np.ndarray, n_active: int) -> float:
+    """Leave-one-out mean similarity to the activating rows, then P(activating row > negative row)."""
+    n = len(vectors)
+    score = [np.mean([vectors[i] @ vectors[j] for j in range(n_active) if j != i]) for i in range(n)]
+    wins = [(score[a] > score[b]) + 0.5 * (score[a] == score[b]) for a in range(n_active) for b in range(n_active, n)]
+    return float(np.mean(wins))
+
+
+@pytest.mark.parametrize("spread", [0.3, 10.0])
+def test_coherence_is_the_auroc_of_leave_one_out_similarity_with_a_permutation_null(spread):
+    from autointerp.stages.score.scorers.coherence import coherence
+
+    rng = np.random.default_rng(0)
+    centre = rng.normal(size=32)
+    active = centre + spread * rng.normal(size=(6, 32))  # spread 0.3: a tight cluster; 10: noise
+    vectors = np.vstack([active, rng.normal(size=(6, 32)) * np.linalg.norm(centre)])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    e = coherence(vectors, 6, 500, seed=1)
+    assert e.value == pytest.approx(_coherence_by_hand(vectors, 6))
+    if spread < 1:
+        assert e.value == 1.0 and e.p_value < 0.01
+    else:
+        assert e.p_value > 0.05
+
+
+def test_the_label_free_score_runs_without_a_shuffle_control_and_ignores_relabelling(fresh_project):
+    with Store(fresh_project) as store:
+        summary = _run(store, OfflineJudge(), scorers=("detection", "coherence"))[1]
+        rows = store.scores("r1", scorer="coherence")
+        first = rows.set_index("feature").value
+        store.con.execute("UPDATE explanations SET label = label || ' (edited)'")
+        again = asyncio.run(
+            score(store, "r1", "offline:token-stats-v1", OfflineJudge(), ScoreConfig(scorers=("coherence",), n_boot=50))
+        )
+    assert set(rows.label_source) == {"true"} and len(rows) == summary.per_scorer["coherence"]["n_features"] > 0
+    assert summary.per_scorer["coherence"]["verdict"] == "label-free: no shuffle control"
+    assert summary.per_scorer["detection"]["n_controls"] > 0  # the label's scorers keep theirs
+    assert again.reused == {"coherence": len(first)}  # a new label does not make it score again

@@ -252,6 +252,14 @@ def _auc_from_ranks(ranks: np.ndarray, is_pos: np.ndarray, n_pos: int, n_neg: in
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
+def auroc_rows(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """AUROC of each row of scores [R, N] against the same row of labels [R, N] (every row with the same
+    number of positives, and both classes), ties counted as ½: a permutation null's statistic at once."""
+    labels = np.asarray(labels, dtype=bool)
+    n_pos = int(labels[0].sum())
+    return _auc_from_ranks(rankdata(scores, axis=-1), labels, n_pos, labels.shape[-1] - n_pos)
+
+
 def _hanley_mcneil_variance(theta: float, n_pos: int, n_neg: int) -> float:
     """Var(AUROC) at true value theta (Hanley & McNeil 1982), with Newcombe's N* = (n₁+n₀)/2 − 1
     in place of n₁ − 1 and n₀ − 1."""

@@ -139,7 +139,20 @@ def low_confidence(card: FeatureCard, cfg: ReportConfig, alpha: float) -> list[t
                 f"< {alpha:g})",
             )
         )
-    return reasons
+    return reasons + interpretability(card, alpha, label_trusted=not reasons)
+
+
+def interpretability(card: FeatureCard, alpha: float, label_trusted: bool) -> list[tuple[str, str]]:
+    """Why a label is not trusted, by the label-free coherence score: a feature whose windows hang
+    together has a poor label; one whose windows do not may have nothing to name. Nothing for a trusted
+    label (a token feature's windows need not read alike) or without a coherence score."""
+    c = card.scores.get("coherence")
+    if label_trusted or c is None or c.status != "ok":
+        return []
+    detail = f"coherence {_num(c.value)} (p = {_num(c.p_value)})"
+    if c.p_value < alpha:
+        return [("label poor, feature interpretable", f"{detail}: its windows are alike; a better label may exist")]
+    return [("feature not interpretable?", f"{detail}: its windows are no more alike than corpus text")]
 
 
 @dataclass

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -245,7 +245,7 @@ async def score(
     }
 
     def key_of(name: str, label: str) -> str:
-        return score_key(label, contexts[name])
+        return score_key(label if scorers[name].reads_label else "", contexts[name])  # label-free: any label
 
     async def run(batch: list[int], source: str, partner: dict[int, int]) -> None:
         stored = {name: store.score_keys(run_id, explainer, name, source) for name in scorers}
@@ -257,6 +257,8 @@ async def score(
             wanted = {f for fs in todo.values() for f in fs}
             held.update(load_held_out(store, run_id, [f for f in wanted if f not in held], cfg))
             for name, scorer in scorers.items():
+                if source == "shuffled" and not scorer.reads_label:
+                    continue  # another feature's label changes nothing a label-free score reads
                 pairs = [(f, partner.get(f, f)) for f in todo[name] if f in held]
                 if source == "true":
                     reused[name] += len(part) - len(todo[name])
@@ -311,7 +313,7 @@ def write_summaries(
         n_features = int(
             rows[rows.label_source == "true"].feature.nunique()
         )  # every feature scored, however it came out
-        row = _summary(rows, scorer, cfg, n_features)
+        row = _summary(rows, scorer, cfg if scorer.reads_label else replace(cfg, shuffle_control="none"), n_features)
         out[name] = row | {"scorer": name, "judge": judge_name, "samples": scorer.samples(cfg)}
     store.write_score_summaries(run_id, explainer, pd.DataFrame(out.values()))
     return out
@@ -387,7 +389,7 @@ def _summary(rows: pd.DataFrame, scorer: Scorer, cfg: ScoreConfig, n_features: i
         "verdict": metrics.gap_verdict(gap)
         if gap
         else (
-            "no shuffle control"
+            ("label-free: no shuffle control" if not scorer.reads_label else "no shuffle control")
             if cfg.shuffle_control == "none"
             else "undefined: no controlled feature has both scores defined"
         ),

@@ -12,13 +12,16 @@ from collections.abc import Sequence
 
 from autointerp.errors import AutointerpError
 from autointerp.stages.score.scorers.base import Item, Outcome, Scorer
+from autointerp.stages.score.scorers.coherence import Coherence
 from autointerp.stages.score.scorers.detection import Detection
 from autointerp.stages.score.scorers.embedding import Embedding
 from autointerp.stages.score.scorers.fuzzing import Fuzzing
 from autointerp.stages.score.scorers.intervention import Intervention, label_token_ids
 from autointerp.stages.score.scorers.simulation import Simulation
 
-SCORERS: dict[str, Scorer] = {s.name: s for s in (Detection(), Fuzzing(), Simulation(), Embedding(), Intervention())}
+SCORERS: dict[str, Scorer] = {
+    s.name: s for s in (Detection(), Fuzzing(), Simulation(), Embedding(), Coherence(), Intervention())
+}
 INPUT_SCORERS = tuple(name for name, s in SCORERS.items() if not s.needs_subject)
 HEADLINE = {name: s.metric for name, s in SCORERS.items()}
 CHANCE = {s.metric: s.chance for s in SCORERS.values()}

@@ -64,6 +64,7 @@ class Scorer:
     chance: ClassVar[float]  # what an uninformative label scores on average
     uses_judge: ClassVar[bool] = True  # asks the judge (and so costs calls), or not
     needs_subject: ClassVar[bool] = False  # runs the subject model: `bind` it first; never run by default
+    reads_label: ClassVar[bool] = True  # False: scores the feature itself, so no shuffled-label control
 
     def samples(self, cfg) -> str:
         """What it shows, in words, for the report."""
