@@ -47,7 +47,7 @@ def main(args) -> dict:
         tests = triage(store, run_id, features, ExplainConfig(), write=False).tests
         scores = store.scores(run_id, OfflineJudge.name, "detection")
     final = scores[(scores.label_source == "true") & (scores.status == "ok")].set_index("feature")
-    both = tests.join(final[["value", "p_value"]], rsuffix="_score", how="inner")
+    both = tests.merge(final[["value", "p_value"]], left_index=True, right_index=True, suffixes=("", "_score"))
     out = {
         "cpu": model,
         "run": run_id,

@@ -182,3 +182,20 @@ def test_the_run_through_the_cli_prints_and_reports_the_routes(pipeline_setup, t
     html = next((project / "reports").glob("*.html")).read_text()
     assert f"triage routes: {len(token):,} features keep their token label" in html
     assert f"triage: {len(token):,} of {len(routes):,} features keep their token label" in estimate.stdout
+
+
+class LocalLLM(CountingLLM):
+    """A judge of the local provider, whose prompts show fewer, trimmed windows (8 top, 4 quantile, 8 tokens)."""
+
+    settings = {"provider": "local", "model": "standin"}
+
+
+def test_triage_fits_on_the_offline_explainers_windows_whatever_the_judge_reads(project):
+    from autointerp.stages.triage import triage
+
+    with Store(project) as store:
+        asyncio.run(explain(store, "r1", LocalLLM(), ExplainConfig(triage=0.8), progress=False))
+        stored = store.triage("r1").set_index("feature").label.dropna()
+        features = store.alive_features("r1", include_dense=True)
+        offline = triage(store, "r1", features, ExplainConfig(triage=0.8), write=False).tests.label
+    assert len(stored) and stored.to_dict() == offline.reindex(stored.index).to_dict()

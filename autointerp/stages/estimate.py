@@ -213,7 +213,7 @@ async def estimate_costs(
         routes = None
         if cfg.triage is not None:  # as explain does: the token route costs no call
             every = select_features(store, run_id, replace(cfg, sample=None))
-            routes = triage(store, run_id, every, cfg, write=False)
+            routes = triage(store, run_id, every, explain_cfg, write=False)  # the offline explainer's windows
             if cfg.sample is None:
                 labels |= {f: routes.tests.label[f] for f in routes.token if f in set(every) and f not in labels}
         chosen = select_features(store, run_id, cfg, exclude=routes.token if routes else ())

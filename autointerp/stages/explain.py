@@ -186,14 +186,14 @@ async def explain(
     """
     from tqdm.auto import tqdm
 
-    cfg = cfg.for_judge(judge.settings.get("provider"))
+    given, cfg = cfg, cfg.for_judge(judge.settings.get("provider"))
     explainer = judge.name
     stored = store.explanations(run_id, explainer)
     done = stored[stored.status == "ok"]
     routes = None
     if cfg.triage is not None and judge.settings.get("provider") != OFFLINE:
         chosen = select_features(store, run_id, replace(cfg, sample=None))
-        routes = triage(store, run_id, chosen, cfg)
+        routes = triage(store, run_id, chosen, given)  # the offline explainer's windows, not this judge's
         if cfg.sample is None:  # labelling them all: the token route's labels are this explainer's too
             _write_token_labels(store, run_id, explainer, routes, chosen, set() if cfg.redo else set(done.feature))
     features = select_features(store, run_id, cfg, exclude=routes.token if routes else ())
