@@ -518,12 +518,13 @@ class ExplainConfig:
     n_top: int | None = None  # max-activating explain snippets shown (None: the judge's default, its provider's)
     n_quantile: int | None = None  # plus quantile samples, spread over the bins
     context: int | None = None  # tokens kept each side of a snippet's marked tokens (None: the judge's; 0: all)
-    views: tuple[str, ...] = setting(
-        EXPLAIN_VIEWS,
+    views: tuple[str, ...] | None = setting(
+        None,
         "what the explainer sees beside the marked examples, comma-separated: activations (each marked token's "
         "activation, 0-10), contrast (explain-split windows where the feature stays silent though they hold its "
         "most frequent tokens), outputs (causal LMs: the tokens its direction promotes and suppresses, and those "
-        "it makes likelier when amplified); none: the examples alone",
+        "it makes likelier when amplified); none: the examples alone; unset: the judge's default (all of them; "
+        "the local judge: contrast)",
         parse=view_list,
     )
     n_contrast: int = 3  # silent windows shown with the contrast view
@@ -556,7 +557,7 @@ class ExplainConfig:
 
     def __post_init__(self) -> None:
         check_numbers(self)
-        unknown = [v for v in self.views if v not in EXPLAIN_VIEWS]
+        unknown = [v for v in self.views or () if v not in EXPLAIN_VIEWS]
         if unknown:
             raise AutointerpError(
                 f"unknown explainer view(s) {unknown}", f"choose from {', '.join(EXPLAIN_VIEWS)} (--views), or none"
@@ -567,7 +568,7 @@ class ExplainConfig:
         (the registry's explain_snippets), else the full set an API model reads."""
         from dataclasses import replace
 
-        from autointerp.llm.providers import FULL_SNIPPETS, PROVIDERS
+        from autointerp.llm.providers import ALL_VIEWS, FULL_SNIPPETS, PROVIDERS
 
         spec = PROVIDERS.get(provider) if provider else None
         top, quantile, context = spec.explain_snippets if spec else FULL_SNIPPETS
@@ -576,6 +577,7 @@ class ExplainConfig:
             n_top=top if self.n_top is None else self.n_top,
             n_quantile=quantile if self.n_quantile is None else self.n_quantile,
             context=(context or 0) if self.context is None else self.context,
+            views=(spec.explain_views if spec else ALL_VIEWS) if self.views is None else self.views,
         )
 
 

@@ -49,7 +49,7 @@ VIEWS = {
     "outputs": ("outputs",),
     "all": ("activations", "contrast", "outputs"),
 }
-SCORED = ("detection", "fuzzing")
+SCORED = ("detection", "fuzzing")  # --scorers picks a subset
 
 
 class Uncached:
@@ -80,7 +80,7 @@ def boot(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-async def views(server, store, run_id, features) -> dict:
+async def views(server, store, run_id, features, scored) -> dict:
     judge = judge_on(server)
     score_cfg = RunConfig().sample_score  # as the run scores its LLM sample: 3 top + 2 strata + 5 negatives
     snippets = {
@@ -99,7 +99,7 @@ async def views(server, store, run_id, features) -> dict:
             row["prompt_tokens"] = answer.prompt_tokens
             if answer.ok:
                 item = Item(task.feature, answer.value, snippets[task.feature], task.feature)
-                for scorer in SCORED:
+                for scorer in scored:
                     (o,) = await SCORERS[scorer].score([item], judge, score_cfg)
                     row[scorer] = o.estimate.value if o.status == "ok" else None
             rows.append(row)
@@ -145,7 +145,7 @@ def shared_prefix_tokens() -> dict:
     return out
 
 
-def summarise(rows_by_view: dict) -> dict:
+def summarise(rows_by_view: dict, scored) -> dict:
     base = {r["feature"]: r for r in rows_by_view["none"]}
     out = {}
     for name, rows in rows_by_view.items():
@@ -154,7 +154,7 @@ def summarise(rows_by_view: dict) -> dict:
             "explain_s": np.mean([r["explain_s"] for r in rows]),
         }
         entry["prompt_tokens"] = float(np.mean([r["prompt_tokens"] for r in rows]))
-        for scorer in SCORED:
+        for scorer in scored:
             v = np.array([r[scorer] for r in rows if r.get(scorer) is not None], dtype=float)
             d = np.array(
                 [
@@ -191,8 +191,9 @@ async def main(args) -> dict:
         }
         with LocalServer(model_path(), alias=LOCAL_MODEL.name, log_path=Path("/tmp/bench-explain-views.log")) as s:
             result["cache"] = await cache(s, store, run_id, features[: args.cache_features])
-            result["views"] = await views(s, store, run_id, features)
-    result["summary"] = summarise(result["views"])
+            result["views"] = await views(s, store, run_id, features, args.scorers)
+    result["summary"] = summarise(result["views"], args.scorers)
+    result["scored"] = list(args.scorers)
     return result
 
 
@@ -213,28 +214,29 @@ def write(result: dict, reports: Path) -> None:
         "",
         "## Views",
         "",
-        "Each feature labelled with each view; each label scored by detection and fuzzing on the score split "
-        "(3 top + 2 strata windows against 5 negatives, as the run scores its LLM sample) by the same judge. "
-        "Mean over features with a bootstrap "
-        "95% interval; the paired difference against the examples alone.",
+        f"Each feature labelled with each view; each label scored by {' and '.join(result['scored'])} on the score "
+        "split (3 top + 2 strata windows against 5 negatives, as the run scores its LLM sample) by the same judge. "
+        "Mean over features with a bootstrap 95% interval; the paired difference against the examples alone.",
         "",
-        "| view | labels | prompt tokens | explain s | detection | vs none | fuzzing | vs none |",
-        "|---|---|---|---|---|---|---|---|",
+        "| view | labels | prompt tokens | explain s | "
+        + " | ".join(f"{s} | vs none" for s in result["scored"])
+        + " |",
+        "|---|---|---|---|" + "---|---|" * len(result["scored"]),
     ]
     for name, e in result["summary"].items():
-        d, z = e["detection"], e["fuzzing"]
-        lines.append(
-            f"| {name} | {e['labels']} | {e['prompt_tokens']:.0f} | {e['explain_s']:.1f} | {f(d['mean'], d['ci'])} | "
-            f"{f(d['vs_none']['mean'], d['vs_none']['ci'])} | {f(z['mean'], z['ci'])} | "
-            f"{f(z['vs_none']['mean'], z['vs_none']['ci'])} |"
-        )
+        cells = [f"{name}", f"{e['labels']}", f"{e['prompt_tokens']:.0f}", f"{e['explain_s']:.1f}"]
+        for scorer in result["scored"]:
+            d = e[scorer]
+            cells += [f(d["mean"], d["ci"]), f(d["vs_none"]["mean"], d["vs_none"]["ci"])]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Prompt cache", "", "| prompts | features | seconds | per minute |", "|---|---|---|---|"]
     for key, c in result["cache"].items():
         lines.append(f"| {key} | {c['features']} | {c['seconds']:.1f} | {c['per_minute']:.1f} |")
     p = result["shared_prefix_tokens"]
     lines += [
         "",
-        "Shared prefix (system message and the instructions before the first field, chat template included): "
+        "Shared prefix (the system message and the instructions before the first field, in the judge's own tokens; "
+        "the chat template adds a few): "
         + ", ".join(f"{k} {v} tokens" for k, v in p.items())
         + ". Provider prompt caching starts at 1,024 tokens (OpenAI; Anthropic 1,024, Haiku 2,048), so the "
         "shipped prompts' prefixes are too short for it; llama.cpp reuses any common prefix.",
@@ -248,6 +250,7 @@ if __name__ == "__main__":
     parser.add_argument("--features", type=int, default=8)
     parser.add_argument("--cache-features", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scorers", type=lambda t: tuple(t.split(",")), default=SCORED)
     parser.add_argument("--reports", default=str(Path(__file__).resolve().parent.parent / "reports"))
     args = parser.parse_args()
     write(asyncio.run(main(args)), Path(args.reports))

@@ -79,6 +79,7 @@ class CountingLLM(OfflineJudge):
 
     name = "standin:llm"
     settings = {"provider": "openai_compatible", "model": "standin"}
+    reads_views = True
 
     def __init__(self):
         self.asked: list[int] = []

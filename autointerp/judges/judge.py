@@ -75,6 +75,7 @@ class Judge(Protocol):
     name: str  # "provider:model": how labels and scores name who made them
     concurrency: int  # how many tasks are worth keeping in flight
     settings: dict  # what decides its answers besides the prompts (model, temperature, ...), stored with results
+    reads_views: bool  # whether an explain task's views (activations, contrast, outputs) reach it
 
     async def check(self) -> None:
         """Raise AutointerpError now if the judge cannot work (bad key, unreachable server)."""
@@ -102,6 +103,8 @@ class Judge(Protocol):
 class NamedTasks:
     """The built-in tasks under their own names, each of them `ask`: the stages call these, and a
     judge that treats one task differently overrides just that one."""
+
+    reads_views = True
 
     async def explain(self, task: ExplainTask) -> JudgeAnswer[str]:
         return await self.ask(task)
@@ -385,6 +388,7 @@ class OfflineJudge(NamedTasks):
 
     name = "offline:token-stats-v1"
     concurrency = 1  # pure computation: nothing to overlap
+    reads_views = False  # token statistics of the examples and negatives only
     settings = {"provider": "offline", "model": "token-stats-v1"}
 
     async def check(self) -> None:

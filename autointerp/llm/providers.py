@@ -20,6 +20,11 @@ STRUCTURED_OUTPUT = ("off", "json_schema", "json_object")
 # Explain-prompt size (max-activating snippets, quantile snippets, tokens kept each side; None: the
 # whole window) for a model that reads the full set; a small local model reads less (see "local").
 FULL_SNIPPETS = (10, 10, None)
+# What the explainer sees beside the examples (config.EXPLAIN_VIEWS) unless --views says otherwise: all
+# of it for a model that reads the full set. The local 1.5B judge reads ~35-100 prompt tokens a second
+# on 2 cores, and activation lists doubled its prompt without better labels (reports/local_prompt_size.md,
+# reports/explain_views.md), so it gets the short contrast windows only.
+ALL_VIEWS = ("activations", "contrast", "outputs")
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,7 @@ class Provider:
     concurrency: int = 8  # requests in flight unless --concurrency says otherwise
     timeout_s: float = 60.0  # seconds per request unless --timeout says otherwise
     explain_snippets: tuple[int, int, int | None] = FULL_SNIPPETS
+    explain_views: tuple[str, ...] = ALL_VIEWS
     needs_modules: tuple[str, ...] = ()  # importable only once its optional install is done
     install: str = ""  # the command that installs those modules
 
@@ -95,6 +101,7 @@ PROVIDERS: dict[str, Provider] = {
             concurrency=1,
             timeout_s=600.0,
             explain_snippets=(8, 4, 8),
+            explain_views=("contrast",),
             needs_modules=("llama_cpp", *LOCAL_MODEL.parts),
             install=INSTALL_HINT,
         ),

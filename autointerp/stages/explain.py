@@ -187,6 +187,8 @@ async def explain(
     from tqdm.auto import tqdm
 
     given, cfg = cfg, cfg.for_judge(judge.settings.get("provider"))
+    if not judge.reads_views:  # nothing to load for views it would not read
+        cfg = replace(cfg, views=())
     explainer = judge.name
     stored = store.explanations(run_id, explainer)
     done = stored[stored.status == "ok"]
