@@ -155,7 +155,7 @@ def run(coro):
 @pytest.mark.parametrize("name", PROMPT_NAMES)
 def test_shipped_prompts_load_with_version_and_file_hash(name):
     prompt = load_prompt(name)
-    assert prompt.version == {"codebook": "2", "explain": "4"}.get(name, "3") and prompt.system and prompt.user
+    assert prompt.version == {"codebook": "2", "explain": "5"}.get(name, "3") and prompt.system and prompt.user
     assert prompt.hash == hashlib.sha256((DEFAULT_DIR / f"{name}.txt").read_bytes()).hexdigest()
 
 
@@ -289,7 +289,7 @@ def test_the_views_show_contrast_windows_and_outputs_and_nothing_when_off():
     assert "Silent 1:  cat and" in user and "Silent 2:  the cat slept" in user
     assert 'What the feature writes: its direction promotes " meow", " purr"; it suppresses " bark".' in user
     # The instructions come before any of the feature's material: a prompt cache serves them.
-    assert user.index("Your label, of at most 12 words") < user.index("Example 1:")
+    assert user.index("Where given, each example") < user.index("Example 1:")
     plain = explain_task(fs, ExplainConfig(n_top=4, n_quantile=0, context=1, views=()), outputs)
     _, user = load_prompts()["explain"].render(**TASKS["explain"].fields(plain))
     assert "Silent 1" not in user and "feature writes: its" not in user and "Activations:" not in user
