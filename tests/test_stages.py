@@ -485,3 +485,20 @@ def test_the_label_free_score_runs_without_a_shuffle_control_and_ignores_relabel
     assert summary.per_scorer["coherence"]["verdict"] == "label-free: no shuffle control"
     assert summary.per_scorer["detection"]["n_controls"] > 0  # the label's scorers keep theirs
     assert again.reused == {"coherence": len(first)}  # a new label does not make it score again
+
+
+def test_a_scores_key_ignores_the_prompts_of_other_tasks():
+    """Editing the explain prompt leaves the stored detection scores of the same labels valid; editing the
+    detection prompt does not."""
+    from autointerp.stages.score.stage import key_context, own_settings, score_key
+
+    cfg = ScoreConfig()
+    settings = {"provider": "openai", "model": "m", "prompts": {"explain": "e1", "detection": "d1", "fuzzing": "f1"}}
+
+    def key(prompts):
+        context = key_context("detection", "openai:m", own_settings({**settings, "prompts": prompts}, "detection"), cfg)
+        return score_key('token "x"', context)
+
+    base = key(settings["prompts"])
+    assert key({**settings["prompts"], "explain": "e2", "fuzzing": "f2"}) == base
+    assert key({**settings["prompts"], "detection": "d2"}) != base

@@ -161,6 +161,14 @@ def key_context(scorer: str, judge: str, judge_settings: dict | None, cfg: Score
     return json.dumps([scorer, judge, judge_settings, settings], sort_keys=True, default=str)
 
 
+def own_settings(settings: dict, scorer: str) -> dict:
+    """The judge's settings as they bear on one scorer: of its prompts, only the scorer's own (named like
+    it), so editing the explain prompt does not void the scores of labels it did not write."""
+    if "prompts" not in settings:
+        return settings
+    return {**settings, "prompts": {k: v for k, v in settings["prompts"].items() if k == scorer}}
+
+
 def score_key(label: str, context: str) -> str:
     """A score row's key: the digest of its label and its key_context."""
     return hashlib.sha256(json.dumps([label, context]).encode()).hexdigest()
@@ -240,7 +248,7 @@ async def score(
     reused: dict[str, int] = dict.fromkeys(scorers, 0)
 
     contexts = {
-        name: key_context(name, names[name], judge.settings if s.uses_judge else None, cfg)
+        name: key_context(name, names[name], own_settings(judge.settings, name) if s.uses_judge else None, cfg)
         for name, s in scorers.items()
     }
 

@@ -19,7 +19,8 @@ from dataclasses import replace
 import numpy as np
 
 from autointerp.judges.judge import Judge
-from autointerp.stages.score.scorers.base import Item, Outcome, Scorer
+from autointerp.stages.score.scorers.base import Item, Outcome
+from autointerp.stages.score.scorers.embedding import Embedded
 from autointerp.stats import metrics
 
 
@@ -46,14 +47,8 @@ def coherence(vectors: np.ndarray, n_active: int, n_permutations: int, seed: int
     return replace(e, method=e.method + "; permutation p over which windows are activating", p_value=p)
 
 
-class Coherence(Scorer):
-    name, metric, chance, uses_judge, reads_label = "coherence", "auroc", 0.5, False, False
-
-    def __init__(self):
-        self.embedder = None
-
-    def prompts_per_feature(self, cfg) -> int:
-        return 0
+class Coherence(Embedded):
+    name, metric, chance, reads_label = "coherence", "auroc", 0.5, False
 
     def samples(self, cfg) -> str:
         n = cfg.n_embedding
@@ -62,25 +57,12 @@ class Coherence(Scorer):
             "window's mean cosine similarity to the activating windows"
         )
 
-    def judge_name(self) -> str:
-        e = self._embedder()
-        return f"coherence:{e.name}:{e.precision}"
-
-    def _embedder(self):
-        if self.embedder is None:
-            from autointerp.stats.embed import Embedder
-
-            self.embedder = Embedder(precision="auto")
-        return self.embedder
-
     async def score(self, items: Sequence[Item], judge: Judge, cfg) -> list[Outcome]:
         helds = [item.held.take(cfg.n_embedding, cfg.n_embedding) for item in items]
-        texts = sorted({s.text for h in helds for s in h.active + h.negatives})
-        vectors = dict(zip(texts, self._embedder().encode(texts))) if texts else {}
+        vectors = self.vectors({s.text for h in helds for s in h.active + h.negatives})
         out = []
         for item, held in zip(items, helds):
-            windows = held.active + held.negatives
-            matrix = np.stack([vectors[s.text] for s in windows]).astype(np.float64)
+            matrix = np.stack([vectors[s.text] for s in held.active + held.negatives]).astype(np.float64)
             matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
             estimate = coherence(matrix, len(held.active), cfg.n_permutations, cfg.seed + item.seed)
             out.append(Outcome(estimate, asked=1))

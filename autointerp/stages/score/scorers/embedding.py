@@ -5,19 +5,42 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from autointerp.judges.judge import Judge
 from autointerp.stages.score.scorers.base import Item, Outcome, Scorer
 from autointerp.stats import metrics
 
 
-class Embedding(Scorer):
-    name, metric, chance, uses_judge = "embedding", "auroc", 0.5, False
+class Embedded(Scorer):
+    """What the scorers that embed windows share: all-MiniLM-L6-v2, loaded once on first use for all of
+    them, and no judge."""
 
-    def __init__(self):
-        self.embedder = None
+    uses_judge = False
+    _shared = None  # the Embedder, shared by every scorer of this family
 
     def prompts_per_feature(self, cfg) -> int:
         return 0
+
+    def judge_name(self) -> str:
+        e = self._embedder()
+        return f"{self.name}:{e.name}:{e.precision}"
+
+    def _embedder(self):
+        if Embedded._shared is None:
+            from autointerp.stats.embed import Embedder
+
+            Embedded._shared = Embedder(precision="auto")
+        return Embedded._shared
+
+    def vectors(self, texts: set[str]) -> dict[str, np.ndarray]:
+        """Each text's embedding (unit norm), the texts embedded in one batch."""
+        ordered = sorted(texts)
+        return dict(zip(ordered, self._embedder().encode(ordered))) if ordered else {}
+
+
+class Embedding(Embedded):
+    name, metric, chance = "embedding", "auroc", 0.5
 
     def samples(self, cfg) -> str:
         n = cfg.n_embedding
@@ -26,21 +49,9 @@ class Embedding(Scorer):
             "AUROC of label–window cosine similarity"
         )
 
-    def judge_name(self) -> str:
-        e = self._embedder()
-        return f"embedding:{e.name}:{e.precision}"
-
-    def _embedder(self):
-        if self.embedder is None:
-            from autointerp.stats.embed import Embedder
-
-            self.embedder = Embedder(precision="auto")
-        return self.embedder
-
     async def score(self, items: Sequence[Item], judge: Judge, cfg) -> list[Outcome]:
         helds = [item.held.take(cfg.n_embedding, cfg.n_embedding) for item in items]
-        texts = sorted({s.text for h in helds for s in h.active + h.negatives} | {item.label for item in items})
-        vectors = dict(zip(texts, self._embedder().encode(texts))) if texts else {}
+        vectors = self.vectors({s.text for h in helds for s in h.active + h.negatives} | {i.label for i in items})
         out = []
         for item, held in zip(items, helds):
             sims = [float(vectors[s.text] @ vectors[item.label]) for s in held.active + held.negatives]
