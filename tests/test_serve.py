@@ -788,3 +788,17 @@ def test_allowed_host_names_are_answered_and_others_still_refused(tmp_path):
             timeout=60,
         )
         assert done.returncode == 2 and "is not a host name" in done.stderr and "Traceback" not in done.stderr, bad
+
+
+def test_the_feature_page_says_what_coherence_makes_of_an_untrusted_label():
+    from autointerp.views.serve import verdict_html
+
+    def rows(detection_p, coherence_p=None):
+        row = lambda scorer, p: ("ex", scorer, "true", "m", 0.6, 0.4, 0.8, p, 20, "ok", "j", None)  # noqa: E731
+        out = {("ex", "detection"): row("detection", detection_p)}
+        return out | ({("ex", "coherence"): row("coherence", coherence_p)} if coherence_p is not None else {})
+
+    assert "label poor, feature interpretable" in verdict_html(rows(0.3, 0.001), "ex")
+    assert "feature not interpretable?" in verdict_html(rows(0.3, 0.4), "ex")
+    assert verdict_html(rows(0.001, 0.4), "ex") == ""  # a trusted label needs no verdict
+    assert verdict_html(rows(0.3), "ex") == ""  # no coherence score, no verdict

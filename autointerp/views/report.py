@@ -142,17 +142,29 @@ def low_confidence(card: FeatureCard, cfg: ReportConfig, alpha: float) -> list[t
     return reasons + interpretability(card, alpha, label_trusted=not reasons)
 
 
+def interpretability_verdict(label_trusted: bool, coherence_p: float | None, alpha: float) -> str | None:
+    """What the label-free coherence score says of an untrusted label: a feature whose windows hang
+    together has a poor label; one whose windows do not may have nothing to name. None for a trusted
+    label (a token feature's windows need not read alike) or without a coherence test."""
+    if label_trusted or coherence_p is None or math.isnan(coherence_p):
+        return None
+    return "label poor, feature interpretable" if coherence_p < alpha else "feature not interpretable?"
+
+
 def interpretability(card: FeatureCard, alpha: float, label_trusted: bool) -> list[tuple[str, str]]:
-    """Why a label is not trusted, by the label-free coherence score: a feature whose windows hang
-    together has a poor label; one whose windows do not may have nothing to name. Nothing for a trusted
-    label (a token feature's windows need not read alike) or without a coherence score."""
+    """The coherence verdict on a card, as a low-confidence reason, with its figures."""
     c = card.scores.get("coherence")
-    if label_trusted or c is None or c.status != "ok":
+    if c is None or c.status != "ok":
         return []
-    detail = f"coherence {_num(c.value)} (p = {_num(c.p_value)})"
-    if c.p_value < alpha:
-        return [("label poor, feature interpretable", f"{detail}: its windows are alike; a better label may exist")]
-    return [("feature not interpretable?", f"{detail}: its windows are no more alike than corpus text")]
+    verdict = interpretability_verdict(label_trusted, c.p_value, alpha)
+    if verdict is None:
+        return []
+    why = (
+        "its windows are alike; a better label may exist"
+        if c.p_value < alpha
+        else "its windows are no more alike than corpus text"
+    )
+    return [(verdict, f"coherence {_num(c.value)} (p = {_num(c.p_value)}): {why}")]
 
 
 @dataclass

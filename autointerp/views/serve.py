@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from autointerp.config import ServeConfig, default_of
+from autointerp.config import ScoreConfig, ServeConfig, default_of
 from autointerp.errors import AutointerpError
 from autointerp.records import text_pieces
 
@@ -100,6 +100,20 @@ def num(value, digits: int = 3) -> str:
 
 def density_text(d) -> str:
     return "—" if d is None else f"{d:.3g}"
+
+
+def verdict_html(own: dict, explainer: str) -> str:
+    """The coherence verdict on an untrusted label (report.interpretability_verdict), from the feature's
+    score rows (explainer, scorer) → (..., p at 7, status at 9, ...); empty when there is none."""
+    from autointerp.views.report import interpretability_verdict
+
+    alpha = default_of(ScoreConfig, "alpha")
+    detection, coherence = own.get((explainer, "detection")), own.get((explainer, "coherence"))
+    if detection is None or coherence is None or coherence[9] != "ok":
+        return ""
+    trusted = detection[9] == "ok" and detection[7] is not None and detection[7] < alpha
+    verdict = interpretability_verdict(trusted, coherence[7], alpha)
+    return f" <span class='flag'>{esc(verdict)}</span>" if verdict else ""
 
 
 def score_cell(value, low, high) -> str:
@@ -573,7 +587,7 @@ class App:
         for ex in explainers:
             _, label, status, error = by_explainer.get(ex, (ex, None, None, None))
             if status == "ok":
-                label_html = f"<span class='lbl'>{esc(label)}</span>"
+                label_html = f"<span class='lbl'>{esc(label)}</span>" + verdict_html(own, ex)
             else:
                 label_html = f"<span class='bad'>{esc(status or 'no label')}</span>" + (
                     f" <span class='muted'>{esc(error)}</span>" if error else ""
