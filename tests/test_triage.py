@@ -13,7 +13,7 @@ from autointerp.config import ExplainConfig, GatherConfig
 from autointerp.judges.judge import OfflineJudge
 from autointerp.records import FeatureSnippets, JudgeAnswer, Snippet
 from autointerp.stages.explain import explain
-from autointerp.stages.triage import check_token_label, split_windows
+from autointerp.stages.triage import check_token_label, offline_config, split_windows
 from autointerp.store import Store
 
 WORDS = [" the", " a", " of", " river", " house", " green", " under", " seven", " paper", " quick"]
@@ -58,17 +58,18 @@ def _feature(check_hits: int, seed: int = 0) -> FeatureSnippets:
 
 def test_the_token_label_is_tested_on_the_windows_it_was_not_fitted_on():
     fs = _feature(check_hits=40)
-    shown, active, negatives = split_windows(fs, ExplainConfig())
+    shown, shown_negatives, active, negatives = split_windows(fs, offline_config(ExplainConfig()))
     assert {s.context_id for s in shown} & {s.context_id for s in active} == set()
+    assert {s.context_id for s in shown_negatives} & {s.context_id for s in negatives} == set()
     assert len(shown) == 20 and len(active) == 80 and len(negatives) == 40  # the offline judge reads 10 + 10 + 10
-    row = check_token_label(fs, ExplainConfig())
+    row = check_token_label(fs, offline_config(ExplainConfig()))
     assert row["label"] == 'token "cat"'
     assert row["value"] == 1.0 and row["p_value"] < 1e-6
 
 
 @pytest.mark.parametrize("hits", [0, 20, 36])
 def test_its_detection_is_the_balanced_accuracy_of_the_held_back_windows(hits):
-    row = check_token_label(_feature(check_hits=hits), ExplainConfig())
+    row = check_token_label(_feature(check_hits=hits), offline_config(ExplainConfig()))
     # 80 held-back activating windows, `hits` of each kind hold " cat"; no negative does.
     expected = (2 * hits / 80 + 1.0) / 2
     assert row["label"] == 'token "cat"' and row["value"] == pytest.approx(expected)

@@ -215,7 +215,7 @@ async def estimate_costs(
             every = select_features(store, run_id, replace(cfg, sample=None))
             routes = triage(store, run_id, every, explain_cfg, write=False)  # the offline explainer's windows
             if cfg.sample is None:
-                labels |= {f: routes.tests.label[f] for f in routes.token if f in set(every) and f not in labels}
+                labels |= {f: routes.tests.label[f] for f in routes.token if f not in labels}
         chosen = select_features(store, run_id, cfg, exclude=routes.token if routes else ())
         todo = chosen if cfg.redo else [f for f in chosen if f not in labels]
         n_labelled = 0

@@ -24,8 +24,6 @@ from autointerp.stages.saturate import CoverageStop
 from autointerp.stages.triage import Routes, triage
 from autointerp.store import Store
 
-ALL_NEGATIVES = 1_000_000  # no cap: the contrast view looks through every explain-split negative
-
 # Prompt sizes by judge: a 1.5B model on two CPU cores reads ~50 tokens/s, so its prompt is the
 # budget (measured in bench/local_judge.py); an API model reads the full set.
 
@@ -160,12 +158,11 @@ def select_features(store: Store, run_id: str, cfg: ExplainConfig, exclude: Coll
 def explain_tasks(store: Store, run_id: str, features: list[int], cfg: ExplainConfig):
     """The explain tasks of `features`, a chunk (cfg.chunk features) at a time, from their explain-split
     snippets; features without any are left out."""
-    negatives = max(cfg.n_negative, ALL_NEGATIVES if "contrast" in cfg.views else 0)
+    # The contrast view looks through every explain-split negative, so then they are not capped.
+    caps = {"top": cfg.n_top} | ({} if "contrast" in cfg.views else {"negative": cfg.n_negative})
     for start in range(0, len(features), cfg.chunk):
         part = features[start : start + cfg.chunk]
-        chunk = store.feature_snippets(
-            run_id, part, split="explain", max_per_kind={"top": cfg.n_top, "negative": negatives}
-        )
+        chunk = store.feature_snippets(run_id, part, split="explain", max_per_kind=caps)
         outputs = output_tokens(store, run_id, part, cfg)
         yield [explain_task(fs, cfg, outputs.get(fs.feature)) for fs in chunk if fs.explain]
 
@@ -197,7 +194,7 @@ async def explain(
         chosen = select_features(store, run_id, replace(cfg, sample=None))
         routes = triage(store, run_id, chosen, given)  # the offline explainer's windows, not this judge's
         if cfg.sample is None:  # labelling them all: the token route's labels are this explainer's too
-            _write_token_labels(store, run_id, explainer, routes, chosen, set() if cfg.redo else set(done.feature))
+            _write_token_labels(store, run_id, explainer, routes, set() if cfg.redo else set(done.feature))
     features = select_features(store, run_id, cfg, exclude=routes.token if routes else ())
     todo = features if cfg.redo else [f for f in features if f not in set(done.feature.tolist())]
     bar = tqdm(total=len(todo), desc="explain", unit="feat", disable=not progress)
@@ -259,12 +256,10 @@ async def explain(
     )
 
 
-def _write_token_labels(
-    store: Store, run_id: str, explainer: str, routes: Routes, chosen: list[int], labelled: set[int]
-) -> None:
+def _write_token_labels(store: Store, run_id: str, explainer: str, routes: Routes, labelled: set[int]) -> None:
     """Store the token route's labels under this explainer, as it would label them all: no call, marked
     route "token"; a feature it labelled already keeps that label."""
-    token = [f for f in chosen if f in set(routes.token) and f not in labelled]
+    token = [f for f in routes.token if f not in labelled]
     if not token:
         return
     labels = routes.tests.label.reindex(token)

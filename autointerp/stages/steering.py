@@ -85,7 +85,7 @@ def candidates(store, run_id: str, explainers: list[str], limit: int) -> list[Ca
     dense = features.dense[~features.dead]
     effects = store.output_effects(run_id)
     effects = effects[effects.kind.isin(["promoted", "amplified"])]
-    writes = effects.groupby("feature").token.agg(lambda t: " ".join(map(str, t)).replace("Ġ", " "))
+    writes = effects.groupby("feature").piece.agg(lambda t: " ".join(map(str, t)))  # the text each token stands for
     pool = []
     for rank, explainer in enumerate(explainers):
         labels = store.explanations(run_id, explainer)

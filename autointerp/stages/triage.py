@@ -43,11 +43,6 @@ class Routes:
         t = self.tests
         return sorted(int(f) for f in t.index[(t.value >= self.bar) & (t.p_value < ALPHA)])
 
-    def llm(self, features: list[int]) -> list[int]:
-        """Of `features`, those the LLM labels, in the order given."""
-        kept = set(self.token)
-        return [f for f in features if f not in kept]
-
     def lines(self, n_chosen: int, saved: str = "") -> list[str]:
         n_token = len(self.token)
         return [
@@ -57,35 +52,31 @@ class Routes:
         ]
 
 
-def triage_key(cfg: ExplainConfig) -> str:
+def offline_config(cfg: ExplainConfig) -> ExplainConfig:
+    """The windows the offline explainer reads, whatever judge cfg was meant for."""
+    return cfg.for_judge(OfflineJudge.settings["provider"])
+
+
+def triage_key(fit: ExplainConfig) -> str:
     """What a stored test depends on: the offline judge and the windows it fits on (the bar only
     reads the stored tests)."""
-    fit = cfg.for_judge(OfflineJudge.settings["provider"])
     return hashlib.sha256(
         json.dumps([OfflineJudge.name, fit.n_top, fit.n_quantile, fit.n_negative, fit.context]).encode()
     ).hexdigest()[:16]
 
 
-def fitting_config(fs: FeatureSnippets, cfg: ExplainConfig) -> ExplainConfig:
-    """The windows the token label is fitted on: those the offline explainer reads, but at most half of
-    each kind this feature has, so that a small gather leaves windows to test on."""
-    fit = cfg.for_judge(OfflineJudge.settings["provider"])
-    n_top = sum(s.kind == "top" for s in fs.explain)
-    n_quantile = sum(s.kind == "quantile" for s in fs.explain)
-    return replace(
-        fit,
-        n_top=min(fit.n_top, n_top // 2),
-        n_quantile=min(fit.n_quantile, n_quantile // 2),
-        n_negative=min(fit.n_negative, len(fs.explain_negatives) // 2),
-    )
-
-
-def split_windows(fs: FeatureSnippets, cfg: ExplainConfig) -> tuple[list[Snippet], list[Snippet], list[Snippet]]:
-    """The explain split cut in two: the activating windows the token label is fitted on, and the rest,
-    activating and negative, to test it on."""
+def split_windows(
+    fs: FeatureSnippets, fit: ExplainConfig
+) -> tuple[list[Snippet], list[Snippet], list[Snippet], list[Snippet]]:
+    """The explain split cut in two: the windows the token label is fitted on (activating, negative) -
+    those the offline explainer reads (`fit`), but at most half of each kind this feature has, so that a
+    small gather leaves windows to test on - and the rest (activating, negative), to test it on."""
     from autointerp.stages.explain import explain_snippets
 
-    fit = fitting_config(fs, cfg)
+    n_top = sum(s.kind == "top" for s in fs.explain)
+    n_quantile = sum(s.kind == "quantile" for s in fs.explain)
+    n_negative = min(fit.n_negative, len(fs.explain_negatives) // 2)
+    fit = replace(fit, n_top=min(fit.n_top, n_top // 2), n_quantile=min(fit.n_quantile, n_quantile // 2))
     shown = explain_snippets(fs, fit)
     shown_ids = {(s.context_id, s.kind) for s in shown}
     rest = [s for s in fs.explain if (s.context_id, s.kind) not in shown_ids]
@@ -94,14 +85,14 @@ def split_windows(fs: FeatureSnippets, cfg: ExplainConfig) -> tuple[list[Snippet
     if top and quantile:  # as many of each: the score split's sample is half peaks, half strata
         n = min(len(top), len(quantile))
         top, quantile = top[:n], quantile[:n]
-    return shown, top + quantile, fs.explain_negatives[fit.n_negative :]
+    return shown, fs.explain_negatives[:n_negative], top + quantile, fs.explain_negatives[n_negative:]
 
 
-def check_token_label(fs: FeatureSnippets, cfg: ExplainConfig) -> dict | None:
-    """The feature's token label, fitted on the windows the offline explainer reads, and its detection
-    on the explain-split windows it did not read; None when it has no label or nothing to test on."""
-    shown, active, negatives = split_windows(fs, cfg)
-    terms = explain_terms(shown, fs.explain_negatives[: fitting_config(fs, cfg).n_negative])
+def check_token_label(fs: FeatureSnippets, fit: ExplainConfig) -> dict | None:
+    """The feature's token label, fitted on the windows the offline explainer reads (`fit`), and its
+    detection on the explain-split windows it did not read; None when it has no label or nothing to test on."""
+    shown, shown_negatives, active, negatives = split_windows(fs, fit)
+    terms = explain_terms(shown, shown_negatives)
     if not terms or not active or not negatives:
         return None
     tp = sum(any(match_positions(s.tokens, terms)) for s in active)
@@ -122,13 +113,15 @@ def triage(store, run_id: str, features: list[int], cfg: ExplainConfig, write: b
     """Test the token labels of `features` (a test stored under the same key is kept) and route them at
     cfg.triage; the routes are stored with the tests (unless not `write`: an estimate only reads), for the
     summaries that compare the two."""
-    key = triage_key(cfg)
+    fit = offline_config(cfg)
+    key = triage_key(fit)
     stored = store.triage(run_id, key)
-    todo = [f for f in features if f not in set(stored.feature)]
+    tested_before = set(stored.feature)
+    todo = [f for f in features if f not in tested_before]
     rows = []
     for start in range(0, len(todo), cfg.chunk):
         for fs in store.feature_snippets(run_id, todo[start : start + cfg.chunk], split="explain"):
-            row = check_token_label(fs, cfg)
+            row = check_token_label(fs, fit)
             # A feature with nothing to test goes to the LLM, and is not tested again.
             rows.append(row or {"feature": fs.feature, "label": None})
     tested = {r["feature"] for r in rows}

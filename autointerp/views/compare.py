@@ -160,9 +160,8 @@ def route_lines(store, run_id: str, explainers: list[str]) -> list[str]:
     token = set(routes.feature[routes.route == "token"])
     llm = set(routes.feature) - token
 
-    def detection(explainer: str, features: set) -> str:
-        rows = store.scores(run_id, explainer, "detection")
-        rows = rows[(rows.label_source == "true") & (rows.status == "ok") & rows.feature.isin(features)]
+    def detection(rows, features: set) -> str:
+        rows = rows[rows.feature.isin(features)]
         if rows.empty:
             return "not scored"
         v = rows.value
@@ -176,5 +175,7 @@ def route_lines(store, run_id: str, explainers: list[str]) -> list[str]:
         f"{len(llm):,} go to the LLM"
     ]
     for explainer in explainers:
-        out.append(f"  {explainer}: token route {detection(explainer, token)}; LLM route {detection(explainer, llm)}")
+        rows = store.scores(run_id, explainer, "detection")
+        rows = rows[(rows.label_source == "true") & (rows.status == "ok")]
+        out.append(f"  {explainer}: token route {detection(rows, token)}; LLM route {detection(rows, llm)}")
     return out
