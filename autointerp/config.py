@@ -14,9 +14,12 @@ import ipaddress
 import math
 import re
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autointerp.errors import AutointerpError
+
+if TYPE_CHECKING:
+    from autointerp.llm.prices import Price
 
 EMBEDDED_MODEL = "embedded:all-MiniLM-L6-v2"  # a sentence encoder (`make demo-encoder`)
 EMBEDDED_HOOKPOINT = "encoder.layer.2"  # resid_post of block 2 of 6: the middle of the network
@@ -382,11 +385,13 @@ class LLMConfig:
     max_consecutive_failures: int = 10
     prices_file: str | None = setting(
         None,
-        'TOML price table, lines like "gpt-4o-mini" = [0.15, 0.60] (USD per million prompt, completion tokens) '
-        "under [models], added to the shipped data/prices.toml",
+        'TOML price table, lines like "gpt-4o-mini" = [0.15, 0.60, 0.075] (USD per million prompt, completion, '
+        "cached prompt tokens; a fourth number prices tokens written to the cache) under [models], added to the "
+        "shipped data/prices.toml",
         flag="prices",
     )
-    prices: dict[str, tuple[float, float]] = field(default_factory=dict)  # unset: data/prices.toml (+ prices_file)
+    # USD per million tokens by model, [input, output, cache read, cache write]; unset: data/prices.toml (+ prices_file)
+    prices: dict[str, tuple[float, ...]] = field(default_factory=dict)
     local_threads: int | None = setting(None, "CPU threads of the local judge's server; unset: one per core")
     local_context: int = 4096  # a local server's context window in tokens
     # The provider's batch API (llm/batch.py): half the price, answers within the provider's 24 hours.
@@ -462,7 +467,8 @@ class LLMConfig:
         self.concurrency = spec.concurrency if self.concurrency is None else self.concurrency
         self.timeout_s = spec.timeout_s if self.timeout_s is None else self.timeout_s
         if not self.prices:
-            self.prices = dict(DEFAULT_PRICES) if self.prices_file is None else load_prices(self.prices_file)
+            table = DEFAULT_PRICES if self.prices_file is None else load_prices(self.prices_file)
+            self.prices = {model: tuple(price) for model, price in table.items()}  # plain data, as it is stored
         # The settings are checked above (check_numbers); these are the Python API's own.
         for name in ("max_tokens", "max_consecutive_failures", "local_context", "batch_idle_s", "batch_max_requests"):
             value = getattr(self, name)
@@ -496,7 +502,7 @@ class LLMConfig:
         """The parameters of a request with no task bound and no schema."""
         return self.request_params()
 
-    def price(self) -> tuple[float, float] | None:
+    def price(self) -> Price | None:
         from autointerp.llm.prices import price_of
 
         return price_of(self.prices, self.model)

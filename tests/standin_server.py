@@ -15,6 +15,12 @@ answered normally. The batch endpoints (OpenAI's /v1/files + /v1/batches, Anthro
 of every batch created (a provider runs them all, polled or not), `batch_runs` those answered.
 `latency_s` adds a fixed delay to every request (requests are served concurrently, one thread
 each), and `max_in_flight` records the peak concurrency.
+
+Prompt caching as the providers document it, at 4 characters a token: OpenAI serves the longest
+prefix (system, then user text) an earlier request shared, from 1,024 tokens on in steps of 128,
+as usage.prompt_tokens_details.cached_tokens (counted in prompt_tokens too); Anthropic caches a
+system prompt marked with cache_control from 1,024 tokens on: written the first time
+(cache_creation_input_tokens), read after (cache_read_input_tokens), neither in input_tokens.
 """
 
 from __future__ import annotations
@@ -137,7 +143,7 @@ def _error_body(path: str, status: int, message: str) -> dict:
     return {"error": {"message": message, "type": openai_type, "param": None, "code": None}}
 
 
-def _openai_body(model: str, text: str, prompt_tokens: int, completion_tokens: int) -> dict:
+def _openai_body(model: str, text: str, prompt_tokens: int, completion_tokens: int, cached: int = 0) -> dict:
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion",
@@ -155,11 +161,14 @@ def _openai_body(model: str, text: str, prompt_tokens: int, completion_tokens: i
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
         },
     }
 
 
-def _anthropic_body(model: str, text: str, input_tokens: int, output_tokens: int) -> dict:
+def _anthropic_body(
+    model: str, text: str, input_tokens: int, output_tokens: int, read: int = 0, written: int = 0
+) -> dict:
     return {
         "id": f"msg_{uuid.uuid4().hex[:24]}",
         "type": "message",
@@ -168,12 +177,33 @@ def _anthropic_body(model: str, text: str, input_tokens: int, output_tokens: int
         "content": [{"type": "text", "text": text}],
         "stop_reason": "end_turn",
         "stop_sequence": None,
-        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+        "usage": {
+            "input_tokens": input_tokens,
+            "cache_creation_input_tokens": written,
+            "cache_read_input_tokens": read,
+            "output_tokens": output_tokens,
+        },
     }
 
 
 def _token_count(text: str) -> int:
     return max(1, len(text) // 4)
+
+
+CACHE_MIN_TOKENS = 1024  # both providers' smallest cacheable prefix (Anthropic's Haiku: 2,048)
+CACHE_STEP_TOKENS = 128  # OpenAI caches prefixes in steps of this many tokens past the minimum
+
+
+def _shared_prefix(a: str, b: str) -> int:
+    """Characters a and b share at their start (a binary search of slice comparisons)."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        mid = (low + high + 1) // 2
+        if a[:mid] == b[:mid]:
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 class _Listener(ThreadingHTTPServer):
@@ -206,6 +236,8 @@ class StandinServer:
         self._batches: dict[str, dict] = {}  # id → {"api", "object", "requests", "polls", "fault"}
         self._batch_faults: deque[BatchFault] = deque()
         self.max_in_flight = 0
+        self._prompts: dict[str, list[str]] = {}  # OpenAI prompts long enough to cache, by their first 1,024 tokens
+        self._cached_systems: set[str] = set()  # Anthropic system prompts written to the cache
         self._in_flight = 0
         self._faults: deque[Fault] = deque()
         self._lock = threading.Lock()
@@ -690,15 +722,35 @@ def _reply(server: StandinServer, path: str, request: dict) -> dict:
     """The answer body to one request of either API, live or in a batch."""
     model = request.get("model", "unknown")
     if path == ANTHROPIC_PATH:
-        system = request.get("system", "")
+        blocks = request.get("system", "")
+        system = _text_of(blocks)
         user = _text_of(request["messages"][-1]["content"])
         text = server.responder(system, user)
-        return _anthropic_body(model, text, _token_count(system + user), _token_count(text))
+        marked = isinstance(blocks, list) and any("cache_control" in b for b in blocks)
+        read = written = 0
+        if marked and _token_count(system) >= CACHE_MIN_TOKENS:
+            with server._lock:
+                if system in server._cached_systems:
+                    read = _token_count(system)
+                else:
+                    written = _token_count(system)
+                    server._cached_systems.add(system)
+        fresh = _token_count(system + user) - read - written
+        return _anthropic_body(model, text, fresh, _token_count(text), read, written)
     messages = request["messages"]
     system = next((m["content"] for m in messages if m["role"] == "system"), "")
     user = _text_of(messages[-1]["content"])
     text = server.responder(system, user)
-    return _openai_body(model, text, _token_count(system + user), _token_count(text))
+    prompt, cached = system + user, 0
+    head = prompt[: 4 * CACHE_MIN_TOKENS]  # only a prompt this long can share a cacheable prefix
+    if len(head) == 4 * CACHE_MIN_TOKENS:
+        with server._lock:
+            seen = server._prompts.setdefault(head, [])
+            shared = max((_shared_prefix(prompt, earlier) for earlier in seen), default=0) // 4
+            seen.append(prompt)
+        if shared >= CACHE_MIN_TOKENS:
+            cached = CACHE_MIN_TOKENS + (shared - CACHE_MIN_TOKENS) // CACHE_STEP_TOKENS * CACHE_STEP_TOKENS
+    return _openai_body(model, text, _token_count(prompt), _token_count(text), cached)
 
 
 def _text_of(content: str | list) -> str:

@@ -94,7 +94,7 @@ def test_a_stage_s_calls_go_out_as_one_batch_billed_at_half_price(provider, monk
                         "custom_id": k,
                         "params": {
                             "model": "standin-model",
-                            "system": s,
+                            "system": [{"type": "text", "text": s, "cache_control": {"type": "ephemeral"}}],
                             "max_tokens": 64,
                             "messages": [{"role": "user", "content": u}],
                         },

@@ -25,6 +25,7 @@ from autointerp.llm.client import (
     parse_retry_after,
 )
 from autointerp.llm.connect import make_client
+from autointerp.llm.prices import read_prices
 
 KEY = "sk-test-9f8e7d6c5b4a39281706"
 WRONG_KEY = "sk-wrong-0a1b2c3d4e5f60718293"
@@ -103,9 +104,11 @@ def test_anthropic_request_has_top_level_system_and_no_sampling_params(server):
     assert request.path == "/v1/messages"
     assert request.headers["authorization"] == f"Bearer {KEY}"  # SDK 2.x sends Bearer, not x-api-key
     assert request.headers["anthropic-version"]
+    # The system prompt goes as one text block marked for the prompt cache.
     expected = (
         '{"max_tokens":64,"messages":[{"role":"user","content":"Tokens: cat"}],'
-        '"model":"claude-haiku-4-5","system":"You label features"}'
+        '"model":"claude-haiku-4-5","system":[{"type":"text","text":"You label features",'
+        '"cache_control":{"type":"ephemeral"}}]}'
     )
     assert request.body == expected.encode("utf-8")
 
@@ -266,10 +269,67 @@ def test_config_validation():
 
 
 def test_prices_cover_snapshots_and_unknown_models_cost_none():
-    assert LLMConfig("openai", "gpt-4o-mini-2024-07-18").price() == (0.15, 0.60)
-    assert LLMConfig("openai", "gpt-4o").price() == (2.50, 10.00)
-    assert LLMConfig("anthropic", "claude-3-5-haiku-20241022").price() == (0.80, 4.00)
+    # [input, output, cache read, cache write]: OpenAI's cached input at half price, no write charge;
+    # Anthropic's reads at a tenth and writes at 1.25 times the input price.
+    assert LLMConfig("openai", "gpt-4o-mini-2024-07-18").price() == (0.15, 0.60, 0.075, 0.15)
+    assert LLMConfig("openai", "gpt-4o").price() == (2.50, 10.00, 1.25, 2.50)
+    assert LLMConfig("anthropic", "claude-3-5-haiku-20241022").price() == (0.80, 4.00, 0.08, 1.00)
     assert LLMConfig("openai", "my-finetune").price() is None
+    # A user's table may leave the cache prices out: they are then the input price (no discount).
+    assert read_prices('[models]\n"m" = [1.0, 4.0]\n', "t")["m"] == (1.0, 4.0, 1.0, 1.0)
+    assert read_prices('[models]\n"m" = [1.0, 4.0, 0.5]\n', "t")["m"] == (1.0, 4.0, 0.5, 1.0)
+    with pytest.raises(AutointerpError, match="cache read, cache write"):
+        read_prices('[models]\n"m" = [1.0, 4.0, 0.5, 1.0, 9.0]\n', "t")
+
+
+# --- prompt caching ----------------------------------------------------------------------
+
+LONG_SYSTEM = "Shared instructions. " * 300  # 6,300 characters: 1,575 tokens at the stand-in's 4 a token
+
+
+def test_openai_cached_prompt_tokens_are_counted_and_priced_at_the_cached_price(server, tmp_path):
+    from autointerp.store import CallLog, Store
+
+    cfg = config(server)  # gpt-4o-mini: $0.15 input, $0.075 cached input, $0.60 output per million
+    users = ["first feature's snippets", "second feature's snippets"]
+    with Store(tmp_path) as store:
+        log = CallLog(store, flush_every=1)
+        first, second = (one(cfg, log, system=LONG_SYSTEM, user=u) for u in users)
+        log.close()
+        stored = store.con.execute("SELECT cache_read_tokens FROM llm_calls ORDER BY call_id").fetchall()
+    # The second request repeats the first's 6,300-character system prompt: 1,575 tokens shared, of
+    # which OpenAI caches 1,024 and then whole steps of 128: 1,024 + 4 * 128 = 1,536.
+    assert (first.cache_read_tokens, second.cache_read_tokens) == (0, 1536)
+    assert stored == [(0,), (1536,)]
+    prompt = (len(LONG_SYSTEM) + len(users[1])) // 4
+    assert second.prompt_tokens == prompt  # the cached tokens are counted in prompt_tokens too
+    expected = ((prompt - 1536) * 0.15 + 1536 * 0.075 + second.completion_tokens * 0.60) / 1e6
+    assert second.cost_usd == pytest.approx(expected, rel=1e-12)
+    assert first.cost_usd == pytest.approx((first.prompt_tokens * 0.15 + first.completion_tokens * 0.60) / 1e6)
+
+
+def test_anthropic_prompt_cache_writes_then_reads_the_marked_system_prompt_each_at_its_price(server):
+    store = MemoryCallStore()
+    cfg = config(server, "anthropic")  # claude-haiku-4-5: $1 input, $1.25 written, $0.10 read, $5 output
+
+    async def go():
+        client = make_client(cfg, store)
+        out = [await client.complete(LONG_SYSTEM, u, purpose="test", feature=i) for i, u in enumerate("ab")]
+        await client.aclose()
+        return out, client.totals
+
+    (written, read), totals = asyncio.run(go())
+    system = len(LONG_SYSTEM) // 4  # 1,575 tokens, above Anthropic's 1,024-token minimum
+    total = (len(LONG_SYSTEM) + 1) // 4
+    assert (written.cache_write_tokens, written.cache_read_tokens) == (system, 0)
+    assert (read.cache_write_tokens, read.cache_read_tokens) == (0, system)
+    assert written.prompt_tokens == read.prompt_tokens == total  # input_tokens plus both cache counts
+    fresh = total - system
+    assert written.cost_usd == pytest.approx((fresh * 1.0 + system * 1.25 + written.completion_tokens * 5) / 1e6)
+    assert read.cost_usd == pytest.approx((fresh * 1.0 + system * 0.10 + read.completion_tokens * 5) / 1e6)
+    assert [c.cache_read_tokens for c in store.calls] == [0, system]
+    assert totals.cache_read_tokens == system
+    assert f"{2 * total:,} prompt ({system:,} from the provider's prompt cache" in totals.line()
 
 
 # --- keys file ---------------------------------------------------------------------------

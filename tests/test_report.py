@@ -222,6 +222,8 @@ def build_project(root: Path, with_labels: bool = True, histogram_edges: list[fl
                 cost_usd=0.001,
                 error=None,
                 timestamp=datetime(2025, 1, 1),
+                cache_read_tokens=0,
+                cache_write_tokens=0,
             )
         )
         log.flush()

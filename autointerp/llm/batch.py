@@ -44,6 +44,7 @@ from autointerp.llm.client import (
     canonical_json,
     server_message,
 )
+from autointerp.llm.prices import Usage
 from autointerp.llm.redact import redact_urls
 
 log = logging.getLogger(__name__)
@@ -421,11 +422,11 @@ class BatchClient(LLMClient):
             body, error = results.get(
                 r.cache_key, (None, f"{status.ended_how}: the batch ended before this request ran; a re-run asks again")
             )
-            text, prompt_tokens, completion_tokens, raw = "", None, None, ""
+            text, usage, raw = "", Usage(), ""
             if body is not None:
                 raw = json.dumps(body, ensure_ascii=False)
                 try:
-                    text, prompt_tokens, completion_tokens = self.live.parse(body)
+                    text, usage = self.live.parse(body)
                 except (KeyError, IndexError, TypeError, ValueError, AttributeError):
                     error = "malformed response body (unexpected JSON shape)"
             if error is None and (known := self.store.lookup(r.cache_key)) is not None:
@@ -433,9 +434,7 @@ class BatchClient(LLMClient):
                     known, cached=False
                 )  # collected by an earlier run that stopped before closing the batch
             else:
-                cost = None
-                if price is not None and prompt_tokens is not None and completion_tokens is not None:
-                    cost = BATCH_DISCOUNT * (prompt_tokens * price[0] + completion_tokens * price[1]) / 1e6
+                cost = None if price is None else price.cost(usage)
                 scrub = self.live.scrub
                 call = LLMCall(
                     cache_key=r.cache_key,
@@ -448,13 +447,15 @@ class BatchClient(LLMClient):
                     params=canonical_json(r.params),
                     response=scrub(text),
                     raw=scrub(raw),
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
                     latency_s=latency,
                     retries=0,
-                    cost_usd=cost,
+                    cost_usd=None if cost is None else BATCH_DISCOUNT * cost,
                     error=scrub(error) if error else None,
                     timestamp=now.replace(tzinfo=timezone.utc),
+                    cache_read_tokens=usage.cache_read_tokens,
+                    cache_write_tokens=usage.cache_write_tokens,
                 )
                 call.call_id = self.store.record(call)
                 completion = replace(call.as_completion(cached=False), error=call.error)

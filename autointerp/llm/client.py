@@ -51,7 +51,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from autointerp.config import LLMConfig
 from autointerp.errors import AutointerpError
-from autointerp.llm.prices import SNAPSHOT_SUFFIX
+from autointerp.llm.prices import SNAPSHOT_SUFFIX, Usage
 from autointerp.llm.providers import PROVIDERS
 from autointerp.llm.redact import redact_urls
 
@@ -184,6 +184,8 @@ class Completion:
     raw: str  # the raw response body; for a failure, the last one received ("" if none)
     error: str | None = None
     call_id: int | None = None  # the logged call that produced this answer (for a cache hit, the original)
+    cache_read_tokens: int = 0  # of prompt_tokens, served from the provider's prompt cache
+    cache_write_tokens: int = 0  # of prompt_tokens, written to it
 
     @property
     def ok(self) -> bool:
@@ -213,6 +215,8 @@ class LLMCall:
     timestamp: datetime
     call_id: int | None = None  # given by the CallStore when recorded
     run_id: str | None = None
+    cache_read_tokens: int = 0  # of prompt_tokens, served from the provider's prompt cache
+    cache_write_tokens: int = 0  # of prompt_tokens, written to it
 
     def as_completion(self, cached: bool = True) -> Completion:
         return Completion(
@@ -227,6 +231,8 @@ class LLMCall:
             cached=cached,
             raw=self.raw,
             call_id=self.call_id,
+            cache_read_tokens=self.cache_read_tokens,
+            cache_write_tokens=self.cache_write_tokens,
         )
 
 
@@ -318,6 +324,7 @@ class RunTotals:
     retries: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cache_read_tokens: int = 0  # of prompt_tokens, served from the provider's prompt cache
     cost_usd: float = 0.0
     unpriced_calls: int = 0  # fresh successful calls whose cost is unknown
 
@@ -328,7 +335,15 @@ class RunTotals:
         return (
             f"LLM calls: {self.calls:,} ({self.cache_hits:,} from cache, {self.failures:,} failed, {self.retries:,} "
             "retries); "
-            f"tokens billed: {self.prompt_tokens:,} prompt + {self.completion_tokens:,} completion; cost {cost}"
+            f"tokens billed: {self.prompt_tokens:,} prompt{self._cached()} + {self.completion_tokens:,} completion; "
+            f"cost {cost}"
+        )
+
+    def _cached(self) -> str:
+        return (
+            f" ({self.cache_read_tokens:,} from the provider's prompt cache, at its cached price)"
+            if self.cache_read_tokens
+            else ""
         )
 
     def add(self, completion: Completion) -> None:
@@ -341,6 +356,7 @@ class RunTotals:
             self.failures += 1
         self.prompt_tokens += completion.prompt_tokens or 0
         self.completion_tokens += completion.completion_tokens or 0
+        self.cache_read_tokens += completion.cache_read_tokens
         if completion.cost_usd is not None:
             self.cost_usd += completion.cost_usd
         elif completion.error is None:
@@ -410,8 +426,7 @@ class LLMClient(abc.ABC):
 @dataclass
 class _Reply:
     text: str
-    prompt_tokens: int | None
-    completion_tokens: int | None
+    usage: Usage
     raw: str
 
 
@@ -623,7 +638,7 @@ class SDKClient(LLMClient):
                         reply = await self._attempt(system, user, params)
             except CallFailed as exc:
                 error = exc.reason
-                reply = _Reply("", None, None, exc.raw)
+                reply = _Reply("", Usage(), exc.raw)
             except AutointerpError as exc:
                 self._finish(*call, None, exc.problem, started, retrying.statistics["attempt_number"] - 1)
                 raise
@@ -659,23 +674,23 @@ class SDKClient(LLMClient):
     ) -> Completion:
         """Build the Completion, log the call to the store, update totals."""
         cfg = self.config
-        reply = reply or _Reply("", None, None, "")
+        reply = reply or _Reply("", Usage(), "")
         price = cfg.price()
-        cost = None
-        if price is not None and reply.prompt_tokens is not None and reply.completion_tokens is not None:
-            cost = (reply.prompt_tokens * price[0] + reply.completion_tokens * price[1]) / 1e6
+        usage = reply.usage
         completion = Completion(
             text=self.scrub(reply.text),
             provider=cfg.provider,
             model=cfg.model,
-            prompt_tokens=reply.prompt_tokens,
-            completion_tokens=reply.completion_tokens,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
             latency_s=time.monotonic() - started,
             retries=retries,
-            cost_usd=cost,
+            cost_usd=price.cost(usage) if price is not None else None,
             cached=False,
             raw=self.scrub(reply.raw),
             error=self.scrub(error) if error is not None else None,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
         )
         completion.call_id = self.store.record(
             LLMCall(
@@ -696,6 +711,8 @@ class SDKClient(LLMClient):
                 cost_usd=completion.cost_usd,
                 error=completion.error,
                 timestamp=datetime.now(timezone.utc),
+                cache_read_tokens=usage.cache_read_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
             )
         )
         self.totals.add(completion)
@@ -751,12 +768,12 @@ class SDKClient(LLMClient):
         except ValueError:
             raise CallFailed("malformed response body (not JSON)", retryable=True, raw=body) from None
         try:
-            text, prompt_tokens, completion_tokens = self.parse(decoded)
+            text, usage = self.parse(decoded)
         except (KeyError, IndexError, TypeError, ValueError, AttributeError):
             raise CallFailed("malformed response body (unexpected JSON shape)", retryable=False, raw=body) from None
-        if self._tpm and prompt_tokens is not None and completion_tokens is not None:
-            self._tpm.adjust(prompt_tokens + completion_tokens - estimate)
-        return _Reply(text, prompt_tokens, completion_tokens, body)
+        if self._tpm and usage.prompt_tokens is not None and usage.completion_tokens is not None:
+            self._tpm.adjust(usage.prompt_tokens + usage.completion_tokens - estimate)
+        return _Reply(text, usage, body)
 
     def classify(self, exc: Exception) -> Exception:
         """Map an SDK/transport exception to CallFailed, or AutointerpError for errors every call would get."""
@@ -827,12 +844,14 @@ class OpenAIChatClient(SDKClient):
             "/chat/completions", body=self.body(system, user, params), cast_to=str
         )  # str: the raw body
 
-    def parse(self, body: dict) -> tuple[str, int | None, int | None]:
+    def parse(self, body: dict) -> tuple[str, Usage]:
         text = body["choices"][0]["message"]["content"]
         if not isinstance(text, str):
             raise ValueError("choices[0].message.content")
         usage = body.get("usage") or {}
-        return text, usage.get("prompt_tokens"), usage.get("completion_tokens")
+        # prompt_tokens counts the cached ones too; OpenAI bills those at its cached-input price.
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        return text, Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"), cached)
 
     async def _list_models(self) -> list[str]:
         return [m["id"] for m in json.loads(await self.sdk.get("/models", cast_to=str)).get("data", [])]
@@ -860,9 +879,11 @@ class AnthropicClient(SDKClient):
 
     def body(self, system: str, user: str, params: Mapping[str, object]) -> dict:
         """The request's parameters, live or as one request of a message batch."""
+        # The system prompt (the shared instructions) is marked for Anthropic's prompt cache; below
+        # the model's minimum (1,024 tokens; 2,048 on Haiku) it is not cached and costs nothing extra.
         return {
             "model": self.config.model,
-            "system": system,
+            "system": [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}] if system else "",
             "messages": [{"role": "user", "content": user}],
             "max_tokens": params["max_tokens"],
         }
@@ -871,12 +892,18 @@ class AnthropicClient(SDKClient):
         response = await self.sdk.messages.with_raw_response.create(**self.body(system, user, params))
         return response.http_response.text
 
-    def parse(self, body: dict) -> tuple[str, int | None, int | None]:
+    def parse(self, body: dict) -> tuple[str, Usage]:
         blocks = [block["text"] for block in body["content"] if block.get("type") == "text"]
         if not blocks:
             raise ValueError("content[].text")
         usage = body.get("usage") or {}
-        return "".join(blocks), usage.get("input_tokens"), usage.get("output_tokens")
+        # input_tokens leaves out the tokens read from and written to the prompt cache.
+        read = usage.get("cache_read_input_tokens") or 0
+        written = usage.get("cache_creation_input_tokens") or 0
+        fresh = usage.get("input_tokens")
+        return "".join(blocks), Usage(
+            None if fresh is None else fresh + read + written, usage.get("output_tokens"), read, written
+        )
 
     async def _list_models(self) -> list[str]:
         return [m["id"] for m in json.loads(await self.sdk.get("/v1/models", cast_to=str)).get("data", [])]

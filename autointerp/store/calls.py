@@ -54,6 +54,8 @@ class CallLog:
             ("retries", pa.int64()),
             ("cost_usd", pa.float64()),
             ("error", pa.string()),
+            ("cache_read_tokens", pa.int64()),
+            ("cache_write_tokens", pa.int64()),
             ("created_at", pa.timestamp("us")),
         ]
     )
@@ -106,7 +108,7 @@ class CallLog:
         row = first_row(
             self.store.con,
             "SELECT response, provider, model, prompt_tokens, completion_tokens, latency_s, retries, cost_usd, raw, "
-            "call_id "
+            "call_id, coalesce(cache_read_tokens, 0), coalesce(cache_write_tokens, 0) "
             "FROM llm_calls WHERE cache_key = ? AND error IS NULL ORDER BY created_at DESC LIMIT 1",
             [cache_key],
         )
@@ -126,6 +128,8 @@ class CallLog:
             cached=True,
             raw=row[8],
             call_id=row[9],
+            cache_read_tokens=row[10],
+            cache_write_tokens=row[11],
         )
 
     def record(self, call) -> int:
@@ -224,7 +228,8 @@ class CallLog:
     @classmethod
     def _arrow(cls, rows: list[dict]) -> pa.Table:
         """Rows as an Arrow table, column by column (a DataFrame first costs more than the insert)."""
-        return pa.table([pa.array([r[f.name] for r in rows], f.type) for f in cls._SCHEMA], schema=cls._SCHEMA)
+        # .get: a journal an older autointerp left has no cache token counts (NULL: not reported)
+        return pa.table([pa.array([r.get(f.name) for r in rows], f.type) for f in cls._SCHEMA], schema=cls._SCHEMA)
 
 
 def _fingerprint(cache_key: str) -> int:

@@ -312,6 +312,16 @@ ALTER TABLE score_summaries ADD COLUMN lift_low DOUBLE;
 ALTER TABLE score_summaries ADD COLUMN lift_high DOUBLE;
 """,
     ),
+    # Prompt tokens the provider's prompt cache served or wrote, each priced as the provider prices
+    # it (OpenAI's cached_tokens; Anthropic's cache_read / cache_creation_input_tokens). NULL on
+    # calls logged before: not reported then.
+    (
+        "cache tokens",
+        """
+ALTER TABLE llm_calls ADD COLUMN cache_read_tokens BIGINT;
+ALTER TABLE llm_calls ADD COLUMN cache_write_tokens BIGINT;
+""",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -705,14 +705,15 @@ class Store:
         """Logged LLM calls per run, provider, model and purpose (the run's only, when given). Calls
         logged before calls carried a run id have run_id NULL.
 
-        cost_usd is the sum over calls with a known price; priced counts them.
+        cost_usd is the sum over calls with a known price; priced counts them. cache_read_tokens: of the
+        prompt tokens, those the provider's prompt cache served.
         """
         where, args = ("WHERE run_id = ?", [run_id]) if run_id is not None else ("", [])
         return self.con.execute(
             "SELECT run_id, provider, model, purpose, count(*) AS calls, count(*) FILTER (WHERE error IS NOT NULL) AS "
             "failed, "
-            "coalesce(sum(prompt_tokens), 0) AS prompt_tokens, coalesce(sum(completion_tokens), 0) AS "
-            "completion_tokens, "
+            "coalesce(sum(prompt_tokens), 0) AS prompt_tokens, coalesce(sum(cache_read_tokens), 0) AS "
+            "cache_read_tokens, coalesce(sum(completion_tokens), 0) AS completion_tokens, "
             f"sum(cost_usd) AS cost_usd, count(cost_usd) AS priced FROM llm_calls {where} GROUP BY ALL ORDER BY ALL",
             args,
         ).df()

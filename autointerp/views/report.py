@@ -569,6 +569,7 @@ def _usage_rows(usage: pd.DataFrame) -> tuple[list[list[str]], str]:
             f"{u.calls:,}",
             f"{u.failed:,}",
             f"{u.prompt_tokens:,}",
+            f"{u.cache_read_tokens:,}",
             f"{u.completion_tokens:,}",
             _cost(u.cost_usd, u.priced, u.calls),
         ]
@@ -971,9 +972,19 @@ def _page(d: ReportData, cfg: ReportConfig) -> str:
             + f"<h3>LLM usage</h3><p>{e(usage_total)} <span class='muted'>(calls logged for this run)</span></p>"
             + (
                 _table(
-                    ["provider", "model", "purpose", "calls", "failed", "prompt tokens", "completion tokens", "cost"],
+                    [
+                        "provider",
+                        "model",
+                        "purpose",
+                        "calls",
+                        "failed",
+                        "prompt tokens",
+                        "of them cached",
+                        "completion tokens",
+                        "cost",
+                    ],
                     usage_rows,
-                    (3, 4, 5, 6, 7),
+                    (3, 4, 5, 6, 7, 8),
                 )
                 if usage_rows
                 else ""
