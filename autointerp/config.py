@@ -591,7 +591,8 @@ class ExplainConfig:
 class ScoreConfig:
     scorers: tuple[str, ...] | None = setting(
         None,
-        "comma-separated subset of detection,fuzzing,simulation,embedding,coherence (label-free),intervention; "
+        "comma-separated subset of detection,fuzzing,simulation,embedding,coherence and intruder (label-free), "
+        "intervention; "
         "unset: every scorer that reads only inputs, all but intervention, which runs the subject model, a causal "
         "LM, per feature",
         parse=comma_list,
@@ -599,9 +600,12 @@ class ScoreConfig:
     n_top: int = 5  # held-out highest windows per feature
     n_strata: int = 5  # plus one window per activation stratum of the quantile bins
     n_negative: int = 10  # held-out verified negatives per feature
-    per_prompt: int = 10  # snippets per detection / fuzzing prompt
+    # Snippets per detection / fuzzing prompt; None: all of a feature's in one prompt (the shared
+    # instructions paid once; the local judge answers no worse: reports/packed_prompts.md).
+    per_prompt: int | None = None
     n_simulation: int = 4  # activating snippets simulated (plus as many negatives)
     n_embedding: int = 6  # activating snippets (plus as many negatives) per embedding AUROC
+    n_intruder: int = 8  # intruder groups (4 activating windows + 1 negative each), all in one prompt
     n_intervention: int = setting(
         16, "neutral prompts the intervention scorer amplifies on", flag="intervention_prompts"
     )
@@ -642,9 +646,9 @@ class ScoreConfig:
             "n_top",
             "n_strata",
             "n_negative",
-            "per_prompt",
             "n_simulation",
             "n_embedding",
+            "n_intruder",
             "n_random_directions",
             "control_start",
             "n_boot",
@@ -653,6 +657,16 @@ class ScoreConfig:
         ):
             if getattr(self, name) < 1:
                 raise AutointerpError(f"ScoreConfig.{name} is {getattr(self, name)}", f"set {name} to 1 or more")
+        if self.per_prompt is not None and self.per_prompt < 1:
+            raise AutointerpError(
+                f"ScoreConfig.per_prompt is {self.per_prompt}", "set per_prompt to 1 or more, or None"
+            )
+
+    @property
+    def snippets_per_prompt(self) -> int:
+        """Snippets in one detection / fuzzing prompt."""
+        shown = self.n_top + self.n_strata + self.n_negative
+        return shown if self.per_prompt is None else self.per_prompt
 
 
 @dataclass

@@ -109,6 +109,16 @@ class SimulationTask(LabelTask):
 
 
 @dataclass
+class IntruderTask(JudgeTask):
+    """No label: in each group of windows the feature is active in all but one, the intruder; the
+    judge names the intruder of each group (1-based)."""
+
+    prompt: ClassVar[str] = "intruder"
+    feature: int
+    groups: list[list[Snippet]]
+
+
+@dataclass
 class CodebookTask(JudgeTask):
     """The code of each new label: one of `codes` (the codebook so far) or a new one."""
 

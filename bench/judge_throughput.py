@@ -3,14 +3,17 @@
 1. Features explained per minute through the real OpenAI client at concurrency 1, 8 and 32,
    with a fixed 200 ms server latency, against the ideal concurrency / latency
    (target: at least 90% of ideal at 32).
-2. Prompt and completion tokens per feature for explain and for each scorer, from the
-   call log, and the implied cost per million features at gpt-4o-mini prices, beside
-   delphi's published figures.
+2. Prompts, prompt and completion tokens per feature for explain and for each scorer, from a
+   real run of explain and score against the stand-in (no shuffle control, as delphi has
+   none), read from the call log, and the implied cost per million features at gpt-4o-mini
+   prices, beside delphi's published figures; once as scoring asked before issue 26 (10
+   snippets a detection / fuzzing prompt) and once as it asks now (a feature's snippets in
+   one prompt). Prompt tokens are counted by a real byte-level BPE tokenizer (Qwen2.5's,
+   151k pieces, from the local judge's GGUF file), besides the stand-in's characters / 4
+   and `autointerp estimate`'s rule, on the same prompts; the chat template's few tokens a
+   message are left out. Completion lengths are the stand-in's, shorter than a real model's.
 
 Snippets come from a real gathered project (default: ./project from `make demo`).
-Tokens are counted by the stand-in as characters / 4, the usual rule of thumb for
-GPT-4-class tokenizers; completion lengths are the stand-in's, shorter than a
-real model's explanations.
 """
 
 from __future__ import annotations
@@ -162,21 +165,26 @@ def main() -> None:
         "",
         f"Target: ≥ 0.90 of ideal at concurrency 32 — measured {rows[-1]['fraction_of_ideal']:.3f}.",
         "",
-        f"## Tokens and cost per feature ({a.cost_features} features, shuffle control included in scoring)\n",
-        "| stage | prompts/feature | prompt tokens/feature | completion tokens/feature | $ per 1M features "
-        "(gpt-4o-mini) | delphi published |",
-        "|---|---|---|---|---|---|",
+        f"## Calls, tokens and cost per feature ({a.cost_features} features, no shuffle control)\n",
+        "Prompt tokens by a real BPE tokenizer (Qwen2.5's); the stand-in's characters / 4 and the estimate's rule "
+        "on the same prompts beside them. Dollars from the BPE count at gpt-4o-mini's list price ($0.15 / $0.60 per "
+        "million prompt / completion tokens).\n",
+        "| stage | scoring | prompts/feature | prompt tokens/feature (BPE) | chars/4 | estimate rule | "
+        "completion tokens/feature | $ per 1M features | delphi published |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    md += [
-        f"| {k} | {v['prompts']:.2f} | {v['prompt_tokens']:,.0f} | {v['completion_tokens']:,.0f} | "
-        f"${v['usd_per_million']:,.0f} | "
-        f"{'$' + format(DELPHI[k], ',') if k in DELPHI else '—'} |"
-        for k, v in cost.items()
-    ]
+    for when, stages in cost.items():
+        md += [
+            f"| {k} | {when} | {v['prompts']:.2f} | {v['bpe_tokens']:,.0f} | {v['prompt_tokens']:,.0f} | "
+            f"{v['rule_tokens']:,.0f} | {v['completion_tokens']:,.0f} | ${v['usd_per_million']:,.0f} | "
+            f"{'$' + format(DELPHI[k], ',') if k in DELPHI else '—'} |"
+            for k, v in stages.items()
+            if when == "now" or k in ("detection", "fuzzing")
+        ]
     md += [
         "",
-        "Scoring rows include the shuffle control, run on a seeded sample of the features (all of them at this size); "
-        "delphi has no control. Completion tokens are the stand-in's, not a real model's.",
+        "The shuffle control (a sample of features scored again with another feature's label) adds its share of "
+        "the scoring rows; delphi has none. Completion tokens are the stand-in's, not a real model's.",
         "",
         f"Machine: {machine()}",
     ]
@@ -188,39 +196,59 @@ def main() -> None:
 
 
 def measure_cost(project: str, run_id: str, n_features: int) -> dict:
-    """Run explain + every judge scorer on n features through the stand-in (no latency) and read the call log."""
+    """Explain + every judge scorer on n features through the stand-in (no latency), as scoring asked
+    before (10 snippets a prompt) and now (one prompt a feature), read from the call log."""
     import shutil
     import tempfile
 
-    from autointerp.config import RunConfig, ScoreConfig
-    from autointerp.pipeline import label_and_score
+    from llama_cpp import Llama
 
-    with tempfile.TemporaryDirectory() as tmp, StandinServer(api_key=KEY, responder=TaskResponder()) as server:
-        shutil.copy(Path(project) / "autointerp.duckdb", Path(tmp) / "autointerp.duckdb")
-        with Store(tmp) as store:  # start from a clean log so only these calls count
-            store.con.execute("DELETE FROM llm_calls")
-        cfg = RunConfig(
-            project=tmp,
-            judge=config(server, 32),
-            progress=False,
-            score=ScoreConfig(scorers=("detection", "fuzzing", "simulation"), n_boot=50),
-        )
-        cfg.explain = replace(cfg.explain, max_features=n_features)
-        label_and_score(cfg, run_id)
-        with Store(tmp, read_only=True) as store:
-            df = store.con.execute(
-                "SELECT purpose, count(*) AS prompts, sum(prompt_tokens) AS p, sum(completion_tokens) AS c "
-                "FROM llm_calls WHERE error IS NULL GROUP BY purpose"
-            ).df()
+    from autointerp.config import RunConfig, ScoreConfig
+    from autointerp.llm.local import model_path
+    from autointerp.pipeline import label_and_score
+    from autointerp.stages.estimate import count_tokens
+
+    vocab = Llama(str(model_path()), vocab_only=True, verbose=False)
     out = {}
-    for r in df.itertuples():
-        per_p, per_c = r.p / n_features, r.c / n_features
-        out[r.purpose] = {
-            "prompts": r.prompts / n_features,
-            "prompt_tokens": per_p,
-            "completion_tokens": per_c,
-            "usd_per_million": (per_p * PRICE_IN + per_c * PRICE_OUT),
-        }
+    for when, per_prompt in (("before (10 a prompt)", 10), ("now", None)):
+        with tempfile.TemporaryDirectory() as tmp, StandinServer(api_key=KEY, responder=TaskResponder()) as server:
+            shutil.copy(Path(project) / "autointerp.duckdb", Path(tmp) / "autointerp.duckdb")
+            with Store(tmp) as store:  # start from a clean log so only these calls count
+                store.con.execute("DELETE FROM llm_calls")
+                store.con.execute("DELETE FROM scores")
+            cfg = RunConfig(
+                project=tmp,
+                judge=config(server, 32),
+                progress=False,
+                score=ScoreConfig(
+                    scorers=("detection", "fuzzing", "simulation"),
+                    n_boot=50,
+                    shuffle_control="none",
+                    per_prompt=per_prompt,
+                ),
+            )
+            cfg.explain = replace(cfg.explain, max_features=n_features, triage=None)
+            label_and_score(cfg, run_id)
+            with Store(tmp, read_only=True) as store:
+                calls = store.con.execute(
+                    'SELECT purpose, system, "user", prompt_tokens, completion_tokens FROM llm_calls '
+                    "WHERE error IS NULL"
+                ).df()
+        calls["bpe"] = [
+            len(vocab.tokenize(t.encode(), add_bos=False, special=False)) for t in calls.system + calls.user
+        ]
+        calls["rule"] = [count_tokens(s) + count_tokens(u) for s, u in zip(calls.system, calls.user)]
+        out[when] = {}
+        for purpose, g in calls.groupby("purpose"):
+            bpe, completion = g.bpe.sum() / n_features, g.completion_tokens.sum() / n_features
+            out[when][purpose] = {
+                "prompts": len(g) / n_features,
+                "bpe_tokens": bpe,
+                "prompt_tokens": g.prompt_tokens.sum() / n_features,
+                "rule_tokens": g.rule.sum() / n_features,
+                "completion_tokens": completion,
+                "usd_per_million": bpe * PRICE_IN + completion * PRICE_OUT,
+            }
     return out
 
 

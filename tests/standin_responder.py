@@ -6,7 +6,8 @@ format (with some prose and code fences around it, as real models add):
 
 - explain: the words inside the <<marks>>, the most frequent first, in the offline label format;
 - detection, fuzzing, simulation: the offline judge's token matching, run on the text
-  split into words and punctuation (exact for snippets made of such tokens).
+  split into words and punctuation (exact for snippets made of such tokens);
+- intruder: the offline judge's choice, on the same words.
 
 `mode` makes it answer differently on purpose: "label_line" (explain answers with a last line
 "Label: ..." instead of JSON), "wrong_length" (one item short, or an over-long label) or
@@ -18,8 +19,17 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from types import SimpleNamespace
 
-from autointerp.judges.judge import Term, format_label, label_terms, marks_correct, match_positions, norm
+from autointerp.judges.judge import (
+    Term,
+    find_intruders,
+    format_label,
+    label_terms,
+    marks_correct,
+    match_positions,
+    norm,
+)
 from autointerp.judges.prompts import LABEL_MAX_CHARS, PROMPT_NAMES, load_prompt
 
 MODES = ("correct", "label_line", "wrong_length", "garbage")
@@ -105,6 +115,13 @@ class TaskResponder:
             tokens = [json.loads(t) for t in re.findall(rf"\d+:({_JSON_STRING})", line)]
             rows.append([10 if hit else 0 for hit in match_positions(tokens, terms)])
         return self._list(rows, "activations")
+
+    def _intruder(self, user: str) -> str:
+        groups = [
+            [SimpleNamespace(tokens=_words(text)) for text in _numbered(block)]
+            for block in re.split(r"^Group \d+:$", user, flags=re.M)[1:]
+        ]
+        return self._list(find_intruders(groups), "intruders")
 
 
 class CodebookResponder(TaskResponder):

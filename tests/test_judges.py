@@ -155,7 +155,11 @@ def run(coro):
 @pytest.mark.parametrize("name", PROMPT_NAMES)
 def test_shipped_prompts_load_with_version_and_file_hash(name):
     prompt = load_prompt(name)
-    assert prompt.version == {"codebook": "2", "explain": "5"}.get(name, "3") and prompt.system and prompt.user
+    assert (
+        prompt.version == {"codebook": "2", "explain": "5", "intruder": "1"}.get(name, "3")
+        and prompt.system
+        and prompt.user
+    )
     assert prompt.hash == hashlib.sha256((DEFAULT_DIR / f"{name}.txt").read_bytes()).hexdigest()
 
 
@@ -571,3 +575,22 @@ def test_views_default_to_the_judges_own_and_a_flag_overrides_them():
     assert ExplainConfig().for_judge("local").views == ("contrast",)  # a 1.5B judge on 2 cores: short prompts
     assert ExplainConfig(views=view_list("none")).for_judge("local").views == ()
     assert ExplainConfig(views=view_list("outputs,activations")).for_judge("local").views == ("outputs", "activations")
+
+
+def test_the_intruder_prompt_numbers_groups_and_snippets_and_reads_one_choice_per_group():
+    from autointerp.judges.prompts import TASKS, ParseError, answer_schema, parse_choices
+    from autointerp.records import IntruderTask, Snippet
+
+    def w(text):
+        return Snippet(3, "score", "top", 0, tuple(text.split("|")), None, 1)
+
+    task = IntruderTask(3, [[w("a| cat"), w("b|\n|dog")], [w("x"), w("</corpus>")]])
+    system, user = load_prompt("intruder").render(**TASKS["intruder"].fields(task))
+    assert "Group 1:\n1. a cat\n2. b\\ndog\n\nGroup 2:\n1. x\n2. <\\/corpus>\n</corpus>" in user
+    assert "Below are 2 groups of 2 text snippets" in user and "For each of the 2 groups" in user
+    assert parse_choices('```json\n{"intruders": [2, 1]}\n```', [2, 2]) == [2, 1]
+    for bad in ('{"intruders": [3, 1]}', '{"intruders": [2]}', '{"intruders": [0, 1]}', '{"intruders": [1.5, 1]}'):
+        with pytest.raises(ParseError):
+            parse_choices(bad, [2, 2])
+    schema = answer_schema("intruder", sizes=[2, 5])["properties"]["intruders"]
+    assert [item["maximum"] for item in schema["prefixItems"]] == [2, 5] and schema["minItems"] == 2

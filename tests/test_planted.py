@@ -41,7 +41,7 @@ def planted_run(tmp_path_factory):
             "--n-top",
             "10",
             "--scorers",
-            "detection,fuzzing,coherence",
+            "detection,fuzzing,coherence,intruder",
             "--sample-judge",
             "none",
             "--quiet",
@@ -99,6 +99,21 @@ def test_the_label_free_score_puts_concepts_above_meaningless_directions(planted
     )
     assert concept > random and abs(random - 0.5) <= 0.1 and random_confident <= 0.05
     assert "label-free: no shuffle control" in stdout
+
+
+def test_the_intruder_test_finds_concepts_intruders_and_only_chance_in_meaningless_directions(planted_run):
+    """The intruder test reads no label either: among four windows holding the planted word, the offline
+    judge finds the one that does not; along directions that mean nothing it finds it at chance (1/5)."""
+    planted, _, own, stdout, _ = planted_run
+    concept, concept_confident = _medians(own, "intruder", list(planted.concepts))
+    random, random_confident = _medians(own, "intruder", planted.random)
+    print(
+        f"intruder: concepts {concept:.3f} ({concept_confident:.0%} confident), meaningless directions "
+        f"{random:.3f} ({random_confident:.0%} confident)"
+    )
+    assert concept >= 0.75 and concept_confident >= 0.75
+    assert random <= 0.375 and random_confident <= 0.05
+    assert "  intruder" in stdout
 
 
 def test_meaningless_latents_look_doubtful_on_their_cards(planted_run):

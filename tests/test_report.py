@@ -375,6 +375,19 @@ def test_the_label_free_score_says_whether_the_label_or_the_feature_is_poor():
     assert kinds({"detection": weak, "coherence": scattered})[-1] == "feature not interpretable?"
     assert kinds({"detection": strong, "coherence": scattered}) == []  # a trusted label stays trusted
     assert kinds({"detection": weak}) == ["detection not above the null"]  # no coherence, no verdict on it
+    # The intruder test reads no label either: either label-free score finding the feature is enough.
+    found = ScoreCell("accuracy", 0.875, 0.5, 1.0, 8, "ok", p_value=0.0001)
+    missed = ScoreCell("accuracy", 0.25, 0.1, 0.6, 8, "ok", p_value=0.5)
+    assert kinds({"detection": weak, "coherence": scattered, "intruder": found})[-1] == (
+        "label poor, feature interpretable"
+    )
+    assert kinds({"detection": weak, "intruder": missed})[-1] == "feature not interpretable?"
+    why = dict(
+        low_confidence(replace(card, scores={"detection": weak, "coherence": scattered, "intruder": missed}), cfg, 0.01)
+    )
+    assert why["feature not interpretable?"].startswith(
+        "coherence 0.500 (p = 0.500), intruder 0.250 (p = 0.500): no label-free"
+    )
 
 
 @pytest.fixture(scope="module")

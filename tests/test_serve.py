@@ -802,3 +802,7 @@ def test_the_feature_page_says_what_coherence_makes_of_an_untrusted_label():
     assert "feature not interpretable?" in verdict_html(rows(0.3, 0.4), "ex")
     assert verdict_html(rows(0.001, 0.4), "ex") == ""  # a trusted label needs no verdict
     assert verdict_html(rows(0.3), "ex") == ""  # no coherence score, no verdict
+    intruder = rows(0.3, 0.4) | {
+        ("ex", "intruder"): ("ex", "intruder", "true", "m", 0.9, 0.5, 1, 1e-4, 8, "ok", "j", None)
+    }
+    assert "label poor, feature interpretable" in verdict_html(intruder, "ex")  # the intruder test found it

@@ -333,7 +333,7 @@ def test_the_shuffle_control_samples_features_until_the_gap_is_known_well_enough
         stored = store.score_summaries("r1").set_index("scorer").loc["detection"]
     n = loose["n_features"]
     assert n > 8 and loose["n_controls"] == n_loose == 4 < n  # the first batch already bounded the gap to ±0.5
-    assert loose["calls_saved"] == (n - 4) * 2  # 20 snippets in prompts of 10: two requests per feature spared
+    assert loose["calls_saved"] == n - 4  # 20 snippets in one prompt: one request per feature spared
     assert strict["n_controls"] == n and strict["calls_saved"] == 0  # ±0.001 needs every feature
     assert everyone["n_controls"] == n and everyone["control"] == "all"
     assert stored.n_controls == n and stored.verdict == everyone["verdict"]  # the summary is stored as computed
@@ -502,3 +502,96 @@ def test_a_scores_key_ignores_the_prompts_of_other_tasks():
     base = key(settings["prompts"])
     assert key({**settings["prompts"], "explain": "e2", "fuzzing": "f2"}) == base
     assert key({**settings["prompts"], "detection": "d2"}) != base
+
+
+def _intruder_item(feature: int, n_active: int = 10, n_negative: int = 10):
+    from autointerp.records import Snippet
+    from autointerp.stages.score.sampling import HeldOut
+    from autointerp.stages.score.scorers import Item
+
+    def window(kind: str, i: int) -> Snippet:
+        return Snippet(feature, "score", kind, i, (f" {kind}", f" w{i}"), None if kind == "negative" else (1.0, 0), 1)
+
+    held = HeldOut(
+        [window("top", i) for i in range(n_active // 2)],
+        [window("quantile", i) for i in range(n_active // 2, n_active)],
+        [window("negative", 100 + i) for i in range(n_negative)],
+    )
+    return Item(feature, "no label is read", held, feature)
+
+
+class IntruderJudge(OfflineJudge):
+    """Names each group's intruder by peeking at which window is a negative, with probability `skill`;
+    otherwise a window drawn uniformly at random."""
+
+    def __init__(self, skill: float, seed: int = 0):
+        self.skill, self.rng, self.tasks = skill, np.random.default_rng(seed), []
+
+    async def ask(self, task):
+        self.tasks.append(task)
+        truth = [1 + next(i for i, s in enumerate(g) if s.kind == "negative") for g in task.groups]
+        value = [
+            t if self.rng.random() < self.skill else int(self.rng.integers(1, len(g) + 1))
+            for t, g in zip(truth, task.groups)
+        ]
+        return JudgeAnswer(value, raw=str(value))
+
+
+def test_the_intruder_groups_hold_four_activating_windows_and_one_negative_at_a_uniform_place():
+    from autointerp.stages.score.scorers import SCORERS
+
+    judge = IntruderJudge(1.0)
+    cfg = ScoreConfig()
+    items = [_intruder_item(f) for f in range(400)]
+    out = asyncio.run(SCORERS["intruder"].score(items, judge, cfg))
+    places = []
+    for task in judge.tasks:
+        assert len(task.groups) == cfg.n_intruder == 8  # every group of a feature in its one prompt
+        for group in task.groups:
+            kinds = [s.kind for s in group]
+            assert len(group) == 5 and kinds.count("negative") == 1
+            assert len({s.context_id for s in group}) == 5  # four distinct activating windows
+            places.append(kinds.index("negative"))
+        assert len({next(s.context_id for s in g if s.kind == "negative") for g in task.groups}) == 8
+    counts = np.bincount(places, minlength=5)
+    assert counts.min() > 0.8 * len(places) / 5  # 3,200 places: each of the five near 640
+    perfect = out[0].estimate
+    # Eight of eight against chance 1/5: p = 0.2^8 exactly; the interval is Wilson's for 8/8.
+    assert perfect.value == 1.0 and perfect.p_value == pytest.approx(0.2**8) and perfect.n == 8
+    assert perfect.ci_low == pytest.approx(8 / (8 + 1.959964**2), rel=1e-4)
+
+
+@pytest.mark.parametrize("skill", [0.0, 0.9])
+def test_the_intruder_null_is_exact_and_a_judge_right_nine_times_in_ten_is_confident(skill):
+    """A judge that cannot tell (skill 0) finds 1/5 of the intruders and is called confident at most
+    alpha of the time; one that sees the intruder in 90% of groups is called confident nearly always."""
+    from scipy.stats import binom
+
+    from autointerp.stages.score.scorers import SCORERS
+
+    out = asyncio.run(
+        SCORERS["intruder"].score([_intruder_item(f) for f in range(2000)], IntruderJudge(skill), ScoreConfig())
+    )
+    values = np.array([o.estimate.value for o in out])
+    p = np.array([o.estimate.p_value for o in out])
+    right = np.round(values * 8).astype(int)
+    assert p == pytest.approx(binom.sf(right - 1, 8, 0.2))  # P(X >= right), X ~ Binomial(8, 1/5)
+    if skill == 0:
+        assert abs(values.mean() - 0.2) < 0.01 and np.mean(p < 0.01) <= 0.01
+    else:
+        # Right with probability 0.9 + 0.1/5 = 0.92 a group: 6 or more of 8 (p <= 0.0012) nearly always.
+        assert np.mean(p < 0.01) >= 0.95
+
+
+def test_the_offline_judge_finds_the_intruder_by_the_token_the_other_windows_share():
+    from autointerp.judges.judge import find_intruders
+    from autointerp.records import Snippet
+
+    def w(*tokens):
+        return Snippet(0, "score", "top", 0, tokens, None, 1)
+
+    groups = [
+        [w(" a", " hash", " x"), w(" b", " hash"), w(" c", " y"), w(" hash", " d"), w(" e", " hash", " x")],
+        [w(" hash", " f"), w(" g", " h"), w(" i", " hash"), w(" hash", " j"), w(" k", " Hash")],
+    ]
+    assert find_intruders(groups) == [3, 2]  # the window without "hash", its case and spaces folded

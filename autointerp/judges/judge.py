@@ -13,7 +13,8 @@ no new method here.
   server it talks to (llm/local.py) and stops it on close.
 - `OfflineJudge` needs no LLM. It labels a feature by the tokens that most distinguish
   its activating positions, and scores a label by matching the tokens it names (the tasks in
-  OFFLINE_PREDICTIONS; any other gets an error answer).
+  OFFLINE_PREDICTIONS); it finds the intruder of a group of windows by the tokens they share
+  (OFFLINE_LABEL_FREE). Any other task gets an error answer.
 
 Offline label format (readable by people, read back by `label_terms`):
 
@@ -383,6 +384,30 @@ OFFLINE_PREDICTIONS: dict[str, Callable[[Any, list[Term]], object]] = {
 }
 
 
+def find_intruders(groups: Sequence[Sequence[Snippet]]) -> list[int]:
+    """Each group's intruder (1-based), by the tokens the groups share. The feature's signature is the
+    token most often held by all but one window of a group; in each group the window lacking the best
+    such token is named, else the window sharing the fewest tokens with the rest (tokens every window
+    holds say nothing)."""
+    keys = [[{norm(t) for t in s.tokens} for s in group] for group in groups]
+    held = [Counter(k for window in group for k in window) for group in keys]
+    signature = Counter(k for group, h in zip(keys, held) for k, c in h.items() if c == len(group) - 1)
+    out = []
+    for group, h in zip(keys, held):
+        lacking = [k for k, c in h.items() if c == len(group) - 1]
+        if lacking:
+            best = max(lacking, key=lambda k: (signature[k], k))
+            out.append(1 + next(i for i, window in enumerate(group) if best not in window))
+            continue
+        shared = [sum(h[k] - 1 for k in window if h[k] < len(group)) for window in group]
+        out.append(1 + min(range(len(group)), key=shared.__getitem__))
+    return out
+
+
+# What the offline judge answers to the tasks that carry no label, from the task alone.
+OFFLINE_LABEL_FREE: dict[str, Callable[[Any], object]] = {"intruder": lambda task: find_intruders(task.groups)}
+
+
 class OfflineJudge(NamedTasks):
     """Deterministic token-statistics judge; see the module docstring for its label format."""
 
@@ -415,6 +440,9 @@ class OfflineJudge(NamedTasks):
             return await self.explain(task)
         if isinstance(task, CodebookTask):
             return await self.codebook(task.labels, task.codes)
+        if (answer := OFFLINE_LABEL_FREE.get(task.prompt)) is not None:
+            value = answer(task)
+            return JudgeAnswer(value, raw=json.dumps(value))
         predict = OFFLINE_PREDICTIONS.get(task.prompt)
         if predict is None or not isinstance(task, LabelTask):
             return JudgeAnswer(None, raw="", error=f"offline: the offline judge cannot answer '{task.prompt}' tasks")

@@ -28,6 +28,7 @@ never return a default:
   quotes stripped). Empty or longer than LABEL_MAX_CHARS is an error.
 - detection, fuzzing: {"answers": [0/1 (or true/false), one per snippet]}.
 - simulation: {"activations": [one list per snippet of integers 0–10, one per token]}.
+- intruder: {"intruders": [one number per group: the snippet, 1-based, that does not belong]}.
 - codebook: {"codes": [one string per new label]}.
 The first answer of the right shape wins (the first JSON list, or the first label object, else the
 first `Label:` line), so code fences, prose or a bare list around it are fine, and a later one (the
@@ -52,7 +53,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from autointerp.errors import AutointerpError
-from autointerp.records import DetectionTask, ExplainTask, FuzzTask, SimulationTask, Snippet
+from autointerp.records import DetectionTask, ExplainTask, FuzzTask, IntruderTask, SimulationTask, Snippet
 
 T = TypeVar("T")
 
@@ -295,6 +296,16 @@ def fuzzing_fields(task: FuzzTask) -> dict[str, object]:
     return {"label": task.label, "snippets": "\n".join(lines), "n": len(task.snippets)}
 
 
+def intruder_fields(task: IntruderTask) -> dict[str, object]:
+    blocks = [
+        f"Group {g}:\n"
+        + "\n".join(f"{k}. {mark_text(s.tokens, [False] * len(s.tokens))}" for k, s in enumerate(group, 1))
+        for g, group in enumerate(task.groups, 1)
+    ]
+    sizes = {len(group) for group in task.groups}
+    return {"groups": "\n\n".join(blocks), "n": len(task.groups), "k": max(sizes, default=0)}
+
+
 def codebook_fields(labels: Sequence[str], codes: Sequence[str]) -> dict[str, object]:
     return {
         "codebook": "\n".join(f"- {code}" for code in codes) or "(empty)",
@@ -432,6 +443,19 @@ def parse_simulation(text: str, lengths: Sequence[int]) -> list[list[int]]:
     return _first_valid_list(text, check)
 
 
+def parse_choices(text: str, sizes: Sequence[int]) -> list[int]:
+    """One 1-based choice per group, each within its group's size."""
+
+    def check(value: list) -> list[int]:
+        if len(value) != len(sizes):
+            raise ParseError(f"expected a list of {len(sizes)} numbers (one per group), got {len(value)} values")
+        if not all(_is_int(v) and 1 <= v <= k for v, k in zip(value, sizes)):
+            raise ParseError("the list holds values that are not the number of a snippet in its group")
+        return [int(v) for v in value]
+
+    return _first_valid_list(text, check)
+
+
 def parse_codebook(text: str, n: int) -> list[str]:
     """The codebook answer: a JSON list of n non-empty strings (in {"codes": [...]}), the code of
     each new label in order (surrounding whitespace stripped). Codes longer than LABEL_MAX_CHARS are
@@ -514,6 +538,22 @@ TASKS: dict[str, TaskFormat] = {
         _activation_rows,
         lambda lengths: 8 + 3 * sum(lengths) + 2 * len(lengths),
         parse_simulation,
+    ),
+    "intruder": TaskFormat(
+        frozenset({"groups", "n", "k"}),
+        frozenset({"groups"}),
+        intruder_fields,
+        lambda task: {"sizes": [len(group) for group in task.groups]},
+        "intruders",
+        lambda sizes: {
+            "type": "array",
+            "prefixItems": [{"type": "integer", "minimum": 1, "maximum": k} for k in sizes],
+            "items": False,
+            "minItems": len(sizes),
+            "maxItems": len(sizes),
+        },
+        lambda sizes: 8 + 3 * len(sizes),
+        parse_choices,
     ),
     "codebook": TaskFormat(
         frozenset({"codebook", "labels", "n"}),

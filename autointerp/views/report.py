@@ -142,29 +142,33 @@ def low_confidence(card: FeatureCard, cfg: ReportConfig, alpha: float) -> list[t
     return reasons + interpretability(card, alpha, label_trusted=not reasons)
 
 
-def interpretability_verdict(label_trusted: bool, coherence_p: float | None, alpha: float) -> str | None:
-    """What the label-free coherence score says of an untrusted label: a feature whose windows hang
-    together has a poor label; one whose windows do not may have nothing to name. None for a trusted
-    label (a token feature's windows need not read alike) or without a coherence test."""
-    if label_trusted or coherence_p is None or math.isnan(coherence_p):
+def interpretability_verdict(label_trusted: bool, label_free_p: Sequence[float | None], alpha: float) -> str | None:
+    """What the label-free scores (coherence, intruder: scorers that read no label) say of an untrusted
+    label: a feature one of them finds interpretable has a poor label; one none of them does may have
+    nothing to name. None for a trusted label (a token feature's windows need not read alike) or
+    without a label-free test."""
+    tested = [p for p in label_free_p if p is not None and not math.isnan(p)]
+    if label_trusted or not tested:
         return None
-    return "label poor, feature interpretable" if coherence_p < alpha else "feature not interpretable?"
+    return "label poor, feature interpretable" if min(tested) < alpha else "feature not interpretable?"
 
 
 def interpretability(card: FeatureCard, alpha: float, label_trusted: bool) -> list[tuple[str, str]]:
-    """The coherence verdict on a card, as a low-confidence reason, with its figures."""
-    c = card.scores.get("coherence")
-    if c is None or c.status != "ok":
-        return []
-    verdict = interpretability_verdict(label_trusted, c.p_value, alpha)
+    """The label-free verdict on a card, as a low-confidence reason, with its figures."""
+    from autointerp.stages.score.scorers import LABEL_FREE
+
+    tested = {name: card.scores[name] for name in LABEL_FREE if name in card.scores}
+    tested = {name: c for name, c in tested.items() if c.status == "ok"}
+    verdict = interpretability_verdict(label_trusted, [c.p_value for c in tested.values()], alpha)
     if verdict is None:
         return []
     why = (
-        "its windows are alike; a better label may exist"
-        if c.p_value < alpha
-        else "its windows are no more alike than corpus text"
+        "its windows are told apart from corpus text without a label; a better label may exist"
+        if verdict.startswith("label poor")
+        else "no label-free score tells its windows apart from corpus text"
     )
-    return [(verdict, f"coherence {_num(c.value)} (p = {_num(c.p_value)}): {why}")]
+    figures = ", ".join(f"{name} {_num(c.value)} (p = {_num(c.p_value)})" for name, c in tested.items())
+    return [(verdict, f"{figures}: {why}")]
 
 
 @dataclass

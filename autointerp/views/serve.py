@@ -103,16 +103,18 @@ def density_text(d) -> str:
 
 
 def verdict_html(own: dict, explainer: str) -> str:
-    """The coherence verdict on an untrusted label (report.interpretability_verdict), from the feature's
+    """The label-free verdict on an untrusted label (report.interpretability_verdict), from the feature's
     score rows (explainer, scorer) → (..., p at 7, status at 9, ...); empty when there is none."""
+    from autointerp.stages.score.scorers import LABEL_FREE
     from autointerp.views.report import interpretability_verdict
 
     alpha = default_of(ScoreConfig, "alpha")
-    detection, coherence = own.get((explainer, "detection")), own.get((explainer, "coherence"))
-    if detection is None or coherence is None or coherence[9] != "ok":
+    detection = own.get((explainer, "detection"))
+    free = [row for name in LABEL_FREE if (row := own.get((explainer, name))) is not None and row[9] == "ok"]
+    if detection is None or not free:
         return ""
     trusted = detection[9] == "ok" and detection[7] is not None and detection[7] < alpha
-    verdict = interpretability_verdict(trusted, coherence[7], alpha)
+    verdict = interpretability_verdict(trusted, [row[7] for row in free], alpha)
     return f" <span class='flag'>{esc(verdict)}</span>" if verdict else ""
 
 

@@ -17,14 +17,16 @@ from autointerp.stages.score.scorers.detection import Detection
 from autointerp.stages.score.scorers.embedding import Embedding
 from autointerp.stages.score.scorers.fuzzing import Fuzzing
 from autointerp.stages.score.scorers.intervention import Intervention, label_token_ids
+from autointerp.stages.score.scorers.intruder import Intruder
 from autointerp.stages.score.scorers.simulation import Simulation
 
 SCORERS: dict[str, Scorer] = {
-    s.name: s for s in (Detection(), Fuzzing(), Simulation(), Embedding(), Coherence(), Intervention())
+    s.name: s for s in (Detection(), Fuzzing(), Simulation(), Embedding(), Coherence(), Intruder(), Intervention())
 }
 INPUT_SCORERS = tuple(name for name, s in SCORERS.items() if not s.needs_subject)
 HEADLINE = {name: s.metric for name, s in SCORERS.items()}
 CHANCE = {s.metric: s.chance for s in SCORERS.values()}
+LABEL_FREE = tuple(name for name, s in SCORERS.items() if not s.reads_label)  # they judge the feature itself
 
 
 def chosen(names: Sequence[str] | None) -> tuple[str, ...]:
@@ -37,4 +39,15 @@ def chosen(names: Sequence[str] | None) -> tuple[str, ...]:
     return tuple(names)
 
 
-__all__ = ["SCORERS", "chosen", "INPUT_SCORERS", "HEADLINE", "CHANCE", "Item", "Outcome", "Scorer", "label_token_ids"]
+__all__ = [
+    "SCORERS",
+    "chosen",
+    "INPUT_SCORERS",
+    "HEADLINE",
+    "CHANCE",
+    "LABEL_FREE",
+    "Item",
+    "Outcome",
+    "Scorer",
+    "label_token_ids",
+]

@@ -112,7 +112,7 @@ def _chunks(items: list, size: int) -> list[list]:
 
 
 class Classifying(Scorer):
-    """The judge says 1/0 per shown thing, shuffled, in prompts of cfg.per_prompt; the headline is the
+    """The judge says 1/0 per shown thing, shuffled, in prompts of cfg.snippets_per_prompt; the headline is the
     balanced accuracy. A subclass says what it shows (`pairs`: (thing, truth)) and how it asks."""
 
     metric, chance = "balanced_accuracy", 0.5
@@ -124,7 +124,7 @@ class Classifying(Scorer):
         raise NotImplementedError
 
     def prompts_per_feature(self, cfg) -> int:
-        return math.ceil((cfg.n_top + cfg.n_strata + cfg.n_negative) / cfg.per_prompt)
+        return math.ceil((cfg.n_top + cfg.n_strata + cfg.n_negative) / cfg.snippets_per_prompt)
 
     async def score(self, items: Sequence[Item], judge: Judge, cfg) -> list[Outcome]:
         return await map_bounded(lambda item: self._one(item, judge, cfg), list(items), judge.concurrency)
@@ -133,7 +133,7 @@ class Classifying(Scorer):
         rng = np.random.default_rng([cfg.seed, item.seed])
         pairs = self.pairs(item.held, rng)
         pairs = [pairs[i] for i in rng.permutation(len(pairs))]
-        groups = _chunks(pairs, cfg.per_prompt)
+        groups = _chunks(pairs, cfg.snippets_per_prompt)
         answers = await asyncio.gather(*(self.ask(judge, item, [x for x, _ in g]) for g in groups))
         y_true = [t for g in groups for _, t in g]
         y_pred = [v for a in answers for v in (a.value or [])] if all(a.ok for a in answers) else []

@@ -14,8 +14,8 @@ class Detection(Classifying):
     def samples(self, cfg) -> str:
         return (
             f"{cfg.n_top} highest and {cfg.n_strata} quantile windows (one per activation stratum) against "
-            f"{cfg.n_negative} verified non-activating windows, score split, shuffled, {cfg.per_prompt} per prompt, "
-            "unmarked"
+            f"{cfg.n_negative} verified non-activating windows, score split, shuffled, "
+            f"{cfg.snippets_per_prompt} per prompt, unmarked"
         )
 
     def pairs(self, held: HeldOut, rng) -> list:
