@@ -221,7 +221,7 @@ def measure_cost(project: str, run_id: str, n_features: int) -> dict:
                 judge=config(server, 32),
                 progress=False,
                 score=ScoreConfig(
-                    scorers=("detection", "fuzzing", "simulation"),
+                    scorers=("detection", "fuzzing", "simulation", "intruder"),
                     n_boot=50,
                     shuffle_control="none",
                     per_prompt=per_prompt,

@@ -194,18 +194,6 @@ CACHE_MIN_TOKENS = 1024  # both providers' smallest cacheable prefix (Anthropic'
 CACHE_STEP_TOKENS = 128  # OpenAI caches prefixes in steps of this many tokens past the minimum
 
 
-def _shared_prefix(a: str, b: str) -> int:
-    """Characters a and b share at their start (a binary search of slice comparisons)."""
-    low, high = 0, min(len(a), len(b))
-    while low < high:
-        mid = (low + high + 1) // 2
-        if a[:mid] == b[:mid]:
-            low = mid
-        else:
-            high = mid - 1
-    return low
-
-
 class _Listener(ThreadingHTTPServer):
     # socketserver's default listen backlog is 5: a client opening 32 connections at once would
     # have SYNs dropped and wait out the 1 s retransmit. Real API front ends queue hundreds.
@@ -236,7 +224,7 @@ class StandinServer:
         self._batches: dict[str, dict] = {}  # id → {"api", "object", "requests", "polls", "fault"}
         self._batch_faults: deque[BatchFault] = deque()
         self.max_in_flight = 0
-        self._prompts: dict[str, list[str]] = {}  # OpenAI prompts long enough to cache, by their first 1,024 tokens
+        self._prefixes: set[str] = set()  # OpenAI's prompt cache: every cacheable prefix seen
         self._cached_systems: set[str] = set()  # Anthropic system prompts written to the cache
         self._in_flight = 0
         self._faults: deque[Fault] = deque()
@@ -741,15 +729,13 @@ def _reply(server: StandinServer, path: str, request: dict) -> dict:
     system = next((m["content"] for m in messages if m["role"] == "system"), "")
     user = _text_of(messages[-1]["content"])
     text = server.responder(system, user)
-    prompt, cached = system + user, 0
-    head = prompt[: 4 * CACHE_MIN_TOKENS]  # only a prompt this long can share a cacheable prefix
-    if len(head) == 4 * CACHE_MIN_TOKENS:
-        with server._lock:
-            seen = server._prompts.setdefault(head, [])
-            shared = max((_shared_prefix(prompt, earlier) for earlier in seen), default=0) // 4
-            seen.append(prompt)
-        if shared >= CACHE_MIN_TOKENS:
-            cached = CACHE_MIN_TOKENS + (shared - CACHE_MIN_TOKENS) // CACHE_STEP_TOKENS * CACHE_STEP_TOKENS
+    # Prefixes at each cacheable length (1,024 tokens, then steps of 128) are remembered: a request is
+    # served the longest one an earlier request wrote.
+    prompt = system + user
+    lengths = range(4 * CACHE_MIN_TOKENS, len(prompt) + 1, 4 * CACHE_STEP_TOKENS)
+    with server._lock:
+        cached = max((n // 4 for n in lengths if prompt[:n] in server._prefixes), default=0)
+        server._prefixes.update(prompt[:n] for n in lengths)
     return _openai_body(model, text, _token_count(prompt), _token_count(text), cached)
 
 
