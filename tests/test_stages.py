@@ -595,3 +595,30 @@ def test_the_offline_judge_finds_the_intruder_by_the_token_the_other_windows_sha
         [w(" hash", " f"), w(" g", " h"), w(" i", " hash"), w(" hash", " j"), w(" k", " Hash")],
     ]
     assert find_intruders(groups) == [3, 2]  # the window without "hash", its case and spaces folded
+
+
+class NoisyDetectionJudge(OfflineJudge):
+    """Answers each detection snippet rightly (by peeking at its kind) with probability `accuracy`."""
+
+    def __init__(self, accuracy: float, seed: int = 0):
+        self.accuracy, self.rng = accuracy, np.random.default_rng(seed)
+
+    async def ask(self, task):
+        value = [(s.kind != "negative") == (self.rng.random() < self.accuracy) for s in task.snippets]
+        return JudgeAnswer(value, raw=str(value))
+
+
+@pytest.mark.parametrize("accuracy", [0.5, 0.9])
+def test_detection_at_its_default_sizes_calls_a_label_right_on_90_percent_of_windows_confident(accuracy):
+    """Power at n, not only coverage: with the default held-out sample (10 activating windows against
+    15 negatives, one prompt) a label the judge finds right on 90% of windows is confident (Fisher p <
+    alpha) in at least 95% of features; a label no better than chance in at most alpha of them."""
+    from autointerp.stages.score.scorers import SCORERS
+
+    cfg = ScoreConfig()
+    assert (cfg.n_top + cfg.n_strata, cfg.n_negative) == (10, 15)
+    items = [_intruder_item(f, n_active=10, n_negative=cfg.n_negative) for f in range(2000)]
+    out = asyncio.run(SCORERS["detection"].score(items, NoisyDetectionJudge(accuracy), cfg))
+    confident = np.mean([o.estimate.p_value < cfg.alpha for o in out])
+    print(f"judge right on {accuracy:.0%} of windows: confident in {confident:.1%} of features")
+    assert confident >= 0.95 if accuracy == 0.9 else confident <= cfg.alpha
