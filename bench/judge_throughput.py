@@ -34,12 +34,12 @@ from standin_server import StandinServer  # noqa: E402
 
 from autointerp.config import ExplainConfig, LLMConfig  # noqa: E402
 from autointerp.judges.judge import make_judge, map_bounded  # noqa: E402
+from autointerp.stages.estimate import DELPHI_PUBLISHED as DELPHI  # noqa: E402
 from autointerp.stages.explain import explain_task, select_features  # noqa: E402
 from autointerp.store import CallLog, Store  # noqa: E402
 
 KEY = "sk-bench"
 PRICE_IN, PRICE_OUT = 0.15, 0.60  # gpt-4o-mini, USD per million tokens
-DELPHI = {"explain": 160, "detection": 125, "fuzzing": 125, "simulation": 4700}  # USD per million features, GPT-4o mini
 
 
 def config(server: StandinServer, concurrency: int) -> LLMConfig:
@@ -179,7 +179,7 @@ def main() -> None:
             f"{v['rule_tokens']:,.0f} | {v['completion_tokens']:,.0f} | ${v['usd_per_million']:,.0f} | "
             f"{'$' + format(DELPHI[k], ',') if k in DELPHI else '—'} |"
             for k, v in stages.items()
-            if when == "now" or k in ("detection", "fuzzing")
+            if k != "snippets" and (when == "now" or k in ("detection", "fuzzing"))
         ]
     md += [
         "",
@@ -210,7 +210,9 @@ def measure_cost(project: str, run_id: str, n_features: int) -> dict:
 
     vocab = Llama(str(model_path()), vocab_only=True, verbose=False)
     out = {}
-    for when, per_prompt in (("before (10 a prompt)", 10), ("now", None)):
+    # Before issue 26: 10 activating windows and 10 negatives in prompts of 10; now: the defaults.
+    settings = {"before (10 a prompt)": dict(per_prompt=10, n_negative=10), "now": {}}
+    for when, sizes in settings.items():
         with tempfile.TemporaryDirectory() as tmp, StandinServer(api_key=KEY, responder=TaskResponder()) as server:
             shutil.copy(Path(project) / "autointerp.duckdb", Path(tmp) / "autointerp.duckdb")
             with Store(tmp) as store:  # start from a clean log so only these calls count
@@ -224,7 +226,7 @@ def measure_cost(project: str, run_id: str, n_features: int) -> dict:
                     scorers=("detection", "fuzzing", "simulation", "intruder"),
                     n_boot=50,
                     shuffle_control="none",
-                    per_prompt=per_prompt,
+                    **sizes,
                 ),
             )
             cfg.explain = replace(cfg.explain, max_features=n_features, triage=None)
@@ -238,7 +240,8 @@ def measure_cost(project: str, run_id: str, n_features: int) -> dict:
             len(vocab.tokenize(t.encode(), add_bos=False, special=False)) for t in calls.system + calls.user
         ]
         calls["rule"] = [count_tokens(s) + count_tokens(u) for s, u in zip(calls.system, calls.user)]
-        out[when] = {}
+        shown = ScoreConfig(**sizes)
+        out[when] = {"snippets": shown.n_top + shown.n_strata + shown.n_negative}
         for purpose, g in calls.groupby("purpose"):
             bpe, completion = g.bpe.sum() / n_features, g.completion_tokens.sum() / n_features
             out[when][purpose] = {

@@ -32,13 +32,12 @@ def power(n_pos: int, n_neg: int, accuracy: float, alpha: float) -> float:
 
 
 def tokens_per_snippet() -> tuple[float, float]:
-    """(instructions, a snippet) in BPE tokens, from the measured detection prompts: before packing, two
-    prompts of 10; now one of 20 (the default run, reports/judge_throughput.json)."""
+    """(instructions, a snippet) in BPE tokens, from the detection prompts measured before packing and now
+    (the default run, reports/judge_throughput.json): prompts * instructions + snippets * a snippet."""
     cost = json.loads((REPORTS / "judge_throughput.json").read_text())["cost"]
-    two_of_ten, one_of_twenty = cost["before (10 a prompt)"]["detection"], cost["now"]["detection"]
-    # two prompts: 2 i + 20 s; one: i + 20 s
-    instructions = two_of_ten["bpe_tokens"] - one_of_twenty["bpe_tokens"]
-    return instructions, (one_of_twenty["bpe_tokens"] - instructions) / 20
+    rows = [(c["detection"]["prompts"], c["snippets"], c["detection"]["bpe_tokens"]) for c in cost.values()]
+    instructions, snippet = np.linalg.solve([[p, n] for p, n, _ in rows], [t for *_, t in rows])
+    return float(instructions), float(snippet)
 
 
 def main() -> None:

@@ -89,7 +89,8 @@ def test_estimate_matches_the_calls_then_made(pipeline_setup, tmp_path, capsys):
         ]
         scorers = ["--scorers", "detection,fuzzing,simulation,embedding"]
         assert main(["estimate", *gather, *judge, *scorers]) == 0
-        estimated = _table(capsys.readouterr().out)
+        out = capsys.readouterr().out
+        estimated = _table(out)
         assert len(server.calls) == 0  # no request at all: the estimate needs neither a key nor a server
         assert main(["explain", "--project", str(tmp_path / "p"), *judge, "--quiet"]) == 0
         assert main(["score", "--project", str(tmp_path / "p"), *judge, *scorers, "--quiet"]) == 0
@@ -112,6 +113,15 @@ def test_estimate_matches_the_calls_then_made(pipeline_setup, tmp_path, capsys):
     dollars = lambda text: float(text.lstrip("$"))  # noqa: E731
     for stage in ("explain", "score detection", "shuffle control", "total"):  # the batch APIs bill half
         assert dollars(estimated[stage][4]) == pytest.approx(dollars(estimated[stage][3]) / 2, abs=1e-4), stage
+    # A million features at this price, each judge task beside delphi's published figure: the stage's
+    # live cost over its features (prompt and completion tokens at $1 and $4 a million).
+    per_million = dict(re.findall(r"^    (\w+)\s+\$([\d,]+)  \(", out, re.M))
+    calls, p_tokens, c_tokens = estimated["score detection"][:3]
+    n_scored = int(re.search(r"score detection \(([\d,]+) features\)", out).group(1).replace(",", ""))
+    expected = (p_tokens * 1.0 + c_tokens * 4.0) / n_scored
+    assert int(per_million["detection"].replace(",", "")) == round(expected)
+    assert re.search(rf"detection\s+\$[\d,]+  \({calls / n_scored:.2f} calls, .*\)  delphi \$125$", out, re.M)
+    assert set(per_million) == {"explain", "detection", "fuzzing", "simulation"}
     total_calls, prompt, completion, cost, _ = estimated["total"]
     assert total_calls == sum(row[0] for row in billed.values())
     # The stand-in bills 4 characters a token; the estimate's rule reads prompts of code as denser.

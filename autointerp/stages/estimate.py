@@ -34,6 +34,9 @@ from autointerp.stages.triage import triage
 from autointerp.store import Store
 
 TYPICAL_LABEL = "the name of a function argument in Python documentation"
+# USD per million features that delphi published for GPT-4o mini (its README's cost table, as cited
+# in issue 26): the figure each task's estimate is shown beside.
+DELPHI_PUBLISHED = {"explain": 160, "detection": 125, "fuzzing": 125, "simulation": 4700}
 _PIECES = re.compile(r"[A-Za-z]+|\d+|[^\sA-Za-z\d]")
 
 
@@ -116,6 +119,8 @@ class StageEstimate:
     tally: Tally
     note: str = ""
     batched: bool = True  # through --batch at the batch price (the codebook stays live)
+    task: str | None = None  # the judge task, for its cost a feature beside delphi's
+    features: int = 0
 
 
 @dataclass
@@ -184,6 +189,23 @@ class CostEstimate:
                 "  with --batch: the provider's batch API at half the price (the codebook's calls stay live), answers "
                 "within 24 hours"
             )
+            out += self.per_million()
+        return out
+
+    def per_million(self) -> list[str]:
+        """Each judge task's live cost a million features at this price, beside delphi's published figure."""
+        rows = [s for s in self.stages if s.task and s.features and s.tally.calls]
+        if not rows:
+            return []
+        out = ["  a million features at this price (no shuffle control; delphi's published figure, GPT-4o mini):"]
+        for s in rows:
+            per = self.cost(s.tally) / s.features * 1e6
+            delphi = DELPHI_PUBLISHED.get(s.task)
+            out.append(
+                f"    {s.task:<12} ${per:,.0f}  ({s.tally.calls / s.features:.2f} calls, "
+                f"{s.tally.prompt_tokens / s.features:,.0f} prompt tokens a feature)"
+                + (f"  delphi ${delphi:,}" if delphi else "")
+            )
         return out
 
 
@@ -236,7 +258,11 @@ async def estimate_costs(
                 f"{len(routes.token):,} calls saved"
                 + ("" if cost is None or not tally.calls else f", about ${cost:,.2f}")
             )
-        out.stages.append(StageEstimate(f"explain ({n_labelled:,} features)", tally, "; ".join(notes)))
+        out.stages.append(
+            StageEstimate(
+                f"explain ({n_labelled:,} features)", tally, "; ".join(notes), task="explain", features=n_labelled
+            )
+        )
     if score_stage:
         await _score_stages(out, client, judge, store, run_id, labels, score_cfg)
     if codebook_batch:
@@ -281,7 +307,7 @@ async def _score_stages(
     control = Tally()
     for name in asking:
         tally = per_scorer.get(name, Tally())
-        out.stages.append(StageEstimate(f"score {name} ({n:,} features)", tally))
+        out.stages.append(StageEstimate(f"score {name} ({n:,} features)", tally, task=name, features=n))
         control.add(tally)
     for name in chosen(cfg.scorers):
         if not SCORERS[name].uses_judge:
