@@ -153,7 +153,11 @@ def run_config(a: argparse.Namespace):
     from autointerp.pipeline import load_configured_sae, model_for_sae
 
     cfg = RunConfig(
-        **given(RunConfig, a, WHERE + SAE_SOURCE + ("intervention_sample", "regather", "sample_size", "llm_minutes")),
+        **given(
+            RunConfig,
+            a,
+            WHERE + SAE_SOURCE + ("intervention_sample", "regather", "random_baseline", "sample_size", "llm_minutes"),
+        ),
         corpus=build(CorpusConfig, a),
         train=build(TrainConfig, a),
         gather=build(GatherConfig, a),
@@ -415,7 +419,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     _add_judge_flags(c)
     _add_explain_flags(c)
     _add_score_flags(c, selection=False)
-    c.settings(RunConfig, ("regather", "intervention_sample"))
+    c.settings(RunConfig, ("regather", "intervention_sample", "random_baseline"))
     _add_sample_flags(c)
     c.settings(SteeringExampleConfig, group=c.parser.add_argument_group("steering example (causal LMs)"))
 

@@ -882,6 +882,12 @@ class RunConfig:
     regather: bool = setting(
         False, "gather again even when this run was gathered with the same settings (its labels and scores are dropped)"
     )
+    random_baseline: bool = setting(
+        False,
+        "also run gather, explain and score (same judge, no sample) on an SAE of the same shape and k with random "
+        "directions, stored as run RUN-random: the floor each score is read against (one more gather; with an API "
+        "judge, its calls are paid for too)",
+    )
     progress: bool = True
 
     def __post_init__(self) -> None:

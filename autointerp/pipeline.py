@@ -701,6 +701,8 @@ def run(cfg: RunConfig, reuse_gather: bool = True, echo=print, sae: SAE | None =
         )
         echo("\n".join(by_intervention.lines()[1:]))
     echo("\n".join(timed("saturate", lambda: saturate_labels(cfg, gathered.run_id)).lines()))
+    if cfg.random_baseline:
+        echo("\n".join(timed("random baseline", lambda: random_baseline(cfg, gathered, explained.explainer))))
     if cfg.sample_judge is not None:
         sampled = sample_config(cfg)
         rounds = []
@@ -723,6 +725,29 @@ def run(cfg: RunConfig, reuse_gather: bool = True, echo=print, sae: SAE | None =
     files = timed("report", lambda: write_report(cfg.project, gathered.run_id, cfg=report))
     echo(f"report: {files.html}\nsummary: {files.markdown}")
     echo(wall_time_line(wall))
+
+
+def random_baseline(cfg: RunConfig, gathered: GatherSummary, explainer: str) -> list[str]:
+    """The pipeline once more, on an SAE of the run's shape whose directions are random (run RUN-random,
+    its SAE saved under PROJECT/saes/ beside a trained one): gathered (kept when already stored), labelled
+    and scored by the same judge. Returns its gather's summary and the lines setting each score beside the
+    baseline's."""
+    from autointerp.subject.autoencoder import random_like
+    from autointerp.views.compare import RANDOM_SUFFIX, baseline_lines
+
+    run_id = gathered.run_id + RANDOM_SUFFIX
+    real = load_configured_sae(cfg) or load_sae(Path(cfg.project) / "saes" / gathered.run_id)
+    k = real.k or max(1, round(gathered.sae_metrics.get("l0", 1)))
+    baseline = random_like(real, k, seed=cfg.train.seed)
+    path = Path(cfg.project) / "saes" / run_id
+    save_saelens(baseline, path, hook_name=cfg.model.hookpoint, model_name=cfg.model.name)
+    b_cfg = replace(cfg, run_id=run_id, sae=str(path), sae_id=None, sae_norm_scale=None, sample_judge=None)
+    random_gather = gather(b_cfg, sae=baseline)
+    if random_gather is None:
+        return []
+    label_and_score(b_cfg, run_id)
+    with Store(cfg.project, read_only=True) as store:
+        return random_gather.lines() + baseline_lines(store, gathered.run_id, explainer)
 
 
 def sample_sizes(cfg: RunConfig, run_id: str, rounds: list) -> Iterator[int]:

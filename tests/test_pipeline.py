@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -404,3 +405,38 @@ def test_ctrl_c_interrupts_a_long_computation_between_two_awaits_at_once():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("interrupted after") and float(done.stdout.split()[2]) < 3, done.stdout
+
+
+def test_a_random_baseline_runs_the_same_pipeline_on_random_directions_beside_the_real_run(setup, tmp_path, capsys):
+    """--random-baseline gathers, labels and scores an SAE of the same shape whose directions are random
+    (run r1-random), and the summary sets each score beside it; a re-run keeps what both runs stored."""
+    from autointerp.subject.sae import load_sae
+
+    project = tmp_path / "p"
+    argv = _gather_argv(setup, project)
+    argv[0] = "run"
+    judged = ["--judge", "offline", "--sample-judge", "none", "--intervention-sample", "0"]
+    judged += ["--scorers", "detection,coherence", "--random-baseline"]
+    assert cli_main([*argv, *judged]) == 0
+    out = capsys.readouterr().out
+    assert "random-SAE baseline (run r1-random" in out
+    assert re.search(r"  detection\s+this SAE median [\d.]+ \(lift [-+][\d.]+ .*; random SAE [\d.]+ \(lift", out)
+    report = next((project / "reports").glob("r1*.md")).read_text()  # the real run's report shows the floor too
+    assert "random-SAE baseline (run r1-random" in report and "random SAE" in report.split("## Scores")[1]
+    with Store(project, read_only=True) as store:
+        real, random = store.run("r1"), store.run("r1-random")
+        assert (random["d_sae"], random["d_model"]) == (real["d_sae"], real["d_model"]) == (16, 32)
+        assert set(store.scores("r1-random").scorer) == {"detection", "coherence"}
+        rows = {t: len(store.scores(r)) for t, r in (("real", "r1"), ("random", "r1-random"))}
+    sae = load_sae(project / "saes" / "r1-random")
+    norms = sae.W_enc.norm(dim=0)
+    assert sae.architecture == "topk" and torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+    assert torch.allclose(sae.W_dec, sae.W_enc.T)
+    # The directions are random: far from the real SAE's, and no two alike.
+    cos = (sae.W_enc.T @ sae.W_enc).fill_diagonal_(0).abs()
+    assert cos.max() < 0.9
+    assert cli_main([*argv, *judged]) == 0  # a re-run: both gathers kept, every score reused
+    again = capsys.readouterr().out
+    assert again.count("gather: kept the stored one") == 2
+    with Store(project, read_only=True) as store:
+        assert {t: len(store.scores(r)) for t, r in (("real", "r1"), ("random", "r1-random"))} == rows

@@ -179,3 +179,28 @@ def route_lines(store, run_id: str, explainers: list[str]) -> list[str]:
         rows = rows[(rows.label_source == "true") & (rows.status == "ok")]
         out.append(f"  {explainer}: token route {detection(rows, token)}; LLM route {detection(rows, llm)}")
     return out
+
+
+RANDOM_SUFFIX = "-random"  # the run of a real run's random-directions baseline (pipeline.random_baseline)
+
+
+def baseline_lines(store, run_id: str, explainer: str) -> list[str]:
+    """Each scorer's median and lift over its chance on the real SAE beside the same on its random
+    baseline (run <run_id>-random), and the difference of the lifts: what the SAE's training bought."""
+    real = store.score_summaries(run_id, explainer).set_index("scorer")
+    random = store.score_summaries(run_id + RANDOM_SUFFIX, explainer).set_index("scorer")
+    if random.empty:
+        return []
+    out = [f"random-SAE baseline (run {run_id}{RANDOM_SUFFIX}: the same shape, k and pipeline, random directions):"]
+    for scorer in real.index.intersection(random.index):
+        r, b = real.loc[scorer], random.loc[scorer]
+
+        def lift(row) -> str:
+            return f"lift {row.lift:+.3f} [{row.lift_low:+.3f}, {row.lift_high:+.3f}]"
+
+        out.append(
+            f"  {scorer:<12} this SAE median {r['median']:.3f} ({lift(r)}, {int(r.n_confident):,} of "
+            f"{int(r.n_features):,} confident); random SAE {b['median']:.3f} ({lift(b)}, {int(b.n_confident):,} of "
+            f"{int(b.n_features):,} confident)"
+        )
+    return out

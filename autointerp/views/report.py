@@ -106,6 +106,7 @@ class ReportData:
     alpha: float = default_of(ScoreConfig, "alpha")  # the level the score stage used for "confident"
     steering: pd.DataFrame = field(default_factory=pd.DataFrame)  # Store.steering: the run's steering experiments
     routes: list[str] = field(default_factory=list)  # compare.route_lines: triage's routes and how each scores
+    baseline: list[str] = field(default_factory=list)  # compare.baseline_lines: each score beside a random SAE's
 
 
 # ----------------------------------------------------------------------------- reading
@@ -215,7 +216,7 @@ def _explainer_rows(store: Store, run_id: str, names: list[str]) -> list[dict]:
 
 def collect(store: Store, run_id: str | None, cfg: ReportConfig) -> ReportData:
     from autointerp.stages.score.stage import HEADLINE
-    from autointerp.views.compare import agreement, ok_labels, route_lines
+    from autointerp.views.compare import agreement, baseline_lines, ok_labels, route_lines
 
     run = store.run(run_id)
     run_id = run["run_id"]
@@ -305,6 +306,7 @@ def collect(store: Store, run_id: str | None, cfg: ReportConfig) -> ReportData:
         alpha=alpha,
         steering=store.steering(run_id),
         routes=route_lines(store, run_id, [x["explainer"] for x in explainers]),
+        baseline=baseline_lines(store, run_id, explainer) if explainer else [],
     )
 
 
@@ -643,6 +645,13 @@ def _explainer_table(d: ReportData) -> tuple[list[str], list[list[str]]]:
             cells.append(f"{_num(v['median'])} ({_num(v['gap'])}, n={v['n_features']})" if v else "—")
         rows.append(cells)
     return header, rows
+
+
+def _lines_html(lines: list[str]) -> str:
+    """A heading line and its items, as a paragraph and a list (nothing when there are none)."""
+    if not lines:
+        return ""
+    return f"<p>{e(lines[0])}</p><ul>" + "".join(f"<li>{e(line.strip())}</li>" for line in lines[1:]) + "</ul>"
 
 
 def _explainers_html(d: ReportData) -> str:
@@ -1010,7 +1019,7 @@ def _page(d: ReportData, cfg: ReportConfig) -> str:
                 + "<p class='muted'>confident: the feature's one-sided permutation test rejects a label unrelated to "
                 "the activations, "
                 "on the feature's own snippets. The shuffle control scores a sample of features with another feature's "
-                "label.</p>" + scores_svg
+                "label.</p>" + _lines_html(d.baseline) + scores_svg
             )
             if scorers
             else '<p class="muted">no scores stored — run autointerp score</p>',
@@ -1128,6 +1137,7 @@ def render_markdown(d: ReportData, cfg: ReportConfig, html_name: str) -> str:
     out += ["", "## Scores", ""]
     if d.summary:
         out += table(SCORE_HEADER, [[_md(c) for c in cells] for cells in _score_cells(d.summary)])
+        out += [""] + [f"- {_md(line)}" for line in d.baseline] if d.baseline else []
     else:
         out.append("no scores stored — run autointerp score")
     if len(d.explainers) > 1:
