@@ -622,3 +622,19 @@ def test_detection_at_its_default_sizes_calls_a_label_right_on_90_percent_of_win
     confident = np.mean([o.estimate.p_value < cfg.alpha for o in out])
     print(f"judge right on {accuracy:.0%} of windows: confident in {confident:.1%} of features")
     assert confident >= 0.95 if accuracy == 0.9 else confident <= cfg.alpha
+
+
+def test_a_scorer_whose_intervals_cannot_tell_a_good_label_from_none_is_reported_not_measurable():
+    import pandas as pd
+
+    from autointerp.stages.score.stage import measurability
+
+    def rows(low, high):
+        return pd.DataFrame({"ci_low": low, "ci_high": high})
+
+    # Simulation at n = 8: most intervals span chance (0) to beyond 0.4.
+    wide = measurability(rows([-0.63, -0.2, 0.1, -0.5], [1.0, 0.9, 0.8, 0.3]), 0.0)
+    assert wide == ""  # two of four: half is not most
+    wide = measurability(rows([-0.63, -0.2, -0.1, -0.5], [1.0, 0.9, 0.8, 0.3]), 0.0)
+    assert wide.startswith("NOT MEASURABLE at this sample: 75% of the intervals hold both chance (0) and 0.4")
+    assert measurability(rows([0.547, 0.45, 0.6], [0.87, 0.85, 0.95]), 0.5) == ""  # detection at n = 25

@@ -357,6 +357,23 @@ def _control_size_needed(
     return needed
 
 
+UNINFORMATIVE_SPAN = 0.4  # an interval holding chance and chance + this cannot tell a good label from none
+
+
+def measurability(ok: pd.DataFrame, chance: float) -> str:
+    """'NOT MEASURABLE ...; ' when most features' intervals hold both chance and chance + 0.4 (the sample
+    is too small for a score to tell a good label from none), else ''."""
+    if ok.empty:
+        return ""
+    wide = ((ok.ci_low <= chance) & (ok.ci_high >= chance + UNINFORMATIVE_SPAN)).mean()
+    if wide <= 0.5:
+        return ""
+    return (
+        f"NOT MEASURABLE at this sample: {wide:.0%} of the intervals hold both chance ({chance:g}) and "
+        f"{chance + UNINFORMATIVE_SPAN:g}; show more windows a feature; "
+    )
+
+
 def _summary(rows: pd.DataFrame, scorer: Scorer, cfg: ScoreConfig, n_features: int) -> dict:
     own = rows[rows.label_source == "true"]
     ok = own[own.status == "ok"]
@@ -394,12 +411,15 @@ def _summary(rows: pd.DataFrame, scorer: Scorer, cfg: ScoreConfig, n_features: i
         "gap": gap.value if gap else math.nan,
         "gap_low": gap.ci_low if gap else math.nan,
         "gap_high": gap.ci_high if gap else math.nan,
-        "verdict": metrics.gap_verdict(gap)
-        if gap
-        else (
-            ("label-free: no shuffle control" if not scorer.reads_label else "no shuffle control")
-            if cfg.shuffle_control == "none"
-            else "undefined: no controlled feature has both scores defined"
+        "verdict": measurability(ok, scorer.chance)
+        + (
+            metrics.gap_verdict(gap)
+            if gap
+            else (
+                ("label-free: no shuffle control" if not scorer.reads_label else "no shuffle control")
+                if cfg.shuffle_control == "none"
+                else "undefined: no controlled feature has both scores defined"
+            )
         ),
         # Judge requests a control of every feature would have made on top (offline judge's too: its "calls" cost time,
         # not money).
