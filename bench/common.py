@@ -32,8 +32,22 @@ def sae_for(model: SubjectModel, sae_path: str | None, n_features: int = 4096):
     return sae
 
 
+def cpu_model() -> str:
+    """The CPU's model name (lscpu), and the architecture: every timing is given with it."""
+    import subprocess
+
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    name = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
+    return f"{name}, {platform.machine()}"
+
+
 def machine() -> dict:
-    info = {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__}
+    info = {
+        "cpu": cpu_model(),
+        "cpu_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
-import subprocess
 import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from common import cpu_model
 
 from autointerp.config import ExplainConfig, LLMConfig, RunConfig
 from autointerp.judges.judge import LLMJudge
@@ -174,15 +173,13 @@ def summarise(rows_by_view: dict, scored) -> dict:
 
 
 async def main(args) -> dict:
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("Model name")), "?")
     with Store(args.project, read_only=True) as store:
         run_id = store.run()["run_id"]
         routes = store.triage(run_id)
         pool = sorted(routes.feature[routes.route == "llm"].astype(int))
         features = sorted(int(f) for f in np.random.default_rng(args.seed).choice(pool, args.features, replace=False))
         result = {
-            "cpu": f"{model}, {platform.machine()}",
+            "cpu": cpu_model(),
             "model": LOCAL_MODEL.description,
             "run": run_id,
             "features": features,

@@ -18,25 +18,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
-import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from common import cpu_model
+from explain_views import boot, judge_on
 
 from autointerp.config import ScoreConfig
 from autointerp.llm.local import LOCAL_MODEL, LocalServer, model_path
 from autointerp.stages.score.sampling import held_out
 from autointerp.stages.score.scorers import SCORERS, Item
 from autointerp.store import Store
-
-sys_path = Path(__file__).resolve().parent
-import sys  # noqa: E402
-
-sys.path.insert(0, str(sys_path))
-from explain_views import boot, judge_on  # noqa: E402
 
 SIZES = (5, 10, 20)
 
@@ -98,8 +92,6 @@ def summarise(rows: list[dict], scorers) -> dict:
 
 
 async def main(args) -> dict:
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("Model name")), "?")
     with Store(args.project, read_only=True) as store:
         run_id = store.run()["run_id"]
         routes = store.triage(run_id)
@@ -108,7 +100,7 @@ async def main(args) -> dict:
         chosen = token.iloc[sorted(pick)]
         features = [int(f) for f in chosen.feature]
         labels = [str(x) for x in chosen.label]
-        result = {"cpu": f"{model}, {platform.machine()}", "model": LOCAL_MODEL.description, "run": run_id}
+        result = {"cpu": cpu_model(), "model": LOCAL_MODEL.description, "run": run_id}
         result["features"] = dict(zip(map(str, features), labels))
         with LocalServer(model_path(), alias=LOCAL_MODEL.name, log_path=Path("/tmp/bench-packed.log")) as s:
             result["rows"] = await measure(s, store, run_id, features, labels, args.scorers)

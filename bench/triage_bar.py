@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
+from common import cpu_model
 
 from autointerp.config import ExplainConfig
 from autointerp.judges.judge import OfflineJudge
@@ -39,8 +39,6 @@ def describe(values: np.ndarray, p_values: np.ndarray) -> dict:
 
 
 def main(args) -> dict:
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("Model name")), "?")
     with Store(args.project, read_only=True) as store:
         run_id = store.run()["run_id"]
         features = store.alive_features(run_id, include_dense=True)
@@ -49,7 +47,7 @@ def main(args) -> dict:
     final = scores[(scores.label_source == "true") & (scores.status == "ok")].set_index("feature")
     both = tests.merge(final[["value", "p_value"]], left_index=True, right_index=True, suffixes=("", "_score"))
     out = {
-        "cpu": model,
+        "cpu": cpu_model(),
         "run": run_id,
         "alive": len(features),
         "tested": len(tests),

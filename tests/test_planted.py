@@ -66,6 +66,17 @@ def _medians(own, scorer: str, features: list[int]) -> tuple[float, float]:
     return float(rows.value.median()), float(np.mean(rows.p_value < 0.01))
 
 
+def _concepts_and_random(planted, own, scorer: str) -> tuple[float, float, float, float]:
+    """A label-free scorer's median and confident share on the concept latents, then on the meaningless ones."""
+    concept, concept_confident = _medians(own, scorer, list(planted.concepts))
+    random, random_confident = _medians(own, scorer, planted.random)
+    print(
+        f"{scorer}: concepts {concept:.3f} ({concept_confident:.0%} confident), meaningless directions "
+        f"{random:.3f} ({random_confident:.0%} confident)"
+    )
+    return concept, concept_confident, random, random_confident
+
+
 def test_concepts_are_named_by_the_offline_judge(planted_run):
     planted, labels, *_ = planted_run
     named = [f for f, word in planted.concepts.items() if Term(norm(word)) in label_terms(str(labels.get(f, "")))]
@@ -91,12 +102,7 @@ def test_the_label_free_score_puts_concepts_above_meaningless_directions(planted
     """Coherence reads no label: concept latents' windows (each holding the planted word) hang together,
     directions that mean nothing sit at chance and are almost never called coherent."""
     planted, _, own, stdout, _ = planted_run
-    concept, concept_confident = _medians(own, "coherence", list(planted.concepts))
-    random, random_confident = _medians(own, "coherence", planted.random)
-    print(
-        f"coherence: concepts {concept:.3f} ({concept_confident:.0%} confident), meaningless directions "
-        f"{random:.3f} ({random_confident:.0%} confident)"
-    )
+    concept, concept_confident, random, random_confident = _concepts_and_random(planted, own, "coherence")
     assert concept > random and abs(random - 0.5) <= 0.1 and random_confident <= 0.05
     assert "label-free: no shuffle control" in stdout
 
@@ -105,12 +111,7 @@ def test_the_intruder_test_finds_concepts_intruders_and_only_chance_in_meaningle
     """The intruder test reads no label either: among four windows holding the planted word, the offline
     judge finds the one that does not; along directions that mean nothing it finds it at chance (1/5)."""
     planted, _, own, stdout, _ = planted_run
-    concept, concept_confident = _medians(own, "intruder", list(planted.concepts))
-    random, random_confident = _medians(own, "intruder", planted.random)
-    print(
-        f"intruder: concepts {concept:.3f} ({concept_confident:.0%} confident), meaningless directions "
-        f"{random:.3f} ({random_confident:.0%} confident)"
-    )
+    concept, concept_confident, random, random_confident = _concepts_and_random(planted, own, "intruder")
     assert concept >= 0.75 and concept_confident >= 0.75
     assert random <= 0.375 and random_confident <= 0.05
     assert "  intruder" in stdout
