@@ -80,6 +80,7 @@ class CountingLLM(OfflineJudge):
 
     name = "standin:llm"
     settings = {"provider": "openai_compatible", "model": "standin"}
+    makes_calls = True
     reads_views = True
 
     def __init__(self):

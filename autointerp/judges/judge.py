@@ -77,6 +77,7 @@ class Judge(Protocol):
     concurrency: int  # how many tasks are worth keeping in flight
     settings: dict  # what decides its answers besides the prompts (model, temperature, ...), stored with results
     reads_views: bool  # whether an explain task's views (activations, contrast, outputs) reach it
+    makes_calls: bool  # whether its answers cost calls (an LLM's): triage spares it the token features
 
     async def check(self) -> None:
         """Raise AutointerpError now if the judge cannot work (bad key, unreachable server)."""
@@ -106,6 +107,7 @@ class NamedTasks:
     judge that treats one task differently overrides just that one."""
 
     reads_views = True
+    makes_calls = True
 
     async def explain(self, task: ExplainTask) -> JudgeAnswer[str]:
         return await self.ask(task)
@@ -414,6 +416,7 @@ class OfflineJudge(NamedTasks):
     name = "offline:token-stats-v1"
     concurrency = 1  # pure computation: nothing to overlap
     reads_views = False  # token statistics of the examples and negatives only
+    makes_calls = False  # it writes the token label itself: nothing for triage to save
     settings = {"provider": "offline", "model": "token-stats-v1"}
 
     async def check(self) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from autointerp.config import OFFLINE, ExplainConfig
+from autointerp.config import ExplainConfig
 from autointerp.errors import AutointerpError
 from autointerp.judges.judge import Judge, map_bounded
 from autointerp.judges.prompts import FREQUENT, activation_marks
@@ -190,7 +190,7 @@ async def explain(
     stored = store.explanations(run_id, explainer)
     done = stored[stored.status == "ok"]
     routes = None
-    if cfg.triage is not None and judge.settings.get("provider") != OFFLINE:
+    if cfg.triage is not None and judge.makes_calls:
         chosen = select_features(store, run_id, replace(cfg, sample=None))
         routes = triage(store, run_id, chosen, given)  # the offline explainer's windows, not this judge's
         if cfg.sample is None:  # labelling them all: the token route's labels are this explainer's too

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import pandas as pd
 
@@ -37,7 +38,7 @@ class Routes:
     tests: pd.DataFrame  # feature, label, value, ci_low, ci_high, n, p_value (indexed by feature)
     bar: float
 
-    @property
+    @cached_property
     def token(self) -> list[int]:
         """Features whose token label clears the bar: they keep it and cost no call."""
         t = self.tests
