@@ -15,7 +15,15 @@ from standin_server import Fault, StandinServer
 
 from autointerp.config import LLMConfig
 from autointerp.errors import AutointerpError
-from autointerp.judges.judge import LLMJudge, OfflineJudge, Term, label_terms, make_judge
+from autointerp.judges.judge import (
+    ANY,
+    LLMJudge,
+    OfflineJudge,
+    Term,
+    label_terms,
+    make_judge,
+    names_only_function_tokens,
+)
 from autointerp.judges.prompts import (
     DEFAULT_DIR,
     PROMPT_NAMES,
@@ -106,6 +114,8 @@ DEF = Feature((" def",))
 KEYWORDS = Feature((" def", " class", " lambda"))
 CALL = Feature((" (",), after=" print")
 CLASS = Feature((" class",))
+# A syntactic role: whatever token comes right after "print", none of them a large share.
+ROLE = Feature((" x", " y", " value", " name", " data", " list", " len", " self", " None"), after=" print")
 
 
 def explain_task(feature: Feature, seed: int = 0, n: int = 40) -> ExplainTask:
@@ -365,6 +375,7 @@ def test_simulation_parser_checks_shape_and_range():
     [
         (DEF, 'token "def"'),
         (CALL, '"(" after "print"'),
+        (ROLE, 'any token after "print"'),
     ],
 )
 def test_offline_explain_names_the_token_and_its_context(feature, label):
@@ -378,7 +389,7 @@ def test_offline_explain_lists_every_token_of_a_several_token_feature():
     assert set(label_terms(answer.value)) == {Term("def"), Term("class"), Term("lambda")}
 
 
-@pytest.mark.parametrize("feature", [DEF, KEYWORDS, CALL])
+@pytest.mark.parametrize("feature", [DEF, KEYWORDS, CALL, ROLE])
 def test_offline_scores_are_high_for_the_true_label_and_near_chance_for_a_wrong_one(feature):
     judge = OfflineJudge()
     label = run(judge.explain(explain_task(feature))).value
@@ -417,10 +428,31 @@ def test_offline_scores_are_high_for_the_true_label_and_near_chance_for_a_wrong_
         ("the word `New York` in news", [Term("new"), Term("york")]),
         ('the phrase "United States", and "\\n"', [Term("united"), Term("states"), Term("\n")]),
         ("Python function definitions", [Term("python"), Term("function"), Term("definitions")]),
+        ('any token after "def" (also "(" after "print")', [Term(ANY, "def"), Term("(", "print")]),
+        ('the "any token" placeholder', [Term("any"), Term("token")]),
     ],
 )
 def test_label_terms_reads_offline_labels_and_falls_back_for_free_text(label, terms):
     assert label_terms(label) == terms
+
+
+@pytest.mark.parametrize(
+    "label, trivial",
+    [
+        ('token "the"', True),
+        ('token "," (also "def")', True),  # the headline decides; the tail is runners-up
+        ('"," after "the"', True),
+        ("commas and full stops", True),
+        ("the word 'of'", True),
+        ('token "def"', False),
+        ('"(" after "print"', False),
+        ('any token after "def"', False),
+        ("Python function definitions", False),
+        ("", False),
+    ],
+)
+def test_labels_naming_only_punctuation_or_function_words_are_told_apart(label, trivial):
+    assert names_only_function_tokens(label) is trivial
 
 
 def test_offline_judge_reports_an_error_instead_of_guessing():

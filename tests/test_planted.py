@@ -13,7 +13,7 @@ import pytest
 from planted import build
 
 from autointerp.config import CorpusConfig
-from autointerp.judges.judge import Term, label_terms, norm
+from autointerp.judges.judge import ANY, Term, label_terms, norm
 from autointerp.store import Store
 
 pytestmark = pytest.mark.slow  # every test here runs whole CLI workflows, processes or the benchmark
@@ -81,6 +81,29 @@ def test_concepts_are_named_by_the_offline_judge(planted_run):
     planted, labels, *_ = planted_run
     named = [f for f, word in planted.concepts.items() if Term(norm(word)) in label_terms(str(labels.get(f, "")))]
     assert len(named) >= 0.95 * len(planted.concepts), {f: labels.get(f) for f in planted.concepts if f not in named}
+
+
+def _named_roles(planted, labels) -> list[int]:
+    return [f for f, word in planted.roles.items() if Term(ANY, norm(word)) in label_terms(str(labels.get(f, "")))]
+
+
+def test_roles_are_named_by_the_offline_judge_as_the_position_after_their_word(planted_run):
+    """A role latent fires on whatever token follows its word: no token label fits it, the offline judge's
+    `any token after "<word>"` does."""
+    planted, labels, *_ = planted_run
+    named = _named_roles(planted, labels)
+    recall = {f: round(r, 2) for f, r in planted.role_recall.items()}
+    print(f"roles named {len(named)} of {len(planted.roles)}; probe recall {recall}")
+    assert len(named) >= 0.75 * len(planted.roles), {f: labels.get(f) for f in planted.roles if f not in named}
+
+
+def test_a_label_naming_a_role_scores_at_least_090_by_detection_and_is_confident(planted_run):
+    planted, labels, own, *_ = planted_run
+    named = _named_roles(planted, labels)
+    detection, confident = _medians(own, "detection", named)
+    random, random_confident = _medians(own, "detection", planted.random)
+    print(f"detection: named roles {detection:.3f} ({confident:.0%} confident), meaningless {random:.3f}")
+    assert detection >= 0.90 and confident >= 0.75 and random_confident <= 0.05
 
 
 @pytest.mark.parametrize("scorer", ["detection", "fuzzing"])

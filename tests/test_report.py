@@ -25,6 +25,7 @@ from autointerp.views.report import (
     NOT_SATURATED_YET,
     FeatureCard,
     ScoreCell,
+    card_flags,
     loss_recovered_text,
     low_confidence,
     watch_patterns,
@@ -345,6 +346,14 @@ def test_watch_list_matches_whole_words_and_forms():
     )
 
 
+@pytest.mark.parametrize(
+    "label, trivial", [('token "the" (also "def")', True), ("commas", True), ('token "def"', False), (None, False)]
+)
+def test_cards_of_labels_naming_only_function_words_are_flagged_trivial(label, trivial):
+    card = FeatureCard(0, 10, 0.1, 1.0, False, False, np.zeros(66), label=label, label_status="ok")
+    assert ("trivial" in card_flags(card)) is trivial
+
+
 def test_low_confidence_reasons():
     cfg = ReportConfig()
     card = FeatureCard(0, 10, 0.1, 1.0, False, False, np.zeros(66), label="x", label_status="ok")
@@ -467,6 +476,11 @@ def test_report_opens_in_a_real_browser_without_errors(report, tmp_path):
     # Sorting by detection score from the URL reorders the cards, unscored ones last.
     sorted_dom = _chromium(tmp_path / "profile", "--dump-dom", url + "?sort=s-detection")
     assert re.findall(r'<article id="f(\d+)"', sorted_dom.stdout) == ["2", "0", "4", "1", "3", "5"]
+    # A card whose label names only function words (card_flags: trivial) sorts after the other scored ones.
+    demoted = tmp_path / "demoted.html"
+    demoted.write_text(re.sub(r'(<article id="f2"[^>]*data-flags=")', r"\1trivial ", files.html.read_text()))
+    sorted_dom = _chromium(tmp_path / "profile", "--dump-dom", demoted.as_uri() + "?sort=s-detection")
+    assert re.findall(r'<article id="f(\d+)"', sorted_dom.stdout) == ["0", "4", "1", "2", "3", "5"]
 
     shot = tmp_path / "report.png"
     run = _chromium(tmp_path / "profile", "--window-size=1280,8000", f"--screenshot={shot}", url)

@@ -42,6 +42,7 @@ ZEBRA_TOP = [5, 4242, 65_535]  # the only features with "zebra" in a top window
 ZEBRA_QUANTILE_ONLY = 77  # has it in a quantile sample only: not a match
 ZEBRA_SILENT = 9  # has it in a top window, but is silent there: not a match
 HOSTILE = 3  # label and top windows hostile
+TRIVIAL = list(range(7, N, 2003))  # labels naming only punctuation or function words
 
 
 def synthetic(seed: int = 0) -> dict:
@@ -56,15 +57,21 @@ def synthetic(seed: int = 0) -> dict:
     labels[30_000] = "sharp needles"
     labels[60_000] = "a NEEDLE, upper case"
     labels[HOSTILE] = HOSTILE_LABEL
+    trivial = np.zeros(N, bool)
+    trivial[TRIVIAL] = True
+    for k, i in enumerate(TRIVIAL):
+        labels[i] = ['token "the"', '","', "commas"][k % 3]
     failed = (f % 97 == 96) & ~dead
     labelled = [i for i in range(N) if not dead[i]]
     scored = [i for i in labelled if not failed[i]]
     det = rng.uniform(0.3, 1.0, N)
+    det[TRIVIAL] = 0.999  # near the top: a sort by score must still put them after every other label
     fuz = rng.uniform(0.2, 0.9, N)
     return dict(
         dead=dead,
         dense=dense,
         labels=labels,
+        trivial=trivial,
         failed=failed,
         labelled=labelled,
         scored=scored,
@@ -401,12 +408,17 @@ def test_paging_sorting_and_filters_match_the_data(server, data):
     assert shown(fetch(server.url + "?page=999999")[2]) == []  # past the end: an empty page, not an error
     scored = data["scored"]
     det = data["detection"]
-    top = sorted(scored, key=lambda i: (-det[i], i))[:20]
+    trivial = data["trivial"]
+    top = sorted(scored, key=lambda i: (trivial[i], -det[i], i))[:20]
     assert shown(fetch(server.url + "?sort=score&scorer=detection&per=20")[2]) == top
+    # Function-word labels come after all the others however high they score, flagged as such.
+    page = fetch(server.url + "?sort=score&scorer=detection&min=0.997&per=500")[2]
+    best = sorted((i for i in scored if det[i] >= 0.997), key=lambda i: (trivial[i], -det[i], i))
+    assert shown(page) == best and sum(trivial[best]) >= 20 and page.count(">function words<") == sum(trivial[best])
     fuz = data["fuzzing"]
     assert (
         shown(fetch(server.url + "?sort=score&scorer=fuzzing&order=asc&per=20")[2])
-        == sorted(scored, key=lambda i: (fuz[i], i))[:20]
+        == sorted(scored, key=lambda i: (trivial[i], fuz[i], i))[:20]
     )
     page = fetch(server.url + "?scorer=detection&min=0.95&low=0.9&dense=0&per=500")[2]
     expected = [i for i in scored if det[i] >= 0.95 and data["detection_low"][i] >= 0.9 and not data["dense"][i]]

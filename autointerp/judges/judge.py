@@ -21,6 +21,7 @@ Offline label format (readable by people, read back by `label_terms`):
     token "def"                            fires on "def"
     token "def" (also "class", "lambda")   fires on any of them
     "(" after "print"                      fires on "(" when the previous token is "print"
+    any token after "def"                  fires on whatever token follows "def" (a syntactic role)
 
 Quoted tokens are JSON strings, stripped of surrounding whitespace and case-folded,
 so `" Def"` and `"def"` are one token. For labels in any other wording `label_terms` uses
@@ -226,18 +227,26 @@ def norm(token: str) -> str:
     return token.strip().casefold() or token
 
 
+# The token of a term that names a position, not a token: whatever comes right after `after` (a
+# syntactic role such as "the name after def"). NUL never survives tokenization, so no real token is it.
+ANY = "\x00any"
+
+
 @dataclass(frozen=True)
 class Term:
-    """A token, optionally only when right after another token (both normalised)."""
+    """A token, optionally only when right after another token (both normalised); with token ANY,
+    any token right after `after`."""
 
     token: str
     after: str | None = None
 
     def matches(self, keys: Sequence[str], i: int) -> bool:
-        return keys[i] == self.token and (self.after is None or (i > 0 and keys[i - 1] == self.after))
+        return (self.token == ANY or keys[i] == self.token) and (
+            self.after is None or (i > 0 and keys[i - 1] == self.after)
+        )
 
     def describe(self) -> str:
-        text = json.dumps(self.token, ensure_ascii=False)
+        text = "any token" if self.token == ANY else json.dumps(self.token, ensure_ascii=False)
         return text if self.after is None else f"{text} after {json.dumps(self.after, ensure_ascii=False)}"
 
 
@@ -248,8 +257,10 @@ def format_label(terms: Sequence[Term]) -> str:
 
 
 _JSON_STRING = r'"(?:[^"\\]|\\.)*"'
-_TERM = re.compile(rf"({_JSON_STRING})(?:\s+after\s+({_JSON_STRING}))?")
-_ALSO_TAIL = re.compile(rf"^((?:token )?{_JSON_STRING}(?: after {_JSON_STRING})?) \(also .*\)$", re.DOTALL)
+_TERM = re.compile(rf"({_JSON_STRING}|any token)(?:\s+after\s+({_JSON_STRING}))?")
+_ALSO_TAIL = re.compile(
+    rf"^((?:token )?(?:{_JSON_STRING}|any token)(?: after {_JSON_STRING})?) \(also .*\)$", re.DOTALL
+)
 
 
 def label_headline(label: str) -> str:
@@ -266,6 +277,32 @@ STOPWORDS = frozenset(
     "token tokens word words after before also feature fires activates text phrase phrases "
     "mention mentions mentioning reference references related e g".split()
 )
+
+
+# Words that name no content: the stopwords above, pronouns, auxiliaries and the like.
+FUNCTION_WORDS = STOPWORDS | frozenset(
+    "she her him his them they their there these those then than what which who when where while not "
+    "but all any some one can has have had was were been being into onto about over under "
+    "i me my we us our you your he if so do does did no yes".split()
+)
+# Words by which a label names a punctuation mark or white space rather than quoting it.
+PUNCTUATION_NAMES = frozenset(
+    "punctuation mark marks comma commas period periods full stop stops dot dots colon colons semicolon "
+    "semicolons quote quotes quotation apostrophe apostrophes hyphen hyphens dash dashes parenthesis "
+    "parentheses bracket brackets brace braces space spaces whitespace newline newlines".split()
+)
+
+
+def names_only_function_tokens(label: str) -> bool:
+    """Whether all a label names is punctuation, white space or function words (`token "the"`, `","`,
+    "commas"). Such a feature fires on tokens nearly every window holds, so its active windows part
+    from its silent ones on a trivial split: a high score says little, and rankings by score put these
+    labels after the others."""
+    terms = label_terms(label_headline(label))
+    words = [w for t in terms for w in (t.token, t.after) if w is not None and w != ANY]
+    return bool(words) and all(
+        not any(c.isalnum() for c in w) or w in FUNCTION_WORDS or w in PUNCTUATION_NAMES for w in words
+    )
 
 
 def _json_text(quoted: str) -> str:
@@ -288,7 +325,12 @@ def label_terms(label: str) -> list[Term]:
     terms = [
         term
         for tok, after in _TERM.findall(label)
-        for term in ([Term(norm(_json_text(tok)), norm(_json_text(after)))] if after else _terms_of(_json_text(tok)))
+        if after or tok != "any token"
+        for term in (
+            [Term(ANY if tok == "any token" else norm(_json_text(tok)), norm(_json_text(after)))]
+            if after
+            else _terms_of(_json_text(tok))
+        )
     ]
     if not terms:
         terms = [term for groups in _OTHER_QUOTES.findall(label) for term in _terms_of(next(g for g in groups if g))]
@@ -329,7 +371,7 @@ def _term_counts(snippets: Iterable[Snippet]) -> tuple[Counter, Counter, float, 
         values = snippet.values()
         top = max(values, default=0.0)
         for i, (key, fires) in enumerate(zip(keys, activation_marks(snippet))):
-            terms = [Term(key)] + ([Term(key, keys[i - 1])] if i else [])
+            terms = [Term(key)] + ([Term(key, keys[i - 1]), Term(ANY, keys[i - 1])] if i else [])
             if fires:
                 weight = values[i] / top  # the snippet's peak counts most
                 n_active += weight
@@ -353,14 +395,26 @@ def term_scores(snippets: Sequence[Snippet], negatives: Sequence[Snippet]) -> di
     }
 
 
+def _overlap(a: Term, b: Term) -> bool:
+    """Whether b says again what a says: "x" and "x after y", "any token after y" and "x after y"."""
+    return a.after == b.after if ANY in (a.token, b.token) else a.token == b.token
+
+
 def explain_terms(snippets: Sequence[Snippet], negatives: Sequence[Snippet]) -> list[Term]:
     """The label's terms, best first; empty when no position fires."""
     scores = term_scores(snippets, negatives)
-    # Context is said only when it pays: otherwise "x after y" loses to plain "x".
+    # Context is said only when it pays: otherwise "x after y" loses to plain "x", and "any token
+    # after y" (a position many different tokens fill) to the best "x after y".
+    specific: dict[str, float] = {}
+    for term, score in scores.items():
+        if term.after is not None and term.token != ANY:
+            specific[term.after] = max(score, specific.get(term.after, -math.inf))
     candidates = {
         term: score
         for term, score in scores.items()
-        if term.after is None or score > scores[Term(term.token)] + CONTEXT_MARGIN
+        if term.after is None
+        or score
+        > (specific.get(term.after, -math.inf) if term.token == ANY else scores[Term(term.token)]) + CONTEXT_MARGIN
     }
     ranked = sorted(candidates, key=lambda t: (-candidates[t], t.token, t.after or ""))
     if not ranked:
@@ -370,7 +424,7 @@ def explain_terms(snippets: Sequence[Snippet], negatives: Sequence[Snippet]) -> 
     for term in ranked[1:]:
         if len(chosen) > MAX_EXTRAS or candidates[term] < floor:
             break
-        if all(term.token != c.token for c in chosen):  # "x" and "x after y" would overlap
+        if not any(_overlap(term, c) for c in chosen):
             chosen.append(term)
     return chosen
 

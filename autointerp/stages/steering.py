@@ -20,15 +20,10 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 
 from autointerp.config import SteerConfig, SteeringExampleConfig
-from autointerp.judges.judge import STOPWORDS, label_headline, label_terms
+from autointerp.judges.judge import FUNCTION_WORDS, label_headline, label_terms
 from autointerp.subject.steer import SteerResult, norm_scale, steer
 
 MIN_WORD = 3  # letters: shorter words ("of", "if") say nothing of a topic
-# Words a label uses that name no topic: the judge's stopwords, pronouns and the like.
-FUNCTION_WORDS = STOPWORDS | frozenset(
-    "she her him his them they their there these those then than what which who when where while not "
-    "but all any some one can has have had was were been being into onto about over under".split()
-)
 
 
 @dataclass

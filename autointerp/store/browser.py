@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from autointerp.errors import AutointerpError
@@ -36,6 +37,8 @@ LEFT JOIN (SELECT feature, max(value) AS value, max(ci_low) AS ci_low FROM score
            WHERE run_id = $run AND explainer = $explainer AND scorer = $scorer AND label_source = 'true'
            GROUP BY feature) s ON s.feature = f.feature
 WHERE f.run_id = $run"""
+    # A sort by score: the scored features, ranked_last's after the others; then the unscored.
+    _LAST = "s.value IS NULL, list_contains(CAST($last AS INTEGER[]), f.feature), "
     _TABLE_FILTERS = {  # name → fragment; each is added when its parameter is given
         "q": " AND contains(lower(x.label), lower($q))",
         # The ids anywhere in a window narrow the rows fast; the feature must then fire on one of them.
@@ -52,7 +55,8 @@ WHERE f.run_id = $run"""
         "dense=0": " AND NOT f.dense",
     }
 
-    def __init__(self, project: str | Path, run_id: str | None = None):
+    def __init__(self, project: str | Path, run_id: str | None = None, ranks_last: Callable[[str], bool] | None = None):
+        """ranks_last(label): labels that a sort by score puts after all others (the views decide which)."""
         self.path = db_path(project)
         if not self.path.exists():
             raise AutointerpError(
@@ -75,6 +79,8 @@ WHERE f.run_id = $run"""
             self.con.close()
             raise
         self.default_run = run_id or known[0]
+        self.ranks_last = ranks_last
+        self._last: dict[tuple[str, str], list[int]] = {}
 
     def close(self) -> None:
         self.con.close()
@@ -175,13 +181,30 @@ ORDER BY token_id LIMIT 1000""",
             "SELECT f.feature, x.label, x.status, f.density, f.n_firing, f.max_activation, f.dead, f.dense"
             + self._TABLE_FROM
             + where
-            + f"\nORDER BY {self.SORT_KEYS[sort]} {'DESC' if descending else 'ASC'} NULLS LAST, f.feature\nLIMIT "
+            + f"\nORDER BY {self._LAST if sort == 'score' else ''}{self.SORT_KEYS[sort]} "
+            f"{'DESC' if descending else 'ASC'} NULLS LAST, f.feature\nLIMIT "
             "$limit OFFSET $offset",
             **args,
+            **({"last": self.ranked_last(run, explainer)} if sort == "score" else {}),
             limit=limit,
             offset=offset,
         )
         return total, rows
+
+    def ranked_last(self, run: str, explainer: str | None) -> list[int]:
+        """The features whose label ranks_last puts after the others in a sort by score. Read once per run
+        and explainer (all its labels, the one unpaged query): nothing changes the database while it is served."""
+        if self.ranks_last is None or explainer is None:
+            return []
+        if (run, explainer) not in self._last:
+            rows = self._query(
+                "SELECT feature, label FROM explanations WHERE run_id = $run AND explainer = $explainer "
+                "AND status = 'ok' AND label IS NOT NULL",
+                run=run,
+                explainer=explainer,
+            )
+            self._last[(run, explainer)] = sorted(f for f, label in rows if self.ranks_last(label))
+        return self._last[(run, explainer)]
 
     def page_scores(self, run: str, explainer: str, features: list[int]) -> list[tuple]:
         """(feature, scorer, value, ci_low, ci_high, p_value) of the own labels of a page's features."""

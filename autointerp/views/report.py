@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from autointerp import __version__
 from autointerp.config import ReportConfig, ScoreConfig, default_of
 from autointerp.errors import AutointerpError
-from autointerp.judges.judge import label_headline
+from autointerp.judges.judge import label_headline, names_only_function_tokens
 from autointerp.records import Snippet
 from autointerp.store import Store
 from autointerp.views.text import file_stem, visible_token
@@ -467,7 +467,7 @@ content-visibility:auto;contain-intrinsic-size:auto 300px}
 .card[hidden]{display:none}
 .card h3{font-size:14px;margin:0 0 .2em}.card h3 a{color:#555;margin-right:.4em}
 .b{display:inline-block;font-size:11px;border-radius:3px;padding:0 .4em;margin:0 .3em .2em 0}
-.b.low{background:#fbe3c8}.b.watch{background:#f7c6c6}.b.dead{background:#ddd}.b.dense{background:#d8e4f5}
+.b.low{background:#fbe3c8}.b.watch{background:#f7c6c6}.b.dead{background:#ddd}.b.trivial{background:#e6e6e6}.b.dense{background:#d8e4f5}
 .card table{font-size:12px}.card img{display:block;margin:.3em 0 0}
 .card figcaption{font-size:11px;color:#777}
 .hist{display:grid;grid-template-columns:auto 160px;gap:0 .3em;margin:.3em 0;font-size:10px;color:#777}
@@ -500,12 +500,13 @@ function filter(){var needle=q.value.trim().toLowerCase(),want=only.value,n=0;
 cards.forEach(function(c){var ok=(!needle||c.getAttribute('data-search').indexOf(needle)>=0)&&
 (!want||(' '+c.getAttribute('data-flags')+' ').indexOf(' '+want+' ')>=0);
 c.hidden=!ok;if(ok)n++;});shown.textContent=n;}
-function order(){var key=sort.value,desc=key!=='f'&&key!=='label';
+function order(){var key=sort.value,desc=key!=='f'&&key!=='label',byScore=key.indexOf('s-')===0;
 function val(c){if(key==='label')return c.getAttribute('data-search');
 var v=parseFloat(c.getAttribute('data-'+key));return isNaN(v)?null:v;}
-var keyed=cards.map(function(c){return [val(c),+c.getAttribute('data-f'),c];});
-keyed.sort(function(a,b){if(a[0]===b[0])return a[1]-b[1];if(a[0]===null)return 1;if(b[0]===null)return -1;
-var d=a[0]<b[0]?-1:1;return desc?-d:d;});
+function last(c){return byScore&&(' '+c.getAttribute('data-flags')+' ').indexOf(' trivial ')>=0?1:0;}
+var keyed=cards.map(function(c){return [val(c),+c.getAttribute('data-f'),c,last(c)];});
+keyed.sort(function(a,b){if((a[0]===null)!==(b[0]===null))return a[0]===null?1:-1;if(a[3]!==b[3])return a[3]-b[3];
+if(a[0]===b[0])return a[1]-b[1];var d=a[0]<b[0]?-1:1;return desc?-d:d;});
 var frag=document.createDocumentFragment();keyed.forEach(function(k){frag.appendChild(k[2]);});box.appendChild(frag);}
 var params=new URLSearchParams(location.search);
 if(params.has('q'))q.value=params.get('q');
@@ -844,20 +845,30 @@ def _histogram_html(hist: tuple[str, float | None, float | None, int]) -> str:
     )
 
 
+TRIVIAL_NOTE = (
+    "the label names only punctuation or function words: the feature fires on tokens nearly every window holds, "
+    "so its scores rest on a trivial split; sorting by score puts it after the other labels"
+)
 SNIPPET_KINDS = {"top": "top", "quantile": "quantile bin", "negative": "no activation"}
 EFFECT_KINDS = {"promoted": "promotes", "suppressed": "suppresses", "amplified": "amplified, makes likelier"}
+
+
+def card_flags(c: FeatureCard) -> list[str]:
+    """The card's flags, which the page filters on (and "trivial" cards sort after the others by score)."""
+    return (
+        (["low"] if c.low_confidence else [])
+        + (["watch"] if c.watch else [])
+        + (["dead"] if c.dead else [])
+        + (["dense"] if c.dense else [])
+        + (["trivial"] if c.label and names_only_function_tokens(c.label) else [])
+        + ["flagged" if c.low_confidence or c.watch else "clear"]
+    )
 
 
 def _card_html(
     c: FeatureCard, hist: tuple[str, float | None, float | None, int] | None, scorers: list[str], alpha: float
 ) -> str:
-    flags = (
-        (["low"] if c.low_confidence else [])
-        + (["watch"] if c.watch else [])
-        + (["dead"] if c.dead else [])
-        + (["dense"] if c.dense else [])
-    )
-    flags.append("flagged" if c.low_confidence or c.watch else "clear")
+    flags = card_flags(c)
     search = f"#{c.feature} {c.label or ''} {' '.join(c.other_labels.values())} {' '.join(c.watch)}".lower()
     attrs = (
         f'id="f{c.feature}" class="card" data-f="{c.feature}" data-flags="{" ".join(flags)}" '
@@ -881,6 +892,7 @@ def _card_html(
         + [
             '<span class="b dead">dead</span>' if c.dead else "",
             '<span class="b dense">dense</span>' if c.dense else "",
+            f'<span class="b trivial" title="{e(TRIVIAL_NOTE)}">function words</span>' if "trivial" in flags else "",
         ]
     )
     rows = "".join(
@@ -946,7 +958,7 @@ def _page(d: ReportData, cfg: ReportConfig) -> str:
     watch_terms = "; ".join(k + ": " + ", ".join(v) for k, v in cfg.watch.items())
     sort_options = (
         [("f", "feature index"), ("label", "label A–Z")]
-        + [(f"s-{s}", f"{s} score ↓") for s in scorers]
+        + [(f"s-{s}", f"{s} score ↓ (function-word labels last)") for s in scorers]
         + [("density", "density ↓"), ("max", "max activation ↓")]
     )
 
@@ -1046,7 +1058,8 @@ def _page(d: ReportData, cfg: ReportConfig) -> str:
         'value="flagged">flagged</option>'
         '<option value="low">low confidence</option><option value="watch">watch-list hits</option><option '
         'value="clear">not flagged</option>'
-        '<option value="dead">dead</option></select><select id="sort" aria-label="sort">'
+        '<option value="dead">dead</option><option value="trivial">function-word labels</option></select>'
+        '<select id="sort" aria-label="sort">'
         + "".join(f'<option value="{k}">{v}</option>' for k, v in sort_options)
         + f'</select><span><span id="shown">{len(carded):,}</span> of {len(carded):,} shown</span></div>{beyond}'
     )

@@ -520,8 +520,14 @@ class App:
             + f"<th class='num'>{sort_link('density', 'density')}</th><th>flags</th></tr>"
         )
         body = []
+        last = self.db.ranks_last or (lambda label: False)
         for feature, label, status, density, _n, _max, dead, dense in rows:
-            flags = " ".join(f"<span class='flag'>{n}</span>" for n, on in (("dead", dead), ("dense", dense)) if on)
+            trivial = label is not None and status == "ok" and last(label)
+            flags = " ".join(
+                f"<span class='flag'>{n}</span>"
+                for n, on in (("dead", dead), ("dense", dense), ("function words", trivial))
+                if on
+            )
             label_html = (
                 f"<span class='lbl'>{esc(label)}</span>"
                 if label is not None and status == "ok"
@@ -943,9 +949,10 @@ def make_server(
 ) -> Server:
     """A server over the project's database, bound but not yet serving (port 0: a free port). Call
     serve_forever() (in a thread, for tests), then shutdown() and server_close()."""
+    from autointerp.judges.judge import names_only_function_tokens
     from autointerp.store import Browser
 
-    db = Browser(project, run_id)
+    db = Browser(project, run_id, ranks_last=names_only_function_tokens)
     try:
         return Server(db, host, port, quiet, allow_hosts)
     except OSError as e:

@@ -19,7 +19,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
-from autointerp.judges.judge import Judge, label_terms
+from autointerp.judges.judge import ANY, Judge, label_terms
 from autointerp.stages.score.scorers.base import Item, Outcome, Scorer
 from autointerp.stats import metrics
 
@@ -122,7 +122,7 @@ def label_token_ids(tokenizer, label: str) -> list[int]:
     ids = set()
     for term in label_terms(label):
         word = term.token.strip()
-        if not word:
+        if not word or term.token == ANY:
             continue
         for variant in {word, " " + word, word.capitalize(), " " + word.capitalize()}:
             encoded = tokenizer(variant, add_special_tokens=False).input_ids
