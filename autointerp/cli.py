@@ -105,7 +105,7 @@ def _add_sample_flags(c: Command) -> None:
         help="also label a seeded sample with this judge, beside the main one "
         "(default: local for the embedded default when installed)",
     )
-    c.settings(RunConfig, ("sample_size", "llm_minutes"))
+    c.settings(RunConfig, ("sample_size", "llm_minutes", "sample_scorer"))
 
 
 def _add_stored_run(c: Command, quiet: bool = True) -> None:
@@ -156,7 +156,9 @@ def run_config(a: argparse.Namespace):
         **given(
             RunConfig,
             a,
-            WHERE + SAE_SOURCE + ("intervention_sample", "regather", "random_baseline", "sample_size", "llm_minutes"),
+            WHERE
+            + SAE_SOURCE
+            + ("intervention_sample", "regather", "random_baseline", "sample_size", "llm_minutes", "sample_scorer"),
         ),
         corpus=build(CorpusConfig, a),
         train=build(TrainConfig, a),

@@ -28,6 +28,7 @@ EMBEDDED_LM_HOOKPOINT = "blocks.15.hook_resid_post"  # block 15 of 30
 EMBEDDED_HOOKPOINTS = {EMBEDDED_MODEL: EMBEDDED_HOOKPOINT, EMBEDDED_LM: EMBEDDED_LM_HOOKPOINT}
 METHODS = ("embedding", "codebook")
 CONTROL_MODES = ("sample", "all", "none")
+SAMPLE_SCORERS = ("auto", "judge", "offline")
 OUTPUT_EFFECTS = ("full", "projection", "none")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 OFFLINE = "offline"  # the judge that needs no LLM: --judge offline
@@ -875,6 +876,14 @@ class RunConfig:
     sample_score: ScoreConfig = field(
         default_factory=lambda: ScoreConfig(scorers=("detection", "embedding"), n_top=3, n_strata=2, n_negative=5)
     )
+    sample_scorer: str = setting(
+        "auto",
+        "who scores the sample's labels: judge (the sample judge, with the sample's scorers and sizes), offline (the "
+        "offline judge reads the words each label names, at the main run's sizes, as it scores the token labels; "
+        "free), auto (offline where the sample judge's answers do not follow a label, as the embedded 1.5B model's "
+        "do not, else judge)",
+        choices=SAMPLE_SCORERS,
+    )
     steering: SteeringExampleConfig = field(default_factory=SteeringExampleConfig)  # causal LMs only
     intervention_sample: int = setting(
         128, "causal LMs: score this many of the labels by intervention, a seeded sample (0: none)", minimum=0
@@ -892,6 +901,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_numbers(self)
+        if self.sample_scorer not in SAMPLE_SCORERS:
+            raise AutointerpError(
+                f"unknown sample scorer {self.sample_scorer!r}", f"use one of {', '.join(SAMPLE_SCORERS)}"
+            )
 
     def resolved_run_id(self) -> str:
         import re

@@ -651,15 +651,41 @@ def estimate(cfg: RunConfig, run_id: str | None = None) -> list:
     return run_sync(aestimate(cfg, run_id))
 
 
+# What the offline judge scores a sample judge's labels by: the label-reading scorers the main run
+# scores its token labels by (the label-free ones do not depend on who wrote the label).
+SAMPLE_READ_BY = ("detection", "fuzzing", "simulation", "embedding")
+
+
+def sample_read_offline(cfg: RunConfig) -> bool:
+    """Whether the offline judge, not the sample judge, scores the sample's labels (cfg.sample_scorer)."""
+    if cfg.sample_scorer == "auto":
+        return cfg.sample_judge is not None and not PROVIDERS[cfg.sample_judge.provider].follows_labels
+    return cfg.sample_scorer == "offline"
+
+
 def sample_config(cfg: RunConfig) -> RunConfig:
-    """The config the sample judge runs under: its own judge, the seeded sample, its scorers."""
+    """The config the sample judge runs under: its own judge, the seeded sample, its scorers (none where
+    the offline judge scores its labels: see label_sample)."""
     return replace(
         cfg,
         judge=cfg.sample_judge,
         explain=replace(cfg.explain, sample=cfg.sample_size, features=None, max_features=None, stop_coverage=None),
-        score=cfg.sample_score,
+        score=cfg.sample_score if not sample_read_offline(cfg) else replace(cfg.score, scorers=()),
         sample_judge=None,
     )
+
+
+def label_sample(cfg: RunConfig, sampled: RunConfig, run_id: str) -> tuple[ExplainSummary, ScoreSummary]:
+    """One round of the sample: labelled by the sample judge, scored by it or, where the offline judge
+    reads the labels (sample_read_offline), by that judge at the main run's sizes, as the token labels are."""
+    if not sample_read_offline(cfg):
+        return label_and_score(sampled, run_id)
+    explained, _ = label_and_score(sampled, run_id, score_stage=False)
+    reader = replace(
+        sampled, judge=None, explainer=explained.explainer, score=replace(cfg.score, scorers=SAMPLE_READ_BY)
+    )
+    _, scored = label_and_score(reader, run_id, explain_stage=False)
+    return explained, scored
 
 
 def run(cfg: RunConfig, reuse_gather: bool = True, echo=print, sae: SAE | None = None) -> None:
@@ -708,12 +734,18 @@ def run(cfg: RunConfig, reuse_gather: bool = True, echo=print, sae: SAE | None =
         rounds = []
         for size in sample_sizes(cfg, gathered.run_id, rounds):
             sampled = replace(sampled, explain=replace(sampled.explain, sample=size))
-            rounds.append(label_and_score(sampled, gathered.run_id))
+            rounds.append(label_sample(cfg, sampled, gathered.run_id))
             echo("\n".join(rounds[-1][0].lines() + rounds[-1][1].lines()))
         s_explained = rounds[-1][0]
         wall["sample explain"] = sum(e.seconds for e, _ in rounds)
         wall["sample score"] = sum(sc.seconds for _, sc in rounds)
         echo(sample_size_line(cfg, rounds))
+        if sample_read_offline(cfg):
+            echo(
+                f"LLM sample's labels scored by the offline judge, which reads the words each label names, at the main "
+                f"run's sizes (--sample-scorer {cfg.sample_scorer}: {cfg.sample_judge.provider}'s own answers do not "
+                "follow a label, reports/local_detection.md; --sample-scorer judge scores with it anyway)"
+            )
         echo("\n".join(timed("sample saturate", lambda: saturate_labels(sampled, gathered.run_id)).lines()))
         with Store(cfg.project, read_only=True) as store:
             echo("\n".join(sample_lines(store, gathered.run_id, s_explained.explainer, explained.explainer)))

@@ -4,8 +4,9 @@ Builds the planted SAE of tests/planted.py on the embedded encoder (token concep
 that are not a token, directions that mean nothing), runs `autointerp run` on it with the offline
 judge (its labels, detection and intruder scores), then has the local LLM label a seeded sample of
 each kind with each view of ExplainConfig.views that an encoder has (none, activations, contrast,
-both; an encoder has no output effects) and scores each label by detection with the same judge,
-at the sizes the run scores its LLM sample with.
+both; an encoder has no output effects) and scores each label by detection on the score split with
+the offline judge, which predicts from the words a label names (the local judge's own detection is
+at chance even for labels known to be right: reports/local_detection.md), at the run's score sizes.
 
 A label names a token concept when it says the word; a role when it says the word the role follows
 and a word of position ("after", "follow", "next", "preceded").
@@ -37,7 +38,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from planted import build  # noqa: E402
 
 from autointerp.config import CorpusConfig, ExplainConfig, RunConfig  # noqa: E402
-from autointerp.judges.judge import ANY, Term, label_terms, norm  # noqa: E402
+from autointerp.judges.judge import ANY, OfflineJudge, Term, label_terms, norm  # noqa: E402
 from autointerp.llm.local import LOCAL_MODEL, LocalServer, model_path  # noqa: E402
 from autointerp.stages.explain import explain_tasks  # noqa: E402
 from autointerp.stages.score.sampling import held_out  # noqa: E402
@@ -103,7 +104,8 @@ def offline_summary(store, run_id, planted) -> dict:
 
 async def llm_views(server, store, run_id, sample: dict[int, tuple[str, str]]) -> dict:
     judge = judge_on(server)
-    score_cfg = RunConfig().sample_score
+    reader = OfflineJudge()
+    score_cfg = RunConfig().score
     features = sorted(sample)
     snippets = {
         fs.feature: held_out(fs, score_cfg.n_top, score_cfg.n_strata, score_cfg.n_negative, score_cfg.seed)
@@ -122,7 +124,7 @@ async def llm_views(server, store, run_id, sample: dict[int, tuple[str, str]]) -
             row["named"] = names(answer.value, kind, word)
             if answer.ok:
                 item = Item(task.feature, answer.value, snippets[task.feature], task.feature)
-                (o,) = await SCORERS["detection"].score([item], judge, score_cfg)
+                (o,) = await SCORERS["detection"].score([item], reader, score_cfg)
                 if o.status == "ok":
                     row["detection"], row["p_value"] = o.estimate.value, o.estimate.p_value
             rows.append(row)
@@ -205,8 +207,10 @@ def write(result: dict, reports: Path) -> None:
         "",
         "## Local LLM judge, by view",
         "",
-        "Detection by the same judge on the score split at the run's LLM-sample sizes (3 top + 2 strata windows "
-        "against 5 negatives): mean over latents with a bootstrap 95% interval; confident: p < 0.01.",
+        "Each LLM label scored by detection on the score split at the run's score sizes, read by the offline judge "
+        "(it predicts a window active when it holds a word the label names; the local judge's own detection is at "
+        "chance even for right labels, reports/local_detection.md): mean over latents with a bootstrap 95% "
+        "interval; confident: p < 0.01.",
         "",
         "| view | kind | latents | named | detection | confident | explain s |",
         "|---|---|---|---|---|---|---|",

@@ -432,6 +432,58 @@ def test_the_llm_sample_is_sized_to_its_time_budget(pipeline_setup, fresh_projec
         assert len(server.calls) == asked and again.startswith(f"LLM sample: {size} features, as stored"), again
 
 
+@pytest.mark.parametrize("scorer", ["offline", "judge"])
+def test_a_sample_judge_that_does_not_follow_labels_has_them_read_by_the_offline_judge(
+    pipeline_setup, fresh_project, keys, scorer
+):
+    """--sample-scorer offline: the sample judge only labels (no detection prompt reaches it) and the
+    offline judge scores its labels by the main run's scorers and sizes, as the token labels are; judge:
+    the sample judge scores them itself, by the sample's scorers. "auto" picks offline from the registry
+    for the embedded local model, whose answers do not follow a label, and judge for any other."""
+    from autointerp.llm.providers import PROVIDERS
+    from autointerp.pipeline import SAMPLE_READ_BY, run, sample_read_offline
+    from autointerp.stages.score.sampling import held_out
+
+    main = ScoreConfig(scorers=("detection",), n_top=4, n_strata=2, n_negative=6, n_boot=50)
+    with StandinServer(api_key=KEY, responder=TaskResponder(), latency_s=0.0) as server:
+        judge = replace(_judge_config(server, "openai_compatible"), concurrency=1)
+        cfg = pipeline_config(
+            pipeline_setup,
+            fresh_project,
+            score=main,
+            sample_judge=judge,
+            sample_size=3,
+            llm_minutes=0,
+            sample_score=ScoreConfig(scorers=("detection",), n_top=1, n_strata=1, n_negative=1, n_boot=50),
+            sample_scorer=scorer,
+            intervention_sample=0,
+        )
+        run(cfg, echo=lambda _: None)
+    with Store(fresh_project, read_only=True) as store:
+        scores = store.scores("r1", "openai_compatible:llama3.1")
+        purposes = {p for (p,) in store.con.execute("SELECT DISTINCT purpose FROM llm_calls").fetchall()}
+    own = scores[scores.label_source == "true"]
+    assert own.feature.nunique() == 3
+    if scorer == "offline":
+        assert purposes == {"explain"}, purposes
+        assert set(own.scorer) == set(SAMPLE_READ_BY)
+        assert set(own[own.scorer != "embedding"].judge) == {"offline:token-stats-v1"}  # embedding: MiniLM
+        detection = own[own.scorer == "detection"].set_index("feature").n
+        with Store(fresh_project, read_only=True) as store:
+            windows = store.feature_snippets("r1", list(detection.index), split="score")
+        shown = {
+            size: {fs.feature: len(h.active) + len(h.negatives) for fs in windows for h in [held_out(fs, *size, 0)]}
+            for size in ((main.n_top, main.n_strata, main.n_negative), (1, 1, 1))
+        }
+        assert detection.to_dict() == shown[main.n_top, main.n_strata, main.n_negative] != shown[1, 1, 1]
+    else:
+        assert "detection" in purposes and set(own.scorer) == {"detection"}
+        assert set(own.judge) == {"openai_compatible:llama3.1"}
+    assert sample_read_offline(replace(cfg, sample_judge=LLMConfig(provider="local"), sample_scorer="auto"))
+    assert not sample_read_offline(replace(cfg, sample_scorer="auto"))
+    assert not PROVIDERS["local"].follows_labels and PROVIDERS["openai_compatible"].follows_labels
+
+
 def test_seeded_samples_of_a_large_dictionary_are_nested():
     """A larger sample holds every feature of a smaller one with the same seed, at any dictionary size
     (numpy's choice without replacement draws by another algorithm past a few thousand)."""

@@ -46,6 +46,10 @@ class Provider:
     timeout_s: float = 60.0  # seconds per request unless --timeout says otherwise
     explain_snippets: tuple[int, int, int | None] = FULL_SNIPPETS
     explain_views: tuple[str, ...] = ALL_VIEWS
+    # Whether its detection, fuzzing and simulation answers follow the label it is given. False (the
+    # embedded 1.5B model answers at chance even for labels known to be right: reports/local_detection.md)
+    # has a run score its sample's labels with the offline judge instead (RunConfig.sample_scorer "auto").
+    follows_labels: bool = True
     needs_modules: tuple[str, ...] = ()  # importable only once its optional install is done
     install: str = ""  # the command that installs those modules
 
@@ -102,6 +106,7 @@ PROVIDERS: dict[str, Provider] = {
             timeout_s=600.0,
             explain_snippets=(8, 4, 8),
             explain_views=("contrast",),
+            follows_labels=False,
             needs_modules=("llama_cpp", *LOCAL_MODEL.parts),
             install=INSTALL_HINT,
         ),
