@@ -814,6 +814,13 @@ class SteeringExampleConfig:
         "degenerates into repeats)",
         flag="steer_strength",
     )
+    escalate: float = setting(
+        1.5,
+        "if no candidate's steered continuation shows its label at --steer-strength, all are tried once more at "
+        "this multiple of it (1: no second try)",
+        flag="steer_escalate",
+        minimum=1,
+    )
     max_new_tokens: int = setting(32, "tokens the steering example generates", flag="steer_tokens")
     seed: int = 0
 

@@ -13,7 +13,7 @@ import torch
 
 from autointerp.config import ModelConfig, SteerConfig
 from autointerp.errors import AutointerpError
-from autointerp.stages.steering import says, topic_words
+from autointerp.stages.steering import fluent, says, topic_words
 from autointerp.subject.load import Subject
 from autointerp.subject.model import SubjectModel
 from autointerp.subject.sae import SAE
@@ -379,3 +379,16 @@ def test_topic_words_are_a_labels_content_words_and_says_matches_their_stems():
         "languages",
     ]
     assert says("the codec", ["code"]) == ["code"] and says("decoded", ["code"]) == []
+
+
+def test_a_looping_continuation_is_not_fluent():
+    """The texts SmolLM2 wrote when pushed too hard (the demo run's features at strength 1.0) loop; those it
+    wrote at 0.75 with a label word gained read as text."""
+    assert not fluent(" is true, which is true, one-zero-zero-zero-zero-zero-zero-zero-zero-zero-zero-zero-zero")
+    assert not fluent("'s what you want is, it's there, it's there, it's there, it's there, it's there, it")
+    assert not fluent("................................") and not fluent(" the the")
+    assert fluent(
+        " is one of the one that is being modified to add a method to the class, which is implementing the method of"
+        " the class"
+    )
+    assert fluent("'s a great idea. I'll make sure to incorporate it into the new product.")

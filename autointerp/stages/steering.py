@@ -5,9 +5,10 @@ Which feature shows it is not known before trying: a direction can name a topic 
 still only make the model repeat a token. So the stage steers up to `candidates` features whose
 label names a word (those whose output effects include a label word first, as they write what
 they read; then the LLM sample's free-text labels; then by detection score) and keeps the first
-whose steered continuation says a word of its label that the unsteered one does not. The strength
-is one unit for all: the added vector's norm as a multiple of the hookpoint's median norm on the
-prompt (steer.py explains why that unit decides fluency). Each try is one short generation beside
+whose steered continuation says a word of its label that the unsteered one does not, without looping
+(`fluent`). The strength is one unit for all: the added vector's norm as a multiple of the hookpoint's
+median norm on the prompt (steer.py explains why that unit decides fluency); when no candidate shows
+its label at that strength, all are tried once more at `escalate` times it. Each try is one short generation beside
 the unsteered one, generated once; the example and how it was picked are stored in `steering`.
 """
 
@@ -24,6 +25,9 @@ from autointerp.judges.judge import FUNCTION_WORDS, label_headline, label_terms
 from autointerp.subject.steer import SteerResult, norm_scale, steer
 
 MIN_WORD = 3  # letters: shorter words ("of", "if") say nothing of a topic
+# Distinct words as a share of a continuation's words, below which it is a loop ("one-zero-zero-zero…",
+# "it's there, it's there"): a pushed direction that only makes the model repeat a token shows no topic.
+MIN_DISTINCT = 0.5
 
 
 @dataclass
@@ -68,6 +72,12 @@ def says(text: str, words: list[str]) -> list[str]:
     """The words (by a 5-letter stem) that occur in text."""
     found = set(re.findall(r"[^\W\d_]+", text.casefold()))
     return [w for w in words if any(f.startswith(_stem(w)) for f in found)]
+
+
+def fluent(text: str) -> bool:
+    """Whether a continuation reads as text rather than a loop: a few words, at least MIN_DISTINCT of them distinct."""
+    words = re.findall(r"[^\W\d_]+", text.casefold())
+    return len(words) >= 4 and len(set(words)) >= MIN_DISTINCT * len(words)
 
 
 def candidates(store, run_id: str, explainers: list[str], limit: int) -> list[Candidate]:
@@ -127,32 +137,41 @@ def steering_example(project: str, run_id: str, explainers: list[str], cfg: Stee
         return SteeringExample(None, None, "no labelled feature names a topic word", 0, time.perf_counter() - started)
     first: tuple[Candidate, SteerResult] | None = None  # the best bet's try, shown if none says its label
     unsteered = None  # the same for every feature: generated once
-    for tried, c in enumerate(pool, 1):
-        scale = norm_scale(subject, c.feature, cfg.prompt, cfg.strength)
-        result = steer(
-            subject,
-            SteerConfig(
-                feature=c.feature, prompt=cfg.prompt, scale=scale, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed
-            ),
-            unsteered,
-        )
-        unsteered = result.unsteered
-        gained = [w for w in says(result.steered, c.words) if w not in says(result.unsteered, c.words)]
-        if gained:
-            why = (
-                f"the first of {len(pool)} candidates (labels naming a word; features writing it first, then the "
-                "LLM's labels, then by detection) whose steered "
-                f"continuation says {', '.join(repr(w) for w in gained)} and the unsteered one does not "
-                f"({tried} tried)"
+    # Near 1 the text degenerates, and below it a direction may be too weak to show: one more pass, stronger.
+    strengths = [cfg.strength] + ([cfg.strength * cfg.escalate] if cfg.escalate > 1 else [])
+    tried = 0
+    for strength in strengths:
+        for c in pool:
+            tried += 1
+            scale = norm_scale(subject, c.feature, cfg.prompt, strength)
+            result = steer(
+                subject,
+                SteerConfig(
+                    feature=c.feature,
+                    prompt=cfg.prompt,
+                    scale=scale,
+                    max_new_tokens=cfg.max_new_tokens,
+                    seed=cfg.seed,
+                ),
+                unsteered,
             )
-            return _stored(project, run_id, SteeringExample(c, result, why, tried, time.perf_counter() - started))
-        first = first or (c, result)
+            unsteered = result.unsteered
+            gained = [w for w in says(result.steered, c.words) if w not in says(result.unsteered, c.words)]
+            if gained and fluent(result.steered):
+                why = (
+                    f"the first of {len(pool)} candidates (labels naming a word; features writing it first, then the "
+                    f"LLM's labels, then by detection) whose steered continuation at strength {strength:g} says "
+                    f"{', '.join(repr(w) for w in gained)}, which the unsteered one does not, without looping "
+                    f"({tried} tried at {', '.join(f'{s:g}' for s in strengths[: strengths.index(strength) + 1])})"
+                )
+                return _stored(project, run_id, SteeringExample(c, result, why, tried, time.perf_counter() - started))
+            first = first or (c, result)
     c, result = first
     why = (
-        f"none of the {len(pool)} candidates' steered continuations says a word of its label; shown: the "
-        "first one tried"
+        f"none of the {len(pool)} candidates' steered continuations says a word of its label without looping, at "
+        f"strength {' or '.join(f'{s:g}' for s in strengths)}; shown: the first one tried"
     )
-    return _stored(project, run_id, SteeringExample(c, result, why, len(pool), time.perf_counter() - started))
+    return _stored(project, run_id, SteeringExample(c, result, why, tried, time.perf_counter() - started))
 
 
 def _stored(project: str, run_id: str, example: SteeringExample) -> SteeringExample:
