@@ -2,9 +2,10 @@
 
 1. Views: the same features (the LLM route of the run's triage, a seeded sample) labelled by the
    local judge with each view of ExplainConfig.views (none, each alone, all), every label scored by
-   detection and fuzzing on the score split by the same judge, at the sizes the run scores its LLM
-   sample with (3 top + 2 strata windows against 5 negatives, one prompt). Per view: mean score
-   with a bootstrap 95% interval over features, and the paired difference against "none".
+   detection and fuzzing on the score split by the offline judge reading the label's words, as the
+   run scores its LLM sample (the local judge's own detection is at chance even for right labels:
+   reports/local_detection.md), at the run's score sizes. Per view: mean score with a bootstrap 95%
+   interval over features, and the paired difference against "none".
 2. Prompt cache: explain and detection prompts at concurrency 1, as shipped (the shared
    instructions first, so llama-cpp-python reuses the previous prompt's KV cache for that prefix)
    and with a unique first line in each system message, which defeats that reuse. Features a
@@ -30,7 +31,7 @@ import numpy as np
 from common import cpu_model
 
 from autointerp.config import ExplainConfig, LLMConfig, RunConfig
-from autointerp.judges.judge import LLMJudge
+from autointerp.judges.judge import LLMJudge, OfflineJudge
 from autointerp.judges.prompts import TASKS, load_prompts
 from autointerp.llm.client import MemoryCallStore
 from autointerp.llm.connect import make_client
@@ -81,7 +82,8 @@ def boot(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
 
 async def views(server, store, run_id, features, scored) -> dict:
     judge = judge_on(server)
-    score_cfg = RunConfig().sample_score  # as the run scores its LLM sample: 3 top + 2 strata + 5 negatives
+    reader = OfflineJudge()  # as the run scores its LLM sample: the label's words, at the run's score sizes
+    score_cfg = RunConfig().score
     snippets = {
         fs.feature: held_out(fs, score_cfg.n_top, score_cfg.n_strata, score_cfg.n_negative, score_cfg.seed)
         for fs in store.feature_snippets(run_id, features, split="score")
@@ -99,7 +101,7 @@ async def views(server, store, run_id, features, scored) -> dict:
             if answer.ok:
                 item = Item(task.feature, answer.value, snippets[task.feature], task.feature)
                 for scorer in scored:
-                    (o,) = await SCORERS[scorer].score([item], judge, score_cfg)
+                    (o,) = await SCORERS[scorer].score([item], reader, score_cfg)
                     row[scorer] = o.estimate.value if o.status == "ok" else None
             rows.append(row)
             print(name, json.dumps(row), flush=True)
@@ -212,8 +214,9 @@ def write(result: dict, reports: Path) -> None:
         "## Views",
         "",
         f"Each feature labelled with each view; each label scored by {' and '.join(result['scored'])} on the score "
-        "split (3 top + 2 strata windows against 5 negatives, as the run scores its LLM sample) by the same judge. "
-        "Mean over features with a bootstrap 95% interval; the paired difference against the examples alone.",
+        "split at the run's score sizes by the offline judge, which reads the words the label names (as the run "
+        "scores its LLM sample; the local judge's own answers are at chance, reports/local_detection.md). Mean over "
+        "features with a bootstrap 95% interval; the paired difference against the examples alone.",
         "",
         "| view | labels | prompt tokens | explain s | "
         + " | ".join(f"{s} | vs none" for s in result["scored"])
@@ -226,6 +229,9 @@ def write(result: dict, reports: Path) -> None:
             d = e[scorer]
             cells += [f(d["mean"], d["ci"]), f(d["vs_none"]["mean"], d["vs_none"]["ci"])]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Labels (none, then all):", ""]
+    for name in ("none", "all"):
+        lines += [f"- {name}, #{r['feature']}: {r['label']!r}" for r in result["views"][name]]
     lines += ["", "## Prompt cache", "", "| prompts | features | seconds | per minute |", "|---|---|---|---|"]
     for key, c in result["cache"].items():
         lines.append(f"| {key} | {c['features']} | {c['seconds']:.1f} | {c['per_minute']:.1f} |")
