@@ -22,6 +22,7 @@ from autointerp.judges.judge import (
     Term,
     label_terms,
     make_judge,
+    match_positions,
     names_only_function_tokens,
 )
 from autointerp.judges.prompts import (
@@ -427,13 +428,27 @@ def test_offline_scores_are_high_for_the_true_label_and_near_chance_for_a_wrong_
         ("the 'def' keyword starting functions", [Term("def")]),
         ("the word `New York` in news", [Term("new"), Term("york")]),
         ('the phrase "United States", and "\\n"', [Term("united"), Term("states"), Term("\n")]),
-        ("Python function definitions", [Term("python"), Term("function"), Term("definitions")]),
+        (
+            "Python function definitions",
+            [Term("python", stem=True), Term("function", stem=True), Term("definitions", stem=True)],
+        ),
         ('any token after "def" (also "(" after "print")', [Term(ANY, "def"), Term("(", "print")]),
         ('the "any token" placeholder', [Term("any"), Term("token")]),
     ],
 )
 def test_label_terms_reads_offline_labels_and_falls_back_for_free_text(label, terms):
     assert label_terms(label) == terms
+
+
+def test_a_free_text_label_reads_tokens_that_share_a_stem_with_its_words():
+    """A free-text label names words, not tokens: "recursion" reads the token `recurs` (the demo run's feature
+    80, labelled so by the local judge), "values" the token `value`; a short token that only begins a word
+    ("hand" in "handling") does not count, and a quoted token matches itself only."""
+    tokens = ["the", "recurs", "ive", "hand", "value", "recursion"]
+    assert match_positions(tokens, label_terms("recursion")) == [False, True, False, False, False, True]
+    assert match_positions(tokens, label_terms("error handling")) == [False] * 6
+    assert match_positions(tokens, label_terms("default values")) == [False, False, False, False, True, False]
+    assert match_positions(tokens, label_terms('token "recursion"')) == [False] * 5 + [True]
 
 
 @pytest.mark.parametrize(

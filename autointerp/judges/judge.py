@@ -232,18 +232,29 @@ def norm(token: str) -> str:
 ANY = "\x00any"
 
 
+# A free-text label's word and a token match when one begins the other and the shorter has this many
+# characters: "recursion" reads the token "recurs", "values" the token "value", but "handling" not "hand".
+STEM_CHARS = 5
+
+
 @dataclass(frozen=True)
 class Term:
     """A token, optionally only when right after another token (both normalised); with token ANY,
-    any token right after `after`."""
+    any token right after `after`. A stem term (a content word of a free-text label, which names a
+    word rather than quoting a token) also matches a token it begins or that begins it (STEM_CHARS)."""
 
     token: str
     after: str | None = None
+    stem: bool = False
 
     def matches(self, keys: Sequence[str], i: int) -> bool:
-        return (self.token == ANY or keys[i] == self.token) and (
+        return (self.token == ANY or keys[i] == self.token or (self.stem and self._shares_stem(keys[i]))) and (
             self.after is None or (i > 0 and keys[i - 1] == self.after)
         )
+
+    def _shares_stem(self, key: str) -> bool:
+        short, long = sorted((key, self.token), key=len)
+        return len(short) >= STEM_CHARS and long.startswith(short)
 
     def describe(self) -> str:
         text = "any token" if self.token == ANY else json.dumps(self.token, ensure_ascii=False)
@@ -321,7 +332,7 @@ def _terms_of(text: str) -> list[Term]:
 
 def label_terms(label: str) -> list[Term]:
     """The terms a label names: offline-format terms or other double-quoted strings, else
-    strings in other quotes, else the label's content words."""
+    strings in other quotes, else the label's content words (stem terms)."""
     terms = [
         term
         for tok, after in _TERM.findall(label)
@@ -335,7 +346,7 @@ def label_terms(label: str) -> list[Term]:
     if not terms:
         terms = [term for groups in _OTHER_QUOTES.findall(label) for term in _terms_of(next(g for g in groups if g))]
     if not terms:
-        terms = [Term(word) for word in re.findall(r"\w+", label.casefold()) if word not in STOPWORDS]
+        terms = [Term(word, stem=True) for word in re.findall(r"\w+", label.casefold()) if word not in STOPWORDS]
     return list(dict.fromkeys(terms))  # unique, in order
 
 
