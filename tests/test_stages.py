@@ -18,7 +18,7 @@ from autointerp.judges.judge import OfflineJudge
 from autointerp.pipeline import gather, label_and_score
 from autointerp.records import JudgeAnswer
 from autointerp.stages.explain import explain
-from autointerp.stages.score.stage import score
+from autointerp.stages.score.stage import load_held_out, score
 from autointerp.store import Store
 
 KEY = "sk-stages-secret-0123456789"
@@ -537,6 +537,32 @@ def test_the_label_free_score_runs_without_a_shuffle_control_and_ignores_relabel
     assert summary.per_scorer["coherence"]["verdict"] == "label-free: no shuffle control"
     assert summary.per_scorer["detection"]["n_controls"] > 0  # the label's scorers keep theirs
     assert again.reused == {"coherence": len(first)}  # a new label does not make it score again
+
+
+def test_each_window_is_embedded_once_for_the_embedding_and_coherence_scorers_and_the_control(
+    fresh_project, monkeypatch
+):
+    from autointerp.stages.score.scorers.embedding import Embedded
+    from autointerp.stats.embed import Embedder
+
+    encoded: list[str] = []
+    real = Embedder.encode
+
+    def counted(self, texts, batch_size=64):
+        encoded.extend(texts)
+        return real(self, texts, batch_size)
+
+    monkeypatch.setattr(Embedder, "encode", counted)
+    Embedded.forget()
+    with Store(fresh_project) as store:
+        summary = _run(store, OfflineJudge(), scorers=("embedding", "coherence"))[1]
+        scored = sorted(set(store.scores("r1", scorer="coherence").feature))
+        n = ScoreConfig().n_embedding
+        taken = [h.take(n, n) for h in load_held_out(store, "r1", scored, ScoreConfig()).values()]
+    windows = {s.text for t in taken for s in t.active + t.negatives}
+    assert summary.per_scorer["embedding"]["n_controls"] > 0  # the control read the same windows again
+    assert len(encoded) == len(set(encoded))  # nothing embedded twice
+    assert windows <= set(encoded)
 
 
 def test_a_scores_key_ignores_the_prompts_of_other_tasks():

@@ -37,6 +37,7 @@ import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -222,6 +223,7 @@ class LLMJudge(NamedTasks):
 # --- offline labels: terms, matching, reading a label back --------------------------------
 
 
+@lru_cache(maxsize=1 << 16)  # a vocabulary's worth: the offline judge normalises millions of tokens a run
 def norm(token: str) -> str:
     """Matching key of a token: stripped and case-folded; whitespace-only tokens stay as they are."""
     return token.strip().casefold() or token
@@ -352,8 +354,25 @@ def label_terms(label: str) -> list[Term]:
 
 def match_positions(tokens: Sequence[str], terms: Iterable[Term]) -> list[bool]:
     keys = [norm(t) for t in tokens]
-    terms = list(terms)
-    return [any(term.matches(keys, i) for term in terms) for i in range(len(keys))]
+    # Set lookups by what a term needs (the offline judge reads millions of tokens a run); only stem terms
+    # are tried one by one.
+    plain, pairs, after_any, stems = set(), set(), set(), []
+    for t in terms:
+        if t.stem:
+            stems.append(t)
+        elif t.after is None:
+            plain.add(t.token)
+        elif t.token == ANY:
+            after_any.add(t.after)
+        else:
+            pairs.add((t.token, t.after))
+    previous = [None, *keys[:-1]]
+    return [
+        key in plain
+        or (i > 0 and (prev in after_any or (key, prev) in pairs))
+        or any(t.matches(keys, i) for t in stems)
+        for i, (key, prev) in enumerate(zip(keys, previous))
+    ]
 
 
 def marks_correct(tokens: Sequence[str], marked: Sequence[bool], terms: Iterable[Term]) -> bool:
