@@ -688,6 +688,22 @@ def label_sample(cfg: RunConfig, sampled: RunConfig, run_id: str) -> tuple[Expla
     return explained, scored
 
 
+def describe_with(cfg: RunConfig, run_id: str) -> Callable[[int], str | None]:
+    """A function labelling one feature by cfg's judge from its explain-split snippets, as the explain
+    stage would, the label returned and not stored among the judge's labels (None if it gave none). The
+    call is logged and priced like any other."""
+    from autointerp.stages.explain import explain_tasks
+
+    def label(feature: int) -> str | None:
+        async def ask(store, run_id, judge, log):
+            tasks = [task for chunk in explain_tasks(store, run_id, [feature], cfg.explain) for task in chunk]
+            return (await judge.explain(tasks[0])).value if tasks else None
+
+        return run_sync(_with_judge(cfg, run_id, ask))
+
+    return label
+
+
 def run(cfg: RunConfig, reuse_gather: bool = True, echo=print, sae: SAE | None = None) -> None:
     """The whole pipeline: check the judges, gather (kept when already stored with the same
     settings), explain, score, saturate, then the same for the sample judge if any, and the report.
@@ -751,7 +767,10 @@ def run(cfg: RunConfig, reuse_gather: bool = True, echo=print, sae: SAE | None =
             echo("\n".join(sample_lines(store, gathered.run_id, s_explained.explainer, explained.explainer)))
     if gathered.causal and cfg.steering.candidates:
         llm_first = ([s_explained.explainer] if cfg.sample_judge is not None else []) + [explained.explainer]
-        example = timed("steering", lambda: steering_example(cfg.project, gathered.run_id, llm_first, cfg.steering))
+        describer = (s_explained.explainer, describe_with(sampled, gathered.run_id)) if cfg.sample_judge else None
+        example = timed(
+            "steering", lambda: steering_example(cfg.project, gathered.run_id, llm_first, cfg.steering, describer)
+        )
         echo("\n".join(example.lines()))
     report = ReportConfig(explainer=explained.explainer)
     files = timed("report", lambda: write_report(cfg.project, gathered.run_id, cfg=report))

@@ -392,3 +392,29 @@ def test_a_looping_continuation_is_not_fluent():
         " the class"
     )
     assert fluent("'s a great idea. I'll make sure to incorporate it into the new product.")
+
+
+def test_the_example_takes_the_describers_free_text_label_only_where_the_steered_text_says_it():
+    """The texts of the demo's example (feature 775, found by its token label "default" at strength 0.75)."""
+    from autointerp.stages.steering import Candidate, SteeringExample, described
+    from autointerp.subject.steer import SteerResult
+
+    result = SteerResult(
+        775, "I think that", "add", 2.49, 133.6, 40.0, 80.0,
+        unsteered="'s a great idea. I'll make sure to incorporate it into the new product.",
+        steered="'s a great setting for a dystopian narrative. However, by default, is to a state of mocking",
+        seed=0, temperature=1.0, max_new_tokens=32,
+    )  # fmt: skip
+    token_label = 'token "default" (also "defaults")'
+    found = SteeringExample(Candidate(775, "offline", token_label, ["default"]), result, "first of 8", 10, 1.0)
+
+    topic = described(found, "local:qwen", "Default parameter values")
+    assert (topic.candidate.explainer, topic.candidate.label) == ("local:qwen", "Default parameter values")
+    assert "'default'" in topic.why and token_label in topic.why and topic.result is result
+
+    unsaid = described(found, "local:qwen", "error handling")  # the steered text says neither word
+    assert unsaid.candidate == found.candidate and "does not say" in unsaid.why
+    silent = described(found, "local:qwen", None)
+    assert silent.candidate == found.candidate and "gave no label" in silent.why
+    already = SteeringExample(Candidate(775, "local:qwen", "defaults", ["defaults"]), result, "first", 1, 1.0)
+    assert described(already, "local:qwen", "Default parameter values") == already  # its own label found it

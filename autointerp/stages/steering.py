@@ -10,13 +10,19 @@ whose steered continuation says a word of its label that the unsteered one does 
 median norm on the prompt (steer.py explains why that unit decides fluency); when no candidate shows
 its label at that strength, all are tried once more at `escalate` times it. Each try is one short generation beside
 the unsteered one, generated once; the example and how it was picked are stored in `steering`.
+
+The example found is often a token label (`token "default"`): it names a word, not a topic. Given a describer
+(the run's sample judge), that feature is then labelled in free text once, for the example only (not among the
+sample's labels, whose statistics assume a random sample), and the example takes that label when the steered
+continuation says one of its words too.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 
 import pandas as pd
 
@@ -80,6 +86,35 @@ def fluent(text: str) -> bool:
     return len(words) >= 4 and len(set(words)) >= MIN_DISTINCT * len(words)
 
 
+def gained_words(result: SteerResult, words: list[str]) -> list[str]:
+    """The words the steered continuation says that the unsteered one does not."""
+    return [w for w in says(result.steered, words) if w not in says(result.unsteered, words)]
+
+
+def described(example: SteeringExample, explainer: str, label: str | None) -> SteeringExample:
+    """The example under a free-text label `explainer` gave its feature, where the steered continuation
+    says one of that label's words; otherwise as it was, its `why` saying what the describer answered."""
+    c, result = example.candidate, example.result
+    if c is None or result is None or c.explainer == explainer:
+        return example
+    if not label:
+        return replace(example, why=f"{example.why}; {explainer} gave no label for it")
+    words = topic_words(label)
+    gained = gained_words(result, words)
+    if not (gained and fluent(result.steered)):
+        return replace(
+            example, why=f"{example.why}; {explainer} labels it {label!r}, which the steered text does not say"
+        )
+    return replace(
+        example,
+        candidate=Candidate(c.feature, explainer, label, words),
+        why=(
+            f"{example.why}; labelled by {explainer} for this example (not part of its sample), the steered text "
+            f"saying {', '.join(repr(w) for w in gained)}; its {c.explainer} label: {c.label}"
+        ),
+    )
+
+
 def candidates(store, run_id: str, explainers: list[str], limit: int) -> list[Candidate]:
     """Labelled live features whose label names a topic word, best bets first: features that fire on
     under the dense share of tokens; then those whose output effects (the tokens their direction
@@ -125,7 +160,15 @@ def candidates(store, run_id: str, explainers: list[str], limit: int) -> list[Ca
     return [Candidate(int(r.feature), r.explainer, r.label, r.words) for r in ordered.itertuples()]
 
 
-def steering_example(project: str, run_id: str, explainers: list[str], cfg: SteeringExampleConfig) -> SteeringExample:
+def steering_example(
+    project: str,
+    run_id: str,
+    explainers: list[str],
+    cfg: SteeringExampleConfig,
+    describer: tuple[str, Callable[[int], str | None]] | None = None,
+) -> SteeringExample:
+    """The example (module docstring); describer: an explainer's name and a function giving its free-text
+    label of one feature, asked for the example's feature when another explainer's label found it."""
     from autointerp.store import Store
     from autointerp.subject.load import load_subject
 
@@ -156,7 +199,7 @@ def steering_example(project: str, run_id: str, explainers: list[str], cfg: Stee
                 unsteered,
             )
             unsteered = result.unsteered
-            gained = [w for w in says(result.steered, c.words) if w not in says(result.unsteered, c.words)]
+            gained = gained_words(result, c.words)
             if gained and fluent(result.steered):
                 why = (
                     f"the first of {len(pool)} candidates (labels naming a word; features writing it first, then the "
@@ -164,7 +207,11 @@ def steering_example(project: str, run_id: str, explainers: list[str], cfg: Stee
                     f"{', '.join(repr(w) for w in gained)}, which the unsteered one does not, without looping "
                     f"({tried} tried at {', '.join(f'{s:g}' for s in strengths[: strengths.index(strength) + 1])})"
                 )
-                return _stored(project, run_id, SteeringExample(c, result, why, tried, time.perf_counter() - started))
+                example = SteeringExample(c, result, why, tried, time.perf_counter() - started)
+                if describer is not None and c.explainer != describer[0]:
+                    example = described(example, describer[0], describer[1](c.feature))
+                    example.seconds = time.perf_counter() - started
+                return _stored(project, run_id, example)
             first = first or (c, result)
     c, result = first
     why = (
