@@ -692,12 +692,11 @@ def describe_with(cfg: RunConfig, run_id: str) -> Callable[[int], str | None]:
     """A function labelling one feature by cfg's judge from its explain-split snippets, as the explain
     stage would, the label returned and not stored among the judge's labels (None if it gave none). The
     call is logged and priced like any other."""
-    from autointerp.stages.explain import explain_tasks
+    from autointerp.stages.explain import label_one
 
     def label(feature: int) -> str | None:
         async def ask(store, run_id, judge, log):
-            tasks = [task for chunk in explain_tasks(store, run_id, [feature], cfg.explain) for task in chunk]
-            return (await judge.explain(tasks[0])).value if tasks else None
+            return await label_one(store, run_id, judge, feature, cfg.explain)
 
         return run_sync(_with_judge(cfg, run_id, ask))
 

@@ -167,6 +167,20 @@ def explain_tasks(store: Store, run_id: str, features: list[int], cfg: ExplainCo
         yield [explain_task(fs, cfg, outputs.get(fs.feature)) for fs in chunk if fs.explain]
 
 
+def as_asked(cfg: ExplainConfig, judge: Judge) -> ExplainConfig:
+    """cfg as `judge` is asked: its provider's default views, and none where it reads no views (nothing
+    to load for views it would not read)."""
+    cfg = cfg.for_judge(judge.settings.get("provider"))
+    return cfg if judge.reads_views else replace(cfg, views=())
+
+
+async def label_one(store: Store, run_id: str, judge: Judge, feature: int, cfg: ExplainConfig) -> str | None:
+    """`judge`'s label of one feature, asked as the explain stage asks it, returned and not stored (None
+    when the feature has no explain-split examples or the judge gave no label)."""
+    tasks = [task for chunk in explain_tasks(store, run_id, [feature], as_asked(cfg, judge)) for task in chunk]
+    return (await judge.explain(tasks[0])).value if tasks else None
+
+
 async def _explain_one(judge: Judge, task: ExplainTask, on_done) -> JudgeAnswer:
     answer = await judge.explain(task)
     on_done(answer)
@@ -183,9 +197,7 @@ async def explain(
     """
     from tqdm.auto import tqdm
 
-    given, cfg = cfg, cfg.for_judge(judge.settings.get("provider"))
-    if not judge.reads_views:  # nothing to load for views it would not read
-        cfg = replace(cfg, views=())
+    given, cfg = cfg, as_asked(cfg, judge)
     explainer = judge.name
     stored = store.explanations(run_id, explainer)
     done = stored[stored.status == "ok"]
