@@ -408,13 +408,14 @@ def test_the_example_takes_the_describers_free_text_label_only_where_the_steered
     token_label = 'token "default" (also "defaults")'
     found = SteeringExample(Candidate(775, "offline", token_label, ["default"]), result, "first of 8", 10, 1.0)
 
-    topic = described(found, "local:qwen", "Default parameter values")
+    topic = described(found, "local:qwen", lambda f: "Default parameter values")
     assert (topic.candidate.explainer, topic.candidate.label) == ("local:qwen", "Default parameter values")
     assert "'default'" in topic.why and token_label in topic.why and topic.result is result
 
-    unsaid = described(found, "local:qwen", "error handling")  # the steered text says neither word
+    unsaid = described(found, "local:qwen", lambda f: "error handling")  # the steered text says neither word
     assert unsaid.candidate == found.candidate and "does not say" in unsaid.why
-    silent = described(found, "local:qwen", None)
+    silent = described(found, "local:qwen", lambda f: None)
     assert silent.candidate == found.candidate and "gave no label" in silent.why
     already = SteeringExample(Candidate(775, "local:qwen", "defaults", ["defaults"]), result, "first", 1, 1.0)
-    assert described(already, "local:qwen", "Default parameter values") == already  # its own label found it
+    asked = []
+    assert described(already, "local:qwen", asked.append) == already and not asked  # its own label found it

@@ -91,12 +91,14 @@ def gained_words(result: SteerResult, words: list[str]) -> list[str]:
     return [w for w in says(result.steered, words) if w not in says(result.unsteered, words)]
 
 
-def described(example: SteeringExample, explainer: str, label: str | None) -> SteeringExample:
-    """The example under a free-text label `explainer` gave its feature, where the steered continuation
-    says one of that label's words; otherwise as it was, its `why` saying what the describer answered."""
+def described(example: SteeringExample, explainer: str, describe: Callable[[int], str | None]) -> SteeringExample:
+    """The example under the free-text label `describe` gives its feature (`explainer`'s), asked only when
+    another explainer's label found it, and taken where the steered continuation says one of that label's
+    words; otherwise as it was, its `why` saying what the describer answered."""
     c, result = example.candidate, example.result
     if c is None or result is None or c.explainer == explainer:
         return example
+    label = describe(c.feature)
     if not label:
         return replace(example, why=f"{example.why}; {explainer} gave no label for it")
     words = topic_words(label)
@@ -208,8 +210,8 @@ def steering_example(
                     f"({tried} tried at {', '.join(f'{s:g}' for s in strengths[: strengths.index(strength) + 1])})"
                 )
                 example = SteeringExample(c, result, why, tried, time.perf_counter() - started)
-                if describer is not None and c.explainer != describer[0]:
-                    example = described(example, describer[0], describer[1](c.feature))
+                if describer is not None:
+                    example = described(example, *describer)
                     example.seconds = time.perf_counter() - started
                 return _stored(project, run_id, example)
             first = first or (c, result)
