@@ -24,6 +24,7 @@ from autointerp.judges.judge import (
     make_judge,
     match_positions,
     names_only_function_tokens,
+    norm,
 )
 from autointerp.judges.prompts import (
     DEFAULT_DIR,
@@ -641,3 +642,26 @@ def test_the_intruder_prompt_numbers_groups_and_snippets_and_reads_one_choice_pe
             parse_choices(bad, [2, 2])
     schema = answer_schema("intruder", sizes=[2, 5])["properties"]["intruders"]
     assert [item["maximum"] for item in schema["prefixItems"]] == [2, 5] and schema["minItems"] == 2
+
+
+def test_match_positions_fast_path_agrees_with_the_term_rule():
+    """match_positions answers plain, context and any-token terms by set lookups; Term.matches is the rule
+    they must agree with, for every kind of term, on random token sequences."""
+    import random
+
+    vocab = ["a", "b", "Ab", " c", "value", "values", "recurs", "recursion", "\n", "x"]
+    rng = random.Random(0)
+    for _ in range(5_000):
+        tokens = [rng.choice(vocab) for _ in range(rng.randint(0, 8))]
+        terms = []
+        for _ in range(rng.randint(1, 3)):
+            word, other, kind = norm(rng.choice(vocab)), norm(rng.choice(vocab)), rng.random()
+            terms.append(
+                Term(word) if kind < 0.3 else
+                Term(word, other) if kind < 0.5 else
+                Term(ANY, other) if kind < 0.7 else
+                Term(word, stem=True)
+            )  # fmt: skip
+        keys = [norm(t) for t in tokens]
+        expected = [any(t.matches(keys, i) for t in terms) for i in range(len(keys))]
+        assert match_positions(tokens, terms) == expected, (tokens, terms)
